@@ -1,0 +1,59 @@
+//! Capture: where frames come from. One [`PacketSource`] trait for pcap files and live interfaces.
+
+mod file;
+
+pub use file::FileSource;
+
+use crate::time::PacketTime;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+/// One captured frame, borrowed from the source until the next call.
+#[derive(Clone, Copy, Debug)]
+pub struct RawPacket<'a> {
+    pub ts: PacketTime,
+    /// Length on the wire (pcap `orig_len`).
+    pub orig_len: u32,
+    /// The captured bytes (`caplen` of them).
+    pub data: &'a [u8],
+    /// libpcap link type of the file or interface.
+    pub linktype: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The input cannot be used at all (missing, unreadable, not pcap): exit 2.
+    #[error("{path}: {msg}")]
+    Open { path: PathBuf, msg: String },
+    /// A bad interface or BPF filter: exit 2.
+    #[error("{0}")]
+    Setup(String),
+    /// Reading failed part-way.
+    #[error("{path}: read error: {msg}")]
+    Read { path: PathBuf, msg: String },
+}
+
+/// Counters a source keeps about itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Files whose end was damaged (a cut-off last record): read up to the damage.
+    pub damaged_files: u64,
+}
+
+/// A source of frames: pcap files in order, or a live interface.
+///
+/// Required: [`run`](PacketSource::run), which hands every frame, in capture
+/// order, to `each` until the input ends (`Ok`), `each` returns
+/// `ControlFlow::Break` (`Ok`, the source stops early), or reading fails in a
+/// way that ends the run (`Err`). The frame borrows the source's buffer only
+/// for the call. A source must not panic on bad input: damage it can step over
+/// (a cut-off last record of a file) is counted in [`SourceStats`] and
+/// reported on stderr.
+pub trait PacketSource {
+    fn run(&mut self, each: &mut dyn FnMut(RawPacket<'_>) -> ControlFlow<()>) -> Result<(), CaptureError>;
+    fn stats(&self) -> SourceStats;
+    /// Total input size in bytes, when known (files), for progress.
+    fn total_bytes(&self) -> Option<u64> {
+        None
+    }
+}

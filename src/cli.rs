@@ -1,0 +1,61 @@
+//! The command line: `replay`, `live`, `check`, `sign` (see DESIGN.md's contract).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "vmsentry", version, about = "Packet-level traffic anomaly monitor for virtualized clouds")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Replay pcap/pcapng files through the pipeline, in order.
+    Replay {
+        /// Rules directory (holds vmsentry.toml).
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Where events go, as JSON lines; `-` is stdout.
+        #[arg(long, default_value = "-")]
+        events: String,
+        /// Shard workers; default: the number of cores.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Pace the replay at X times packet time (1 = real time); default: as fast as possible.
+        #[arg(long, value_parser = parse_speed)]
+        speed: Option<f64>,
+        /// Serve metrics and the API on ADDR (not yet implemented: see issue 5).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        #[arg(required = true, value_name = "PCAP")]
+        pcaps: Vec<PathBuf>,
+    },
+    /// Validate the rules and check every hypervisor's signature.
+    Check {
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+    /// Print the signature of a hypervisor (HMAC-SHA256 with the cluster key).
+    Sign {
+        #[arg(long)]
+        key_file: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        mac: String,
+    },
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
+}

@@ -1,0 +1,400 @@
+//! Rules: the `vmsentry.toml` schema, its defaults, and strict validation with `file:line:col` errors.
+//!
+//! Parsing is two steps. serde reads the TOML into `raw` structs that deny
+//! unknown keys and keep the byte span of every value a later check may
+//! complain about; [`Rules::load`] then validates meaning (threshold order,
+//! references, the key file) and builds the runtime [`Rules`]. Every error,
+//! syntactic or semantic, reads like a compiler's:
+//! `rules/vmsentry.toml:14:9: medium_bps must be below high_bps (got 500000000 >= 100000000)`.
+
+mod raw;
+
+use crate::action::ActionKind;
+use crate::decode::Mac;
+use crate::detect::Level;
+use crate::trust::{ClusterKey, KeyError};
+use raw::RawRules;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// The name of the rules file inside the rules directory.
+pub const RULES_FILE: &str = "vmsentry.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{path}: cannot read the rules file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A syntax, schema or meaning error at a place in the file.
+    #[error("{path}:{line}:{col}: {msg}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        msg: String,
+    },
+}
+
+/// Rate thresholds, per VM and per direction, each window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    pub medium_bps: u64,
+    pub high_bps: u64,
+    pub medium_pps: u64,
+    pub high_pps: u64,
+    /// Windows below a level before the VM drops back one level.
+    pub clear_windows: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RttRules {
+    pub peak_ms: f64,
+    pub peak_factor: Option<f64>,
+    pub max_peaks: u32,
+    pub level: Level,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeRules {
+    pub factor: f64,
+    pub horizon_s: u64,
+}
+
+/// What each level does, by whether the VM's hypervisor is signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub signed: ActionKind,
+    pub unsigned: ActionKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyTable {
+    pub medium: PolicyRule,
+    pub high: PolicyRule,
+}
+
+impl PolicyTable {
+    pub fn rule(&self, level: Level) -> Option<PolicyRule> {
+        match level {
+            Level::Low => None,
+            Level::Medium => Some(self.medium),
+            Level::High => Some(self.high),
+        }
+    }
+}
+
+/// Caps on every bounded structure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// MACs tracked at once; unknown MACs are evicted oldest-seen first.
+    pub max_macs: usize,
+    /// Observations per batch handed from the reader to a shard.
+    pub batch_size: usize,
+    /// Batches in flight per shard queue.
+    pub queue_batches: usize,
+    /// Actions waiting for the dispatcher.
+    pub action_queue: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Writes each action as a line on stderr (the default).
+    Log,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Log => "log",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HypervisorEntry {
+    pub id: String,
+    pub macs: Vec<Mac>,
+    pub ips: Vec<IpAddr>,
+    /// Lowercase hex HMAC as written in the rules, if any.
+    pub signature: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmEntry {
+    pub name: String,
+    pub mac: Mac,
+    pub ram_mb: Option<u64>,
+    /// Index into [`Rules::hypervisors`].
+    pub hypervisor: Option<usize>,
+}
+
+/// Validated rules, ready to run.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub dir: PathBuf,
+    pub cluster: String,
+    pub key: ClusterKey,
+    pub window_len_ms: u64,
+    pub thresholds: Thresholds,
+    pub rtt: RttRules,
+    pub volume: VolumeRules,
+    pub policy: PolicyTable,
+    pub limits: Limits,
+    pub backend: Backend,
+    pub hypervisors: Vec<HypervisorEntry>,
+    pub vms: Vec<VmEntry>,
+}
+
+impl Rules {
+    /// Reads and validates `DIR/vmsentry.toml`.
+    pub fn load(dir: &Path) -> Result<Rules, RulesError> {
+        let path = dir.join(RULES_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_str_in(dir, &path, &text)
+    }
+
+    /// Validates rules text; `path` names the file in messages and `dir`
+    /// anchors relative paths.
+    pub fn from_str_in(dir: &Path, path: &Path, text: &str) -> Result<Rules, RulesError> {
+        let at = |span: Range<usize>, msg: String| {
+            let (line, col) = line_col(text, span.start);
+            RulesError::At { path: path.to_path_buf(), line, col, msg }
+        };
+        let raw: RawRules = toml::from_str(text).map_err(|e| {
+            at(e.span().unwrap_or(0..0), e.message().trim_end().replace('\n', "; "))
+        })?;
+
+        // [cluster]
+        let name = raw.cluster.name;
+        if name.get_ref().is_empty() || name.get_ref().contains('\0') {
+            return Err(at(name.span(), "cluster.name must be a non-empty name without NUL bytes".into()));
+        }
+        let key_path = dir.join(raw.cluster.key_file.get_ref());
+        let key = ClusterKey::load(&key_path).map_err(|e| match e {
+            KeyError::Read { .. } | KeyError::TooShort { .. } | KeyError::Permissions { .. } => {
+                at(raw.cluster.key_file.span(), e.to_string())
+            }
+        })?;
+
+        // [window]
+        let window_len_ms = *raw.window.length_ms.get_ref();
+        if window_len_ms == 0 || window_len_ms > 3_600_000 {
+            return Err(at(
+                raw.window.length_ms.span(),
+                format!("window.length_ms must be between 1 and 3600000 (got {window_len_ms})"),
+            ));
+        }
+
+        // [thresholds]
+        let t = &raw.thresholds;
+        for (lo, hi, lo_name, hi_name) in [
+            (&t.medium_bps, &t.high_bps, "medium_bps", "high_bps"),
+            (&t.medium_pps, &t.high_pps, "medium_pps", "high_pps"),
+        ] {
+            if *lo.get_ref() == 0 {
+                return Err(at(lo.span(), format!("{lo_name} must be above 0")));
+            }
+            if lo.get_ref() >= hi.get_ref() {
+                return Err(at(
+                    lo.span(),
+                    format!(
+                        "{lo_name} must be below {hi_name} (got {} >= {})",
+                        lo.get_ref(),
+                        hi.get_ref()
+                    ),
+                ));
+            }
+        }
+        if *t.clear_windows.get_ref() == 0 {
+            return Err(at(t.clear_windows.span(), "clear_windows must be at least 1".into()));
+        }
+        let thresholds = Thresholds {
+            medium_bps: *t.medium_bps.get_ref(),
+            high_bps: *t.high_bps.get_ref(),
+            medium_pps: *t.medium_pps.get_ref(),
+            high_pps: *t.high_pps.get_ref(),
+            clear_windows: *t.clear_windows.get_ref(),
+        };
+
+        // [rtt]
+        let r = &raw.rtt;
+        positive(r.peak_ms.get_ref(), "rtt.peak_ms").map_err(|m| at(r.peak_ms.span(), m))?;
+        if let Some(f) = &r.peak_factor {
+            if !(f.get_ref().is_finite() && *f.get_ref() > 1.0) {
+                return Err(at(f.span(), format!("rtt.peak_factor must be above 1.0 (got {})", f.get_ref())));
+            }
+        }
+        if *r.level.get_ref() == Level::Low {
+            return Err(at(r.level.span(), "rtt.level must be MEDIUM or HIGH: LOW would raise nothing".into()));
+        }
+        let rtt = RttRules {
+            peak_ms: *r.peak_ms.get_ref(),
+            peak_factor: r.peak_factor.as_ref().map(|f| *f.get_ref()),
+            max_peaks: r.max_peaks,
+            level: *r.level.get_ref(),
+        };
+
+        // [volume]
+        let v = &raw.volume;
+        positive(v.factor.get_ref(), "volume.factor").map_err(|m| at(v.factor.span(), m))?;
+        if *v.horizon_s.get_ref() == 0 {
+            return Err(at(v.horizon_s.span(), "volume.horizon_s must be at least 1".into()));
+        }
+        let volume = VolumeRules { factor: *v.factor.get_ref(), horizon_s: *v.horizon_s.get_ref() };
+
+        // [policy]
+        let policy = PolicyTable {
+            medium: raw.policy.medium.to_rule(),
+            high: raw.policy.high.to_rule(),
+        };
+
+        // [limits]
+        let l = &raw.limits;
+        for (v, name) in [
+            (&l.max_macs, "limits.max_macs"),
+            (&l.batch_size, "limits.batch_size"),
+            (&l.queue_batches, "limits.queue_batches"),
+            (&l.action_queue, "limits.action_queue"),
+        ] {
+            if *v.get_ref() == 0 {
+                return Err(at(v.span(), format!("{name} must be at least 1")));
+            }
+        }
+        let limits = Limits {
+            max_macs: *l.max_macs.get_ref(),
+            batch_size: *l.batch_size.get_ref(),
+            queue_batches: *l.queue_batches.get_ref(),
+            action_queue: *l.action_queue.get_ref(),
+        };
+
+        // [[hypervisor]]
+        let mut hv_index: BTreeMap<String, usize> = BTreeMap::new();
+        let mut hv_macs: HashSet<Mac> = HashSet::new();
+        let mut hypervisors = Vec::with_capacity(raw.hypervisor.len());
+        for (i, h) in raw.hypervisor.into_iter().enumerate() {
+            if h.id.get_ref().is_empty() || h.id.get_ref().contains('\0') {
+                return Err(at(h.id.span(), "hypervisor id must be non-empty, without NUL bytes".into()));
+            }
+            if hv_index.insert(h.id.get_ref().clone(), i).is_some() {
+                return Err(at(h.id.span(), format!("hypervisor id `{}` is defined twice", h.id.get_ref())));
+            }
+            let mut macs = Vec::new();
+            for m in &h.macs {
+                if !m.get_ref().is_unicast() || m.get_ref().is_zero() {
+                    return Err(at(m.span(), format!("hypervisor MAC {} must be a unicast address", m.get_ref())));
+                }
+                if !hv_macs.insert(*m.get_ref()) {
+                    return Err(at(m.span(), format!("MAC {} belongs to two hypervisors", m.get_ref())));
+                }
+                macs.push(*m.get_ref());
+            }
+            if let Some(sig) = &h.signature {
+                let s = sig.get_ref();
+                if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    return Err(at(
+                        sig.span(),
+                        "signature must be 64 lowercase hex digits (see `vmsentry sign`)".into(),
+                    ));
+                }
+            }
+            hypervisors.push(HypervisorEntry {
+                id: h.id.into_inner(),
+                macs,
+                ips: h.ips,
+                signature: h.signature.map(Spanned::into_inner),
+            });
+        }
+
+        // [[vm]]
+        let mut vm_macs: HashSet<Mac> = HashSet::new();
+        let mut vm_names: HashSet<String> = HashSet::new();
+        let mut vms = Vec::with_capacity(raw.vm.len());
+        for v in raw.vm {
+            let mac = *v.mac.get_ref();
+            if !mac.is_unicast() || mac.is_zero() {
+                return Err(at(v.mac.span(), format!("VM MAC {mac} must be a unicast address")));
+            }
+            if !vm_macs.insert(mac) {
+                return Err(at(v.mac.span(), format!("VM MAC {mac} is listed twice")));
+            }
+            if hv_macs.contains(&mac) {
+                return Err(at(v.mac.span(), format!("VM MAC {mac} is also a hypervisor's MAC")));
+            }
+            if !vm_names.insert(v.name.get_ref().clone()) {
+                return Err(at(v.name.span(), format!("VM name `{}` is listed twice", v.name.get_ref())));
+            }
+            if let Some(r) = &v.ram_mb {
+                if *r.get_ref() == 0 {
+                    return Err(at(r.span(), "ram_mb must be above 0".into()));
+                }
+            }
+            let hypervisor = match &v.hypervisor {
+                None => None,
+                Some(h) => match hv_index.get(h.get_ref()) {
+                    Some(&i) => Some(i),
+                    None => {
+                        return Err(at(
+                            h.span(),
+                            format!("no [[hypervisor]] has id `{}`", h.get_ref()),
+                        ))
+                    }
+                },
+            };
+            vms.push(VmEntry {
+                name: v.name.into_inner(),
+                mac,
+                ram_mb: v.ram_mb.map(Spanned::into_inner),
+                hypervisor,
+            });
+        }
+
+        Ok(Rules {
+            dir: dir.to_path_buf(),
+            cluster: name.into_inner(),
+            key,
+            window_len_ms,
+            thresholds,
+            rtt,
+            volume,
+            policy,
+            limits,
+            backend: Backend::Log,
+            hypervisors,
+            vms,
+        })
+    }
+
+    pub fn window_len_us(&self) -> i64 {
+        self.window_len_ms as i64 * 1000
+    }
+}
+
+fn positive(v: &f64, name: &str) -> Result<(), String> {
+    if v.is_finite() && *v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{name} must be a positive number (got {v})"))
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+//! The rules file as written: serde structs that deny unknown keys, with defaults and spans.
+
+use crate::action::ActionKind;
+use crate::config::PolicyRule;
+use crate::decode::Mac;
+use crate::detect::Level;
+use serde::Deserialize;
+use std::net::IpAddr;
+use toml::Spanned;
+
+fn sp<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    pub cluster: RawCluster,
+    #[serde(default)]
+    pub window: RawWindow,
+    #[serde(default)]
+    pub thresholds: RawThresholds,
+    #[serde(default)]
+    pub rtt: RawRtt,
+    #[serde(default)]
+    pub volume: RawVolume,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub hypervisor: Vec<RawHypervisor>,
+    #[serde(default)]
+    pub vm: Vec<RawVm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Spanned<String>,
+    pub key_file: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// Default 1000 ms.
+    #[serde(default = "d_length_ms")]
+    pub length_ms: Spanned<u64>,
+}
+fn d_length_ms() -> Spanned<u64> {
+    sp(1000)
+}
+impl Default for RawWindow {
+    fn default() -> Self {
+        RawWindow { length_ms: d_length_ms() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThresholds {
+    /// Default 100 Mbit/s.
+    #[serde(default = "d_medium_bps")]
+    pub medium_bps: Spanned<u64>,
+    /// Default 500 Mbit/s.
+    #[serde(default = "d_high_bps")]
+    pub high_bps: Spanned<u64>,
+    /// Default 50 000 packets/s.
+    #[serde(default = "d_medium_pps")]
+    pub medium_pps: Spanned<u64>,
+    /// Default 200 000 packets/s.
+    #[serde(default = "d_high_pps")]
+    pub high_pps: Spanned<u64>,
+    /// Default 3 windows.
+    #[serde(default = "d_clear_windows")]
+    pub clear_windows: Spanned<u32>,
+}
+fn d_medium_bps() -> Spanned<u64> {
+    sp(100_000_000)
+}
+fn d_high_bps() -> Spanned<u64> {
+    sp(500_000_000)
+}
+fn d_medium_pps() -> Spanned<u64> {
+    sp(50_000)
+}
+fn d_high_pps() -> Spanned<u64> {
+    sp(200_000)
+}
+fn d_clear_windows() -> Spanned<u32> {
+    sp(3)
+}
+impl Default for RawThresholds {
+    fn default() -> Self {
+        RawThresholds {
+            medium_bps: d_medium_bps(),
+            high_bps: d_high_bps(),
+            medium_pps: d_medium_pps(),
+            high_pps: d_high_pps(),
+            clear_windows: d_clear_windows(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRtt {
+    /// Default 50.0 ms.
+    #[serde(default = "d_peak_ms")]
+    pub peak_ms: Spanned<f64>,
+    /// Default none: only `peak_ms` defines a peak.
+    #[serde(default)]
+    pub peak_factor: Option<Spanned<f64>>,
+    /// Default 5.
+    #[serde(default = "d_max_peaks")]
+    pub max_peaks: u32,
+    /// Default MEDIUM.
+    #[serde(default = "d_rtt_level")]
+    pub level: Spanned<Level>,
+}
+fn d_peak_ms() -> Spanned<f64> {
+    sp(50.0)
+}
+fn d_max_peaks() -> u32 {
+    5
+}
+fn d_rtt_level() -> Spanned<Level> {
+    sp(Level::Medium)
+}
+impl Default for RawRtt {
+    fn default() -> Self {
+        RawRtt { peak_ms: d_peak_ms(), peak_factor: None, max_peaks: d_max_peaks(), level: d_rtt_level() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVolume {
+    /// Default 3.0 (the paper's "more than 3x VRAM").
+    #[serde(default = "d_factor")]
+    pub factor: Spanned<f64>,
+    /// Default 60 s.
+    #[serde(default = "d_horizon_s")]
+    pub horizon_s: Spanned<u64>,
+}
+fn d_factor() -> Spanned<f64> {
+    sp(3.0)
+}
+fn d_horizon_s() -> Spanned<u64> {
+    sp(60)
+}
+impl Default for RawVolume {
+    fn default() -> Self {
+        RawVolume { factor: d_factor(), horizon_s: d_horizon_s() }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyRule {
+    pub signed: ActionKind,
+    pub unsigned: ActionKind,
+}
+impl RawPolicyRule {
+    pub fn to_rule(self) -> PolicyRule {
+        PolicyRule { signed: self.signed, unsigned: self.unsigned }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Default `{ signed = "alert", unsigned = "quarantine" }`.
+    #[serde(rename = "MEDIUM", default = "d_policy_medium")]
+    pub medium: RawPolicyRule,
+    /// Default `{ signed = "migrate", unsigned = "quarantine" }`.
+    #[serde(rename = "HIGH", default = "d_policy_high")]
+    pub high: RawPolicyRule,
+}
+fn d_policy_medium() -> RawPolicyRule {
+    RawPolicyRule { signed: ActionKind::Alert, unsigned: ActionKind::Quarantine }
+}
+fn d_policy_high() -> RawPolicyRule {
+    RawPolicyRule { signed: ActionKind::Migrate, unsigned: ActionKind::Quarantine }
+}
+impl Default for RawPolicy {
+    fn default() -> Self {
+        RawPolicy { medium: d_policy_medium(), high: d_policy_high() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Default 65 536 MACs.
+    #[serde(default = "d_max_macs")]
+    pub max_macs: Spanned<usize>,
+    /// Default 512 observations.
+    #[serde(default = "d_batch_size")]
+    pub batch_size: Spanned<usize>,
+    /// Default 16 batches per shard.
+    #[serde(default = "d_queue_batches")]
+    pub queue_batches: Spanned<usize>,
+    /// Default 4096 actions.
+    #[serde(default = "d_action_queue")]
+    pub action_queue: Spanned<usize>,
+}
+fn d_max_macs() -> Spanned<usize> {
+    sp(65_536)
+}
+fn d_batch_size() -> Spanned<usize> {
+    sp(512)
+}
+fn d_queue_batches() -> Spanned<usize> {
+    sp(16)
+}
+fn d_action_queue() -> Spanned<usize> {
+    sp(4096)
+}
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_macs: d_max_macs(),
+            batch_size: d_batch_size(),
+            queue_batches: d_queue_batches(),
+            action_queue: d_action_queue(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHypervisor {
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub macs: Vec<Spanned<Mac>>,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub signature: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVm {
+    pub name: Spanned<String>,
+    pub mac: Spanned<Mac>,
+    #[serde(default)]
+    pub ram_mb: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub hypervisor: Option<Spanned<String>>,
+}

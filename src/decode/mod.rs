@@ -1,0 +1,586 @@
+//! Decode: one captured frame into one small `Copy` [`Observation`], tolerant of damage.
+//!
+//! Parsing is etherparse's lax slicer: it keeps every layer that parsed and
+//! records where and why it stopped. What that means for vmsentry is decided
+//! here:
+//! - a frame with a complete Ethernet header always yields its MACs (the
+//!   vSwitch carried it), whatever is malformed above;
+//! - a frame cut by the capture's snaplen (`cap_len < orig_len`) is normal:
+//!   layers that ran out of bytes are simply absent, and it is not an error;
+//! - anything else malformed is one [`DecodeErrorKind`], and nothing above the
+//!   malformed layer is used.
+//!
+//! Only the [`Observation`] crosses threads; the frame bytes never do.
+
+mod mac;
+
+pub use mac::{Mac, MacParseError};
+
+use crate::time::PacketTime;
+use etherparse::err::packet::SliceError;
+use etherparse::err::Layer;
+use etherparse::{ArpPacketSlice, LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Link types vmsentry decodes (libpcap `DLT_*` / `LINKTYPE_*` numbers).
+pub mod linktype {
+    pub const NULL: i32 = 0;
+    pub const ETHERNET: i32 = 1;
+    pub const RAW: i32 = 101;
+    pub const LOOP: i32 = 108;
+    pub const LINUX_SLL: i32 = 113;
+    pub const IPV4: i32 = 228;
+    pub const IPV6: i32 = 229;
+    pub const LINUX_SLL2: i32 = 276;
+}
+
+/// Ethertypes with a meaning of their own here.
+pub mod ethertype {
+    pub const ARP: u16 = 0x0806;
+    pub const RARP: u16 = 0x8035;
+    pub const IPV4: u16 = 0x0800;
+    pub const IPV6: u16 = 0x86dd;
+}
+
+/// Byte offsets in the Linux "cooked" capture headers.
+mod sll {
+    use std::ops::Range;
+    /// SLL (v1): packet type, ARPHRD, address length, address[8], protocol.
+    pub const V1_LEN: usize = 16;
+    /// Low byte of the big-endian 16-bit address length at bytes 4..6.
+    pub const V1_ADDR_LEN: usize = 5;
+    pub const V1_ADDR: Range<usize> = 6..14;
+    pub const V1_PROTOCOL: Range<usize> = 14..16;
+    /// SLL2: protocol, reserved, ifindex, ARPHRD, packet type, address length, address[8].
+    pub const V2_LEN: usize = 20;
+    pub const V2_PROTOCOL: Range<usize> = 0..2;
+    pub const V2_ADDR_LEN: usize = 11;
+    pub const V2_ADDR: Range<usize> = 12..20;
+}
+
+/// What was wrong with a frame, by the layer that was malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum DecodeErrorKind {
+    /// Shorter than an Ethernet header (14 bytes) with nothing cut by snaplen.
+    LinkTruncated = 0,
+    /// A link type vmsentry does not decode; the frame still counts in totals.
+    UnsupportedLink,
+    /// A VLAN tag cut short.
+    Vlan,
+    /// An IPv4 header that is cut short or inconsistent (IHL, total length).
+    Ipv4,
+    /// An IPv6 header cut short.
+    Ipv6,
+    /// An IP header whose version is neither 4 nor 6.
+    IpVersion,
+    /// An IPv4 option/auth header or IPv6 extension header that is malformed.
+    IpExtension,
+    /// An IP total/payload length larger than the frame, the frame not cut by snaplen.
+    IpLength,
+    /// A TCP header cut short or with a data offset below 5.
+    Tcp,
+    /// A UDP header cut short.
+    Udp,
+    /// An ICMP or ICMPv6 header cut short.
+    Icmp,
+    /// An ARP or RARP body cut short.
+    Arp,
+    /// A Linux cooked-capture header cut short.
+    LinuxSll,
+    /// Anything else etherparse refused (MACsec and the like).
+    Other,
+}
+
+impl DecodeErrorKind {
+    pub const COUNT: usize = 14;
+    pub const ALL: [DecodeErrorKind; Self::COUNT] = [
+        Self::LinkTruncated,
+        Self::UnsupportedLink,
+        Self::Vlan,
+        Self::Ipv4,
+        Self::Ipv6,
+        Self::IpVersion,
+        Self::IpExtension,
+        Self::IpLength,
+        Self::Tcp,
+        Self::Udp,
+        Self::Icmp,
+        Self::Arp,
+        Self::LinuxSll,
+        Self::Other,
+    ];
+
+    /// The label used in events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LinkTruncated => "link_truncated",
+            Self::UnsupportedLink => "unsupported_link",
+            Self::Vlan => "vlan",
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+            Self::IpVersion => "ip_version",
+            Self::IpExtension => "ip_extension",
+            Self::IpLength => "ip_length",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Icmp => "icmp",
+            Self::Arp => "arp",
+            Self::LinuxSll => "linux_sll",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The VM layer's Ethernet addresses (the innermost Ethernet header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2 {
+    pub src: Mac,
+    /// `None` where the link shows only a sender (Linux cooked captures).
+    pub dst: Option<Mac>,
+    /// The ethertype after any VLAN tags.
+    pub ether_type: u16,
+    /// The innermost VLAN id, if tagged.
+    pub vlan: Option<u16>,
+}
+
+/// The tunnel's outer layer, which belongs to the hypervisor. Filled in by
+/// tunnel decoding (VXLAN, Geneve); `None` for untunneled frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outer {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub vni: u32,
+}
+
+/// The network layer, as far as it parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Net {
+    None,
+    Ip {
+        src: IpAddr,
+        dst: IpAddr,
+        /// IP protocol number of the payload (after extension headers).
+        proto: u8,
+        /// True when the payload is a non-first or more-fragments fragment.
+        fragment: bool,
+    },
+    /// ARP (`rarp == false`) or RARP, Ethernet/IPv4 form only.
+    Arp {
+        rarp: bool,
+        op: u16,
+        sender_mac: Mac,
+        sender_ip: Ipv4Addr,
+        target_mac: Mac,
+        target_ip: Ipv4Addr,
+    },
+}
+
+/// TCP fields RTT matching needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpInfo {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Flags byte: FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10.
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes the header says follow (from the IP length, so a
+    /// snaplen cut does not shrink it).
+    pub payload_len: u32,
+    /// Timestamps option (TSval, TSecr), if present.
+    pub timestamps: Option<(u32, u32)>,
+}
+
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// ICMP / ICMPv6 fields: echo request and reply carry id and seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpInfo {
+    pub v6: bool,
+    pub icmp_type: u8,
+    pub code: u8,
+    pub id: u16,
+    pub seq: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    None,
+    Tcp(TcpInfo),
+    Udp { src_port: u16, dst_port: u16 },
+    Icmp(IcmpInfo),
+}
+
+/// Everything the pipeline needs to know of one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub ts: PacketTime,
+    /// The frame's length on the wire (pcap `orig_len`): what bytes count.
+    pub orig_len: u32,
+    pub cap_len: u32,
+    pub l2: Option<L2>,
+    pub outer: Option<Outer>,
+    pub net: Net,
+    pub l4: L4,
+    pub error: Option<DecodeErrorKind>,
+    /// The snaplen cut the frame inside a header: the layers above are absent.
+    pub snaplen_cut: bool,
+}
+
+impl Observation {
+    fn empty(ts: PacketTime, orig_len: u32, cap_len: u32) -> Self {
+        Observation {
+            ts,
+            orig_len,
+            cap_len,
+            l2: None,
+            outer: None,
+            net: Net::None,
+            l4: L4::None,
+            error: None,
+            snaplen_cut: false,
+        }
+    }
+
+    /// A hash that is the same for both directions of a conversation, so that
+    /// both meet in one shard: the IP 5-tuple when there is one, else the MAC
+    /// pair.
+    pub fn flow_hash(&self) -> u64 {
+        match (self.net, self.l4) {
+            (Net::Ip { src, dst, proto, .. }, l4) => {
+                let (sp, dp) = match l4 {
+                    L4::Tcp(t) => (t.src_port, t.dst_port),
+                    L4::Udp { src_port, dst_port } => (src_port, dst_port),
+                    _ => (0, 0),
+                };
+                let a = mix(ip_bits(src) ^ u64::from(sp));
+                let b = mix(ip_bits(dst) ^ u64::from(dp));
+                mix(a.wrapping_add(b) ^ u64::from(proto))
+            }
+            _ => match self.l2 {
+                Some(l2) => {
+                    let a = mix(l2.src.as_u64());
+                    let b = mix(l2.dst.map_or(0, Mac::as_u64));
+                    mix(a.wrapping_add(b))
+                }
+                None => 0,
+            },
+        }
+    }
+}
+
+fn ip_bits(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let x = u128::from(v6);
+            (x as u64) ^ ((x >> 64) as u64).rotate_left(17)
+        }
+    }
+}
+
+/// A 64-bit finalizer (splitmix64): cheap and well spread.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Decodes one frame of the given link type. Never panics, never reads past
+/// `data`; damage is reported in [`Observation::error`].
+pub fn decode(
+    linktype: i32,
+    ts: PacketTime,
+    orig_len: u32,
+    data: &[u8],
+) -> Observation {
+    let cap_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut obs = Observation::empty(ts, orig_len, cap_len);
+    let cut = cap_len < orig_len;
+    match linktype {
+        linktype::ETHERNET => match LaxSlicedPacket::from_ethernet(data) {
+            Ok(p) => fill(&mut obs, &p, cut),
+            Err(_) => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
+        },
+        linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, linktype, data, cut),
+        linktype::RAW | linktype::IPV4 | linktype::IPV6 => match LaxSlicedPacket::from_ip(data) {
+            Ok(p) => fill(&mut obs, &p, cut),
+            Err(e) => ip_header_error(&mut obs, &e, cut),
+        },
+        linktype::NULL | linktype::LOOP => {
+            // 4-byte address family in host (NULL) or network (LOOP) order.
+            match data.get(4..) {
+                Some(rest) => match LaxSlicedPacket::from_ip(rest) {
+                    Ok(p) => fill(&mut obs, &p, cut),
+                    Err(e) => ip_header_error(&mut obs, &e, cut),
+                },
+                None => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
+            }
+        }
+        _ => obs.error = Some(DecodeErrorKind::UnsupportedLink),
+    }
+    obs
+}
+
+fn ip_header_error(obs: &mut Observation, e: &etherparse::err::ip::LaxHeaderSliceError, cut: bool) {
+    use etherparse::err::ip::LaxHeaderSliceError as E;
+    match e {
+        E::Len(_) => set_len_error(obs, DecodeErrorKind::Ipv4, cut),
+        E::Content(c) => obs.error = Some(ip_content_kind(c)),
+    }
+}
+
+fn set_len_error(obs: &mut Observation, kind: DecodeErrorKind, cut: bool) {
+    if cut {
+        obs.snaplen_cut = true;
+    } else {
+        obs.error = Some(kind);
+    }
+}
+
+fn decode_sll(obs: &mut Observation, linktype: i32, data: &[u8], cut: bool) {
+    let (hdr_len, proto_range, addr_len_at, addr_range) = if linktype == linktype::LINUX_SLL {
+        (sll::V1_LEN, sll::V1_PROTOCOL, sll::V1_ADDR_LEN, sll::V1_ADDR)
+    } else {
+        (sll::V2_LEN, sll::V2_PROTOCOL, sll::V2_ADDR_LEN, sll::V2_ADDR)
+    };
+    let (Some(proto), Some(&addr_len), Some(addr), Some(payload)) = (
+        data.get(proto_range),
+        data.get(addr_len_at),
+        data.get(addr_range),
+        data.get(hdr_len..),
+    ) else {
+        set_len_error(obs, DecodeErrorKind::LinuxSll, cut);
+        return;
+    };
+    let ether_type = u16::from_be_bytes([proto[0], proto[1]]);
+    if addr_len == 6 {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&addr[..6]);
+        obs.l2 = Some(L2 { src: Mac(m), dst: None, ether_type, vlan: None });
+    }
+    let p = LaxSlicedPacket::from_ether_type(etherparse::EtherType(ether_type), payload);
+    fill(obs, &p, cut);
+}
+
+/// Copies what parsed into the observation and classifies where it stopped.
+fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, cut: bool) {
+    if let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link {
+        let vlan = p.link_exts.iter().rev().find_map(|e| match e {
+            etherparse::LaxLinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
+            _ => None,
+        });
+        let ether_type = p.ether_payload().map_or(eth.ether_type().0, |e| e.ether_type.0);
+        obs.l2 = Some(L2 {
+            src: Mac(eth.source()),
+            dst: Some(Mac(eth.destination())),
+            ether_type,
+            vlan,
+        });
+    }
+
+    match &p.net {
+        Some(LaxNetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            let pl = ip.payload();
+            obs.net = Net::Ip {
+                src: IpAddr::V4(h.source_addr()),
+                dst: IpAddr::V4(h.destination_addr()),
+                proto: pl.ip_number.0,
+                fragment: pl.fragmented,
+            };
+            if pl.incomplete && !cut && p.stop_err.is_none() {
+                obs.error = Some(DecodeErrorKind::IpLength);
+                return;
+            }
+        }
+        Some(LaxNetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            let pl = ip.payload();
+            obs.net = Net::Ip {
+                src: IpAddr::V6(Ipv6Addr::from(h.source())),
+                dst: IpAddr::V6(Ipv6Addr::from(h.destination())),
+                proto: pl.ip_number.0,
+                fragment: pl.fragmented,
+            };
+            if pl.incomplete && !cut && p.stop_err.is_none() {
+                obs.error = Some(DecodeErrorKind::IpLength);
+                return;
+            }
+        }
+        Some(LaxNetSlice::Arp(arp)) => {
+            obs.net = arp_net(arp, false);
+        }
+        None => {
+            // etherparse does not know RARP; its body is ARP's.
+            if let Some(ep) = p.ether_payload() {
+                if ep.ether_type.0 == ethertype::RARP {
+                    match ArpPacketSlice::from_slice(ep.payload) {
+                        Ok(arp) => obs.net = arp_net(&arp, true),
+                        Err(_) => set_len_error(obs, DecodeErrorKind::Arp, cut),
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some((err, layer)) = &p.stop_err {
+        classify_stop(obs, err, *layer, cut);
+        return;
+    }
+
+    obs.l4 = match &p.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let payload_len = tcp_payload_len(p, tcp);
+            let mut timestamps = None;
+            for opt in tcp.options_iterator() {
+                match opt {
+                    Ok(etherparse::TcpOptionElement::Timestamp(v, e)) => {
+                        timestamps = Some((v, e));
+                        break;
+                    }
+                    Ok(_) => {}
+                    // A malformed option list ends the walk; the header is still usable.
+                    Err(_) => break,
+                }
+            }
+            L4::Tcp(TcpInfo {
+                src_port: tcp.source_port(),
+                dst_port: tcp.destination_port(),
+                flags: tcp.slice().get(13).copied().unwrap_or(0),
+                seq: tcp.sequence_number(),
+                ack: tcp.acknowledgment_number(),
+                payload_len,
+                timestamps,
+            })
+        }
+        Some(TransportSlice::Udp(udp)) => L4::Udp {
+            src_port: udp.source_port(),
+            dst_port: udp.destination_port(),
+        },
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            let b = icmp.bytes5to8();
+            L4::Icmp(IcmpInfo {
+                v6: false,
+                icmp_type: icmp.type_u8(),
+                code: icmp.code_u8(),
+                id: u16::from_be_bytes([b[0], b[1]]),
+                seq: u16::from_be_bytes([b[2], b[3]]),
+            })
+        }
+        Some(TransportSlice::Icmpv6(icmp)) => {
+            let b = icmp.bytes5to8();
+            L4::Icmp(IcmpInfo {
+                v6: true,
+                icmp_type: icmp.type_u8(),
+                code: icmp.code_u8(),
+                id: u16::from_be_bytes([b[0], b[1]]),
+                seq: u16::from_be_bytes([b[2], b[3]]),
+            })
+        }
+        Some(TransportSlice::Igmp(_)) | None => L4::None,
+    };
+}
+
+/// TCP payload length from the IP header's length, so that a snaplen cut
+/// does not shrink it. A zero IPv4 total length (TSO) falls back to what was
+/// captured.
+fn tcp_payload_len(p: &LaxSlicedPacket<'_>, tcp: &etherparse::TcpSlice<'_>) -> u32 {
+    let hdr = tcp.header_len() as u32;
+    let (ip_start, ip_total) = match &p.net {
+        Some(LaxNetSlice::Ipv4(ip)) => (ip.header().slice().as_ptr() as usize, u32::from(ip.header().total_len())),
+        Some(LaxNetSlice::Ipv6(ip)) => (
+            ip.header().slice().as_ptr() as usize,
+            40 + u32::from(ip.header().payload_length()),
+        ),
+        _ => return tcp.payload().len() as u32,
+    };
+    let before_tcp = (tcp.slice().as_ptr() as usize).saturating_sub(ip_start) as u32;
+    match ip_total.checked_sub(before_tcp + hdr) {
+        Some(n) if ip_total > 0 => n,
+        _ => tcp.payload().len() as u32,
+    }
+}
+
+fn arp_net(arp: &ArpPacketSlice<'_>, rarp: bool) -> Net {
+    let mac = |s: &[u8]| -> Mac {
+        let mut m = [0u8; 6];
+        if s.len() == 6 {
+            m.copy_from_slice(s);
+        }
+        Mac(m)
+    };
+    let ip = |s: &[u8]| -> Ipv4Addr {
+        match <[u8; 4]>::try_from(s) {
+            Ok(b) => Ipv4Addr::from(b),
+            Err(_) => Ipv4Addr::UNSPECIFIED,
+        }
+    };
+    Net::Arp {
+        rarp,
+        op: arp.operation().0,
+        sender_mac: mac(arp.sender_hw_addr()),
+        sender_ip: ip(arp.sender_protocol_addr()),
+        target_mac: mac(arp.target_hw_addr()),
+        target_ip: ip(arp.target_protocol_addr()),
+    }
+}
+
+fn ip_content_kind(e: &etherparse::err::ip::HeaderError) -> DecodeErrorKind {
+    use etherparse::err::ip::HeaderError as H;
+    match e {
+        H::UnsupportedIpVersion { .. } => DecodeErrorKind::IpVersion,
+        H::Ipv4HeaderLengthSmallerThanHeader { .. } => DecodeErrorKind::Ipv4,
+        #[allow(unreachable_patterns)]
+        _ => DecodeErrorKind::Ipv4,
+    }
+}
+
+fn classify_stop(obs: &mut Observation, err: &SliceError, layer: Layer, cut: bool) {
+    let kind = match err {
+        SliceError::Len(_) => {
+            let kind = match layer {
+                Layer::VlanHeader => DecodeErrorKind::Vlan,
+                Layer::IpHeader | Layer::Ipv4Header | Layer::Ipv4Packet => DecodeErrorKind::Ipv4,
+                Layer::Ipv6Header | Layer::Ipv6Packet => DecodeErrorKind::Ipv6,
+                Layer::IpAuthHeader
+                | Layer::Ipv6ExtHeader
+                | Layer::Ipv6HopByHopHeader
+                | Layer::Ipv6DestOptionsHeader
+                | Layer::Ipv6RouteHeader
+                | Layer::Ipv6FragHeader => DecodeErrorKind::IpExtension,
+                Layer::TcpHeader => DecodeErrorKind::Tcp,
+                Layer::UdpHeader | Layer::UdpPayload => DecodeErrorKind::Udp,
+                Layer::Icmpv4 | Layer::Icmpv6 => DecodeErrorKind::Icmp,
+                Layer::Arp => DecodeErrorKind::Arp,
+                Layer::LinuxSllHeader => DecodeErrorKind::LinuxSll,
+                Layer::Ethernet2Header => DecodeErrorKind::LinkTruncated,
+                _ => DecodeErrorKind::Other,
+            };
+            set_len_error(obs, kind, cut);
+            return;
+        }
+        SliceError::Ip(c) => ip_content_kind(c),
+        SliceError::Ipv4(_) => DecodeErrorKind::Ipv4,
+        SliceError::Ipv6(_) => DecodeErrorKind::Ipv6,
+        SliceError::Ipv4Exts(_) | SliceError::Ipv6Exts(_) => DecodeErrorKind::IpExtension,
+        SliceError::Tcp(_) => DecodeErrorKind::Tcp,
+        SliceError::LinuxSll(_) => DecodeErrorKind::LinuxSll,
+        #[allow(unreachable_patterns)]
+        _ => DecodeErrorKind::Other,
+    };
+    obs.error = Some(kind);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! Levels, reasons and the rise-at-once, fall-slowly hysteresis every reason uses.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Level {
+    #[default]
+    #[serde(rename = "LOW")]
+    Low,
+    #[serde(rename = "MEDIUM")]
+    Medium,
+    #[serde(rename = "HIGH")]
+    High,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Low => "LOW",
+            Level::Medium => "MEDIUM",
+            Level::High => "HIGH",
+        }
+    }
+
+    /// One level down (LOW stays LOW).
+    pub fn down(self) -> Level {
+        match self {
+            Level::High => Level::Medium,
+            _ => Level::Low,
+        }
+    }
+
+    /// 0, 1, 2: the value of the per-VM level gauge.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Tx,
+    Rx,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    Rate,
+    Rtt,
+    Volume,
+    Migration,
+    Signature,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rate => "rate",
+            Reason::Rtt => "rtt",
+            Reason::Volume => "volume",
+            Reason::Migration => "migration",
+            Reason::Signature => "signature",
+        }
+    }
+}
+
+/// A level that rises at once to what a window shows and drops back one level
+/// after `clear` consecutive windows below it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hysteresis {
+    pub level: Level,
+    below: u32,
+}
+
+impl Hysteresis {
+    /// Feeds one window's level; true when the level changed.
+    pub fn update(&mut self, window: Level, clear: u32) -> bool {
+        if window > self.level {
+            self.level = window;
+            self.below = 0;
+            true
+        } else if window < self.level {
+            self.below += 1;
+            if self.below >= clear {
+                self.level = self.level.down();
+                self.below = 0;
+                true
+            } else {
+                false
+            }
+        } else {
+            self.below = 0;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rises_at_once_and_falls_one_level_per_clear_run() {
+        let mut h = Hysteresis::default();
+        assert!(h.update(Level::High, 3));
+        assert_eq!(h.level, Level::High);
+        assert!(!h.update(Level::Low, 3));
+        assert!(!h.update(Level::Low, 3));
+        assert!(h.update(Level::Low, 3));
+        assert_eq!(h.level, Level::Medium);
+        // A window at the current level restarts the count.
+        assert!(!h.update(Level::Low, 3));
+        assert!(!h.update(Level::Medium, 3));
+        assert!(!h.update(Level::Low, 3));
+        assert!(!h.update(Level::Low, 3));
+        assert!(h.update(Level::Low, 3));
+        assert_eq!(h.level, Level::Low);
+    }
+
+    #[test]
+    fn levels_order_and_serialize_upper_case() {
+        assert!(Level::Low < Level::Medium && Level::Medium < Level::High);
+        assert_eq!(serde_json::to_string(&Level::Medium).unwrap(), "\"MEDIUM\"");
+        let l: Level = serde_json::from_str("\"HIGH\"").unwrap();
+        assert_eq!(l, Level::High);
+        assert!(serde_json::from_str::<Level>("\"high\"").is_err());
+    }
+}

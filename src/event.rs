@@ -1,0 +1,183 @@
+//! Events: the JSON-lines record of what vmsentry saw and did, ordered by packet time.
+//!
+//! Every event has `type` and `ts` (RFC 3339 UTC with microseconds, from
+//! packet time); VMs are named by `vm` (MAC) and `vm_name` (from the rules, or
+//! null). The README's events reference documents each field.
+
+use crate::action::{Action, ActionKind};
+use crate::decode::Mac;
+use crate::detect::{Direction, Level, Reason};
+use crate::time::PacketTime;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Level(LevelEvent),
+    Action(ActionEvent),
+    VmStats(VmStatsEvent),
+    Summary(SummaryEvent),
+}
+
+impl Event {
+    pub fn ts(&self) -> PacketTime {
+        match self {
+            Event::Level(e) => e.ts,
+            Event::Action(e) => e.ts,
+            Event::VmStats(e) => e.ts,
+            Event::Summary(e) => e.ts,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LevelEvent {
+    pub ts: PacketTime,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub from: Level,
+    pub to: Level,
+    pub reason: Reason,
+    /// The direction that set the level, for `rate`; null otherwise.
+    pub direction: Option<Direction>,
+    /// Rates of the window that decided (of `direction`, or tx for other reasons).
+    pub bps: u64,
+    pub pps: u64,
+    /// For `volume`: bytes sent within the horizon, and the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// Start of the window that decided.
+    pub window_start: PacketTime,
+    pub hypervisor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActionEvent {
+    pub ts: PacketTime,
+    pub id: String,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub action: ActionKind,
+    pub hypervisor: Option<String>,
+    /// `signed` / `unsigned`: the verdict the policy used.
+    pub signature: &'static str,
+    pub destination: Option<String>,
+    pub level: Level,
+    pub reason: Reason,
+    /// Why the action differs from what the policy says (e.g. no migrate destination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub backend: &'static str,
+    /// `queued` (handed to the dispatcher) or `dropped` (its queue was full).
+    pub outcome: &'static str,
+}
+
+impl ActionEvent {
+    pub fn new(a: &Action, backend: &'static str, outcome: &'static str) -> Self {
+        ActionEvent {
+            ts: a.ts,
+            id: a.id.clone(),
+            vm: a.vm,
+            vm_name: a.vm_name.clone(),
+            action: a.kind,
+            hypervisor: a.hypervisor.clone(),
+            signature: if a.signed { "signed" } else { "unsigned" },
+            destination: a.destination.clone(),
+            level: a.level,
+            reason: a.reason,
+            note: a.note.clone(),
+            backend,
+            outcome,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VmStatsEvent {
+    pub ts: PacketTime,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub known: bool,
+    pub level: Level,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rtt_samples: u64,
+    pub rtt_min_ms: Option<f64>,
+    pub rtt_max_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SummaryEvent {
+    pub ts: PacketTime,
+    pub packets: u64,
+    pub bytes: u64,
+    pub decode_errors: u64,
+    pub decode_errors_by_kind: BTreeMap<&'static str, u64>,
+    /// Frames cut by the snaplen inside a header (normal, not errors).
+    pub snaplen_cut: u64,
+    /// `vm_stats` lines written: unicast MACs seen at the VM layer.
+    pub vms: u64,
+    /// Of those, VMs of the rules' inventory.
+    pub known_vms: u64,
+    /// MACs evicted from the bounded MAC table (their stats are lost).
+    pub mac_evictions: u64,
+    /// Packet time from the first to the last packet.
+    pub duration_s: f64,
+    pub windows: u64,
+    pub actions: ActionCounts,
+    /// Wall-clock time of the replay and what it gives per second; these
+    /// three vary run to run, everything else is fixed by the input.
+    pub wall_s: f64,
+    pub processing_pps: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ActionCounts {
+    pub queued: u64,
+    pub dropped: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// Where events go: a JSON-lines writer, or a `Vec` for tests and embedding.
+pub trait EventSink: Send {
+    fn emit(&mut self, event: &Event) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One JSON object per line.
+pub struct JsonLines<W: Write + Send>(pub W);
+
+impl<W: Write + Send> EventSink for JsonLines<W> {
+    fn emit(&mut self, event: &Event) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.0, event)?;
+        self.0.write_all(b"\n")
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl EventSink for Vec<Event> {
+    fn emit(&mut self, event: &Event) -> std::io::Result<()> {
+        self.push(event.clone());
+        Ok(())
+    }
+}
+
+/// Peak resident memory of this process, from `/proc/self/status` (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

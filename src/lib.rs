@@ -1,0 +1,40 @@
+//! vmsentry: a packet-level traffic anomaly monitor for virtualized clouds.
+//!
+//! It watches a switch mirror port or replays pcap files, measures each VM's
+//! traffic to and from its virtual switch, grades every VM LOW / MEDIUM /
+//! HIGH, checks that the hypervisor a VM sits behind carries a valid
+//! signature of the cluster, and hands quarantine or migrate actions to a
+//! backend. The data flows through these stages, one module each:
+//!
+//! 1. [`capture`]: frames from pcap/pcapng files or a live interface, behind
+//!    one [`capture::PacketSource`] trait.
+//! 2. [`decode`]: each frame into a small `Copy` [`decode::Observation`]
+//!    (etherparse, lax: damage is counted by kind, never a panic).
+//! 3. [`pipeline`]: the reader batches observations to shard workers by a
+//!    direction-independent flow hash; packet-time watermarks close windows
+//!    so results do not depend on the thread count.
+//! 4. [`measure`]: per-MAC bytes and packets each way, partial per shard,
+//!    summed at the window merge.
+//! 5. [`detect`]: rate and volume levels per VM, with hysteresis.
+//! 6. [`trust`]: the cluster key and HMAC hypervisor signatures.
+//! 7. [`policy`]: level × signature → alert, quarantine or migrate, once per rise.
+//! 8. [`action`]: the [`action::ActionSink`] contract, backends and the dispatcher.
+//!
+//! Alongside: [`config`] (the rules file), [`event`] (JSON-lines events),
+//! [`time`] (packet time, the only clock results depend on), and [`synth`]
+//! (scenario captures with known ground truth, for tests and benchmarks).
+
+#![forbid(unsafe_code)]
+
+pub mod action;
+pub mod capture;
+pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod event;
+pub mod measure;
+pub mod pipeline;
+pub mod policy;
+pub mod synth;
+pub mod time;
+pub mod trust;

@@ -1,0 +1,133 @@
+//! The `vmsentry` binary: command glue; exit 0 done, 2 bad usage or input, 1 other failure.
+
+mod cli;
+
+use anyhow::Context;
+use clap::Parser;
+use cli::{Cli, Command};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use vmsentry::action::LogSink;
+use vmsentry::capture::{CaptureError, FileSource, PacketSource};
+use vmsentry::config::Rules;
+use vmsentry::decode::Mac;
+use vmsentry::event::{EventSink, JsonLines};
+use vmsentry::pipeline::{self, PipelineError};
+use vmsentry::trust::{ClusterKey, Registry, Verdict};
+
+/// An error that is the user's to fix: exit status 2.
+#[derive(Debug)]
+struct BadInput(String);
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for BadInput {}
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg.into()))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<BadInput>().is_some() {
+                eprintln!("vmsentry: {e}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("vmsentry: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn load_rules(dir: &Path) -> anyhow::Result<Rules> {
+    Rules::load(dir).map_err(|e| bad(e.to_string()))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check { rules } => check(&rules),
+        Command::Sign { key_file, cluster, id, mac } => {
+            let mac: Mac = mac.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
+            let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
+            println!("{}", key.sign(&cluster, &id, mac));
+            Ok(())
+        }
+        Command::Replay { rules, events, threads, speed, listen, no_progress, pcaps } => {
+            if listen.is_some() {
+                eprintln!("vmsentry: --listen is not implemented yet; replaying without serving metrics");
+            }
+            let rules = load_rules(&rules)?;
+            let mut source = FileSource::open(&pcaps).map_err(|e| match e {
+                CaptureError::Open { .. } | CaptureError::Setup(_) => bad(e.to_string()),
+                other => anyhow::Error::new(other),
+            })?;
+            let sink: Box<dyn EventSink> = if events == "-" {
+                Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout())))
+            } else {
+                let f = std::fs::File::create(&events).with_context(|| format!("cannot create events file {events}"))?;
+                Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, f)))
+            };
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1);
+            // A progress bar only where a person watches and the replay is long.
+            let long = source.total_bytes().unwrap_or(0) > 64 << 20;
+            let opts = pipeline::Options { threads, speed, progress: !no_progress && long && std::io::stderr().is_terminal() };
+            match pipeline::run(&mut source, &rules, Box::new(LogSink::stderr()), sink, &opts) {
+                Ok(_) => Ok(()),
+                Err(PipelineError::Capture(e @ CaptureError::Open { .. })) => Err(bad(e.to_string())),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn check(dir: &Path) -> anyhow::Result<()> {
+    let rules = load_rules(dir)?;
+    let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+    let mut signed = 0;
+    for (h, e) in rules.hypervisors.iter().zip(registry.entries()) {
+        if h.signature.is_none() {
+            eprintln!("warning: hypervisor `{}` has no signature: it is unsigned", h.id);
+            continue;
+        }
+        if h.macs.is_empty() {
+            eprintln!("warning: hypervisor `{}` lists no MACs, so its signature cannot verify: it is unsigned", h.id);
+            continue;
+        }
+        for (mac, ok) in &e.macs {
+            if !ok {
+                eprintln!(
+                    "warning: hypervisor `{}`: signature does not verify for MAC {mac}: it is unsigned for that MAC",
+                    h.id
+                );
+            }
+        }
+        if e.verdict() == Verdict::Valid {
+            signed += 1;
+        }
+    }
+    eprintln!(
+        "{}: OK: cluster `{}`, {} hypervisors ({} signed), {} VMs",
+        dir.join(vmsentry::config::RULES_FILE).display(),
+        rules.cluster,
+        rules.hypervisors.len(),
+        signed,
+        rules.vms.len()
+    );
+    Ok(())
+}

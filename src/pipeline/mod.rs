@@ -1,0 +1,383 @@
+//! Pipeline: reader → batches → shard workers → window merge → detect → policy → dispatch.
+//!
+//! The reader (the calling thread) decodes each frame into an
+//! [`Observation`], picks a shard by a direction-independent flow hash, and
+//! appends to that shard's batch; full batches cross to the shard's bounded
+//! queue, and emptied batches come back through a pool, so the hot path does
+//! not allocate. When packet time enters a new window, the reader flushes
+//! every batch and sends every shard a `Close` for the old window: that is
+//! the watermark. Each shard then hands its partial counters to the merge,
+//! which closes the window once all shards have reported. Replay never drops:
+//! a full queue makes the reader wait.
+//!
+//! The window of a frame is decided by the reader alone (a frame stamped
+//! earlier than the current window counts in the current one), so events are
+//! the same for every thread count.
+
+mod merge;
+mod shard;
+
+use crate::action::{ActionSink, Dispatcher};
+use crate::capture::{CaptureError, PacketSource};
+use crate::config::Rules;
+use crate::decode::{decode, DecodeErrorKind, Mac, Observation};
+use crate::detect::Detector;
+use crate::event::{ActionCounts, Event, EventSink, SummaryEvent, VmStatsEvent};
+use crate::measure::Counters;
+use crate::policy::Policy;
+use crate::time::PacketTime;
+use crate::trust::Registry;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+/// Reader to shard.
+pub(crate) enum ShardMsg {
+    Batch(Vec<Observation>),
+    /// Every frame of `window` has been sent: hand its counters to the merge.
+    Close { window: i64 },
+}
+
+/// Shard to merge: one shard's counters of one window.
+pub(crate) struct Partial {
+    #[allow(dead_code)]
+    pub shard: usize,
+    pub window: i64,
+    pub counters: Vec<(Mac, Counters)>,
+    pub overflow: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Shard workers (at least 1).
+    pub threads: usize,
+    /// Pace the replay at this multiple of packet time; `None`: as fast as possible.
+    pub speed: Option<f64>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { threads: 1, speed: None, progress: false }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("cannot start a pipeline thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a pipeline thread stopped unexpectedly")]
+    ThreadDied,
+    #[error("cannot write events: {0}")]
+    Events(std::io::Error),
+}
+
+/// Counters the reader keeps; published once at the end (never per packet).
+#[derive(Clone, Debug, Default)]
+pub struct ReaderStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub errors: [u64; DecodeErrorKind::COUNT],
+    pub snaplen_cut: u64,
+    pub first_ts: Option<PacketTime>,
+    pub last_ts: Option<PacketTime>,
+}
+
+/// Replays a source through the whole pipeline, writing events to `events`,
+/// and returns the final summary (also written as the last event).
+pub fn run(
+    source: &mut dyn PacketSource,
+    rules: &Rules,
+    sink: Box<dyn ActionSink>,
+    events: Box<dyn EventSink>,
+    opts: &Options,
+) -> Result<SummaryEvent, PipelineError> {
+    let started = Instant::now();
+    let shards = opts.threads.max(1);
+    let limits = &rules.limits;
+    let window_len_us = rules.window_len_us();
+
+    let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+    let policy = Policy::new(rules, registry);
+    let detector = Detector::new(rules);
+    let dispatcher = Dispatcher::start(sink, limits.action_queue).map_err(PipelineError::Thread)?;
+
+    let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
+    let merge = merge::Merge { shards, detector, policy, dispatcher, events };
+    let merge_handle = std::thread::Builder::new()
+        .name("vmsentry-merge".into())
+        .spawn(move || merge.run(merge_rx))
+        .map_err(PipelineError::Thread)?;
+
+    let mut shard_tx: Vec<Sender<ShardMsg>> = Vec::with_capacity(shards);
+    let mut pools: Vec<Receiver<Vec<Observation>>> = Vec::with_capacity(shards);
+    let mut shard_handles = Vec::with_capacity(shards);
+    for s in 0..shards {
+        let (tx, rx) = bounded::<ShardMsg>(limits.queue_batches);
+        let (pool_tx, pool_rx) = bounded::<Vec<Observation>>(limits.queue_batches + 2);
+        let merge_tx = merge_tx.clone();
+        let max_macs = limits.max_macs;
+        let h = std::thread::Builder::new()
+            .name(format!("vmsentry-shard-{s}"))
+            .spawn(move || shard::run(s, rx, pool_tx, merge_tx, max_macs))
+            .map_err(PipelineError::Thread)?;
+        shard_tx.push(tx);
+        pools.push(pool_rx);
+        shard_handles.push(h);
+    }
+    drop(merge_tx);
+
+    let progress = match (opts.progress, source.total_bytes()) {
+        (true, Some(total)) => Some(progress_bar(total)),
+        _ => None,
+    };
+
+    let mut reader = Reader {
+        batch_size: limits.batch_size,
+        batches: (0..shards).map(|_| Vec::with_capacity(limits.batch_size)).collect(),
+        shard_tx,
+        pools,
+        window_len_us,
+        window: None,
+        next_boundary: i64::MIN,
+        stats: ReaderStats::default(),
+        failed: false,
+        pace: opts.speed.map(|s| Pace { speed: s, wall0: Instant::now(), ts0: None, checked: i64::MIN }),
+        progress,
+        progress_bytes: 0,
+    };
+    let read_result = source.run(&mut |pkt| {
+        let obs = decode(pkt.linktype, pkt.ts, pkt.orig_len, pkt.data);
+        reader.progress_bytes += 16 + pkt.data.len() as u64;
+        reader.push(obs)
+    });
+    reader.finish();
+    let failed = reader.failed;
+    if let Some(pb) = reader.progress.take() {
+        pb.finish_and_clear();
+    }
+    let stats = std::mem::take(&mut reader.stats);
+    drop(reader);
+
+    for h in shard_handles {
+        h.join().map_err(|_| PipelineError::ThreadDied)?;
+    }
+    let out = merge_handle.join().map_err(|_| PipelineError::ThreadDied)?;
+    read_result?;
+    if failed {
+        return Err(PipelineError::ThreadDied);
+    }
+    let dispatch = out.dispatcher.finish();
+    let mut events = out.events;
+    if let Some(e) = out.io_error {
+        return Err(PipelineError::Events(e));
+    }
+
+    // End of replay: one vm_stats per unicast MAC, then the summary.
+    let detector = out.detector;
+    let end_ts = detector
+        .last_window_end()
+        .or(stats.last_ts)
+        .unwrap_or(PacketTime::ZERO);
+    let seen = detector.seen_macs();
+    let mut known_vms = 0;
+    for (mac, st) in &seen {
+        let vm = st.vm.map(|i| detector.vm(i));
+        known_vms += u64::from(vm.is_some());
+        let ev = Event::VmStats(VmStatsEvent {
+            ts: end_ts,
+            vm: *mac,
+            vm_name: vm.map(|v| v.name.clone()),
+            known: vm.is_some(),
+            level: vm.map_or(crate::detect::Level::Low, |v| v.level),
+            tx_bytes: st.totals.tx_bytes,
+            tx_packets: st.totals.tx_packets,
+            rx_bytes: st.totals.rx_bytes,
+            rx_packets: st.totals.rx_packets,
+            rtt_samples: 0,
+            rtt_min_ms: None,
+            rtt_max_ms: None,
+        });
+        events.emit(&ev).map_err(PipelineError::Events)?;
+    }
+    let mut by_kind = BTreeMap::new();
+    for k in DecodeErrorKind::ALL {
+        let n = stats.errors[k as usize];
+        if n > 0 {
+            by_kind.insert(k.as_str(), n);
+        }
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let duration_s = match (stats.first_ts, stats.last_ts) {
+        (Some(a), Some(b)) => (b.as_micros() - a.as_micros()) as f64 / 1e6,
+        _ => 0.0,
+    };
+    let summary = SummaryEvent {
+        ts: end_ts,
+        packets: stats.packets,
+        bytes: stats.bytes,
+        decode_errors: stats.errors.iter().sum(),
+        decode_errors_by_kind: by_kind,
+        snaplen_cut: stats.snaplen_cut,
+        vms: seen.len() as u64,
+        known_vms,
+        mac_evictions: detector.evictions,
+        duration_s,
+        windows: detector.windows,
+        actions: ActionCounts {
+            queued: out.queued,
+            dropped: out.dropped,
+            delivered: dispatch.delivered,
+            failed: dispatch.failed,
+        },
+        wall_s,
+        processing_pps: if wall_s > 0.0 { stats.packets as f64 / wall_s } else { 0.0 },
+        peak_rss_bytes: crate::event::peak_rss_bytes(),
+    };
+    if out.shard_overflow > 0 {
+        eprintln!(
+            "vmsentry: {} observations found a shard's MAC table full (limits.max_macs = {})",
+            out.shard_overflow, limits.max_macs
+        );
+    }
+    events.emit(&Event::Summary(summary.clone())).map_err(PipelineError::Events)?;
+    events.flush().map_err(PipelineError::Events)?;
+    Ok(summary)
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} replay [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+    ) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+struct Pace {
+    speed: f64,
+    wall0: Instant,
+    ts0: Option<PacketTime>,
+    /// Packet time of the last check; checks happen at most once per millisecond of packet time.
+    checked: i64,
+}
+
+struct Reader {
+    batch_size: usize,
+    batches: Vec<Vec<Observation>>,
+    shard_tx: Vec<Sender<ShardMsg>>,
+    pools: Vec<Receiver<Vec<Observation>>>,
+    window_len_us: i64,
+    window: Option<i64>,
+    /// First microsecond of the next window: crossing it closes the current one.
+    next_boundary: i64,
+    stats: ReaderStats,
+    failed: bool,
+    pace: Option<Pace>,
+    progress: Option<indicatif::ProgressBar>,
+    progress_bytes: u64,
+}
+
+impl Reader {
+    #[inline]
+    fn push(&mut self, obs: Observation) -> ControlFlow<()> {
+        let st = &mut self.stats;
+        st.packets += 1;
+        st.bytes += u64::from(obs.orig_len);
+        if let Some(k) = obs.error {
+            st.errors[k as usize] += 1;
+        }
+        st.snaplen_cut += u64::from(obs.snaplen_cut);
+        if st.first_ts.is_none() {
+            st.first_ts = Some(obs.ts);
+        }
+        st.last_ts = Some(obs.ts);
+
+        let t = obs.ts.as_micros();
+        if t >= self.next_boundary {
+            let w = obs.ts.window_index(self.window_len_us);
+            if let Some(old) = self.window {
+                if self.close(old).is_break() {
+                    return ControlFlow::Break(());
+                }
+            }
+            self.window = Some(w);
+            self.next_boundary = (w + 1) * self.window_len_us;
+        }
+        if self.pace.is_some() && self.pace_to(obs.ts).is_break() {
+            return ControlFlow::Break(());
+        }
+        let n = self.batches.len();
+        let s = if n == 1 { 0 } else { ((u128::from(obs.flow_hash()) * n as u128) >> 64) as usize };
+        self.batches[s].push(obs);
+        if self.batches[s].len() >= self.batch_size {
+            return self.send(s);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn send(&mut self, s: usize) -> ControlFlow<()> {
+        let fresh = self.pools[s].try_recv().unwrap_or_else(|_| Vec::with_capacity(self.batch_size));
+        let full = std::mem::replace(&mut self.batches[s], fresh);
+        if self.shard_tx[s].send(ShardMsg::Batch(full)).is_err() {
+            self.failed = true;
+            return ControlFlow::Break(());
+        }
+        if let Some(pb) = &self.progress {
+            pb.set_position(self.progress_bytes);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The watermark: every shard gets its pending batch, then `Close`.
+    fn close(&mut self, window: i64) -> ControlFlow<()> {
+        for s in 0..self.batches.len() {
+            if !self.batches[s].is_empty() && self.send(s).is_break() {
+                return ControlFlow::Break(());
+            }
+            if self.shard_tx[s].send(ShardMsg::Close { window }).is_err() {
+                self.failed = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pace_to(&mut self, ts: PacketTime) -> ControlFlow<()> {
+        let Some(p) = self.pace.as_mut() else { return ControlFlow::Continue(()) };
+        let ts0 = *p.ts0.get_or_insert(ts);
+        let t = ts.as_micros();
+        if t < p.checked.saturating_add(1000) {
+            return ControlFlow::Continue(());
+        }
+        p.checked = t;
+        let due = Duration::from_secs_f64(((t - ts0.as_micros()).max(0) as f64 / 1e6) / p.speed);
+        let elapsed = p.wall0.elapsed();
+        if due > elapsed + Duration::from_millis(1) {
+            let wait = due - elapsed;
+            // Let the shards see what was read before waiting.
+            for s in 0..self.batches.len() {
+                if !self.batches[s].is_empty() && self.send(s).is_break() {
+                    return ControlFlow::Break(());
+                }
+            }
+            std::thread::sleep(wait);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn finish(&mut self) {
+        if self.failed {
+            return;
+        }
+        if let Some(w) = self.window {
+            let _ = self.close(w);
+        }
+        self.shard_tx.clear();
+    }
+}

@@ -1,0 +1,107 @@
+//! Policy: a level rise and the hypervisor's signature decide the action; migrate picks a destination.
+//!
+//! A VM is acted on once per rise of its level (LOW to MEDIUM, MEDIUM to
+//! HIGH, LOW to HIGH), never per window and never on a fall. `migrate` goes to
+//! a signed hypervisor other than the VM's own, the one with the fewest VMs
+//! (counting migrations already decided), ties broken by id; when there is
+//! none it becomes an `alert` whose note says why.
+
+use crate::action::{Action, ActionKind};
+use crate::config::{PolicyTable, Rules};
+use crate::detect::{Change, Level, VmState};
+use crate::trust::Registry;
+
+pub struct Policy {
+    table: PolicyTable,
+    registry: Registry,
+    hypervisor_ids: Vec<String>,
+    /// VMs placed on each hypervisor: from the rules, plus decided migrations.
+    placed: Vec<u64>,
+    seq: u64,
+}
+
+impl Policy {
+    pub fn new(rules: &Rules, registry: Registry) -> Policy {
+        let mut placed = vec![0u64; rules.hypervisors.len()];
+        for v in &rules.vms {
+            if let Some(h) = v.hypervisor {
+                placed[h] += 1;
+            }
+        }
+        Policy {
+            table: rules.policy.clone(),
+            registry,
+            hypervisor_ids: rules.hypervisors.iter().map(|h| h.id.clone()).collect(),
+            placed,
+            seq: 0,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Whether the VM's hypervisor is signed.
+    pub fn signed(&self, vm: &VmState) -> bool {
+        vm.hypervisor
+            .and_then(|h| self.registry.get(h))
+            .is_some_and(|e| e.verdict().is_signed())
+    }
+
+    /// The action for a level change, if it is a rise.
+    pub fn decide(&mut self, change: &Change, vm: &VmState) -> Option<Action> {
+        if change.to <= change.from {
+            return None;
+        }
+        let rule = self.table.rule(change.to)?;
+        let signed = self.signed(vm);
+        let mut kind = if signed { rule.signed } else { rule.unsigned };
+        let mut destination = None;
+        let mut note = None;
+        if kind == ActionKind::Migrate {
+            match self.destination(vm.hypervisor) {
+                Some(d) => {
+                    self.placed[d] += 1;
+                    if let Some(h) = vm.hypervisor {
+                        self.placed[h] = self.placed[h].saturating_sub(1);
+                    }
+                    destination = Some(self.hypervisor_ids[d].clone());
+                }
+                None => {
+                    kind = ActionKind::Alert;
+                    note = Some("migrate wanted, but no signed hypervisor other than the VM's own is registered".into());
+                }
+            }
+        }
+        self.seq += 1;
+        Some(Action {
+            id: format!("{}-{}", change.window_end.as_micros(), self.seq),
+            ts: change.window_end,
+            kind,
+            vm: vm.mac,
+            vm_name: Some(vm.name.clone()),
+            hypervisor: vm.hypervisor.map(|h| self.hypervisor_ids[h].clone()),
+            signed,
+            destination,
+            level: change.to,
+            reason: change.reason,
+            note,
+        })
+    }
+
+    fn destination(&self, current: Option<usize>) -> Option<usize> {
+        (0..self.hypervisor_ids.len())
+            .filter(|&h| Some(h) != current)
+            .filter(|&h| self.registry.get(h).is_some_and(|e| e.verdict().is_signed()))
+            .min_by(|&a, &b| {
+                self.placed[a]
+                    .cmp(&self.placed[b])
+                    .then_with(|| self.hypervisor_ids[a].cmp(&self.hypervisor_ids[b]))
+            })
+    }
+
+    /// Levels have no action below MEDIUM.
+    pub fn acts_on(level: Level) -> bool {
+        level > Level::Low
+    }
+}

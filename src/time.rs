@@ -1,0 +1,94 @@
+//! Packet time: the capture's clock, the only clock windows and RTTs read.
+
+use std::fmt;
+
+/// Microseconds since the Unix epoch, as stamped by the capture.
+///
+/// Windows, rates and RTTs use only this type, so a replay gives the same
+/// results on every run and for every thread count. The wall clock is read in
+/// the live source and the backends, nowhere else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PacketTime(i64);
+
+impl PacketTime {
+    pub const ZERO: PacketTime = PacketTime(0);
+
+    pub const fn from_micros(us: i64) -> Self {
+        PacketTime(us)
+    }
+
+    /// From a pcap header's `timeval` (seconds, microseconds).
+    pub fn from_timeval(sec: i64, usec: i64) -> Self {
+        PacketTime(sec.saturating_mul(1_000_000).saturating_add(usec))
+    }
+
+    pub const fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e6
+    }
+
+    /// Index of the window of `len_us` microseconds this instant falls in;
+    /// windows are aligned to multiples of their length.
+    pub fn window_index(self, len_us: i64) -> i64 {
+        self.0.div_euclid(len_us)
+    }
+
+    pub fn saturating_add_micros(self, us: i64) -> Self {
+        PacketTime(self.0.saturating_add(us))
+    }
+
+    /// RFC 3339 in UTC with microseconds, e.g. `2024-01-01T00:00:00.000000Z`.
+    pub fn rfc3339(self) -> String {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        match time::OffsetDateTime::from_unix_timestamp(secs) {
+            Ok(t) => format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                micros
+            ),
+            // Out of the representable range: still a stable, sortable value.
+            Err(_) => format!("@{}us", self.0),
+        }
+    }
+}
+
+impl fmt::Display for PacketTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rfc3339())
+    }
+}
+
+impl serde::Serialize for PacketTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.rfc3339())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_has_microseconds_and_utc() {
+        let t = PacketTime::from_timeval(1_700_000_000, 42);
+        assert_eq!(t.rfc3339(), "2023-11-14T22:13:20.000042Z");
+        assert_eq!(PacketTime::ZERO.rfc3339(), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn windows_align_to_multiples_of_length() {
+        let len = 1_000_000;
+        assert_eq!(PacketTime::from_micros(999_999).window_index(len), 0);
+        assert_eq!(PacketTime::from_micros(1_000_000).window_index(len), 1);
+        assert_eq!(PacketTime::from_micros(-1).window_index(len), -1);
+    }
+}
