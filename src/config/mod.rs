@@ -96,6 +96,8 @@ pub struct Limits {
     pub max_macs: usize,
     /// Observations per batch handed from the reader to a shard.
     pub batch_size: usize,
+    /// Leading bytes of each frame handed to decode (headers; the rest is not read).
+    pub decode_bytes: usize,
     /// Batches in flight per shard queue.
     pub queue_batches: usize,
     /// Actions waiting for the dispatcher.
@@ -262,6 +264,7 @@ impl Rules {
         for (v, name) in [
             (&l.max_macs, "limits.max_macs"),
             (&l.batch_size, "limits.batch_size"),
+            (&l.decode_bytes, "limits.decode_bytes"),
             (&l.queue_batches, "limits.queue_batches"),
             (&l.action_queue, "limits.action_queue"),
         ] {
@@ -272,6 +275,7 @@ impl Rules {
         let limits = Limits {
             max_macs: *l.max_macs.get_ref(),
             batch_size: *l.batch_size.get_ref(),
+            decode_bytes: (*l.decode_bytes.get_ref()).max(64),
             queue_batches: *l.queue_batches.get_ref(),
             action_queue: *l.action_queue.get_ref(),
         };

@@ -199,6 +199,9 @@ pub struct RawLimits {
     /// Default 512 observations.
     #[serde(default = "d_batch_size")]
     pub batch_size: Spanned<usize>,
+    /// Default 320 bytes: room for VLAN tags, a tunnel and the inner headers.
+    #[serde(default = "d_decode_bytes")]
+    pub decode_bytes: Spanned<usize>,
     /// Default 16 batches per shard.
     #[serde(default = "d_queue_batches")]
     pub queue_batches: Spanned<usize>,
@@ -212,6 +215,9 @@ fn d_max_macs() -> Spanned<usize> {
 fn d_batch_size() -> Spanned<usize> {
     sp(512)
 }
+fn d_decode_bytes() -> Spanned<usize> {
+    sp(320)
+}
 fn d_queue_batches() -> Spanned<usize> {
     sp(16)
 }
@@ -223,6 +229,7 @@ impl Default for RawLimits {
         RawLimits {
             max_macs: d_max_macs(),
             batch_size: d_batch_size(),
+            decode_bytes: d_decode_bytes(),
             queue_batches: d_queue_batches(),
             action_queue: d_action_queue(),
         }

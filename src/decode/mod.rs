@@ -12,7 +12,10 @@
 //!
 //! Only the [`Observation`] crosses threads; the frame bytes never do.
 
+mod flow_hash;
 mod mac;
+
+pub use flow_hash::flow_hash;
 
 pub use mac::{Mac, MacParseError};
 
@@ -249,79 +252,33 @@ impl Observation {
             snaplen_cut: false,
         }
     }
-
-    /// A hash that is the same for both directions of a conversation, so that
-    /// both meet in one shard: the IP 5-tuple when there is one, else the MAC
-    /// pair.
-    pub fn flow_hash(&self) -> u64 {
-        match (self.net, self.l4) {
-            (Net::Ip { src, dst, proto, .. }, l4) => {
-                let (sp, dp) = match l4 {
-                    L4::Tcp(t) => (t.src_port, t.dst_port),
-                    L4::Udp { src_port, dst_port } => (src_port, dst_port),
-                    _ => (0, 0),
-                };
-                let a = mix(ip_bits(src) ^ u64::from(sp));
-                let b = mix(ip_bits(dst) ^ u64::from(dp));
-                mix(a.wrapping_add(b) ^ u64::from(proto))
-            }
-            _ => match self.l2 {
-                Some(l2) => {
-                    let a = mix(l2.src.as_u64());
-                    let b = mix(l2.dst.map_or(0, Mac::as_u64));
-                    mix(a.wrapping_add(b))
-                }
-                None => 0,
-            },
-        }
-    }
-}
-
-fn ip_bits(ip: IpAddr) -> u64 {
-    match ip {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => {
-            let x = u128::from(v6);
-            (x as u64) ^ ((x >> 64) as u64).rotate_left(17)
-        }
-    }
-}
-
-/// A 64-bit finalizer (splitmix64): cheap and well spread.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// Decodes one frame of the given link type. Never panics, never reads past
 /// `data`; damage is reported in [`Observation::error`].
-pub fn decode(
-    linktype: i32,
-    ts: PacketTime,
-    orig_len: u32,
-    data: &[u8],
-) -> Observation {
-    let cap_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+///
+/// `data` is the captured frame or a prefix of it (the pipeline copies at
+/// most `limits.decode_bytes` of each frame); `cap_len` is what the capture
+/// holds and `orig_len` what was on the wire. Running out of `data` before
+/// `orig_len` is a cut, not an error.
+pub fn decode(linktype: i32, ts: PacketTime, orig_len: u32, cap_len: u32, data: &[u8]) -> Observation {
     let mut obs = Observation::empty(ts, orig_len, cap_len);
-    let cut = cap_len < orig_len;
+    let cut = (data.len() as u64) < u64::from(orig_len);
     match linktype {
         linktype::ETHERNET => match LaxSlicedPacket::from_ethernet(data) {
-            Ok(p) => fill(&mut obs, &p, cut),
+            Ok(p) => fill(&mut obs, &p, data, cut),
             Err(_) => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
         },
         linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, linktype, data, cut),
         linktype::RAW | linktype::IPV4 | linktype::IPV6 => match LaxSlicedPacket::from_ip(data) {
-            Ok(p) => fill(&mut obs, &p, cut),
+            Ok(p) => fill(&mut obs, &p, data, cut),
             Err(e) => ip_header_error(&mut obs, &e, cut),
         },
         linktype::NULL | linktype::LOOP => {
             // 4-byte address family in host (NULL) or network (LOOP) order.
             match data.get(4..) {
                 Some(rest) => match LaxSlicedPacket::from_ip(rest) {
-                    Ok(p) => fill(&mut obs, &p, cut),
+                    Ok(p) => fill(&mut obs, &p, data, cut),
                     Err(e) => ip_header_error(&mut obs, &e, cut),
                 },
                 None => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
@@ -370,11 +327,12 @@ fn decode_sll(obs: &mut Observation, linktype: i32, data: &[u8], cut: bool) {
         obs.l2 = Some(L2 { src: Mac(m), dst: None, ether_type, vlan: None });
     }
     let p = LaxSlicedPacket::from_ether_type(etherparse::EtherType(ether_type), payload);
-    fill(obs, &p, cut);
+    fill(obs, &p, data, cut);
 }
 
 /// Copies what parsed into the observation and classifies where it stopped.
-fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, cut: bool) {
+/// `frame` is the slice `p` was parsed from.
+fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool) {
     if let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link {
         let vlan = p.link_exts.iter().rev().find_map(|e| match e {
             etherparse::LaxLinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
@@ -399,7 +357,7 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, cut: bool) {
                 proto: pl.ip_number.0,
                 fragment: pl.fragmented,
             };
-            if pl.incomplete && !cut && p.stop_err.is_none() {
+            if ip_overruns_wire(frame, h.slice(), u32::from(h.total_len()), obs.orig_len) {
                 obs.error = Some(DecodeErrorKind::IpLength);
                 return;
             }
@@ -413,7 +371,8 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, cut: bool) {
                 proto: pl.ip_number.0,
                 fragment: pl.fragmented,
             };
-            if pl.incomplete && !cut && p.stop_err.is_none() {
+            let total = 40 + u32::from(h.payload_length());
+            if h.payload_length() > 0 && ip_overruns_wire(frame, h.slice(), total, obs.orig_len) {
                 obs.error = Some(DecodeErrorKind::IpLength);
                 return;
             }
@@ -490,6 +449,14 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, cut: bool) {
         }
         Some(TransportSlice::Igmp(_)) | None => L4::None,
     };
+}
+
+/// True when an IP packet of `total` bytes starting at `ip_hdr` would end
+/// past the frame's length on the wire. A total of 0 (TSO, jumbograms) is
+/// taken as "the rest of the frame".
+fn ip_overruns_wire(frame: &[u8], ip_hdr: &[u8], total: u32, orig_len: u32) -> bool {
+    let start = (ip_hdr.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize) as u64;
+    total > 0 && start + u64::from(total) > u64::from(orig_len)
 }
 
 /// TCP payload length from the IP header's length, so that a snaplen cut

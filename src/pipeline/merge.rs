@@ -1,6 +1,6 @@
 //! Window merge: waits for every shard's partial of a window (the watermark), then runs detect, policy and dispatch in packet-time order.
 
-use super::Partial;
+use super::{DecodeCounts, Partial};
 use crate::action::Dispatcher;
 use crate::detect::Detector;
 use crate::event::{ActionEvent, Event, EventSink, LevelEvent};
@@ -17,6 +17,7 @@ pub(super) struct MergeOutput {
     pub queued: u64,
     pub dropped: u64,
     pub shard_overflow: u64,
+    pub decode: DecodeCounts,
     pub io_error: Option<std::io::Error>,
 }
 
@@ -34,6 +35,7 @@ impl Merge {
         let mut out = Counts::default();
         for part in rx {
             out.shard_overflow += part.overflow;
+            out.decode.add(&part.decode);
             let entry = pending.entry(part.window).or_insert_with(|| (0, WindowMerge::default()));
             entry.0 += 1;
             entry.1.add(&part.counters);
@@ -57,6 +59,7 @@ impl Merge {
             queued: out.queued,
             dropped: out.dropped,
             shard_overflow: out.shard_overflow,
+            decode: out.decode,
             io_error: out.io_error,
         }
     }
@@ -101,6 +104,7 @@ struct Counts {
     queued: u64,
     dropped: u64,
     shard_overflow: u64,
+    decode: DecodeCounts,
     io_error: Option<std::io::Error>,
 }
 

@@ -1,10 +1,14 @@
 //! Pipeline: reader → batches → shard workers → window merge → detect → policy → dispatch.
 //!
-//! The reader (the calling thread) decodes each frame into an
-//! [`Observation`], picks a shard by a direction-independent flow hash, and
-//! appends to that shard's batch; full batches cross to the shard's bounded
-//! queue, and emptied batches come back through a pool, so the hot path does
-//! not allocate. When packet time enters a new window, the reader flushes
+//! The reader (the calling thread) picks a shard for each frame by a
+//! direction-independent flow hash over fixed header offsets
+//! ([`flow_hash`]), and copies the frame's first `limits.decode_bytes` into
+//! that shard's batch: a byte arena plus one small record per frame. Full
+//! batches cross to the shard's bounded queue, and emptied batches come back
+//! through a pool, so the hot path does not allocate. The shard decodes
+//! (etherparse) and measures. Keeping decode off the reader is measured, not
+//! guessed: the reader is the one stage that cannot be split, and with
+//! decode on it replay ran at 0.8x tcpdump's speed (benches/README.md). When packet time enters a new window, the reader flushes
 //! every batch and sends every shard a `Close` for the old window: that is
 //! the watermark. Each shard then hands its partial counters to the merge,
 //! which closes the window once all shards have reported. Replay never drops:
@@ -18,9 +22,9 @@ mod merge;
 mod shard;
 
 use crate::action::{ActionSink, Dispatcher};
-use crate::capture::{CaptureError, PacketSource};
+use crate::capture::{CaptureError, PacketSource, RawPacket};
 use crate::config::Rules;
-use crate::decode::{decode, DecodeErrorKind, Mac, Observation};
+use crate::decode::{flow_hash, DecodeErrorKind, Mac};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, SummaryEvent, VmStatsEvent};
 use crate::measure::Counters;
@@ -32,9 +36,42 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+/// One frame in a [`RawBatch`]: its bytes are `bytes[prev.end..end]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrameMeta {
+    pub ts: PacketTime,
+    pub orig_len: u32,
+    pub cap_len: u32,
+    pub linktype: i32,
+    pub end: u32,
+}
+
+/// Frames for one shard: their leading bytes, back to back, and their records.
+#[derive(Default)]
+pub(crate) struct RawBatch {
+    pub meta: Vec<FrameMeta>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawBatch {
+    fn with_capacity(frames: usize, decode_bytes: usize) -> RawBatch {
+        RawBatch { meta: Vec::with_capacity(frames), bytes: Vec::with_capacity(frames * decode_bytes) }
+    }
+    pub fn clear(&mut self) {
+        self.meta.clear();
+        self.bytes.clear();
+    }
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+}
+
 /// Reader to shard.
 pub(crate) enum ShardMsg {
-    Batch(Vec<Observation>),
+    Batch(RawBatch),
     /// Every frame of `window` has been sent: hand its counters to the merge.
     Close { window: i64 },
 }
@@ -46,6 +83,23 @@ pub(crate) struct Partial {
     pub window: i64,
     pub counters: Vec<(Mac, Counters)>,
     pub overflow: u64,
+    pub decode: DecodeCounts,
+}
+
+/// Decode outcomes, counted by the shards and summed at the merge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecodeCounts {
+    pub errors: [u64; DecodeErrorKind::COUNT],
+    pub snaplen_cut: u64,
+}
+
+impl DecodeCounts {
+    pub fn add(&mut self, o: &DecodeCounts) {
+        for (a, b) in self.errors.iter_mut().zip(o.errors.iter()) {
+            *a += b;
+        }
+        self.snaplen_cut += o.snaplen_cut;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -81,8 +135,6 @@ pub enum PipelineError {
 pub struct ReaderStats {
     pub packets: u64,
     pub bytes: u64,
-    pub errors: [u64; DecodeErrorKind::COUNT],
-    pub snaplen_cut: u64,
     pub first_ts: Option<PacketTime>,
     pub last_ts: Option<PacketTime>,
 }
@@ -114,11 +166,11 @@ pub fn run(
         .map_err(PipelineError::Thread)?;
 
     let mut shard_tx: Vec<Sender<ShardMsg>> = Vec::with_capacity(shards);
-    let mut pools: Vec<Receiver<Vec<Observation>>> = Vec::with_capacity(shards);
+    let mut pools: Vec<Receiver<RawBatch>> = Vec::with_capacity(shards);
     let mut shard_handles = Vec::with_capacity(shards);
     for s in 0..shards {
         let (tx, rx) = bounded::<ShardMsg>(limits.queue_batches);
-        let (pool_tx, pool_rx) = bounded::<Vec<Observation>>(limits.queue_batches + 2);
+        let (pool_tx, pool_rx) = bounded::<RawBatch>(limits.queue_batches + 2);
         let merge_tx = merge_tx.clone();
         let max_macs = limits.max_macs;
         let h = std::thread::Builder::new()
@@ -138,7 +190,8 @@ pub fn run(
 
     let mut reader = Reader {
         batch_size: limits.batch_size,
-        batches: (0..shards).map(|_| Vec::with_capacity(limits.batch_size)).collect(),
+        decode_bytes: limits.decode_bytes,
+        batches: (0..shards).map(|_| RawBatch::with_capacity(limits.batch_size, limits.decode_bytes)).collect(),
         shard_tx,
         pools,
         window_len_us,
@@ -150,11 +203,7 @@ pub fn run(
         progress,
         progress_bytes: 0,
     };
-    let read_result = source.run(&mut |pkt| {
-        let obs = decode(pkt.linktype, pkt.ts, pkt.orig_len, pkt.data);
-        reader.progress_bytes += 16 + pkt.data.len() as u64;
-        reader.push(obs)
-    });
+    let read_result = source.run(&mut |pkt| reader.push(pkt));
     reader.finish();
     let failed = reader.failed;
     if let Some(pb) = reader.progress.take() {
@@ -206,7 +255,7 @@ pub fn run(
     }
     let mut by_kind = BTreeMap::new();
     for k in DecodeErrorKind::ALL {
-        let n = stats.errors[k as usize];
+        let n = out.decode.errors[k as usize];
         if n > 0 {
             by_kind.insert(k.as_str(), n);
         }
@@ -220,9 +269,9 @@ pub fn run(
         ts: end_ts,
         packets: stats.packets,
         bytes: stats.bytes,
-        decode_errors: stats.errors.iter().sum(),
+        decode_errors: out.decode.errors.iter().sum(),
         decode_errors_by_kind: by_kind,
-        snaplen_cut: stats.snaplen_cut,
+        snaplen_cut: out.decode.snaplen_cut,
         vms: seen.len() as u64,
         known_vms,
         mac_evictions: detector.evictions,
@@ -269,9 +318,10 @@ struct Pace {
 
 struct Reader {
     batch_size: usize,
-    batches: Vec<Vec<Observation>>,
+    decode_bytes: usize,
+    batches: Vec<RawBatch>,
     shard_tx: Vec<Sender<ShardMsg>>,
-    pools: Vec<Receiver<Vec<Observation>>>,
+    pools: Vec<Receiver<RawBatch>>,
     window_len_us: i64,
     window: Option<i64>,
     /// First microsecond of the next window: crossing it closes the current one.
@@ -285,22 +335,19 @@ struct Reader {
 
 impl Reader {
     #[inline]
-    fn push(&mut self, obs: Observation) -> ControlFlow<()> {
+    fn push(&mut self, pkt: RawPacket<'_>) -> ControlFlow<()> {
         let st = &mut self.stats;
         st.packets += 1;
-        st.bytes += u64::from(obs.orig_len);
-        if let Some(k) = obs.error {
-            st.errors[k as usize] += 1;
-        }
-        st.snaplen_cut += u64::from(obs.snaplen_cut);
+        st.bytes += u64::from(pkt.orig_len);
         if st.first_ts.is_none() {
-            st.first_ts = Some(obs.ts);
+            st.first_ts = Some(pkt.ts);
         }
-        st.last_ts = Some(obs.ts);
+        st.last_ts = Some(pkt.ts);
+        self.progress_bytes += 16 + pkt.data.len() as u64;
 
-        let t = obs.ts.as_micros();
+        let t = pkt.ts.as_micros();
         if t >= self.next_boundary {
-            let w = obs.ts.window_index(self.window_len_us);
+            let w = pkt.ts.window_index(self.window_len_us);
             if let Some(old) = self.window {
                 if self.close(old).is_break() {
                     return ControlFlow::Break(());
@@ -309,20 +356,31 @@ impl Reader {
             self.window = Some(w);
             self.next_boundary = (w + 1) * self.window_len_us;
         }
-        if self.pace.is_some() && self.pace_to(obs.ts).is_break() {
+        if self.pace.is_some() && self.pace_to(pkt.ts).is_break() {
             return ControlFlow::Break(());
         }
         let n = self.batches.len();
-        let s = if n == 1 { 0 } else { ((u128::from(obs.flow_hash()) * n as u128) >> 64) as usize };
-        self.batches[s].push(obs);
-        if self.batches[s].len() >= self.batch_size {
+        let s = if n == 1 { 0 } else { ((u128::from(flow_hash(pkt.linktype, pkt.data)) * n as u128) >> 64) as usize };
+        let b = &mut self.batches[s];
+        let keep = &pkt.data[..pkt.data.len().min(self.decode_bytes)];
+        b.bytes.extend_from_slice(keep);
+        b.meta.push(FrameMeta {
+            ts: pkt.ts,
+            orig_len: pkt.orig_len,
+            cap_len: pkt.data.len() as u32,
+            linktype: pkt.linktype,
+            end: b.bytes.len() as u32,
+        });
+        if b.len() >= self.batch_size {
             return self.send(s);
         }
         ControlFlow::Continue(())
     }
 
     fn send(&mut self, s: usize) -> ControlFlow<()> {
-        let fresh = self.pools[s].try_recv().unwrap_or_else(|_| Vec::with_capacity(self.batch_size));
+        let fresh = self.pools[s]
+            .try_recv()
+            .unwrap_or_else(|_| RawBatch::with_capacity(self.batch_size, self.decode_bytes));
         let full = std::mem::replace(&mut self.batches[s], fresh);
         if self.shard_tx[s].send(ShardMsg::Batch(full)).is_err() {
             self.failed = true;

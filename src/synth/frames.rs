@@ -1,0 +1,133 @@
+//! Frame builders: well-formed frames through etherparse's builder, malformed ones by editing bytes.
+
+use crate::decode::Mac;
+use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder, VlanId};
+use std::net::Ipv4Addr;
+
+fn vlan(id: u16) -> VlanId {
+    VlanId::try_new(id).unwrap_or(VlanId::ZERO)
+}
+
+/// Ethernet / IPv4 / UDP with `payload_len` zero bytes.
+pub fn udp4(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0).ipv4(sip.octets(), dip.octets(), 64).udp(sport, dport);
+    let payload = vec![0u8; payload_len];
+    let mut out = Vec::with_capacity(b.size(payload_len));
+    // Writing to a Vec cannot fail; a failure would only shorten the frame.
+    let _ = b.write(&mut out, &payload);
+    out
+}
+
+/// Like [`udp4`], with an 802.1Q tag.
+#[allow(clippy::too_many_arguments)]
+pub fn udp4_vlan(src: Mac, dst: Mac, vid: u16, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0)
+        .single_vlan(vlan(vid))
+        .ipv4(sip.octets(), dip.octets(), 64)
+        .udp(sport, dport);
+    let payload = vec![0u8; payload_len];
+    let mut out = Vec::with_capacity(b.size(payload_len));
+    let _ = b.write(&mut out, &payload);
+    out
+}
+
+/// Like [`udp4`], with 802.1ad (0x88a8) outer and 802.1Q inner tags.
+#[allow(clippy::too_many_arguments)]
+pub fn udp4_qinq(src: Mac, dst: Mac, outer: u16, inner: u16, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0)
+        .double_vlan(vlan(outer), vlan(inner))
+        .ipv4(sip.octets(), dip.octets(), 64)
+        .udp(sport, dport);
+    let payload = vec![0u8; payload_len];
+    let mut out = Vec::with_capacity(b.size(payload_len));
+    let _ = b.write(&mut out, &payload);
+    out
+}
+
+/// Ethernet / IPv4 / TCP with the given flags and `payload_len` zero bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp4(
+    src: Mac,
+    dst: Mac,
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    payload_len: usize,
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(sip.octets(), dip.octets(), 64)
+        .tcp(sport, dport, seq, 65535);
+    if syn {
+        b = b.syn();
+    }
+    if let Some(a) = ack {
+        b = b.ack(a);
+    }
+    let payload = vec![0u8; payload_len];
+    let mut out = Vec::with_capacity(b.size(payload_len));
+    let _ = b.write(&mut out, &payload);
+    out
+}
+
+/// ARP (`rarp == false`) or RARP frame with an Ethernet/IPv4 body.
+pub fn arp(src: Mac, dst: Mac, rarp: bool, op: u16, sha: Mac, spa: Ipv4Addr, tha: Mac, tpa: Ipv4Addr) -> Vec<u8> {
+    let body = ArpPacket::new(
+        ArpHardwareId::ETHERNET,
+        EtherType::IPV4,
+        ArpOperation(op),
+        &sha.0,
+        &spa.octets(),
+        &tha.0,
+        &tpa.octets(),
+    );
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&dst.0);
+    out.extend_from_slice(&src.0);
+    out.extend_from_slice(&(if rarp { 0x8035u16 } else { 0x0806u16 }).to_be_bytes());
+    if let Ok(body) = body {
+        out.extend_from_slice(&body.to_bytes());
+    }
+    out
+}
+
+/// Byte offsets into an untagged Ethernet/IPv4 frame, for breaking it on purpose.
+pub mod offset {
+    pub const ETHERTYPE: usize = 12;
+    pub const IPV4_VERSION_IHL: usize = 14;
+    pub const IPV4_TOTAL_LEN: usize = 16;
+    pub const TCP_DATA_OFFSET: usize = 14 + 20 + 12;
+}
+
+/// The malformed frames of the basic scenario, each with the decode error kind it must give.
+pub fn malformed(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr) -> Vec<(Vec<u8>, &'static str)> {
+    let mut out = Vec::new();
+    // A runt: shorter than an Ethernet header.
+    out.push((vec![0xde; 10], "link_truncated"));
+    // IPv4 with IHL 3 (12 bytes), below the minimum of 5.
+    let mut f = udp4(src, dst, sip, dip, 1000, 2000, 18);
+    f[offset::IPV4_VERSION_IHL] = 0x43;
+    out.push((f, "ipv4"));
+    // TCP with data offset 2 (8 bytes), below the minimum of 5.
+    let mut f = tcp4(src, dst, sip, dip, 1000, 80, 1, Some(1), false, 6);
+    f[offset::TCP_DATA_OFFSET] = 0x20;
+    out.push((f, "tcp"));
+    // IPv4 total length 1000 in a 60-byte frame that was captured whole.
+    let mut f = udp4(src, dst, sip, dip, 1000, 2000, 18);
+    f[offset::IPV4_TOTAL_LEN..offset::IPV4_TOTAL_LEN + 2].copy_from_slice(&1000u16.to_be_bytes());
+    out.push((f, "ip_length"));
+    // ARP body cut to 10 bytes, captured whole.
+    let mut f = arp(src, Mac::BROADCAST, false, 1, src, sip, Mac::default(), dip);
+    f.truncate(14 + 10);
+    out.push((f, "arp"));
+    // An 802.1Q tag cut after two bytes.
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&[0x81, 0x00, 0x00]);
+    out.push((f, "vlan"));
+    out
+}

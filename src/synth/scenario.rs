@@ -1,0 +1,133 @@
+//! The scenario captures and the benchmark capture, with their ground truth in comments and in captures/README.md.
+
+use super::{frames, mac, stream, write_pcap, Frame};
+use crate::decode::Mac;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// Packet time of the start of every scenario: 2023-11-14T22:13:20Z, on a window boundary.
+pub const T0_US: i64 = 1_700_000_000_000_000;
+const S: i64 = 1_000_000;
+
+pub const GATEWAY: &str = "52:54:00:ff:00:01";
+pub const WEB_1: &str = "fa:16:3e:00:00:01";
+pub const DB_1: &str = "fa:16:3e:00:00:02";
+pub const APP_1: &str = "fa:16:3e:00:00:03";
+pub const ROGUE_1: &str = "fa:16:3e:00:00:04";
+pub const BACKUP_1: &str = "fa:16:3e:00:00:05";
+pub const CACHE_1: &str = "fa:16:3e:00:00:06";
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, last)
+}
+const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+/// `basic.pcap`: 70 s of one cluster, graded with `rules/vmsentry.toml`.
+///
+/// - app-1: benign, 10 frames/s each way with the gateway (802.1Q tag 100),
+///   plus 20 TCP frames cut by a 40-byte snaplen inside the TCP header, the
+///   malformed frames of [`frames::malformed`] at 50 s, and an ARP exchange.
+/// - web-1: a flood at 10-13 s, 5000 frames/s of 1500 bytes (60 Mbit/s):
+///   HIGH, migrate (signed hypervisor).
+/// - db-1: 20-25 s, 1000 frames/s of 1250 bytes (10 Mbit/s): MEDIUM, alert.
+/// - rogue-1 (behind compute-9, whose signature does not verify): 30-33 s,
+///   like db-1: MEDIUM, quarantine.
+/// - cache-1: receives 4000 frames/s of 100 bytes at 40-42 s (QinQ tagged):
+///   MEDIUM by rx packet rate, alert.
+/// - backup-1 (ram_mb = 1): 50 frames/s of 1500 bytes for 60 s, captured
+///   with a 64-byte snaplen: 600 kbit/s, below every rate threshold, but more
+///   than 3 MiB within 60 s after 42 windows: HIGH by volume, migrate.
+pub fn basic() -> Vec<Frame> {
+    let gw = mac(GATEWAY);
+    let mut out = Vec::new();
+
+    // app-1 <-> gateway, tagged, the whole 70 s.
+    let app = mac(APP_1);
+    out.extend(stream(T0_US, 70, 10, |_, ts| {
+        Frame::whole(ts, frames::udp4_vlan(app, gw, 100, ip(3), GW_IP, 40000, 53, 158))
+    }));
+    out.extend(stream(T0_US + 50_000, 70, 10, |_, ts| {
+        Frame::whole(ts, frames::udp4_vlan(gw, app, 100, GW_IP, ip(3), 53, 40000, 158))
+    }));
+    // TCP frames of 1000 bytes cut inside the TCP header by a 40-byte snaplen.
+    out.extend(stream(T0_US + 5 * S + 7_000, 2, 10, |i, ts| {
+        let f = frames::tcp4(app, gw, ip(3), GW_IP, 40001, 80, 1000 + i as u32, Some(1), false, 946);
+        Frame::cut(ts, f, 1000, 40)
+    }));
+    // An ARP exchange between the gateway and app-1.
+    out.push(Frame::whole(
+        T0_US + 2 * S + 300_000,
+        frames::arp(gw, Mac::BROADCAST, false, 1, gw, GW_IP, Mac::default(), ip(3)),
+    ));
+    out.push(Frame::whole(T0_US + 2 * S + 300_100, frames::arp(app, gw, false, 2, app, ip(3), gw, GW_IP)));
+    // Malformed frames among good ones.
+    for (k, (f, _kind)) in frames::malformed(app, gw, ip(3), GW_IP).into_iter().enumerate() {
+        out.push(Frame::whole(T0_US + 50 * S + 1_000 + k as i64 * 10_000, f));
+    }
+
+    // web-1: the flood.
+    let web = mac(WEB_1);
+    out.extend(stream(T0_US + 10 * S, 3, 5000, |i, ts| {
+        Frame::cut(ts, frames::udp4(web, gw, ip(1), GW_IP, 50000 + (i % 64) as u16, 80, 0), 1500, 64)
+    }));
+
+    // db-1 and rogue-1: moderate senders.
+    let db = mac(DB_1);
+    out.extend(stream(T0_US + 20 * S, 5, 1000, |_, ts| {
+        Frame::cut(ts, frames::udp4(db, gw, ip(2), GW_IP, 5432, 6000, 0), 1250, 64)
+    }));
+    let rogue = mac(ROGUE_1);
+    out.extend(stream(T0_US + 30 * S, 3, 1000, |_, ts| {
+        Frame::cut(ts, frames::udp4(rogue, gw, ip(4), GW_IP, 9999, 6000, 0), 1250, 64)
+    }));
+
+    // cache-1: many small frames received.
+    let cache = mac(CACHE_1);
+    out.extend(stream(T0_US + 40 * S, 2, 4000, |i, ts| {
+        Frame::whole(ts, frames::udp4_qinq(gw, cache, 200, 300, GW_IP, ip(6), 11211, 30000 + (i % 16) as u16, 40))
+    }));
+
+    // backup-1: slow and steady, more than 3x its RAM within the horizon.
+    let backup = mac(BACKUP_1);
+    out.extend(stream(T0_US + 3_000, 60, 50, |_, ts| {
+        Frame::cut(ts, frames::udp4(backup, gw, ip(5), GW_IP, 873, 873, 0), 1500, 64)
+    }));
+    out
+}
+
+/// Writes every scenario capture into `dir`.
+pub fn write_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_pcap(&dir.join("basic.pcap"), &mut basic())
+}
+
+/// The benchmark capture: `packets` frames of mixed sizes (64 to 1518 bytes,
+/// captured whole) among 64 VMs and a gateway, UDP and TCP, over 100 s.
+pub fn write_bench(path: &Path, packets: u64) -> std::io::Result<()> {
+    const SIZES: [usize; 8] = [64, 64, 128, 256, 576, 1024, 1500, 1518];
+    let gw = mac(GATEWAY);
+    let mut w = super::PcapWriter::create(path, 65535)?;
+    let span_us = 100 * S;
+    // Build each distinct frame once; only the timestamp changes.
+    let mut templates = Vec::new();
+    for vm in 0..64u8 {
+        let m = Mac([0xfa, 0x16, 0x3e, 0x10, 0x00, vm]);
+        for (k, &size) in SIZES.iter().enumerate() {
+            let up = k % 2 == 0;
+            let (s, d, sip, dip) = if up { (m, gw, ip(vm), GW_IP) } else { (gw, m, GW_IP, ip(vm)) };
+            let f = if k % 3 == 0 {
+                frames::tcp4(s, d, sip, dip, 40000 + u16::from(vm), 443, 7, Some(9), false, size.saturating_sub(54))
+            } else {
+                frames::udp4(s, d, sip, dip, 40000 + u16::from(vm), 4789, size.saturating_sub(42))
+            };
+            templates.push(f);
+        }
+    }
+    for i in 0..packets {
+        // A fixed permutation step spreads VMs and sizes evenly.
+        let t = &templates[((i * 7919) % templates.len() as u64) as usize];
+        let ts = T0_US + (i as i64 * span_us) / packets.max(1) as i64;
+        w.write(ts, t.len() as u32, t)?;
+    }
+    w.finish()
+}
