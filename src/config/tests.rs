@@ -1,0 +1,140 @@
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+/// A rules dir with a good key; returns (dir guard, dir path).
+fn dir_with_key() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let k = d.path().join("cluster.key");
+    std::fs::write(&k, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    d
+}
+
+const HEAD: &str = "[cluster]\nname = \"lab\"\nkey_file = \"cluster.key\"\n";
+
+fn load(text: &str) -> Result<Rules, String> {
+    let d = dir_with_key();
+    Rules::from_str_in(d.path(), Path::new("r/vmsentry.toml"), text).map_err(|e| e.to_string())
+}
+
+#[test]
+fn minimal_rules_take_documented_defaults() {
+    let r = load(HEAD).unwrap();
+    assert_eq!(r.cluster, "lab");
+    assert_eq!(r.window_len_ms, 1000);
+    assert_eq!(
+        r.thresholds,
+        Thresholds { medium_bps: 100_000_000, high_bps: 500_000_000, medium_pps: 50_000, high_pps: 200_000, clear_windows: 3 }
+    );
+    assert_eq!(r.rtt, RttRules { peak_ms: 50.0, peak_factor: None, max_peaks: 5, level: Level::Medium });
+    assert_eq!(r.volume, VolumeRules { factor: 3.0, horizon_s: 60 });
+    assert_eq!(r.policy.medium, PolicyRule { signed: ActionKind::Alert, unsigned: ActionKind::Quarantine });
+    assert_eq!(r.policy.high, PolicyRule { signed: ActionKind::Migrate, unsigned: ActionKind::Quarantine });
+    assert_eq!(r.limits.max_macs, 65_536);
+    assert_eq!(r.limits.decode_bytes, 320);
+}
+
+#[test]
+fn shipped_rules_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let text = std::fs::read_to_string(dir.join(RULES_FILE)).unwrap();
+    // The shipped key's mode depends on the checkout; validate against a copy.
+    let d = dir_with_key();
+    std::fs::copy(dir.join("cluster.key"), d.path().join("cluster.key")).unwrap();
+    std::fs::set_permissions(d.path().join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = Rules::from_str_in(d.path(), &dir.join(RULES_FILE), &text).unwrap();
+    assert_eq!(r.hypervisors.len(), 4);
+    assert_eq!(r.vms.len(), 6);
+}
+
+#[test]
+fn inverted_thresholds_point_at_the_lower_value() {
+    let e = load(&format!("{HEAD}[thresholds]\nmedium_bps = 500_000_000\nhigh_bps = 100_000_000\n")).unwrap_err();
+    assert_eq!(e, "r/vmsentry.toml:5:14: medium_bps must be below high_bps (got 500000000 >= 100000000)");
+}
+
+#[test]
+fn negative_threshold_is_refused() {
+    let e = load(&format!("{HEAD}[thresholds]\nmedium_pps = -5\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:14: "), "{e}");
+    assert!(e.contains("-5"), "{e}");
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_place() {
+    let e = load(&format!("{HEAD}[window]\nlenght_ms = 500\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:1: unknown field `lenght_ms`, expected `length_ms`"), "{e}");
+    let e = load(&format!("{HEAD}color = \"red\"\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:4:1: unknown field `color`"), "{e}");
+}
+
+#[test]
+fn bad_mac_is_refused() {
+    let e = load(&format!("{HEAD}[[vm]]\nname = \"a\"\nmac = \"fa:16:3e:00:00\"\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:6:7: invalid MAC address `fa:16:3e:00:00`"), "{e}");
+    let e = load(&format!("{HEAD}[[vm]]\nname = \"a\"\nmac = \"ff:ff:ff:ff:ff:ff\"\n")).unwrap_err();
+    assert_eq!(e, "r/vmsentry.toml:6:7: VM MAC ff:ff:ff:ff:ff:ff must be a unicast address");
+}
+
+#[test]
+fn bad_level_name_is_refused() {
+    let e = load(&format!("{HEAD}[rtt]\nlevel = \"SEVERE\"\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:9: unknown variant `SEVERE`, expected one of `LOW`, `MEDIUM`, `HIGH`"), "{e}");
+    let e = load(&format!("{HEAD}[policy]\nLOW = {{ signed = \"alert\", unsigned = \"alert\" }}\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:1: unknown field `LOW`, expected `MEDIUM` or `HIGH`"), "{e}");
+    let e = load(&format!("{HEAD}[policy]\nHIGH = {{ signed = \"explode\", unsigned = \"alert\" }}\n")).unwrap_err();
+    assert!(e.contains("unknown variant `explode`, expected one of `alert`, `quarantine`, `migrate`"), "{e}");
+}
+
+#[test]
+fn unknown_hypervisor_reference_is_refused() {
+    let e = load(&format!("{HEAD}[[vm]]\nname = \"a\"\nmac = \"fa:16:3e:00:00:01\"\nhypervisor = \"nope\"\n")).unwrap_err();
+    assert_eq!(e, "r/vmsentry.toml:7:14: no [[hypervisor]] has id `nope`");
+}
+
+#[test]
+fn duplicate_vm_mac_is_refused() {
+    let vm = "[[vm]]\nname = \"a\"\nmac = \"fa:16:3e:00:00:01\"\n";
+    let e = load(&format!("{HEAD}{vm}[[vm]]\nname = \"b\"\nmac = \"FA:16:3E:00:00:01\"\n")).unwrap_err();
+    assert_eq!(e, "r/vmsentry.toml:9:7: VM MAC fa:16:3e:00:00:01 is listed twice");
+}
+
+#[test]
+fn malformed_signature_is_refused() {
+    let e = load(&format!("{HEAD}[[hypervisor]]\nid = \"h\"\nmacs = [\"52:54:00:aa:00:01\"]\nsignature = \"ABC\"\n")).unwrap_err();
+    assert_eq!(e, "r/vmsentry.toml:7:13: signature must be 64 lowercase hex digits (see `vmsentry sign`)");
+}
+
+#[test]
+fn syntax_error_has_a_place() {
+    let e = load(&format!("{HEAD}[window\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:4:"), "{e}");
+}
+
+#[test]
+fn missing_weak_or_exposed_key_file_is_refused_at_key_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Path::new("r/vmsentry.toml");
+    let e = Rules::from_str_in(d.path(), p, HEAD).unwrap_err().to_string();
+    assert!(e.starts_with("r/vmsentry.toml:3:12: cannot read key file"), "{e}");
+
+    let k = d.path().join("cluster.key");
+    std::fs::write(&k, "short\n").unwrap();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = Rules::from_str_in(d.path(), p, HEAD).unwrap_err().to_string();
+    assert!(e.starts_with("r/vmsentry.toml:3:12: key file"), "{e}");
+    assert!(e.contains("holds 5 bytes after trimming whitespace; at least 32 are needed"), "{e}");
+
+    std::fs::write(&k, [b'k'; 40]).unwrap();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = Rules::from_str_in(d.path(), p, HEAD).unwrap_err().to_string();
+    assert!(e.contains("is readable by group or others (mode 644); run `chmod 600"), "{e}");
+}
+
+#[test]
+fn line_col_counts_characters() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("é\nx", 3), (2, 1));
+    assert_eq!(line_col("x", 99), (1, 2));
+}

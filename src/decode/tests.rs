@@ -1,4 +1,210 @@
+use super::*;
+use crate::synth::{frames, mac};
+use proptest::prelude::*;
+
+const T: PacketTime = PacketTime::from_micros(1_000_000);
+
+fn eth(data: &[u8]) -> Observation {
+    decode(linktype::ETHERNET, T, data.len() as u32, data.len() as u32, data)
+}
+
+/// Ethernet / IPv4 / TCP SYN with the timestamps option.
+const TCP_SYN_TS: [u8; 74] = [
+    0x02, 0x00, 0x00, 0x00, 0x00, 0x02, // dst MAC
+    0x02, 0x00, 0x00, 0x00, 0x00, 0x01, // src MAC
+    0x08, 0x00, // ethertype IPv4
+    0x45, 0x00, 0x00, 0x3c, // version 4, IHL 5, total length 60
+    0x00, 0x01, 0x40, 0x00, // id 1, DF
+    0x40, 0x06, 0x00, 0x00, // TTL 64, protocol TCP, checksum (unchecked)
+    0x0a, 0x00, 0x00, 0x01, // src 10.0.0.1
+    0x0a, 0x00, 0x00, 0x02, // dst 10.0.0.2
+    0x9c, 0x40, 0x01, 0xbb, // src port 40000, dst port 443
+    0x00, 0x00, 0x00, 0x64, // seq 100
+    0x00, 0x00, 0x00, 0x00, // ack 0
+    0xa0, 0x02, 0xff, 0xff, // data offset 10 (40 bytes), flags SYN, window
+    0x00, 0x00, 0x00, 0x00, // checksum, urgent pointer
+    0x02, 0x04, 0x05, 0xb4, // MSS 1460
+    0x04, 0x02, // SACK permitted
+    0x08, 0x0a, 0x00, 0x00, 0x03, 0xe8, 0x00, 0x00, 0x00, 0x00, // timestamps TSval 1000, TSecr 0
+    0x01, // NOP
+    0x03, 0x03, 0x07, // window scale 7
+];
+
 #[test]
-fn observation_size() {
-    eprintln!("size_of Observation = {}", std::mem::size_of::<super::Observation>());
+fn tcp_syn_with_timestamps() {
+    let o = eth(&TCP_SYN_TS);
+    assert_eq!(o.error, None);
+    assert!(!o.snaplen_cut);
+    let l2 = o.l2.unwrap();
+    assert_eq!(l2.src, mac("02:00:00:00:00:01"));
+    assert_eq!(l2.dst, Some(mac("02:00:00:00:00:02")));
+    assert_eq!(l2.ether_type, 0x0800);
+    assert_eq!(
+        o.net,
+        Net::Ip {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            proto: 6,
+            fragment: false
+        }
+    );
+    assert_eq!(
+        o.l4,
+        L4::Tcp(TcpInfo {
+            src_port: 40000,
+            dst_port: 443,
+            flags: tcp_flags::SYN,
+            seq: 100,
+            ack: 0,
+            payload_len: 0,
+            timestamps: Some((1000, 0)),
+        })
+    );
+}
+
+#[test]
+fn snaplen_cut_inside_tcp_header_is_not_an_error() {
+    // Captured 40 of 74 bytes: the TCP header is cut.
+    let o = decode(linktype::ETHERNET, T, 74, 40, &TCP_SYN_TS[..40]);
+    assert_eq!(o.error, None);
+    assert!(o.snaplen_cut);
+    assert!(o.l2.is_some());
+    assert!(matches!(o.net, Net::Ip { proto: 6, .. }));
+    assert_eq!(o.l4, L4::None);
+}
+
+#[test]
+fn snaplen_cut_payload_keeps_tcp_payload_length_from_ip() {
+    let f = frames::tcp4(mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"), [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 2, 5, Some(6), false, 1000);
+    let o = decode(linktype::ETHERNET, T, f.len() as u32, 64, &f[..64]);
+    assert_eq!(o.error, None);
+    assert!(!o.snaplen_cut, "headers are whole; only payload was cut");
+    match o.l4 {
+        L4::Tcp(t) => assert_eq!(t.payload_len, 1000),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn icmp_echo_id_and_seq() {
+    let f = [
+        0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00, // Ethernet, IPv4
+        0x45, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x00, 0x00, 0x40, 0x01, 0x00, 0x00, // IPv4, ICMP, total 28
+        10, 0, 0, 1, 10, 0, 0, 2, // addresses
+        0x08, 0x00, 0x00, 0x00, // echo request, code 0, checksum
+        0x12, 0x34, 0x00, 0x07, // id 0x1234, seq 7
+    ];
+    let o = eth(&f);
+    assert_eq!(o.error, None);
+    assert_eq!(o.l4, L4::Icmp(IcmpInfo { v6: false, icmp_type: 8, code: 0, id: 0x1234, seq: 7 }));
+}
+
+#[test]
+fn rarp_announce_is_decoded_like_arp() {
+    let vm = mac("fa:16:3e:00:00:01");
+    let f = frames::arp(vm, Mac::BROADCAST, true, 3, vm, Ipv4Addr::UNSPECIFIED, vm, Ipv4Addr::UNSPECIFIED);
+    let o = eth(&f);
+    assert_eq!(o.error, None);
+    assert_eq!(o.l2.unwrap().ether_type, ethertype::RARP);
+    assert_eq!(
+        o.net,
+        Net::Arp {
+            rarp: true,
+            op: 3,
+            sender_mac: vm,
+            sender_ip: Ipv4Addr::UNSPECIFIED,
+            target_mac: vm,
+            target_ip: Ipv4Addr::UNSPECIFIED
+        }
+    );
+}
+
+#[test]
+fn qinq_tags_are_walked() {
+    let f = frames::udp4_qinq(mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"), 200, 300, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 5, 6, 10);
+    let o = eth(&f);
+    assert_eq!(o.error, None);
+    let l2 = o.l2.unwrap();
+    assert_eq!(l2.vlan, Some(300));
+    assert_eq!(l2.ether_type, 0x0800);
+    assert_eq!(o.l4, L4::Udp { src_port: 5, dst_port: 6 });
+}
+
+#[test]
+fn each_malformed_frame_gives_its_kind_and_keeps_its_macs() {
+    let (a, b) = (mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"));
+    for (f, kind) in frames::malformed(a, b, [10, 0, 0, 1].into(), [10, 0, 0, 2].into()) {
+        let o = eth(&f);
+        assert_eq!(o.error.map(DecodeErrorKind::as_str), Some(kind), "frame {f:02x?}");
+        assert!(!o.snaplen_cut);
+        if kind != "link_truncated" {
+            assert_eq!(o.l2.map(|l| l.src), Some(a), "{kind}: a complete Ethernet header counts");
+        } else {
+            assert_eq!(o.l2, None);
+        }
+        assert_eq!(o.l4, L4::None, "{kind}: nothing above the damage is used");
+    }
+}
+
+#[test]
+fn runt_cut_by_snaplen_is_a_cut_not_an_error() {
+    let o = decode(linktype::ETHERNET, T, 60, 10, &TCP_SYN_TS[..10]);
+    assert_eq!(o.error, None);
+    assert!(o.snaplen_cut);
+}
+
+#[test]
+fn linux_sll2_gives_the_sender_mac_and_ip() {
+    let mut f = vec![
+        0x08, 0x00, // protocol IPv4
+        0x00, 0x00, // reserved
+        0x00, 0x00, 0x00, 0x02, // interface index
+        0x00, 0x01, // ARPHRD_ETHER
+        0x04, // packet type: outgoing
+        0x06, // address length
+        0x02, 0, 0, 0, 0, 0x01, 0, 0, // address (padded to 8)
+    ];
+    f.extend_from_slice(&TCP_SYN_TS[14..]);
+    let o = decode(linktype::LINUX_SLL2, T, f.len() as u32, f.len() as u32, &f);
+    assert_eq!(o.error, None);
+    assert_eq!(o.l2.map(|l| (l.src, l.dst)), Some((mac("02:00:00:00:00:01"), None)));
+    assert!(matches!(o.l4, L4::Tcp(_)));
+}
+
+#[test]
+fn unsupported_link_type_is_counted() {
+    let o = decode(147, T, 10, 10, &[0; 10]);
+    assert_eq!(o.error, Some(DecodeErrorKind::UnsupportedLink));
+}
+
+#[test]
+fn error_kind_labels_are_unique() {
+    let labels: std::collections::HashSet<_> = DecodeErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(labels.len(), DecodeErrorKind::COUNT);
+    for (i, k) in DecodeErrorKind::ALL.iter().enumerate() {
+        assert_eq!(*k as usize, i);
+    }
+}
+
+proptest! {
+    /// Decode never panics and never reads past the slice, on any bytes, any
+    /// link type, any claimed lengths.
+    #[test]
+    fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200), extra in 0u32..3000, lt in prop_oneof![Just(1i32), Just(0), Just(101), Just(113), Just(276), Just(228), Just(229), any::<i32>()]) {
+        let n = data.len() as u32;
+        let o = decode(lt, T, n + extra, n, &data);
+        prop_assert_eq!(o.cap_len, n);
+        let _ = flow_hash(lt, &data);
+    }
+
+    /// Mutating a valid frame anywhere never panics, and a complete Ethernet
+    /// header always yields the MACs.
+    #[test]
+    fn mutated_frames_keep_their_macs(pos in 0usize..74, byte in any::<u8>(), cut in 14usize..=74) {
+        let mut f = TCP_SYN_TS;
+        f[pos] = byte;
+        let o = decode(linktype::ETHERNET, T, 74, cut as u32, &f[..cut]);
+        let l2 = o.l2.expect("14 bytes or more always decode the Ethernet header");
+        prop_assert_eq!(l2.src.0, <[u8; 6]>::try_from(&f[6..12]).unwrap());
+    }
 }

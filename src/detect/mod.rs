@@ -71,6 +71,7 @@ pub struct Detector {
     vm_order: Vec<usize>,
     window_scratch: Vec<Counters>,
     pub evictions: u64,
+    /// Windows from the first to the last closed, quiet ones included.
     pub windows: u64,
     last_window: Option<i64>,
 }
@@ -141,10 +142,10 @@ impl Detector {
             // volume ring is empty, so longer gaps need not be walked.
             let enough = self.horizon_windows as i64 + 2 * i64::from(self.thresholds.clear_windows) + 1;
             let gap = (w - last - 1).max(0);
-            for q in (w - gap.min(enough))..w {
+            for q in (last + 1)..(last + 1 + gap.min(enough)) {
                 self.grade(q, &mut changes);
-                self.windows += 1;
             }
+            self.windows += gap as u64;
         }
         for c in self.window_scratch.iter_mut() {
             *c = Counters::default();

@@ -1,0 +1,111 @@
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Rules from text after a `[cluster]` with a valid key.
+fn rules_text(body: &str) -> Rules {
+    let d = tempfile::tempdir().unwrap();
+    let k = d.path().join("k");
+    std::fs::write(&k, [b'k'; 32]).unwrap();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!("[cluster]\nname = \"t\"\nkey_file = \"k\"\n{body}");
+    Rules::from_str_in(d.path(), Path::new("t.toml"), &text).unwrap()
+}
+
+const VM_A: &str = "[[vm]]\nname = \"a\"\nmac = \"02:00:00:00:00:0a\"\nram_mb = 1\n";
+
+/// Small thresholds: 8000/80000 bit/s, 100/1000 packets/s, clear after 2.
+fn rules(extra: &str) -> Rules {
+    rules_text(&format!(
+        "[thresholds]\nmedium_bps = 8000\nhigh_bps = 80000\nmedium_pps = 100\nhigh_pps = 1000\nclear_windows = 2\n\
+         [volume]\nfactor = 1.0\nhorizon_s = 3\n{VM_A}{extra}"
+    ))
+}
+
+fn vm() -> Mac {
+    "02:00:00:00:00:0a".parse().unwrap()
+}
+
+fn tx(bytes: u64, packets: u64) -> Vec<(Mac, Counters)> {
+    vec![(vm(), Counters { tx_bytes: bytes, tx_packets: packets, rx_bytes: 0, rx_packets: 0 })]
+}
+
+fn levels(ch: &[Change]) -> Vec<(Level, Level, Reason)> {
+    ch.iter().map(|c| (c.from, c.to, c.reason)).collect()
+}
+
+#[test]
+fn thresholds_are_inclusive_and_the_highest_crossed_wins() {
+    let mut d = Detector::new(&rules(""));
+    // 1000 bytes = 8000 bit/s: exactly medium_bps.
+    assert_eq!(levels(&d.close_window(0, &tx(1000, 1))), vec![(Level::Low, Level::Medium, Reason::Rate)]);
+    // 1000 packets/s: exactly high_pps.
+    let ch = d.close_window(1, &tx(1000, 1000));
+    assert_eq!(levels(&ch), vec![(Level::Medium, Level::High, Reason::Rate)]);
+    assert_eq!((ch[0].bps, ch[0].pps, ch[0].direction), (8000, 1000, Some(Direction::Tx)));
+}
+
+#[test]
+fn rx_direction_is_graded_too() {
+    let mut d = Detector::new(&rules(""));
+    let rx = vec![(vm(), Counters { tx_bytes: 0, tx_packets: 0, rx_bytes: 40 * 200, rx_packets: 200 })];
+    let ch = d.close_window(5, &rx);
+    assert_eq!(levels(&ch), vec![(Level::Low, Level::Medium, Reason::Rate)]);
+    assert_eq!((ch[0].direction, ch[0].pps, ch[0].bps), (Some(Direction::Rx), 200, 64_000));
+}
+
+#[test]
+fn quiet_gaps_count_as_windows_below() {
+    let mut d = Detector::new(&rules(""));
+    d.close_window(0, &tx(100_000, 10));
+    assert_eq!(d.vm(0).level, Level::High);
+    // Windows 1..=9 had no frames at all; window 10 is closed by other traffic.
+    let other: Mac = "02:00:00:00:00:0b".parse().unwrap();
+    let ch = d.close_window(10, &[(other, Counters { tx_bytes: 1, tx_packets: 1, ..Default::default() })]);
+    assert_eq!(
+        levels(&ch),
+        vec![(Level::High, Level::Medium, Reason::Rate), (Level::Medium, Level::Low, Reason::Rate)]
+    );
+    // Falls after clear_windows = 2 quiet windows each: at the end of windows 2 and 4.
+    assert_eq!(ch[0].window_end.as_micros(), 3_000_000);
+    assert_eq!(ch[1].window_end.as_micros(), 5_000_000);
+    assert_eq!(d.windows, 11);
+}
+
+#[test]
+fn volume_over_the_horizon_is_high_and_clears() {
+    // Default (high) rate thresholds, so only volume can trip: ram_mb = 1 and
+    // factor 1.0 mean more than 1 MiB within 3 windows.
+    let calm = rules_text(&format!("[thresholds]\nclear_windows = 2\n[volume]\nfactor = 1.0\nhorizon_s = 3\n{VM_A}"));
+    let mut d = Detector::new(&calm);
+    let limit = 1_048_576u64;
+    assert!(d.close_window(0, &tx(400_000, 1)).is_empty());
+    assert!(d.close_window(1, &tx(400_000, 1)).is_empty());
+    let ch = d.close_window(2, &tx(400_000, 1));
+    assert_eq!(levels(&ch), vec![(Level::Low, Level::High, Reason::Volume)]);
+    assert_eq!((ch[0].horizon_bytes, ch[0].limit_bytes), (Some(1_200_000), Some(limit)));
+    // The oldest window leaves the horizon: 800 000 <= limit, below for 2 windows.
+    assert!(d.close_window(3, &tx(0, 0)).is_empty());
+    let ch = d.close_window(4, &tx(0, 0));
+    assert_eq!(levels(&ch), vec![(Level::High, Level::Medium, Reason::Volume)]);
+    assert!(d.close_window(5, &tx(0, 0)).is_empty());
+    let ch = d.close_window(6, &tx(0, 0));
+    assert_eq!(levels(&ch), vec![(Level::Medium, Level::Low, Reason::Volume)]);
+}
+
+#[test]
+fn unknown_macs_are_measured_not_graded_and_evicted_oldest_first() {
+    let r = rules_text(&format!("[limits]\nmax_macs = 8\n{VM_A}"));
+    let mut d = Detector::new(&r);
+    let big = Counters { tx_bytes: 1 << 40, tx_packets: 1 << 30, ..Default::default() };
+    for w in 0..10i64 {
+        let m = Mac([0x02, 0, 0, 0, 1, w as u8]);
+        assert!(d.close_window(w, &[(m, big)]).is_empty(), "unknown MACs are never graded");
+    }
+    // The table (1 known + unknown) outgrows 8 after windows 7 and 9; each
+    // time it is cut to 7/8 of the cap, dropping the two oldest unknown MACs.
+    assert_eq!(d.evictions, 4);
+    let seen: Vec<Mac> = d.seen_macs().into_iter().map(|(m, _)| m).collect();
+    assert_eq!(seen, (4..10u8).map(|i| Mac([0x02, 0, 0, 0, 1, i])).collect::<Vec<_>>());
+    assert!(d.vm_index(vm()).is_some(), "known VMs are never evicted");
+}
