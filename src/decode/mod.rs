@@ -83,7 +83,7 @@ pub enum DecodeErrorKind {
     IpLength,
     /// A TCP header cut short or with a data offset below 5.
     Tcp,
-    /// A UDP header cut short.
+    /// A UDP header cut short, or a UDP length below 8 or past the IP payload.
     Udp,
     /// An ICMP or ICMPv6 header cut short.
     Icmp,
@@ -423,10 +423,13 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool)
                 timestamps,
             })
         }
-        Some(TransportSlice::Udp(udp)) => L4::Udp {
-            src_port: udp.source_port(),
-            dst_port: udp.destination_port(),
-        },
+        Some(TransportSlice::Udp(udp)) => {
+            if !udp_length_ok(p, udp) {
+                obs.error = Some(DecodeErrorKind::Udp);
+                return;
+            }
+            L4::Udp { src_port: udp.source_port(), dst_port: udp.destination_port() }
+        }
         Some(TransportSlice::Icmpv4(icmp)) => {
             let b = icmp.bytes5to8();
             L4::Icmp(IcmpInfo {
@@ -459,23 +462,41 @@ fn ip_overruns_wire(frame: &[u8], ip_hdr: &[u8], total: u32, orig_len: u32) -> b
     total > 0 && start + u64::from(total) > u64::from(orig_len)
 }
 
-/// TCP payload length from the IP header's length, so that a snaplen cut
-/// does not shrink it. A zero IPv4 total length (TSO) falls back to what was
-/// captured.
-fn tcp_payload_len(p: &LaxSlicedPacket<'_>, tcp: &etherparse::TcpSlice<'_>) -> u32 {
-    let hdr = tcp.header_len() as u32;
+/// Bytes from the start of the transport header `l4` to the end of the IP
+/// packet, by the IP header's length fields (so a snaplen cut does not
+/// shrink it). `None` when the IP header gives no length (TSO, jumbograms).
+fn l4_len_from_ip(p: &LaxSlicedPacket<'_>, l4: &[u8]) -> Option<u32> {
     let (ip_start, ip_total) = match &p.net {
         Some(LaxNetSlice::Ipv4(ip)) => (ip.header().slice().as_ptr() as usize, u32::from(ip.header().total_len())),
-        Some(LaxNetSlice::Ipv6(ip)) => (
+        Some(LaxNetSlice::Ipv6(ip)) if ip.header().payload_length() > 0 => (
             ip.header().slice().as_ptr() as usize,
             40 + u32::from(ip.header().payload_length()),
         ),
-        _ => return tcp.payload().len() as u32,
+        _ => return None,
     };
-    let before_tcp = (tcp.slice().as_ptr() as usize).saturating_sub(ip_start) as u32;
-    match ip_total.checked_sub(before_tcp + hdr) {
-        Some(n) if ip_total > 0 => n,
-        _ => tcp.payload().len() as u32,
+    let before = (l4.as_ptr() as usize).saturating_sub(ip_start) as u32;
+    if ip_total == 0 {
+        return None;
+    }
+    Some(ip_total.saturating_sub(before))
+}
+
+/// TCP payload length by the IP header, else what was captured.
+fn tcp_payload_len(p: &LaxSlicedPacket<'_>, tcp: &etherparse::TcpSlice<'_>) -> u32 {
+    match l4_len_from_ip(p, tcp.slice()) {
+        Some(n) => n.saturating_sub(tcp.header_len() as u32),
+        None => tcp.payload().len() as u32,
+    }
+}
+
+/// A UDP length field below the header's 8 bytes, or past the IP payload, is
+/// malformed. 0 is allowed where the IP header gives no length either (BIG
+/// TCP / jumbograms, RFC 2675).
+fn udp_length_ok(p: &LaxSlicedPacket<'_>, udp: &etherparse::UdpSlice<'_>) -> bool {
+    let len = u32::from(udp.length());
+    match l4_len_from_ip(p, udp.slice()) {
+        None => len == 0 || len >= 8,
+        Some(ip_len) => (8..=ip_len).contains(&len),
     }
 }
 

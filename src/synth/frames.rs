@@ -100,6 +100,7 @@ pub mod offset {
     pub const IPV4_VERSION_IHL: usize = 14;
     pub const IPV4_TOTAL_LEN: usize = 16;
     pub const TCP_DATA_OFFSET: usize = 14 + 20 + 12;
+    pub const UDP_LENGTH: usize = 14 + 20 + 4;
 }
 
 /// The malformed frames of the basic scenario, each with the decode error kind it must give.
@@ -119,6 +120,10 @@ pub fn malformed(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr) -> Vec<(Vec<u
     let mut f = udp4(src, dst, sip, dip, 1000, 2000, 18);
     f[offset::IPV4_TOTAL_LEN..offset::IPV4_TOTAL_LEN + 2].copy_from_slice(&1000u16.to_be_bytes());
     out.push((f, "ip_length"));
+    // UDP length 5, below the header's 8 bytes.
+    let mut f = udp4(src, dst, sip, dip, 1000, 2000, 18);
+    f[offset::UDP_LENGTH..offset::UDP_LENGTH + 2].copy_from_slice(&5u16.to_be_bytes());
+    out.push((f, "udp"));
     // ARP body cut to 10 bytes, captured whole.
     let mut f = arp(src, Mac::BROADCAST, false, 1, src, sip, Mac::default(), dip);
     f.truncate(14 + 10);
