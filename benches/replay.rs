@@ -1,1 +1,93 @@
-fn main(){}
+//! End-to-end replay benchmark against `tcpdump -n -r FILE -w /dev/null` on the same file, in the same run.
+//!
+//! `cargo bench --bench replay [-- PACKETS [RUNS]]` writes (once) a capture of
+//! PACKETS frames of mixed sizes (default 1 000 000) under target/bench-data,
+//! then alternates tcpdump and vmsentry (1 and 2 shard workers) RUNS times
+//! (default 7) and prints the median wall time, packets per second, the ratio
+//! to tcpdump and this process's peak RSS. Numbers go to benches/README.md by hand,
+//! with the machine they ran on.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use vmsentry::action::LogSink;
+use vmsentry::capture::FileSource;
+use vmsentry::config::Rules;
+use vmsentry::event::{Event, EventSink};
+use vmsentry::pipeline::{self, Options};
+
+/// Drops events; the benchmark measures the pipeline, not the writer.
+struct Discard;
+impl EventSink for Discard {
+    fn emit(&mut self, _: &Event) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn rules() -> (tempfile::TempDir, Rules) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().unwrap();
+    for f in ["vmsentry.toml", "cluster.key"] {
+        std::fs::copy(root.join("rules").join(f), d.path().join(f)).unwrap();
+    }
+    std::fs::set_permissions(d.path().join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = Rules::load(d.path()).unwrap();
+    (d, r)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let packets: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file: PathBuf = dir.join(format!("bench-{packets}.pcap"));
+    if !file.exists() {
+        eprintln!("writing {} ...", file.display());
+        vmsentry::synth::scenario::write_bench(&file, packets).unwrap();
+    }
+    let size = std::fs::metadata(&file).unwrap().len();
+    let (_guard, rules) = rules();
+    let has_tcpdump = Command::new("tcpdump").arg("--version").output().is_ok();
+
+    let mut tcpdump = Vec::new();
+    let mut ours: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        if has_tcpdump {
+            let t = Instant::now();
+            let st = Command::new("tcpdump").args(["-n", "-r"]).arg(&file).args(["-w", "/dev/null"]).output().unwrap();
+            assert!(st.status.success());
+            tcpdump.push(t.elapsed().as_secs_f64());
+        }
+        for (i, threads) in [1usize, 2].into_iter().enumerate() {
+            let mut src = FileSource::open(std::slice::from_ref(&file)).unwrap();
+            let opts = Options { threads, speed: None, progress: false };
+            let t = Instant::now();
+            let s = pipeline::run(&mut src, &rules, Box::new(LogSink::stderr()), Box::new(Discard), &opts).unwrap();
+            ours[i].push(t.elapsed().as_secs_f64());
+            assert_eq!(s.packets, packets);
+        }
+    }
+    let rss = vmsentry::event::peak_rss_bytes().unwrap_or(0);
+    println!("replay benchmark: {packets} packets, {:.1} MB, median of {runs} runs", size as f64 / 1e6);
+    let td = if has_tcpdump { Some(median(tcpdump)) } else { None };
+    if let Some(td) = td {
+        println!("  tcpdump -n -r FILE -w /dev/null : {:>7.1} ms  {:>6.2} Mpps", td * 1e3, packets as f64 / td / 1e6);
+    }
+    for (i, threads) in [1, 2].into_iter().enumerate() {
+        let m = median(ours[i].clone());
+        let ratio = td.map(|td| format!("{:.2}x tcpdump", td / m)).unwrap_or_default();
+        println!(
+            "  vmsentry replay --threads {threads}     : {:>7.1} ms  {:>6.2} Mpps  {ratio}",
+            m * 1e3,
+            packets as f64 / m / 1e6
+        );
+    }
+    println!("  peak RSS of the benchmark process: {:.1} MiB", rss as f64 / 1048576.0);
+}

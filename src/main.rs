@@ -78,15 +78,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sink: Box<dyn EventSink> = if events == "-" {
                 Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout())))
             } else {
-                let f = std::fs::File::create(&events).with_context(|| format!("cannot create events file {events}"))?;
+                let f =
+                    std::fs::File::create(&events).with_context(|| format!("cannot create events file {events}"))?;
                 Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, f)))
             };
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .max(1);
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             // A progress bar only where a person watches and the replay is long.
             let long = source.total_bytes().unwrap_or(0) > 64 << 20;
-            let opts = pipeline::Options { threads, speed, progress: !no_progress && long && std::io::stderr().is_terminal() };
+            let opts =
+                pipeline::Options { threads, speed, progress: !no_progress && long && std::io::stderr().is_terminal() };
             match pipeline::run(&mut source, &rules, Box::new(LogSink::stderr()), sink, &opts) {
                 Ok(_) => Ok(()),
                 Err(PipelineError::Capture(e @ CaptureError::Open { .. })) => Err(bad(e.to_string())),

@@ -69,7 +69,19 @@ fn basic_scenario_gives_exact_levels() {
     let ev = replay(rules.path(), 2, &[capture("basic.pcap")]);
     let levels: Vec<Value> = of_type(&ev, "level")
         .into_iter()
-        .map(|e| json!([e["ts"], e["vm_name"], e["from"], e["to"], e["reason"], e["direction"], e["bps"], e["pps"], e["hypervisor"]]))
+        .map(|e| {
+            json!([
+                e["ts"],
+                e["vm_name"],
+                e["from"],
+                e["to"],
+                e["reason"],
+                e["direction"],
+                e["bps"],
+                e["pps"],
+                e["hypervisor"]
+            ])
+        })
         .collect();
     let expected = vec![
         json!(["2023-11-14T22:13:31.000000Z", "web-1", "LOW", "HIGH", "rate", "tx", 60_000_000, 5000, "compute-1"]),
@@ -96,18 +108,90 @@ fn basic_scenario_acts_once_per_rise_by_policy_and_signature() {
     let actions: Vec<Value> = of_type(&ev, "action")
         .into_iter()
         .map(|e| {
-            json!([e["ts"], e["id"], e["vm_name"], e["action"], e["hypervisor"], e["signature"], e["destination"], e["level"], e["reason"], e["backend"], e["outcome"]])
+            json!([
+                e["ts"],
+                e["id"],
+                e["vm_name"],
+                e["action"],
+                e["hypervisor"],
+                e["signature"],
+                e["destination"],
+                e["level"],
+                e["reason"],
+                e["backend"],
+                e["outcome"]
+            ])
         })
         .collect();
     let expected = vec![
         // HIGH on a signed hypervisor: migrate, to the signed host with the fewest VMs (compute-3 has none).
-        json!(["2023-11-14T22:13:31.000000Z", "1700000011000000-1", "web-1", "migrate", "compute-1", "signed", "compute-3", "HIGH", "rate", "log", "queued"]),
-        json!(["2023-11-14T22:13:41.000000Z", "1700000021000000-2", "db-1", "alert", "compute-1", "signed", null, "MEDIUM", "rate", "log", "queued"]),
+        json!([
+            "2023-11-14T22:13:31.000000Z",
+            "1700000011000000-1",
+            "web-1",
+            "migrate",
+            "compute-1",
+            "signed",
+            "compute-3",
+            "HIGH",
+            "rate",
+            "log",
+            "queued"
+        ]),
+        json!([
+            "2023-11-14T22:13:41.000000Z",
+            "1700000021000000-2",
+            "db-1",
+            "alert",
+            "compute-1",
+            "signed",
+            null,
+            "MEDIUM",
+            "rate",
+            "log",
+            "queued"
+        ]),
         // compute-9's signature does not verify: unsigned, so MEDIUM quarantines.
-        json!(["2023-11-14T22:13:51.000000Z", "1700000031000000-3", "rogue-1", "quarantine", "compute-9", "unsigned", null, "MEDIUM", "rate", "log", "queued"]),
-        json!(["2023-11-14T22:14:01.000000Z", "1700000041000000-4", "cache-1", "alert", "compute-2", "signed", null, "MEDIUM", "rate", "log", "queued"]),
+        json!([
+            "2023-11-14T22:13:51.000000Z",
+            "1700000031000000-3",
+            "rogue-1",
+            "quarantine",
+            "compute-9",
+            "unsigned",
+            null,
+            "MEDIUM",
+            "rate",
+            "log",
+            "queued"
+        ]),
+        json!([
+            "2023-11-14T22:14:01.000000Z",
+            "1700000041000000-4",
+            "cache-1",
+            "alert",
+            "compute-2",
+            "signed",
+            null,
+            "MEDIUM",
+            "rate",
+            "log",
+            "queued"
+        ]),
         // compute-1 (now 1 VM after web-1 left) and compute-3 (1, web-1) tie: by id.
-        json!(["2023-11-14T22:14:02.000000Z", "1700000042000000-5", "backup-1", "migrate", "compute-2", "signed", "compute-1", "HIGH", "volume", "log", "queued"]),
+        json!([
+            "2023-11-14T22:14:02.000000Z",
+            "1700000042000000-5",
+            "backup-1",
+            "migrate",
+            "compute-2",
+            "signed",
+            "compute-1",
+            "HIGH",
+            "volume",
+            "log",
+            "queued"
+        ]),
     ];
     assert_eq!(actions, expected);
     let s = summary(&ev);
@@ -208,10 +292,13 @@ fn several_files_replay_in_order_and_add_up() {
 fn shipped_scenario_captures_are_what_the_generator_writes() {
     let d = tempfile::tempdir().unwrap();
     vmsentry::synth::scenario::write_all(d.path()).unwrap();
-    for name in ["basic.pcap"] {
+    for (name, _) in vmsentry::synth::scenario::ALL {
         let fresh = std::fs::read(d.path().join(name)).unwrap();
         let shipped = std::fs::read(capture(name)).unwrap();
-        assert!(fresh == shipped, "{name} differs from the generator's output: run `cargo run --bin vmsentry-synth -- scenarios captures`");
+        assert!(
+            fresh == shipped,
+            "{name} differs from the generator's output: run `cargo run --bin vmsentry-synth -- scenarios captures`"
+        );
     }
 }
 
@@ -291,7 +378,12 @@ fn third_party_captures_replay_without_panic_with_exact_totals() {
         let ev = replay(rules.path(), 2, &[capture(&format!("third_party/{name}"))]);
         let s = summary(&ev);
         assert_eq!(
-            (s["packets"].as_u64().unwrap(), s["bytes"].as_u64().unwrap(), errors_string(s), s["snaplen_cut"].as_u64().unwrap()),
+            (
+                s["packets"].as_u64().unwrap(),
+                s["bytes"].as_u64().unwrap(),
+                errors_string(s),
+                s["snaplen_cut"].as_u64().unwrap()
+            ),
             (packets, bytes, errors.to_string(), cut),
             "{name}"
         );
@@ -321,7 +413,12 @@ fn third_party_totals_equal_tshark() {
         assert_eq!((lens.len() as u64, lens.iter().sum::<u64>()), (packets, bytes), "tshark on {name}");
     }
     // And the scenario capture, whose frames tshark reads the same way.
-    let out = Command::new(tshark).arg("-r").arg(capture("basic.pcap")).args(["-T", "fields", "-e", "frame.len"]).output().unwrap();
+    let out = Command::new(tshark)
+        .arg("-r")
+        .arg(capture("basic.pcap"))
+        .args(["-T", "fields", "-e", "frame.len"])
+        .output()
+        .unwrap();
     let lens: Vec<u64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().unwrap()).collect();
     let rules = rules_dir();
     let s = summary(&replay(rules.path(), 2, &[capture("basic.pcap")])).clone();
@@ -393,10 +490,24 @@ fn check_warns_about_unsigned_hypervisors_and_exits_0() {
 fn sign_prints_the_signature_the_shipped_rules_carry() {
     let rules = rules_dir();
     let key = rules.path().join("cluster.key");
-    let out = vmsentry(&["sign", "--key-file", key.to_str().unwrap(), "--cluster", "lab", "--id", "compute-1", "--mac", "52:54:00:AA:00:01"]);
+    let out = vmsentry(&[
+        "sign",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--cluster",
+        "lab",
+        "--id",
+        "compute-1",
+        "--mac",
+        "52:54:00:AA:00:01",
+    ]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "04673ea8c340c8549614fd3a0d9b9b610f9099e59af65123383cb5d39e60a0c0\n");
-    let out = vmsentry(&["sign", "--key-file", key.to_str().unwrap(), "--cluster", "lab", "--id", "x", "--mac", "nope"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "04673ea8c340c8549614fd3a0d9b9b610f9099e59af65123383cb5d39e60a0c0\n"
+    );
+    let out =
+        vmsentry(&["sign", "--key-file", key.to_str().unwrap(), "--cluster", "lab", "--id", "x", "--mac", "nope"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -408,7 +519,10 @@ fn speed_paces_the_replay_by_packet_time() {
     let a = vmsentry::synth::mac("02:00:00:00:00:01");
     let b = vmsentry::synth::mac("02:00:00:00:00:02");
     let mut frames = vmsentry::synth::stream(vmsentry::synth::scenario::T0_US, 2, 50, |_, ts| {
-        vmsentry::synth::Frame::whole(ts, vmsentry::synth::frames::udp4(a, b, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 2, 20))
+        vmsentry::synth::Frame::whole(
+            ts,
+            vmsentry::synth::frames::udp4(a, b, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 2, 20),
+        )
     });
     vmsentry::synth::write_pcap(&p, &mut frames).unwrap();
     let rules = rules_dir();

@@ -79,6 +79,9 @@ mod tests {
         };
         s.deliver(&a).unwrap();
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(out, "vmsentry: action 1000000-1: migrate fa:16:3e:00:00:01 (web-1) on compute-1 -> compute-2: HIGH rate\n");
+        assert_eq!(
+            out,
+            "vmsentry: action 1000000-1: migrate fa:16:3e:00:00:01 (web-1) on compute-1 -> compute-2: HIGH rate\n"
+        );
     }
 }

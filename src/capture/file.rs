@@ -30,10 +30,8 @@ fn open_one(p: &Path) -> Result<Capture<Offline>, CaptureError> {
         let msg = if p.exists() { "not a regular file" } else { "no such file" };
         return Err(CaptureError::Open { path: p.to_path_buf(), msg: msg.into() });
     }
-    Capture::from_file_with_precision(p, pcap::Precision::Micro).map_err(|e| CaptureError::Open {
-        path: p.to_path_buf(),
-        msg: format!("not a pcap or pcapng file ({e})"),
-    })
+    Capture::from_file_with_precision(p, pcap::Precision::Micro)
+        .map_err(|e| CaptureError::Open { path: p.to_path_buf(), msg: format!("not a pcap or pcapng file ({e})") })
 }
 
 impl PacketSource for FileSource {
@@ -44,6 +42,8 @@ impl PacketSource for FileSource {
             loop {
                 match cap.next_packet() {
                     Ok(pkt) => {
+                        // timeval fields are i32 on some targets.
+                        #[allow(clippy::unnecessary_cast)]
                         let raw = RawPacket {
                             ts: PacketTime::from_timeval(pkt.header.ts.tv_sec as i64, pkt.header.ts.tv_usec as i64),
                             orig_len: pkt.header.len,

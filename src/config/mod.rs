@@ -33,12 +33,7 @@ pub enum RulesError {
     },
     /// A syntax, schema or meaning error at a place in the file.
     #[error("{path}:{line}:{col}: {msg}")]
-    At {
-        path: PathBuf,
-        line: usize,
-        col: usize,
-        msg: String,
-    },
+    At { path: PathBuf, line: usize, col: usize, msg: String },
 }
 
 /// Rate thresholds, per VM and per direction, each window.
@@ -157,10 +152,7 @@ impl Rules {
     /// Reads and validates `DIR/vmsentry.toml`.
     pub fn load(dir: &Path) -> Result<Rules, RulesError> {
         let path = dir.join(RULES_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Read { path: path.clone(), source })?;
         Self::from_str_in(dir, &path, &text)
     }
 
@@ -171,9 +163,8 @@ impl Rules {
             let (line, col) = line_col(text, span.start);
             RulesError::At { path: path.to_path_buf(), line, col, msg }
         };
-        let raw: RawRules = toml::from_str(text).map_err(|e| {
-            at(e.span().unwrap_or(0..0), e.message().trim_end().replace('\n', "; "))
-        })?;
+        let raw: RawRules = toml::from_str(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim_end().replace('\n', "; ")))?;
 
         // [cluster]
         let name = raw.cluster.name;
@@ -208,11 +199,7 @@ impl Rules {
             if lo.get_ref() >= hi.get_ref() {
                 return Err(at(
                     lo.span(),
-                    format!(
-                        "{lo_name} must be below {hi_name} (got {} >= {})",
-                        lo.get_ref(),
-                        hi.get_ref()
-                    ),
+                    format!("{lo_name} must be below {hi_name} (got {} >= {})", lo.get_ref(), hi.get_ref()),
                 ));
             }
         }
@@ -254,10 +241,7 @@ impl Rules {
         let volume = VolumeRules { factor: *v.factor.get_ref(), horizon_s: *v.horizon_s.get_ref() };
 
         // [policy]
-        let policy = PolicyTable {
-            medium: raw.policy.medium.to_rule(),
-            high: raw.policy.high.to_rule(),
-        };
+        let policy = PolicyTable { medium: raw.policy.medium.to_rule(), high: raw.policy.high.to_rule() };
 
         // [limits]
         let l = &raw.limits;
@@ -345,20 +329,10 @@ impl Rules {
                 None => None,
                 Some(h) => match hv_index.get(h.get_ref()) {
                     Some(&i) => Some(i),
-                    None => {
-                        return Err(at(
-                            h.span(),
-                            format!("no [[hypervisor]] has id `{}`", h.get_ref()),
-                        ))
-                    }
+                    None => return Err(at(h.span(), format!("no [[hypervisor]] has id `{}`", h.get_ref()))),
                 },
             };
-            vms.push(VmEntry {
-                name: v.name.into_inner(),
-                mac,
-                ram_mb: v.ram_mb.map(Spanned::into_inner),
-                hypervisor,
-            });
+            vms.push(VmEntry { name: v.name.into_inner(), mac, ram_mb: v.ram_mb.map(Spanned::into_inner), hypervisor });
         }
 
         Ok(Rules {

@@ -24,7 +24,13 @@ fn minimal_rules_take_documented_defaults() {
     assert_eq!(r.window_len_ms, 1000);
     assert_eq!(
         r.thresholds,
-        Thresholds { medium_bps: 100_000_000, high_bps: 500_000_000, medium_pps: 50_000, high_pps: 200_000, clear_windows: 3 }
+        Thresholds {
+            medium_bps: 100_000_000,
+            high_bps: 500_000_000,
+            medium_pps: 50_000,
+            high_pps: 200_000,
+            clear_windows: 3
+        }
     );
     assert_eq!(r.rtt, RttRules { peak_ms: 50.0, peak_factor: None, max_peaks: 5, level: Level::Medium });
     assert_eq!(r.volume, VolumeRules { factor: 3.0, horizon_s: 60 });
@@ -79,7 +85,10 @@ fn bad_mac_is_refused() {
 #[test]
 fn bad_level_name_is_refused() {
     let e = load(&format!("{HEAD}[rtt]\nlevel = \"SEVERE\"\n")).unwrap_err();
-    assert!(e.starts_with("r/vmsentry.toml:5:9: unknown variant `SEVERE`, expected one of `LOW`, `MEDIUM`, `HIGH`"), "{e}");
+    assert!(
+        e.starts_with("r/vmsentry.toml:5:9: unknown variant `SEVERE`, expected one of `LOW`, `MEDIUM`, `HIGH`"),
+        "{e}"
+    );
     let e = load(&format!("{HEAD}[policy]\nLOW = {{ signed = \"alert\", unsigned = \"alert\" }}\n")).unwrap_err();
     assert!(e.starts_with("r/vmsentry.toml:5:1: unknown field `LOW`, expected `MEDIUM` or `HIGH`"), "{e}");
     let e = load(&format!("{HEAD}[policy]\nHIGH = {{ signed = \"explode\", unsigned = \"alert\" }}\n")).unwrap_err();
@@ -88,7 +97,8 @@ fn bad_level_name_is_refused() {
 
 #[test]
 fn unknown_hypervisor_reference_is_refused() {
-    let e = load(&format!("{HEAD}[[vm]]\nname = \"a\"\nmac = \"fa:16:3e:00:00:01\"\nhypervisor = \"nope\"\n")).unwrap_err();
+    let e =
+        load(&format!("{HEAD}[[vm]]\nname = \"a\"\nmac = \"fa:16:3e:00:00:01\"\nhypervisor = \"nope\"\n")).unwrap_err();
     assert_eq!(e, "r/vmsentry.toml:7:14: no [[hypervisor]] has id `nope`");
 }
 
@@ -101,7 +111,8 @@ fn duplicate_vm_mac_is_refused() {
 
 #[test]
 fn malformed_signature_is_refused() {
-    let e = load(&format!("{HEAD}[[hypervisor]]\nid = \"h\"\nmacs = [\"52:54:00:aa:00:01\"]\nsignature = \"ABC\"\n")).unwrap_err();
+    let e = load(&format!("{HEAD}[[hypervisor]]\nid = \"h\"\nmacs = [\"52:54:00:aa:00:01\"]\nsignature = \"ABC\"\n"))
+        .unwrap_err();
     assert_eq!(e, "r/vmsentry.toml:7:13: signature must be 64 lowercase hex digits (see `vmsentry sign`)");
 }
 

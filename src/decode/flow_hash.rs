@@ -170,9 +170,8 @@ mod tests {
     fn different_flows_spread() {
         let (a, b) = (mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"));
         let (x, y) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
-        let h: std::collections::HashSet<u64> = (0..100u16)
-            .map(|p| flow_hash(linktype::ETHERNET, &frames::udp4(a, b, x, y, 1000 + p, 53, 0)))
-            .collect();
+        let h: std::collections::HashSet<u64> =
+            (0..100u16).map(|p| flow_hash(linktype::ETHERNET, &frames::udp4(a, b, x, y, 1000 + p, 53, 0))).collect();
         assert_eq!(h.len(), 100);
     }
 
@@ -180,7 +179,9 @@ mod tests {
     fn short_and_odd_frames_do_not_panic() {
         for n in 0..80 {
             let d = vec![0x45u8; n];
-            for lt in [linktype::ETHERNET, linktype::RAW, linktype::NULL, linktype::LINUX_SLL, linktype::LINUX_SLL2, 9999] {
+            for lt in
+                [linktype::ETHERNET, linktype::RAW, linktype::NULL, linktype::LINUX_SLL, linktype::LINUX_SLL2, 9999]
+            {
                 let _ = flow_hash(lt, &d);
             }
         }

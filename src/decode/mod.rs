@@ -311,12 +311,9 @@ fn decode_sll(obs: &mut Observation, linktype: i32, data: &[u8], cut: bool) {
     } else {
         (sll::V2_LEN, sll::V2_PROTOCOL, sll::V2_ADDR_LEN, sll::V2_ADDR)
     };
-    let (Some(proto), Some(&addr_len), Some(addr), Some(payload)) = (
-        data.get(proto_range),
-        data.get(addr_len_at),
-        data.get(addr_range),
-        data.get(hdr_len..),
-    ) else {
+    let (Some(proto), Some(&addr_len), Some(addr), Some(payload)) =
+        (data.get(proto_range), data.get(addr_len_at), data.get(addr_range), data.get(hdr_len..))
+    else {
         set_len_error(obs, DecodeErrorKind::LinuxSll, cut);
         return;
     };
@@ -339,12 +336,7 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool)
             _ => None,
         });
         let ether_type = p.ether_payload().map_or(eth.ether_type().0, |e| e.ether_type.0);
-        obs.l2 = Some(L2 {
-            src: Mac(eth.source()),
-            dst: Some(Mac(eth.destination())),
-            ether_type,
-            vlan,
-        });
+        obs.l2 = Some(L2 { src: Mac(eth.source()), dst: Some(Mac(eth.destination())), ether_type, vlan });
     }
 
     match &p.net {
@@ -468,10 +460,9 @@ fn ip_overruns_wire(frame: &[u8], ip_hdr: &[u8], total: u32, orig_len: u32) -> b
 fn l4_len_from_ip(p: &LaxSlicedPacket<'_>, l4: &[u8]) -> Option<u32> {
     let (ip_start, ip_total) = match &p.net {
         Some(LaxNetSlice::Ipv4(ip)) => (ip.header().slice().as_ptr() as usize, u32::from(ip.header().total_len())),
-        Some(LaxNetSlice::Ipv6(ip)) if ip.header().payload_length() > 0 => (
-            ip.header().slice().as_ptr() as usize,
-            40 + u32::from(ip.header().payload_length()),
-        ),
+        Some(LaxNetSlice::Ipv6(ip)) if ip.header().payload_length() > 0 => {
+            (ip.header().slice().as_ptr() as usize, 40 + u32::from(ip.header().payload_length()))
+        }
         _ => return None,
     };
     let before = (l4.as_ptr() as usize).saturating_sub(ip_start) as u32;

@@ -41,12 +41,7 @@ fn tcp_syn_with_timestamps() {
     assert_eq!(l2.ether_type, 0x0800);
     assert_eq!(
         o.net,
-        Net::Ip {
-            src: "10.0.0.1".parse().unwrap(),
-            dst: "10.0.0.2".parse().unwrap(),
-            proto: 6,
-            fragment: false
-        }
+        Net::Ip { src: "10.0.0.1".parse().unwrap(), dst: "10.0.0.2".parse().unwrap(), proto: 6, fragment: false }
     );
     assert_eq!(
         o.l4,
@@ -75,7 +70,18 @@ fn snaplen_cut_inside_tcp_header_is_not_an_error() {
 
 #[test]
 fn snaplen_cut_payload_keeps_tcp_payload_length_from_ip() {
-    let f = frames::tcp4(mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"), [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 2, 5, Some(6), false, 1000);
+    let f = frames::tcp4(
+        mac("02:00:00:00:00:01"),
+        mac("02:00:00:00:00:02"),
+        [10, 0, 0, 1].into(),
+        [10, 0, 0, 2].into(),
+        1,
+        2,
+        5,
+        Some(6),
+        false,
+        1000,
+    );
     let o = decode(linktype::ETHERNET, T, f.len() as u32, 64, &f[..64]);
     assert_eq!(o.error, None);
     assert!(!o.snaplen_cut, "headers are whole; only payload was cut");
@@ -121,7 +127,17 @@ fn rarp_announce_is_decoded_like_arp() {
 
 #[test]
 fn qinq_tags_are_walked() {
-    let f = frames::udp4_qinq(mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"), 200, 300, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 5, 6, 10);
+    let f = frames::udp4_qinq(
+        mac("02:00:00:00:00:01"),
+        mac("02:00:00:00:00:02"),
+        200,
+        300,
+        [10, 0, 0, 1].into(),
+        [10, 0, 0, 2].into(),
+        5,
+        6,
+        10,
+    );
     let o = eth(&f);
     assert_eq!(o.error, None);
     let l2 = o.l2.unwrap();

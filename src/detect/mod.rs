@@ -93,9 +93,7 @@ impl Detector {
                 volume: Hysteresis::default(),
                 volume_ring: VecDeque::with_capacity(horizon_windows + 1),
                 volume_sum: 0,
-                volume_limit: v
-                    .ram_mb
-                    .map(|mb| (rules.volume.factor * mb as f64 * 1024.0 * 1024.0) as u64),
+                volume_limit: v.ram_mb.map(|mb| (rules.volume.factor * mb as f64 * 1024.0 * 1024.0) as u64),
                 last_rates: [(0, 0); 2],
             })
             .collect();
@@ -206,11 +204,7 @@ impl Detector {
             vm.level = after;
             // The reason is the component that moved the VM: on a rise the one
             // now at the new level, on a fall the one that fell (rate first).
-            let by_volume = if after > before {
-                vm.rate.level != after
-            } else {
-                !rate_changed && volume_changed
-            };
+            let by_volume = if after > before { vm.rate.level != after } else { !rate_changed && volume_changed };
             let change = if by_volume {
                 Change {
                     vm: i,
@@ -268,12 +262,8 @@ impl Detector {
         }
         let known = self.vms.len();
         let target = (self.max_macs - self.max_macs / 8).max(known);
-        let mut unknown: Vec<(i64, Mac)> = self
-            .macs
-            .iter()
-            .filter(|(_, s)| s.vm.is_none())
-            .map(|(m, s)| (s.last_window, *m))
-            .collect();
+        let mut unknown: Vec<(i64, Mac)> =
+            self.macs.iter().filter(|(_, s)| s.vm.is_none()).map(|(m, s)| (s.last_window, *m)).collect();
         unknown.sort_unstable();
         let excess = self.macs.len().saturating_sub(target);
         for (_, m) in unknown.into_iter().take(excess) {
@@ -284,12 +274,7 @@ impl Detector {
 
     /// Every MAC seen, sorted by MAC, with its state.
     pub fn seen_macs(&self) -> Vec<(Mac, &MacState)> {
-        let mut v: Vec<_> = self
-            .macs
-            .iter()
-            .filter(|(_, s)| s.last_window != i64::MIN)
-            .map(|(m, s)| (*m, s))
-            .collect();
+        let mut v: Vec<_> = self.macs.iter().filter(|(_, s)| s.last_window != i64::MIN).map(|(m, s)| (*m, s)).collect();
         v.sort_unstable_by_key(|(m, _)| *m);
         v
     }

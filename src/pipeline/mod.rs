@@ -73,7 +73,9 @@ impl RawBatch {
 pub(crate) enum ShardMsg {
     Batch(RawBatch),
     /// Every frame of `window` has been sent: hand its counters to the merge.
-    Close { window: i64 },
+    Close {
+        window: i64,
+    },
 }
 
 /// Shard to merge: one shard's counters of one window.
@@ -228,10 +230,7 @@ pub fn run(
 
     // End of replay: one vm_stats per unicast MAC, then the summary.
     let detector = out.detector;
-    let end_ts = detector
-        .last_window_end()
-        .or(stats.last_ts)
-        .unwrap_or(PacketTime::ZERO);
+    let end_ts = detector.last_window_end().or(stats.last_ts).unwrap_or(PacketTime::ZERO);
     let seen = detector.seen_macs();
     let mut known_vms = 0;
     for (mac, st) in &seen {
@@ -378,9 +377,8 @@ impl Reader {
     }
 
     fn send(&mut self, s: usize) -> ControlFlow<()> {
-        let fresh = self.pools[s]
-            .try_recv()
-            .unwrap_or_else(|_| RawBatch::with_capacity(self.batch_size, self.decode_bytes));
+        let fresh =
+            self.pools[s].try_recv().unwrap_or_else(|_| RawBatch::with_capacity(self.batch_size, self.decode_bytes));
         let full = std::mem::replace(&mut self.batches[s], fresh);
         if self.shard_tx[s].send(ShardMsg::Batch(full)).is_err() {
             self.failed = true;

@@ -5,7 +5,13 @@ use crate::decode::decode;
 use crate::measure::WindowCounters;
 use crossbeam_channel::{Receiver, Sender};
 
-pub(super) fn run(shard: usize, rx: Receiver<ShardMsg>, pool: Sender<RawBatch>, merge: Sender<Partial>, max_macs: usize) {
+pub(super) fn run(
+    shard: usize,
+    rx: Receiver<ShardMsg>,
+    pool: Sender<RawBatch>,
+    merge: Sender<Partial>,
+    max_macs: usize,
+) {
     let mut counters = WindowCounters::new(max_macs);
     let mut dc = DecodeCounts::default();
     for msg in rx {

@@ -43,9 +43,7 @@ impl Policy {
 
     /// Whether the VM's hypervisor is signed.
     pub fn signed(&self, vm: &VmState) -> bool {
-        vm.hypervisor
-            .and_then(|h| self.registry.get(h))
-            .is_some_and(|e| e.verdict().is_signed())
+        vm.hypervisor.and_then(|h| self.registry.get(h)).is_some_and(|e| e.verdict().is_signed())
     }
 
     /// The action for a level change, if it is a rise.
@@ -69,7 +67,8 @@ impl Policy {
                 }
                 None => {
                     kind = ActionKind::Alert;
-                    note = Some("migrate wanted, but no signed hypervisor other than the VM's own is registered".into());
+                    note =
+                        Some("migrate wanted, but no signed hypervisor other than the VM's own is registered".into());
                 }
             }
         }
@@ -94,9 +93,7 @@ impl Policy {
             .filter(|&h| Some(h) != current)
             .filter(|&h| self.registry.get(h).is_some_and(|e| e.verdict().is_signed()))
             .min_by(|&a, &b| {
-                self.placed[a]
-                    .cmp(&self.placed[b])
-                    .then_with(|| self.hypervisor_ids[a].cmp(&self.hypervisor_ids[b]))
+                self.placed[a].cmp(&self.placed[b]).then_with(|| self.hypervisor_ids[a].cmp(&self.hypervisor_ids[b]))
             })
     }
 

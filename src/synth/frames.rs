@@ -20,7 +20,16 @@ pub fn udp4(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport:
 
 /// Like [`udp4`], with an 802.1Q tag.
 #[allow(clippy::too_many_arguments)]
-pub fn udp4_vlan(src: Mac, dst: Mac, vid: u16, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+pub fn udp4_vlan(
+    src: Mac,
+    dst: Mac,
+    vid: u16,
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload_len: usize,
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(src.0, dst.0)
         .single_vlan(vlan(vid))
         .ipv4(sip.octets(), dip.octets(), 64)
@@ -33,7 +42,17 @@ pub fn udp4_vlan(src: Mac, dst: Mac, vid: u16, sip: Ipv4Addr, dip: Ipv4Addr, spo
 
 /// Like [`udp4`], with 802.1ad (0x88a8) outer and 802.1Q inner tags.
 #[allow(clippy::too_many_arguments)]
-pub fn udp4_qinq(src: Mac, dst: Mac, outer: u16, inner: u16, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+pub fn udp4_qinq(
+    src: Mac,
+    dst: Mac,
+    outer: u16,
+    inner: u16,
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload_len: usize,
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(src.0, dst.0)
         .double_vlan(vlan(outer), vlan(inner))
         .ipv4(sip.octets(), dip.octets(), 64)
@@ -58,9 +77,8 @@ pub fn tcp4(
     syn: bool,
     payload_len: usize,
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(src.0, dst.0)
-        .ipv4(sip.octets(), dip.octets(), 64)
-        .tcp(sport, dport, seq, 65535);
+    let mut b =
+        PacketBuilder::ethernet2(src.0, dst.0).ipv4(sip.octets(), dip.octets(), 64).tcp(sport, dport, seq, 65535);
     if syn {
         b = b.syn();
     }
@@ -74,6 +92,7 @@ pub fn tcp4(
 }
 
 /// ARP (`rarp == false`) or RARP frame with an Ethernet/IPv4 body.
+#[allow(clippy::too_many_arguments)]
 pub fn arp(src: Mac, dst: Mac, rarp: bool, op: u16, sha: Mac, spa: Ipv4Addr, tha: Mac, tpa: Ipv4Addr) -> Vec<u8> {
     let body = ArpPacket::new(
         ArpHardwareId::ETHERNET,

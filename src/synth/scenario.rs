@@ -95,10 +95,19 @@ pub fn basic() -> Vec<Frame> {
     out
 }
 
+/// The scenario captures: file name and generator.
+pub const ALL: &[(&str, Generator)] = &[("basic.pcap", basic)];
+
+/// Makes the frames of one scenario.
+pub type Generator = fn() -> Vec<Frame>;
+
 /// Writes every scenario capture into `dir`.
 pub fn write_all(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    write_pcap(&dir.join("basic.pcap"), &mut basic())
+    for (name, make) in ALL {
+        write_pcap(&dir.join(name), &mut make())?;
+    }
+    Ok(())
 }
 
 /// The benchmark capture: `packets` frames of mixed sizes (64 to 1518 bytes,

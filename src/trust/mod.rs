@@ -50,10 +50,7 @@ impl ClusterKey {
     /// Loads a key file: refuses one readable by group or others, and one
     /// shorter than [`MIN_KEY_BYTES`] after trimming surrounding whitespace.
     pub fn load(path: &Path) -> Result<ClusterKey, KeyError> {
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -64,10 +61,7 @@ impl ClusterKey {
         }
         #[cfg(not(unix))]
         let _ = meta;
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
         Self::from_bytes(&bytes).map_err(|len| KeyError::TooShort { path: path.to_path_buf(), len })
     }
 
