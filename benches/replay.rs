@@ -42,9 +42,13 @@ fn rules() -> (tempfile::TempDir, Rules) {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and
+    // then this is a smoke test of the harness on a small capture.
+    let benching = std::env::args().any(|a| a == "--bench");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let packets: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
+    let (default_packets, default_runs) = if benching { (1_000_000, 7) } else { (20_000, 1) };
+    let packets: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(default_packets);
+    let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default_runs);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&dir).unwrap();
     let file: PathBuf = dir.join(format!("bench-{packets}.pcap"));
