@@ -32,6 +32,9 @@ pub enum Command {
         /// Never draw a progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Also write every RTT sample as an `rtt_sample` event.
+        #[arg(long)]
+        rtt_samples: bool,
         #[arg(required = true, value_name = "PCAP")]
         pcaps: Vec<PathBuf>,
     },

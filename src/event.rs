@@ -6,15 +6,19 @@
 
 use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
-use crate::detect::{Direction, Level, Reason};
+use crate::detect::{Direction, Level, Reason, RttPeaks, VmState};
+use crate::measure::rtt::{RttSample, SampleKind};
 use crate::time::PacketTime;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::IpAddr;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    RttSample(RttSampleEvent),
+    RttPeaks(RttPeaksEvent),
     Level(LevelEvent),
     Action(ActionEvent),
     VmStats(VmStatsEvent),
@@ -24,10 +28,86 @@ pub enum Event {
 impl Event {
     pub fn ts(&self) -> PacketTime {
         match self {
+            Event::RttSample(e) => e.ts,
+            Event::RttPeaks(e) => e.ts,
             Event::Level(e) => e.ts,
             Event::Action(e) => e.ts,
             Event::VmStats(e) => e.ts,
             Event::Summary(e) => e.ts,
+        }
+    }
+}
+
+/// One RTT sample (only with `--rtt-samples`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RttSampleEvent {
+    /// When the answering packet was seen.
+    pub ts: PacketTime,
+    /// Who answered.
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub rtt_ms: f64,
+    pub kind: SampleKind,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+}
+
+impl RttSampleEvent {
+    pub fn new(s: &RttSample, vm_name: Option<String>) -> Self {
+        RttSampleEvent {
+            ts: s.ts,
+            vm: s.mac,
+            vm_name,
+            rtt_ms: s.rtt_us as f64 / 1000.0,
+            kind: s.kind,
+            src: s.src.0,
+            src_port: s.src.1,
+            dst: s.dst.0,
+            dst_port: s.dst.1,
+        }
+    }
+}
+
+/// A VM showed more RTT peaks in one window than `rtt.max_peaks`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RttPeaksEvent {
+    pub ts: PacketTime,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub window_start: PacketTime,
+    pub peaks: u32,
+    pub samples: u64,
+    pub min_ms: Option<f64>,
+    pub mean_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// `rtt.peak_ms`.
+    pub peak_ms: f64,
+    /// The VM's baseline at the end of the window (null before any non-peak sample).
+    pub baseline_ms: Option<f64>,
+    pub hypervisor: Option<String>,
+}
+
+impl RttPeaksEvent {
+    pub fn new(p: &RttPeaks, vm: &VmState, hypervisor: Option<String>, peak_ms: f64) -> Self {
+        RttPeaksEvent {
+            ts: p.window_end,
+            vm: vm.mac,
+            vm_name: Some(vm.name.clone()),
+            window_start: p.window_start,
+            peaks: p.peaks,
+            samples: p.window.count,
+            min_ms: p.window.min_ms(),
+            mean_ms: p.window.mean_ms(),
+            max_ms: p.window.max_ms(),
+            p50_ms: p.window.quantile_ms(0.5),
+            p99_ms: p.window.quantile_ms(0.99),
+            peak_ms,
+            baseline_ms: p.baseline_ms,
+            hypervisor,
         }
     }
 }
@@ -110,6 +190,10 @@ pub struct VmStatsEvent {
     pub rtt_samples: u64,
     pub rtt_min_ms: Option<f64>,
     pub rtt_max_ms: Option<f64>,
+    pub rtt_mean_ms: Option<f64>,
+    /// From the fixed-bucket histogram (error at most one bucket's width).
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -130,12 +214,27 @@ pub struct SummaryEvent {
     /// Packet time from the first to the last packet.
     pub duration_s: f64,
     pub windows: u64,
+    pub rtt: RttSummary,
     pub actions: ActionCounts,
     /// Wall-clock time of the replay and what it gives per second; these
     /// three vary run to run, everything else is fixed by the input.
     pub wall_s: f64,
     pub processing_pps: f64,
     pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RttSummary {
+    /// Samples taken (all MACs).
+    pub samples: u64,
+    /// Samples over `limits.rtt_samples_per_window` in a shard's window.
+    pub dropped: u64,
+    /// Flows evicted from a full flow table.
+    pub flow_evictions: u64,
+    /// Probes dropped because a flow direction's ring or the echo table was full.
+    pub probe_evictions: u64,
+    /// Probes never answered within `rtt.probe_timeout_ms`.
+    pub probe_timeouts: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

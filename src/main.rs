@@ -66,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.sign(&cluster, &id, mac));
             Ok(())
         }
-        Command::Replay { rules, events, threads, speed, listen, no_progress, pcaps } => {
+        Command::Replay { rules, events, threads, speed, listen, no_progress, rtt_samples, pcaps } => {
             if listen.is_some() {
                 eprintln!("vmsentry: --listen is not implemented yet; replaying without serving metrics");
             }
@@ -85,8 +85,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             // A progress bar only where a person watches and the replay is long.
             let long = source.total_bytes().unwrap_or(0) > 64 << 20;
-            let opts =
-                pipeline::Options { threads, speed, progress: !no_progress && long && std::io::stderr().is_terminal() };
+            let opts = pipeline::Options {
+                threads,
+                speed,
+                progress: !no_progress && long && std::io::stderr().is_terminal(),
+                rtt_samples,
+            };
             match pipeline::run(&mut source, &rules, Box::new(LogSink::stderr()), sink, &opts) {
                 Ok(_) => Ok(()),
                 Err(PipelineError::Capture(e @ CaptureError::Open { .. })) => Err(bad(e.to_string())),

@@ -34,9 +34,14 @@ fn vmsentry(args: &[&str]) -> Output {
 
 /// Replays and returns the events, checking the exit status is 0.
 fn replay(rules: &Path, threads: usize, pcaps: &[PathBuf]) -> Vec<Value> {
+    replay_with(rules, threads, &[], pcaps)
+}
+
+fn replay_with(rules: &Path, threads: usize, extra: &[&str], pcaps: &[PathBuf]) -> Vec<Value> {
     let mut args = vec!["replay".to_string(), "--rules".into(), rules.display().to_string()];
     args.push("--threads".into());
     args.push(threads.to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(pcaps.iter().map(|p| p.display().to_string()));
     let out = Command::new(env!("CARGO_BIN_EXE_vmsentry")).args(&args).output().unwrap();
     assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -178,7 +183,7 @@ fn basic_scenario_acts_once_per_rise_by_policy_and_signature() {
             "log",
             "queued"
         ]),
-        // compute-1 (now 1 VM after web-1 left) and compute-3 (1, web-1) tie: by id.
+        // compute-1 has 1 VM after web-1 left; compute-3 has api-1, api-2 and web-1.
         json!([
             "2023-11-14T22:14:02.000000Z",
             "1700000042000000-5",
@@ -273,6 +278,18 @@ fn events_are_identical_for_every_thread_count() {
     assert!(one.len() > 20);
     for n in [2, 3, 4, 8] {
         assert_eq!(stable(replay(rules.path(), n, &inputs)), one, "--threads {n}");
+    }
+    // RTT samples come from every shard; their order must not depend on it.
+    let inputs = vec![
+        capture("rtt.pcap"),
+        capture("third_party/zeek__wikipedia.pcap"),
+        capture("third_party/zeek__icmp_dot1q.pcap"),
+    ];
+    let one = stable(replay_with(rules.path(), 1, &["--rtt-samples"], &inputs));
+    // 21 from rtt.pcap, 4 echoes from icmp_dot1q, 46 (8 handshakes, the rest timestamps) from wikipedia.
+    assert_eq!(of_type(&one, "rtt_sample").len(), 71);
+    for n in [2, 3, 5] {
+        assert_eq!(stable(replay_with(rules.path(), n, &["--rtt-samples"], &inputs)), one, "--threads {n}");
     }
 }
 
@@ -483,7 +500,7 @@ fn check_warns_about_unsigned_hypervisors_and_exits_0() {
         lines[0],
         "warning: hypervisor `compute-9`: signature does not verify for MAC 52:54:00:aa:00:09: it is unsigned for that MAC"
     );
-    assert!(lines[1].ends_with("OK: cluster `lab`, 4 hypervisors (3 signed), 6 VMs"), "{}", lines[1]);
+    assert!(lines[1].ends_with("OK: cluster `lab`, 4 hypervisors (3 signed), 8 VMs"), "{}", lines[1]);
 }
 
 #[test]
@@ -533,4 +550,254 @@ fn speed_paces_the_replay_by_packet_time() {
     assert!(took >= 0.45, "--speed 4 over 1.98 s of packet time took only {took:.3} s");
     let out = vmsentry(&["replay", "--speed", "0", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "--speed must be positive");
+}
+
+// ---- RTT -------------------------------------------------------------------
+
+fn samples(events: &[Value]) -> Vec<Value> {
+    of_type(events, "rtt_sample").into_iter().map(|e| json!([e["ts"], e["vm"], e["rtt_ms"], e["kind"]])).collect()
+}
+
+#[test]
+fn rtt_scenario_gives_exact_samples_of_every_kind() {
+    let rules = rules_dir();
+    let ev = replay_with(rules.path(), 2, &["--rtt-samples"], &[capture("rtt.pcap")]);
+    let (a1, a2, gw) = ("fa:16:3e:00:00:07", "fa:16:3e:00:00:08", "52:54:00:ff:00:01");
+    let mut expected = vec![];
+    for k in 0..5 {
+        expected.push(json!([format!("2023-11-14T22:13:2{k}.102000Z"), a1, 2.0, "echo"]));
+    }
+    // From the retransmitted SYN (6 s), not the first (5 s).
+    expected.push(json!(["2023-11-14T22:13:26.003000Z", a1, 3.0, "handshake"]));
+    expected.push(json!(["2023-11-14T22:13:27.004000Z", a1, 4.0, "timestamp"]));
+    expected.push(json!(["2023-11-14T22:13:27.005500Z", gw, 1.5, "timestamp"]));
+    // The retransmitted segment gives no sample (Karn).
+    expected.push(json!(["2023-11-14T22:13:28.006000Z", a2, 6.0, "ack"]));
+    for k in 0..6 {
+        expected.push(json!([format!("2023-11-14T22:13:30.{k}80000Z"), a1, 80.0, "echo"]));
+    }
+    for k in 0..5 {
+        expected.push(json!([format!("2023-11-14T22:13:32.{k}90000Z"), a2, 90.0, "echo"]));
+    }
+    expected.push(json!(["2023-11-14T22:13:35.902000Z", a2, 2.0, "echo"]));
+    assert_eq!(samples(&ev), expected);
+    let s = summary(&ev);
+    assert_eq!(
+        s["rtt"],
+        json!({"samples": 21, "dropped": 0, "flow_evictions": 0, "probe_evictions": 0, "probe_timeouts": 0})
+    );
+
+    let stats: BTreeMap<String, Value> = of_type(&ev, "vm_stats")
+        .into_iter()
+        .map(|e| (e["vm"].as_str().unwrap().to_string(), json!([e["rtt_samples"], e["rtt_min_ms"], e["rtt_max_ms"]])))
+        .collect();
+    assert_eq!(stats[a1], json!([13, 2.0, 80.0]));
+    assert_eq!(stats[a2], json!([7, 2.0, 90.0]));
+    assert_eq!(stats[gw], json!([1, 1.5, 1.5]));
+}
+
+#[test]
+fn rtt_peaks_above_the_limit_raise_the_level_and_exactly_at_it_do_not() {
+    let rules = rules_dir();
+    let ev = replay(rules.path(), 1, &[capture("rtt.pcap")]);
+    assert!(of_type(&ev, "rtt_sample").is_empty(), "samples only with --rtt-samples");
+    let peaks = of_type(&ev, "rtt_peaks");
+    assert_eq!(peaks.len(), 1, "api-2's 5 peaks are not more than max_peaks = 5");
+    // Baseline: five 2 ms echoes, then 3 ms and 4 ms with weight 1/8 each:
+    // 2 + (3 - 2)/8 = 2.125, then 2.125 + (4 - 2.125)/8 = 2.359375; the 80 ms peaks do not move it.
+    let p = peaks[0];
+    assert_eq!(
+        json!([
+            p["ts"],
+            p["vm_name"],
+            p["window_start"],
+            p["peaks"],
+            p["samples"],
+            p["min_ms"],
+            p["mean_ms"],
+            p["max_ms"],
+            p["p50_ms"],
+            p["p99_ms"],
+            p["peak_ms"],
+            p["baseline_ms"],
+            p["hypervisor"]
+        ]),
+        json!([
+            "2023-11-14T22:13:31.000000Z",
+            "api-1",
+            "2023-11-14T22:13:30.000000Z",
+            6,
+            6,
+            80.0,
+            80.0,
+            80.0,
+            80.0,
+            80.0,
+            50.0,
+            2.359375,
+            "compute-3"
+        ])
+    );
+    let levels: Vec<Value> = of_type(&ev, "level")
+        .into_iter()
+        .map(|e| json!([e["ts"], e["vm_name"], e["from"], e["to"], e["reason"], e["direction"]]))
+        .collect();
+    assert_eq!(
+        levels,
+        vec![
+            json!(["2023-11-14T22:13:31.000000Z", "api-1", "LOW", "MEDIUM", "rtt", null]),
+            json!(["2023-11-14T22:13:34.000000Z", "api-1", "MEDIUM", "LOW", "rtt", null]),
+        ]
+    );
+    let actions: Vec<Value> = of_type(&ev, "action")
+        .into_iter()
+        .map(|e| json!([e["vm_name"], e["action"], e["reason"], e["level"]]))
+        .collect();
+    assert_eq!(actions, vec![json!(["api-1", "alert", "rtt", "MEDIUM"])]);
+}
+
+/// ICMP echo samples of the real captures: (file, [(answer time, rtt µs)]),
+/// equal to tshark's `icmp.resptime` / `icmpv6.resptime` (re-checked live).
+const ECHO_SAMPLES: &[(&str, &[(&str, i64)])] = &[
+    ("zeek__icmp__icmp-ping.pcap", &[("2012-04-11T19:49:23.981906Z", 3951), ("2012-04-11T19:49:24.983033Z", 3915)]),
+    (
+        "zeek__icmp__icmp6-ping.pcap",
+        &[
+            ("2012-01-23T20:02:27.373793Z", 35552),
+            ("2012-01-23T20:02:28.373722Z", 34828),
+            ("2012-01-23T20:02:29.374970Z", 35023),
+            ("2012-01-23T20:02:30.374920Z", 34920),
+        ],
+    ),
+    (
+        "zeek__icmp_dot1q.pcap",
+        &[
+            ("2008-06-20T10:21:12.994879Z", 950),
+            ("2008-06-20T10:21:12.995686Z", 294),
+            ("2008-06-20T10:21:12.996469Z", 294),
+            ("2008-06-20T10:21:12.997261Z", 301),
+        ],
+    ),
+];
+
+/// SYN to SYN/ACK of the untunneled real captures, sorted, in µs.
+const HANDSHAKE_SAMPLES: &[(&str, &[i64])] = &[
+    ("sv__http-mime-truncated__input.pcap", &[98400]),
+    ("zeek__http__get-to-ssh-server.pcap", &[797]),
+    ("zeek__port4242.pcap", &[30]),
+    ("zeek__tcp__options.pcap", &[190688]),
+    ("zeek__wikipedia.pcap", &[59132, 59257, 59315, 59494, 59835, 59993, 60610, 60813]),
+];
+
+fn kind_samples_us(ev: &[Value], kind: &str) -> Vec<(String, i64)> {
+    of_type(ev, "rtt_sample")
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| (e["ts"].as_str().unwrap().to_string(), (e["rtt_ms"].as_f64().unwrap() * 1000.0).round() as i64))
+        .collect()
+}
+
+#[test]
+fn rtt_echo_and_handshake_samples_of_real_captures_are_exact() {
+    let rules = rules_dir();
+    for (name, want) in ECHO_SAMPLES {
+        let ev = replay_with(rules.path(), 2, &["--rtt-samples"], &[capture(&format!("third_party/{name}"))]);
+        let got = kind_samples_us(&ev, "echo");
+        let want: Vec<(String, i64)> = want.iter().map(|(t, us)| (t.to_string(), *us)).collect();
+        assert_eq!(got, want, "{name}");
+    }
+    for (name, want) in HANDSHAKE_SAMPLES {
+        let ev = replay_with(rules.path(), 2, &["--rtt-samples"], &[capture(&format!("third_party/{name}"))]);
+        let mut got: Vec<i64> = kind_samples_us(&ev, "handshake").into_iter().map(|s| s.1).collect();
+        got.sort_unstable();
+        assert_eq!(got, want.to_vec(), "{name}");
+    }
+}
+
+/// tshark's answer for one capture: ICMP response times keyed by answer time,
+/// and SYN→SYN/ACK times (from the last SYN of each stream), in µs.
+fn tshark_rtts(tshark: &str, p: &Path) -> (Vec<(String, i64)>, Vec<i64>) {
+    let out = Command::new(tshark)
+        .arg("-r")
+        .arg(p)
+        .args([
+            "-Y",
+            "icmp.resptime || icmpv6.resptime",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "icmp.resptime",
+            "-e",
+            "icmpv6.resptime",
+        ])
+        .output()
+        .unwrap();
+    let mut echo = vec![];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let t: f64 = f[0].parse().unwrap();
+        let ms: f64 = if f[1].is_empty() { f[2].parse().unwrap() } else { f[1].parse().unwrap() };
+        let us = (t * 1e6).round() as i64;
+        let ts = vmsentry::time::PacketTime::from_micros(us).rfc3339();
+        echo.push((ts, (ms * 1000.0).round() as i64));
+    }
+    let out = Command::new(tshark)
+        .arg("-r")
+        .arg(p)
+        .args([
+            "-Y",
+            "tcp.flags.syn == 1",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tcp.flags.ack",
+            "-e",
+            "tcp.stream",
+        ])
+        .output()
+        .unwrap();
+    let mut syn: BTreeMap<String, i64> = BTreeMap::new();
+    let mut hs = vec![];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let t = (f[0].parse::<f64>().unwrap() * 1e6).round() as i64;
+        if f[1] == "0" || f[1] == "False" {
+            syn.insert(f[2].to_string(), t);
+        } else if let Some(s) = syn.remove(f[2]) {
+            hs.push(t - s);
+        }
+    }
+    hs.sort_unstable();
+    (echo, hs)
+}
+
+#[test]
+fn rtt_samples_equal_tshark() {
+    let Some(tshark) = tshark() else {
+        eprintln!("SKIPPED: tshark not installed");
+        return;
+    };
+    let mut compared = 0;
+    for (name, echo) in ECHO_SAMPLES {
+        let (t_echo, _) = tshark_rtts(tshark, &capture(&format!("third_party/{name}")));
+        let want: Vec<(String, i64)> = echo.iter().map(|(t, us)| (t.to_string(), *us)).collect();
+        assert_eq!(t_echo, want, "tshark icmp.resptime on {name}");
+        compared += want.len();
+    }
+    for (name, hs) in HANDSHAKE_SAMPLES {
+        let (_, t_hs) = tshark_rtts(tshark, &capture(&format!("third_party/{name}")));
+        assert_eq!(t_hs, hs.to_vec(), "tshark SYN to SYN/ACK on {name}");
+        compared += hs.len();
+    }
+    assert_eq!(compared, 10 + 12);
+    // And the scenario: tshark agrees on every echo and handshake.
+    let rules = rules_dir();
+    let ev = replay_with(rules.path(), 1, &["--rtt-samples"], &[capture("rtt.pcap")]);
+    let (t_echo, t_hs) = tshark_rtts(tshark, &capture("rtt.pcap"));
+    assert_eq!(kind_samples_us(&ev, "echo"), t_echo);
+    assert_eq!(kind_samples_us(&ev, "handshake").into_iter().map(|s| s.1).collect::<Vec<_>>(), t_hs);
 }

@@ -49,10 +49,13 @@ pub struct Thresholds {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RttRules {
+    pub enabled: bool,
     pub peak_ms: f64,
     pub peak_factor: Option<f64>,
     pub max_peaks: u32,
     pub level: Level,
+    pub probe_timeout_ms: u64,
+    pub flow_timeout_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +100,12 @@ pub struct Limits {
     pub queue_batches: usize,
     /// Actions waiting for the dispatcher.
     pub action_queue: usize,
+    /// TCP flows tracked for RTT (all shards together).
+    pub rtt_flows: usize,
+    /// Outstanding ICMP echo requests (all shards together).
+    pub rtt_echo_probes: usize,
+    /// RTT samples one shard hands over per window; more are dropped (counted).
+    pub rtt_samples_per_window: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,11 +234,19 @@ impl Rules {
         if *r.level.get_ref() == Level::Low {
             return Err(at(r.level.span(), "rtt.level must be MEDIUM or HIGH: LOW would raise nothing".into()));
         }
+        for (v, name) in [(&r.probe_timeout_ms, "rtt.probe_timeout_ms"), (&r.flow_timeout_s, "rtt.flow_timeout_s")] {
+            if *v.get_ref() == 0 {
+                return Err(at(v.span(), format!("{name} must be at least 1")));
+            }
+        }
         let rtt = RttRules {
+            enabled: r.enabled,
             peak_ms: *r.peak_ms.get_ref(),
             peak_factor: r.peak_factor.as_ref().map(|f| *f.get_ref()),
             max_peaks: r.max_peaks,
             level: *r.level.get_ref(),
+            probe_timeout_ms: *r.probe_timeout_ms.get_ref(),
+            flow_timeout_s: *r.flow_timeout_s.get_ref(),
         };
 
         // [volume]
@@ -251,6 +268,9 @@ impl Rules {
             (&l.decode_bytes, "limits.decode_bytes"),
             (&l.queue_batches, "limits.queue_batches"),
             (&l.action_queue, "limits.action_queue"),
+            (&l.rtt_flows, "limits.rtt_flows"),
+            (&l.rtt_echo_probes, "limits.rtt_echo_probes"),
+            (&l.rtt_samples_per_window, "limits.rtt_samples_per_window"),
         ] {
             if *v.get_ref() == 0 {
                 return Err(at(v.span(), format!("{name} must be at least 1")));
@@ -262,6 +282,9 @@ impl Rules {
             decode_bytes: (*l.decode_bytes.get_ref()).max(64),
             queue_batches: *l.queue_batches.get_ref(),
             action_queue: *l.action_queue.get_ref(),
+            rtt_flows: *l.rtt_flows.get_ref(),
+            rtt_echo_probes: *l.rtt_echo_probes.get_ref(),
+            rtt_samples_per_window: *l.rtt_samples_per_window.get_ref(),
         };
 
         // [[hypervisor]]

@@ -106,6 +106,9 @@ impl Default for RawThresholds {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRtt {
+    /// Default true: track flows and take RTT samples.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
     /// Default 50.0 ms.
     #[serde(default = "d_peak_ms")]
     pub peak_ms: Spanned<f64>,
@@ -118,6 +121,21 @@ pub struct RawRtt {
     /// Default MEDIUM.
     #[serde(default = "d_rtt_level")]
     pub level: Spanned<Level>,
+    /// Default 10 000 ms: an unanswered probe is forgotten after this.
+    #[serde(default = "d_probe_timeout_ms")]
+    pub probe_timeout_ms: Spanned<u64>,
+    /// Default 120 s: a TCP flow with no packet for this long is forgotten.
+    #[serde(default = "d_flow_timeout_s")]
+    pub flow_timeout_s: Spanned<u64>,
+}
+fn d_probe_timeout_ms() -> Spanned<u64> {
+    sp(10_000)
+}
+fn d_flow_timeout_s() -> Spanned<u64> {
+    sp(120)
+}
+fn d_true() -> bool {
+    true
 }
 fn d_peak_ms() -> Spanned<f64> {
     sp(50.0)
@@ -130,7 +148,15 @@ fn d_rtt_level() -> Spanned<Level> {
 }
 impl Default for RawRtt {
     fn default() -> Self {
-        RawRtt { peak_ms: d_peak_ms(), peak_factor: None, max_peaks: d_max_peaks(), level: d_rtt_level() }
+        RawRtt {
+            enabled: true,
+            peak_ms: d_peak_ms(),
+            peak_factor: None,
+            max_peaks: d_max_peaks(),
+            level: d_rtt_level(),
+            probe_timeout_ms: d_probe_timeout_ms(),
+            flow_timeout_s: d_flow_timeout_s(),
+        }
     }
 }
 
@@ -208,6 +234,24 @@ pub struct RawLimits {
     /// Default 4096 actions.
     #[serde(default = "d_action_queue")]
     pub action_queue: Spanned<usize>,
+    /// Default 65 536 TCP flows tracked for RTT, split evenly across shards.
+    #[serde(default = "d_rtt_flows")]
+    pub rtt_flows: Spanned<usize>,
+    /// Default 65 536 outstanding ICMP echo requests, split across shards.
+    #[serde(default = "d_rtt_echo_probes")]
+    pub rtt_echo_probes: Spanned<usize>,
+    /// Default 100 000 RTT samples per shard per window; more are counted and dropped.
+    #[serde(default = "d_rtt_samples_per_window")]
+    pub rtt_samples_per_window: Spanned<usize>,
+}
+fn d_rtt_flows() -> Spanned<usize> {
+    sp(65_536)
+}
+fn d_rtt_echo_probes() -> Spanned<usize> {
+    sp(65_536)
+}
+fn d_rtt_samples_per_window() -> Spanned<usize> {
+    sp(100_000)
 }
 fn d_max_macs() -> Spanned<usize> {
     sp(65_536)
@@ -232,6 +276,9 @@ impl Default for RawLimits {
             decode_bytes: d_decode_bytes(),
             queue_batches: d_queue_batches(),
             action_queue: d_action_queue(),
+            rtt_flows: d_rtt_flows(),
+            rtt_echo_probes: d_rtt_echo_probes(),
+            rtt_samples_per_window: d_rtt_samples_per_window(),
         }
     }
 }

@@ -32,7 +32,22 @@ fn minimal_rules_take_documented_defaults() {
             clear_windows: 3
         }
     );
-    assert_eq!(r.rtt, RttRules { peak_ms: 50.0, peak_factor: None, max_peaks: 5, level: Level::Medium });
+    assert_eq!(
+        r.rtt,
+        RttRules {
+            enabled: true,
+            peak_ms: 50.0,
+            peak_factor: None,
+            max_peaks: 5,
+            level: Level::Medium,
+            probe_timeout_ms: 10_000,
+            flow_timeout_s: 120
+        }
+    );
+    assert_eq!(
+        (r.limits.rtt_flows, r.limits.rtt_echo_probes, r.limits.rtt_samples_per_window),
+        (65_536, 65_536, 100_000)
+    );
     assert_eq!(r.volume, VolumeRules { factor: 3.0, horizon_s: 60 });
     assert_eq!(r.policy.medium, PolicyRule { signed: ActionKind::Alert, unsigned: ActionKind::Quarantine });
     assert_eq!(r.policy.high, PolicyRule { signed: ActionKind::Migrate, unsigned: ActionKind::Quarantine });
@@ -50,7 +65,7 @@ fn shipped_rules_load() {
     std::fs::set_permissions(d.path().join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = Rules::from_str_in(d.path(), &dir.join(RULES_FILE), &text).unwrap();
     assert_eq!(r.hypervisors.len(), 4);
-    assert_eq!(r.vms.len(), 6);
+    assert_eq!(r.vms.len(), 8);
 }
 
 #[test]

@@ -1,18 +1,27 @@
-//! Detect: grade each VM LOW / MEDIUM / HIGH from its window totals (rate, volume), with hysteresis.
+//! Detect: grade each VM LOW / MEDIUM / HIGH from its window totals (rate, volume, RTT peaks), with hysteresis.
 //!
-//! A VM has one level per reason (rate, volume); its level is the highest of
+//! A VM has one level per reason (rate, volume, rtt); its level is the highest of
 //! them. Each reason rises at once to the highest level its window crosses and
 //! drops back one level only after `clear_windows` windows below that level.
 //! Only VMs of the rules' inventory are graded; other MACs are measured and
 //! reported, never acted on. The MAC table is bounded: when it outgrows
 //! `limits.max_macs`, the unknown MACs seen longest ago are evicted (counted).
+//!
+//! RTT: a window's samples are taken in packet-time order. A sample is a peak
+//! when it is above `rtt.peak_ms`, or, with `rtt.peak_factor` set, above that
+//! factor times the VM's baseline. The baseline is a slow exponentially
+//! weighted mean (weight 1/8 per sample, as TCP's SRTT) of the VM's
+//! non-peak samples only, so peaks never drag it up. More than
+//! `rtt.max_peaks` peaks in one window raises the VM to `rtt.level`.
 
 mod level;
 
 pub use level::{Direction, Hysteresis, Level, Reason};
 
-use crate::config::{Rules, Thresholds};
+use crate::config::{RttRules, Rules, Thresholds};
 use crate::decode::Mac;
+use crate::measure::histogram::Histogram;
+use crate::measure::rtt::RttSample;
 use crate::measure::Counters;
 use crate::time::PacketTime;
 use rustc_hash::FxHashMap;
@@ -34,10 +43,43 @@ pub struct Change {
     pub window_end: PacketTime,
 }
 
+/// A VM showed more RTT peaks in a window than `rtt.max_peaks`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RttPeaks {
+    pub vm: usize,
+    pub peaks: u32,
+    /// The window's samples of this VM.
+    pub window: Histogram,
+    pub baseline_ms: Option<f64>,
+    pub window_start: PacketTime,
+    pub window_end: PacketTime,
+}
+
+/// What closing a window found, in the order events are written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Level(Change),
+    RttPeaks(RttPeaks),
+}
+
+impl Outcome {
+    pub fn ts(&self) -> PacketTime {
+        match self {
+            Outcome::Level(c) => c.window_end,
+            Outcome::RttPeaks(p) => p.window_end,
+        }
+    }
+}
+
+/// The baseline's weight per non-peak sample.
+const BASELINE_WEIGHT: f64 = 1.0 / 8.0;
+
 /// Cumulative counters of one MAC.
 #[derive(Clone, Debug, Default)]
 pub struct MacState {
     pub totals: Counters,
+    /// Every RTT sample this MAC answered with.
+    pub rtt: Histogram,
     pub last_window: i64,
     /// Index into the inventory when the MAC is a known VM.
     pub vm: Option<usize>,
@@ -56,12 +98,19 @@ pub struct VmState {
     volume_ring: VecDeque<u64>,
     volume_sum: u64,
     volume_limit: Option<u64>,
+    rtt: Hysteresis,
+    /// Slow mean of non-peak RTT samples, in ms.
+    pub rtt_baseline_ms: Option<f64>,
+    /// RTT samples and peaks of the latest window.
+    pub rtt_window: Histogram,
+    pub rtt_peaks: u32,
     /// Rates of the latest window (tx, rx): (bps, pps).
     pub last_rates: [(u64, u64); 2],
 }
 
 pub struct Detector {
     thresholds: Thresholds,
+    rtt_rules: RttRules,
     window_len_us: i64,
     horizon_windows: usize,
     max_macs: usize,
@@ -94,6 +143,10 @@ impl Detector {
                 volume_ring: VecDeque::with_capacity(horizon_windows + 1),
                 volume_sum: 0,
                 volume_limit: v.ram_mb.map(|mb| (rules.volume.factor * mb as f64 * 1024.0 * 1024.0) as u64),
+                rtt: Hysteresis::default(),
+                rtt_baseline_ms: None,
+                rtt_window: Histogram::default(),
+                rtt_peaks: 0,
                 last_rates: [(0, 0); 2],
             })
             .collect();
@@ -101,10 +154,11 @@ impl Detector {
         vm_order.sort_by_key(|&i| vms[i].mac);
         let mut macs = FxHashMap::default();
         for (i, v) in vms.iter().enumerate() {
-            macs.insert(v.mac, MacState { totals: Counters::default(), last_window: i64::MIN, vm: Some(i) });
+            macs.insert(v.mac, MacState { last_window: i64::MIN, vm: Some(i), ..Default::default() });
         }
         Detector {
             thresholds: rules.thresholds.clone(),
+            rtt_rules: rules.rtt.clone(),
             window_len_us,
             horizon_windows,
             max_macs: rules.limits.max_macs.max(rules.vms.len()),
@@ -130,23 +184,21 @@ impl Detector {
         self.macs.get(&mac).and_then(|m| m.vm)
     }
 
-    /// Closes window `w` with its merged totals (sorted by MAC). Windows with
-    /// no traffic between the previous one and `w` are closed first, as quiet
-    /// windows, so hysteresis and the volume horizon see them.
-    pub fn close_window(&mut self, w: i64, totals: &[(Mac, Counters)]) -> Vec<Change> {
-        let mut changes = Vec::new();
+    /// Closes window `w` with its merged totals (sorted by MAC) and RTT
+    /// samples (sorted by time). Windows with no traffic between the previous
+    /// one and `w` are closed first, as quiet windows, so hysteresis and the
+    /// volume horizon see them.
+    pub fn close_window(&mut self, w: i64, totals: &[(Mac, Counters)], samples: &[RttSample]) -> Vec<Outcome> {
+        let mut out = Vec::new();
         if let Some(last) = self.last_window {
             // After this many quiet windows every level is LOW and every
             // volume ring is empty, so longer gaps need not be walked.
             let enough = self.horizon_windows as i64 + 2 * i64::from(self.thresholds.clear_windows) + 1;
             let gap = (w - last - 1).max(0);
             for q in (last + 1)..(last + 1 + gap.min(enough)) {
-                self.grade(q, &mut changes);
+                self.grade(q, &mut out);
             }
             self.windows += gap as u64;
-        }
-        for c in self.window_scratch.iter_mut() {
-            *c = Counters::default();
         }
         for (mac, c) in totals {
             let st = self.macs.entry(*mac).or_default();
@@ -156,26 +208,54 @@ impl Detector {
                 self.window_scratch[i] = *c;
             }
         }
-        self.grade(w, &mut changes);
+        self.take_rtt(w, samples);
+        self.grade(w, &mut out);
         self.windows += 1;
         self.last_window = Some(w);
-        for c in self.window_scratch.iter_mut() {
-            *c = Counters::default();
-        }
         self.evict_if_full();
-        changes
+        out
     }
 
-    fn grade(&mut self, w: i64, changes: &mut Vec<Change>) {
+    /// Records the window's samples per MAC and, for inventory VMs, counts
+    /// peaks against the threshold and the baseline as it stood at each sample.
+    fn take_rtt(&mut self, w: i64, samples: &[RttSample]) {
+        for s in samples {
+            let st = self.macs.entry(s.mac).or_default();
+            st.rtt.record(s.rtt_us);
+            if st.last_window == i64::MIN {
+                st.last_window = w;
+            }
+            let Some(i) = st.vm else { continue };
+            let r = &self.rtt_rules;
+            let vm = &mut self.vms[i];
+            let ms = s.rtt_us as f64 / 1000.0;
+            vm.rtt_window.record(s.rtt_us);
+            let over_baseline = match (r.peak_factor, vm.rtt_baseline_ms) {
+                (Some(f), Some(b)) => ms > f * b,
+                _ => false,
+            };
+            if ms > r.peak_ms || over_baseline {
+                vm.rtt_peaks += 1;
+            } else {
+                vm.rtt_baseline_ms = Some(match vm.rtt_baseline_ms {
+                    Some(b) => b + BASELINE_WEIGHT * (ms - b),
+                    None => ms,
+                });
+            }
+        }
+    }
+
+    fn grade(&mut self, w: i64, out: &mut Vec<Outcome>) {
         let start = PacketTime::from_micros(w * self.window_len_us);
         let end = PacketTime::from_micros((w + 1) * self.window_len_us);
+        let clear = self.thresholds.clear_windows;
+        let horizon = self.horizon_windows;
         for k in 0..self.vm_order.len() {
             let i = self.vm_order[k];
-            let c = self.window_scratch[i];
+            let c = std::mem::take(&mut self.window_scratch[i]);
             let (tx_level, tx_bps, tx_pps) = self.rate_level(c.tx_bytes, c.tx_packets);
             let (rx_level, rx_bps, rx_pps) = self.rate_level(c.rx_bytes, c.rx_packets);
-            let clear = self.thresholds.clear_windows;
-            let horizon = self.horizon_windows;
+            let (max_peaks, rtt_level) = (self.rtt_rules.max_peaks, self.rtt_rules.level);
             let vm = &mut self.vms[i];
             vm.last_rates = [(tx_bps, tx_pps), (rx_bps, rx_pps)];
             let (dir, rate_w, bps, pps) = if rx_level > tx_level {
@@ -197,44 +277,52 @@ impl Detector {
                 volume_changed = vm.volume.update(vol_w, clear);
             }
 
-            let after = vm.rate.level.max(vm.volume.level);
+            let abnormal_rtt = vm.rtt_peaks > max_peaks;
+            if abnormal_rtt {
+                out.push(Outcome::RttPeaks(RttPeaks {
+                    vm: i,
+                    peaks: vm.rtt_peaks,
+                    window: vm.rtt_window,
+                    baseline_ms: vm.rtt_baseline_ms,
+                    window_start: start,
+                    window_end: end,
+                }));
+            }
+            let rtt_changed = vm.rtt.update(if abnormal_rtt { rtt_level } else { Level::Low }, clear);
+            vm.rtt_window = Histogram::default();
+            vm.rtt_peaks = 0;
+
+            let after = vm.rate.level.max(vm.volume.level).max(vm.rtt.level);
             if after == before {
                 continue;
             }
             vm.level = after;
-            // The reason is the component that moved the VM: on a rise the one
-            // now at the new level, on a fall the one that fell (rate first).
-            let by_volume = if after > before { vm.rate.level != after } else { !rate_changed && volume_changed };
-            let change = if by_volume {
-                Change {
-                    vm: i,
-                    from: before,
-                    to: after,
-                    reason: Reason::Volume,
-                    direction: None,
-                    bps: tx_bps,
-                    pps: tx_pps,
-                    horizon_bytes: Some(vm.volume_sum),
-                    limit_bytes: vm.volume_limit,
-                    window_start: start,
-                    window_end: end,
-                }
-            } else {
-                Change {
-                    vm: i,
-                    from: before,
-                    to: after,
-                    reason: Reason::Rate,
-                    direction: Some(dir),
-                    bps,
-                    pps,
-                    horizon_bytes: None,
-                    limit_bytes: None,
-                    window_start: start,
-                    window_end: end,
-                }
-            };
-            changes.push(change);
+            // The reason is the component that moved the VM: on a rise the
+            // first one now at the new level, on a fall the first one that
+            // fell (in the order rate, volume, rtt).
+            let parts = [
+                (Reason::Rate, vm.rate.level, rate_changed),
+                (Reason::Volume, vm.volume.level, volume_changed),
+                (Reason::Rtt, vm.rtt.level, rtt_changed),
+            ];
+            let reason = if after > before { parts.iter().find(|p| p.1 == after) } else { parts.iter().find(|p| p.2) }
+                .map_or(Reason::Rate, |p| p.0);
+            let (direction, bps, pps) =
+                if reason == Reason::Rate { (Some(dir), bps, pps) } else { (None, tx_bps, tx_pps) };
+            let is_volume = reason == Reason::Volume;
+            out.push(Outcome::Level(Change {
+                vm: i,
+                from: before,
+                to: after,
+                reason,
+                direction,
+                bps,
+                pps,
+                horizon_bytes: is_volume.then_some(vm.volume_sum),
+                limit_bytes: if is_volume { vm.volume_limit } else { None },
+                window_start: start,
+                window_end: end,
+            }));
         }
     }
 
@@ -277,6 +365,14 @@ impl Detector {
         let mut v: Vec<_> = self.macs.iter().filter(|(_, s)| s.last_window != i64::MIN).map(|(m, s)| (*m, s)).collect();
         v.sort_unstable_by_key(|(m, _)| *m);
         v
+    }
+
+    pub fn window_start(&self, w: i64) -> PacketTime {
+        PacketTime::from_micros(w * self.window_len_us)
+    }
+
+    pub fn peak_ms(&self) -> f64 {
+        self.rtt_rules.peak_ms
     }
 
     pub fn last_window_end(&self) -> Option<PacketTime> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::measure::rtt::RttSample;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -30,6 +31,17 @@ fn tx(bytes: u64, packets: u64) -> Vec<(Mac, Counters)> {
     vec![(vm(), Counters { tx_bytes: bytes, tx_packets: packets, rx_bytes: 0, rx_packets: 0 })]
 }
 
+/// Closes a window without RTT samples; returns its level changes.
+fn close(d: &mut Detector, w: i64, totals: &[(Mac, Counters)]) -> Vec<Change> {
+    d.close_window(w, totals, &[])
+        .into_iter()
+        .filter_map(|o| match o {
+            Outcome::Level(c) => Some(c),
+            Outcome::RttPeaks(_) => None,
+        })
+        .collect()
+}
+
 fn levels(ch: &[Change]) -> Vec<(Level, Level, Reason)> {
     ch.iter().map(|c| (c.from, c.to, c.reason)).collect()
 }
@@ -38,9 +50,9 @@ fn levels(ch: &[Change]) -> Vec<(Level, Level, Reason)> {
 fn thresholds_are_inclusive_and_the_highest_crossed_wins() {
     let mut d = Detector::new(&rules(""));
     // 1000 bytes = 8000 bit/s: exactly medium_bps.
-    assert_eq!(levels(&d.close_window(0, &tx(1000, 1))), vec![(Level::Low, Level::Medium, Reason::Rate)]);
+    assert_eq!(levels(&close(&mut d, 0, &tx(1000, 1))), vec![(Level::Low, Level::Medium, Reason::Rate)]);
     // 1000 packets/s: exactly high_pps.
-    let ch = d.close_window(1, &tx(1000, 1000));
+    let ch = close(&mut d, 1, &tx(1000, 1000));
     assert_eq!(levels(&ch), vec![(Level::Medium, Level::High, Reason::Rate)]);
     assert_eq!((ch[0].bps, ch[0].pps, ch[0].direction), (8000, 1000, Some(Direction::Tx)));
 }
@@ -49,7 +61,7 @@ fn thresholds_are_inclusive_and_the_highest_crossed_wins() {
 fn rx_direction_is_graded_too() {
     let mut d = Detector::new(&rules(""));
     let rx = vec![(vm(), Counters { tx_bytes: 0, tx_packets: 0, rx_bytes: 40 * 200, rx_packets: 200 })];
-    let ch = d.close_window(5, &rx);
+    let ch = close(&mut d, 5, &rx);
     assert_eq!(levels(&ch), vec![(Level::Low, Level::Medium, Reason::Rate)]);
     assert_eq!((ch[0].direction, ch[0].pps, ch[0].bps), (Some(Direction::Rx), 200, 64_000));
 }
@@ -57,11 +69,11 @@ fn rx_direction_is_graded_too() {
 #[test]
 fn quiet_gaps_count_as_windows_below() {
     let mut d = Detector::new(&rules(""));
-    d.close_window(0, &tx(100_000, 10));
+    close(&mut d, 0, &tx(100_000, 10));
     assert_eq!(d.vm(0).level, Level::High);
     // Windows 1..=9 had no frames at all; window 10 is closed by other traffic.
     let other: Mac = "02:00:00:00:00:0b".parse().unwrap();
-    let ch = d.close_window(10, &[(other, Counters { tx_bytes: 1, tx_packets: 1, ..Default::default() })]);
+    let ch = close(&mut d, 10, &[(other, Counters { tx_bytes: 1, tx_packets: 1, ..Default::default() })]);
     assert_eq!(
         levels(&ch),
         vec![(Level::High, Level::Medium, Reason::Rate), (Level::Medium, Level::Low, Reason::Rate)]
@@ -79,17 +91,17 @@ fn volume_over_the_horizon_is_high_and_clears() {
     let calm = rules_text(&format!("[thresholds]\nclear_windows = 2\n[volume]\nfactor = 1.0\nhorizon_s = 3\n{VM_A}"));
     let mut d = Detector::new(&calm);
     let limit = 1_048_576u64;
-    assert!(d.close_window(0, &tx(400_000, 1)).is_empty());
-    assert!(d.close_window(1, &tx(400_000, 1)).is_empty());
-    let ch = d.close_window(2, &tx(400_000, 1));
+    assert!(close(&mut d, 0, &tx(400_000, 1)).is_empty());
+    assert!(close(&mut d, 1, &tx(400_000, 1)).is_empty());
+    let ch = close(&mut d, 2, &tx(400_000, 1));
     assert_eq!(levels(&ch), vec![(Level::Low, Level::High, Reason::Volume)]);
     assert_eq!((ch[0].horizon_bytes, ch[0].limit_bytes), (Some(1_200_000), Some(limit)));
     // The oldest window leaves the horizon: 800 000 <= limit, below for 2 windows.
-    assert!(d.close_window(3, &tx(0, 0)).is_empty());
-    let ch = d.close_window(4, &tx(0, 0));
+    assert!(close(&mut d, 3, &tx(0, 0)).is_empty());
+    let ch = close(&mut d, 4, &tx(0, 0));
     assert_eq!(levels(&ch), vec![(Level::High, Level::Medium, Reason::Volume)]);
-    assert!(d.close_window(5, &tx(0, 0)).is_empty());
-    let ch = d.close_window(6, &tx(0, 0));
+    assert!(close(&mut d, 5, &tx(0, 0)).is_empty());
+    let ch = close(&mut d, 6, &tx(0, 0));
     assert_eq!(levels(&ch), vec![(Level::Medium, Level::Low, Reason::Volume)]);
 }
 
@@ -100,7 +112,7 @@ fn unknown_macs_are_measured_not_graded_and_evicted_oldest_first() {
     let big = Counters { tx_bytes: 1 << 40, tx_packets: 1 << 30, ..Default::default() };
     for w in 0..10i64 {
         let m = Mac([0x02, 0, 0, 0, 1, w as u8]);
-        assert!(d.close_window(w, &[(m, big)]).is_empty(), "unknown MACs are never graded");
+        assert!(close(&mut d, w, &[(m, big)]).is_empty(), "unknown MACs are never graded");
     }
     // The table (1 known + unknown) outgrows 8 after windows 7 and 9; each
     // time it is cut to 7/8 of the cap, dropping the two oldest unknown MACs.
@@ -108,4 +120,46 @@ fn unknown_macs_are_measured_not_graded_and_evicted_oldest_first() {
     let seen: Vec<Mac> = d.seen_macs().into_iter().map(|(m, _)| m).collect();
     assert_eq!(seen, (4..10u8).map(|i| Mac([0x02, 0, 0, 0, 1, i])).collect::<Vec<_>>());
     assert!(d.vm_index(vm()).is_some(), "known VMs are never evicted");
+}
+
+fn sample(t_us: i64, rtt_us: i64) -> RttSample {
+    use crate::measure::rtt::SampleKind;
+    let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+    RttSample {
+        ts: PacketTime::from_micros(t_us),
+        mac: vm(),
+        rtt_us,
+        kind: SampleKind::Echo,
+        src: (ip, 0),
+        dst: (ip, 0),
+    }
+}
+
+#[test]
+fn peak_factor_uses_a_baseline_learned_from_non_peak_samples_only() {
+    // peak_ms 50, factor 2, max_peaks 2: peaks are above 50 ms or above twice the baseline.
+    let r = rules_text(&format!("[rtt]\npeak_ms = 50.0\npeak_factor = 2.0\nmax_peaks = 2\n{VM_A}"));
+    let mut d = Detector::new(&r);
+    // Baseline settles at 10 ms.
+    let base: Vec<_> = (0..8).map(|k| sample(k * 1000, 10_000)).collect();
+    assert!(d.close_window(0, &[], &base).is_empty());
+    assert_eq!(d.vm(0).rtt_baseline_ms, Some(10.0));
+    // 25 ms is over 2 x 10 ms: three such peaks (> max_peaks 2), and they do
+    // not raise the baseline.
+    let w1: Vec<_> = (0..3).map(|k| sample(1_000_000 + k * 1000, 25_000)).collect();
+    let out = d.close_window(1, &[], &w1);
+    assert_eq!(out.len(), 2, "{out:?}");
+    match &out[0] {
+        Outcome::RttPeaks(p) => {
+            assert_eq!((p.peaks, p.window.count, p.baseline_ms), (3, 3, Some(10.0)));
+        }
+        o => panic!("{o:?}"),
+    }
+    match &out[1] {
+        Outcome::Level(c) => assert_eq!((c.from, c.to, c.reason), (Level::Low, Level::Medium, Reason::Rtt)),
+        o => panic!("{o:?}"),
+    }
+    // 19 ms is not a peak: it moves the baseline by 1/8 of the difference.
+    d.close_window(2, &[], &[sample(2_000_000, 19_000)]);
+    assert_eq!(d.vm(0).rtt_baseline_ms, Some(10.0 + 9.0 / 8.0));
 }

@@ -5,6 +5,9 @@
 //! integer sums do not depend on the order, so the totals are the same for
 //! any number of shards.
 
+pub mod histogram;
+pub mod rtt;
+
 use crate::decode::{Mac, Observation};
 use rustc_hash::FxHashMap;
 

@@ -26,7 +26,8 @@ use crate::capture::{CaptureError, PacketSource, RawPacket};
 use crate::config::Rules;
 use crate::decode::{flow_hash, DecodeErrorKind, Mac};
 use crate::detect::Detector;
-use crate::event::{ActionCounts, Event, EventSink, SummaryEvent, VmStatsEvent};
+use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
+use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::Counters;
 use crate::policy::Policy;
 use crate::time::PacketTime;
@@ -86,6 +87,9 @@ pub(crate) struct Partial {
     pub counters: Vec<(Mac, Counters)>,
     pub overflow: u64,
     pub decode: DecodeCounts,
+    pub samples: Vec<RttSample>,
+    pub rtt_counts: RttCounts,
+    pub rtt_dropped: u64,
 }
 
 /// Decode outcomes, counted by the shards and summed at the merge.
@@ -112,11 +116,13 @@ pub struct Options {
     pub speed: Option<f64>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Write every RTT sample as an `rtt_sample` event.
+    pub rtt_samples: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { threads: 1, speed: None, progress: false }
+        Options { threads: 1, speed: None, progress: false, rtt_samples: false }
     }
 }
 
@@ -161,7 +167,7 @@ pub fn run(
     let dispatcher = Dispatcher::start(sink, limits.action_queue).map_err(PipelineError::Thread)?;
 
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
-    let merge = merge::Merge { shards, detector, policy, dispatcher, events };
+    let merge = merge::Merge { shards, detector, policy, dispatcher, events, rtt_samples: opts.rtt_samples };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())
         .spawn(move || merge.run(merge_rx))
@@ -174,10 +180,10 @@ pub fn run(
         let (tx, rx) = bounded::<ShardMsg>(limits.queue_batches);
         let (pool_tx, pool_rx) = bounded::<RawBatch>(limits.queue_batches + 2);
         let merge_tx = merge_tx.clone();
-        let max_macs = limits.max_macs;
+        let cfg = shard::ShardConfig::new(rules, shards);
         let h = std::thread::Builder::new()
             .name(format!("vmsentry-shard-{s}"))
-            .spawn(move || shard::run(s, rx, pool_tx, merge_tx, max_macs))
+            .spawn(move || shard::run(s, rx, pool_tx, merge_tx, cfg))
             .map_err(PipelineError::Thread)?;
         shard_tx.push(tx);
         pools.push(pool_rx);
@@ -246,9 +252,12 @@ pub fn run(
             tx_packets: st.totals.tx_packets,
             rx_bytes: st.totals.rx_bytes,
             rx_packets: st.totals.rx_packets,
-            rtt_samples: 0,
-            rtt_min_ms: None,
-            rtt_max_ms: None,
+            rtt_samples: st.rtt.count,
+            rtt_min_ms: st.rtt.min_ms(),
+            rtt_max_ms: st.rtt.max_ms(),
+            rtt_mean_ms: st.rtt.mean_ms(),
+            rtt_p50_ms: st.rtt.quantile_ms(0.5),
+            rtt_p99_ms: st.rtt.quantile_ms(0.99),
         });
         events.emit(&ev).map_err(PipelineError::Events)?;
     }
@@ -276,6 +285,13 @@ pub fn run(
         mac_evictions: detector.evictions,
         duration_s,
         windows: detector.windows,
+        rtt: RttSummary {
+            samples: out.rtt_samples,
+            dropped: out.rtt_dropped,
+            flow_evictions: out.rtt_counts.flow_evictions,
+            probe_evictions: out.rtt_counts.probe_evictions,
+            probe_timeouts: out.rtt_counts.probe_timeouts,
+        },
         actions: ActionCounts {
             queued: out.queued,
             dropped: out.dropped,

@@ -1,18 +1,50 @@
 //! Shard worker: measures its share of the flows, shared-nothing, and hands each closed window to the merge.
 
 use super::{DecodeCounts, Partial, RawBatch, ShardMsg};
+use crate::config::Rules;
 use crate::decode::decode;
+use crate::measure::rtt::RttTracker;
 use crate::measure::WindowCounters;
+use crate::time::PacketTime;
 use crossbeam_channel::{Receiver, Sender};
+
+/// What a shard needs of the rules; caps are this shard's share.
+pub(super) struct ShardConfig {
+    pub max_macs: usize,
+    pub window_len_us: i64,
+    pub rtt_flows: usize,
+    pub rtt_echo_probes: usize,
+    pub probe_timeout_ms: u64,
+    pub flow_timeout_s: u64,
+    pub max_samples: usize,
+    pub rtt_enabled: bool,
+}
+
+impl ShardConfig {
+    pub fn new(rules: &Rules, shards: usize) -> ShardConfig {
+        let l = &rules.limits;
+        ShardConfig {
+            max_macs: l.max_macs,
+            window_len_us: rules.window_len_us(),
+            rtt_flows: (l.rtt_flows / shards).max(1),
+            rtt_echo_probes: (l.rtt_echo_probes / shards).max(1),
+            probe_timeout_ms: rules.rtt.probe_timeout_ms,
+            flow_timeout_s: rules.rtt.flow_timeout_s,
+            max_samples: l.rtt_samples_per_window,
+            rtt_enabled: rules.rtt.enabled,
+        }
+    }
+}
 
 pub(super) fn run(
     shard: usize,
     rx: Receiver<ShardMsg>,
     pool: Sender<RawBatch>,
     merge: Sender<Partial>,
-    max_macs: usize,
+    cfg: ShardConfig,
 ) {
-    let mut counters = WindowCounters::new(max_macs);
+    let mut counters = WindowCounters::new(cfg.max_macs);
+    let mut rtt = RttTracker::new(cfg.rtt_flows, cfg.rtt_echo_probes, cfg.probe_timeout_ms, cfg.flow_timeout_s);
     let mut dc = DecodeCounts::default();
     for msg in rx {
         match msg {
@@ -28,6 +60,9 @@ pub(super) fn run(
                     }
                     dc.snaplen_cut += u64::from(o.snaplen_cut);
                     counters.observe(&o);
+                    if cfg.rtt_enabled {
+                        rtt.observe(&o);
+                    }
                 }
                 batch.clear();
                 // The reader may have gone; then the batch is simply freed.
@@ -36,7 +71,19 @@ pub(super) fn run(
             ShardMsg::Close { window } => {
                 let overflow = std::mem::take(&mut counters.overflow);
                 let decode = std::mem::take(&mut dc);
-                let part = Partial { shard, window, counters: counters.take(), overflow, decode };
+                let mut samples = rtt.close_window(PacketTime::from_micros((window + 1) * cfg.window_len_us));
+                let rtt_dropped = samples.len().saturating_sub(cfg.max_samples) as u64;
+                samples.truncate(cfg.max_samples);
+                let part = Partial {
+                    shard,
+                    window,
+                    counters: counters.take(),
+                    overflow,
+                    decode,
+                    samples,
+                    rtt_counts: std::mem::take(&mut rtt.counts),
+                    rtt_dropped,
+                };
                 if merge.send(part).is_err() {
                     return;
                 }

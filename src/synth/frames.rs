@@ -155,3 +155,83 @@ pub fn malformed(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr) -> Vec<(Vec<u
     out.push((f, "vlan"));
     out
 }
+
+/// A TCP segment to build: everything RTT matching looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Tcp {
+    pub src: Mac,
+    pub dst: Mac,
+    pub sip: Ipv4Addr,
+    pub dip: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    /// Sets the ACK flag and number.
+    pub ack: Option<u32>,
+    pub syn: bool,
+    /// The timestamps option (TSval, TSecr).
+    pub ts: Option<(u32, u32)>,
+    pub payload_len: usize,
+}
+
+impl Tcp {
+    /// The same connection in the other direction, with no flags or data.
+    pub fn reverse(&self) -> Tcp {
+        Tcp {
+            src: self.dst,
+            dst: self.src,
+            sip: self.dip,
+            dip: self.sip,
+            sport: self.dport,
+            dport: self.sport,
+            seq: 0,
+            ack: None,
+            syn: false,
+            ts: None,
+            payload_len: 0,
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut h = etherparse::TcpHeader::new(self.sport, self.dport, self.seq, 65535);
+        h.syn = self.syn;
+        if let Some(a) = self.ack {
+            h.ack = true;
+            h.acknowledgment_number = a;
+        }
+        if let Some((v, e)) = self.ts {
+            let _ = h.set_options(&[
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Timestamp(v, e),
+            ]);
+        }
+        let b = PacketBuilder::ethernet2(self.src.0, self.dst.0)
+            .ipv4(self.sip.octets(), self.dip.octets(), 64)
+            .tcp_header(h);
+        let payload = vec![0u8; self.payload_len];
+        let mut out = Vec::with_capacity(b.size(self.payload_len));
+        let _ = b.write(&mut out, &payload);
+        out
+    }
+}
+
+/// ICMP echo request (`request == true`) or reply over IPv4.
+pub fn icmp4_echo(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr, request: bool, id: u16, seq: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0).ipv4(sip.octets(), dip.octets(), 64);
+    let b = if request { b.icmpv4_echo_request(id, seq) } else { b.icmpv4_echo_reply(id, seq) };
+    let payload = [0u8; 56];
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    let _ = b.write(&mut out, &payload);
+    out
+}
+
+/// ICMPv6 echo request or reply.
+pub fn icmp6_echo(src: Mac, dst: Mac, sip: [u8; 16], dip: [u8; 16], request: bool, id: u16, seq: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0).ipv6(sip, dip, 64);
+    let b = if request { b.icmpv6_echo_request(id, seq) } else { b.icmpv6_echo_reply(id, seq) };
+    let payload = [0u8; 56];
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    let _ = b.write(&mut out, &payload);
+    out
+}

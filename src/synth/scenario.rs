@@ -16,6 +16,8 @@ pub const APP_1: &str = "fa:16:3e:00:00:03";
 pub const ROGUE_1: &str = "fa:16:3e:00:00:04";
 pub const BACKUP_1: &str = "fa:16:3e:00:00:05";
 pub const CACHE_1: &str = "fa:16:3e:00:00:06";
+pub const API_1: &str = "fa:16:3e:00:00:07";
+pub const API_2: &str = "fa:16:3e:00:00:08";
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 1, last)
@@ -95,8 +97,85 @@ pub fn basic() -> Vec<Frame> {
     out
 }
 
+/// `rtt.pcap`: 16 s of answers with known round-trip times, from the gateway
+/// (10.0.0.1) to api-1 (10.0.1.7) and api-2 (10.0.1.8).
+///
+/// api-1:
+/// - ICMP echo at 0-4 s, one a second, each answered in 2 ms: 5 `echo` samples;
+/// - a SYN at 5 s, retransmitted at 6 s, SYN/ACK 3 ms after the second: one
+///   `handshake` sample of 3 ms (timed from the last SYN);
+/// - TCP with timestamps at 7 s: data with TSval 100 echoed 4 ms later: one
+///   `timestamp` sample of 4 ms, and the gateway's echo of api-1's TSval
+///   1.5 ms after that: a sample of 1.5 ms for the gateway;
+/// - 6 echoes answered in 80 ms at 10 s: 6 peaks (> `rtt.max_peaks` = 5):
+///   `rtt_peaks`, MEDIUM by rtt, `alert`; back to LOW 3 quiet windows later.
+///
+/// api-2:
+/// - TCP without timestamps at 8 s: a 100-byte segment ACKed after 6 ms (one
+///   `ack` sample), then a segment sent twice and ACKed (no sample: Karn);
+/// - 5 echoes answered in 90 ms at 12 s: exactly `max_peaks`, not abnormal.
+pub fn rtt() -> Vec<Frame> {
+    use frames::{icmp4_echo, Tcp};
+    let gw = mac(GATEWAY);
+    let (a1, a2) = (mac(API_1), mac(API_2));
+    let (ip1, ip2) = (ip(7), ip(8));
+    let mut out = Vec::new();
+    let ms = 1_000i64;
+    let echo = |out: &mut Vec<Frame>, vm: Mac, vip: Ipv4Addr, at: i64, rtt: i64, id: u16, seq: u16| {
+        out.push(Frame::whole(at, icmp4_echo(gw, vm, GW_IP, vip, true, id, seq)));
+        out.push(Frame::whole(at + rtt, icmp4_echo(vm, gw, vip, GW_IP, false, id, seq)));
+    };
+    for k in 0..5 {
+        echo(&mut out, a1, ip1, T0_US + k * S + 100 * ms, 2 * ms, 1, k as u16);
+    }
+    let c = Tcp {
+        src: gw,
+        dst: a1,
+        sip: GW_IP,
+        dip: ip1,
+        sport: 40000,
+        dport: 443,
+        seq: 1000,
+        ack: None,
+        syn: false,
+        ts: None,
+        payload_len: 0,
+    };
+    let syn = Tcp { syn: true, ..c };
+    out.push(Frame::whole(T0_US + 5 * S, syn.build()));
+    out.push(Frame::whole(T0_US + 6 * S, syn.build()));
+    out.push(Frame::whole(
+        T0_US + 6 * S + 3 * ms,
+        Tcp { syn: true, seq: 7000, ack: Some(1001), ..c.reverse() }.build(),
+    ));
+    let t = Tcp { sport: 40001, ack: Some(1), ..c };
+    out.push(Frame::whole(T0_US + 7 * S, Tcp { ts: Some((100, 0)), payload_len: 200, ..t }.build()));
+    out.push(Frame::whole(
+        T0_US + 7 * S + 4 * ms,
+        Tcp { seq: 1, ack: Some(1200), ts: Some((5000, 100)), ..t.reverse() }.build(),
+    ));
+    out.push(Frame::whole(T0_US + 7 * S + 5_500, Tcp { seq: 1200, ts: Some((101, 5000)), ..t }.build()));
+    for k in 0..6 {
+        echo(&mut out, a1, ip1, T0_US + 10 * S + k * 100 * ms, 80 * ms, 2, k as u16);
+    }
+
+    let d = Tcp { dst: a2, dip: ip2, sport: 40002, seq: 1000, ack: Some(1), ..c };
+    let a = |n: u32| Tcp { seq: 1, ack: Some(n), ..d.reverse() }.build();
+    out.push(Frame::whole(T0_US + 8 * S, Tcp { payload_len: 100, ..d }.build()));
+    out.push(Frame::whole(T0_US + 8 * S + 6 * ms, a(1100)));
+    out.push(Frame::whole(T0_US + 8 * S + 100 * ms, Tcp { seq: 1100, payload_len: 100, ..d }.build()));
+    out.push(Frame::whole(T0_US + 8 * S + 300 * ms, Tcp { seq: 1100, payload_len: 100, ..d }.build()));
+    out.push(Frame::whole(T0_US + 8 * S + 310 * ms, a(1200)));
+    for k in 0..5 {
+        echo(&mut out, a2, ip2, T0_US + 12 * S + k * 100 * ms, 90 * ms, 3, k as u16);
+    }
+    // Packet time runs to 16 s so the rtt level can clear.
+    echo(&mut out, a2, ip2, T0_US + 15 * S + 900 * ms, 2 * ms, 4, 0);
+    out
+}
+
 /// The scenario captures: file name and generator.
-pub const ALL: &[(&str, Generator)] = &[("basic.pcap", basic)];
+pub const ALL: &[(&str, Generator)] = &[("basic.pcap", basic), ("rtt.pcap", rtt)];
 
 /// Makes the frames of one scenario.
 pub type Generator = fn() -> Vec<Frame>;

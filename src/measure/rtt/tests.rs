@@ -1,0 +1,195 @@
+use super::*;
+use crate::decode::{decode, linktype};
+use crate::synth::frames::{icmp4_echo, icmp6_echo, Tcp};
+use crate::synth::mac;
+use std::net::Ipv4Addr;
+
+const MS: i64 = 1000;
+
+fn vm() -> Mac {
+    mac("fa:16:3e:00:00:01")
+}
+fn client() -> Mac {
+    mac("52:54:00:ff:00:01")
+}
+
+fn tracker() -> RttTracker {
+    RttTracker::new(1024, 1024, 10_000, 120)
+}
+
+/// Feeds (time in µs, frame) pairs and returns the samples as (ms, kind, who).
+fn run(t: &mut RttTracker, frames: &[(i64, Vec<u8>)]) -> Vec<(f64, SampleKind, Mac)> {
+    for (ts, f) in frames {
+        let o = decode(linktype::ETHERNET, PacketTime::from_micros(*ts), f.len() as u32, f.len() as u32, f);
+        t.observe(&o);
+    }
+    t.close_window(PacketTime::from_micros(frames.last().map_or(0, |f| f.0)))
+        .into_iter()
+        .map(|s| (s.rtt_us as f64 / 1000.0, s.kind, s.mac))
+        .collect()
+}
+
+fn conn() -> Tcp {
+    Tcp {
+        src: client(),
+        dst: vm(),
+        sip: Ipv4Addr::new(10, 0, 0, 1),
+        dip: Ipv4Addr::new(10, 0, 1, 1),
+        sport: 40000,
+        dport: 443,
+        seq: 1000,
+        ack: None,
+        syn: false,
+        ts: None,
+        payload_len: 0,
+    }
+}
+
+#[test]
+fn icmp_echo_reply_closes_a_sample_for_the_replier() {
+    let (c, v) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 1, 1));
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[
+            (0, icmp4_echo(client(), vm(), c, v, true, 7, 1)),
+            (MS, icmp4_echo(client(), vm(), c, v, true, 7, 2)),
+            (3_500, icmp4_echo(vm(), client(), v, c, false, 7, 2)),
+            (4_000, icmp4_echo(vm(), client(), v, c, false, 7, 1)),
+            (5_000, icmp4_echo(vm(), client(), v, c, false, 7, 1)), // duplicate: no second sample
+            (6_000, icmp4_echo(vm(), client(), v, c, false, 8, 3)), // never asked
+        ],
+    );
+    assert_eq!(s, vec![(2.5, SampleKind::Echo, vm()), (4.0, SampleKind::Echo, vm())]);
+}
+
+#[test]
+fn icmpv6_echo_too() {
+    let (c, v) = (
+        [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+    );
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[(0, icmp6_echo(client(), vm(), c, v, true, 1, 1)), (1_234, icmp6_echo(vm(), client(), v, c, false, 1, 1))],
+    );
+    assert_eq!(s, vec![(1.234, SampleKind::Echo, vm())]);
+}
+
+#[test]
+fn syn_ack_is_timed_from_the_last_syn() {
+    let syn = Tcp { syn: true, ..conn() };
+    let synack = Tcp { syn: true, seq: 5000, ack: Some(1001), ..conn().reverse() };
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[
+            (0, syn.build()),
+            (1_000 * MS, syn.build()),
+            (1_000 * MS + 750, synack.build()),
+            (1_001 * MS, synack.build()),
+        ],
+    );
+    assert_eq!(s, vec![(0.75, SampleKind::Handshake, vm())]);
+}
+
+#[test]
+fn timestamps_match_first_echo_of_a_new_tsval_only() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[
+            (0, Tcp { ts: Some((100, 0)), payload_len: 10, ack: Some(1), ..c }.build()),
+            // Same TSval again: not new, not recorded.
+            (MS, Tcp { ts: Some((100, 0)), payload_len: 10, seq: 1010, ack: Some(1), ..c }.build()),
+            (3 * MS, Tcp { ts: Some((900, 100)), ack: Some(1020), ..r }.build()),
+            // A second echo of TSval 100 gives nothing (first match only).
+            (4 * MS, Tcp { ts: Some((901, 100)), ack: Some(1020), ..r }.build()),
+            // The client echoes the VM's TSval 900: a sample for the client.
+            (4 * MS + 200, Tcp { ts: Some((101, 900)), ack: Some(1), ..c }.build()),
+        ],
+    );
+    assert_eq!(s, vec![(3.0, SampleKind::Timestamp, vm()), (1.2, SampleKind::Timestamp, client())]);
+}
+
+#[test]
+fn handshake_with_timestamps_gives_one_sample_per_answer() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[
+            (0, Tcp { syn: true, ts: Some((10, 0)), ..c }.build()),
+            (2 * MS, Tcp { syn: true, seq: 50, ack: Some(1001), ts: Some((20, 10)), ..r }.build()),
+        ],
+    );
+    assert_eq!(s, vec![(2.0, SampleKind::Handshake, vm())]);
+}
+
+#[test]
+fn data_without_timestamps_is_matched_to_the_exact_ack_and_karn_voids_retransmissions() {
+    let c = conn();
+    let r = c.reverse();
+    let seg = |seq: u32| Tcp { seq, payload_len: 100, ack: Some(1), ..c }.build();
+    let ack = |a: u32| Tcp { seq: 1, ack: Some(a), ..r }.build();
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[
+            (0, seg(1000)),       // ends 1100
+            (MS, seg(1100)),      // ends 1200
+            (5 * MS, ack(1100)),  // exact: 5 ms
+            (6 * MS, ack(1150)),  // covers nothing exactly
+            (7 * MS, seg(1200)),  // ends 1300
+            (8 * MS, seg(1200)),  // retransmitted: voids 1300
+            (9 * MS, ack(1300)),  // ambiguous: no sample
+            (10 * MS, seg(1300)), // ends 1400
+            (10 * MS + 500, ack(1400)),
+        ],
+    );
+    assert_eq!(s, vec![(5.0, SampleKind::Ack, vm()), (0.5, SampleKind::Ack, vm())]);
+    // The segment ending 1200 was covered by the ACK of 1300 and is gone.
+    let (key, d) = FlowKey::of((c.sip.into(), c.sport), (c.dip.into(), c.dport));
+    assert_eq!(t.flows[&key].dir[d].segments.len, 0);
+}
+
+#[test]
+fn probes_time_out_in_packet_time_and_tables_are_bounded() {
+    let (c, v) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 1, 1));
+    let mut t = RttTracker::new(2, 2, 1_000, 1);
+    // Three echo requests, room for two.
+    let s = run(
+        &mut t,
+        &[
+            (0, icmp4_echo(client(), vm(), c, v, true, 1, 1)),
+            (1, icmp4_echo(client(), vm(), c, v, true, 1, 2)),
+            (2, icmp4_echo(client(), vm(), c, v, true, 1, 3)),
+        ],
+    );
+    assert!(s.is_empty());
+    assert_eq!(t.counts.probe_evictions, 1);
+    // Two seconds later both outstanding requests have timed out: the reply
+    // matches nothing, and the sweep expires the other.
+    let s = run(&mut t, &[(2_000_000, icmp4_echo(vm(), client(), v, c, false, 1, 1))]);
+    assert!(s.is_empty());
+    assert_eq!(t.counts.probe_timeouts, 2);
+    assert!(t.echoes.is_empty());
+    // Three flows into a table of two: the least recently seen is evicted.
+    for (i, port) in [1u16, 2, 3].into_iter().enumerate() {
+        let f = Tcp { sport: port, syn: true, ..conn() }.build();
+        run(&mut t, &[(3_000_000 + i as i64, f)]);
+    }
+    assert_eq!(t.counts.flow_evictions, 1);
+    assert_eq!(t.flows.len(), 2);
+}
+
+#[test]
+fn sequence_comparison_wraps() {
+    assert!(seq_after(5, u32::MAX - 5));
+    assert!(seq_before(u32::MAX - 5, 5));
+    assert!(!seq_after(7, 7));
+}
