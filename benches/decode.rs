@@ -3,7 +3,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use vmsentry::decode::{decode, flow_hash, linktype};
+use vmsentry::decode::{decode, flow_hash, linktype, Tunnels};
 use vmsentry::synth::{frames, mac};
 use vmsentry::time::PacketTime;
 
@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
     for (name, f) in cases() {
         let n = f.len() as u32;
         g.bench_with_input(BenchmarkId::from_parameter(name), &f, |bench, f| {
-            bench.iter(|| decode(linktype::ETHERNET, PacketTime::ZERO, n, n, black_box(f)))
+            bench.iter(|| decode(&Tunnels::default(), linktype::ETHERNET, PacketTime::ZERO, n, n, black_box(f)))
         });
     }
     g.finish();
@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (name, f) in cases() {
         g.bench_with_input(BenchmarkId::from_parameter(name), &f, |bench, f| {
-            bench.iter(|| flow_hash(linktype::ETHERNET, black_box(f)))
+            bench.iter(|| flow_hash(&Tunnels::default(), linktype::ETHERNET, black_box(f)))
         });
     }
     g.finish();

@@ -4,6 +4,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&lt, frame)) = data.split_first() else { return };
     let lt = [0, 1, 101, 108, 113, 228, 229, 276][usize::from(lt) % 8];
     let n = frame.len() as u32;
-    let _ = vmsentry::decode::decode(lt, vmsentry::time::PacketTime::ZERO, n.saturating_add(u32::from(data[0])), n, frame);
-    let _ = vmsentry::decode::flow_hash(lt, frame);
+    let _ = vmsentry::decode::decode(&Tunnels::default(), lt, vmsentry::time::PacketTime::ZERO, n.saturating_add(u32::from(data[0])), n, frame);
+    let _ = vmsentry::decode::flow_hash(&vmsentry::decode::Tunnels::default(), lt, frame);
 });

@@ -10,7 +10,7 @@
 mod raw;
 
 use crate::action::ActionKind;
-use crate::decode::Mac;
+use crate::decode::{Mac, Tunnels};
 use crate::detect::Level;
 use crate::trust::{ClusterKey, KeyError};
 use raw::RawRules;
@@ -152,6 +152,7 @@ pub struct Rules {
     pub volume: VolumeRules,
     pub policy: PolicyTable,
     pub limits: Limits,
+    pub tunnels: Tunnels,
     pub backend: Backend,
     pub hypervisors: Vec<HypervisorEntry>,
     pub vms: Vec<VmEntry>,
@@ -287,6 +288,12 @@ impl Rules {
             rtt_samples_per_window: *l.rtt_samples_per_window.get_ref(),
         };
 
+        // [tunnels]
+        let vx = &raw.tunnels.vxlan_ports;
+        let tunnels = Tunnels::new(vx.get_ref(), raw.tunnels.geneve_port).ok_or_else(|| {
+            at(vx.span(), format!("tunnels.vxlan_ports takes at most {} ports", Tunnels::MAX_VXLAN_PORTS))
+        })?;
+
         // [[hypervisor]]
         let mut hv_index: BTreeMap<String, usize> = BTreeMap::new();
         let mut hv_macs: HashSet<Mac> = HashSet::new();
@@ -368,6 +375,7 @@ impl Rules {
             volume,
             policy,
             limits,
+            tunnels,
             backend: Backend::Log,
             hypervisors,
             vms,

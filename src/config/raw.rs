@@ -29,6 +29,8 @@ pub struct RawRules {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub tunnels: RawTunnels,
+    #[serde(default)]
     pub hypervisor: Vec<RawHypervisor>,
     #[serde(default)]
     pub vm: Vec<RawVm>,
@@ -304,4 +306,26 @@ pub struct RawVm {
     pub ram_mb: Option<Spanned<u64>>,
     #[serde(default)]
     pub hypervisor: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTunnels {
+    /// Default [4789] (IANA). Linux's legacy VXLAN port 8472 can be added.
+    #[serde(default = "d_vxlan_ports")]
+    pub vxlan_ports: Spanned<Vec<u16>>,
+    /// Default 6081.
+    #[serde(default = "d_geneve_port")]
+    pub geneve_port: u16,
+}
+fn d_vxlan_ports() -> Spanned<Vec<u16>> {
+    sp(vec![4789])
+}
+fn d_geneve_port() -> u16 {
+    6081
+}
+impl Default for RawTunnels {
+    fn default() -> Self {
+        RawTunnels { vxlan_ports: d_vxlan_ports(), geneve_port: d_geneve_port() }
+    }
 }

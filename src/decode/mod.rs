@@ -91,12 +91,14 @@ pub enum DecodeErrorKind {
     Arp,
     /// A Linux cooked-capture header cut short.
     LinuxSll,
+    /// A VXLAN or Geneve header that is cut short or bogus, or an inner Ethernet header cut short.
+    Tunnel,
     /// Anything else etherparse refused (MACsec and the like).
     Other,
 }
 
 impl DecodeErrorKind {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [DecodeErrorKind; Self::COUNT] = [
         Self::LinkTruncated,
         Self::UnsupportedLink,
@@ -111,6 +113,7 @@ impl DecodeErrorKind {
         Self::Icmp,
         Self::Arp,
         Self::LinuxSll,
+        Self::Tunnel,
         Self::Other,
     ];
 
@@ -130,6 +133,7 @@ impl DecodeErrorKind {
             Self::Icmp => "icmp",
             Self::Arp => "arp",
             Self::LinuxSll => "linux_sll",
+            Self::Tunnel => "tunnel",
             Self::Other => "other",
         }
     }
@@ -147,8 +151,8 @@ pub struct L2 {
     pub vlan: Option<u16>,
 }
 
-/// The tunnel's outer layer, which belongs to the hypervisor. Filled in by
-/// tunnel decoding (VXLAN, Geneve); `None` for untunneled frames.
+/// The tunnel's outer layer, which belongs to the hypervisor: the outermost
+/// VXLAN or Geneve encapsulation of the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outer {
     pub src_mac: Mac,
@@ -229,7 +233,11 @@ pub struct Observation {
     /// The frame's length on the wire (pcap `orig_len`): what bytes count.
     pub orig_len: u32,
     pub cap_len: u32,
+    /// Length on the wire from the VM layer's Ethernet header on: `orig_len`
+    /// for a plain frame, the inner frame's length for a tunneled one.
+    pub vm_len: u32,
     pub l2: Option<L2>,
+    /// The outermost tunnel, when the frame is VXLAN or Geneve.
     pub outer: Option<Outer>,
     pub net: Net,
     pub l4: L4,
@@ -244,6 +252,7 @@ impl Observation {
             ts,
             orig_len,
             cap_len,
+            vm_len: orig_len,
             l2: None,
             outer: None,
             net: Net::None,
@@ -261,24 +270,32 @@ impl Observation {
 /// most `limits.decode_bytes` of each frame); `cap_len` is what the capture
 /// holds and `orig_len` what was on the wire. Running out of `data` before
 /// `orig_len` is a cut, not an error.
-pub fn decode(linktype: i32, ts: PacketTime, orig_len: u32, cap_len: u32, data: &[u8]) -> Observation {
+pub fn decode(tun: &Tunnels, linktype: i32, ts: PacketTime, orig_len: u32, cap_len: u32, data: &[u8]) -> Observation {
     let mut obs = Observation::empty(ts, orig_len, cap_len);
     let cut = (data.len() as u64) < u64::from(orig_len);
     match linktype {
         linktype::ETHERNET => match LaxSlicedPacket::from_ethernet(data) {
-            Ok(p) => fill(&mut obs, &p, data, cut),
+            Ok(p) => {
+                if let Some(udp_payload) = fill(&mut obs, &p, data, cut) {
+                    decapsulate(&mut obs, tun, udp_payload, data, cut, 0);
+                }
+            }
             Err(_) => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
         },
         linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, linktype, data, cut),
         linktype::RAW | linktype::IPV4 | linktype::IPV6 => match LaxSlicedPacket::from_ip(data) {
-            Ok(p) => fill(&mut obs, &p, data, cut),
+            Ok(p) => {
+                fill(&mut obs, &p, data, cut);
+            }
             Err(e) => ip_header_error(&mut obs, &e, cut),
         },
         linktype::NULL | linktype::LOOP => {
             // 4-byte address family in host (NULL) or network (LOOP) order.
             match data.get(4..) {
                 Some(rest) => match LaxSlicedPacket::from_ip(rest) {
-                    Ok(p) => fill(&mut obs, &p, data, cut),
+                    Ok(p) => {
+                        fill(&mut obs, &p, data, cut);
+                    }
                     Err(e) => ip_header_error(&mut obs, &e, cut),
                 },
                 None => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
@@ -327,9 +344,178 @@ fn decode_sll(obs: &mut Observation, linktype: i32, data: &[u8], cut: bool) {
     fill(obs, &p, data, cut);
 }
 
+/// Nested tunnels decoded at most (VXLAN in Geneve in VXLAN).
+const MAX_TUNNEL_DEPTH: usize = 3;
+
+/// If the UDP payload is a tunnel on a configured port, decodes its inner
+/// Ethernet frame as the VM layer; the outermost tunnel is kept in
+/// [`Observation::outer`].
+fn decapsulate(obs: &mut Observation, tun: &Tunnels, udp_payload: &[u8], frame: &[u8], cut: bool, depth: usize) {
+    let L4::Udp { dst_port, .. } = obs.l4 else { return };
+    let kind = if tun.is_vxlan(dst_port) {
+        TunnelKind::Vxlan
+    } else if dst_port == tun.geneve_port {
+        TunnelKind::Geneve
+    } else {
+        return;
+    };
+    if depth >= MAX_TUNNEL_DEPTH {
+        return;
+    }
+    let (vni, inner) = match tunnel_header(kind, udp_payload) {
+        Ok(x) => x,
+        Err(TunnelHeader::Short) => {
+            set_len_error(obs, DecodeErrorKind::Tunnel, cut);
+            obs.l4 = L4::None;
+            return;
+        }
+        Err(TunnelHeader::Bogus) => {
+            obs.error = Some(DecodeErrorKind::Tunnel);
+            obs.l4 = L4::None;
+            return;
+        }
+    };
+    let outer = match (obs.outer, obs.l2, obs.net) {
+        (Some(o), _, _) => o,
+        (None, Some(l2), Net::Ip { src, dst, .. }) => {
+            Outer { src_mac: l2.src, dst_mac: l2.dst.unwrap_or_default(), src_ip: src, dst_ip: dst, vni }
+        }
+        _ => return,
+    };
+    let fresh = Observation { outer: Some(outer), ..Observation::empty(obs.ts, obs.orig_len, obs.cap_len) };
+    match inner {
+        Inner::Ethernet(inner) => match LaxSlicedPacket::from_ethernet(inner) {
+            Ok(p) => {
+                let offset = (inner.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize) as u32;
+                *obs = Observation { vm_len: obs.orig_len.saturating_sub(offset), ..fresh };
+                if let Some(udp) = fill(obs, &p, frame, cut) {
+                    decapsulate(obs, tun, udp, frame, cut, depth + 1);
+                }
+            }
+            Err(_) => {
+                // The inner Ethernet header is cut: the outer layers stand.
+                set_len_error(obs, DecodeErrorKind::Tunnel, cut);
+                obs.l4 = L4::None;
+            }
+        },
+        // Geneve carrying IP: only a further tunnel inside it can bring an
+        // inner Ethernet header; without one the outer frame stays the VM layer.
+        Inner::Ip(ip) => {
+            let Ok(p) = LaxSlicedPacket::from_ip(ip) else { return };
+            let mut tmp = fresh;
+            if let Some(udp) = fill(&mut tmp, &p, frame, cut) {
+                decapsulate(&mut tmp, tun, udp, frame, cut, depth + 1);
+                if tmp.l2.is_some() {
+                    *obs = tmp;
+                }
+            }
+        }
+        Inner::Other => {}
+    }
+}
+
+/// What a tunnel carries.
+enum Inner<'a> {
+    Ethernet(&'a [u8]),
+    Ip(&'a [u8]),
+    Other,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TunnelKind {
+    Vxlan,
+    Geneve,
+}
+
+enum TunnelHeader {
+    Short,
+    Bogus,
+}
+
+/// Tunnel header fields (RFC 7348, RFC 8926).
+mod tunnel_field {
+    pub const VXLAN_LEN: usize = 8;
+    pub const VXLAN_FLAG_I: u8 = 0x08;
+    pub const GENEVE_LEN: usize = 8;
+    pub const GENEVE_ETHERNET: u16 = 0x6558;
+}
+
+/// The VNI and what the tunnel carries.
+fn tunnel_header(kind: TunnelKind, p: &[u8]) -> Result<(u32, Inner<'_>), TunnelHeader> {
+    use tunnel_field::*;
+    let vni = |p: &[u8]| u32::from_be_bytes([0, p[4], p[5], p[6]]);
+    match kind {
+        TunnelKind::Vxlan => {
+            if p.len() < VXLAN_LEN {
+                return Err(TunnelHeader::Short);
+            }
+            if p[0] & VXLAN_FLAG_I == 0 {
+                return Err(TunnelHeader::Bogus);
+            }
+            Ok((vni(p), Inner::Ethernet(&p[VXLAN_LEN..])))
+        }
+        TunnelKind::Geneve => {
+            if p.len() < GENEVE_LEN {
+                return Err(TunnelHeader::Short);
+            }
+            if p[0] >> 6 != 0 {
+                return Err(TunnelHeader::Bogus);
+            }
+            let hdr = GENEVE_LEN + usize::from(p[0] & 0x3f) * 4;
+            let Some(inner) = p.get(hdr..) else { return Err(TunnelHeader::Short) };
+            let inner = match u16::from_be_bytes([p[2], p[3]]) {
+                GENEVE_ETHERNET => Inner::Ethernet(inner),
+                ethertype::IPV4 | ethertype::IPV6 => Inner::Ip(inner),
+                _ => Inner::Other,
+            };
+            Ok((vni(p), inner))
+        }
+    }
+}
+
+/// Which UDP ports carry tunnels (`[tunnels]` in the rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnels {
+    vxlan: [u16; Tunnels::MAX_VXLAN_PORTS],
+    n_vxlan: usize,
+    pub geneve_port: u16,
+}
+
+impl Default for Tunnels {
+    /// VXLAN on 4789 (IANA), Geneve on 6081.
+    fn default() -> Self {
+        Tunnels { vxlan: [4789, 0, 0, 0], n_vxlan: 1, geneve_port: 6081 }
+    }
+}
+
+impl Tunnels {
+    pub const MAX_VXLAN_PORTS: usize = 4;
+
+    /// `None` when more than [`Tunnels::MAX_VXLAN_PORTS`] VXLAN ports are given.
+    pub fn new(vxlan_ports: &[u16], geneve_port: u16) -> Option<Tunnels> {
+        if vxlan_ports.len() > Self::MAX_VXLAN_PORTS {
+            return None;
+        }
+        let mut vxlan = [0u16; Self::MAX_VXLAN_PORTS];
+        vxlan[..vxlan_ports.len()].copy_from_slice(vxlan_ports);
+        Some(Tunnels { vxlan, n_vxlan: vxlan_ports.len(), geneve_port })
+    }
+
+    #[inline]
+    pub fn is_vxlan(&self, port: u16) -> bool {
+        self.vxlan[..self.n_vxlan].contains(&port)
+    }
+
+    #[inline]
+    pub fn is_tunnel(&self, port: u16) -> bool {
+        self.is_vxlan(port) || port == self.geneve_port
+    }
+}
+
 /// Copies what parsed into the observation and classifies where it stopped.
-/// `frame` is the slice `p` was parsed from.
-fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool) {
+/// `frame` is the whole frame `p` was parsed from (or contains). Returns the
+/// UDP payload of a well-formed UDP datagram, for tunnel decoding.
+fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: bool) -> Option<&'a [u8]> {
     if let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link {
         let vlan = p.link_exts.iter().rev().find_map(|e| match e {
             etherparse::LaxLinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
@@ -351,7 +537,7 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool)
             };
             if ip_overruns_wire(frame, h.slice(), u32::from(h.total_len()), obs.orig_len) {
                 obs.error = Some(DecodeErrorKind::IpLength);
-                return;
+                return None;
             }
         }
         Some(LaxNetSlice::Ipv6(ip)) => {
@@ -366,7 +552,7 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool)
             let total = 40 + u32::from(h.payload_length());
             if h.payload_length() > 0 && ip_overruns_wire(frame, h.slice(), total, obs.orig_len) {
                 obs.error = Some(DecodeErrorKind::IpLength);
-                return;
+                return None;
             }
         }
         Some(LaxNetSlice::Arp(arp)) => {
@@ -387,8 +573,9 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool)
 
     if let Some((err, layer)) = &p.stop_err {
         classify_stop(obs, err, *layer, cut);
-        return;
+        return None;
     }
+    let mut udp_payload = None;
 
     obs.l4 = match &p.transport {
         Some(TransportSlice::Tcp(tcp)) => {
@@ -418,8 +605,9 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool)
         Some(TransportSlice::Udp(udp)) => {
             if !udp_length_ok(p, udp) {
                 obs.error = Some(DecodeErrorKind::Udp);
-                return;
+                return None;
             }
+            udp_payload = Some(udp.payload());
             L4::Udp { src_port: udp.source_port(), dst_port: udp.destination_port() }
         }
         Some(TransportSlice::Icmpv4(icmp)) => {
@@ -444,6 +632,7 @@ fn fill(obs: &mut Observation, p: &LaxSlicedPacket<'_>, frame: &[u8], cut: bool)
         }
         Some(TransportSlice::Igmp(_)) | None => L4::None,
     };
+    udp_payload
 }
 
 /// True when an IP packet of `total` bytes starting at `ip_hdr` would end

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 const T: PacketTime = PacketTime::from_micros(1_000_000);
 
 fn eth(data: &[u8]) -> Observation {
-    decode(linktype::ETHERNET, T, data.len() as u32, data.len() as u32, data)
+    decode(&Tunnels::default(), linktype::ETHERNET, T, data.len() as u32, data.len() as u32, data)
 }
 
 /// Ethernet / IPv4 / TCP SYN with the timestamps option.
@@ -60,7 +60,7 @@ fn tcp_syn_with_timestamps() {
 #[test]
 fn snaplen_cut_inside_tcp_header_is_not_an_error() {
     // Captured 40 of 74 bytes: the TCP header is cut.
-    let o = decode(linktype::ETHERNET, T, 74, 40, &TCP_SYN_TS[..40]);
+    let o = decode(&Tunnels::default(), linktype::ETHERNET, T, 74, 40, &TCP_SYN_TS[..40]);
     assert_eq!(o.error, None);
     assert!(o.snaplen_cut);
     assert!(o.l2.is_some());
@@ -82,7 +82,7 @@ fn snaplen_cut_payload_keeps_tcp_payload_length_from_ip() {
         false,
         1000,
     );
-    let o = decode(linktype::ETHERNET, T, f.len() as u32, 64, &f[..64]);
+    let o = decode(&Tunnels::default(), linktype::ETHERNET, T, f.len() as u32, 64, &f[..64]);
     assert_eq!(o.error, None);
     assert!(!o.snaplen_cut, "headers are whole; only payload was cut");
     match o.l4 {
@@ -164,7 +164,7 @@ fn each_malformed_frame_gives_its_kind_and_keeps_its_macs() {
 
 #[test]
 fn runt_cut_by_snaplen_is_a_cut_not_an_error() {
-    let o = decode(linktype::ETHERNET, T, 60, 10, &TCP_SYN_TS[..10]);
+    let o = decode(&Tunnels::default(), linktype::ETHERNET, T, 60, 10, &TCP_SYN_TS[..10]);
     assert_eq!(o.error, None);
     assert!(o.snaplen_cut);
 }
@@ -181,7 +181,7 @@ fn linux_sll2_gives_the_sender_mac_and_ip() {
         0x02, 0, 0, 0, 0, 0x01, 0, 0, // address (padded to 8)
     ];
     f.extend_from_slice(&TCP_SYN_TS[14..]);
-    let o = decode(linktype::LINUX_SLL2, T, f.len() as u32, f.len() as u32, &f);
+    let o = decode(&Tunnels::default(), linktype::LINUX_SLL2, T, f.len() as u32, f.len() as u32, &f);
     assert_eq!(o.error, None);
     assert_eq!(o.l2.map(|l| (l.src, l.dst)), Some((mac("02:00:00:00:00:01"), None)));
     assert!(matches!(o.l4, L4::Tcp(_)));
@@ -189,7 +189,7 @@ fn linux_sll2_gives_the_sender_mac_and_ip() {
 
 #[test]
 fn unsupported_link_type_is_counted() {
-    let o = decode(147, T, 10, 10, &[0; 10]);
+    let o = decode(&Tunnels::default(), 147, T, 10, 10, &[0; 10]);
     assert_eq!(o.error, Some(DecodeErrorKind::UnsupportedLink));
 }
 
@@ -208,9 +208,9 @@ proptest! {
     #[test]
     fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200), extra in 0u32..3000, lt in prop_oneof![Just(1i32), Just(0), Just(101), Just(113), Just(276), Just(228), Just(229), any::<i32>()]) {
         let n = data.len() as u32;
-        let o = decode(lt, T, n + extra, n, &data);
+        let o = decode(&Tunnels::default(), lt, T, n + extra, n, &data);
         prop_assert_eq!(o.cap_len, n);
-        let _ = flow_hash(lt, &data);
+        let _ = flow_hash(&Tunnels::default(), lt, &data);
     }
 
     /// Mutating a valid frame anywhere never panics, and a complete Ethernet
@@ -219,8 +219,90 @@ proptest! {
     fn mutated_frames_keep_their_macs(pos in 0usize..74, byte in any::<u8>(), cut in 14usize..=74) {
         let mut f = TCP_SYN_TS;
         f[pos] = byte;
-        let o = decode(linktype::ETHERNET, T, 74, cut as u32, &f[..cut]);
+        let o = decode(&Tunnels::default(), linktype::ETHERNET, T, 74, cut as u32, &f[..cut]);
         let l2 = o.l2.expect("14 bytes or more always decode the Ethernet header");
         prop_assert_eq!(l2.src.0, <[u8; 6]>::try_from(&f[6..12]).unwrap());
     }
+}
+
+fn underlay() -> frames::Underlay {
+    frames::Underlay {
+        src: mac("52:54:00:aa:00:01"),
+        dst: mac("52:54:00:aa:00:02"),
+        sip: [10, 0, 0, 31].into(),
+        dip: [10, 0, 0, 32].into(),
+        vni: 0x1234,
+    }
+}
+
+#[test]
+fn vxlan_inner_frame_is_the_vm_layer_and_the_outer_is_kept() {
+    let inner = TCP_SYN_TS;
+    let f = frames::vxlan(&underlay(), &inner);
+    let o = eth(&f);
+    assert_eq!(o.error, None);
+    assert_eq!(o.vm_len, 74, "the inner frame's length");
+    assert_eq!(o.orig_len, 74 + 50);
+    assert_eq!(o.l2.unwrap().src, mac("02:00:00:00:00:01"));
+    assert!(matches!(o.l4, L4::Tcp(TcpInfo { src_port: 40000, timestamps: Some((1000, 0)), .. })));
+    assert_eq!(
+        o.outer,
+        Some(Outer {
+            src_mac: mac("52:54:00:aa:00:01"),
+            dst_mac: mac("52:54:00:aa:00:02"),
+            src_ip: "10.0.0.31".parse().unwrap(),
+            dst_ip: "10.0.0.32".parse().unwrap(),
+            vni: 0x1234,
+        })
+    );
+    // The shard hash follows the inner flow.
+    let t = Tunnels::default();
+    assert_eq!(flow_hash(&t, linktype::ETHERNET, &f), flow_hash(&t, linktype::ETHERNET, &inner));
+}
+
+#[test]
+fn geneve_options_are_skipped_and_nesting_keeps_the_outermost() {
+    let f = frames::geneve(&underlay(), 3, &TCP_SYN_TS);
+    let o = eth(&f);
+    assert_eq!((o.error, o.vm_len), (None, 74));
+    assert_eq!(o.outer.map(|x| x.vni), Some(0x1234));
+    let inner_tunnel = frames::Underlay { vni: 7, ..underlay().reverse() };
+    let nested = frames::vxlan(&underlay(), &frames::geneve(&inner_tunnel, 0, &TCP_SYN_TS));
+    let o = eth(&nested);
+    assert_eq!((o.error, o.vm_len), (None, 74));
+    assert_eq!(o.outer.map(|x| (x.vni, x.src_ip)), Some((0x1234, "10.0.0.31".parse().unwrap())));
+    assert_eq!(o.l2.unwrap().src, mac("02:00:00:00:00:01"));
+}
+
+#[test]
+fn bogus_or_short_tunnel_headers_are_tunnel_errors_and_keep_the_outer_frame() {
+    let mut f = frames::vxlan(&underlay(), &TCP_SYN_TS);
+    f[14 + 20 + 8] = 0x00; // VXLAN flags without the I bit
+    let o = eth(&f);
+    assert_eq!(o.error, Some(DecodeErrorKind::Tunnel));
+    assert_eq!((o.outer, o.vm_len), (None, o.orig_len));
+    assert_eq!(o.l2.unwrap().src, mac("52:54:00:aa:00:01"), "counted for the outer MACs");
+
+    // An inner Ethernet header of 10 bytes, captured whole: an error.
+    let f = frames::vxlan(&underlay(), &TCP_SYN_TS[..10]);
+    assert_eq!(eth(&f).error, Some(DecodeErrorKind::Tunnel));
+    // The same cut by the snaplen: not an error.
+    let f = frames::vxlan(&underlay(), &TCP_SYN_TS);
+    let o = decode(&Tunnels::default(), linktype::ETHERNET, T, f.len() as u32, 60, &f[..60]);
+    assert_eq!((o.error, o.snaplen_cut), (None, true));
+    // Geneve version 1 is bogus.
+    let mut f = frames::geneve(&underlay(), 0, &TCP_SYN_TS);
+    f[14 + 20 + 8] = 0x40;
+    assert_eq!(eth(&f).error, Some(DecodeErrorKind::Tunnel));
+}
+
+#[test]
+fn only_configured_ports_are_tunnels() {
+    let f = frames::vxlan(&underlay(), &TCP_SYN_TS);
+    let none = Tunnels::new(&[], 6081).unwrap();
+    let o = decode(&none, linktype::ETHERNET, T, f.len() as u32, f.len() as u32, &f);
+    assert_eq!((o.outer, o.l4), (None, L4::Udp { src_port: 49152, dst_port: 4789 }));
+    let linux = Tunnels::new(&[8472, 4789], 6081).unwrap();
+    assert!(decode(&linux, linktype::ETHERNET, T, f.len() as u32, f.len() as u32, &f).outer.is_some());
+    assert!(Tunnels::new(&[1, 2, 3, 4, 5], 6081).is_none());
 }

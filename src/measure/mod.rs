@@ -42,12 +42,13 @@ impl WindowCounters {
         WindowCounters { map: FxHashMap::default(), cap, overflow: 0 }
     }
 
-    /// Counts a frame for its VM-layer MACs: tx for the unicast source, rx for
-    /// the unicast destination.
+    /// Counts a frame for its VM-layer MACs (the innermost Ethernet header):
+    /// tx for the unicast source, rx for the unicast destination, by the VM
+    /// layer's length on the wire.
     #[inline]
     pub fn observe(&mut self, o: &Observation) {
         let Some(l2) = o.l2 else { return };
-        let len = u64::from(o.orig_len);
+        let len = u64::from(o.vm_len);
         if l2.src.is_unicast() {
             if let Some(c) = self.slot(l2.src) {
                 c.tx_bytes += len;
@@ -112,6 +113,7 @@ mod tests {
             ts: PacketTime::ZERO,
             orig_len: len,
             cap_len: len.min(64),
+            vm_len: len,
             l2: Some(L2 { src: src.parse().unwrap(), dst: Some(dst.parse().unwrap()), ether_type: 0x0800, vlan: None }),
             outer: None,
             net: Net::None,

@@ -197,6 +197,7 @@ pub fn run(
     };
 
     let mut reader = Reader {
+        tunnels: rules.tunnels,
         batch_size: limits.batch_size,
         decode_bytes: limits.decode_bytes,
         batches: (0..shards).map(|_| RawBatch::with_capacity(limits.batch_size, limits.decode_bytes)).collect(),
@@ -332,6 +333,7 @@ struct Pace {
 }
 
 struct Reader {
+    tunnels: crate::decode::Tunnels,
     batch_size: usize,
     decode_bytes: usize,
     batches: Vec<RawBatch>,
@@ -375,7 +377,11 @@ impl Reader {
             return ControlFlow::Break(());
         }
         let n = self.batches.len();
-        let s = if n == 1 { 0 } else { ((u128::from(flow_hash(pkt.linktype, pkt.data)) * n as u128) >> 64) as usize };
+        let s = if n == 1 {
+            0
+        } else {
+            ((u128::from(flow_hash(&self.tunnels, pkt.linktype, pkt.data)) * n as u128) >> 64) as usize
+        };
         let b = &mut self.batches[s];
         let keep = &pkt.data[..pkt.data.len().min(self.decode_bytes)];
         b.bytes.extend_from_slice(keep);

@@ -2,7 +2,7 @@
 
 use super::{DecodeCounts, Partial, RawBatch, ShardMsg};
 use crate::config::Rules;
-use crate::decode::decode;
+use crate::decode::{decode, Tunnels};
 use crate::measure::rtt::RttTracker;
 use crate::measure::WindowCounters;
 use crate::time::PacketTime;
@@ -18,6 +18,7 @@ pub(super) struct ShardConfig {
     pub flow_timeout_s: u64,
     pub max_samples: usize,
     pub rtt_enabled: bool,
+    pub tunnels: Tunnels,
 }
 
 impl ShardConfig {
@@ -32,6 +33,7 @@ impl ShardConfig {
             flow_timeout_s: rules.rtt.flow_timeout_s,
             max_samples: l.rtt_samples_per_window,
             rtt_enabled: rules.rtt.enabled,
+            tunnels: rules.tunnels,
         }
     }
 }
@@ -54,7 +56,7 @@ pub(super) fn run(
                     let end = m.end as usize;
                     let data = batch.bytes.get(start..end).unwrap_or(&[]);
                     start = end;
-                    let o = decode(m.linktype, m.ts, m.orig_len, m.cap_len, data);
+                    let o = decode(&cfg.tunnels, m.linktype, m.ts, m.orig_len, m.cap_len, data);
                     if let Some(k) = o.error {
                         dc.errors[k as usize] += 1;
                     }

@@ -235,3 +235,46 @@ pub fn icmp6_echo(src: Mac, dst: Mac, sip: [u8; 16], dip: [u8; 16], request: boo
     let _ = b.write(&mut out, &payload);
     out
 }
+
+/// The outer (hypervisor) side of a tunnel.
+#[derive(Clone, Copy, Debug)]
+pub struct Underlay {
+    pub src: Mac,
+    pub dst: Mac,
+    pub sip: Ipv4Addr,
+    pub dip: Ipv4Addr,
+    pub vni: u32,
+}
+
+impl Underlay {
+    pub fn reverse(&self) -> Underlay {
+        Underlay { src: self.dst, dst: self.src, sip: self.dip, dip: self.sip, vni: self.vni }
+    }
+}
+
+/// `inner` (an Ethernet frame) in VXLAN over UDP 4789.
+pub fn vxlan(u: &Underlay, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(u.vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let b = PacketBuilder::ethernet2(u.src.0, u.dst.0).ipv4(u.sip.octets(), u.dip.octets(), 64).udp(49152, 4789);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    let _ = b.write(&mut out, &payload);
+    out
+}
+
+/// `inner` (an Ethernet frame) in Geneve over UDP 6081, with `option_words`
+/// 4-byte words of options.
+pub fn geneve(u: &Underlay, option_words: u8, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![option_words & 0x3f, 0, 0x65, 0x58];
+    payload.extend_from_slice(&(u.vni << 8).to_be_bytes());
+    for w in 0..option_words {
+        // class 0x0102, type w, length 0 words: a 4-byte option header.
+        payload.extend_from_slice(&[0x01, 0x02, w, 0]);
+    }
+    payload.extend_from_slice(inner);
+    let b = PacketBuilder::ethernet2(u.src.0, u.dst.0).ipv4(u.sip.octets(), u.dip.octets(), 64).udp(49152, 6081);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    let _ = b.write(&mut out, &payload);
+    out
+}

@@ -1,5 +1,5 @@
 use super::*;
-use crate::decode::{decode, linktype};
+use crate::decode::{decode, linktype, Tunnels};
 use crate::synth::frames::{icmp4_echo, icmp6_echo, Tcp};
 use crate::synth::mac;
 use std::net::Ipv4Addr;
@@ -20,7 +20,14 @@ fn tracker() -> RttTracker {
 /// Feeds (time in µs, frame) pairs and returns the samples as (ms, kind, who).
 fn run(t: &mut RttTracker, frames: &[(i64, Vec<u8>)]) -> Vec<(f64, SampleKind, Mac)> {
     for (ts, f) in frames {
-        let o = decode(linktype::ETHERNET, PacketTime::from_micros(*ts), f.len() as u32, f.len() as u32, f);
+        let o = decode(
+            &Tunnels::default(),
+            linktype::ETHERNET,
+            PacketTime::from_micros(*ts),
+            f.len() as u32,
+            f.len() as u32,
+            f,
+        );
         t.observe(&o);
     }
     t.close_window(PacketTime::from_micros(frames.last().map_or(0, |f| f.0)))
