@@ -6,7 +6,9 @@
 
 use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
-use crate::detect::{Direction, Level, Reason, RttPeaks, VmState};
+use crate::detect::{Conflict, Direction, Level, Move, Reason, RttPeaks, VmState};
+use crate::measure::placement::Via;
+use crate::trust::Registry;
 use crate::measure::rtt::{RttSample, SampleKind};
 use crate::time::PacketTime;
 use serde::Serialize;
@@ -18,6 +20,8 @@ use std::net::IpAddr;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     RttSample(RttSampleEvent),
+    Migration(MigrationEvent),
+    Conflict(ConflictEvent),
     RttPeaks(RttPeaksEvent),
     Level(LevelEvent),
     Action(ActionEvent),
@@ -29,6 +33,8 @@ impl Event {
     pub fn ts(&self) -> PacketTime {
         match self {
             Event::RttSample(e) => e.ts,
+            Event::Migration(e) => e.ts,
+            Event::Conflict(e) => e.ts,
             Event::RttPeaks(e) => e.ts,
             Event::Level(e) => e.ts,
             Event::Action(e) => e.ts,
@@ -66,6 +72,116 @@ impl RttSampleEvent {
             src_port: s.src.1,
             dst: s.dst.0,
             dst_port: s.dst.1,
+        }
+    }
+}
+
+/// A VM moved to another hypervisor (a live migration, as the wire shows it).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MigrationEvent {
+    /// The first frame (or announce) from the new place.
+    pub ts: PacketTime,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub from_hypervisor: Option<String>,
+    /// Null when an announce was seen but nothing tells where.
+    pub to_hypervisor: Option<String>,
+    /// The outer source MAC and IP the VM now sends with (tunnels).
+    pub to_mac: Option<Mac>,
+    pub to_ip: Option<IpAddr>,
+    /// How the move showed: `rarp`, `garp`, or `traffic`.
+    pub via: Via,
+    /// The destination's signature: `valid`, `invalid` or `unknown`.
+    pub signature: &'static str,
+    /// Whether a valid, unexpired, unused token allowed this move.
+    pub authorized: bool,
+    /// `granted`, `missing`, `expired` or `replayed`.
+    pub authorization: &'static str,
+    /// Migration streams tied to the move, and what they carried.
+    pub streams: u32,
+    pub bytes: Option<u64>,
+    pub bytes_per_ram: Option<f64>,
+    /// From the first stream's start to the move.
+    pub total_ms: Option<f64>,
+    /// From the VM's last frame at the source to its first at the destination.
+    pub downtime_ms: Option<f64>,
+}
+
+impl MigrationEvent {
+    pub fn new(m: &Move, vm: &VmState, registry: &Registry, ram_bytes: Option<u64>) -> Self {
+        MigrationEvent {
+            ts: m.ts,
+            vm: vm.mac,
+            vm_name: Some(vm.name.clone()),
+            from_hypervisor: m.from.and_then(|p| p.name(registry)),
+            to_hypervisor: m.to.and_then(|p| p.name(registry)),
+            to_mac: m.to.and_then(|p| p.mac),
+            to_ip: m.to.and_then(|p| p.ip),
+            via: m.via,
+            signature: m.verdict.as_str(),
+            authorized: m.authorization == crate::trust::token::Authorization::Granted,
+            authorization: m.authorization.as_str(),
+            streams: m.streams,
+            bytes: m.bytes,
+            bytes_per_ram: match (m.bytes, ram_bytes) {
+                (Some(b), Some(r)) if r > 0 => Some(b as f64 / r as f64),
+                _ => None,
+            },
+            total_ms: m.total_us.map(|u| u as f64 / 1000.0),
+            downtime_ms: m.downtime_us.map(|u| u as f64 / 1000.0),
+        }
+    }
+}
+
+/// The wire contradicts the registry or the inventory.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConflictEvent {
+    pub ts: PacketTime,
+    /// `clone`, `hypervisor_ips` or `vm_uses_hypervisor_mac`.
+    pub kind: &'static str,
+    pub vm: Option<Mac>,
+    pub vm_name: Option<String>,
+    /// For `clone`: the hypervisors it runs behind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hypervisors: Vec<Option<String>>,
+    /// For the MAC conflicts: the MAC and the IPs it was seen with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
+}
+
+impl ConflictEvent {
+    pub fn new<'a>(c: &Conflict, vm_of: impl Fn(usize) -> &'a VmState, registry: &Registry) -> Self {
+        let base = ConflictEvent {
+            ts: c.ts(),
+            kind: "",
+            vm: None,
+            vm_name: None,
+            hypervisors: Vec::new(),
+            mac: None,
+            ips: Vec::new(),
+        };
+        match c {
+            Conflict::Clone { vm, places, .. } => {
+                let v = vm_of(*vm);
+                ConflictEvent {
+                    kind: "clone",
+                    vm: Some(v.mac),
+                    vm_name: Some(v.name.clone()),
+                    hypervisors: places.iter().map(|p| p.name(registry)).collect(),
+                    ..base
+                }
+            }
+            Conflict::HypervisorIps { mac, ips, .. } => {
+                ConflictEvent { kind: "hypervisor_ips", mac: Some(*mac), ips: ips.clone(), ..base }
+            }
+            Conflict::VmUsesHypervisorMac { mac, outer_ip, .. } => ConflictEvent {
+                kind: "vm_uses_hypervisor_mac",
+                mac: Some(*mac),
+                ips: outer_ip.iter().copied().collect(),
+                ..base
+            },
         }
     }
 }

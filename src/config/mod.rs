@@ -122,6 +122,22 @@ impl Backend {
     }
 }
 
+/// Live migrations on the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationRules {
+    /// Inclusive ranges of TCP ports migration streams use.
+    pub ports: Vec<(u16, u16)>,
+    pub factor: f64,
+    pub max_downtime_ms: u64,
+    pub downtime_level: Level,
+    pub announce_burst_ms: u64,
+    pub clone_overlap_ms: u64,
+    pub stream_gap_s: u64,
+    pub require_authorization: bool,
+    /// Absolute path of the tokens directory, if any.
+    pub tokens_dir: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HypervisorEntry {
     pub id: String,
@@ -153,6 +169,9 @@ pub struct Rules {
     pub policy: PolicyTable,
     pub limits: Limits,
     pub tunnels: Tunnels,
+    /// Index of the hypervisor whose uplink this sensor watches.
+    pub sensor: Option<usize>,
+    pub migration: MigrationRules,
     pub backend: Backend,
     pub hypervisors: Vec<HypervisorEntry>,
     pub vms: Vec<VmEntry>,
@@ -299,8 +318,8 @@ impl Rules {
         let mut hv_macs: HashSet<Mac> = HashSet::new();
         let mut hypervisors = Vec::with_capacity(raw.hypervisor.len());
         for (i, h) in raw.hypervisor.into_iter().enumerate() {
-            if h.id.get_ref().is_empty() || h.id.get_ref().contains('\0') {
-                return Err(at(h.id.span(), "hypervisor id must be non-empty, without NUL bytes".into()));
+            if h.id.get_ref().is_empty() || h.id.get_ref().contains(|c: char| c == '\0' || c.is_whitespace()) {
+                return Err(at(h.id.span(), "hypervisor id must be non-empty, without spaces or NUL bytes".into()));
             }
             if hv_index.insert(h.id.get_ref().clone(), i).is_some() {
                 return Err(at(h.id.span(), format!("hypervisor id `{}` is defined twice", h.id.get_ref())));
@@ -330,6 +349,54 @@ impl Rules {
                 ips: h.ips,
                 signature: h.signature.map(Spanned::into_inner),
             });
+        }
+
+        // [sensor]
+        let sensor = match &raw.sensor.hypervisor {
+            None => None,
+            Some(h) => match hv_index.get(h.get_ref()) {
+                Some(&i) => Some(i),
+                None => return Err(at(h.span(), format!("no [[hypervisor]] has id `{}`", h.get_ref()))),
+            },
+        };
+
+        // [migration]
+        let m = &raw.migration;
+        let mut ports = Vec::new();
+        for p in m.ports.get_ref() {
+            match p {
+                raw::RawPorts::One(n) => ports.push((*n, *n)),
+                raw::RawPorts::Range(r) => {
+                    let bad = || at(m.ports.span(), format!("migration.ports: `{r}` is not a port or a range like \"49152-49215\""));
+                    let (a, b) = r.split_once('-').ok_or_else(bad)?;
+                    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                    if a > b {
+                        return Err(bad());
+                    }
+                    ports.push((a, b));
+                }
+            }
+        }
+        positive(m.factor.get_ref(), "migration.factor").map_err(|e| at(m.factor.span(), e))?;
+        if *m.downtime_level.get_ref() == Level::Low {
+            return Err(at(m.downtime_level.span(), "migration.downtime_level must be MEDIUM or HIGH".into()));
+        }
+        let migration = MigrationRules {
+            ports,
+            factor: *m.factor.get_ref(),
+            max_downtime_ms: m.max_downtime_ms,
+            downtime_level: *m.downtime_level.get_ref(),
+            announce_burst_ms: m.announce_burst_ms,
+            clone_overlap_ms: m.clone_overlap_ms,
+            stream_gap_s: m.stream_gap_s,
+            require_authorization: *m.require_authorization.get_ref(),
+            tokens_dir: m.tokens_dir.as_ref().map(|t| dir.join(t.get_ref())),
+        };
+        if migration.require_authorization && migration.tokens_dir.is_none() {
+            return Err(at(
+                m.require_authorization.span(),
+                "migration.require_authorization = true needs migration.tokens_dir".into(),
+            ));
         }
 
         // [[vm]]
@@ -376,6 +443,8 @@ impl Rules {
             policy,
             limits,
             tunnels,
+            sensor,
+            migration,
             backend: Backend::Log,
             hypervisors,
             vms,

@@ -31,6 +31,10 @@ pub struct RawRules {
     #[serde(default)]
     pub tunnels: RawTunnels,
     #[serde(default)]
+    pub sensor: RawSensor,
+    #[serde(default)]
+    pub migration: RawMigration,
+    #[serde(default)]
     pub hypervisor: Vec<RawHypervisor>,
     #[serde(default)]
     pub vm: Vec<RawVm>,
@@ -327,5 +331,87 @@ fn d_geneve_port() -> u16 {
 impl Default for RawTunnels {
     fn default() -> Self {
         RawTunnels { vxlan_ports: d_vxlan_ports(), geneve_port: d_geneve_port() }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSensor {
+    /// Default none. The hypervisor whose uplink this sensor watches: every
+    /// VM it sees sending (outside tunnels) is on that hypervisor.
+    #[serde(default)]
+    pub hypervisor: Option<Spanned<String>>,
+}
+
+/// A port or an inclusive range written `"49152-49215"`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawPorts {
+    One(u16),
+    Range(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMigration {
+    /// Default libvirt's native migration range 49152-49215, and 16509, 16514.
+    #[serde(default = "d_migration_ports")]
+    pub ports: Spanned<Vec<RawPorts>>,
+    /// Default 3.0: moving more than factor x RAM is HIGH (reason `migration`).
+    #[serde(default = "d_factor")]
+    pub factor: Spanned<f64>,
+    /// Default 1000 ms: a longer downtime raises the VM to `downtime_level`.
+    #[serde(default = "d_max_downtime_ms")]
+    pub max_downtime_ms: u64,
+    /// Default MEDIUM.
+    #[serde(default = "d_rtt_level")]
+    pub downtime_level: Spanned<Level>,
+    /// Default 2000 ms: announces of one VM this close together are one move.
+    #[serde(default = "d_announce_burst_ms")]
+    pub announce_burst_ms: u64,
+    /// Default 2000 ms: frames from the old hypervisor this long after a move mean a clone.
+    #[serde(default = "d_clone_overlap_ms")]
+    pub clone_overlap_ms: u64,
+    /// Default 30 s: a stream that ended this long before the announce is still its stream.
+    #[serde(default = "d_stream_gap_s")]
+    pub stream_gap_s: u64,
+    /// Default false: when true, a move without a valid token is treated as a move to an unsigned hypervisor.
+    #[serde(default = "d_false")]
+    pub require_authorization: Spanned<bool>,
+    /// Default none: the directory tokens from `vmsentry authorize` are read from.
+    #[serde(default)]
+    pub tokens_dir: Option<Spanned<String>>,
+}
+fn d_migration_ports() -> Spanned<Vec<RawPorts>> {
+    sp(vec![RawPorts::Range("49152-49215".into()), RawPorts::One(16509), RawPorts::One(16514)])
+}
+fn d_false() -> Spanned<bool> {
+    sp(false)
+}
+fn d_max_downtime_ms() -> u64 {
+    1000
+}
+fn d_announce_burst_ms() -> u64 {
+    2000
+}
+fn d_clone_overlap_ms() -> u64 {
+    2000
+}
+fn d_stream_gap_s() -> u64 {
+    30
+}
+impl Default for RawMigration {
+    fn default() -> Self {
+        RawMigration {
+            ports: d_migration_ports(),
+            factor: d_factor(),
+            max_downtime_ms: d_max_downtime_ms(),
+            downtime_level: d_rtt_level(),
+            announce_burst_ms: d_announce_burst_ms(),
+            clone_overlap_ms: d_clone_overlap_ms(),
+            stream_gap_s: d_stream_gap_s(),
+            require_authorization: sp(false),
+            tokens_dir: None,
+        }
     }
 }

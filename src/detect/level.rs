@@ -58,6 +58,8 @@ pub enum Reason {
     Volume,
     Migration,
     Signature,
+    /// The VM runs behind two hypervisors at once.
+    Clone,
 }
 
 impl Reason {
@@ -68,6 +70,7 @@ impl Reason {
             Reason::Volume => "volume",
             Reason::Migration => "migration",
             Reason::Signature => "signature",
+            Reason::Clone => "clone",
         }
     }
 }

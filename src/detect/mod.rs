@@ -15,12 +15,17 @@
 //! `rtt.max_peaks` peaks in one window raises the VM to `rtt.level`.
 
 mod level;
+pub mod location;
 
 pub use level::{Direction, Hysteresis, Level, Reason};
+pub use location::{Conflict, Move, Place};
 
 use crate::config::{RttRules, Rules, Thresholds};
 use crate::decode::Mac;
 use crate::measure::histogram::Histogram;
+use crate::measure::placement::Evidence;
+use crate::trust::{Registry, Verdict};
+use location::Locator;
 use crate::measure::rtt::RttSample;
 use crate::measure::Counters;
 use crate::time::PacketTime;
@@ -60,6 +65,8 @@ pub struct RttPeaks {
 pub enum Outcome {
     Level(Change),
     RttPeaks(RttPeaks),
+    Migration(Move),
+    Conflict(Conflict),
 }
 
 impl Outcome {
@@ -67,6 +74,8 @@ impl Outcome {
         match self {
             Outcome::Level(c) => c.window_end,
             Outcome::RttPeaks(p) => p.window_end,
+            Outcome::Migration(m) => m.ts,
+            Outcome::Conflict(c) => c.ts(),
         }
     }
 }
@@ -99,6 +108,9 @@ pub struct VmState {
     volume_sum: u64,
     volume_limit: Option<u64>,
     rtt: Hysteresis,
+    signature: Hysteresis,
+    migration: Hysteresis,
+    clone: Hysteresis,
     /// Slow mean of non-peak RTT samples, in ms.
     pub rtt_baseline_ms: Option<f64>,
     /// RTT samples and peaks of the latest window.
@@ -111,6 +123,8 @@ pub struct VmState {
 pub struct Detector {
     thresholds: Thresholds,
     rtt_rules: RttRules,
+    downtime_level: Level,
+    locator: Locator,
     window_len_us: i64,
     horizon_windows: usize,
     max_macs: usize,
@@ -126,7 +140,7 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(rules: &Rules) -> Detector {
+    pub fn new(rules: &Rules, registry: Registry) -> Detector {
         let window_len_us = rules.window_len_us();
         let horizon_us = rules.volume.horizon_s as i64 * 1_000_000;
         let horizon_windows = ((horizon_us + window_len_us - 1) / window_len_us).max(1) as usize;
@@ -144,6 +158,9 @@ impl Detector {
                 volume_sum: 0,
                 volume_limit: v.ram_mb.map(|mb| (rules.volume.factor * mb as f64 * 1024.0 * 1024.0) as u64),
                 rtt: Hysteresis::default(),
+                signature: Hysteresis::default(),
+                migration: Hysteresis::default(),
+                clone: Hysteresis::default(),
                 rtt_baseline_ms: None,
                 rtt_window: Histogram::default(),
                 rtt_peaks: 0,
@@ -159,6 +176,8 @@ impl Detector {
         Detector {
             thresholds: rules.thresholds.clone(),
             rtt_rules: rules.rtt.clone(),
+            downtime_level: rules.migration.downtime_level,
+            locator: Locator::new(rules, registry),
             window_len_us,
             horizon_windows,
             max_macs: rules.limits.max_macs.max(rules.vms.len()),
@@ -188,7 +207,13 @@ impl Detector {
     /// samples (sorted by time). Windows with no traffic between the previous
     /// one and `w` are closed first, as quiet windows, so hysteresis and the
     /// volume horizon see them.
-    pub fn close_window(&mut self, w: i64, totals: &[(Mac, Counters)], samples: &[RttSample]) -> Vec<Outcome> {
+    pub fn close_window(
+        &mut self,
+        w: i64,
+        totals: &[(Mac, Counters)],
+        samples: &[RttSample],
+        evidence: &Evidence,
+    ) -> Vec<Outcome> {
         let mut out = Vec::new();
         if let Some(last) = self.last_window {
             // After this many quiet windows every level is LOW and every
@@ -209,6 +234,15 @@ impl Detector {
             }
         }
         self.take_rtt(w, samples);
+        let (moves, conflicts) = self.locator.window(evidence, self.window_start(w + 1));
+        for m in &moves {
+            // A VM that moved answers from elsewhere: learn its RTT anew.
+            self.vms[m.vm].rtt_baseline_ms = None;
+        }
+        let mut timed: Vec<Outcome> = moves.into_iter().map(Outcome::Migration).collect();
+        timed.extend(conflicts.into_iter().map(Outcome::Conflict));
+        timed.sort_by_key(Outcome::ts);
+        out.extend(timed);
         self.grade(w, &mut out);
         self.windows += 1;
         self.last_window = Some(w);
@@ -292,15 +326,32 @@ impl Detector {
             vm.rtt_window = Histogram::default();
             vm.rtt_peaks = 0;
 
-            let after = vm.rate.level.max(vm.volume.level).max(vm.rtt.level);
+            let f = std::mem::take(&mut self.locator.flags[i]);
+            let high_if = |b: bool| if b { Level::High } else { Level::Low };
+            let signature_changed = vm.signature.update(high_if(f.unsigned), clear);
+            let migration_w = if f.too_many_bytes {
+                Level::High
+            } else if f.long_downtime {
+                self.downtime_level
+            } else {
+                Level::Low
+            };
+            let migration_changed = vm.migration.update(migration_w, clear);
+            let clone_changed = vm.clone.update(high_if(f.clone), clear);
+
+            let after = vm.rate.level.max(vm.volume.level).max(vm.rtt.level).max(vm.signature.level);
+            let after = after.max(vm.migration.level).max(vm.clone.level);
             if after == before {
                 continue;
             }
             vm.level = after;
             // The reason is the component that moved the VM: on a rise the
             // first one now at the new level, on a fall the first one that
-            // fell (in the order rate, volume, rtt).
+            // fell (in the order below: what the wire proves first).
             let parts = [
+                (Reason::Clone, vm.clone.level, clone_changed),
+                (Reason::Signature, vm.signature.level, signature_changed),
+                (Reason::Migration, vm.migration.level, migration_changed),
                 (Reason::Rate, vm.rate.level, rate_changed),
                 (Reason::Volume, vm.volume.level, volume_changed),
                 (Reason::Rtt, vm.rtt.level, rtt_changed),
@@ -365,6 +416,32 @@ impl Detector {
         let mut v: Vec<_> = self.macs.iter().filter(|(_, s)| s.last_window != i64::MIN).map(|(m, s)| (*m, s)).collect();
         v.sort_unstable_by_key(|(m, _)| *m);
         v
+    }
+
+    /// Where the VM is (the wire's word, else the rules'), by name.
+    pub fn hypervisor_name(&self, vm: usize) -> Option<String> {
+        self.locator.place(vm).and_then(|p| p.name(self.locator.registry()))
+    }
+
+    /// Whether the VM's hypervisor is signed (for the MAC the wire shows).
+    pub fn verdict(&self, vm: usize) -> Verdict {
+        self.locator.place(vm).map_or(Verdict::Unknown, |p| p.verdict(self.locator.registry()))
+    }
+
+    pub fn place(&self, vm: usize) -> Option<Place> {
+        self.locator.place(vm)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        self.locator.registry()
+    }
+
+    pub fn ram_bytes(&self, vm: usize) -> Option<u64> {
+        self.locator.ram_bytes(vm)
+    }
+
+    pub fn placement_dropped(&self) -> u64 {
+        self.locator.dropped
     }
 
     pub fn window_start(&self, w: i64) -> PacketTime {

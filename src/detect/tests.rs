@@ -3,6 +3,10 @@ use crate::measure::rtt::RttSample;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+fn det(r: &Rules) -> Detector {
+    Detector::new(r, Registry::build(&r.key, &r.cluster, &r.hypervisors))
+}
+
 /// Rules from text after a `[cluster]` with a valid key.
 fn rules_text(body: &str) -> Rules {
     let d = tempfile::tempdir().unwrap();
@@ -33,11 +37,11 @@ fn tx(bytes: u64, packets: u64) -> Vec<(Mac, Counters)> {
 
 /// Closes a window without RTT samples; returns its level changes.
 fn close(d: &mut Detector, w: i64, totals: &[(Mac, Counters)]) -> Vec<Change> {
-    d.close_window(w, totals, &[])
+    d.close_window(w, totals, &[], &Evidence::default())
         .into_iter()
         .filter_map(|o| match o {
             Outcome::Level(c) => Some(c),
-            Outcome::RttPeaks(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -48,7 +52,7 @@ fn levels(ch: &[Change]) -> Vec<(Level, Level, Reason)> {
 
 #[test]
 fn thresholds_are_inclusive_and_the_highest_crossed_wins() {
-    let mut d = Detector::new(&rules(""));
+    let mut d = det(&rules(""));
     // 1000 bytes = 8000 bit/s: exactly medium_bps.
     assert_eq!(levels(&close(&mut d, 0, &tx(1000, 1))), vec![(Level::Low, Level::Medium, Reason::Rate)]);
     // 1000 packets/s: exactly high_pps.
@@ -59,7 +63,7 @@ fn thresholds_are_inclusive_and_the_highest_crossed_wins() {
 
 #[test]
 fn rx_direction_is_graded_too() {
-    let mut d = Detector::new(&rules(""));
+    let mut d = det(&rules(""));
     let rx = vec![(vm(), Counters { tx_bytes: 0, tx_packets: 0, rx_bytes: 40 * 200, rx_packets: 200 })];
     let ch = close(&mut d, 5, &rx);
     assert_eq!(levels(&ch), vec![(Level::Low, Level::Medium, Reason::Rate)]);
@@ -68,7 +72,7 @@ fn rx_direction_is_graded_too() {
 
 #[test]
 fn quiet_gaps_count_as_windows_below() {
-    let mut d = Detector::new(&rules(""));
+    let mut d = det(&rules(""));
     close(&mut d, 0, &tx(100_000, 10));
     assert_eq!(d.vm(0).level, Level::High);
     // Windows 1..=9 had no frames at all; window 10 is closed by other traffic.
@@ -89,7 +93,7 @@ fn volume_over_the_horizon_is_high_and_clears() {
     // Default (high) rate thresholds, so only volume can trip: ram_mb = 1 and
     // factor 1.0 mean more than 1 MiB within 3 windows.
     let calm = rules_text(&format!("[thresholds]\nclear_windows = 2\n[volume]\nfactor = 1.0\nhorizon_s = 3\n{VM_A}"));
-    let mut d = Detector::new(&calm);
+    let mut d = det(&calm);
     let limit = 1_048_576u64;
     assert!(close(&mut d, 0, &tx(400_000, 1)).is_empty());
     assert!(close(&mut d, 1, &tx(400_000, 1)).is_empty());
@@ -108,7 +112,7 @@ fn volume_over_the_horizon_is_high_and_clears() {
 #[test]
 fn unknown_macs_are_measured_not_graded_and_evicted_oldest_first() {
     let r = rules_text(&format!("[limits]\nmax_macs = 8\n{VM_A}"));
-    let mut d = Detector::new(&r);
+    let mut d = det(&r);
     let big = Counters { tx_bytes: 1 << 40, tx_packets: 1 << 30, ..Default::default() };
     for w in 0..10i64 {
         let m = Mac([0x02, 0, 0, 0, 1, w as u8]);
@@ -139,15 +143,15 @@ fn sample(t_us: i64, rtt_us: i64) -> RttSample {
 fn peak_factor_uses_a_baseline_learned_from_non_peak_samples_only() {
     // peak_ms 50, factor 2, max_peaks 2: peaks are above 50 ms or above twice the baseline.
     let r = rules_text(&format!("[rtt]\npeak_ms = 50.0\npeak_factor = 2.0\nmax_peaks = 2\n{VM_A}"));
-    let mut d = Detector::new(&r);
+    let mut d = det(&r);
     // Baseline settles at 10 ms.
     let base: Vec<_> = (0..8).map(|k| sample(k * 1000, 10_000)).collect();
-    assert!(d.close_window(0, &[], &base).is_empty());
+    assert!(d.close_window(0, &[], &base, &Evidence::default()).is_empty());
     assert_eq!(d.vm(0).rtt_baseline_ms, Some(10.0));
     // 25 ms is over 2 x 10 ms: three such peaks (> max_peaks 2), and they do
     // not raise the baseline.
     let w1: Vec<_> = (0..3).map(|k| sample(1_000_000 + k * 1000, 25_000)).collect();
-    let out = d.close_window(1, &[], &w1);
+    let out = d.close_window(1, &[], &w1, &Evidence::default());
     assert_eq!(out.len(), 2, "{out:?}");
     match &out[0] {
         Outcome::RttPeaks(p) => {
@@ -160,6 +164,6 @@ fn peak_factor_uses_a_baseline_learned_from_non_peak_samples_only() {
         o => panic!("{o:?}"),
     }
     // 19 ms is not a peak: it moves the baseline by 1/8 of the difference.
-    d.close_window(2, &[], &[sample(2_000_000, 19_000)]);
+    d.close_window(2, &[], &[sample(2_000_000, 19_000)], &Evidence::default());
     assert_eq!(d.vm(0).rtt_baseline_ms, Some(10.0 + 9.0 / 8.0));
 }

@@ -6,6 +6,7 @@
 //! any number of shards.
 
 pub mod histogram;
+pub mod placement;
 pub mod rtt;
 
 use crate::decode::{Mac, Observation};

@@ -3,7 +3,11 @@
 use super::{DecodeCounts, Partial};
 use crate::action::Dispatcher;
 use crate::detect::{Detector, Outcome};
-use crate::event::{ActionEvent, Event, EventSink, LevelEvent, RttPeaksEvent, RttSampleEvent};
+use crate::event::{
+    ActionEvent, ConflictEvent, Event, EventSink, LevelEvent, MigrationEvent, RttPeaksEvent, RttSampleEvent,
+};
+use crate::measure::placement::Evidence;
+use crate::time::PacketTime;
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::WindowMerge;
 use crate::policy::Policy;
@@ -41,6 +45,7 @@ struct Pending {
     shards: usize,
     merge: WindowMerge,
     samples: Vec<RttSample>,
+    evidence: Evidence,
 }
 
 impl Merge {
@@ -56,6 +61,7 @@ impl Merge {
             entry.shards += 1;
             entry.merge.add(&part.counters);
             entry.samples.append(&mut part.samples);
+            entry.evidence.append(&mut part.evidence);
             // Each shard closes windows in order, so windows complete in order.
             while let Some(e) = pending.first_entry() {
                 if e.get().shards < self.shards {
@@ -91,21 +97,35 @@ impl Merge {
         // and the events the same for every thread count.
         samples.sort_unstable();
         out.rtt_samples += samples.len() as u64;
-        let outcomes = self.detector.close_window(w, &totals, &samples);
-        // Quiet windows before `w` come first, then w's samples, then w's verdicts.
+        let mut evidence = p.evidence;
+        evidence.normalize();
+        let outcomes = self.detector.close_window(w, &totals, &samples, &evidence);
+        // Quiet windows before `w` first; then what happened inside `w`
+        // (samples, moves, conflicts) by time; then w's verdicts at its end.
         let start = self.detector.window_start(w);
         let split = outcomes.iter().position(|o| o.ts() > start).unwrap_or(outcomes.len());
         for o in &outcomes[..split] {
             self.outcome(o, out);
         }
+        let (timed, at_end): (Vec<&Outcome>, Vec<&Outcome>) =
+            outcomes[split..].iter().partition(|o| matches!(o, Outcome::Migration(_) | Outcome::Conflict(_)));
+        let mut inside: Vec<(PacketTime, usize, Option<&Outcome>, Option<&RttSample>)> = Vec::new();
         if self.rtt_samples {
-            for s in &samples {
+            inside.extend(samples.iter().enumerate().map(|(k, s)| (s.ts, k, None, Some(s))));
+        }
+        let n = inside.len();
+        inside.extend(timed.iter().enumerate().map(|(k, o)| (o.ts(), n + k, Some(*o), None)));
+        inside.sort_by_key(|x| (x.0, x.1));
+        for (_, _, o, s) in inside {
+            if let Some(s) = s {
                 let vm = self.detector.vm_index(s.mac).map(|i| self.detector.vm(i).name.clone());
-                let ev = Event::RttSample(RttSampleEvent::new(s, vm));
-                out.emit(&mut *self.events, &ev);
+                out.emit(&mut *self.events, &Event::RttSample(RttSampleEvent::new(s, vm)));
+            }
+            if let Some(o) = o {
+                self.outcome(o, out);
             }
         }
-        for o in &outcomes[split..] {
+        for o in at_end {
             self.outcome(o, out);
         }
     }
@@ -114,11 +134,23 @@ impl Merge {
         match o {
             Outcome::RttPeaks(p) => {
                 let vm = self.detector.vm(p.vm);
-                let ev = Event::RttPeaks(RttPeaksEvent::new(p, vm, self.hypervisor_of(p.vm), self.detector.peak_ms()));
+                let ev = Event::RttPeaks(RttPeaksEvent::new(p, vm, self.detector.hypervisor_name(p.vm), self.detector.peak_ms()));
+                out.emit(&mut *self.events, &ev);
+            }
+            Outcome::Migration(m) => {
+                if let (Some(from), Some(to)) = (m.from.and_then(|p| p.hv), m.to.and_then(|p| p.hv)) {
+                    self.policy.note_move(from, to);
+                }
+                let vm = self.detector.vm(m.vm);
+                let ev = Event::Migration(MigrationEvent::new(m, vm, self.detector.registry(), self.detector.ram_bytes(m.vm)));
+                out.emit(&mut *self.events, &ev);
+            }
+            Outcome::Conflict(c) => {
+                let ev = Event::Conflict(ConflictEvent::new(c, |i| self.detector.vm(i), self.detector.registry()));
                 out.emit(&mut *self.events, &ev);
             }
             Outcome::Level(ch) => {
-                let hypervisor = self.hypervisor_of(ch.vm);
+                let hypervisor = self.detector.hypervisor_name(ch.vm);
                 let vm = self.detector.vm(ch.vm);
                 let ev = Event::Level(LevelEvent {
                     ts: ch.window_end,
@@ -133,10 +165,12 @@ impl Merge {
                     horizon_bytes: ch.horizon_bytes,
                     limit_bytes: ch.limit_bytes,
                     window_start: ch.window_start,
-                    hypervisor,
+                    hypervisor: hypervisor.clone(),
                 });
                 out.emit(&mut *self.events, &ev);
-                if let Some(action) = self.policy.decide(ch, vm) {
+                let signed = self.detector.verdict(ch.vm).is_signed();
+                let current = self.detector.place(ch.vm).and_then(|p| p.hv);
+                if let Some(action) = self.policy.decide(ch, vm, signed, current, hypervisor) {
                     let submitted = self.dispatcher.submit(action.clone());
                     match submitted {
                         crate::action::Submitted::Queued => out.queued += 1,
@@ -147,10 +181,6 @@ impl Merge {
                 }
             }
         }
-    }
-
-    fn hypervisor_of(&self, vm: usize) -> Option<String> {
-        self.detector.vm(vm).hypervisor.and_then(|h| self.policy.registry().get(h)).map(|e| e.id.clone())
     }
 }
 

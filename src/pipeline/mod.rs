@@ -27,7 +27,9 @@ use crate::config::Rules;
 use crate::decode::{flow_hash, DecodeErrorKind, Mac};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
+use crate::measure::placement::{Evidence, PlacementConfig};
 use crate::measure::rtt::{RttCounts, RttSample};
+use std::sync::Arc;
 use crate::measure::Counters;
 use crate::policy::Policy;
 use crate::time::PacketTime;
@@ -90,6 +92,7 @@ pub(crate) struct Partial {
     pub samples: Vec<RttSample>,
     pub rtt_counts: RttCounts,
     pub rtt_dropped: u64,
+    pub evidence: Evidence,
 }
 
 /// Decode outcomes, counted by the shards and summed at the merge.
@@ -162,8 +165,14 @@ pub fn run(
     let window_len_us = rules.window_len_us();
 
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-    let policy = Policy::new(rules, registry);
-    let detector = Detector::new(rules);
+    let policy = Policy::new(rules, registry.clone());
+    let detector = Detector::new(rules, registry);
+    let placement = Arc::new(PlacementConfig {
+        vms: rules.vms.iter().map(|v| v.mac).collect(),
+        hypervisor_macs: rules.hypervisors.iter().flat_map(|h| h.macs.iter().copied()).collect(),
+        sensor: rules.sensor.is_some(),
+        ports: rules.migration.ports.clone(),
+    });
     let dispatcher = Dispatcher::start(sink, limits.action_queue).map_err(PipelineError::Thread)?;
 
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
@@ -180,7 +189,7 @@ pub fn run(
         let (tx, rx) = bounded::<ShardMsg>(limits.queue_batches);
         let (pool_tx, pool_rx) = bounded::<RawBatch>(limits.queue_batches + 2);
         let merge_tx = merge_tx.clone();
-        let cfg = shard::ShardConfig::new(rules, shards);
+        let cfg = shard::ShardConfig::new(rules, shards, placement.clone());
         let h = std::thread::Builder::new()
             .name(format!("vmsentry-shard-{s}"))
             .spawn(move || shard::run(s, rx, pool_tx, merge_tx, cfg))

@@ -3,7 +3,9 @@
 use super::{DecodeCounts, Partial, RawBatch, ShardMsg};
 use crate::config::Rules;
 use crate::decode::{decode, Tunnels};
+use crate::measure::placement::{PlacementCollector, PlacementConfig};
 use crate::measure::rtt::RttTracker;
+use std::sync::Arc;
 use crate::measure::WindowCounters;
 use crate::time::PacketTime;
 use crossbeam_channel::{Receiver, Sender};
@@ -19,10 +21,11 @@ pub(super) struct ShardConfig {
     pub max_samples: usize,
     pub rtt_enabled: bool,
     pub tunnels: Tunnels,
+    pub placement: Arc<PlacementConfig>,
 }
 
 impl ShardConfig {
-    pub fn new(rules: &Rules, shards: usize) -> ShardConfig {
+    pub fn new(rules: &Rules, shards: usize, placement: Arc<PlacementConfig>) -> ShardConfig {
         let l = &rules.limits;
         ShardConfig {
             max_macs: l.max_macs,
@@ -34,6 +37,7 @@ impl ShardConfig {
             max_samples: l.rtt_samples_per_window,
             rtt_enabled: rules.rtt.enabled,
             tunnels: rules.tunnels,
+            placement,
         }
     }
 }
@@ -48,6 +52,7 @@ pub(super) fn run(
     let mut counters = WindowCounters::new(cfg.max_macs);
     let mut rtt = RttTracker::new(cfg.rtt_flows, cfg.rtt_echo_probes, cfg.probe_timeout_ms, cfg.flow_timeout_s);
     let mut dc = DecodeCounts::default();
+    let mut placement = PlacementCollector::new(cfg.placement.clone());
     for msg in rx {
         match msg {
             ShardMsg::Batch(mut batch) => {
@@ -65,6 +70,7 @@ pub(super) fn run(
                     if cfg.rtt_enabled {
                         rtt.observe(&o);
                     }
+                    placement.observe(&o);
                 }
                 batch.clear();
                 // The reader may have gone; then the batch is simply freed.
@@ -85,6 +91,7 @@ pub(super) fn run(
                     samples,
                     rtt_counts: std::mem::take(&mut rtt.counts),
                     rtt_dropped,
+                    evidence: placement.take(),
                 };
                 if merge.send(part).is_err() {
                     return;

@@ -8,6 +8,8 @@
 //!
 //! and verifies it in constant time.
 
+pub mod token;
+
 use crate::config::HypervisorEntry;
 use crate::decode::Mac;
 use hmac::{Hmac, Mac as _};
@@ -15,7 +17,7 @@ use sha2::Sha256;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The domain-separation tag of signature format version 1.
 pub const SIGNATURE_TAG: &[u8] = b"vmsentry-hv-v1";
@@ -74,12 +76,17 @@ impl ClusterKey {
         Ok(ClusterKey(t.to_vec()))
     }
 
-    fn mac_for(&self, cluster: &str, id: &str, mac: Mac) -> HmacSha256 {
+    /// A fresh HMAC-SHA256 keyed with the cluster key.
+    pub(crate) fn hmac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut m = match HmacSha256::new_from_slice(&self.0) {
+        match HmacSha256::new_from_slice(&self.0) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC takes keys of any length"),
-        };
+        }
+    }
+
+    fn mac_for(&self, cluster: &str, id: &str, mac: Mac) -> HmacSha256 {
+        let mut m = self.hmac();
         m.update(SIGNATURE_TAG);
         m.update(&[0]);
         m.update(cluster.as_bytes());

@@ -1,0 +1,405 @@
+//! Location: which hypervisor each VM is on, its moves (live migrations) as the wire shows them, and clones.
+//!
+//! A VM starts where the rules say. Each window's sightings (in time order)
+//! move it: a sighting at another hypervisor is a move, announced (RARP,
+//! gratuitous ARP) or not. A move is measured from what the wire shows: the
+//! migration streams between the two hypervisors that ended at most
+//! `migration.stream_gap_s` before it (bytes moved, total migration time from
+//! the first stream's start), and the downtime from the VM's last frame at
+//! the source to its first at the destination. Frames from the old
+//! hypervisor more than `migration.clone_overlap_ms` after the move mean two
+//! copies of the VM run at once: a clone.
+
+use crate::config::MigrationRules;
+use crate::decode::Mac;
+use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamPart, Via};
+use crate::time::PacketTime;
+use crate::trust::token::{Authorization, TokenStore};
+use crate::trust::{Registry, Verdict};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// A hypervisor as the wire shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Index into the registry, when its MAC or IP is registered.
+    pub hv: Option<usize>,
+    /// The outer source MAC the VM's frames came with (none for the rules or a sensor).
+    pub mac: Option<Mac>,
+    pub ip: Option<IpAddr>,
+}
+
+impl Place {
+    pub fn registered(hv: usize) -> Place {
+        Place { hv: Some(hv), mac: None, ip: None }
+    }
+
+    fn same(&self, o: &Place) -> bool {
+        match (self.hv, o.hv) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.mac == o.mac,
+            _ => false,
+        }
+    }
+
+    /// The registry id, or the MAC for an unregistered hypervisor.
+    pub fn name(&self, registry: &Registry) -> Option<String> {
+        match (self.hv.and_then(|h| registry.get(h)), self.mac) {
+            (Some(e), _) => Some(e.id.clone()),
+            (None, Some(m)) => Some(m.to_string()),
+            (None, None) => None,
+        }
+    }
+
+    /// Signed for the MAC the traffic shows (or, without one, for any of its MACs).
+    pub fn verdict(&self, registry: &Registry) -> Verdict {
+        match (self.hv.and_then(|h| registry.get(h)), self.mac) {
+            (Some(e), Some(m)) => e.verdict_for_mac(m),
+            (Some(e), None) => e.verdict(),
+            (None, _) => Verdict::Unknown,
+        }
+    }
+}
+
+/// A move, as measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Move {
+    pub vm: usize,
+    pub ts: PacketTime,
+    pub from: Option<Place>,
+    /// `None` when an announce was seen but nothing tells where (plain network, no sensor).
+    pub to: Option<Place>,
+    pub via: Via,
+    pub verdict: Verdict,
+    pub authorization: Authorization,
+    pub streams: u32,
+    pub bytes: Option<u64>,
+    pub total_us: Option<i64>,
+    pub downtime_us: Option<i64>,
+}
+
+/// Something that contradicts the registry or the inventory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Conflict {
+    /// The VM sends from two hypervisors at once.
+    Clone { vm: usize, ts: PacketTime, places: [Place; 2] },
+    /// A hypervisor MAC seen from more than one outer IP.
+    HypervisorIps { ts: PacketTime, mac: Mac, ips: Vec<IpAddr> },
+    /// A frame inside a tunnel sent with a registered hypervisor's MAC.
+    VmUsesHypervisorMac { ts: PacketTime, mac: Mac, outer_ip: Option<IpAddr> },
+}
+
+impl Conflict {
+    pub fn ts(&self) -> PacketTime {
+        match self {
+            Conflict::Clone { ts, .. } | Conflict::HypervisorIps { ts, .. } | Conflict::VmUsesHypervisorMac { ts, .. } => *ts,
+        }
+    }
+}
+
+/// What one window changed, for the detector's levels.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flags {
+    /// Seen behind an unsigned hypervisor, or moved without authorization.
+    pub unsigned: bool,
+    /// Moved more than `migration.factor` x RAM.
+    pub too_many_bytes: bool,
+    /// Downtime over `migration.max_downtime_ms`.
+    pub long_downtime: bool,
+    pub clone: bool,
+    pub moved: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct VmLoc {
+    current: Option<Place>,
+    /// When the VM was last seen sending at `current`.
+    last_seen: Option<PacketTime>,
+    /// The place it left and when.
+    previous: Option<(Place, PacketTime)>,
+    last_announce: Option<PacketTime>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Stream {
+    part: StreamPart,
+    tied: bool,
+}
+
+/// Streams remembered at most.
+const MAX_STREAMS: usize = 4_096;
+
+pub struct Locator {
+    rules: MigrationRules,
+    registry: Registry,
+    /// Registered IPs per hypervisor.
+    hv_ips: Vec<Vec<IpAddr>>,
+    hv_by_mac: FxHashMap<Mac, usize>,
+    hv_by_ip: FxHashMap<IpAddr, usize>,
+    sensor: Option<usize>,
+    ram_bytes: Vec<Option<u64>>,
+    vm_index: FxHashMap<Mac, usize>,
+    vm_macs: Vec<Mac>,
+    vms: Vec<VmLoc>,
+    streams: FxHashMap<((IpAddr, u16), (IpAddr, u16)), Stream>,
+    /// Outer IPs seen per outer MAC (for the hypervisor-IPs conflict), bounded.
+    outer_ips: FxHashMap<Mac, BTreeSet<IpAddr>>,
+    reported: BTreeSet<(Mac, Option<IpAddr>)>,
+    tokens: TokenStore,
+    pub flags: Vec<Flags>,
+    pub dropped: u64,
+}
+
+/// Outer MACs remembered for the IP-conflict check.
+const MAX_OUTER_MACS: usize = 65_536;
+
+impl Locator {
+    pub fn new(rules: &crate::config::Rules, registry: Registry) -> Locator {
+        let mut hv_by_mac = FxHashMap::default();
+        let mut hv_by_ip = FxHashMap::default();
+        for (i, h) in rules.hypervisors.iter().enumerate() {
+            for m in &h.macs {
+                hv_by_mac.insert(*m, i);
+            }
+            for ip in &h.ips {
+                hv_by_ip.insert(*ip, i);
+            }
+        }
+        let vms: Vec<VmLoc> =
+            rules.vms.iter().map(|v| VmLoc { current: v.hypervisor.map(Place::registered), ..Default::default() }).collect();
+        Locator {
+            rules: rules.migration.clone(),
+            hv_ips: rules.hypervisors.iter().map(|h| h.ips.clone()).collect(),
+            hv_by_mac,
+            hv_by_ip,
+            sensor: rules.sensor,
+            ram_bytes: rules.vms.iter().map(|v| v.ram_mb.map(|m| m * 1024 * 1024)).collect(),
+            vm_index: rules.vms.iter().enumerate().map(|(i, v)| (v.mac, i)).collect(),
+            vm_macs: rules.vms.iter().map(|v| v.mac).collect(),
+            flags: vec![Flags::default(); vms.len()],
+            vms,
+            streams: FxHashMap::default(),
+            outer_ips: FxHashMap::default(),
+            reported: BTreeSet::new(),
+            tokens: TokenStore::open(rules.key.clone(), rules.migration.tokens_dir.as_deref()),
+            registry,
+            dropped: 0,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Where the VM is now (the wire's word, else the rules').
+    pub fn place(&self, vm: usize) -> Option<Place> {
+        self.vms.get(vm).and_then(|v| v.current)
+    }
+
+    fn resolve(&self, origin: Origin) -> Option<Place> {
+        match origin {
+            Origin::Outer { mac, ip } => {
+                let hv = self.hv_by_mac.get(&mac).or_else(|| self.hv_by_ip.get(&ip)).copied();
+                Some(Place { hv, mac: Some(mac), ip: Some(ip) })
+            }
+            Origin::Sensor => self.sensor.map(Place::registered),
+            Origin::Unknown => None,
+        }
+    }
+
+    fn ips_of(&self, p: &Place) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = p.hv.and_then(|h| self.hv_ips.get(h)).cloned().unwrap_or_default();
+        v.extend(p.ip);
+        v
+    }
+
+    /// Takes one window's evidence (`now`: the window's end); returns its
+    /// moves and conflicts in time order, and leaves per-VM [`Flags`] for the
+    /// levels.
+    pub fn window(&mut self, ev: &Evidence, now: PacketTime) -> (Vec<Move>, Vec<Conflict>) {
+        self.dropped += ev.dropped;
+        let mut conflicts = Vec::new();
+        self.take_streams(&ev.streams, now);
+        self.take_oddities(&ev.oddities, now, &mut conflicts);
+        let mut moves = Vec::new();
+        for s in &ev.sightings {
+            let Some(&i) = self.vm_index.get(&s.vm) else { continue };
+            self.sighting(i, s, &mut moves, &mut conflicts);
+        }
+        conflicts.sort_by_key(Conflict::ts);
+        (moves, conflicts)
+    }
+
+    fn take_streams(&mut self, parts: &[StreamPart], now: PacketTime) {
+        for p in parts {
+            let key = (p.src, p.dst);
+            match self.streams.get_mut(&key) {
+                Some(s) => {
+                    s.part.first = s.part.first.min(p.first);
+                    s.part.last = s.part.last.max(p.last);
+                    s.part.bytes += p.bytes;
+                }
+                None => {
+                    if self.streams.len() >= MAX_STREAMS {
+                        self.dropped += 1;
+                        continue;
+                    }
+                    self.streams.insert(key, Stream { part: *p, tied: false });
+                }
+            }
+        }
+        // Forget streams long past any announce they could be tied to.
+        let horizon = now.as_micros() - 10 * (self.rules.stream_gap_s as i64 + 60) * 1_000_000;
+        self.streams.retain(|_, s| s.part.last.as_micros() >= horizon);
+    }
+
+    /// Registry contradictions; reported at the window's end (`ts`), once each.
+    fn take_oddities(&mut self, odd: &[Oddity], ts: PacketTime, conflicts: &mut Vec<Conflict>) {
+        for o in odd {
+            match *o {
+                Oddity::OuterPair { mac, ip } => {
+                    if !self.outer_ips.contains_key(&mac) && self.outer_ips.len() >= MAX_OUTER_MACS {
+                        continue;
+                    }
+                    let ips = self.outer_ips.entry(mac).or_default();
+                    if ips.len() < 16 && ips.insert(ip) && ips.len() > 1 && self.hv_by_mac.contains_key(&mac) {
+                        conflicts.push(Conflict::HypervisorIps {
+                            ts,
+                            mac,
+                            ips: ips.iter().copied().collect(),
+                        });
+                    }
+                }
+                Oddity::VmUsesHypervisorMac { mac, outer_ip } => {
+                    if self.reported.insert((mac, outer_ip)) {
+                        conflicts.push(Conflict::VmUsesHypervisorMac { ts, mac, outer_ip });
+                    }
+                }
+            }
+        }
+    }
+
+    fn sighting(&mut self, i: usize, s: &Sighting, moves: &mut Vec<Move>, conflicts: &mut Vec<Conflict>) {
+        let burst = self.rules.announce_burst_ms as i64 * 1000;
+        let seen_at = s.announce.map_or(s.first, |(t, _)| t.min(s.first));
+        let Some(place) = self.resolve(s.origin) else {
+            // An announce with nothing to say where: a move to an unknown place,
+            // once per burst.
+            if let Some((t, via)) = s.announce {
+                let v = &mut self.vms[i];
+                if v.last_announce.is_none_or(|l| t.as_micros() - l.as_micros() > burst) {
+                    v.last_announce = Some(t);
+                    // No destination to hold a token against.
+                    if self.rules.require_authorization {
+                        self.flags[i].unsigned = true;
+                    }
+                    self.flags[i].moved = true;
+                    moves.push(Move {
+                        vm: i,
+                        ts: t,
+                        from: v.current,
+                        to: None,
+                        via,
+                        verdict: Verdict::Unknown,
+                        authorization: Authorization::Missing,
+                        streams: 0,
+                        bytes: None,
+                        total_us: None,
+                        downtime_us: None,
+                    });
+                }
+            }
+            return;
+        };
+        if let Some((t, _)) = s.announce {
+            self.vms[i].last_announce = Some(t);
+        }
+        let verdict = place.verdict(&self.registry);
+        let current = self.vms[i].current;
+        match current {
+            Some(cur) if !cur.same(&place) => {
+                let previous = self.vms[i].previous;
+                if let Some((prev, moved_at)) = previous.filter(|(p, _)| p.same(&place)) {
+                    // Still sending from where it left.
+                    let overlap = self.rules.clone_overlap_ms as i64 * 1000;
+                    if s.last.as_micros() > moved_at.as_micros() + overlap {
+                        self.flags[i].clone = true;
+                        conflicts.push(Conflict::Clone { vm: i, ts: s.last, places: [prev, cur] });
+                    }
+                    return;
+                }
+                self.moved(i, cur, place, s, seen_at, verdict, moves);
+            }
+            _ => {
+                // Where it was (or first sight): the wire's MAC now decides the verdict.
+                let v = &mut self.vms[i];
+                v.current = Some(place);
+                v.last_seen = Some(v.last_seen.map_or(s.last, |l| l.max(s.last)));
+                if !verdict.is_signed() {
+                    self.flags[i].unsigned = true;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn moved(&mut self, i: usize, from: Place, to: Place, s: &Sighting, at: PacketTime, verdict: Verdict, moves: &mut Vec<Move>) {
+        let via = s.announce.map_or(Via::Traffic, |(_, v)| v);
+        // Streams between the two hypervisors, ended shortly before the move.
+        let (from_ips, to_ips) = (self.ips_of(&from), self.ips_of(&to));
+        let gap = self.rules.stream_gap_s as i64 * 1_000_000;
+        let mut streams = 0u32;
+        let mut bytes = 0u64;
+        let mut start: Option<PacketTime> = None;
+        for st in self.streams.values_mut() {
+            let p = st.part;
+            let between = (from_ips.contains(&p.src.0) && to_ips.contains(&p.dst.0))
+                || (to_ips.contains(&p.src.0) && from_ips.contains(&p.dst.0));
+            if st.tied || !between || p.first > at || p.last.as_micros() < at.as_micros() - gap {
+                continue;
+            }
+            st.tied = true;
+            streams += 1;
+            bytes += p.bytes;
+            start = Some(start.map_or(p.first, |x| x.min(p.first)));
+        }
+        let to_name = to.name(&self.registry).unwrap_or_default();
+        let authorization = self.tokens.authorize(self.vm_macs[i], &to_name, at);
+        let v = &mut self.vms[i];
+        let downtime_us = v.last_seen.map(|l| (at.as_micros() - l.as_micros()).max(0));
+        v.previous = Some((from, at));
+        v.current = Some(to);
+        v.last_seen = Some(s.last);
+        let f = &mut self.flags[i];
+        f.moved = true;
+        if !verdict.is_signed() || (self.rules.require_authorization && authorization != Authorization::Granted) {
+            f.unsigned = true;
+        }
+        if let (Some(ram), true) = (self.ram_bytes[i], streams > 0) {
+            if bytes as f64 > self.rules.factor * ram as f64 {
+                f.too_many_bytes = true;
+            }
+        }
+        if downtime_us.is_some_and(|d| d > self.rules.max_downtime_ms as i64 * 1000) {
+            f.long_downtime = true;
+        }
+        moves.push(Move {
+            vm: i,
+            ts: at,
+            from: Some(from),
+            to: Some(to),
+            via,
+            verdict,
+            authorization,
+            streams,
+            bytes: (streams > 0).then_some(bytes),
+            total_us: start.map(|st| at.as_micros() - st.as_micros()),
+            downtime_us,
+        });
+    }
+
+    pub fn ram_bytes(&self, vm: usize) -> Option<u64> {
+        self.ram_bytes.get(vm).copied().flatten()
+    }
+}

@@ -1,0 +1,257 @@
+//! Placement evidence: where inventory VMs were seen sending, their announces, and hypervisor-to-hypervisor migration streams, per shard and window.
+//!
+//! A VM is located by the frames it *sends*: the hypervisor that
+//! encapsulated them (outer source MAC and IP) or, on a plain network, the
+//! hypervisor whose uplink this sensor watches (`[sensor]`). Frames *to* a
+//! VM say only where a sender believes it is, which is stale during a
+//! migration, so they are not evidence. A RARP announce (QEMU's
+//! self-announce: opcode 3, sender and target hardware address the VM's
+//! MAC) or a gratuitous ARP from the VM is evidence even when nothing says
+//! where it came from.
+//!
+//! Everything here is bounded per window: entries past the cap are counted
+//! and dropped.
+
+use crate::decode::{tcp_flags, Mac, Net, Observation, L4};
+use crate::time::PacketTime;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// How a VM showed where it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// Ordinary frames it sent.
+    Traffic,
+    /// A gratuitous ARP from it.
+    Garp,
+    /// A RARP self-announce.
+    Rarp,
+}
+
+/// Where frames came from: the tunnel's outer source, or nothing known
+/// (plain network, no sensor), in which case only announces are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    Outer { mac: Mac, ip: IpAddr },
+    /// The sensor's own hypervisor (`[sensor] hypervisor`).
+    Sensor,
+    Unknown,
+}
+
+/// One VM seen at one origin in one window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Sighting {
+    pub vm: Mac,
+    pub origin: Origin,
+    pub first: PacketTime,
+    pub last: PacketTime,
+    pub frames: u64,
+    /// The first announce among them, and its kind.
+    pub announce: Option<(PacketTime, Via)>,
+}
+
+/// A TCP stream on a migration port, as seen in one window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamPart {
+    pub src: (IpAddr, u16),
+    pub dst: (IpAddr, u16),
+    pub first: PacketTime,
+    pub last: PacketTime,
+    pub bytes: u64,
+}
+
+/// Something on the wire that contradicts the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Oddity {
+    /// A frame inside a tunnel whose VM-layer source is a registered hypervisor's MAC.
+    VmUsesHypervisorMac { mac: Mac, outer_ip: Option<IpAddr> },
+    /// A tunnel's outer source MAC with this IP.
+    OuterPair { mac: Mac, ip: IpAddr },
+}
+
+/// What the shards need to know to collect evidence (shared, read-only).
+#[derive(Debug, Default)]
+pub struct PlacementConfig {
+    pub vms: FxHashSet<Mac>,
+    pub hypervisor_macs: FxHashSet<Mac>,
+    pub sensor: bool,
+    /// Inclusive port ranges of migration streams.
+    pub ports: Vec<(u16, u16)>,
+}
+
+impl PlacementConfig {
+    fn migration_port(&self, p: u16) -> bool {
+        self.ports.iter().any(|&(a, b)| (a..=b).contains(&p))
+    }
+}
+
+/// Caps per shard and window.
+const MAX_SIGHTINGS: usize = 65_536;
+const MAX_STREAMS: usize = 4_096;
+const MAX_ODDITIES: usize = 1_024;
+
+/// One window's evidence, handed to the merge.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    pub sightings: Vec<Sighting>,
+    pub streams: Vec<StreamPart>,
+    pub oddities: Vec<Oddity>,
+    pub dropped: u64,
+}
+
+pub struct PlacementCollector {
+    cfg: Arc<PlacementConfig>,
+    sightings: FxHashMap<(Mac, Origin), Sighting>,
+    streams: FxHashMap<((IpAddr, u16), (IpAddr, u16)), StreamPart>,
+    oddities: FxHashSet<Oddity>,
+    dropped: u64,
+}
+
+impl PlacementCollector {
+    pub fn new(cfg: Arc<PlacementConfig>) -> Self {
+        PlacementCollector {
+            cfg,
+            sightings: FxHashMap::default(),
+            streams: FxHashMap::default(),
+            oddities: FxHashSet::default(),
+            dropped: 0,
+        }
+    }
+
+    #[inline]
+    pub fn observe(&mut self, o: &Observation) {
+        let Some(l2) = o.l2 else { return };
+        if let Some(outer) = o.outer {
+            if self.cfg.hypervisor_macs.contains(&l2.src) {
+                self.oddity(Oddity::VmUsesHypervisorMac { mac: l2.src, outer_ip: Some(outer.src_ip) });
+            }
+            self.oddity(Oddity::OuterPair { mac: outer.src_mac, ip: outer.src_ip });
+        } else if self.cfg.migration_port_frame(o) {
+            self.stream(o);
+        }
+        if !self.cfg.vms.contains(&l2.src) {
+            return;
+        }
+        let announce = match o.net {
+            Net::Arp { rarp: true, op: 3, sender_mac, target_mac, .. } if sender_mac == l2.src && target_mac == l2.src => {
+                Some(Via::Rarp)
+            }
+            Net::Arp { rarp: false, sender_mac, sender_ip, target_ip, .. }
+                if sender_mac == l2.src && sender_ip == target_ip && !sender_ip.is_unspecified() =>
+            {
+                Some(Via::Garp)
+            }
+            _ => None,
+        };
+        let origin = match o.outer {
+            Some(outer) => Origin::Outer { mac: outer.src_mac, ip: outer.src_ip },
+            None if self.cfg.sensor => Origin::Sensor,
+            None if announce.is_some() => Origin::Unknown,
+            None => return,
+        };
+        let key = (l2.src, origin);
+        if !self.sightings.contains_key(&key) && self.sightings.len() >= MAX_SIGHTINGS {
+            self.dropped += 1;
+            return;
+        }
+        let s = self.sightings.entry(key).or_insert(Sighting {
+            vm: l2.src,
+            origin,
+            first: o.ts,
+            last: o.ts,
+            frames: 0,
+            announce: None,
+        });
+        s.first = s.first.min(o.ts);
+        s.last = s.last.max(o.ts);
+        s.frames += 1;
+        if let Some(via) = announce {
+            if s.announce.is_none_or(|(t, _)| o.ts < t) {
+                s.announce = Some((o.ts, via));
+            }
+        }
+    }
+
+    fn oddity(&mut self, x: Oddity) {
+        if self.oddities.len() < MAX_ODDITIES {
+            self.oddities.insert(x);
+        }
+    }
+
+    fn stream(&mut self, o: &Observation) {
+        let (Net::Ip { src, dst, .. }, L4::Tcp(t)) = (o.net, o.l4) else { return };
+        if t.flags & tcp_flags::RST != 0 {
+            return;
+        }
+        let key = ((src, t.src_port), (dst, t.dst_port));
+        if !self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS {
+            self.dropped += 1;
+            return;
+        }
+        let s = self.streams.entry(key).or_insert(StreamPart { src: key.0, dst: key.1, first: o.ts, last: o.ts, bytes: 0 });
+        s.first = s.first.min(o.ts);
+        s.last = s.last.max(o.ts);
+        s.bytes += u64::from(o.orig_len);
+    }
+
+    /// Hands over the window's evidence.
+    pub fn take(&mut self) -> Evidence {
+        Evidence {
+            sightings: self.sightings.drain().map(|(_, v)| v).collect(),
+            streams: self.streams.drain().map(|(_, v)| v).collect(),
+            oddities: self.oddities.drain().collect(),
+            dropped: std::mem::take(&mut self.dropped),
+        }
+    }
+}
+
+impl PlacementConfig {
+    /// An untunneled TCP frame to or from a migration port.
+    #[inline]
+    fn migration_port_frame(&self, o: &Observation) -> bool {
+        match o.l4 {
+            L4::Tcp(t) => self.migration_port(t.src_port) || self.migration_port(t.dst_port),
+            _ => false,
+        }
+    }
+}
+
+impl Evidence {
+    /// Adds another shard's evidence of the same window.
+    pub fn append(&mut self, o: &mut Evidence) {
+        self.sightings.append(&mut o.sightings);
+        self.streams.append(&mut o.streams);
+        self.oddities.append(&mut o.oddities);
+        self.dropped += o.dropped;
+    }
+
+    /// Merges entries of the same key from different shards and sorts, so the
+    /// result does not depend on how frames were spread.
+    pub fn normalize(&mut self) {
+        self.sightings.sort_unstable_by_key(|s| (s.vm, s.origin));
+        let mut merged: Vec<Sighting> = Vec::with_capacity(self.sightings.len());
+        for s in self.sightings.drain(..) {
+            match merged.last_mut() {
+                Some(m) if m.vm == s.vm && m.origin == s.origin => {
+                    m.first = m.first.min(s.first);
+                    m.last = m.last.max(s.last);
+                    m.frames += s.frames;
+                    m.announce = match (m.announce, s.announce) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                _ => merged.push(s),
+            }
+        }
+        // In time order, so moves are taken in the order they happened.
+        merged.sort_unstable_by_key(|s| (s.announce.map_or(s.first, |a| a.0.min(s.first)), s.vm, s.origin));
+        self.sightings = merged;
+        self.streams.sort_unstable();
+        self.oddities.sort_unstable();
+        self.oddities.dedup();
+    }
+}

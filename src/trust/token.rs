@@ -1,0 +1,262 @@
+//! Authorization tokens: an orchestrator's signed, expiring, single-use permission for one VM to move to one hypervisor.
+//!
+//! A token is one line of text:
+//!
+//! ```text
+//! vmsentry-token-v1 vm=fa:16:3e:00:00:01 to=compute-2 expires=1700000100 nonce=5f0c2a9e41d7b3c8 sig=<64 hex>
+//! ```
+//!
+//! `sig = hex(HMAC-SHA256(key, "vmsentry-auth-v1" 0x00 vm 0x00 to 0x00 expires 0x00 nonce))`
+//! with the cluster key; `expires` is Unix seconds, compared with the packet
+//! time of the move; `to` is the destination's registry id (or its MAC when
+//! it is not registered). Tokens are read from the files of
+//! `migration.tokens_dir` (one or more per file, `#` starts a comment) when a
+//! move is checked. A token is used once: its nonce is remembered, and
+//! appended to `used-tokens` in the same directory so a restart remembers it
+//! too.
+
+use super::ClusterKey;
+use crate::decode::Mac;
+use crate::time::PacketTime;
+use hmac::Mac as _;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const TOKEN_TAG: &str = "vmsentry-token-v1";
+const SIGNED_TAG: &[u8] = b"vmsentry-auth-v1";
+/// The file of used nonces, inside the tokens directory.
+pub const USED_FILE: &str = "used-tokens";
+/// Token files larger than this are skipped.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub vm: Mac,
+    pub to: String,
+    pub expires: i64,
+    pub nonce: String,
+    pub sig: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("not a vmsentry token (it must start with `{TOKEN_TAG}`)")]
+    Tag,
+    #[error("token field `{0}` is missing or malformed")]
+    Field(&'static str),
+}
+
+fn message(vm: Mac, to: &str, expires: i64, nonce: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64);
+    m.extend_from_slice(SIGNED_TAG);
+    for part in [vm.to_string().as_str(), to, &expires.to_string(), nonce] {
+        m.push(0);
+        m.extend_from_slice(part.as_bytes());
+    }
+    m
+}
+
+impl Token {
+    /// Makes a signed token.
+    pub fn sign(key: &ClusterKey, vm: Mac, to: &str, expires: i64, nonce: &str) -> Token {
+        let mut h = key.hmac();
+        h.update(&message(vm, to, expires, nonce));
+        let sig = hex::encode(h.finalize().into_bytes());
+        Token { vm, to: to.to_string(), expires, nonce: nonce.to_string(), sig }
+    }
+
+    /// Constant-time check of the signature.
+    pub fn verify(&self, key: &ClusterKey) -> bool {
+        let Ok(sig) = hex::decode(&self.sig) else { return false };
+        let mut h = key.hmac();
+        h.update(&message(self.vm, &self.to, self.expires, &self.nonce));
+        h.verify_slice(&sig).is_ok()
+    }
+
+    pub fn parse(line: &str) -> Result<Token, TokenError> {
+        let mut parts = line.split_whitespace();
+        if parts.next() != Some(TOKEN_TAG) {
+            return Err(TokenError::Tag);
+        }
+        let (mut vm, mut to, mut expires, mut nonce, mut sig) = (None, None, None, None, None);
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else { continue };
+            match k {
+                "vm" => vm = v.parse::<Mac>().ok(),
+                "to" => to = Some(v.to_string()),
+                "expires" => expires = v.parse::<i64>().ok(),
+                "nonce" => nonce = Some(v.to_string()),
+                "sig" => sig = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        Ok(Token {
+            vm: vm.ok_or(TokenError::Field("vm"))?,
+            to: to.filter(|t| !t.is_empty()).ok_or(TokenError::Field("to"))?,
+            expires: expires.ok_or(TokenError::Field("expires"))?,
+            nonce: nonce.filter(|n| n.len() >= 8).ok_or(TokenError::Field("nonce"))?,
+            sig: sig.ok_or(TokenError::Field("sig"))?,
+        })
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{TOKEN_TAG} vm={} to={} expires={} nonce={} sig={}",
+            self.vm, self.to, self.expires, self.nonce, self.sig
+        )
+    }
+}
+
+/// Why a move was or was not authorized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authorization {
+    /// A valid token was found and used up.
+    Granted,
+    /// No token for this VM and destination.
+    Missing,
+    /// A token for it was found, but expired.
+    Expired,
+    /// The only matching tokens were already used.
+    Replayed,
+}
+
+impl Authorization {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Authorization::Granted => "granted",
+            Authorization::Missing => "missing",
+            Authorization::Expired => "expired",
+            Authorization::Replayed => "replayed",
+        }
+    }
+}
+
+/// The tokens directory and the nonces already used.
+pub struct TokenStore {
+    key: ClusterKey,
+    dir: Option<PathBuf>,
+    used: HashSet<String>,
+}
+
+impl TokenStore {
+    pub fn open(key: ClusterKey, dir: Option<&Path>) -> TokenStore {
+        let mut used = HashSet::new();
+        if let Some(d) = dir {
+            if let Ok(text) = std::fs::read_to_string(d.join(USED_FILE)) {
+                used.extend(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()));
+            }
+        }
+        TokenStore { key, dir: dir.map(Path::to_path_buf), used }
+    }
+
+    /// Looks for a valid, unexpired, unused token for `vm` moving to `to` at
+    /// packet time `at`, and uses it up.
+    pub fn authorize(&mut self, vm: Mac, to: &str, at: PacketTime) -> Authorization {
+        let Some(dir) = self.dir.clone() else { return Authorization::Missing };
+        let mut best = Authorization::Missing;
+        for t in read_tokens(&dir) {
+            if t.vm != vm || t.to != to || !t.verify(&self.key) {
+                continue;
+            }
+            if t.expires.saturating_mul(1_000_000) < at.as_micros() {
+                best = Authorization::Expired;
+                continue;
+            }
+            if self.used.contains(&t.nonce) {
+                if best == Authorization::Missing {
+                    best = Authorization::Replayed;
+                }
+                continue;
+            }
+            self.used.insert(t.nonce.clone());
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(USED_FILE))
+                .and_then(|mut f| writeln!(f, "{}", t.nonce));
+            if let Err(e) = appended {
+                eprintln!("vmsentry: cannot record used token in {}: {e} (it stays used until restart)", dir.display());
+            }
+            return Authorization::Granted;
+        }
+        best
+    }
+}
+
+/// Every well-formed token line in the directory's files (sorted by name).
+fn read_tokens(dir: &Path) -> Vec<Token> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != USED_FILE))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= MAX_FILE_BYTES))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|text| text.lines().filter_map(|l| Token::parse(l.trim()).ok()).collect::<Vec<_>>())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_bytes(&[b'k'; 32]).unwrap()
+    }
+    fn vm() -> Mac {
+        "fa:16:3e:00:00:01".parse().unwrap()
+    }
+
+    #[test]
+    fn sign_print_parse_verify_round_trip() {
+        let t = Token::sign(&key(), vm(), "compute-2", 1_700_000_100, "0011223344556677");
+        let line = t.to_string();
+        assert!(line.starts_with("vmsentry-token-v1 vm=fa:16:3e:00:00:01 to=compute-2 expires=1700000100 nonce=0011223344556677 sig="));
+        let p = Token::parse(&line).unwrap();
+        assert_eq!(p, t);
+        assert!(p.verify(&key()));
+        // Any change breaks it.
+        for bad in [
+            Token { to: "compute-3".into(), ..t.clone() },
+            Token { expires: t.expires + 1, ..t.clone() },
+            Token { nonce: "0011223344556678".into(), ..t.clone() },
+            Token { vm: "fa:16:3e:00:00:02".parse().unwrap(), ..t.clone() },
+        ] {
+            assert!(!bad.verify(&key()));
+        }
+        assert!(!t.verify(&ClusterKey::from_bytes(&[b'j'; 32]).unwrap()));
+        assert_eq!(Token::parse("hello"), Err(TokenError::Tag));
+        assert_eq!(Token::parse("vmsentry-token-v1 vm=x"), Err(TokenError::Field("vm")));
+    }
+
+    #[test]
+    fn a_token_is_used_once_and_only_before_it_expires() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Token::sign(&key(), vm(), "compute-2", 1_700_000_100, "aaaaaaaaaaaaaaaa");
+        std::fs::write(d.path().join("move.token"), format!("# for the test\n{t}\n")).unwrap();
+        let at = PacketTime::from_micros(1_700_000_000_000_000);
+        let mut s = TokenStore::open(key(), Some(d.path()));
+        assert_eq!(s.authorize(vm(), "compute-3", at), Authorization::Missing);
+        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Granted);
+        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Replayed);
+        // A restart remembers it.
+        let mut s = TokenStore::open(key(), Some(d.path()));
+        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Replayed);
+        // A fresh token past its expiry.
+        let late = Token::sign(&key(), vm(), "compute-2", 1_600_000_000, "bbbbbbbbbbbbbbbb");
+        std::fs::write(d.path().join("late.token"), late.to_string()).unwrap();
+        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Expired);
+        // A forged one is ignored.
+        let forged = Token { sig: "00".repeat(32), ..Token::sign(&key(), vm(), "compute-2", 1_800_000_000, "cccccccccccccccc") };
+        std::fs::write(d.path().join("forged.token"), forged.to_string()).unwrap();
+        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Expired);
+    }
+}
