@@ -43,6 +43,23 @@ pub enum Command {
         #[arg(long, default_value = "rules")]
         rules: PathBuf,
     },
+    /// Print a token that authorizes one move of a VM to a hypervisor, once, until it expires.
+    Authorize {
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The VM's MAC.
+        #[arg(long)]
+        vm: String,
+        /// The destination: its registry id (or its MAC if it is not registered).
+        #[arg(long)]
+        to: String,
+        /// How long it is valid, e.g. `10m`, `2h`, `7days`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// A fixed nonce (16+ hex digits) instead of a random one; for tests.
+        #[arg(long, hide = true)]
+        nonce: Option<String>,
+    },
     /// Print the signature of a hypervisor (HMAC-SHA256 with the cluster key).
     Sign {
         #[arg(long)]

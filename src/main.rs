@@ -14,6 +14,7 @@ use vmsentry::config::Rules;
 use vmsentry::decode::Mac;
 use vmsentry::event::{EventSink, JsonLines};
 use vmsentry::pipeline::{self, PipelineError};
+use vmsentry::trust::token::Token;
 use vmsentry::trust::{ClusterKey, Registry, Verdict};
 
 /// An error that is the user's to fix: exit status 2.
@@ -64,6 +65,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mac: Mac = mac.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
             let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
             println!("{}", key.sign(&cluster, &id, mac));
+            Ok(())
+        }
+        Command::Authorize { key_file, vm, to, ttl, nonce } => {
+            let vm: Mac = vm.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
+            if to.is_empty() || to.contains(char::is_whitespace) {
+                return Err(bad("--to must be a hypervisor id without spaces"));
+            }
+            let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
+            let nonce = match nonce {
+                Some(n) if n.len() >= 16 && n.bytes().all(|b| b.is_ascii_hexdigit()) => n,
+                Some(_) => return Err(bad("--nonce must be at least 16 hex digits")),
+                None => {
+                    let mut b = [0u8; 8];
+                    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for the nonce: {e}"))?;
+                    hex::encode(b)
+                }
+            };
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).context("clock before 1970")?;
+            let expires = (now + ttl).as_secs() as i64;
+            println!("{}", Token::sign(&key, vm, &to, expires, &nonce));
             Ok(())
         }
         Command::Replay { rules, events, threads, speed, listen, no_progress, rtt_samples, pcaps } => {

@@ -183,7 +183,8 @@ fn basic_scenario_acts_once_per_rise_by_policy_and_signature() {
             "log",
             "queued"
         ]),
-        // compute-1 has 1 VM after web-1 left; compute-3 has api-1, api-2 and web-1.
+        // After web-1 left, compute-1 holds 5 VMs of the rules (db-1, mig-1, -2, -5, -6)
+        // and compute-3 3 (api-1, api-2, web-1): the fewest wins.
         json!([
             "2023-11-14T22:14:02.000000Z",
             "1700000042000000-5",
@@ -191,7 +192,7 @@ fn basic_scenario_acts_once_per_rise_by_policy_and_signature() {
             "migrate",
             "compute-2",
             "signed",
-            "compute-1",
+            "compute-3",
             "HIGH",
             "volume",
             "log",
@@ -500,7 +501,7 @@ fn check_warns_about_unsigned_hypervisors_and_exits_0() {
         lines[0],
         "warning: hypervisor `compute-9`: signature does not verify for MAC 52:54:00:aa:00:09: it is unsigned for that MAC"
     );
-    assert!(lines[1].ends_with("OK: cluster `lab`, 4 hypervisors (3 signed), 8 VMs"), "{}", lines[1]);
+    assert!(lines[1].ends_with("OK: cluster `lab`, 4 hypervisors (3 signed), 14 VMs"), "{}", lines[1]);
 }
 
 #[test]
@@ -922,4 +923,414 @@ fn vxlan_inner_frame_is_the_vm_layer() {
     // (Ethernet 14, IPv4 20, UDP 8, VXLAN 8).
     let s = summary(&ev);
     assert_eq!(s["bytes"].as_u64().unwrap() - 100 * 50, 10562 + 10486);
+}
+
+// ---- Migrations ------------------------------------------------------------
+
+/// (ts, vm, from, to, via, signature, authorization, streams, bytes, total ms, downtime ms)
+fn migrations(ev: &[Value]) -> Vec<Value> {
+    of_type(ev, "migration")
+        .into_iter()
+        .map(|e| {
+            json!([
+                e["ts"],
+                e["vm_name"],
+                e["from_hypervisor"],
+                e["to_hypervisor"],
+                e["via"],
+                e["signature"],
+                e["authorization"],
+                e["streams"],
+                e["bytes"],
+                e["total_ms"],
+                e["downtime_ms"]
+            ])
+        })
+        .collect()
+}
+
+fn rises(ev: &[Value]) -> Vec<Value> {
+    of_type(ev, "level")
+        .into_iter()
+        .filter(|e| e["from"] == "LOW")
+        .map(|e| json!([e["ts"], e["vm_name"], e["to"], e["reason"], e["hypervisor"]]))
+        .collect()
+}
+
+fn actions(ev: &[Value]) -> Vec<Value> {
+    of_type(ev, "action")
+        .into_iter()
+        .map(|e| json!([e["ts"], e["vm_name"], e["action"], e["reason"], e["destination"]]))
+        .collect()
+}
+
+fn with_rules(extra: &str) -> tempfile::TempDir {
+    let rules = rules_dir();
+    let p = rules.path().join("vmsentry.toml");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str(extra);
+    std::fs::write(&p, text).unwrap();
+    let tokens = rules.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::copy(root().join("rules/tokens/demo.tokens"), tokens.join("demo.tokens")).unwrap();
+    rules
+}
+
+const T: &str = "2023-11-14T22:13:";
+
+#[test]
+fn migrations_over_vxlan_are_seen_measured_and_checked() {
+    let rules = with_rules("");
+    let ev = replay(rules.path(), 2, &[capture("migration-vxlan.pcap")]);
+    let want = vec![
+        // Announced, with its stream (195 x 1502 bytes from 3.0 s), 100 ms after its last frame at compute-1.
+        json!([
+            format!("{T}25.000000Z"),
+            "mig-1",
+            "compute-1",
+            "compute-2",
+            "rarp",
+            "valid",
+            "granted",
+            1,
+            292890,
+            2000.0,
+            100.0
+        ]),
+        json!([
+            format!("{T}30.000000Z"),
+            "mig-2",
+            "compute-1",
+            "52:54:00:66:66:66",
+            "traffic",
+            "unknown",
+            "missing",
+            0,
+            null,
+            null,
+            100.0
+        ]),
+        json!([
+            format!("{T}35.000000Z"),
+            "mig-3",
+            "compute-2",
+            "compute-9",
+            "rarp",
+            "invalid",
+            "missing",
+            0,
+            null,
+            null,
+            100.0
+        ]),
+        json!([
+            format!("{T}40.300000Z"),
+            "mig-4",
+            "compute-2",
+            "compute-3",
+            "rarp",
+            "valid",
+            "granted",
+            1,
+            5857800,
+            2300.0,
+            400.0
+        ]),
+        json!([
+            format!("{T}45.000000Z"),
+            "mig-5",
+            "compute-1",
+            "compute-3",
+            "traffic",
+            "valid",
+            "missing",
+            0,
+            null,
+            null,
+            0.0
+        ]),
+        json!([
+            format!("{T}53.000000Z"),
+            "mig-6",
+            "compute-1",
+            "compute-2",
+            "rarp",
+            "valid",
+            "granted",
+            0,
+            null,
+            null,
+            100.0
+        ]),
+        json!([
+            format!("{T}56.000000Z"),
+            "mig-6",
+            "compute-2",
+            "compute-1",
+            "rarp",
+            "valid",
+            "missing",
+            0,
+            null,
+            null,
+            100.0
+        ]),
+        // The same token again: not accepted twice.
+        json!([
+            format!("{T}59.000000Z"),
+            "mig-6",
+            "compute-1",
+            "compute-2",
+            "rarp",
+            "valid",
+            "replayed",
+            0,
+            null,
+            null,
+            100.0
+        ]),
+    ];
+    assert_eq!(migrations(&ev), want);
+    let mig4 = of_type(&ev, "migration").into_iter().find(|e| e["vm_name"] == "mig-4").unwrap();
+    assert_eq!(mig4["bytes_per_ram"], 5857800.0 / 1048576.0);
+    assert_eq!(
+        (mig4["to_mac"].clone(), mig4["to_ip"].clone(), mig4["authorized"].clone()),
+        (json!("52:54:00:aa:00:03"), json!("10.0.0.33"), json!(true))
+    );
+
+    assert_eq!(
+        rises(&ev),
+        vec![
+            json!([format!("{T}31.000000Z"), "mig-2", "HIGH", "signature", "52:54:00:66:66:66"]),
+            json!([format!("{T}36.000000Z"), "mig-3", "HIGH", "signature", "compute-9"]),
+            json!([format!("{T}41.000000Z"), "mig-4", "HIGH", "migration", "compute-3"]),
+            json!([format!("{T}48.000000Z"), "mig-5", "HIGH", "clone", "compute-3"]),
+        ]
+    );
+    assert_eq!(
+        actions(&ev),
+        vec![
+            json!([format!("{T}31.000000Z"), "mig-2", "quarantine", "signature", null]),
+            json!([format!("{T}36.000000Z"), "mig-3", "quarantine", "signature", null]),
+            json!([format!("{T}41.000000Z"), "mig-4", "migrate", "migration", "compute-2"]),
+            json!([format!("{T}48.000000Z"), "mig-5", "migrate", "clone", "compute-1"]),
+        ]
+    );
+    // A clone is reported each window both copies run past the overlap.
+    let clones: Vec<Value> = of_type(&ev, "conflict")
+        .into_iter()
+        .map(|e| json!([e["ts"], e["kind"], e["vm_name"], e["hypervisors"]]))
+        .collect();
+    assert_eq!(
+        clones,
+        ["47.9", "48.9", "49.9"]
+            .iter()
+            .map(|t| json!([format!("{T}{t}00000Z"), "clone", "mig-5", ["compute-1", "compute-3"]]))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn geneve_gives_the_same_migrations_as_vxlan() {
+    let strip = |ev: Vec<Value>| -> Vec<Value> {
+        ev.into_iter()
+            .filter(|e| {
+                ["migration", "conflict", "action"].contains(&e["type"].as_str().unwrap()) || e["type"] == "level"
+            })
+            .map(|mut e| {
+                // Geneve's option words make the inner frames no longer, but the
+                // outer ones are; rates are of the inner frames, so equal too.
+                e.as_object_mut().unwrap().remove("bps");
+                e
+            })
+            .collect()
+    };
+    let a = with_rules("");
+    let b = with_rules("");
+    let vx = strip(replay(a.path(), 2, &[capture("migration-vxlan.pcap")]));
+    let ge = strip(replay(b.path(), 2, &[capture("migration-geneve.pcap")]));
+    assert!(vx.len() > 20);
+    assert_eq!(vx, ge);
+}
+
+#[test]
+fn require_authorization_treats_unauthorized_moves_as_unsigned() {
+    let rules = with_rules("");
+    let p = rules.path().join("vmsentry.toml");
+    let text =
+        std::fs::read_to_string(&p).unwrap().replace("require_authorization = false", "require_authorization = true");
+    std::fs::write(&p, text).unwrap();
+    let ev = replay(rules.path(), 1, &[capture("migration-vxlan.pcap")]);
+    assert_eq!(
+        rises(&ev),
+        vec![
+            json!([format!("{T}31.000000Z"), "mig-2", "HIGH", "signature", "52:54:00:66:66:66"]),
+            json!([format!("{T}36.000000Z"), "mig-3", "HIGH", "signature", "compute-9"]),
+            json!([format!("{T}41.000000Z"), "mig-4", "HIGH", "migration", "compute-3"]),
+            // Moved to a signed host, but without a token.
+            json!([format!("{T}46.000000Z"), "mig-5", "HIGH", "signature", "compute-3"]),
+            // The move back without a token; the replayed token then keeps it HIGH.
+            json!([format!("{T}57.000000Z"), "mig-6", "HIGH", "signature", "compute-1"]),
+        ]
+    );
+    // Treated as unsigned: the policy quarantines instead of migrating.
+    let late: Vec<Value> = actions(&ev).into_iter().filter(|a| a[1] == "mig-5" || a[1] == "mig-6").collect();
+    assert_eq!(
+        late,
+        vec![
+            json!([format!("{T}46.000000Z"), "mig-5", "quarantine", "signature", null]),
+            json!([format!("{T}57.000000Z"), "mig-6", "quarantine", "signature", null]),
+        ]
+    );
+}
+
+#[test]
+fn used_tokens_are_remembered_across_runs() {
+    let rules = with_rules("");
+    let first = replay(rules.path(), 1, &[capture("migration-vxlan.pcap")]);
+    let second = replay(rules.path(), 1, &[capture("migration-vxlan.pcap")]);
+    let auth = |ev: &[Value]| -> Vec<String> {
+        of_type(ev, "migration").into_iter().map(|e| e["authorization"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(auth(&first), ["granted", "missing", "missing", "granted", "missing", "granted", "missing", "replayed"]);
+    assert_eq!(
+        auth(&second),
+        ["replayed", "missing", "missing", "replayed", "missing", "replayed", "missing", "replayed"]
+    );
+    let used = std::fs::read_to_string(rules.path().join("tokens/used-tokens")).unwrap();
+    assert_eq!(used, "0000000000000101\n0000000000000104\n0000000000000106\n");
+}
+
+#[test]
+fn plain_network_moves_are_located_by_the_sensor_or_reported_as_unknown() {
+    // A sensor on compute-2's uplink: the announce says the VM is on compute-2.
+    let rules = with_rules("\n[sensor]\nhypervisor = \"compute-2\"\n");
+    let ev = replay(rules.path(), 2, &[capture("migration-plain.pcap")]);
+    assert_eq!(
+        migrations(&ev),
+        vec![json!([
+            format!("{T}23.000000Z"),
+            "mig-1",
+            "compute-1",
+            "compute-2",
+            "rarp",
+            "valid",
+            "granted",
+            1,
+            292890,
+            2000.0,
+            null
+        ])]
+    );
+    assert!(rises(&ev).is_empty());
+    // No sensor: the announce shows a move, but not where to.
+    let rules = with_rules("");
+    let ev = replay(rules.path(), 2, &[capture("migration-plain.pcap")]);
+    assert_eq!(
+        migrations(&ev),
+        vec![json!([
+            format!("{T}23.000000Z"),
+            "mig-1",
+            "compute-1",
+            null,
+            "rarp",
+            "unknown",
+            "missing",
+            0,
+            null,
+            null,
+            null
+        ])]
+    );
+    assert!(rises(&ev).is_empty(), "an unlocated move raises nothing unless authorization is required");
+}
+
+#[test]
+fn authorize_prints_a_token_the_pipeline_accepts() {
+    let rules = rules_dir();
+    let key = rules.path().join("cluster.key");
+    let out = vmsentry(&[
+        "authorize",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--vm",
+        "FA:16:3E:00:01:05",
+        "--to",
+        "compute-3",
+        "--ttl",
+        "1h",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let t = vmsentry::trust::token::Token::parse(token.trim()).unwrap();
+    let k = vmsentry::trust::ClusterKey::load(&key).unwrap();
+    assert!(t.verify(&k));
+    assert_eq!((t.vm.to_string(), t.to.as_str(), t.nonce.len()), ("fa:16:3e:00:01:05".to_string(), "compute-3", 16));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now + 3590..=now + 3610).contains(&t.expires), "{}", t.expires);
+    // A token expiring before the capture's time does not authorize: the
+    // capture is from 2023, so a 1-hour token made now is valid for it.
+    let tokens = rules.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::write(tokens.join("mig5"), &token).unwrap();
+    let p = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, text).unwrap();
+    let ev = replay(rules.path(), 1, &[capture("migration-vxlan.pcap")]);
+    let mig5 = of_type(&ev, "migration").into_iter().find(|e| e["vm_name"] == "mig-5").unwrap();
+    assert_eq!(mig5["authorization"], "granted");
+    let out =
+        vmsentry(&["authorize", "--key-file", key.to_str().unwrap(), "--vm", "x", "--to", "compute-3", "--ttl", "1h"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn hypervisor_mac_conflicts_are_reported() {
+    use vmsentry::synth::{frames, mac, scenario, write_pcap, Frame};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("conflicts.pcap");
+    let hv1 = frames::Underlay {
+        src: mac(scenario::HV1.0),
+        dst: mac("52:54:00:aa:00:fe"),
+        sip: [10, 0, 0, 31].into(),
+        dip: [10, 0, 0, 254].into(),
+        vni: 1,
+    };
+    let inner = frames::udp4(
+        mac("fa:16:3e:00:00:03"),
+        mac("52:54:00:ff:00:01"),
+        [10, 0, 1, 3].into(),
+        [10, 0, 0, 1].into(),
+        1,
+        2,
+        10,
+    );
+    // compute-1's MAC from a second IP, and a frame inside a tunnel sent with compute-2's MAC.
+    let spoofed_ip = frames::Underlay { sip: [10, 0, 0, 77].into(), ..hv1 };
+    let claims = frames::udp4(
+        mac(scenario::HV2.0),
+        mac("52:54:00:ff:00:01"),
+        [10, 0, 1, 9].into(),
+        [10, 0, 0, 1].into(),
+        1,
+        2,
+        10,
+    );
+    let t0 = scenario::T0_US;
+    let mut fr = vec![
+        Frame::whole(t0, frames::vxlan(&hv1, &inner)),
+        Frame::whole(t0 + 100, frames::vxlan(&spoofed_ip, &inner)),
+        Frame::whole(t0 + 200, frames::vxlan(&hv1, &claims)),
+    ];
+    write_pcap(&p, &mut fr).unwrap();
+    let rules = with_rules("");
+    let ev = replay(rules.path(), 1, &[p]);
+    let c: Vec<Value> = of_type(&ev, "conflict").into_iter().map(|e| json!([e["kind"], e["mac"], e["ips"]])).collect();
+    assert_eq!(
+        c,
+        vec![
+            json!(["vm_uses_hypervisor_mac", "52:54:00:aa:00:02", ["10.0.0.31"]]),
+            json!(["hypervisor_ips", "52:54:00:aa:00:01", ["10.0.0.31", "10.0.0.77"]]),
+        ]
+    );
 }

@@ -367,9 +367,15 @@ impl Rules {
             match p {
                 raw::RawPorts::One(n) => ports.push((*n, *n)),
                 raw::RawPorts::Range(r) => {
-                    let bad = || at(m.ports.span(), format!("migration.ports: `{r}` is not a port or a range like \"49152-49215\""));
+                    let bad = || {
+                        at(
+                            m.ports.span(),
+                            format!("migration.ports: `{r}` is not a port or a range like \"49152-49215\""),
+                        )
+                    };
                     let (a, b) = r.split_once('-').ok_or_else(bad)?;
-                    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                    let (a, b): (u16, u16) =
+                        (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
                     if a > b {
                         return Err(bad());
                     }

@@ -65,7 +65,7 @@ fn shipped_rules_load() {
     std::fs::set_permissions(d.path().join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = Rules::from_str_in(d.path(), &dir.join(RULES_FILE), &text).unwrap();
     assert_eq!(r.hypervisors.len(), 4);
-    assert_eq!(r.vms.len(), 8);
+    assert_eq!(r.vms.len(), 14);
 }
 
 #[test]

@@ -93,7 +93,9 @@ pub enum Conflict {
 impl Conflict {
     pub fn ts(&self) -> PacketTime {
         match self {
-            Conflict::Clone { ts, .. } | Conflict::HypervisorIps { ts, .. } | Conflict::VmUsesHypervisorMac { ts, .. } => *ts,
+            Conflict::Clone { ts, .. }
+            | Conflict::HypervisorIps { ts, .. }
+            | Conflict::VmUsesHypervisorMac { ts, .. } => *ts,
         }
     }
 }
@@ -119,6 +121,9 @@ struct VmLoc {
     /// The place it left and when.
     previous: Option<(Place, PacketTime)>,
     last_announce: Option<PacketTime>,
+    /// Its last move lacked a required token: treated as unsigned until an
+    /// authorized move.
+    unauthorized: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -166,8 +171,11 @@ impl Locator {
                 hv_by_ip.insert(*ip, i);
             }
         }
-        let vms: Vec<VmLoc> =
-            rules.vms.iter().map(|v| VmLoc { current: v.hypervisor.map(Place::registered), ..Default::default() }).collect();
+        let vms: Vec<VmLoc> = rules
+            .vms
+            .iter()
+            .map(|v| VmLoc { current: v.hypervisor.map(Place::registered), ..Default::default() })
+            .collect();
         Locator {
             rules: rules.migration.clone(),
             hv_ips: rules.hypervisors.iter().map(|h| h.ips.clone()).collect(),
@@ -195,6 +203,13 @@ impl Locator {
     /// Where the VM is now (the wire's word, else the rules').
     pub fn place(&self, vm: usize) -> Option<Place> {
         self.vms.get(vm).and_then(|v| v.current)
+    }
+
+    /// Whether the VM counts as on a signed hypervisor: its place verifies,
+    /// and (with `require_authorization`) its last move was authorized.
+    pub fn signed(&self, vm: usize) -> bool {
+        let Some(v) = self.vms.get(vm) else { return false };
+        !v.unauthorized && v.current.is_some_and(|p| p.verdict(&self.registry).is_signed())
     }
 
     fn resolve(&self, origin: Origin) -> Option<Place> {
@@ -264,11 +279,7 @@ impl Locator {
                     }
                     let ips = self.outer_ips.entry(mac).or_default();
                     if ips.len() < 16 && ips.insert(ip) && ips.len() > 1 && self.hv_by_mac.contains_key(&mac) {
-                        conflicts.push(Conflict::HypervisorIps {
-                            ts,
-                            mac,
-                            ips: ips.iter().copied().collect(),
-                        });
+                        conflicts.push(Conflict::HypervisorIps { ts, mac, ips: ips.iter().copied().collect() });
                     }
                 }
                 Oddity::VmUsesHypervisorMac { mac, outer_ip } => {
@@ -293,6 +304,7 @@ impl Locator {
                     // No destination to hold a token against.
                     if self.rules.require_authorization {
                         self.flags[i].unsigned = true;
+                        v.unauthorized = true;
                     }
                     self.flags[i].moved = true;
                     moves.push(Move {
@@ -319,15 +331,21 @@ impl Locator {
         let current = self.vms[i].current;
         match current {
             Some(cur) if !cur.same(&place) => {
-                let previous = self.vms[i].previous;
+                let (previous, last_seen) = (self.vms[i].previous, self.vms[i].last_seen);
                 if let Some((prev, moved_at)) = previous.filter(|(p, _)| p.same(&place)) {
-                    // Still sending from where it left.
+                    // Frames from where it left. Shortly after the move they
+                    // are stragglers; later, while it is still active where
+                    // it went, two copies run: a clone. An announce, or
+                    // silence at the new place, makes it a move back.
                     let overlap = self.rules.clone_overlap_ms as i64 * 1000;
-                    if s.last.as_micros() > moved_at.as_micros() + overlap {
-                        self.flags[i].clone = true;
-                        conflicts.push(Conflict::Clone { vm: i, ts: s.last, places: [prev, cur] });
+                    let active_there = last_seen.is_some_and(|l| l.as_micros() >= s.first.as_micros() - overlap);
+                    if s.announce.is_none() && active_there {
+                        if s.last.as_micros() > moved_at.as_micros() + overlap {
+                            self.flags[i].clone = true;
+                            conflicts.push(Conflict::Clone { vm: i, ts: s.last, places: [prev, cur] });
+                        }
+                        return;
                     }
-                    return;
                 }
                 self.moved(i, cur, place, s, seen_at, verdict, moves);
             }
@@ -336,7 +354,7 @@ impl Locator {
                 let v = &mut self.vms[i];
                 v.current = Some(place);
                 v.last_seen = Some(v.last_seen.map_or(s.last, |l| l.max(s.last)));
-                if !verdict.is_signed() {
+                if !verdict.is_signed() || v.unauthorized {
                     self.flags[i].unsigned = true;
                 }
             }
@@ -344,7 +362,16 @@ impl Locator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn moved(&mut self, i: usize, from: Place, to: Place, s: &Sighting, at: PacketTime, verdict: Verdict, moves: &mut Vec<Move>) {
+    fn moved(
+        &mut self,
+        i: usize,
+        from: Place,
+        to: Place,
+        s: &Sighting,
+        at: PacketTime,
+        verdict: Verdict,
+        moves: &mut Vec<Move>,
+    ) {
         let via = s.announce.map_or(Via::Traffic, |(_, v)| v);
         // Streams between the two hypervisors, ended shortly before the move.
         let (from_ips, to_ips) = (self.ips_of(&from), self.ips_of(&to));
@@ -368,6 +395,7 @@ impl Locator {
         let authorization = self.tokens.authorize(self.vm_macs[i], &to_name, at);
         let v = &mut self.vms[i];
         let downtime_us = v.last_seen.map(|l| (at.as_micros() - l.as_micros()).max(0));
+        v.unauthorized = self.rules.require_authorization && authorization != Authorization::Granted;
         v.previous = Some((from, at));
         v.current = Some(to);
         v.last_seen = Some(s.last);

@@ -24,11 +24,11 @@ use crate::config::{RttRules, Rules, Thresholds};
 use crate::decode::Mac;
 use crate::measure::histogram::Histogram;
 use crate::measure::placement::Evidence;
-use crate::trust::{Registry, Verdict};
-use location::Locator;
 use crate::measure::rtt::RttSample;
 use crate::measure::Counters;
 use crate::time::PacketTime;
+use crate::trust::{Registry, Verdict};
+use location::Locator;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 
@@ -426,6 +426,12 @@ impl Detector {
     /// Whether the VM's hypervisor is signed (for the MAC the wire shows).
     pub fn verdict(&self, vm: usize) -> Verdict {
         self.locator.place(vm).map_or(Verdict::Unknown, |p| p.verdict(self.locator.registry()))
+    }
+
+    /// Whether the policy treats the VM as on a signed hypervisor (also
+    /// false after a move that lacked a required token).
+    pub fn signed(&self, vm: usize) -> bool {
+        self.locator.signed(vm)
     }
 
     pub fn place(&self, vm: usize) -> Option<Place> {

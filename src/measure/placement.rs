@@ -35,7 +35,10 @@ pub enum Via {
 /// (plain network, no sensor), in which case only announces are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Origin {
-    Outer { mac: Mac, ip: IpAddr },
+    Outer {
+        mac: Mac,
+        ip: IpAddr,
+    },
     /// The sensor's own hypervisor (`[sensor] hypervisor`).
     Sensor,
     Unknown,
@@ -136,7 +139,9 @@ impl PlacementCollector {
             return;
         }
         let announce = match o.net {
-            Net::Arp { rarp: true, op: 3, sender_mac, target_mac, .. } if sender_mac == l2.src && target_mac == l2.src => {
+            Net::Arp { rarp: true, op: 3, sender_mac, target_mac, .. }
+                if sender_mac == l2.src && target_mac == l2.src =>
+            {
                 Some(Via::Rarp)
             }
             Net::Arp { rarp: false, sender_mac, sender_ip, target_ip, .. }
@@ -191,7 +196,8 @@ impl PlacementCollector {
             self.dropped += 1;
             return;
         }
-        let s = self.streams.entry(key).or_insert(StreamPart { src: key.0, dst: key.1, first: o.ts, last: o.ts, bytes: 0 });
+        let s =
+            self.streams.entry(key).or_insert(StreamPart { src: key.0, dst: key.1, first: o.ts, last: o.ts, bytes: 0 });
         s.first = s.first.min(o.ts);
         s.last = s.last.max(o.ts);
         s.bytes += u64::from(o.orig_len);

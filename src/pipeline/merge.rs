@@ -7,10 +7,10 @@ use crate::event::{
     ActionEvent, ConflictEvent, Event, EventSink, LevelEvent, MigrationEvent, RttPeaksEvent, RttSampleEvent,
 };
 use crate::measure::placement::Evidence;
-use crate::time::PacketTime;
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::WindowMerge;
 use crate::policy::Policy;
+use crate::time::PacketTime;
 use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
 
@@ -134,7 +134,12 @@ impl Merge {
         match o {
             Outcome::RttPeaks(p) => {
                 let vm = self.detector.vm(p.vm);
-                let ev = Event::RttPeaks(RttPeaksEvent::new(p, vm, self.detector.hypervisor_name(p.vm), self.detector.peak_ms()));
+                let ev = Event::RttPeaks(RttPeaksEvent::new(
+                    p,
+                    vm,
+                    self.detector.hypervisor_name(p.vm),
+                    self.detector.peak_ms(),
+                ));
                 out.emit(&mut *self.events, &ev);
             }
             Outcome::Migration(m) => {
@@ -142,7 +147,12 @@ impl Merge {
                     self.policy.note_move(from, to);
                 }
                 let vm = self.detector.vm(m.vm);
-                let ev = Event::Migration(MigrationEvent::new(m, vm, self.detector.registry(), self.detector.ram_bytes(m.vm)));
+                let ev = Event::Migration(MigrationEvent::new(
+                    m,
+                    vm,
+                    self.detector.registry(),
+                    self.detector.ram_bytes(m.vm),
+                ));
                 out.emit(&mut *self.events, &ev);
             }
             Outcome::Conflict(c) => {
@@ -168,7 +178,7 @@ impl Merge {
                     hypervisor: hypervisor.clone(),
                 });
                 out.emit(&mut *self.events, &ev);
-                let signed = self.detector.verdict(ch.vm).is_signed();
+                let signed = self.detector.signed(ch.vm);
                 let current = self.detector.place(ch.vm).and_then(|p| p.hv);
                 if let Some(action) = self.policy.decide(ch, vm, signed, current, hypervisor) {
                     let submitted = self.dispatcher.submit(action.clone());

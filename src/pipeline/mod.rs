@@ -29,7 +29,6 @@ use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
 use crate::measure::placement::{Evidence, PlacementConfig};
 use crate::measure::rtt::{RttCounts, RttSample};
-use std::sync::Arc;
 use crate::measure::Counters;
 use crate::policy::Policy;
 use crate::time::PacketTime;
@@ -37,6 +36,7 @@ use crate::trust::Registry;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One frame in a [`RawBatch`]: its bytes are `bytes[prev.end..end]`.

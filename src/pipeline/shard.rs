@@ -5,10 +5,10 @@ use crate::config::Rules;
 use crate::decode::{decode, Tunnels};
 use crate::measure::placement::{PlacementCollector, PlacementConfig};
 use crate::measure::rtt::RttTracker;
-use std::sync::Arc;
 use crate::measure::WindowCounters;
 use crate::time::PacketTime;
 use crossbeam_channel::{Receiver, Sender};
+use std::sync::Arc;
 
 /// What a shard needs of the rules; caps are this shard's share.
 pub(super) struct ShardConfig {

@@ -80,7 +80,8 @@ impl Policy {
                 }
                 None => {
                     kind = ActionKind::Alert;
-                    note = Some("migrate wanted, but no signed hypervisor other than the VM's own is registered".into());
+                    note =
+                        Some("migrate wanted, but no signed hypervisor other than the VM's own is registered".into());
                 }
             }
         }

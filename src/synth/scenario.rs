@@ -174,8 +174,176 @@ pub fn rtt() -> Vec<Frame> {
     out
 }
 
+/// Hypervisors of the migration scenarios: (outer MAC, IP).
+pub const HV1: (&str, [u8; 4]) = ("52:54:00:aa:00:01", [10, 0, 0, 31]);
+pub const HV2: (&str, [u8; 4]) = ("52:54:00:aa:00:02", [10, 0, 0, 32]);
+pub const HV3: (&str, [u8; 4]) = ("52:54:00:aa:00:03", [10, 0, 0, 33]);
+/// Registered, but its signature does not verify.
+pub const HV9: (&str, [u8; 4]) = ("52:54:00:aa:00:09", [10, 0, 0, 39]);
+/// Not registered at all.
+pub const ROGUE: (&str, [u8; 4]) = ("52:54:00:66:66:66", [10, 0, 0, 66]);
+/// The network node every VM talks to through the overlay.
+const NET_NODE: (&str, [u8; 4]) = ("52:54:00:aa:00:fe", [10, 0, 0, 254]);
+
+pub const MIG: [&str; 6] = [
+    "fa:16:3e:00:01:01",
+    "fa:16:3e:00:01:02",
+    "fa:16:3e:00:01:03",
+    "fa:16:3e:00:01:04",
+    "fa:16:3e:00:01:05",
+    "fa:16:3e:00:01:06",
+];
+
+/// How the migration scenario's VM frames travel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    Vxlan,
+    /// With two words of options.
+    Geneve,
+}
+
+struct Mig {
+    encap: Encap,
+    out: Vec<Frame>,
+}
+
+impl Mig {
+    fn underlay(hv: (&str, [u8; 4])) -> frames::Underlay {
+        frames::Underlay { src: mac(hv.0), dst: mac(NET_NODE.0), sip: hv.1.into(), dip: NET_NODE.1.into(), vni: 5001 }
+    }
+
+    fn wrap(&self, hv: (&str, [u8; 4]), inner: &[u8]) -> Vec<u8> {
+        match self.encap {
+            Encap::Vxlan => frames::vxlan(&Self::underlay(hv), inner),
+            Encap::Geneve => frames::geneve(&Self::underlay(hv), 2, inner),
+        }
+    }
+
+    /// `vm` sends 10 small frames a second to the gateway from `hv`, from `at` for `secs`.
+    fn traffic(&mut self, vm: usize, hv: (&str, [u8; 4]), at: i64, tenths: i64) {
+        let inner = frames::udp4(mac(MIG[vm]), mac(GATEWAY), ip(100 + vm as u8), GW_IP, 7000, 53, 50);
+        let f = self.wrap(hv, &inner);
+        for k in 0..tenths {
+            self.out.push(Frame::whole(at + k * S / 10, f.clone()));
+        }
+    }
+
+    /// QEMU's self-announce: 5 RARPs over 0.8 s, sent through `hv`.
+    fn announce(&mut self, vm: usize, hv: (&str, [u8; 4]), at: i64) {
+        let m = mac(MIG[vm]);
+        let rarp = frames::arp(m, Mac::BROADCAST, true, 3, m, Ipv4Addr::UNSPECIFIED, m, Ipv4Addr::UNSPECIFIED);
+        let f = self.wrap(hv, &rarp);
+        for k in 0..5 {
+            self.out.push(Frame::whole(at + k * 200_000, f.clone()));
+        }
+    }
+
+    /// A migration stream (libvirt's port 49152) of `frames` 1502-byte
+    /// frames, captured with a 64-byte snaplen, from `from` to `to` over
+    /// [`at`, `until`).
+    fn stream(&mut self, from: (&str, [u8; 4]), to: (&str, [u8; 4]), at: i64, until: i64, n: i64) {
+        for k in 0..n {
+            let ts = at + (until - at) * k / n;
+            let f = frames::tcp4(
+                mac(from.0),
+                mac(to.0),
+                from.1.into(),
+                to.1.into(),
+                50000,
+                49152,
+                1 + k as u32 * 1448,
+                Some(1),
+                false,
+                1448,
+            );
+            self.out.push(Frame::cut(ts, f, 1502, 64));
+        }
+    }
+}
+
+/// `migration-vxlan.pcap` / `migration-geneve.pcap`: six VMs moving between
+/// hypervisors over an overlay, 42 s. With `rules/` (tokens for mig-1,
+/// mig-4 and mig-6 in `rules/tokens/`):
+/// - mig-1: compute-1 → compute-2 at 5 s, announced, a 292 890-byte stream,
+///   100 ms downtime, token: valid, authorized, no level change;
+/// - mig-2: compute-1 → an unregistered hypervisor at 10 s (traffic only):
+///   signature `unknown`, HIGH (signature), quarantine;
+/// - mig-3: compute-2 → compute-9 at 15 s, announced: `invalid`, HIGH, quarantine;
+/// - mig-4 (ram_mb 1): compute-2 → compute-3 at 20.3 s with a 3900-frame
+///   stream (5.9 MB > 3 x 1 MiB) and a token: HIGH (migration), migrate;
+/// - mig-5: appears at compute-3 at 25 s while still sending from compute-1
+///   until 30 s: a move, then a clone (HIGH, clone) 2 s later;
+/// - mig-6: compute-1 → compute-2 (token), back to compute-1 (no token),
+///   and to compute-2 again with the same token: granted, missing, replayed.
+pub fn migration(encap: Encap) -> Vec<Frame> {
+    let mut m = Mig { encap, out: Vec::new() };
+    // mig-1: authorized move with a stream.
+    m.traffic(0, HV1, T0_US, 50);
+    m.stream(HV1, HV2, T0_US + 3 * S, T0_US + 3 * S + 1_950_000, 195);
+    m.announce(0, HV2, T0_US + 5 * S);
+    m.traffic(0, HV2, T0_US + 6 * S, 20);
+    // mig-2: to a rogue hypervisor.
+    m.traffic(1, HV1, T0_US + 8 * S, 20);
+    m.traffic(1, ROGUE, T0_US + 10 * S, 20);
+    // mig-3: to a registered hypervisor with a bad signature.
+    m.traffic(2, HV2, T0_US + 13 * S, 20);
+    m.announce(2, HV9, T0_US + 15 * S);
+    m.traffic(2, HV9, T0_US + 15 * S + 500_000, 15);
+    // mig-4: moves more than 3x its RAM.
+    m.traffic(3, HV2, T0_US + 17 * S, 30);
+    m.stream(HV2, HV3, T0_US + 18 * S, T0_US + 19 * S + 950_000, 3900);
+    m.announce(3, HV3, T0_US + 20 * S + 300_000);
+    m.traffic(3, HV3, T0_US + 21 * S, 20);
+    // mig-5: a clone.
+    m.traffic(4, HV1, T0_US + 23 * S, 70);
+    m.traffic(4, HV3, T0_US + 25 * S, 50);
+    // mig-6: a token used twice.
+    m.traffic(5, HV1, T0_US + 31 * S, 20);
+    m.announce(5, HV2, T0_US + 33 * S);
+    m.traffic(5, HV2, T0_US + 33 * S + 500_000, 25);
+    m.announce(5, HV1, T0_US + 36 * S);
+    m.traffic(5, HV1, T0_US + 36 * S + 500_000, 25);
+    m.announce(5, HV2, T0_US + 39 * S);
+    m.traffic(5, HV2, T0_US + 39 * S + 500_000, 25);
+    m.out
+}
+
+fn migration_vxlan() -> Vec<Frame> {
+    migration(Encap::Vxlan)
+}
+
+fn migration_geneve() -> Vec<Frame> {
+    migration(Encap::Geneve)
+}
+
+/// `migration-plain.pcap`: no overlay. mig-1 (on compute-1 by the rules)
+/// announces itself at 3 s after a stream from compute-1 to compute-2, then
+/// sends. Seen by a sensor on compute-2's uplink (`[sensor] hypervisor =
+/// "compute-2"`) it moved there; seen without a sensor it moved somewhere
+/// the wire does not tell.
+pub fn migration_plain() -> Vec<Frame> {
+    let vm = mac(MIG[0]);
+    let mut out = Vec::new();
+    let mut m = Mig { encap: Encap::Vxlan, out: Vec::new() };
+    m.stream(HV1, HV2, T0_US + S, T0_US + 2 * S + 950_000, 195);
+    out.append(&mut m.out);
+    let rarp = frames::arp(vm, Mac::BROADCAST, true, 3, vm, Ipv4Addr::UNSPECIFIED, vm, Ipv4Addr::UNSPECIFIED);
+    for k in 0..5 {
+        out.push(Frame::whole(T0_US + 3 * S + k * 200_000, rarp.clone()));
+    }
+    let f = frames::udp4(vm, mac(GATEWAY), ip(100), GW_IP, 7000, 53, 50);
+    out.extend(stream(T0_US + 3 * S + 500_000, 2, 10, |_, ts| Frame::whole(ts, f.clone())));
+    out
+}
+
 /// The scenario captures: file name and generator.
-pub const ALL: &[(&str, Generator)] = &[("basic.pcap", basic), ("rtt.pcap", rtt)];
+pub const ALL: &[(&str, Generator)] = &[
+    ("basic.pcap", basic),
+    ("rtt.pcap", rtt),
+    ("migration-vxlan.pcap", migration_vxlan),
+    ("migration-geneve.pcap", migration_geneve),
+    ("migration-plain.pcap", migration_plain),
+];
 
 /// Makes the frames of one scenario.
 pub type Generator = fn() -> Vec<Frame>;

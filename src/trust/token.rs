@@ -219,7 +219,9 @@ mod tests {
     fn sign_print_parse_verify_round_trip() {
         let t = Token::sign(&key(), vm(), "compute-2", 1_700_000_100, "0011223344556677");
         let line = t.to_string();
-        assert!(line.starts_with("vmsentry-token-v1 vm=fa:16:3e:00:00:01 to=compute-2 expires=1700000100 nonce=0011223344556677 sig="));
+        assert!(line.starts_with(
+            "vmsentry-token-v1 vm=fa:16:3e:00:00:01 to=compute-2 expires=1700000100 nonce=0011223344556677 sig="
+        ));
         let p = Token::parse(&line).unwrap();
         assert_eq!(p, t);
         assert!(p.verify(&key()));
@@ -255,7 +257,8 @@ mod tests {
         std::fs::write(d.path().join("late.token"), late.to_string()).unwrap();
         assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Expired);
         // A forged one is ignored.
-        let forged = Token { sig: "00".repeat(32), ..Token::sign(&key(), vm(), "compute-2", 1_800_000_000, "cccccccccccccccc") };
+        let forged =
+            Token { sig: "00".repeat(32), ..Token::sign(&key(), vm(), "compute-2", 1_800_000_000, "cccccccccccccccc") };
         std::fs::write(d.path().join("forged.token"), forged.to_string()).unwrap();
         assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Expired);
     }
