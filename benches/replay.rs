@@ -56,6 +56,11 @@ fn main() {
         eprintln!("writing {} ...", file.display());
         vmsentry::synth::scenario::write_bench(&file, packets).unwrap();
     }
+    let vxlan_file: PathBuf = dir.join(format!("bench-{packets}-vxlan.pcap"));
+    if !vxlan_file.exists() {
+        eprintln!("writing {} ...", vxlan_file.display());
+        vmsentry::synth::scenario::write_bench_vxlan(&vxlan_file, packets).unwrap();
+    }
     let size = std::fs::metadata(&file).unwrap().len();
     let (_guard, rules) = rules();
     let mut no_rtt = rules.clone();
@@ -63,8 +68,13 @@ fn main() {
     let has_tcpdump = Command::new("tcpdump").arg("--version").output().is_ok();
 
     let mut tcpdump = Vec::new();
-    // (threads, rules, label)
-    let configs = [(1usize, &rules, "--threads 1"), (2, &rules, "--threads 2"), (1, &no_rtt, "--threads 1, rtt off")];
+    // (threads, rules, file, label)
+    let configs = [
+        (1usize, &rules, &file, "--threads 1"),
+        (2, &rules, &file, "--threads 2"),
+        (1, &no_rtt, &file, "--threads 1, rtt off"),
+        (1, &rules, &vxlan_file, "--threads 1, VXLAN"),
+    ];
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for _ in 0..runs {
         if has_tcpdump {
@@ -73,8 +83,8 @@ fn main() {
             assert!(st.status.success());
             tcpdump.push(t.elapsed().as_secs_f64());
         }
-        for (i, (threads, rules, _)) in configs.iter().enumerate() {
-            let mut src = FileSource::open(std::slice::from_ref(&file)).unwrap();
+        for (i, (threads, rules, f, _)) in configs.iter().enumerate() {
+            let mut src = FileSource::open(std::slice::from_ref(*f)).unwrap();
             let opts = Options { threads: *threads, ..Options::default() };
             let t = Instant::now();
             let s = pipeline::run(&mut src, rules, Box::new(LogSink::stderr()), Box::new(Discard), &opts).unwrap();
@@ -88,7 +98,7 @@ fn main() {
     if let Some(td) = td {
         println!("  tcpdump -n -r FILE -w /dev/null : {:>7.1} ms  {:>6.2} Mpps", td * 1e3, packets as f64 / td / 1e6);
     }
-    for (i, (_, _, label)) in configs.iter().enumerate() {
+    for (i, (_, _, _, label)) in configs.iter().enumerate() {
         let m = median(ours[i].clone());
         let ratio = td.map(|td| format!("{:.2}x tcpdump", td / m)).unwrap_or_default();
         println!("  vmsentry replay {label:<20}: {:>7.1} ms  {:>6.2} Mpps  {ratio}", m * 1e3, packets as f64 / m / 1e6);

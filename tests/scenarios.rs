@@ -276,6 +276,17 @@ fn events_are_identical_for_every_thread_count() {
         capture("third_party/tcpdump__arp-oobr.pcap"),
     ];
     let one = stable(replay(rules.path(), 1, &inputs));
+    // Migrations: evidence from every shard, merged. (Fresh rules each run:
+    // tokens are single-use.)
+    let mig = |n: usize| {
+        let r = with_rules("");
+        stable(replay(r.path(), n, &[capture("migration-vxlan.pcap")]))
+    };
+    let m1 = mig(1);
+    assert_eq!(of_type(&m1, "migration").len(), 8);
+    for n in [2, 3, 5] {
+        assert_eq!(mig(n), m1, "migrations, --threads {n}");
+    }
     assert!(one.len() > 20);
     for n in [2, 3, 4, 8] {
         assert_eq!(stable(replay(rules.path(), n, &inputs)), one, "--threads {n}");

@@ -12,7 +12,7 @@
 
 use crate::config::MigrationRules;
 use crate::decode::Mac;
-use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamPart, Via};
+use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via};
 use crate::time::PacketTime;
 use crate::trust::token::{Authorization, TokenStore};
 use crate::trust::{Registry, Verdict};
@@ -147,7 +147,7 @@ pub struct Locator {
     vm_index: FxHashMap<Mac, usize>,
     vm_macs: Vec<Mac>,
     vms: Vec<VmLoc>,
-    streams: FxHashMap<((IpAddr, u16), (IpAddr, u16)), Stream>,
+    streams: FxHashMap<StreamKey, Stream>,
     /// Outer IPs seen per outer MAC (for the hypervisor-IPs conflict), bounded.
     outer_ips: FxHashMap<Mac, BTreeSet<IpAddr>>,
     reported: BTreeSet<(Mac, Option<IpAddr>)>,

@@ -56,6 +56,11 @@ pub struct Sighting {
     pub announce: Option<(PacketTime, Via)>,
 }
 
+/// A TCP endpoint.
+pub type Endpoint = (IpAddr, u16);
+/// A stream's direction: from, to.
+pub type StreamKey = (Endpoint, Endpoint);
+
 /// A TCP stream on a migration port, as seen in one window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamPart {
@@ -108,7 +113,7 @@ pub struct Evidence {
 pub struct PlacementCollector {
     cfg: Arc<PlacementConfig>,
     sightings: FxHashMap<(Mac, Origin), Sighting>,
-    streams: FxHashMap<((IpAddr, u16), (IpAddr, u16)), StreamPart>,
+    streams: FxHashMap<StreamKey, StreamPart>,
     oddities: FxHashSet<Oddity>,
     dropped: u64,
 }
