@@ -1345,3 +1345,50 @@ fn hypervisor_mac_conflicts_are_reported() {
         ]
     );
 }
+
+#[test]
+fn a_gratuitous_arp_announces_a_move_and_a_long_downtime_raises_the_level() {
+    use vmsentry::synth::{frames, mac, scenario, write_pcap, Frame};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("garp.pcap");
+    let u = |hv: (&str, [u8; 4])| frames::Underlay {
+        src: mac(hv.0),
+        dst: mac("52:54:00:aa:00:fe"),
+        sip: hv.1.into(),
+        dip: [10, 0, 0, 254].into(),
+        vni: 1,
+    };
+    let vm = mac(scenario::MIG[0]);
+    let ip: std::net::Ipv4Addr = [10, 0, 1, 100].into();
+    let data = frames::udp4(vm, mac("52:54:00:ff:00:01"), ip, [10, 0, 0, 1].into(), 1, 2, 10);
+    let garp =
+        frames::arp(vm, vmsentry::decode::Mac::BROADCAST, false, 1, vm, ip, vmsentry::decode::Mac::default(), ip);
+    let t0 = scenario::T0_US;
+    let mut fr: Vec<Frame> =
+        (0..10).map(|k| Frame::whole(t0 + k * 100_000, frames::vxlan(&u(scenario::HV1), &data))).collect();
+    // Silent for 3.1 s, then a gratuitous ARP through compute-2.
+    fr.push(Frame::whole(t0 + 4 * 1_000_000, frames::vxlan(&u(scenario::HV2), &garp)));
+    fr.push(Frame::whole(t0 + 8 * 1_000_000, frames::vxlan(&u(scenario::HV2), &data)));
+    write_pcap(&p, &mut fr).unwrap();
+    let rules = with_rules("");
+    let ev = replay(rules.path(), 1, &[p]);
+    assert_eq!(
+        migrations(&ev),
+        vec![json!([
+            format!("{T}24.000000Z"),
+            "mig-1",
+            "compute-1",
+            "compute-2",
+            "garp",
+            "valid",
+            "granted",
+            0,
+            null,
+            null,
+            3100.0
+        ])]
+    );
+    // Over migration.max_downtime_ms (1000): raised to downtime_level (MEDIUM), reason migration.
+    assert_eq!(rises(&ev), vec![json!([format!("{T}25.000000Z"), "mig-1", "MEDIUM", "migration", "compute-2"])]);
+    assert_eq!(actions(&ev), vec![json!([format!("{T}25.000000Z"), "mig-1", "alert", "migration", null])]);
+}

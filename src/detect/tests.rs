@@ -167,3 +167,30 @@ fn peak_factor_uses_a_baseline_learned_from_non_peak_samples_only() {
     d.close_window(2, &[], &[sample(2_000_000, 19_000)], &Evidence::default());
     assert_eq!(d.vm(0).rtt_baseline_ms, Some(10.0 + 9.0 / 8.0));
 }
+
+#[test]
+fn a_move_restarts_the_rtt_baseline() {
+    use crate::measure::placement::{Evidence, Origin, Sighting};
+    let r = rules_text(&format!(
+        "[[hypervisor]]\nid = \"h1\"\nmacs = [\"52:54:00:aa:00:01\"]\n[[hypervisor]]\nid = \"h2\"\nmacs = [\"52:54:00:aa:00:02\"]\n{VM_A}hypervisor = \"h1\"\n"
+    ));
+    let mut d = det(&r);
+    let seen = |hv: &str, t: i64| Evidence {
+        sightings: vec![Sighting {
+            vm: vm(),
+            origin: Origin::Outer { mac: hv.parse().unwrap(), ip: [10, 0, 0, 1].into() },
+            first: PacketTime::from_micros(t),
+            last: PacketTime::from_micros(t),
+            frames: 1,
+            announce: None,
+        }],
+        ..Default::default()
+    };
+    d.close_window(0, &[], &[sample(0, 10_000)], &seen("52:54:00:aa:00:01", 0));
+    assert_eq!(d.vm(0).rtt_baseline_ms, Some(10.0));
+    assert_eq!(d.hypervisor_name(0).as_deref(), Some("h1"));
+    let out = d.close_window(1, &[], &[], &seen("52:54:00:aa:00:02", 1_000_000));
+    assert!(matches!(out.first(), Some(Outcome::Migration(m)) if m.vm == 0));
+    assert_eq!(d.vm(0).rtt_baseline_ms, None, "the baseline is learned anew where the VM went");
+    assert_eq!(d.hypervisor_name(0).as_deref(), Some("h2"));
+}
