@@ -26,7 +26,7 @@ pub enum Command {
         /// Pace the replay at X times packet time (1 = real time); default: as fast as possible.
         #[arg(long, value_parser = parse_speed)]
         speed: Option<f64>,
-        /// Serve metrics and the API on ADDR (not yet implemented: see issue 5).
+        /// Serve metrics and the API on ADDR (e.g. 127.0.0.1:9807) while replaying.
         #[arg(long)]
         listen: Option<String>,
         /// Never draw a progress bar.
@@ -37,6 +37,37 @@ pub enum Command {
         rtt_samples: bool,
         #[arg(required = true, value_name = "PCAP")]
         pcaps: Vec<PathBuf>,
+    },
+    /// Capture on an interface (a mirror port) and run until SIGINT or SIGTERM.
+    Live {
+        /// The interface to capture on.
+        #[arg(long)]
+        interface: String,
+        /// A capture filter in tcpdump's syntax.
+        #[arg(long)]
+        bpf: Option<String>,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long, default_value = "-")]
+        events: String,
+        /// Serve metrics and the API here; a non-loopback address only when given.
+        #[arg(long, default_value = "127.0.0.1:9807")]
+        listen: String,
+        /// Shard workers; default: the number of cores.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Bytes captured per frame (headers are what vmsentry reads).
+        #[arg(long, default_value_t = 512)]
+        snaplen: i32,
+        /// The kernel's capture buffer, in MiB.
+        #[arg(long, default_value_t = 64)]
+        buffer_mb: i32,
+        /// Do not put the interface in promiscuous mode.
+        #[arg(long)]
+        no_promisc: bool,
+        /// Also write every RTT sample as an `rtt_sample` event.
+        #[arg(long)]
+        rtt_samples: bool,
     },
     /// Validate the rules and check every hypervisor's signature.
     Check {

@@ -330,6 +330,9 @@ pub struct SummaryEvent {
     /// Packet time from the first to the last packet.
     pub duration_s: f64,
     pub windows: u64,
+    /// Frames vmsentry dropped because a shard's queue was full (live only;
+    /// libpcap's own drops are in the metrics).
+    pub queue_dropped: u64,
     pub rtt: RttSummary,
     pub actions: ActionCounts,
     /// Wall-clock time of the replay and what it gives per second; these

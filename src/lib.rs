@@ -35,6 +35,7 @@ pub mod event;
 pub mod measure;
 pub mod pipeline;
 pub mod policy;
+pub mod serve;
 pub mod synth;
 pub mod time;
 pub mod trust;

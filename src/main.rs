@@ -5,15 +5,19 @@ mod cli;
 use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use vmsentry::action::LogSink;
-use vmsentry::capture::{CaptureError, FileSource, PacketSource};
+use vmsentry::capture::{CaptureError, FileSource, LiveConfig, LiveSource, PacketSource};
 use vmsentry::config::Rules;
 use vmsentry::decode::Mac;
 use vmsentry::event::{EventSink, JsonLines};
 use vmsentry::pipeline::{self, PipelineError};
+use vmsentry::serve::{self, Telemetry};
 use vmsentry::trust::token::Token;
 use vmsentry::trust::{ClusterKey, Registry, Verdict};
 
@@ -88,11 +92,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", Token::sign(&key, vm, &to, expires, &nonce));
             Ok(())
         }
-        Command::Replay { rules, events, threads, speed, listen, no_progress, rtt_samples, pcaps } => {
-            if listen.is_some() {
-                eprintln!("vmsentry: --listen is not implemented yet; replaying without serving metrics");
-            }
+        Command::Live {
+            interface,
+            bpf,
+            rules,
+            events,
+            listen,
+            threads,
+            snaplen,
+            buffer_mb,
+            no_promisc,
+            rtt_samples,
+        } => {
             let rules = load_rules(&rules)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [SIGINT, SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).context("cannot handle signals")?;
+            }
+            let reload = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(SIGHUP, reload.clone()).context("cannot handle SIGHUP")?;
+            let telemetry = Telemetry::new(rules.limits.metrics_vms);
+            let addr = serve::start(&listen, telemetry.clone()).map_err(|e| bad(e.to_string()))?;
+            eprintln!("vmsentry: serving on http://{addr}");
+            let cfg = LiveConfig {
+                interface,
+                bpf,
+                snaplen: snaplen.max(64),
+                buffer_bytes: buffer_mb.clamp(1, 2047) * 1024 * 1024,
+                promisc: !no_promisc,
+            };
+            let mut source = LiveSource::open(&cfg, stop, Some(telemetry.clone())).map_err(|e| bad(e.to_string()))?;
+            eprintln!("vmsentry: capturing on {}", cfg.interface);
+            let sink = events_sink(&events)?;
+            let opts = pipeline::Options {
+                threads: threads_or_cores(threads),
+                speed: None,
+                progress: false,
+                rtt_samples,
+                live: true,
+                telemetry: Some(telemetry),
+                reload: Some(reload),
+            };
+            pipeline::run(&mut source, &rules, Box::new(LogSink::stderr()), sink, &opts)?;
+            eprintln!("vmsentry: stopped");
+            Ok(())
+        }
+        Command::Replay { rules, events, threads, speed, listen, no_progress, rtt_samples, pcaps } => {
+            let rules = load_rules(&rules)?;
+            let reload = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(SIGHUP, reload.clone()).context("cannot handle SIGHUP")?;
+            let telemetry = match listen {
+                Some(l) => {
+                    let t = Telemetry::new(rules.limits.metrics_vms);
+                    let addr = serve::start(&l, t.clone()).map_err(|e| bad(e.to_string()))?;
+                    eprintln!("vmsentry: serving on http://{addr}");
+                    Some(t)
+                }
+                None => None,
+            };
             let mut source = FileSource::open(&pcaps).map_err(|e| match e {
                 CaptureError::Open { .. } | CaptureError::Setup(_) => bad(e.to_string()),
                 other => anyhow::Error::new(other),
@@ -112,6 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 speed,
                 progress: !no_progress && long && std::io::stderr().is_terminal(),
                 rtt_samples,
+                live: false,
+                telemetry,
+                reload: Some(reload),
             };
             match pipeline::run(&mut source, &rules, Box::new(LogSink::stderr()), sink, &opts) {
                 Ok(_) => Ok(()),
@@ -120,6 +180,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn events_sink(events: &str) -> anyhow::Result<Box<dyn EventSink>> {
+    Ok(if events == "-" {
+        Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout())))
+    } else {
+        let f = std::fs::File::create(events).with_context(|| format!("cannot create events file {events}"))?;
+        Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, f)))
+    })
+}
+
+fn threads_or_cores(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
 }
 
 fn check(dir: &Path) -> anyhow::Result<()> {

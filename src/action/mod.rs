@@ -11,9 +11,11 @@ pub use log::LogSink;
 
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
+use crate::serve::Telemetry;
 use crate::time::PacketTime;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,18 +119,31 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn start(mut sink: Box<dyn ActionSink>, queue: usize) -> std::io::Result<Dispatcher> {
+    pub fn start(
+        mut sink: Box<dyn ActionSink>,
+        queue: usize,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> std::io::Result<Dispatcher> {
         let (tx, rx) = bounded::<Action>(queue);
         let backend = sink.name();
+        let depth = rx.clone();
         let handle = std::thread::Builder::new().name("vmsentry-actions".into()).spawn(move || {
             let mut stats = DispatchStats::default();
             for action in rx {
-                match sink.deliver(&action) {
-                    Ok(()) => stats.delivered += 1,
+                let outcome = match sink.deliver(&action) {
+                    Ok(()) => {
+                        stats.delivered += 1;
+                        "delivered"
+                    }
                     Err(e) => {
                         stats.failed += 1;
                         eprintln!("vmsentry: action {} ({}) not delivered: {e}", action.id, action.kind.as_str());
+                        "failed"
                     }
+                };
+                if let Some(t) = &telemetry {
+                    t.action_outcome(&action, outcome);
+                    t.metrics.queue_depth.with_label_values(&["actions"]).set(depth.len() as i64);
                 }
             }
             stats

@@ -1,6 +1,6 @@
 //! pcap and pcapng files through libpcap, several in order.
 
-use super::{CaptureError, PacketSource, RawPacket, SourceStats};
+use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
 use crate::time::PacketTime;
 use pcap::{Capture, Offline};
 use std::ops::ControlFlow;
@@ -35,7 +35,7 @@ fn open_one(p: &Path) -> Result<Capture<Offline>, CaptureError> {
 }
 
 impl PacketSource for FileSource {
-    fn run(&mut self, each: &mut dyn FnMut(RawPacket<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+    fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
         for path in &self.paths {
             let mut cap = open_one(path)?;
             let linktype = cap.get_datalink().0;
@@ -50,7 +50,7 @@ impl PacketSource for FileSource {
                             data: pkt.data,
                             linktype,
                         };
-                        if each(raw).is_break() {
+                        if each(SourceItem::Packet(raw)).is_break() {
                             return Ok(());
                         }
                     }

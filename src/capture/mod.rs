@@ -1,8 +1,10 @@
 //! Capture: where frames come from. One [`PacketSource`] trait for pcap files and live interfaces.
 
 mod file;
+mod live;
 
 pub use file::FileSource;
+pub use live::{LiveConfig, LiveSource};
 
 use crate::time::PacketTime;
 use std::ops::ControlFlow;
@@ -40,17 +42,27 @@ pub struct SourceStats {
     pub damaged_files: u64,
 }
 
+/// What a source hands the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub enum SourceItem<'a> {
+    Packet(RawPacket<'a>),
+    /// No frame came for a while; packet time has reached this instant (live
+    /// sources only, from the capture clock), so windows can close.
+    Tick(PacketTime),
+}
+
 /// A source of frames: pcap files in order, or a live interface.
 ///
 /// Required: [`run`](PacketSource::run), which hands every frame, in capture
-/// order, to `each` until the input ends (`Ok`), `each` returns
-/// `ControlFlow::Break` (`Ok`, the source stops early), or reading fails in a
-/// way that ends the run (`Err`). The frame borrows the source's buffer only
-/// for the call. A source must not panic on bad input: damage it can step over
-/// (a cut-off last record of a file) is counted in [`SourceStats`] and
-/// reported on stderr.
+/// order, to `each` until the input ends or the source is stopped (`Ok`),
+/// `each` returns `ControlFlow::Break` (`Ok`, the source stops early), or
+/// reading fails in a way that ends the run (`Err`). The frame borrows the
+/// source's buffer only for the call. A live source also hands over
+/// [`SourceItem::Tick`] when idle. A source must not panic on bad input:
+/// damage it can step over (a cut-off last record of a file) is counted in
+/// [`SourceStats`] and reported on stderr.
 pub trait PacketSource {
-    fn run(&mut self, each: &mut dyn FnMut(RawPacket<'_>) -> ControlFlow<()>) -> Result<(), CaptureError>;
+    fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError>;
     fn stats(&self) -> SourceStats;
     /// Total input size in bytes, when known (files), for progress.
     fn total_bytes(&self) -> Option<u64> {

@@ -100,6 +100,8 @@ pub struct Limits {
     pub queue_batches: usize,
     /// Actions waiting for the dispatcher.
     pub action_queue: usize,
+    /// Inventory VMs with per-VM metric series (label cardinality cap).
+    pub metrics_vms: usize,
     /// TCP flows tracked for RTT (all shards together).
     pub rtt_flows: usize,
     /// Outstanding ICMP echo requests (all shards together).
@@ -302,6 +304,7 @@ impl Rules {
             decode_bytes: (*l.decode_bytes.get_ref()).max(64),
             queue_batches: *l.queue_batches.get_ref(),
             action_queue: *l.action_queue.get_ref(),
+            metrics_vms: *l.metrics_vms.get_ref(),
             rtt_flows: *l.rtt_flows.get_ref(),
             rtt_echo_probes: *l.rtt_echo_probes.get_ref(),
             rtt_samples_per_window: *l.rtt_samples_per_window.get_ref(),

@@ -246,9 +246,15 @@ pub struct RawLimits {
     /// Default 65 536 outstanding ICMP echo requests, split across shards.
     #[serde(default = "d_rtt_echo_probes")]
     pub rtt_echo_probes: Spanned<usize>,
+    /// Default 4096 inventory VMs with per-VM metric series; the rest are counted.
+    #[serde(default = "d_metrics_vms")]
+    pub metrics_vms: Spanned<usize>,
     /// Default 100 000 RTT samples per shard per window; more are counted and dropped.
     #[serde(default = "d_rtt_samples_per_window")]
     pub rtt_samples_per_window: Spanned<usize>,
+}
+fn d_metrics_vms() -> Spanned<usize> {
+    sp(4096)
 }
 fn d_rtt_flows() -> Spanned<usize> {
     sp(65_536)
@@ -283,6 +289,7 @@ impl Default for RawLimits {
             queue_batches: d_queue_batches(),
             action_queue: d_action_queue(),
             rtt_flows: d_rtt_flows(),
+            metrics_vms: d_metrics_vms(),
             rtt_echo_probes: d_rtt_echo_probes(),
             rtt_samples_per_window: d_rtt_samples_per_window(),
         }

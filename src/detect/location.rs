@@ -200,6 +200,21 @@ impl Locator {
         &self.registry
     }
 
+    /// After a reload: keeps where each VM is (by MAC), the streams, what
+    /// was reported, and the tokens already used.
+    pub fn carry_from(&mut self, old: &mut Locator, vms: &[crate::config::VmEntry]) {
+        for (i, v) in vms.iter().enumerate() {
+            if let Some(&j) = old.vm_index.get(&v.mac) {
+                self.vms[i] = old.vms[j].clone();
+            }
+        }
+        self.streams = std::mem::take(&mut old.streams);
+        self.outer_ips = std::mem::take(&mut old.outer_ips);
+        self.reported = std::mem::take(&mut old.reported);
+        self.dropped = old.dropped;
+        self.tokens.absorb(&mut old.tokens);
+    }
+
     /// Where the VM is now (the wire's word, else the rules').
     pub fn place(&self, vm: usize) -> Option<Place> {
         self.vms.get(vm).and_then(|v| v.current)

@@ -116,6 +116,8 @@ pub struct VmState {
     /// RTT samples and peaks of the latest window.
     pub rtt_window: Histogram,
     pub rtt_peaks: u32,
+    /// RTT samples of the latest closed window.
+    pub last_rtt: Histogram,
     /// Rates of the latest window (tx, rx): (bps, pps).
     pub last_rates: [(u64, u64); 2],
 }
@@ -164,6 +166,7 @@ impl Detector {
                 rtt_baseline_ms: None,
                 rtt_window: Histogram::default(),
                 rtt_peaks: 0,
+                last_rtt: Histogram::default(),
                 last_rates: [(0, 0); 2],
             })
             .collect();
@@ -323,7 +326,7 @@ impl Detector {
                 }));
             }
             let rtt_changed = vm.rtt.update(if abnormal_rtt { rtt_level } else { Level::Low }, clear);
-            vm.rtt_window = Histogram::default();
+            vm.last_rtt = std::mem::take(&mut vm.rtt_window);
             vm.rtt_peaks = 0;
 
             let f = std::mem::take(&mut self.locator.flags[i]);
@@ -418,6 +421,36 @@ impl Detector {
         v
     }
 
+    /// Takes new rules without losing measurements: every MAC's counters,
+    /// and each inventory VM's levels, rings and baselines, carry over by MAC.
+    /// The window length is kept (windows in flight use it); a new one takes
+    /// effect on restart.
+    pub fn reload(&mut self, rules: &Rules, registry: Registry) {
+        let mut new = Detector::new(rules, registry);
+        new.window_len_us = self.window_len_us;
+        let horizon_us = rules.volume.horizon_s as i64 * 1_000_000;
+        new.horizon_windows = ((horizon_us + self.window_len_us - 1) / self.window_len_us).max(1) as usize;
+        for v in new.vms.iter_mut() {
+            let Some(old) = self.vm_index(v.mac).map(|i| &self.vms[i]) else { continue };
+            let limit = v.volume_limit;
+            *v = VmState { name: v.name.clone(), hypervisor: v.hypervisor, volume_limit: limit, ..old.clone() };
+        }
+        let index: FxHashMap<Mac, usize> = new.vms.iter().enumerate().map(|(i, v)| (v.mac, i)).collect();
+        let mut macs = std::mem::take(&mut self.macs);
+        for (m, st) in macs.iter_mut() {
+            st.vm = index.get(m).copied();
+        }
+        for (m, &i) in &index {
+            macs.entry(*m).or_insert(MacState { last_window: i64::MIN, vm: Some(i), ..Default::default() });
+        }
+        new.macs = macs;
+        new.evictions = self.evictions;
+        new.windows = self.windows;
+        new.last_window = self.last_window;
+        new.locator.carry_from(&mut self.locator, &rules.vms);
+        *self = new;
+    }
+
     /// Where the VM is (the wire's word, else the rules'), by name.
     pub fn hypervisor_name(&self, vm: usize) -> Option<String> {
         self.locator.place(vm).and_then(|p| p.name(self.locator.registry()))
@@ -456,6 +489,12 @@ impl Detector {
 
     pub fn peak_ms(&self) -> f64 {
         self.rtt_rules.peak_ms
+    }
+
+    /// The end of the last window the MAC sent or received in.
+    pub fn last_seen(&self, mac: Mac) -> Option<PacketTime> {
+        let w = self.macs.get(&mac)?.last_window;
+        (w != i64::MIN).then(|| PacketTime::from_micros((w + 1) * self.window_len_us))
     }
 
     pub fn last_window_end(&self) -> Option<PacketTime> {

@@ -91,8 +91,44 @@ pub struct PlacementConfig {
 }
 
 impl PlacementConfig {
+    pub fn from_rules(rules: &crate::config::Rules) -> PlacementConfig {
+        PlacementConfig {
+            vms: rules.vms.iter().map(|v| v.mac).collect(),
+            hypervisor_macs: rules.hypervisors.iter().flat_map(|h| h.macs.iter().copied()).collect(),
+            sensor: rules.sensor.is_some(),
+            ports: rules.migration.ports.clone(),
+        }
+    }
+
     fn migration_port(&self, p: u16) -> bool {
         self.ports.iter().any(|&(a, b)| (a..=b).contains(&p))
+    }
+}
+
+/// The config shards collect by, replaceable when rules are reloaded: a
+/// shard looks at the generation once per window, not per frame.
+#[derive(Debug)]
+pub struct SharedPlacement {
+    generation: std::sync::atomic::AtomicU64,
+    cfg: std::sync::RwLock<Arc<PlacementConfig>>,
+}
+
+impl SharedPlacement {
+    pub fn new(cfg: PlacementConfig) -> Self {
+        SharedPlacement { generation: 0.into(), cfg: std::sync::RwLock::new(Arc::new(cfg)) }
+    }
+
+    pub fn replace(&self, cfg: PlacementConfig) {
+        if let Ok(mut c) = self.cfg.write() {
+            *c = Arc::new(cfg);
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    fn current(&self) -> (u64, Arc<PlacementConfig>) {
+        let g = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let c = self.cfg.read().map(|c| c.clone()).unwrap_or_default();
+        (g, c)
     }
 }
 
@@ -111,6 +147,8 @@ pub struct Evidence {
 }
 
 pub struct PlacementCollector {
+    shared: Arc<SharedPlacement>,
+    generation: u64,
     cfg: Arc<PlacementConfig>,
     sightings: FxHashMap<(Mac, Origin), Sighting>,
     streams: FxHashMap<StreamKey, StreamPart>,
@@ -119,8 +157,11 @@ pub struct PlacementCollector {
 }
 
 impl PlacementCollector {
-    pub fn new(cfg: Arc<PlacementConfig>) -> Self {
+    pub fn new(shared: Arc<SharedPlacement>) -> Self {
+        let (generation, cfg) = shared.current();
         PlacementCollector {
+            shared,
+            generation,
             cfg,
             sightings: FxHashMap::default(),
             streams: FxHashMap::default(),
@@ -208,8 +249,11 @@ impl PlacementCollector {
         s.bytes += u64::from(o.orig_len);
     }
 
-    /// Hands over the window's evidence.
+    /// Hands over the window's evidence, and picks up reloaded rules.
     pub fn take(&mut self) -> Evidence {
+        if self.shared.generation.load(std::sync::atomic::Ordering::Acquire) != self.generation {
+            (self.generation, self.cfg) = self.shared.current();
+        }
         Evidence {
             sightings: self.sightings.drain().map(|(_, v)| v).collect(),
             streams: self.streams.drain().map(|(_, v)| v).collect(),

@@ -2,15 +2,30 @@
 
 use super::{DecodeCounts, Partial};
 use crate::action::Dispatcher;
+use crate::config::Rules;
+use crate::decode::DecodeErrorKind;
 use crate::detect::{Detector, Outcome};
 use crate::event::{
     ActionEvent, ConflictEvent, Event, EventSink, LevelEvent, MigrationEvent, RttPeaksEvent, RttSampleEvent,
 };
 use crate::measure::placement::Evidence;
+use crate::measure::placement::{PlacementConfig, SharedPlacement};
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::WindowMerge;
 use crate::policy::Policy;
+use crate::serve::{HypervisorMac, HypervisorView, Telemetry, VmView};
 use crate::time::PacketTime;
+use crate::trust::Registry;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn ev_kind(e: &Event) -> &'static str {
+    match e {
+        Event::Conflict(c) => c.kind,
+        _ => "",
+    }
+}
 use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
 
@@ -37,6 +52,9 @@ pub(super) struct Merge {
     pub events: Box<dyn EventSink>,
     /// Write each RTT sample as an event.
     pub rtt_samples: bool,
+    pub telemetry: Option<Arc<Telemetry>>,
+    /// The reload flag (SIGHUP), the rules directory, and the shards' shared config.
+    pub reload: Option<(Arc<AtomicBool>, PathBuf, Arc<SharedPlacement>)>,
 }
 
 /// One window's partials as they arrive.
@@ -46,6 +64,8 @@ struct Pending {
     merge: WindowMerge,
     samples: Vec<RttSample>,
     evidence: Evidence,
+    decode: DecodeCounts,
+    rtt: RttCounts,
 }
 
 impl Merge {
@@ -62,6 +82,8 @@ impl Merge {
             entry.merge.add(&part.counters);
             entry.samples.append(&mut part.samples);
             entry.evidence.append(&mut part.evidence);
+            entry.decode.add(&part.decode);
+            entry.rtt.add(&part.rtt_counts);
             // Each shard closes windows in order, so windows complete in order.
             while let Some(e) = pending.first_entry() {
                 if e.get().shards < self.shards {
@@ -91,6 +113,8 @@ impl Merge {
     }
 
     fn close(&mut self, w: i64, p: Pending, out: &mut Counts) {
+        self.maybe_reload();
+        let evictions_before = self.detector.evictions;
         let totals = p.merge.finish();
         let mut samples = p.samples;
         // Shards interleave arbitrarily; a total order makes the baseline
@@ -128,6 +152,118 @@ impl Merge {
         for o in at_end {
             self.outcome(o, out);
         }
+        if let Some(t) = self.telemetry.clone() {
+            self.publish(&t, &p.decode, &p.rtt, &samples, self.detector.evictions - evictions_before);
+        }
+        // A window's events are readable when it closes (tail -f on a live run).
+        if out.io_error.is_none() {
+            if let Err(e) = self.events.flush() {
+                out.io_error = Some(e);
+            }
+        }
+    }
+
+    /// Re-reads the rules when SIGHUP asked: valid rules take effect now,
+    /// keeping every measurement; invalid ones are refused with the same
+    /// message as `vmsentry check` and the old rules stay.
+    fn maybe_reload(&mut self) {
+        let Some((flag, dir, shared)) = &self.reload else { return };
+        if !flag.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let result = match Rules::load(dir) {
+            Ok(rules) => {
+                let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+                self.detector.reload(&rules, registry.clone());
+                self.policy = Policy::new(&rules, registry);
+                shared.replace(PlacementConfig::from_rules(&rules));
+                eprintln!("vmsentry: rules reloaded from {}", dir.display());
+                "ok"
+            }
+            Err(e) => {
+                eprintln!("vmsentry: rules not reloaded, the old rules stay: {e}");
+                "error"
+            }
+        };
+        if let Some(t) = &self.telemetry {
+            t.metrics.reloads.with_label_values(&[result]).inc();
+        }
+    }
+
+    /// The window's metrics and the API's views.
+    fn publish(&self, t: &Telemetry, decode: &DecodeCounts, rtt: &RttCounts, samples: &[RttSample], evicted: u64) {
+        let m = &t.metrics;
+        m.windows.inc();
+        for k in DecodeErrorKind::ALL {
+            let n = decode.errors[k as usize];
+            if n > 0 {
+                m.decode_errors.with_label_values(&[k.as_str()]).inc_by(n);
+            }
+        }
+        m.snaplen_cut.inc_by(decode.snaplen_cut);
+        m.mac_evictions.inc_by(evicted);
+        for s in samples {
+            m.rtt.observe(s.rtt_us as f64 / 1e6);
+        }
+        for (event, n) in [
+            ("flow_evicted", rtt.flow_evictions),
+            ("probe_evicted", rtt.probe_evictions),
+            ("probe_timed_out", rtt.probe_timeouts),
+        ] {
+            if n > 0 {
+                m.rtt_events.with_label_values(&[event]).inc_by(n);
+            }
+        }
+        let d = &self.detector;
+        let registry = d.registry();
+        let vms = d.vms();
+        let capped = vms.len().saturating_sub(t.metrics_vms);
+        m.vm_series_capped.set(capped as i64);
+        let mut views = Vec::with_capacity(vms.len());
+        for (i, v) in vms.iter().enumerate() {
+            let mac = v.mac.to_string();
+            if i < t.metrics_vms {
+                m.vm_level.with_label_values(&[&mac, &v.name]).set(i64::from(v.level.as_u8()));
+                for (dir, (bps, pps)) in [("tx", v.last_rates[0]), ("rx", v.last_rates[1])] {
+                    m.vm_rate_bytes.with_label_values(&[&mac, &v.name, dir]).set(bps as f64 / 8.0);
+                    m.vm_rate_packets.with_label_values(&[&mac, &v.name, dir]).set(pps as f64);
+                }
+            }
+            views.push(VmView {
+                vm: v.mac,
+                name: v.name.clone(),
+                level: v.level,
+                hypervisor: d.hypervisor_name(i),
+                signature: d.verdict(i).as_str(),
+                tx_bps: v.last_rates[0].0,
+                tx_pps: v.last_rates[0].1,
+                rx_bps: v.last_rates[1].0,
+                rx_pps: v.last_rates[1].1,
+                rtt_samples: v.last_rtt.count,
+                rtt_mean_ms: v.last_rtt.mean_ms(),
+                rtt_p50_ms: v.last_rtt.quantile_ms(0.5),
+                rtt_p99_ms: v.last_rtt.quantile_ms(0.99),
+                rtt_baseline_ms: v.rtt_baseline_ms,
+                last_seen: d.last_seen(v.mac),
+            });
+        }
+        let hypervisors = registry
+            .entries()
+            .iter()
+            .enumerate()
+            .map(|(h, e)| HypervisorView {
+                id: e.id.clone(),
+                macs: e
+                    .macs
+                    .iter()
+                    .map(|&(mac, ok)| HypervisorMac { mac, signature: if ok { "valid" } else { "invalid" } })
+                    .collect(),
+                ips: e.ips.clone(),
+                signature: e.verdict().as_str(),
+                vms: (0..vms.len()).filter(|&i| d.place(i).and_then(|p| p.hv) == Some(h)).count(),
+            })
+            .collect();
+        t.publish(views, hypervisors);
     }
 
     fn outcome(&mut self, o: &Outcome, out: &mut Counts) {
@@ -146,6 +282,9 @@ impl Merge {
                 if let (Some(from), Some(to)) = (m.from.and_then(|p| p.hv), m.to.and_then(|p| p.hv)) {
                     self.policy.note_move(from, to);
                 }
+                if let Some(t) = &self.telemetry {
+                    t.metrics.migrations.with_label_values(&[m.verdict.as_str()]).inc();
+                }
                 let vm = self.detector.vm(m.vm);
                 let ev = Event::Migration(MigrationEvent::new(
                     m,
@@ -157,6 +296,9 @@ impl Merge {
             }
             Outcome::Conflict(c) => {
                 let ev = Event::Conflict(ConflictEvent::new(c, |i| self.detector.vm(i), self.detector.registry()));
+                if let Some(t) = &self.telemetry {
+                    t.metrics.conflicts.with_label_values(&[ev_kind(&ev)]).inc();
+                }
                 out.emit(&mut *self.events, &ev);
             }
             Outcome::Level(ch) => {
@@ -185,6 +327,9 @@ impl Merge {
                     match submitted {
                         crate::action::Submitted::Queued => out.queued += 1,
                         crate::action::Submitted::Dropped => out.dropped += 1,
+                    }
+                    if let Some(t) = &self.telemetry {
+                        t.action_decided(&action, submitted.as_str());
                     }
                     let ev = Event::Action(ActionEvent::new(&action, self.dispatcher.backend(), submitted.as_str()));
                     out.emit(&mut *self.events, &ev);

@@ -22,20 +22,22 @@ mod merge;
 mod shard;
 
 use crate::action::{ActionSink, Dispatcher};
-use crate::capture::{CaptureError, PacketSource, RawPacket};
+use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
 use crate::config::Rules;
 use crate::decode::{flow_hash, DecodeErrorKind, Mac};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
-use crate::measure::placement::{Evidence, PlacementConfig};
+use crate::measure::placement::{Evidence, PlacementConfig, SharedPlacement};
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::Counters;
 use crate::policy::Policy;
+use crate::serve::Telemetry;
 use crate::time::PacketTime;
 use crate::trust::Registry;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,7 +113,7 @@ impl DecodeCounts {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// Shard workers (at least 1).
     pub threads: usize,
@@ -121,11 +123,26 @@ pub struct Options {
     pub progress: bool,
     /// Write every RTT sample as an `rtt_sample` event.
     pub rtt_samples: bool,
+    /// A live source: when a shard's queue is full, drop the batch (counted)
+    /// instead of waiting, so the capture never stalls.
+    pub live: bool,
+    /// Metrics and the HTTP API's state, when serving.
+    pub telemetry: Option<Arc<Telemetry>>,
+    /// Set (by SIGHUP) to re-read the rules at the next window.
+    pub reload: Option<Arc<AtomicBool>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { threads: 1, speed: None, progress: false, rtt_samples: false }
+        Options {
+            threads: 1,
+            speed: None,
+            progress: false,
+            rtt_samples: false,
+            live: false,
+            telemetry: None,
+            reload: None,
+        }
     }
 }
 
@@ -167,16 +184,21 @@ pub fn run(
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let policy = Policy::new(rules, registry.clone());
     let detector = Detector::new(rules, registry);
-    let placement = Arc::new(PlacementConfig {
-        vms: rules.vms.iter().map(|v| v.mac).collect(),
-        hypervisor_macs: rules.hypervisors.iter().flat_map(|h| h.macs.iter().copied()).collect(),
-        sensor: rules.sensor.is_some(),
-        ports: rules.migration.ports.clone(),
-    });
-    let dispatcher = Dispatcher::start(sink, limits.action_queue).map_err(PipelineError::Thread)?;
+    let placement = Arc::new(SharedPlacement::new(PlacementConfig::from_rules(rules)));
+    let dispatcher =
+        Dispatcher::start(sink, limits.action_queue, opts.telemetry.clone()).map_err(PipelineError::Thread)?;
 
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
-    let merge = merge::Merge { shards, detector, policy, dispatcher, events, rtt_samples: opts.rtt_samples };
+    let merge = merge::Merge {
+        shards,
+        detector,
+        policy,
+        dispatcher,
+        events,
+        rtt_samples: opts.rtt_samples,
+        telemetry: opts.telemetry.clone(),
+        reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
+    };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())
         .spawn(move || merge.run(merge_rx))
@@ -205,7 +227,17 @@ pub fn run(
         _ => None,
     };
 
+    if let Some(t) = &opts.telemetry {
+        t.set_ready(true);
+    }
     let mut reader = Reader {
+        live: opts.live,
+        telemetry: opts.telemetry.clone(),
+        queue_cap: limits.queue_batches,
+        in_flight: vec![0; shards],
+        spare: (0..shards).map(|_| Vec::new()).collect(),
+        queue_dropped: 0,
+        published: (0, 0, 0),
         tunnels: rules.tunnels,
         batch_size: limits.batch_size,
         decode_bytes: limits.decode_bytes,
@@ -221,8 +253,15 @@ pub fn run(
         progress,
         progress_bytes: 0,
     };
-    let read_result = source.run(&mut |pkt| reader.push(pkt));
+    let read_result = source.run(&mut |item| match item {
+        SourceItem::Packet(pkt) => reader.push(pkt),
+        SourceItem::Tick(ts) => reader.tick(ts),
+    });
     reader.finish();
+    if let Some(t) = &opts.telemetry {
+        t.set_ready(false);
+    }
+    let queue_dropped = reader.queue_dropped;
     let failed = reader.failed;
     if let Some(pb) = reader.progress.take() {
         pb.finish_and_clear();
@@ -295,6 +334,7 @@ pub fn run(
         mac_evictions: detector.evictions,
         duration_s,
         windows: detector.windows,
+        queue_dropped,
         rtt: RttSummary {
             samples: out.rtt_samples,
             dropped: out.rtt_dropped,
@@ -342,6 +382,16 @@ struct Pace {
 }
 
 struct Reader {
+    live: bool,
+    telemetry: Option<Arc<Telemetry>>,
+    queue_cap: usize,
+    /// Batches sent to each shard and not yet back in `spare`.
+    in_flight: Vec<usize>,
+    spare: Vec<Vec<RawBatch>>,
+    /// Frames of batches dropped because a shard's queue was full (live only).
+    queue_dropped: u64,
+    /// (packets, bytes, queue drops) already published to the metrics.
+    published: (u64, u64, u64),
     tunnels: crate::decode::Tunnels,
     batch_size: usize,
     decode_bytes: usize,
@@ -408,25 +458,71 @@ impl Reader {
     }
 
     fn send(&mut self, s: usize) -> ControlFlow<()> {
-        let fresh =
-            self.pools[s].try_recv().unwrap_or_else(|_| RawBatch::with_capacity(self.batch_size, self.decode_bytes));
+        // Batches the shard is done with come back through its pool.
+        while let Ok(b) = self.pools[s].try_recv() {
+            self.in_flight[s] = self.in_flight[s].saturating_sub(1);
+            self.spare[s].push(b);
+        }
+        if self.live && self.in_flight[s] + 1 >= self.queue_cap {
+            // The shard is behind: drop this batch rather than stall the
+            // capture, and keep a slot free for the window's `Close`.
+            self.queue_dropped += self.batches[s].len() as u64;
+            self.batches[s].clear();
+            return ControlFlow::Continue(());
+        }
+        let fresh = self.spare[s].pop().unwrap_or_else(|| RawBatch::with_capacity(self.batch_size, self.decode_bytes));
         let full = std::mem::replace(&mut self.batches[s], fresh);
         if self.shard_tx[s].send(ShardMsg::Batch(full)).is_err() {
             self.failed = true;
             return ControlFlow::Break(());
         }
+        self.in_flight[s] += 1;
         if let Some(pb) = &self.progress {
             pb.set_position(self.progress_bytes);
         }
         ControlFlow::Continue(())
     }
 
+    /// Packet time reached `ts` with no frame (live sources): close the
+    /// window it ended, if any.
+    fn tick(&mut self, ts: PacketTime) -> ControlFlow<()> {
+        if self.window.is_none() || ts.as_micros() < self.next_boundary {
+            return ControlFlow::Continue(());
+        }
+        if let Some(old) = self.window {
+            if self.close(old).is_break() {
+                return ControlFlow::Break(());
+            }
+        }
+        let w = ts.window_index(self.window_len_us);
+        self.window = Some(w);
+        self.next_boundary = (w + 1) * self.window_len_us;
+        ControlFlow::Continue(())
+    }
+
+    /// Per-window metrics of the reader: counters by their growth since the
+    /// last window, queue depths as they stand.
+    fn publish(&mut self) {
+        let Some(t) = &self.telemetry else { return };
+        let m = &t.metrics;
+        let (p, b, d) = self.published;
+        m.packets.inc_by(self.stats.packets - p);
+        m.bytes.inc_by(self.stats.bytes - b);
+        m.capture_dropped.with_label_values(&["queue"]).inc_by(self.queue_dropped - d);
+        self.published = (self.stats.packets, self.stats.bytes, self.queue_dropped);
+        for (i, tx) in self.shard_tx.iter().enumerate() {
+            m.queue_depth.with_label_values(&[&format!("shard-{i}")]).set(tx.len() as i64);
+        }
+    }
+
     /// The watermark: every shard gets its pending batch, then `Close`.
     fn close(&mut self, window: i64) -> ControlFlow<()> {
+        self.publish();
         for s in 0..self.batches.len() {
             if !self.batches[s].is_empty() && self.send(s).is_break() {
                 return ControlFlow::Break(());
             }
+            // Never dropped: `send` keeps a slot free for it in live mode.
             if self.shard_tx[s].send(ShardMsg::Close { window }).is_err() {
                 self.failed = true;
                 return ControlFlow::Break(());
@@ -465,6 +561,7 @@ impl Reader {
         if let Some(w) = self.window {
             let _ = self.close(w);
         }
+        self.publish();
         self.shard_tx.clear();
     }
 }

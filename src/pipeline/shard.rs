@@ -3,7 +3,7 @@
 use super::{DecodeCounts, Partial, RawBatch, ShardMsg};
 use crate::config::Rules;
 use crate::decode::{decode, Tunnels};
-use crate::measure::placement::{PlacementCollector, PlacementConfig};
+use crate::measure::placement::{PlacementCollector, SharedPlacement};
 use crate::measure::rtt::RttTracker;
 use crate::measure::WindowCounters;
 use crate::time::PacketTime;
@@ -21,11 +21,11 @@ pub(super) struct ShardConfig {
     pub max_samples: usize,
     pub rtt_enabled: bool,
     pub tunnels: Tunnels,
-    pub placement: Arc<PlacementConfig>,
+    pub placement: Arc<SharedPlacement>,
 }
 
 impl ShardConfig {
-    pub fn new(rules: &Rules, shards: usize, placement: Arc<PlacementConfig>) -> ShardConfig {
+    pub fn new(rules: &Rules, shards: usize, placement: Arc<SharedPlacement>) -> ShardConfig {
         let l = &rules.limits;
         ShardConfig {
             max_macs: l.max_macs,

@@ -144,6 +144,7 @@ pub struct Registry {
 #[derive(Clone, Debug)]
 pub struct RegistryEntry {
     pub id: String,
+    pub ips: Vec<std::net::IpAddr>,
     /// Each registered MAC with whether the signature verifies for it.
     pub macs: Vec<(Mac, bool)>,
 }
@@ -174,6 +175,7 @@ impl Registry {
             .iter()
             .map(|h| RegistryEntry {
                 id: h.id.clone(),
+                ips: h.ips.clone(),
                 macs: h
                     .macs
                     .iter()

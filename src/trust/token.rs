@@ -153,6 +153,11 @@ impl TokenStore {
         TokenStore { key, dir: dir.map(Path::to_path_buf), used }
     }
 
+    /// Remembers the nonces another store has used (after a rules reload).
+    pub fn absorb(&mut self, other: &mut TokenStore) {
+        self.used.extend(other.used.drain());
+    }
+
     /// Looks for a valid, unexpired, unused token for `vm` moving to `to` at
     /// packet time `at`, and uses it up.
     pub fn authorize(&mut self, vm: Mac, to: &str, at: PacketTime) -> Authorization {

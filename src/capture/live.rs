@@ -1,0 +1,190 @@
+//! A live interface through libpcap: promiscuous, immediate mode, a BPF filter, drop counters.
+
+use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
+use crate::serve::Telemetry;
+use crate::time::PacketTime;
+use pcap::{Active, Capture};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the capture wakes when idle, and hands the pipeline a tick.
+const IDLE_TIMEOUT_MS: i32 = 100;
+/// How often libpcap's counters are read and published.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    pub interface: String,
+    /// A filter in tcpdump's syntax.
+    pub bpf: Option<String>,
+    pub snaplen: i32,
+    /// The kernel's capture buffer.
+    pub buffer_bytes: i32,
+    pub promisc: bool,
+}
+
+pub struct LiveSource {
+    cap: Capture<Active>,
+    linktype: i32,
+    stop: Arc<AtomicBool>,
+    telemetry: Option<Arc<Telemetry>>,
+    published: pcap::Stat,
+    stats: SourceStats,
+}
+
+impl LiveSource {
+    /// Opens the interface and applies the filter. A missing interface, a
+    /// missing permission or a bad filter is a [`CaptureError::Setup`].
+    pub fn open(
+        cfg: &LiveConfig,
+        stop: Arc<AtomicBool>,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> Result<LiveSource, CaptureError> {
+        let setup = |what: &str, e: pcap::Error| CaptureError::Setup(format!("{}: {what}: {e}", cfg.interface));
+        let inactive = Capture::from_device(cfg.interface.as_str()).map_err(|e| setup("no such interface", e))?;
+        let mut cap = inactive
+            .promisc(cfg.promisc)
+            .immediate_mode(true)
+            .snaplen(cfg.snaplen)
+            .buffer_size(cfg.buffer_bytes)
+            .timeout(IDLE_TIMEOUT_MS)
+            .open()
+            .map_err(|e| {
+                let hint = if e.to_string().contains("ermission") {
+                    " (run as root, or give the binary CAP_NET_RAW: `setcap cap_net_raw,cap_net_admin=eip vmsentry`)"
+                } else {
+                    ""
+                };
+                CaptureError::Setup(format!("{}: cannot capture: {e}{hint}", cfg.interface))
+            })?;
+        if let Some(f) = &cfg.bpf {
+            cap.filter(f, true).map_err(|e| CaptureError::Setup(format!("bad --bpf filter `{f}`: {e}")))?;
+        }
+        let linktype = cap.get_datalink().0;
+        Ok(LiveSource {
+            cap,
+            linktype,
+            stop,
+            telemetry,
+            published: pcap::Stat { received: 0, dropped: 0, if_dropped: 0 },
+            stats: SourceStats::default(),
+        })
+    }
+
+    /// Publishes what libpcap counted since the last call.
+    fn publish_stats(&mut self) {
+        let Ok(now) = self.cap.stats() else { return };
+        if let Some(t) = &self.telemetry {
+            let m = &t.metrics;
+            m.capture_received.inc_by(u64::from(now.received.saturating_sub(self.published.received)));
+            m.capture_dropped
+                .with_label_values(&["kernel"])
+                .inc_by(u64::from(now.dropped.saturating_sub(self.published.dropped)));
+            m.capture_dropped
+                .with_label_values(&["interface"])
+                .inc_by(u64::from(now.if_dropped.saturating_sub(self.published.if_dropped)));
+        }
+        self.published = now;
+    }
+
+    /// libpcap's counters as they stand.
+    pub fn pcap_stats(&mut self) -> Option<pcap::Stat> {
+        self.cap.stats().ok()
+    }
+}
+
+fn wall_now() -> PacketTime {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    PacketTime::from_micros(d.as_micros() as i64)
+}
+
+/// Wakes the capture when it should stop, and when no frame came for a
+/// while (so idle windows close): libpcap may block in poll() with no
+/// timeout (TPACKET_V3 ignores it), and `pcap_breakloop` wakes it.
+fn spawn_waker(brk: pcap::BreakLoop, stop: Arc<AtomicBool>, seen: Arc<AtomicU64>, done: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new().name("vmsentry-capture-waker".into()).spawn(move || {
+        let mut last = seen.load(Ordering::Relaxed);
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(IDLE_TIMEOUT_MS as u64));
+            let now = seen.load(Ordering::Relaxed);
+            if stop.load(Ordering::Relaxed) || now == last {
+                brk.breakloop();
+            }
+            last = now;
+        }
+    });
+}
+
+impl PacketSource for LiveSource {
+    fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+        if let Some(t) = &self.telemetry {
+            t.set_ready(true);
+        }
+        let seen = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        spawn_waker(self.cap.breakloop_handle(), self.stop.clone(), seen.clone(), done.clone());
+        let result = self.capture(each, &seen);
+        done.store(true, Ordering::Relaxed);
+        self.publish_stats();
+        if let Some(t) = &self.telemetry {
+            t.set_ready(false);
+        }
+        result
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
+    }
+}
+
+impl LiveSource {
+    fn capture(
+        &mut self,
+        each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>,
+        seen: &AtomicU64,
+    ) -> Result<(), CaptureError> {
+        let mut last_stats = Instant::now();
+        let linktype = self.linktype;
+        let mut n: u32 = 0;
+        loop {
+            n = n.wrapping_add(1);
+            // The flag and the clock are read every 256 frames, and on every idle timeout.
+            let check = n % 256 == 0;
+            if check && self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let flow = match self.cap.next_packet() {
+                Ok(pkt) => {
+                    #[allow(clippy::unnecessary_cast)]
+                    let raw = RawPacket {
+                        ts: PacketTime::from_timeval(pkt.header.ts.tv_sec as i64, pkt.header.ts.tv_usec as i64),
+                        orig_len: pkt.header.len,
+                        data: pkt.data,
+                        linktype,
+                    };
+                    if check {
+                        seen.store(u64::from(n), Ordering::Relaxed);
+                    }
+                    each(SourceItem::Packet(raw))
+                }
+                // Idle, or woken by the waker (libpcap reports a break as no more packets).
+                Err(pcap::Error::TimeoutExpired) | Err(pcap::Error::NoMorePackets) => {
+                    n = 255;
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    each(SourceItem::Tick(wall_now()))
+                }
+                Err(e) => return Err(CaptureError::Read { path: "live".into(), msg: e.to_string() }),
+            };
+            if flow.is_break() {
+                break;
+            }
+            if check && last_stats.elapsed() >= STATS_EVERY {
+                last_stats = Instant::now();
+                self.publish_stats();
+            }
+        }
+        Ok(())
+    }
+}
