@@ -1392,3 +1392,6 @@ fn a_gratuitous_arp_announces_a_move_and_a_long_downtime_raises_the_level() {
     assert_eq!(rises(&ev), vec![json!([format!("{T}25.000000Z"), "mig-1", "MEDIUM", "migration", "compute-2"])]);
     assert_eq!(actions(&ev), vec![json!([format!("{T}25.000000Z"), "mig-1", "alert", "migration", null])]);
 }
+
+#[path = "scenarios/service.rs"]
+mod service;
