@@ -35,8 +35,9 @@ fn unchunk(b: &str) -> String {
     out
 }
 
-/// Starts vmsentry with stderr piped; returns the child, the address it
-/// serves on, and its stderr lines as they come.
+/// Starts vmsentry with stderr piped; returns the child (the caller waits
+/// for it), the address it serves on, and its stderr lines as they come.
+#[allow(clippy::zombie_processes)]
 fn start_serving(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
         .args(args)
@@ -271,8 +272,7 @@ fn live_capture_on_a_veth_grades_acts_serves_and_stops_cleanly() {
     let prom_addr = format!("127.0.0.1:{prom_port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let scraped = loop {
-        if let Ok(mut s) = TcpStream::connect(&prom_addr) {
-            drop(s.flush());
+        if TcpStream::connect(&prom_addr).is_ok() {
             let (st, body) = http_get(&prom_addr, "/api/v1/query?query=vmsentry_packets_total");
             if st == 200 {
                 let v: Value = serde_json::from_str(&body).unwrap();
@@ -382,14 +382,11 @@ fn sighup_reloads_valid_rules_and_refuses_bad_ones_keeping_the_old() {
     assert!(refused.contains("vmsentry.toml:17:"), "{refused}");
     let (_, m) = http_get(&addr, "/metrics");
     assert!(m.contains("vmsentry_rules_reloads_total{result=\"error\"} 1"), "{m}");
-    let t_reload = Instant::now();
     std::fs::write(&toml, original.replace("medium_pps = 3_000", "medium_pps = 500")).unwrap();
     signal(&child, "HUP");
     let ok = err.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(ok.starts_with("vmsentry: rules reloaded from "), "{ok}");
-    let reload_after = t_reload.elapsed();
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
-    let (_, _) = (reload_after, ());
     let ev: Vec<Value> =
         std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let levels: Vec<Value> = of_type(&ev, "level")
