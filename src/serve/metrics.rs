@@ -139,6 +139,22 @@ impl Metrics {
         for r in ["ok", "error"] {
             m.reloads.with_label_values(&[r]);
         }
+        // Fixed label sets exist from the start, so zero reads as zero, not absent.
+        for a in ["alert", "quarantine", "migrate"] {
+            for o in ["queued", "dropped", "delivered", "failed"] {
+                m.actions.with_label_values(&[a, o]);
+            }
+        }
+        for v in ["valid", "invalid", "unknown"] {
+            m.migrations.with_label_values(&[v]);
+        }
+        for k in ["clone", "hypervisor_ips", "vm_uses_hypervisor_mac"] {
+            m.conflicts.with_label_values(&[k]);
+        }
+        for e in ["flow_evicted", "probe_evicted", "probe_timed_out"] {
+            m.rtt_events.with_label_values(&[e]);
+        }
+        m.queue_depth.with_label_values(&["actions"]);
         m
     }
 

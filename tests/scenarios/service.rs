@@ -401,3 +401,36 @@ fn sighup_reloads_valid_rules_and_refuses_bad_ones_keeping_the_old() {
     let db = of_type(&ev, "vm_stats").into_iter().find(|e| e["vm_name"] == "db-1").unwrap();
     assert_eq!(db["tx_packets"], 8000);
 }
+
+#[test]
+fn shipped_dashboard_and_scrape_config_fit_the_metrics() {
+    // Every metric the Grafana dashboard queries is one vmsentry exports.
+    let m = vmsentry::serve::Metrics::new();
+    // Per-VM series exist once the rules name VMs.
+    m.vm_level.with_label_values(&["fa:16:3e:00:00:01", "web-1"]).set(0);
+    m.vm_rate_bytes.with_label_values(&["fa:16:3e:00:00:01", "web-1", "tx"]).set(0.0);
+    m.vm_rate_packets.with_label_values(&["fa:16:3e:00:00:01", "web-1", "tx"]).set(0.0);
+    let exported = m.render();
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(root().join("dist/grafana-dashboard.json")).unwrap()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            for (i, _) in e.match_indices("vmsentry_") {
+                let name: String = e[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                names.insert(name.trim_end_matches("_bucket").to_string());
+            }
+        }
+    }
+    assert!(names.len() >= 9, "{names:?}");
+    for n in &names {
+        assert!(exported.contains(&format!("# TYPE {n} ")), "the dashboard queries {n}, which is not exported");
+    }
+    // The systemd unit reloads with SIGHUP and stops with SIGTERM, as vmsentry expects.
+    let unit = std::fs::read_to_string(root().join("dist/vmsentry.service")).unwrap();
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID") && unit.contains("AmbientCapabilities=CAP_NET_RAW"));
+    if live_capable() {
+        let out = Command::new("promtool").args(["check", "config"]).arg(root().join("dist/prometheus.yml")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
