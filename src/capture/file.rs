@@ -1,7 +1,6 @@
 //! pcap and pcapng files through libpcap, several in order.
 
 use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
-use crate::time::PacketTime;
 use pcap::{Capture, Offline};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -42,14 +41,7 @@ impl PacketSource for FileSource {
             loop {
                 match cap.next_packet() {
                     Ok(pkt) => {
-                        // timeval fields are i32 on some targets.
-                        #[allow(clippy::unnecessary_cast)]
-                        let raw = RawPacket {
-                            ts: PacketTime::from_timeval(pkt.header.ts.tv_sec as i64, pkt.header.ts.tv_usec as i64),
-                            orig_len: pkt.header.len,
-                            data: pkt.data,
-                            linktype,
-                        };
+                        let raw = RawPacket::from_pcap(&pkt, linktype);
                         if each(SourceItem::Packet(raw)).is_break() {
                             return Ok(());
                         }

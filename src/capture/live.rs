@@ -157,13 +157,7 @@ impl LiveSource {
             }
             let flow = match self.cap.next_packet() {
                 Ok(pkt) => {
-                    #[allow(clippy::unnecessary_cast)]
-                    let raw = RawPacket {
-                        ts: PacketTime::from_timeval(pkt.header.ts.tv_sec as i64, pkt.header.ts.tv_usec as i64),
-                        orig_len: pkt.header.len,
-                        data: pkt.data,
-                        linktype,
-                    };
+                    let raw = RawPacket::from_pcap(&pkt, linktype);
                     if check {
                         seen.store(u64::from(n), Ordering::Relaxed);
                     }

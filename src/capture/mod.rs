@@ -22,6 +22,16 @@ pub struct RawPacket<'a> {
     pub linktype: i32,
 }
 
+impl<'a> RawPacket<'a> {
+    /// A frame as libpcap hands it over.
+    pub fn from_pcap(pkt: &pcap::Packet<'a>, linktype: i32) -> RawPacket<'a> {
+        // timeval fields are i32 on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        let ts = PacketTime::from_timeval(pkt.header.ts.tv_sec as i64, pkt.header.ts.tv_usec as i64);
+        RawPacket { ts, orig_len: pkt.header.len, data: pkt.data, linktype }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// The input cannot be used at all (missing, unreadable, not pcap): exit 2.

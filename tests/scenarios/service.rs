@@ -411,7 +411,8 @@ fn shipped_dashboard_and_scrape_config_fit_the_metrics() {
     m.vm_rate_bytes.with_label_values(&["fa:16:3e:00:00:01", "web-1", "tx"]).set(0.0);
     m.vm_rate_packets.with_label_values(&["fa:16:3e:00:00:01", "web-1", "tx"]).set(0.0);
     let exported = m.render();
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(root().join("dist/grafana-dashboard.json")).unwrap()).unwrap();
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("dist/grafana-dashboard.json")).unwrap()).unwrap();
     let mut names = std::collections::BTreeSet::new();
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().unwrap() {
@@ -430,7 +431,11 @@ fn shipped_dashboard_and_scrape_config_fit_the_metrics() {
     let unit = std::fs::read_to_string(root().join("dist/vmsentry.service")).unwrap();
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID") && unit.contains("AmbientCapabilities=CAP_NET_RAW"));
     if live_capable() {
-        let out = Command::new("promtool").args(["check", "config"]).arg(root().join("dist/prometheus.yml")).output().unwrap();
+        let out = Command::new("promtool")
+            .args(["check", "config"])
+            .arg(root().join("dist/prometheus.yml"))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
