@@ -362,6 +362,11 @@ pub struct ActionCounts {
     pub dropped: u64,
     pub delivered: u64,
     pub failed: u64,
+    pub retries: u64,
+    /// Left unfinished at exit (in the journal).
+    pub pending: u64,
+    /// Resumed from the journal at start.
+    pub resumed: u64,
 }
 
 /// Where events go: a JSON-lines writer, or a `Vec` for tests and embedding.

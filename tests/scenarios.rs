@@ -201,7 +201,10 @@ fn basic_scenario_acts_once_per_rise_by_policy_and_signature() {
     ];
     assert_eq!(actions, expected);
     let s = summary(&ev);
-    assert_eq!(s["actions"], json!({"queued": 5, "dropped": 0, "delivered": 5, "failed": 0}));
+    assert_eq!(
+        s["actions"],
+        json!({"queued": 5, "dropped": 0, "delivered": 5, "failed": 0, "retries": 0, "pending": 0, "resumed": 0})
+    );
 }
 
 #[test]
@@ -1395,3 +1398,6 @@ fn a_gratuitous_arp_announces_a_move_and_a_long_downtime_raises_the_level() {
 
 #[path = "scenarios/service.rs"]
 mod service;
+
+#[path = "scenarios/backends.rs"]
+mod backends;

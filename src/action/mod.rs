@@ -1,22 +1,34 @@
 //! Actions: what the policy decided, the [`ActionSink`] contract backends implement, and the dispatcher thread.
 //!
-//! The pipeline never waits on a backend: [`Dispatcher::submit`] puts the
-//! action on a bounded queue and returns at once; a dispatcher thread hands
-//! each action to the sink. A full queue drops the action and says so in its
-//! `action` event (`outcome: "dropped"`) and the summary's counts.
+//! The pipeline never waits on a backend: [`Dispatcher::submit`] journals the
+//! action (when a journal is configured) and puts it on a bounded queue; a
+//! dispatcher thread hands each action to the backend its kind is routed to,
+//! and retries. A full queue drops the action from this run and says so in
+//! its `action` event (`outcome: "dropped"`); with a journal it stays
+//! pending there and is sent after the next start.
 
+mod exec;
+pub mod journal;
 mod log;
+mod webhook;
 
+pub use exec::{ExecConfig, ExecSink, EX_TEMPFAIL};
 pub use log::LogSink;
+pub use webhook::{signature as webhook_signature, WebhookConfig, WebhookSink};
 
+use crate::config::{Backend, BackendName};
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
 use crate::serve::Telemetry;
 use crate::time::PacketTime;
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
+use journal::{Journal, State};
 use serde::{Deserialize, Serialize};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,13 +51,17 @@ impl ActionKind {
     }
 }
 
-/// One decided action.
-#[derive(Clone, Debug, PartialEq)]
+/// One decided action. Its JSON form (what the webhook posts, the exec
+/// backend writes on stdin, and the journal keeps) has `ts` in RFC 3339 and
+/// `ts_us` in microseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Action {
     /// Unique: packet time of the decision and a run-wide sequence number.
     /// Backends use it as the idempotency key.
     pub id: String,
+    #[serde(rename = "ts_us", with = "micros")]
     pub ts: PacketTime,
+    #[serde(rename = "action")]
     pub kind: ActionKind,
     pub vm: Mac,
     pub vm_name: Option<String>,
@@ -58,6 +74,18 @@ pub struct Action {
     pub reason: Reason,
     /// Why the action differs from the policy's (e.g. no destination to migrate to).
     pub note: Option<String>,
+}
+
+/// Packet time as microseconds in the action's JSON.
+mod micros {
+    use crate::time::PacketTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(t: &PacketTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(t.as_micros())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PacketTime, D::Error> {
+        Ok(PacketTime::from_micros(i64::deserialize(d)?))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,15 +119,25 @@ pub trait ActionSink: Send {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DispatchStats {
     pub delivered: u64,
+    /// Given up: a permanent failure, or out of attempts.
     pub failed: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Still unfinished at exit (kept in the journal, resumed at the next start).
+    pub pending: u64,
+    /// Resumed from the journal at start.
+    pub resumed: u64,
 }
 
 /// Whether [`Dispatcher::submit`] queued the action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Submitted {
     Queued,
-    /// The queue was full (or the dispatcher is gone).
+    /// The queue was full (or the dispatcher is gone). With a journal the
+    /// action stays pending there and is sent after the next start.
     Dropped,
+    /// The journal already has this action (decided again after a restart).
+    Duplicate,
 }
 
 impl Submitted {
@@ -107,65 +145,232 @@ impl Submitted {
         match self {
             Submitted::Queued => "queued",
             Submitted::Dropped => "dropped",
+            Submitted::Duplicate => "duplicate",
         }
     }
 }
 
-/// The dispatcher thread and its bounded queue.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("cannot start the dispatcher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The dispatcher thread, its bounded queue and the journal.
+///
+/// Every action is journaled (fsync) in [`submit`](Dispatcher::submit),
+/// before it is queued; the thread hands it to the backend its kind is
+/// routed to. A temporary failure is retried with exponential backoff and
+/// jitter (`backend.backoff_ms`, doubling, up to `backend.max_backoff_ms`,
+/// at most `backend.max_attempts` attempts); a permanent one is given up.
+/// Unfinished actions found in the journal at start are resumed first.
 pub struct Dispatcher {
     tx: Sender<Action>,
-    backend: &'static str,
+    routes: [&'static str; 3],
+    journal: Option<Arc<Mutex<Journal>>>,
     handle: JoinHandle<DispatchStats>,
 }
 
+struct Retry {
+    due: Instant,
+    seq: u64,
+    action: Action,
+    attempts: u32,
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.due, self.seq) == (o.due, o.seq)
+    }
+}
+impl Eq for Retry {}
+impl PartialOrd for Retry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Retry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.due, o.seq).cmp(&(self.due, self.seq))
+    }
+}
+
+/// Backoff before attempt `n + 1`: base x 2^n, capped, with "equal jitter"
+/// (half fixed, half random) so retries of many actions spread out.
+fn backoff(cfg: &Backend, n: u32) -> Duration {
+    let exp = cfg.backoff_ms.saturating_mul(1u64 << n.min(20)).min(cfg.max_backoff_ms);
+    let mut r = [0u8; 8];
+    let rand = if getrandom::fill(&mut r).is_ok() { u64::from_le_bytes(r) } else { 0 };
+    let half = exp / 2;
+    Duration::from_millis(half + if half > 0 { rand % (half + 1) } else { 0 })
+}
+
 impl Dispatcher {
-    pub fn start(
-        mut sink: Box<dyn ActionSink>,
+    /// Starts the thread with the backends `cfg` routes to, and resumes what
+    /// the journal left unfinished.
+    pub fn start(cfg: &Backend, queue: usize, telemetry: Option<Arc<Telemetry>>) -> Result<Dispatcher, DispatchError> {
+        Self::start_with(cfg, queue, telemetry, Box::new(LogSink::stderr()))
+    }
+
+    /// As [`start`](Dispatcher::start), with a given `log` sink (tests).
+    pub fn start_with(
+        cfg: &Backend,
         queue: usize,
         telemetry: Option<Arc<Telemetry>>,
-    ) -> std::io::Result<Dispatcher> {
+        log: Box<dyn ActionSink>,
+    ) -> Result<Dispatcher, DispatchError> {
         let (tx, rx) = bounded::<Action>(queue);
-        let backend = sink.name();
-        let depth = rx.clone();
-        let handle = std::thread::Builder::new().name("vmsentry-actions".into()).spawn(move || {
-            let mut stats = DispatchStats::default();
-            for action in rx {
-                let outcome = match sink.deliver(&action) {
-                    Ok(()) => {
-                        stats.delivered += 1;
-                        "delivered"
-                    }
-                    Err(e) => {
-                        stats.failed += 1;
-                        eprintln!("vmsentry: action {} ({}) not delivered: {e}", action.id, action.kind.as_str());
-                        "failed"
-                    }
-                };
-                if let Some(t) = &telemetry {
-                    t.action_outcome(&action, outcome);
-                    t.metrics.queue_depth.with_label_values(&["actions"]).set(depth.len() as i64);
-                }
+        let mut sinks: Vec<(BackendName, Box<dyn ActionSink>)> = vec![(BackendName::Log, log)];
+        if let Some(e) = &cfg.exec {
+            sinks.push((BackendName::Exec, Box::new(ExecSink::new(e.clone()))));
+        }
+        if let Some(w) = &cfg.webhook {
+            sinks.push((BackendName::Webhook, Box::new(WebhookSink::new(w.clone()))));
+        }
+        let (journal, resume) = match &cfg.journal {
+            Some(p) => {
+                let (j, r) = Journal::open(p, journal::DEFAULT_MAX_LINES)?;
+                (Some(Arc::new(Mutex::new(j))), r)
             }
-            stats
-        })?;
-        Ok(Dispatcher { tx, backend, handle })
+            None => (None, Vec::new()),
+        };
+        let routes = cfg.routes.map(BackendName::as_str);
+        let cfg = cfg.clone();
+        let thread_journal = journal.clone();
+        let handle = std::thread::Builder::new()
+            .name("vmsentry-actions".into())
+            .spawn(move || {
+                Worker { cfg, sinks, journal: thread_journal, telemetry, stats: DispatchStats::default(), seq: 0 }
+                    .run(rx, resume)
+            })
+            .map_err(DispatchError::Thread)?;
+        Ok(Dispatcher { tx, routes, journal, handle })
     }
 
-    pub fn backend(&self) -> &'static str {
-        self.backend
+    /// The backend an action of this kind goes to.
+    pub fn backend(&self, kind: ActionKind) -> &'static str {
+        self.routes[kind as usize]
     }
 
-    /// Queues an action without blocking.
+    /// Journals the action, then queues it without blocking.
     pub fn submit(&self, action: Action) -> Submitted {
+        if let Some(j) = &self.journal {
+            match j.lock().map(|mut j| j.pending(&action)) {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Submitted::Duplicate,
+                Ok(Err(e)) => eprintln!("vmsentry: cannot journal action {}: {e} (sending it anyway)", action.id),
+                Err(_) => {}
+            }
+        }
         match self.tx.try_send(action) {
             Ok(()) => Submitted::Queued,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Submitted::Dropped,
         }
     }
 
-    /// Waits until every queued action was handed to the sink.
+    /// Waits until every queued action was delivered, given up, or (after
+    /// `backend.shutdown_grace_ms`) left pending in the journal.
     pub fn finish(self) -> DispatchStats {
         drop(self.tx);
         self.handle.join().unwrap_or_default()
+    }
+}
+
+struct Worker {
+    cfg: Backend,
+    sinks: Vec<(BackendName, Box<dyn ActionSink>)>,
+    journal: Option<Arc<Mutex<Journal>>>,
+    telemetry: Option<Arc<Telemetry>>,
+    stats: DispatchStats,
+    seq: u64,
+}
+
+impl Worker {
+    fn run(mut self, rx: crossbeam_channel::Receiver<Action>, resume: Vec<(Action, u32)>) -> DispatchStats {
+        let mut retries: BinaryHeap<Retry> = BinaryHeap::new();
+        self.stats.resumed = resume.len() as u64;
+        for (action, attempts) in resume {
+            self.attempt(action, attempts, &mut retries);
+        }
+        let mut closed_at: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            while retries.peek().is_some_and(|r| r.due <= now) {
+                if let Some(r) = retries.pop() {
+                    self.attempt(r.action, r.attempts, &mut retries);
+                }
+            }
+            if let Some(t) = closed_at {
+                let grace = Duration::from_millis(self.cfg.shutdown_grace_ms);
+                if retries.is_empty() || t.elapsed() >= grace {
+                    break;
+                }
+            }
+            let wait =
+                retries.peek().map_or(Duration::from_millis(200), |r| r.due.saturating_duration_since(Instant::now()));
+            if closed_at.is_some() {
+                std::thread::sleep(wait.min(Duration::from_millis(50)));
+                continue;
+            }
+            match rx.recv_timeout(wait) {
+                Ok(a) => self.attempt(a, 0, &mut retries),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
+            }
+            if let Some(t) = &self.telemetry {
+                t.metrics.queue_depth.with_label_values(&["actions"]).set(rx.len() as i64);
+            }
+        }
+        self.stats.pending = retries.len() as u64;
+        for r in retries {
+            eprintln!("vmsentry: action {} still undelivered at exit; it stays in the journal", r.action.id);
+        }
+        self.stats
+    }
+
+    fn journal(&self, id: &str, state: State, attempts: u32, error: Option<String>) {
+        if let Some(j) = &self.journal {
+            if let Ok(mut j) = j.lock() {
+                if let Err(e) = j.outcome(id, state, attempts, error) {
+                    eprintln!("vmsentry: cannot journal the outcome of action {id}: {e}");
+                }
+            }
+        }
+    }
+
+    fn attempt(&mut self, action: Action, before: u32, retries: &mut BinaryHeap<Retry>) {
+        let route = self.cfg.route(action.kind);
+        let Some((_, sink)) = self.sinks.iter_mut().find(|(n, _)| *n == route) else { return };
+        let attempts = before + 1;
+        let outcome = match sink.deliver(&action) {
+            Ok(()) => {
+                self.stats.delivered += 1;
+                self.journal(&action.id, State::Done, attempts, None);
+                "delivered"
+            }
+            Err(SinkError::Temporary { msg, .. }) if attempts < self.cfg.max_attempts => {
+                self.stats.retries += 1;
+                self.journal(&action.id, State::Failed, attempts, Some(msg.clone()));
+                let due = Instant::now() + backoff(&self.cfg, before);
+                self.seq += 1;
+                retries.push(Retry { due, seq: self.seq, action, attempts });
+                return;
+            }
+            Err(e) => {
+                self.stats.failed += 1;
+                eprintln!(
+                    "vmsentry: action {} ({}) given up after {attempts} attempts: {e}",
+                    action.id,
+                    action.kind.as_str()
+                );
+                self.journal(&action.id, State::GivenUp, attempts, Some(e.to_string()));
+                "failed"
+            }
+        };
+        if let Some(t) = &self.telemetry {
+            t.action_outcome(&action, outcome);
+        }
     }
 }

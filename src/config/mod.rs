@@ -110,17 +110,51 @@ pub struct Limits {
     pub rtt_samples_per_window: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// Writes each action as a line on stderr (the default).
-    Log,
+pub use raw::BackendName;
+
+impl BackendName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendName::Log => "log",
+            BackendName::Exec => "exec",
+            BackendName::Webhook => "webhook",
+        }
+    }
+}
+
+/// Where actions go, and how they are retried and journaled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    /// The backend of each action kind: alert, quarantine, migrate.
+    pub routes: [BackendName; 3],
+    pub exec: Option<crate::action::ExecConfig>,
+    pub webhook: Option<crate::action::WebhookConfig>,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub shutdown_grace_ms: u64,
+    /// Absolute path of the action journal, if any.
+    pub journal: Option<PathBuf>,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            routes: [BackendName::Log; 3],
+            exec: None,
+            webhook: None,
+            max_attempts: 8,
+            backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            shutdown_grace_ms: 5_000,
+            journal: None,
+        }
+    }
 }
 
 impl Backend {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Log => "log",
-        }
+    pub fn route(&self, kind: ActionKind) -> BackendName {
+        self.routes[kind as usize]
     }
 }
 
@@ -408,6 +442,65 @@ impl Rules {
             ));
         }
 
+        // [backend]
+        let b = &raw.backend;
+        let exec = b.exec.as_ref().map(|e| crate::action::ExecConfig {
+            program: PathBuf::from(e.program.get_ref()),
+            args: e.args.clone(),
+            timeout: std::time::Duration::from_millis(e.timeout_ms.max(1)),
+        });
+        let webhook = match &b.webhook {
+            None => None,
+            Some(w) => {
+                let url = w.url.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(at(
+                        w.url.span(),
+                        format!("webhook url must start with http:// or https:// (got `{url}`)"),
+                    ));
+                }
+                let secret =
+                    read_secret(&dir.join(w.secret_file.get_ref())).map_err(|m| at(w.secret_file.span(), m))?;
+                Some(crate::action::WebhookConfig {
+                    url: url.clone(),
+                    secret,
+                    timeout: std::time::Duration::from_millis(w.timeout_ms.max(1)),
+                })
+            }
+        };
+        if *b.max_attempts.get_ref() == 0 {
+            return Err(at(b.max_attempts.span(), "backend.max_attempts must be at least 1".into()));
+        }
+        let mut routes = [*b.default.get_ref(); 3];
+        for (i, r) in [&b.alert, &b.quarantine, &b.migrate].into_iter().enumerate() {
+            if let Some(r) = r {
+                routes[i] = *r.get_ref();
+            }
+        }
+        for r in [Some(&b.default), b.alert.as_ref(), b.quarantine.as_ref(), b.migrate.as_ref()].into_iter().flatten() {
+            let missing = match r.get_ref() {
+                BackendName::Exec if exec.is_none() => Some("[backend.exec]"),
+                BackendName::Webhook if webhook.is_none() => Some("[backend.webhook]"),
+                _ => None,
+            };
+            if let (Some(section), true) = (missing, routes.contains(r.get_ref())) {
+                return Err(at(
+                    r.span(),
+                    format!("backend `{}` is used but {section} is missing", r.get_ref().as_str()),
+                ));
+            }
+        }
+        let backend = Backend {
+            routes,
+            exec,
+            webhook,
+            max_attempts: *b.max_attempts.get_ref(),
+            backoff_ms: b.backoff_ms,
+            max_backoff_ms: b.max_backoff_ms.max(b.backoff_ms),
+            shutdown_grace_ms: b.shutdown_grace_ms,
+            journal: b.journal.as_ref().map(|j| dir.join(j.get_ref())),
+        };
+
         // [[vm]]
         let mut vm_macs: HashSet<Mac> = HashSet::new();
         let mut vm_names: HashSet<String> = HashSet::new();
@@ -454,7 +547,7 @@ impl Rules {
             tunnels,
             sensor,
             migration,
-            backend: Backend::Log,
+            backend,
             hypervisors,
             vms,
         })
@@ -463,6 +556,31 @@ impl Rules {
     pub fn window_len_us(&self) -> i64 {
         self.window_len_ms as i64 * 1000
     }
+}
+
+/// A secret file: refused when readable by group or others, or empty.
+fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            return Err(format!(
+                "secret file {} is readable by group or others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let t = bytes.trim_ascii();
+    if t.is_empty() {
+        return Err(format!("secret file {} is empty", path.display()));
+    }
+    Ok(t.to_vec())
 }
 
 fn positive(v: &f64, name: &str) -> Result<(), String> {

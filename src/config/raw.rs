@@ -35,6 +35,8 @@ pub struct RawRules {
     #[serde(default)]
     pub migration: RawMigration,
     #[serde(default)]
+    pub backend: RawBackend,
+    #[serde(default)]
     pub hypervisor: Vec<RawHypervisor>,
     #[serde(default)]
     pub vm: Vec<RawVm>,
@@ -421,4 +423,104 @@ impl Default for RawMigration {
             tokens_dir: None,
         }
     }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    Log,
+    Exec,
+    Webhook,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// Default `log`: where actions go unless routed by kind below.
+    #[serde(default = "d_log")]
+    pub default: Spanned<BackendName>,
+    #[serde(default)]
+    pub alert: Option<Spanned<BackendName>>,
+    #[serde(default)]
+    pub quarantine: Option<Spanned<BackendName>>,
+    #[serde(default)]
+    pub migrate: Option<Spanned<BackendName>>,
+    /// Default 8 attempts per action.
+    #[serde(default = "d_max_attempts")]
+    pub max_attempts: Spanned<u32>,
+    /// Default 500 ms before the first retry, doubling per attempt ...
+    #[serde(default = "d_backoff_ms")]
+    pub backoff_ms: u64,
+    /// ... up to 60 000 ms.
+    #[serde(default = "d_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Default 5000 ms: at exit, how long retries still due may run.
+    #[serde(default = "d_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Default none: the action journal's path.
+    #[serde(default)]
+    pub journal: Option<Spanned<String>>,
+    #[serde(default)]
+    pub exec: Option<RawExec>,
+    #[serde(default)]
+    pub webhook: Option<RawWebhook>,
+}
+fn d_log() -> Spanned<BackendName> {
+    sp(BackendName::Log)
+}
+fn d_max_attempts() -> Spanned<u32> {
+    sp(8)
+}
+fn d_backoff_ms() -> u64 {
+    500
+}
+fn d_max_backoff_ms() -> u64 {
+    60_000
+}
+fn d_shutdown_grace_ms() -> u64 {
+    5_000
+}
+impl Default for RawBackend {
+    fn default() -> Self {
+        RawBackend {
+            default: d_log(),
+            alert: None,
+            quarantine: None,
+            migrate: None,
+            max_attempts: d_max_attempts(),
+            backoff_ms: d_backoff_ms(),
+            max_backoff_ms: d_max_backoff_ms(),
+            shutdown_grace_ms: d_shutdown_grace_ms(),
+            journal: None,
+            exec: None,
+            webhook: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExec {
+    pub program: Spanned<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Default 10 000 ms.
+    #[serde(default = "d_exec_timeout_ms")]
+    pub timeout_ms: u64,
+}
+fn d_exec_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: Spanned<String>,
+    pub secret_file: Spanned<String>,
+    /// Default 5000 ms.
+    #[serde(default = "d_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+fn d_webhook_timeout_ms() -> u64 {
+    5_000
 }

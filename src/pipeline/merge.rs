@@ -323,15 +323,23 @@ impl Merge {
                 let signed = self.detector.signed(ch.vm);
                 let current = self.detector.place(ch.vm).and_then(|p| p.hv);
                 if let Some(action) = self.policy.decide(ch, vm, signed, current, hypervisor) {
+                    if let Some(t) = &self.telemetry {
+                        t.action_decided(&action);
+                    }
                     let submitted = self.dispatcher.submit(action.clone());
                     match submitted {
                         crate::action::Submitted::Queued => out.queued += 1,
                         crate::action::Submitted::Dropped => out.dropped += 1,
+                        crate::action::Submitted::Duplicate => {}
                     }
                     if let Some(t) = &self.telemetry {
-                        t.action_decided(&action, submitted.as_str());
+                        t.action_submitted(&action, submitted.as_str());
                     }
-                    let ev = Event::Action(ActionEvent::new(&action, self.dispatcher.backend(), submitted.as_str()));
+                    let ev = Event::Action(ActionEvent::new(
+                        &action,
+                        self.dispatcher.backend(action.kind),
+                        submitted.as_str(),
+                    ));
                     out.emit(&mut *self.events, &ev);
                 }
             }

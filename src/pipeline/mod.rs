@@ -152,6 +152,8 @@ pub enum PipelineError {
     Capture(#[from] CaptureError),
     #[error("cannot start a pipeline thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Dispatch(#[from] crate::action::DispatchError),
     #[error("a pipeline thread stopped unexpectedly")]
     ThreadDied,
     #[error("cannot write events: {0}")]
@@ -185,8 +187,7 @@ pub fn run(
     let policy = Policy::new(rules, registry.clone());
     let detector = Detector::new(rules, registry);
     let placement = Arc::new(SharedPlacement::new(PlacementConfig::from_rules(rules)));
-    let dispatcher =
-        Dispatcher::start(sink, limits.action_queue, opts.telemetry.clone()).map_err(PipelineError::Thread)?;
+    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, opts.telemetry.clone(), sink)?;
 
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
     let merge = merge::Merge {
@@ -347,6 +348,9 @@ pub fn run(
             dropped: out.dropped,
             delivered: dispatch.delivered,
             failed: dispatch.failed,
+            retries: dispatch.retries,
+            pending: dispatch.pending,
+            resumed: dispatch.resumed,
         },
         wall_s,
         processing_pps: if wall_s > 0.0 { stats.packets as f64 / wall_s } else { 0.0 },

@@ -132,9 +132,9 @@ impl Telemetry {
         }
     }
 
-    /// Records a decided action (called once per action).
-    pub fn action_decided(&self, a: &Action, outcome: &'static str) {
-        self.metrics.actions.with_label_values(&[a.kind.as_str(), outcome]).inc();
+    /// Records a decided action, before it is handed to the dispatcher (so
+    /// the dispatcher's outcome always finds it).
+    pub fn action_decided(&self, a: &Action) {
         if let Ok(mut s) = self.api.write() {
             if s.actions.len() == RECENT_ACTIONS {
                 s.actions.pop_front();
@@ -149,19 +149,31 @@ impl Telemetry {
                 destination: a.destination.clone(),
                 level: a.level,
                 reason: a.reason,
-                outcome,
+                outcome: "queued",
             });
+        }
+    }
+
+    /// What submitting it gave (`queued`, `dropped`, `duplicate`).
+    pub fn action_submitted(&self, a: &Action, outcome: &'static str) {
+        self.metrics.actions.with_label_values(&[a.kind.as_str(), outcome]).inc();
+        if outcome != "queued" {
+            self.set_outcome(a, outcome);
+        }
+    }
+
+    fn set_outcome(&self, a: &Action, outcome: &'static str) {
+        if let Ok(mut s) = self.api.write() {
+            if let Some(v) = s.actions.iter_mut().rev().find(|v| v.id == a.id) {
+                v.outcome = outcome;
+            }
         }
     }
 
     /// The backend's answer for an action.
     pub fn action_outcome(&self, a: &Action, outcome: &'static str) {
         self.metrics.actions.with_label_values(&[a.kind.as_str(), outcome]).inc();
-        if let Ok(mut s) = self.api.write() {
-            if let Some(v) = s.actions.iter_mut().rev().find(|v| v.id == a.id) {
-                v.outcome = outcome;
-            }
-        }
+        self.set_outcome(a, outcome);
     }
 }
 

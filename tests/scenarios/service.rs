@@ -206,8 +206,17 @@ fn live_capture_on_a_veth_grades_acts_serves_and_stops_cleanly() {
         assert!(Instant::now() < deadline, "web-1 never went HIGH: {web}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (_, actions) = http_get(&addr, "/v1/actions");
-    let actions: Vec<Value> = serde_json::from_str(&actions).unwrap();
+    // The dispatcher delivers asynchronously: wait for the outcomes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let actions: Vec<Value> = loop {
+        let (_, body) = http_get(&addr, "/v1/actions");
+        let actions: Vec<Value> = serde_json::from_str(&body).unwrap();
+        if actions.last().is_some_and(|a| a["level"] == "HIGH") && actions.iter().all(|a| a["outcome"] == "delivered") {
+            break actions;
+        }
+        assert!(Instant::now() < deadline, "{actions:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // Windows align to the clock, so the flood's first window may be partial:
     // web-1 then rises through MEDIUM (alert) before HIGH (migrate).
     let kinds: Vec<Value> =

@@ -1,0 +1,305 @@
+//! Action backends with real parts: a program run by `exec`, an HTTP server for `webhook`, and the journal across kill -9.
+
+use super::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn exec_runs_the_program_with_the_action_as_arguments_and_json() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let prog = script(
+        d.path(),
+        "act",
+        &format!("printf '%s\n' \"$@\" >> {0}/args; cat >> {0}/stdin; echo >> {0}/stdin", d.path().display()),
+    );
+    let rules = with_rules(&format!(
+        "\n[backend]\nquarantine = \"exec\"\n[backend.exec]\nprogram = \"{}\"\nargs = [\"--dry-run\"]\n",
+        prog.display()
+    ));
+    let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
+    let _ = out;
+    // rogue-1's quarantine went to exec; the rest to log.
+    let a: Vec<Value> =
+        of_type(&ev, "action").into_iter().map(|e| json!([e["vm_name"], e["action"], e["backend"]])).collect();
+    assert!(a.contains(&json!(["rogue-1", "quarantine", "exec"])), "{a:?}");
+    assert!(a.contains(&json!(["db-1", "alert", "log"])), "{a:?}");
+    let args = std::fs::read_to_string(d.path().join("args")).unwrap();
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "--dry-run",
+            "--id",
+            "1700000031000000-3",
+            "--action",
+            "quarantine",
+            "--vm",
+            "fa:16:3e:00:00:04",
+            "--level",
+            "MEDIUM",
+            "--reason",
+            "rate",
+            "--vm-name",
+            "rogue-1",
+            "--hypervisor",
+            "compute-9"
+        ]
+    );
+    let stdin: Value = serde_json::from_str(std::fs::read_to_string(d.path().join("stdin")).unwrap().trim()).unwrap();
+    assert_eq!(
+        (
+            stdin["id"].clone(),
+            stdin["action"].clone(),
+            stdin["vm"].clone(),
+            stdin["ts_us"].clone(),
+            stdin["signed"].clone()
+        ),
+        (
+            json!("1700000031000000-3"),
+            json!("quarantine"),
+            json!("fa:16:3e:00:00:04"),
+            json!(1_700_000_031_000_000i64),
+            json!(false)
+        )
+    );
+    assert_eq!(summary(&ev)["actions"]["delivered"], 5);
+}
+
+#[test]
+fn exec_exit_75_is_retried_other_failures_and_timeouts_are_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let count = d.path().join("count");
+    // Fails with 75 twice, then succeeds.
+    let flaky = script(
+        d.path(),
+        "flaky",
+        &format!(
+            "n=$(cat {0} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {0}; [ $n -ge 3 ] && exit 0; exit 75",
+            count.display()
+        ),
+    );
+    let rules = with_rules(&format!(
+        "\n[backend]\nquarantine = \"exec\"\nbackoff_ms = 20\n[backend.exec]\nprogram = \"{}\"\n",
+        flaky.display()
+    ));
+    let s = summary(&replay(rules.path(), 1, &[capture("basic.pcap")])).clone();
+    assert_eq!(
+        (s["actions"]["delivered"].clone(), s["actions"]["retries"].clone(), s["actions"]["failed"].clone()),
+        (json!(5), json!(2), json!(0))
+    );
+    assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "3");
+
+    // Exit 1: not retried.
+    let broken = script(d.path(), "broken", "exit 1");
+    let rules = with_rules(&format!(
+        "\n[backend]\nquarantine = \"exec\"\n[backend.exec]\nprogram = \"{}\"\n",
+        broken.display()
+    ));
+    let s = summary(&replay(rules.path(), 1, &[capture("basic.pcap")])).clone();
+    assert_eq!((s["actions"]["failed"].clone(), s["actions"]["retries"].clone()), (json!(1), json!(0)));
+
+    // Too slow: killed after 100 ms, retried once, then given up (max_attempts 2).
+    let slow = script(d.path(), "slow", "exec sleep 5");
+    let rules = with_rules(&format!(
+        "\n[backend]\nquarantine = \"exec\"\nmax_attempts = 2\nbackoff_ms = 10\n[backend.exec]\nprogram = \"{}\"\ntimeout_ms = 100\n",
+        slow.display()
+    ));
+    let t = Instant::now();
+    let s = summary(&replay(rules.path(), 1, &[capture("basic.pcap")])).clone();
+    assert_eq!((s["actions"]["failed"].clone(), s["actions"]["retries"].clone()), (json!(1), json!(1)));
+    assert!(t.elapsed() < Duration::from_secs(5), "the timeout killed the program");
+}
+
+/// A webhook receiver on loopback: answers 503 to the first `fail` requests,
+/// sleeps `delay` before answering, records (id, signature ok, body).
+struct Receiver {
+    addr: String,
+    got: Arc<Mutex<Vec<(String, bool, Value)>>>,
+}
+
+fn receiver(secret: &'static [u8], fail: u32, delay: Duration) -> Receiver {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(AtomicU32::new(0));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let (g, seen) = (g.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let (mut len, mut id, mut sig) = (0usize, String::new(), String::new());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    let l = line.to_ascii_lowercase();
+                    if let Some(v) = l.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    } else if l.starts_with("idempotency-key:") {
+                        id = line[16..].trim().to_string();
+                    } else if l.starts_with("x-vmsentry-signature:") {
+                        sig = line[21..].trim().to_string();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; len];
+                // A sender killed mid-request (kill -9) leaves a cut request: ignore it.
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let Ok(json) = serde_json::from_slice::<Value>(&body) else { return };
+                std::thread::sleep(delay);
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let status = if n < fail { "503 Service Unavailable" } else { "200 OK" };
+                if n >= fail {
+                    let ok = sig == vmsentry::action::webhook_signature(secret, &body);
+                    g.lock().unwrap_or_else(|e| e.into_inner()).push((id, ok, json));
+                }
+                let _ = write!(c, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            });
+        }
+    });
+    Receiver { addr, got }
+}
+
+fn webhook_rules(addr: &str, extra: &str) -> tempfile::TempDir {
+    let rules = with_rules(&format!(
+        "\n[backend]\ndefault = \"webhook\"\nbackoff_ms = 50\n{extra}\n[backend.webhook]\nurl = \"http://{addr}/hook\"\nsecret_file = \"webhook.secret\"\ntimeout_ms = 2000\n"
+    ));
+    let s = rules.path().join("webhook.secret");
+    std::fs::write(&s, "s3cret-for-tests\n").unwrap();
+    std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o600)).unwrap();
+    rules
+}
+
+#[test]
+fn webhook_posts_signed_json_and_retries_until_the_receiver_is_up() {
+    // Down for the first 6 requests (every action's first try, one retry more).
+    let r = receiver(b"s3cret-for-tests", 6, Duration::from_millis(0));
+    let rules = webhook_rules(&r.addr, "");
+    let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
+    let s = summary(&ev);
+    assert_eq!((s["actions"]["delivered"].clone(), s["actions"]["failed"].clone()), (json!(5), json!(0)));
+    assert!(s["actions"]["retries"].as_u64().unwrap() >= 5, "{}", s["actions"]);
+    let got = r.got.lock().unwrap().clone();
+    let mut ids: Vec<String> = got.iter().map(|g| g.0.clone()).collect();
+    ids.sort();
+    let mut want: Vec<String> = of_type(&ev, "action").iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each action arrived exactly once after the retries");
+    assert!(got.iter().all(|g| g.1), "every body carries a valid signature");
+    let web = got.iter().find(|g| g.2["vm_name"] == "web-1").unwrap();
+    assert_eq!((web.2["action"].clone(), web.2["destination"].clone()), (json!("migrate"), json!("compute-3")));
+}
+
+#[test]
+fn a_slow_webhook_times_out_and_is_retried() {
+    // Answers after 300 ms; the timeout is 2 s, so slow is fine, and a
+    // receiver slower than the timeout is retried.
+    let r = receiver(b"s3cret-for-tests", 0, Duration::from_millis(300));
+    let rules = webhook_rules(&r.addr, "");
+    let p = rules.path().join("vmsentry.toml");
+    std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("timeout_ms = 2000", "timeout_ms = 100")).unwrap();
+    let p2 = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&p2).unwrap().replace("backoff_ms = 50", "backoff_ms = 50\nmax_attempts = 2");
+    std::fs::write(&p2, text).unwrap();
+    let s = summary(&replay(rules.path(), 1, &[capture("basic.pcap")])).clone();
+    assert_eq!((s["actions"]["failed"].clone(), s["actions"]["retries"].clone()), (json!(5), json!(5)));
+}
+
+/// Rules with `n` extra VMs (no hypervisor: unsigned, so MEDIUM quarantines),
+/// and a capture where each sends 20 frames in one second (MEDIUM at 10 pps).
+fn many_vms(n: u32) -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    use vmsentry::synth::{frames, mac, write_pcap, Frame};
+    let d = tempfile::tempdir().unwrap();
+    let mut extra = String::new();
+    let mut fr = Vec::new();
+    for i in 0..n {
+        let m = format!("fa:16:3e:20:{:02x}:{:02x}", i / 256, i % 256);
+        extra.push_str(&format!("\n[[vm]]\nname = \"bulk-{i}\"\nmac = \"{m}\"\n"));
+        let f = frames::udp4(
+            mac(&m),
+            mac("52:54:00:ff:00:01"),
+            [10, 1, (i / 256) as u8, (i % 256) as u8].into(),
+            [10, 0, 0, 1].into(),
+            1,
+            2,
+            10,
+        );
+        for k in 0..20 {
+            fr.push(Frame::whole(vmsentry::synth::scenario::T0_US + k * 40_000, f.clone()));
+        }
+    }
+    let p = d.path().join("many.pcap");
+    write_pcap(&p, &mut fr).unwrap();
+    (d, with_rules(&extra), p)
+}
+
+#[test]
+fn kill_9_during_dispatch_loses_no_action() {
+    const N: u32 = 1000;
+    let r = receiver(b"s3cret-for-tests", 0, Duration::from_millis(2));
+    let (_d, rules, pcap) = many_vms(N);
+    let p = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("medium_pps = 3_000", "medium_pps = 10")
+        .replace("high_pps   = 20_000", "high_pps   = 100000");
+    std::fs::write(&p, text).unwrap();
+    let rules = {
+        let extra = "journal = \"journal.jsonl\"";
+        let r2 = webhook_rules(&r.addr, extra);
+        std::fs::copy(&p, r2.path().join("vmsentry.toml")).unwrap();
+        let mut t = std::fs::read_to_string(r2.path().join("vmsentry.toml")).unwrap();
+        t.push_str(&format!(
+            "\n[backend]\ndefault = \"webhook\"\nbackoff_ms = 50\n{extra}\n[backend.webhook]\nurl = \"http://{}/hook\"\nsecret_file = \"webhook.secret\"\ntimeout_ms = 2000\n",
+            r.addr
+        ));
+        std::fs::write(r2.path().join("vmsentry.toml"), t).unwrap();
+        r2
+    };
+    let run = |pcap: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+            .args(["replay", "--rules", rules.path().to_str().unwrap(), "--events", "/dev/null"])
+            .arg(pcap)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Decide the actions, then kill -9 twice while they are being delivered.
+    let mut child = run(&pcap);
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after_first = r.got.lock().unwrap().len();
+    assert!(after_first < N as usize, "killed before the end ({after_first} delivered)");
+    let empty = capture("third_party/tcpdump__empty.pcap");
+    let mut child = run(&empty);
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The last start resumes and finishes what the journal holds.
+    let st = run(&empty).wait().unwrap();
+    assert!(st.success());
+    let got = r.got.lock().unwrap().clone();
+    let ids: std::collections::BTreeSet<String> = got.iter().map(|g| g.0.clone()).collect();
+    let bulk = got
+        .iter()
+        .filter(|g| g.2["vm_name"].as_str().is_some_and(|n| n.starts_with("bulk-")))
+        .map(|g| g.0.clone())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(bulk.len(), N as usize, "every action arrived at least once");
+    // At least once, not wildly more: only an action in flight at a kill can come twice.
+    assert!(got.len() <= ids.len() + 2, "{} deliveries of {} actions", got.len(), ids.len());
+}
