@@ -25,6 +25,7 @@ pub enum Event {
     RttPeaks(RttPeaksEvent),
     Level(LevelEvent),
     Action(ActionEvent),
+    ActionHeld(ActionHeldEvent),
     VmStats(VmStatsEvent),
     Summary(SummaryEvent),
 }
@@ -38,6 +39,7 @@ impl Event {
             Event::RttPeaks(e) => e.ts,
             Event::Level(e) => e.ts,
             Event::Action(e) => e.ts,
+            Event::ActionHeld(e) => e.ts,
             Event::VmStats(e) => e.ts,
             Event::Summary(e) => e.ts,
         }
@@ -292,6 +294,33 @@ impl ActionEvent {
     }
 }
 
+/// An action the storm limits held back (not sent).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActionHeldEvent {
+    pub ts: PacketTime,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub action: ActionKind,
+    pub level: Level,
+    pub reason: Reason,
+    /// `vm_cooldown`, `rate_limit`, `hypervisor_migrations` or `cluster_migrations`.
+    pub held_because: &'static str,
+}
+
+impl ActionHeldEvent {
+    pub fn new(h: &crate::policy::Held) -> Self {
+        ActionHeldEvent {
+            ts: h.ts,
+            vm: h.vm,
+            vm_name: h.vm_name.clone(),
+            action: h.kind,
+            level: h.level,
+            reason: h.reason,
+            held_because: h.because,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VmStatsEvent {
     pub ts: PacketTime,
@@ -360,6 +389,8 @@ pub struct RttSummary {
 pub struct ActionCounts {
     pub queued: u64,
     pub dropped: u64,
+    /// Held back by the storm limits.
+    pub held: u64,
     pub delivered: u64,
     pub failed: u64,
     pub retries: u64,

@@ -203,7 +203,7 @@ fn basic_scenario_acts_once_per_rise_by_policy_and_signature() {
     let s = summary(&ev);
     assert_eq!(
         s["actions"],
-        json!({"queued": 5, "dropped": 0, "delivered": 5, "failed": 0, "retries": 0, "pending": 0, "resumed": 0})
+        json!({"queued": 5, "dropped": 0, "held": 0, "delivered": 5, "failed": 0, "retries": 0, "pending": 0, "resumed": 0})
     );
 }
 

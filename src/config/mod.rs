@@ -174,9 +174,21 @@ pub struct MigrationRules {
     pub tokens_dir: Option<PathBuf>,
 }
 
+/// Storm protection (0 turns a limit off).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StormRules {
+    pub vm_cooldown_s: u64,
+    pub max_actions_per_minute: u32,
+    pub max_migrations_per_hypervisor: u32,
+    pub max_migrations: u32,
+    pub migration_timeout_s: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HypervisorEntry {
     pub id: String,
+    /// RAM available to VMs, for migration destinations.
+    pub ram_mb: Option<u64>,
     pub macs: Vec<Mac>,
     pub ips: Vec<IpAddr>,
     /// Lowercase hex HMAC as written in the rules, if any.
@@ -209,6 +221,7 @@ pub struct Rules {
     pub sensor: Option<usize>,
     pub migration: MigrationRules,
     pub backend: Backend,
+    pub storm: StormRules,
     pub hypervisors: Vec<HypervisorEntry>,
     pub vms: Vec<VmEntry>,
 }
@@ -381,6 +394,7 @@ impl Rules {
                 }
             }
             hypervisors.push(HypervisorEntry {
+                ram_mb: h.ram_mb,
                 id: h.id.into_inner(),
                 macs,
                 ips: h.ips,
@@ -548,6 +562,13 @@ impl Rules {
             sensor,
             migration,
             backend,
+            storm: StormRules {
+                vm_cooldown_s: raw.storm.vm_cooldown_s,
+                max_actions_per_minute: raw.storm.max_actions_per_minute,
+                max_migrations_per_hypervisor: raw.storm.max_migrations_per_hypervisor,
+                max_migrations: raw.storm.max_migrations,
+                migration_timeout_s: raw.storm.migration_timeout_s.max(1),
+            },
             hypervisors,
             vms,
         })

@@ -37,6 +37,8 @@ pub struct RawRules {
     #[serde(default)]
     pub backend: RawBackend,
     #[serde(default)]
+    pub storm: RawStorm,
+    #[serde(default)]
     pub hypervisor: Vec<RawHypervisor>,
     #[serde(default)]
     pub vm: Vec<RawVm>,
@@ -302,6 +304,9 @@ impl Default for RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawHypervisor {
     pub id: Spanned<String>,
+    /// RAM available to VMs, for migration destinations; none: unlimited.
+    #[serde(default)]
+    pub ram_mb: Option<u64>,
     #[serde(default)]
     pub macs: Vec<Spanned<Mac>>,
     #[serde(default)]
@@ -523,4 +528,40 @@ pub struct RawWebhook {
 }
 fn d_webhook_timeout_ms() -> u64 {
     5_000
+}
+
+/// Limits that keep vmsentry from making the cloud thrash. Every default is
+/// permissive enough for the shipped scenarios; tighten them in production.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorm {
+    /// Default 0 (off): at most one action per VM within this many seconds.
+    #[serde(default)]
+    pub vm_cooldown_s: u64,
+    /// Default 0 (off): at most this many actions in any minute, cluster-wide.
+    #[serde(default)]
+    pub max_actions_per_minute: u32,
+    /// Default 0 (off): migrations in flight leaving one hypervisor.
+    #[serde(default)]
+    pub max_migrations_per_hypervisor: u32,
+    /// Default 0 (off): migrations in flight cluster-wide.
+    #[serde(default)]
+    pub max_migrations: u32,
+    /// Default 600 s: a migration not seen on the wire by then no longer counts as in flight.
+    #[serde(default = "d_migration_timeout_s")]
+    pub migration_timeout_s: u64,
+}
+fn d_migration_timeout_s() -> u64 {
+    600
+}
+impl Default for RawStorm {
+    fn default() -> Self {
+        RawStorm {
+            vm_cooldown_s: 0,
+            max_actions_per_minute: 0,
+            max_migrations_per_hypervisor: 0,
+            max_migrations: 0,
+            migration_timeout_s: d_migration_timeout_s(),
+        }
+    }
 }

@@ -6,12 +6,14 @@ use crate::config::Rules;
 use crate::decode::DecodeErrorKind;
 use crate::detect::{Detector, Outcome};
 use crate::event::{
-    ActionEvent, ConflictEvent, Event, EventSink, LevelEvent, MigrationEvent, RttPeaksEvent, RttSampleEvent,
+    ActionEvent, ActionHeldEvent, ConflictEvent, Event, EventSink, LevelEvent, MigrationEvent, RttPeaksEvent,
+    RttSampleEvent,
 };
 use crate::measure::placement::Evidence;
 use crate::measure::placement::{PlacementConfig, SharedPlacement};
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::WindowMerge;
+use crate::policy::Decision;
 use crate::policy::Policy;
 use crate::serve::{HypervisorMac, HypervisorView, Telemetry, VmView};
 use crate::time::PacketTime;
@@ -36,6 +38,7 @@ pub(super) struct MergeOutput {
     pub events: Box<dyn EventSink>,
     pub queued: u64,
     pub dropped: u64,
+    pub held: u64,
     pub shard_overflow: u64,
     pub decode: DecodeCounts,
     pub rtt_counts: RttCounts,
@@ -103,6 +106,7 @@ impl Merge {
             events: self.events,
             queued: out.queued,
             dropped: out.dropped,
+            held: out.held,
             shard_overflow: out.shard_overflow,
             decode: out.decode,
             rtt_counts: out.rtt_counts,
@@ -279,9 +283,11 @@ impl Merge {
                 out.emit(&mut *self.events, &ev);
             }
             Outcome::Migration(m) => {
+                let ram_mb = self.detector.ram_bytes(m.vm).unwrap_or(0) / (1024 * 1024);
                 if let (Some(from), Some(to)) = (m.from.and_then(|p| p.hv), m.to.and_then(|p| p.hv)) {
-                    self.policy.note_move(from, to);
+                    self.policy.note_move(from, to, ram_mb);
                 }
+                self.policy.migration_seen(self.detector.vm(m.vm).mac);
                 if let Some(t) = &self.telemetry {
                     t.metrics.migrations.with_label_values(&[m.verdict.as_str()]).inc();
                 }
@@ -322,25 +328,33 @@ impl Merge {
                 out.emit(&mut *self.events, &ev);
                 let signed = self.detector.signed(ch.vm);
                 let current = self.detector.place(ch.vm).and_then(|p| p.hv);
-                if let Some(action) = self.policy.decide(ch, vm, signed, current, hypervisor) {
-                    if let Some(t) = &self.telemetry {
-                        t.action_decided(&action);
+                let ram_mb = self.detector.ram_bytes(ch.vm).unwrap_or(0) / (1024 * 1024);
+                match self.policy.decide(ch, vm, signed, current, hypervisor, ram_mb) {
+                    Some(Decision::Act(action)) => {
+                        if let Some(t) = &self.telemetry {
+                            t.action_decided(&action);
+                        }
+                        let submitted = self.dispatcher.submit(action.clone());
+                        match submitted {
+                            crate::action::Submitted::Queued => out.queued += 1,
+                            crate::action::Submitted::Dropped => out.dropped += 1,
+                            crate::action::Submitted::Duplicate => {}
+                        }
+                        if let Some(t) = &self.telemetry {
+                            t.action_submitted(&action, submitted.as_str());
+                        }
+                        let backend = self.dispatcher.backend(action.kind);
+                        let ev = Event::Action(ActionEvent::new(&action, backend, submitted.as_str()));
+                        out.emit(&mut *self.events, &ev);
                     }
-                    let submitted = self.dispatcher.submit(action.clone());
-                    match submitted {
-                        crate::action::Submitted::Queued => out.queued += 1,
-                        crate::action::Submitted::Dropped => out.dropped += 1,
-                        crate::action::Submitted::Duplicate => {}
+                    Some(Decision::Held(h)) => {
+                        out.held += 1;
+                        if let Some(t) = &self.telemetry {
+                            t.metrics.actions.with_label_values(&[h.kind.as_str(), "held"]).inc();
+                        }
+                        out.emit(&mut *self.events, &Event::ActionHeld(ActionHeldEvent::new(&h)));
                     }
-                    if let Some(t) = &self.telemetry {
-                        t.action_submitted(&action, submitted.as_str());
-                    }
-                    let ev = Event::Action(ActionEvent::new(
-                        &action,
-                        self.dispatcher.backend(action.kind),
-                        submitted.as_str(),
-                    ));
-                    out.emit(&mut *self.events, &ev);
+                    None => {}
                 }
             }
         }
@@ -351,6 +365,7 @@ impl Merge {
 struct Counts {
     queued: u64,
     dropped: u64,
+    held: u64,
     shard_overflow: u64,
     decode: DecodeCounts,
     rtt_counts: RttCounts,

@@ -346,6 +346,7 @@ pub fn run(
         actions: ActionCounts {
             queued: out.queued,
             dropped: out.dropped,
+            held: out.held,
             delivered: dispatch.delivered,
             failed: dispatch.failed,
             retries: dispatch.retries,

@@ -6,28 +6,76 @@
 //! the rules'). `migrate` goes to a signed hypervisor other than the VM's
 //! own, the one with the fewest VMs (placed by the rules, then moved by
 //! migrations seen on the wire and decided here), ties broken by id; when
-//! there is none it becomes an `alert` whose note says why.
+//! there is none it becomes an `alert` whose note says why. A destination
+//! must have room: the RAM of the VMs placed there plus this one's within its
+//! `ram_mb` (when set).
+//!
+//! Storm protection, in packet time: at most one action per VM per
+//! `storm.vm_cooldown_s`, at most `storm.max_actions_per_minute` actions in
+//! any minute, at most `storm.max_migrations_per_hypervisor` migrations in
+//! flight leaving one hypervisor and `storm.max_migrations` in the cluster (in
+//! flight until the wire shows the move, or `storm.migration_timeout_s`). An
+//! action over a limit is held back: not sent, and reported as an
+//! `action_held` event with the reason.
 
 use crate::action::{Action, ActionKind};
-use crate::config::{PolicyTable, Rules};
-use crate::detect::{Change, Level, VmState};
+use crate::config::{PolicyTable, Rules, StormRules};
+use crate::decode::Mac;
+use crate::detect::{Change, Level, Reason, VmState};
+use crate::time::PacketTime;
 use crate::trust::Registry;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+
+/// An action the storm limits held back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    pub ts: PacketTime,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub kind: ActionKind,
+    pub level: Level,
+    pub reason: Reason,
+    /// `vm_cooldown`, `rate_limit`, `hypervisor_migrations` or `cluster_migrations`.
+    pub because: &'static str,
+}
+
+/// What the policy decided for a level change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Act(Action),
+    Held(Held),
+}
+
+struct InFlight {
+    vm: Mac,
+    from: Option<usize>,
+    at: i64,
+}
 
 pub struct Policy {
     table: PolicyTable,
     registry: Registry,
     hypervisor_ids: Vec<String>,
-    /// VMs placed on each hypervisor.
+    /// VMs placed on each hypervisor, and their RAM in MiB.
     placed: Vec<u64>,
+    placed_ram: Vec<u64>,
+    capacity: Vec<Option<u64>>,
+    storm: StormRules,
+    last_action: FxHashMap<Mac, i64>,
+    recent: VecDeque<i64>,
+    in_flight: Vec<InFlight>,
     seq: u64,
 }
 
 impl Policy {
     pub fn new(rules: &Rules, registry: Registry) -> Policy {
         let mut placed = vec![0u64; rules.hypervisors.len()];
+        let mut placed_ram = vec![0u64; rules.hypervisors.len()];
         for v in &rules.vms {
             if let Some(h) = v.hypervisor {
                 placed[h] += 1;
+                placed_ram[h] += v.ram_mb.unwrap_or(0);
             }
         }
         Policy {
@@ -35,6 +83,12 @@ impl Policy {
             registry,
             hypervisor_ids: rules.hypervisors.iter().map(|h| h.id.clone()).collect(),
             placed,
+            placed_ram,
+            capacity: rules.hypervisors.iter().map(|h| h.ram_mb).collect(),
+            storm: rules.storm.clone(),
+            last_action: FxHashMap::default(),
+            recent: VecDeque::new(),
+            in_flight: Vec::new(),
             seq: 0,
         }
     }
@@ -44,16 +98,55 @@ impl Policy {
     }
 
     /// A VM moved between registered hypervisors: count it where it is now.
-    pub fn note_move(&mut self, from: usize, to: usize) {
+    pub fn note_move(&mut self, from: usize, to: usize, ram_mb: u64) {
         if from < self.placed.len() && to < self.placed.len() {
             self.placed[from] = self.placed[from].saturating_sub(1);
+            self.placed_ram[from] = self.placed_ram[from].saturating_sub(ram_mb);
             self.placed[to] += 1;
+            self.placed_ram[to] += ram_mb;
         }
+    }
+
+    /// The wire showed the VM move: its migration is no longer in flight.
+    pub fn migration_seen(&mut self, vm: Mac) {
+        self.in_flight.retain(|m| m.vm != vm);
+    }
+
+    /// Which storm limit, if any, holds this action back at `now` (µs).
+    fn storm_limit(&mut self, vm: Mac, kind: ActionKind, from: Option<usize>, now: i64) -> Option<&'static str> {
+        let s = &self.storm;
+        let timeout = s.migration_timeout_s as i64 * 1_000_000;
+        self.in_flight.retain(|m| now - m.at < timeout);
+        while self.recent.front().is_some_and(|&t| now - t >= 60_000_000) {
+            self.recent.pop_front();
+        }
+        if s.vm_cooldown_s > 0
+            && self.last_action.get(&vm).is_some_and(|&t| now - t < s.vm_cooldown_s as i64 * 1_000_000)
+        {
+            return Some("vm_cooldown");
+        }
+        if s.max_actions_per_minute > 0 && self.recent.len() >= s.max_actions_per_minute as usize {
+            return Some("rate_limit");
+        }
+        if kind == ActionKind::Migrate {
+            if s.max_migrations > 0 && self.in_flight.len() >= s.max_migrations as usize {
+                return Some("cluster_migrations");
+            }
+            let leaving = self.in_flight.iter().filter(|m| m.from.is_some() && m.from == from).count();
+            if s.max_migrations_per_hypervisor > 0
+                && from.is_some()
+                && leaving >= s.max_migrations_per_hypervisor as usize
+            {
+                return Some("hypervisor_migrations");
+            }
+        }
+        None
     }
 
     /// The action for a level change, if it is a rise. `signed` is the
     /// verdict on the VM's hypervisor, `current` that hypervisor's registry
-    /// index (if registered), `hypervisor` its name.
+    /// index (if registered), `hypervisor` its name, `ram_mb` the VM's RAM.
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,
         change: &Change,
@@ -61,32 +154,49 @@ impl Policy {
         signed: bool,
         current: Option<usize>,
         hypervisor: Option<String>,
-    ) -> Option<Action> {
+        ram_mb: u64,
+    ) -> Option<Decision> {
         if change.to <= change.from {
             return None;
         }
         let rule = self.table.rule(change.to)?;
         let mut kind = if signed { rule.signed } else { rule.unsigned };
+        let now = change.window_end.as_micros();
+        if let Some(because) = self.storm_limit(vm.mac, kind, current, now) {
+            return Some(Decision::Held(Held {
+                ts: change.window_end,
+                vm: vm.mac,
+                vm_name: Some(vm.name.clone()),
+                kind,
+                level: change.to,
+                reason: change.reason,
+                because,
+            }));
+        }
         let mut destination = None;
         let mut note = None;
         if kind == ActionKind::Migrate {
-            match self.destination(current) {
-                Some(d) => {
-                    self.placed[d] += 1;
+            match self.destination(current, ram_mb) {
+                Ok(d) => {
                     if let Some(h) = current {
-                        self.placed[h] = self.placed[h].saturating_sub(1);
+                        self.note_move(h, d, ram_mb);
+                    } else {
+                        self.placed[d] += 1;
+                        self.placed_ram[d] += ram_mb;
                     }
+                    self.in_flight.push(InFlight { vm: vm.mac, from: current, at: now });
                     destination = Some(self.hypervisor_ids[d].clone());
                 }
-                None => {
+                Err(why) => {
                     kind = ActionKind::Alert;
-                    note =
-                        Some("migrate wanted, but no signed hypervisor other than the VM's own is registered".into());
+                    note = Some(why.into());
                 }
             }
         }
+        self.last_action.insert(vm.mac, now);
+        self.recent.push_back(now);
         self.seq += 1;
-        Some(Action {
+        Some(Decision::Act(Action {
             id: format!("{}-{}", change.window_end.as_micros(), self.seq),
             ts: change.window_end,
             kind,
@@ -98,16 +208,24 @@ impl Policy {
             level: change.to,
             reason: change.reason,
             note,
-        })
+        }))
     }
 
-    fn destination(&self, current: Option<usize>) -> Option<usize> {
-        (0..self.hypervisor_ids.len())
+    fn destination(&self, current: Option<usize>, ram_mb: u64) -> Result<usize, &'static str> {
+        let signed: Vec<usize> = (0..self.hypervisor_ids.len())
             .filter(|&h| Some(h) != current)
             .filter(|&h| self.registry.get(h).is_some_and(|e| e.verdict().is_signed()))
+            .collect();
+        if signed.is_empty() {
+            return Err("migrate wanted, but no signed hypervisor other than the VM's own is registered");
+        }
+        signed
+            .into_iter()
+            .filter(|&h| self.capacity[h].is_none_or(|cap| self.placed_ram[h] + ram_mb <= cap))
             .min_by(|&a, &b| {
                 self.placed[a].cmp(&self.placed[b]).then_with(|| self.hypervisor_ids[a].cmp(&self.hypervisor_ids[b]))
             })
+            .ok_or("migrate wanted, but no other signed hypervisor has room for its RAM")
     }
 
     /// Levels have no action below MEDIUM.

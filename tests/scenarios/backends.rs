@@ -303,3 +303,85 @@ fn kill_9_during_dispatch_loses_no_action() {
     // At least once, not wildly more: only an action in flight at a kill can come twice.
     assert!(got.len() <= ids.len() + 2, "{} deliveries of {} actions", got.len(), ids.len());
 }
+
+fn held(ev: &[Value]) -> Vec<Value> {
+    of_type(ev, "action_held")
+        .into_iter()
+        .map(|e| json!([e["ts"], e["vm_name"], e["action"], e["held_because"]]))
+        .collect()
+}
+
+#[test]
+fn storm_limits_hold_actions_back_and_say_why() {
+    // Two actions a minute: web-1 (11 s) and db-1 (21 s) act; rogue-1, cache-1, backup-1 are held.
+    let rules = with_rules("\n[storm]\nmax_actions_per_minute = 2\n");
+    let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
+    let acted: Vec<Value> = of_type(&ev, "action").into_iter().map(|e| e["vm_name"].clone()).collect();
+    assert_eq!(acted, vec![json!("web-1"), json!("db-1")]);
+    assert_eq!(
+        held(&ev),
+        vec![
+            json!(["2023-11-14T22:13:51.000000Z", "rogue-1", "quarantine", "rate_limit"]),
+            json!(["2023-11-14T22:14:01.000000Z", "cache-1", "alert", "rate_limit"]),
+            json!(["2023-11-14T22:14:02.000000Z", "backup-1", "migrate", "rate_limit"]),
+        ]
+    );
+    assert_eq!(summary(&ev)["actions"]["held"], 3);
+
+    // One migration in flight: web-1's never shows on the wire, so backup-1's is held.
+    let rules = with_rules("\n[storm]\nmax_migrations = 1\n");
+    let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
+    assert_eq!(held(&ev), vec![json!(["2023-11-14T22:14:02.000000Z", "backup-1", "migrate", "cluster_migrations"])]);
+    // ... unless it times out first.
+    let rules = with_rules("\n[storm]\nmax_migrations = 1\nmigration_timeout_s = 20\n");
+    assert!(held(&replay(rules.path(), 1, &[capture("basic.pcap")])).is_empty());
+}
+
+#[test]
+fn a_cooldown_holds_a_second_action_for_the_same_vm() {
+    use vmsentry::synth::{frames, mac, stream, write_pcap, Frame};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("twice.pcap");
+    // db-1 sends 10 Mbit/s for a second at 0 s and again at 10 s: MEDIUM twice.
+    let f = frames::udp4(
+        mac("fa:16:3e:00:00:02"),
+        mac("52:54:00:ff:00:01"),
+        [10, 0, 1, 2].into(),
+        [10, 0, 0, 1].into(),
+        1,
+        2,
+        0,
+    );
+    let t0 = vmsentry::synth::scenario::T0_US;
+    let mut fr = stream(t0, 1, 1000, |_, ts| Frame::cut(ts, f.clone(), 1250, 64));
+    fr.extend(stream(t0 + 10_000_000, 1, 1000, |_, ts| Frame::cut(ts, f.clone(), 1250, 64)));
+    fr.extend(stream(t0, 16, 1, |_, ts| Frame::whole(ts, f.clone())));
+    write_pcap(&p, &mut fr).unwrap();
+    let no_limit = with_rules("");
+    assert_eq!(of_type(&replay(no_limit.path(), 1, &[p.clone()]), "action").len(), 2);
+    let rules = with_rules("\n[storm]\nvm_cooldown_s = 60\n");
+    let ev = replay(rules.path(), 1, &[p]);
+    assert_eq!(of_type(&ev, "action").len(), 1);
+    assert_eq!(held(&ev), vec![json!(["2023-11-14T22:13:31.000000Z", "db-1", "alert", "vm_cooldown"])]);
+}
+
+#[test]
+fn migration_destinations_respect_capacity() {
+    // compute-3 holds api-1 and api-2 (2 x 2048 MiB) of 4096: web-1 (2048 MiB) no longer fits.
+    let rules = with_rules("");
+    let p = rules.path().join("vmsentry.toml");
+    let t = std::fs::read_to_string(&p).unwrap().replace("id = \"compute-3\"\n", "id = \"compute-3\"\nram_mb = 4096\n");
+    std::fs::write(&p, t).unwrap();
+    let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
+    let web = of_type(&ev, "action").into_iter().find(|e| e["vm_name"] == "web-1").unwrap().clone();
+    assert_eq!((web["action"].clone(), web["destination"].clone()), (json!("migrate"), json!("compute-2")));
+    // With no room anywhere, migrate becomes an alert saying why.
+    let t = std::fs::read_to_string(&p).unwrap().replace("id = \"compute-2\"\n", "id = \"compute-2\"\nram_mb = 1\n");
+    std::fs::write(&p, t).unwrap();
+    let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
+    let web = of_type(&ev, "action").into_iter().find(|e| e["vm_name"] == "web-1").unwrap().clone();
+    assert_eq!(
+        (web["action"].clone(), web["note"].clone()),
+        (json!("alert"), json!("migrate wanted, but no other signed hypervisor has room for its RAM"))
+    );
+}
