@@ -358,7 +358,7 @@ fn a_cooldown_holds_a_second_action_for_the_same_vm() {
     fr.extend(stream(t0, 16, 1, |_, ts| Frame::whole(ts, f.clone())));
     write_pcap(&p, &mut fr).unwrap();
     let no_limit = with_rules("");
-    assert_eq!(of_type(&replay(no_limit.path(), 1, &[p.clone()]), "action").len(), 2);
+    assert_eq!(of_type(&replay(no_limit.path(), 1, std::slice::from_ref(&p)), "action").len(), 2);
     let rules = with_rules("\n[storm]\nvm_cooldown_s = 60\n");
     let ev = replay(rules.path(), 1, &[p]);
     assert_eq!(of_type(&ev, "action").len(), 1);
