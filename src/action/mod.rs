@@ -7,11 +7,13 @@
 //! its `action` event (`outcome: "dropped"`); with a journal it stays
 //! pending there and is sent after the next start.
 
+mod alertmanager;
 mod exec;
 pub mod journal;
 mod log;
 mod webhook;
 
+pub use alertmanager::{AlertmanagerConfig, AlertmanagerSink};
 pub use exec::{ExecConfig, ExecSink, EX_TEMPFAIL};
 pub use log::LogSink;
 pub use webhook::{signature as webhook_signature, WebhookConfig, WebhookSink};
@@ -110,9 +112,23 @@ pub enum SinkError {
 /// action may be delivered more than once. On error it returns
 /// [`SinkError::Temporary`] when a retry may succeed and
 /// [`SinkError::Permanent`] when not; it must not panic.
+///
+/// Optional: [`resolve`](ActionSink::resolve), told (best effort, once, not
+/// journaled) when a VM an action was about fell back to LOW; the default
+/// does nothing.
 pub trait ActionSink: Send {
     fn name(&self) -> &'static str;
     fn deliver(&mut self, action: &Action) -> Result<(), SinkError>;
+    fn resolve(&mut self, _vm: Mac, _at: PacketTime) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// What the dispatcher thread is handed.
+enum Job {
+    Act(Action),
+    /// The VM fell back to LOW at this packet time.
+    Resolve(Mac, PacketTime),
 }
 
 /// What the dispatcher did, counted.
@@ -167,7 +183,7 @@ pub enum DispatchError {
 /// at most `backend.max_attempts` attempts); a permanent one is given up.
 /// Unfinished actions found in the journal at start are resumed first.
 pub struct Dispatcher {
-    tx: Sender<Action>,
+    tx: Sender<Job>,
     routes: [&'static str; 3],
     journal: Option<Arc<Mutex<Journal>>>,
     handle: JoinHandle<DispatchStats>,
@@ -221,13 +237,16 @@ impl Dispatcher {
         telemetry: Option<Arc<Telemetry>>,
         log: Box<dyn ActionSink>,
     ) -> Result<Dispatcher, DispatchError> {
-        let (tx, rx) = bounded::<Action>(queue);
+        let (tx, rx) = bounded::<Job>(queue);
         let mut sinks: Vec<(BackendName, Box<dyn ActionSink>)> = vec![(BackendName::Log, log)];
         if let Some(e) = &cfg.exec {
             sinks.push((BackendName::Exec, Box::new(ExecSink::new(e.clone()))));
         }
         if let Some(w) = &cfg.webhook {
             sinks.push((BackendName::Webhook, Box::new(WebhookSink::new(w.clone()))));
+        }
+        if let Some(a) = &cfg.alertmanager {
+            sinks.push((BackendName::Alertmanager, Box::new(AlertmanagerSink::new(a.clone()))));
         }
         let (journal, resume) = match &cfg.journal {
             Some(p) => {
@@ -264,10 +283,16 @@ impl Dispatcher {
                 Err(_) => {}
             }
         }
-        match self.tx.try_send(action) {
+        match self.tx.try_send(Job::Act(action)) {
             Ok(()) => Submitted::Queued,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Submitted::Dropped,
         }
+    }
+
+    /// Tells the backends a VM fell back to LOW (best effort: dropped when
+    /// the queue is full).
+    pub fn resolve(&self, vm: Mac, at: PacketTime) {
+        let _ = self.tx.try_send(Job::Resolve(vm, at));
     }
 
     /// Waits until every queued action was delivered, given up, or (after
@@ -288,7 +313,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, rx: crossbeam_channel::Receiver<Action>, resume: Vec<(Action, u32)>) -> DispatchStats {
+    fn run(mut self, rx: crossbeam_channel::Receiver<Job>, resume: Vec<(Action, u32)>) -> DispatchStats {
         let mut retries: BinaryHeap<Retry> = BinaryHeap::new();
         self.stats.resumed = resume.len() as u64;
         for (action, attempts) in resume {
@@ -315,7 +340,14 @@ impl Worker {
                 continue;
             }
             match rx.recv_timeout(wait) {
-                Ok(a) => self.attempt(a, 0, &mut retries),
+                Ok(Job::Act(a)) => self.attempt(a, 0, &mut retries),
+                Ok(Job::Resolve(vm, at)) => {
+                    for (_, sink) in self.sinks.iter_mut() {
+                        if let Err(e) = sink.resolve(vm, at) {
+                            eprintln!("vmsentry: telling {} that {vm} is LOW again failed: {e}", sink.name());
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
             }

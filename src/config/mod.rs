@@ -118,6 +118,7 @@ impl BackendName {
             BackendName::Log => "log",
             BackendName::Exec => "exec",
             BackendName::Webhook => "webhook",
+            BackendName::Alertmanager => "alertmanager",
         }
     }
 }
@@ -129,6 +130,7 @@ pub struct Backend {
     pub routes: [BackendName; 3],
     pub exec: Option<crate::action::ExecConfig>,
     pub webhook: Option<crate::action::WebhookConfig>,
+    pub alertmanager: Option<crate::action::AlertmanagerConfig>,
     pub max_attempts: u32,
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
@@ -143,6 +145,7 @@ impl Default for Backend {
             routes: [BackendName::Log; 3],
             exec: None,
             webhook: None,
+            alertmanager: None,
             max_attempts: 8,
             backoff_ms: 500,
             max_backoff_ms: 60_000,
@@ -482,6 +485,22 @@ impl Rules {
                 })
             }
         };
+        let alertmanager = match &b.alertmanager {
+            None => None,
+            Some(a) => {
+                let url = a.url.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(at(
+                        a.url.span(),
+                        format!("alertmanager url must start with http:// or https:// (got `{url}`)"),
+                    ));
+                }
+                Some(crate::action::AlertmanagerConfig {
+                    url: url.clone(),
+                    timeout: std::time::Duration::from_millis(a.timeout_ms.max(1)),
+                })
+            }
+        };
         if *b.max_attempts.get_ref() == 0 {
             return Err(at(b.max_attempts.span(), "backend.max_attempts must be at least 1".into()));
         }
@@ -495,6 +514,7 @@ impl Rules {
             let missing = match r.get_ref() {
                 BackendName::Exec if exec.is_none() => Some("[backend.exec]"),
                 BackendName::Webhook if webhook.is_none() => Some("[backend.webhook]"),
+                BackendName::Alertmanager if alertmanager.is_none() => Some("[backend.alertmanager]"),
                 _ => None,
             };
             if let (Some(section), true) = (missing, routes.contains(r.get_ref())) {
@@ -508,6 +528,7 @@ impl Rules {
             routes,
             exec,
             webhook,
+            alertmanager,
             max_attempts: *b.max_attempts.get_ref(),
             backoff_ms: b.backoff_ms,
             max_backoff_ms: b.max_backoff_ms.max(b.backoff_ms),

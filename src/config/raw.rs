@@ -436,6 +436,7 @@ pub enum BackendName {
     Log,
     Exec,
     Webhook,
+    Alertmanager,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +470,17 @@ pub struct RawBackend {
     pub exec: Option<RawExec>,
     #[serde(default)]
     pub webhook: Option<RawWebhook>,
+    #[serde(default)]
+    pub alertmanager: Option<RawAlertmanager>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertmanager {
+    pub url: Spanned<String>,
+    /// Default 5000 ms.
+    #[serde(default = "d_webhook_timeout_ms")]
+    pub timeout_ms: u64,
 }
 fn d_log() -> Spanned<BackendName> {
     sp(BackendName::Log)
@@ -499,6 +511,7 @@ impl Default for RawBackend {
             journal: None,
             exec: None,
             webhook: None,
+            alertmanager: None,
         }
     }
 }

@@ -326,6 +326,9 @@ impl Merge {
                     hypervisor: hypervisor.clone(),
                 });
                 out.emit(&mut *self.events, &ev);
+                if ch.to == crate::detect::Level::Low {
+                    self.dispatcher.resolve(vm.mac, ch.window_end);
+                }
                 let signed = self.detector.signed(ch.vm);
                 let current = self.detector.place(ch.vm).and_then(|p| p.hv);
                 let ram_mb = self.detector.ram_bytes(ch.vm).unwrap_or(0) / (1024 * 1024);

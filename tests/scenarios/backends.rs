@@ -385,3 +385,96 @@ fn migration_destinations_respect_capacity() {
         (json!("alert"), json!("migrate wanted, but no other signed hypervisor has room for its RAM"))
     );
 }
+
+/// Alertmanager is required under CI=true (`scripts/test` installs it).
+fn alertmanager_bin() -> Option<&'static str> {
+    let ok = Command::new("prometheus-alertmanager").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but prometheus-alertmanager is not installed: scripts/test installs it");
+    }
+    ok.then_some("prometheus-alertmanager")
+}
+
+#[test]
+fn alertmanager_receives_the_alert_and_its_resolution() {
+    use vmsentry::synth::{frames, mac, stream, write_pcap, Frame};
+    let Some(am) = alertmanager_bin() else {
+        eprintln!("SKIPPED: prometheus-alertmanager not installed");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("am.yml"), "route:\n  receiver: \"null\"\nreceivers:\n  - name: \"null\"\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(am)
+        .arg(format!("--config.file={}", d.path().join("am.yml").display()))
+        .arg(format!("--storage.path={}", d.path().join("data").display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, buf.split_once("\r\n\r\n")?.1.to_string()))
+    };
+    let t = Instant::now();
+    while get("/-/ready").map(|r| r.0) != Some(200) {
+        assert!(t.elapsed() < Duration::from_secs(20), "Alertmanager did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Packet time 30 s ahead of now, so the alert is current when read back:
+    // db-1 sends 10 Mbit/s for one second (MEDIUM, an alert), then a frame a second.
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let t0 = (now_s + 30) * 1_000_000;
+    let f = frames::udp4(
+        mac("fa:16:3e:00:00:02"),
+        mac("52:54:00:ff:00:01"),
+        [10, 0, 1, 2].into(),
+        [10, 0, 0, 1].into(),
+        1,
+        2,
+        0,
+    );
+    let mut fr = stream(t0, 1, 1000, |_, ts| Frame::cut(ts, f.clone(), 1250, 64));
+    fr.extend(stream(t0, 8, 1, |_, ts| Frame::whole(ts, f.clone())));
+    let p = d.path().join("db1.pcap");
+    write_pcap(&p, &mut fr).unwrap();
+    let rules = with_rules(&format!(
+        "\n[backend]\ndefault = \"alertmanager\"\n[backend.alertmanager]\nurl = \"http://{addr}\"\n"
+    ));
+    let ev = replay(rules.path(), 1, &[p]);
+    let alerts = loop {
+        let (_, body) = get("/api/v2/alerts").unwrap();
+        let v: Vec<Value> = serde_json::from_str(&body).unwrap();
+        if !v.is_empty() || t.elapsed() > Duration::from_secs(20) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    let id = of_type(&ev, "action")[0]["id"].clone();
+    assert_eq!(
+        json!([
+            a["labels"]["vm_name"],
+            a["labels"]["level"],
+            a["labels"]["reason"],
+            a["labels"]["action"],
+            a["labels"]["hypervisor"],
+            a["annotations"]["action_id"]
+        ]),
+        json!(["db-1", "MEDIUM", "rate", "alert", "compute-1", id])
+    );
+    let secs = |v: &Value| v.as_str().unwrap()[..19].to_string();
+    let at = |us: i64| vmsentry::time::PacketTime::from_micros(us).rfc3339()[..19].to_string();
+    // Raised at the end of the first window; resolved when db-1 fell back to LOW, three quiet windows later.
+    assert_eq!((secs(&a["startsAt"]), secs(&a["endsAt"])), (at(t0 + 1_000_000), at(t0 + 4_000_000)));
+}
