@@ -10,11 +10,13 @@
 mod alertmanager;
 mod exec;
 pub mod journal;
+mod libvirt;
 mod log;
 mod webhook;
 
 pub use alertmanager::{AlertmanagerConfig, AlertmanagerSink};
 pub use exec::{ExecConfig, ExecSink, EX_TEMPFAIL};
+pub use libvirt::{LibvirtConfig, LibvirtSink, Quarantine};
 pub use log::LogSink;
 pub use webhook::{signature as webhook_signature, WebhookConfig, WebhookSink};
 
@@ -247,6 +249,9 @@ impl Dispatcher {
         }
         if let Some(a) = &cfg.alertmanager {
             sinks.push((BackendName::Alertmanager, Box::new(AlertmanagerSink::new(a.clone()))));
+        }
+        if let Some(l) = &cfg.libvirt {
+            sinks.push((BackendName::Libvirt, Box::new(LibvirtSink::new(l.clone()))));
         }
         let (journal, resume) = match &cfg.journal {
             Some(p) => {

@@ -119,6 +119,7 @@ impl BackendName {
             BackendName::Exec => "exec",
             BackendName::Webhook => "webhook",
             BackendName::Alertmanager => "alertmanager",
+            BackendName::Libvirt => "libvirt",
         }
     }
 }
@@ -131,6 +132,7 @@ pub struct Backend {
     pub exec: Option<crate::action::ExecConfig>,
     pub webhook: Option<crate::action::WebhookConfig>,
     pub alertmanager: Option<crate::action::AlertmanagerConfig>,
+    pub libvirt: Option<crate::action::LibvirtConfig>,
     pub max_attempts: u32,
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
@@ -146,6 +148,7 @@ impl Default for Backend {
             exec: None,
             webhook: None,
             alertmanager: None,
+            libvirt: None,
             max_attempts: 8,
             backoff_ms: 500,
             max_backoff_ms: 60_000,
@@ -501,6 +504,16 @@ impl Rules {
                 })
             }
         };
+        let libvirt = b.libvirt.as_ref().map(|l| crate::action::LibvirtConfig {
+            uri: l.uri.get_ref().clone(),
+            migrate_uri: l.migrate_uri.clone(),
+            quarantine: match l.quarantine {
+                raw::RawQuarantine::Suspend => crate::action::Quarantine::Suspend,
+                raw::RawQuarantine::Destroy => crate::action::Quarantine::Destroy,
+            },
+            virsh: l.virsh.clone(),
+            timeout: std::time::Duration::from_millis(l.timeout_ms.max(1)),
+        });
         if *b.max_attempts.get_ref() == 0 {
             return Err(at(b.max_attempts.span(), "backend.max_attempts must be at least 1".into()));
         }
@@ -515,6 +528,7 @@ impl Rules {
                 BackendName::Exec if exec.is_none() => Some("[backend.exec]"),
                 BackendName::Webhook if webhook.is_none() => Some("[backend.webhook]"),
                 BackendName::Alertmanager if alertmanager.is_none() => Some("[backend.alertmanager]"),
+                BackendName::Libvirt if libvirt.is_none() => Some("[backend.libvirt]"),
                 _ => None,
             };
             if let (Some(section), true) = (missing, routes.contains(r.get_ref())) {
@@ -529,6 +543,7 @@ impl Rules {
             exec,
             webhook,
             alertmanager,
+            libvirt,
             max_attempts: *b.max_attempts.get_ref(),
             backoff_ms: b.backoff_ms,
             max_backoff_ms: b.max_backoff_ms.max(b.backoff_ms),

@@ -437,6 +437,7 @@ pub enum BackendName {
     Exec,
     Webhook,
     Alertmanager,
+    Libvirt,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +473,46 @@ pub struct RawBackend {
     pub webhook: Option<RawWebhook>,
     #[serde(default)]
     pub alertmanager: Option<RawAlertmanager>,
+    #[serde(default)]
+    pub libvirt: Option<RawLibvirt>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum RawQuarantine {
+    Suspend,
+    Destroy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLibvirt {
+    /// The connection to the VM's hypervisor; `{hypervisor}` is its registry id.
+    pub uri: Spanned<String>,
+    /// Default `qemu+ssh://{destination}/system`.
+    #[serde(default = "d_migrate_uri")]
+    pub migrate_uri: String,
+    /// Default suspend (keeps the VM's memory); destroy stops it at once.
+    #[serde(default = "d_quarantine")]
+    pub quarantine: RawQuarantine,
+    /// Default `virsh` (from PATH).
+    #[serde(default = "d_virsh")]
+    pub virsh: String,
+    /// Default 60 000 ms per virsh command (a live migration takes time).
+    #[serde(default = "d_libvirt_timeout_ms")]
+    pub timeout_ms: u64,
+}
+fn d_migrate_uri() -> String {
+    "qemu+ssh://{destination}/system".into()
+}
+fn d_quarantine() -> RawQuarantine {
+    RawQuarantine::Suspend
+}
+fn d_virsh() -> String {
+    "virsh".into()
+}
+fn d_libvirt_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Deserialize)]
@@ -512,6 +553,7 @@ impl Default for RawBackend {
             exec: None,
             webhook: None,
             alertmanager: None,
+            libvirt: None,
         }
     }
 }

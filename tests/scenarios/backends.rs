@@ -478,3 +478,79 @@ fn alertmanager_receives_the_alert_and_its_resolution() {
     // Raised at the end of the first window; resolved when db-1 fell back to LOW, three quiet windows later.
     assert_eq!((secs(&a["startsAt"]), secs(&a["endsAt"])), (at(t0 + 1_000_000), at(t0 + 4_000_000)));
 }
+
+fn virsh_available() -> bool {
+    let ok = Command::new("virsh").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but virsh is not installed: scripts/test installs libvirt-clients");
+    }
+    ok
+}
+
+/// libvirt's test driver with three domains whose MACs are VMs of the rules.
+fn node_xml(dir: &Path) -> PathBuf {
+    let dom = |name: &str, mac: &str| {
+        format!(
+            "<domain type=\"test\"><name>{name}</name><memory>1048576</memory><vcpu>1</vcpu><os><type>hvm</type></os>\
+             <devices><interface type=\"network\"><mac address=\"{mac}\"/><source network=\"default\"/></interface></devices></domain>"
+        )
+    };
+    let p = dir.join("node.xml");
+    let xml = format!(
+        "<node>{}{}{}</node>",
+        dom("web-1", "fa:16:3e:00:00:01"),
+        dom("rogue-1", "fa:16:3e:00:00:04"),
+        dom("db-1", "fa:16:3e:00:00:02")
+    );
+    std::fs::write(&p, xml).unwrap();
+    p
+}
+
+#[test]
+fn libvirt_suspends_or_destroys_the_right_domain_and_retries_a_failed_migration() {
+    if !virsh_available() {
+        eprintln!("SKIPPED: virsh not installed");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let node = node_xml(d.path());
+    for (mode, state) in [("suspend", "paused"), ("destroy", "shut off")] {
+        let rules = with_rules(&format!(
+            "\n[backend]\nquarantine = \"libvirt\"\nmigrate = \"libvirt\"\nmax_attempts = 3\nbackoff_ms = 20\njournal = \"journal.jsonl\"\n\
+             [backend.libvirt]\nuri = \"test://{}\"\nmigrate_uri = \"test:///nonexistent/node.xml\"\nquarantine = \"{mode}\"\ntimeout_ms = 10000\n",
+            node.display()
+        ));
+        let out = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+            .args(["replay", "--rules", rules.path().to_str().unwrap()])
+            .arg(capture("basic.pcap"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        // rogue-1's quarantine reached its domain, checked in the same session.
+        let line =
+            format!("vmsentry: libvirt: {mode} rogue-1 (fa:16:3e:00:00:04) on test://{}: now {state}", node.display());
+        assert!(err.lines().any(|l| l == line), "{err}");
+        let ev: Vec<Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let s = &summary(&ev)["actions"];
+        // Delivered: two alerts (log) and the quarantine. Failed: web-1's migration (the
+        // destination cannot be reached: retried twice, then given up) and backup-1's (no
+        // such domain: not retried).
+        assert_eq!(
+            (s["delivered"].clone(), s["failed"].clone(), s["retries"].clone()),
+            (json!(3), json!(2), json!(2)),
+            "{err}"
+        );
+        assert!(err.contains("no domain on test://"), "{err}");
+        // The journal shows the migration's tries.
+        let journal = std::fs::read_to_string(rules.path().join("journal.jsonl")).unwrap();
+        let web: Vec<String> = journal
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["id"] == "1700000011000000-1")
+            .map(|r| r["state"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(web, ["pending", "failed", "failed", "given_up"]);
+    }
+}
