@@ -92,6 +92,71 @@ fn main() {
             assert_eq!(s.packets, packets);
         }
     }
+    // A backend that hangs must not slow the capture: the bench's 64 VMs in
+    // the inventory, graded MEDIUM at 50 packets/s (64 quarantines), sent to
+    // `log` or to a webhook that accepts connections and never answers.
+    // Throughput is taken over the reading (`read_s`), not the shutdown.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let with_actions = |route_to_webhook: bool| {
+        let mut r = rules.clone();
+        r.thresholds.medium_pps = 50;
+        r.thresholds.high_pps = 1_000_000;
+        for vm in 0..64u8 {
+            r.vms.push(vmsentry::config::VmEntry {
+                name: format!("bench-{vm}"),
+                mac: vmsentry::decode::Mac([0xfa, 0x16, 0x3e, 0x10, 0x00, vm]),
+                ram_mb: None,
+                hypervisor: None,
+            });
+        }
+        r.backend.max_attempts = 1;
+        r.backend.shutdown_grace_ms = 100;
+        if route_to_webhook {
+            r.backend.routes = [vmsentry::config::BackendName::Webhook; 3];
+            r.backend.webhook = Some(vmsentry::action::WebhookConfig {
+                url: format!("http://{hang_addr}/hook"),
+                secret: b"bench".to_vec(),
+                timeout: std::time::Duration::from_secs(2),
+            });
+        }
+        r
+    };
+    let (to_log, to_hang) = (with_actions(false), with_actions(true));
+    let mut read: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut actions = [0u64; 2];
+    for run in 0..runs {
+        // Alternate which goes first: the first of a pair reads slower here.
+        let pair = if run % 2 == 0 { [(0, &to_log), (1, &to_hang)] } else { [(1, &to_hang), (0, &to_log)] };
+        for (i, r) in pair {
+            let mut src = FileSource::open(std::slice::from_ref(&file)).unwrap();
+            let opts = Options { threads: 1, ..Options::default() };
+            let s = pipeline::run(
+                &mut src,
+                r,
+                Box::new(vmsentry::action::LogSink::to_writer(Box::new(std::io::sink()))),
+                Box::new(Discard),
+                &opts,
+            )
+            .unwrap();
+            read[i].push(s.read_s);
+            actions[i] = s.actions.queued;
+        }
+    }
+    let (rl, rh) = (median(read[0].clone()), median(read[1].clone()));
+    println!(
+        "  actions to log vs to a webhook that never answers ({} actions each): {:.2} vs {:.2} Mpps while reading, the hanging one at {:.1} %",
+        actions[1],
+        packets as f64 / rl / 1e6,
+        packets as f64 / rh / 1e6,
+        100.0 * rl / rh
+    );
     let rss = vmsentry::event::peak_rss_bytes().unwrap_or(0);
     println!("replay benchmark: {packets} packets, {:.1} MB, median of {runs} runs", size as f64 / 1e6);
     let td = if has_tcpdump { Some(median(tcpdump)) } else { None };

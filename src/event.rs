@@ -365,8 +365,11 @@ pub struct SummaryEvent {
     pub rtt: RttSummary,
     pub actions: ActionCounts,
     /// Wall-clock time of the replay and what it gives per second; these
-    /// three vary run to run, everything else is fixed by the input.
+    /// vary run to run, everything else is fixed by the input.
     pub wall_s: f64,
+    /// Until the input was read through (the rest is the final window and
+    /// the actions' delivery).
+    pub read_s: f64,
     pub processing_pps: f64,
     pub peak_rss_bytes: Option<u64>,
 }

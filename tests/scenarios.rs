@@ -61,7 +61,7 @@ fn summary(events: &[Value]) -> &Value {
 /// The events with the run-dependent summary fields removed.
 fn stable(mut events: Vec<Value>) -> Vec<Value> {
     if let Some(s) = events.last_mut() {
-        for k in ["wall_s", "processing_pps", "peak_rss_bytes"] {
+        for k in ["wall_s", "read_s", "processing_pps", "peak_rss_bytes"] {
             s.as_object_mut().unwrap().remove(k);
         }
     }

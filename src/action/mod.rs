@@ -186,6 +186,8 @@ pub enum DispatchError {
 /// Unfinished actions found in the journal at start are resumed first.
 pub struct Dispatcher {
     tx: Sender<Job>,
+    /// Set by `finish`: from then on the shutdown grace runs.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     routes: [&'static str; 3],
     journal: Option<Arc<Mutex<Journal>>>,
     handle: JoinHandle<DispatchStats>,
@@ -263,14 +265,17 @@ impl Dispatcher {
         let routes = cfg.routes.map(BackendName::as_str);
         let cfg = cfg.clone();
         let thread_journal = journal.clone();
-        let handle = std::thread::Builder::new()
-            .name("vmsentry-actions".into())
-            .spawn(move || {
-                Worker { cfg, sinks, journal: thread_journal, telemetry, stats: DispatchStats::default(), seq: 0 }
-                    .run(rx, resume)
-            })
-            .map_err(DispatchError::Thread)?;
-        Ok(Dispatcher { tx, routes, journal, handle })
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_closing = closing.clone();
+        let handle =
+            std::thread::Builder::new()
+                .name("vmsentry-actions".into())
+                .spawn(move || {
+                    Worker { cfg, sinks, journal: thread_journal, telemetry, stats: DispatchStats::default(), seq: 0 }
+                        .run(rx, resume, thread_closing)
+                })
+                .map_err(DispatchError::Thread)?;
+        Ok(Dispatcher { tx, closing, routes, journal, handle })
     }
 
     /// The backend an action of this kind goes to.
@@ -303,6 +308,7 @@ impl Dispatcher {
     /// Waits until every queued action was delivered, given up, or (after
     /// `backend.shutdown_grace_ms`) left pending in the journal.
     pub fn finish(self) -> DispatchStats {
+        self.closing.store(true, std::sync::atomic::Ordering::Release);
         drop(self.tx);
         self.handle.join().unwrap_or_default()
     }
@@ -318,22 +324,41 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, rx: crossbeam_channel::Receiver<Job>, resume: Vec<(Action, u32)>) -> DispatchStats {
+    fn run(
+        mut self,
+        rx: crossbeam_channel::Receiver<Job>,
+        resume: Vec<(Action, u32)>,
+        closing: Arc<std::sync::atomic::AtomicBool>,
+    ) -> DispatchStats {
         let mut retries: BinaryHeap<Retry> = BinaryHeap::new();
         self.stats.resumed = resume.len() as u64;
         for (action, attempts) in resume {
             self.attempt(action, attempts, &mut retries);
         }
         let mut closed_at: Option<Instant> = None;
+        let grace = Duration::from_millis(self.cfg.shutdown_grace_ms);
+        let mut closing_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            // At exit, queued actions too get only the grace period; the rest
+            // stay pending in the journal.
+            if closing_since.is_none() && closing.load(std::sync::atomic::Ordering::Acquire) {
+                closing_since = Some(now);
+            }
+            if closing_since.is_some_and(|t| t.elapsed() >= grace) && (!rx.is_empty() || !retries.is_empty()) {
+                let queued = rx.len() as u64;
+                if queued > 0 {
+                    eprintln!("vmsentry: {queued} queued actions not sent before exit; they stay in the journal");
+                }
+                self.stats.pending += queued;
+                break;
+            }
             while retries.peek().is_some_and(|r| r.due <= now) {
                 if let Some(r) = retries.pop() {
                     self.attempt(r.action, r.attempts, &mut retries);
                 }
             }
             if let Some(t) = closed_at {
-                let grace = Duration::from_millis(self.cfg.shutdown_grace_ms);
                 if retries.is_empty() || t.elapsed() >= grace {
                     break;
                 }
@@ -360,7 +385,7 @@ impl Worker {
                 t.metrics.queue_depth.with_label_values(&["actions"]).set(rx.len() as i64);
             }
         }
-        self.stats.pending = retries.len() as u64;
+        self.stats.pending += retries.len() as u64;
         for r in retries {
             eprintln!("vmsentry: action {} still undelivered at exit; it stays in the journal", r.action.id);
         }

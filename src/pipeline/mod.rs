@@ -259,6 +259,7 @@ pub fn run(
         SourceItem::Tick(ts) => reader.tick(ts),
     });
     reader.finish();
+    let read_s = started.elapsed().as_secs_f64();
     if let Some(t) = &opts.telemetry {
         t.set_ready(false);
     }
@@ -354,6 +355,7 @@ pub fn run(
             resumed: dispatch.resumed,
         },
         wall_s,
+        read_s,
         processing_pps: if wall_s > 0.0 { stats.packets as f64 / wall_s } else { 0.0 },
         peak_rss_bytes: crate::event::peak_rss_bytes(),
     };
