@@ -12,12 +12,14 @@ mod exec;
 pub mod journal;
 mod libvirt;
 mod log;
+mod openstack;
 mod webhook;
 
 pub use alertmanager::{AlertmanagerConfig, AlertmanagerSink};
 pub use exec::{ExecConfig, ExecSink, EX_TEMPFAIL};
 pub use libvirt::{LibvirtConfig, LibvirtSink, Quarantine};
 pub use log::LogSink;
+pub use openstack::{OpenstackAuth, OpenstackConfig, OpenstackSink};
 pub use webhook::{signature as webhook_signature, WebhookConfig, WebhookSink};
 
 use crate::config::{Backend, BackendName};
@@ -254,6 +256,9 @@ impl Dispatcher {
         }
         if let Some(l) = &cfg.libvirt {
             sinks.push((BackendName::Libvirt, Box::new(LibvirtSink::new(l.clone()))));
+        }
+        if let Some(o) = &cfg.openstack {
+            sinks.push((BackendName::Openstack, Box::new(OpenstackSink::new(o.clone()))));
         }
         let (journal, resume) = match &cfg.journal {
             Some(p) => {

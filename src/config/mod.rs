@@ -120,6 +120,7 @@ impl BackendName {
             BackendName::Webhook => "webhook",
             BackendName::Alertmanager => "alertmanager",
             BackendName::Libvirt => "libvirt",
+            BackendName::Openstack => "openstack",
         }
     }
 }
@@ -133,6 +134,7 @@ pub struct Backend {
     pub webhook: Option<crate::action::WebhookConfig>,
     pub alertmanager: Option<crate::action::AlertmanagerConfig>,
     pub libvirt: Option<crate::action::LibvirtConfig>,
+    pub openstack: Option<crate::action::OpenstackConfig>,
     pub max_attempts: u32,
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
@@ -149,6 +151,7 @@ impl Default for Backend {
             webhook: None,
             alertmanager: None,
             libvirt: None,
+            openstack: None,
             max_attempts: 8,
             backoff_ms: 500,
             max_backoff_ms: 60_000,
@@ -514,6 +517,49 @@ impl Rules {
             virsh: l.virsh.clone(),
             timeout: std::time::Duration::from_millis(l.timeout_ms.max(1)),
         });
+        let openstack = match &b.openstack {
+            None => None,
+            Some(o) => {
+                let secret = |f: &Spanned<String>| {
+                    read_secret(&dir.join(f.get_ref()))
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .map_err(|m| at(f.span(), m))
+                };
+                let auth =
+                    match (
+                        &o.application_credential_id,
+                        &o.application_credential_secret_file,
+                        &o.username,
+                        &o.password_file,
+                        &o.project,
+                    ) {
+                        (Some(id), Some(s), None, None, _) => {
+                            crate::action::OpenstackAuth::ApplicationCredential { id: id.clone(), secret: secret(s)? }
+                        }
+                        (None, None, Some(u), Some(p), Some(project)) => crate::action::OpenstackAuth::Password {
+                            username: u.clone(),
+                            password: secret(p)?,
+                            user_domain: o.user_domain.clone(),
+                            project: project.clone(),
+                            project_domain: o.project_domain.clone(),
+                        },
+                        _ => return Err(at(
+                            o.auth_url.span(),
+                            "openstack needs either application_credential_id and application_credential_secret_file, \
+                             or username, password_file and project"
+                                .into(),
+                        )),
+                    };
+                Some(crate::action::OpenstackConfig {
+                    auth_url: o.auth_url.get_ref().clone(),
+                    auth,
+                    region: o.region.clone(),
+                    interface: o.interface.clone(),
+                    lock: o.lock,
+                    timeout: std::time::Duration::from_millis(o.timeout_ms.max(1)),
+                })
+            }
+        };
         if *b.max_attempts.get_ref() == 0 {
             return Err(at(b.max_attempts.span(), "backend.max_attempts must be at least 1".into()));
         }
@@ -529,6 +575,7 @@ impl Rules {
                 BackendName::Webhook if webhook.is_none() => Some("[backend.webhook]"),
                 BackendName::Alertmanager if alertmanager.is_none() => Some("[backend.alertmanager]"),
                 BackendName::Libvirt if libvirt.is_none() => Some("[backend.libvirt]"),
+                BackendName::Openstack if openstack.is_none() => Some("[backend.openstack]"),
                 _ => None,
             };
             if let (Some(section), true) = (missing, routes.contains(r.get_ref())) {
@@ -544,6 +591,7 @@ impl Rules {
             webhook,
             alertmanager,
             libvirt,
+            openstack,
             max_attempts: *b.max_attempts.get_ref(),
             backoff_ms: b.backoff_ms,
             max_backoff_ms: b.max_backoff_ms.max(b.backoff_ms),

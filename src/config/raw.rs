@@ -438,6 +438,7 @@ pub enum BackendName {
     Webhook,
     Alertmanager,
     Libvirt,
+    Openstack,
 }
 
 #[derive(Deserialize)]
@@ -475,6 +476,50 @@ pub struct RawBackend {
     pub alertmanager: Option<RawAlertmanager>,
     #[serde(default)]
     pub libvirt: Option<RawLibvirt>,
+    #[serde(default)]
+    pub openstack: Option<RawOpenstack>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenstack {
+    /// Keystone's v3 URL.
+    pub auth_url: Spanned<String>,
+    /// Either an application credential ...
+    #[serde(default)]
+    pub application_credential_id: Option<String>,
+    #[serde(default)]
+    pub application_credential_secret_file: Option<Spanned<String>>,
+    /// ... or a user with a password, scoped to a project.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<Spanned<String>>,
+    /// Default `Default`.
+    #[serde(default = "d_domain")]
+    pub user_domain: String,
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Default `Default`.
+    #[serde(default = "d_domain")]
+    pub project_domain: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Default `public`.
+    #[serde(default = "d_interface")]
+    pub interface: String,
+    /// Default false: lock the server before pausing it.
+    #[serde(default)]
+    pub lock: bool,
+    /// Default 10 000 ms.
+    #[serde(default = "d_exec_timeout_ms")]
+    pub timeout_ms: u64,
+}
+fn d_domain() -> String {
+    "Default".into()
+}
+fn d_interface() -> String {
+    "public".into()
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -554,6 +599,7 @@ impl Default for RawBackend {
             webhook: None,
             alertmanager: None,
             libvirt: None,
+            openstack: None,
         }
     }
 }

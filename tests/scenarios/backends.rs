@@ -554,3 +554,131 @@ fn libvirt_suspends_or_destroys_the_right_domain_and_retries_a_failed_migration(
         assert_eq!(web, ["pending", "failed", "failed", "given_up"]);
     }
 }
+
+/// One request the mock cloud saw: method, path, token, compute microversion, body.
+type Seen = (String, String, String, String, Value);
+
+/// A local server answering as Keystone (v3 tokens), Neutron (ports by MAC)
+/// and Nova (server actions). The first server action answers 401.
+fn mock_cloud() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::new(Mutex::new(Vec::new()));
+    let (s2, a2) = (seen.clone(), addr.clone());
+    let tokens = Arc::new(AtomicU32::new(0));
+    let actions = Arc::new(AtomicU32::new(0));
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let (seen, addr, tokens, actions) = (s2.clone(), a2.clone(), tokens.clone(), actions.clone());
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut first = String::new();
+                if r.read_line(&mut first).is_err() {
+                    return;
+                }
+                let mut parts = first.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                let (mut len, mut token, mut micro) = (0usize, String::new(), String::new());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    let (k, v) = line.split_once(':').unwrap_or(("", ""));
+                    match k.to_ascii_lowercase().as_str() {
+                        "content-length" => len = v.trim().parse().unwrap_or(0),
+                        "x-auth-token" => token = v.trim().to_string(),
+                        "openstack-api-version" => micro = v.trim().to_string(),
+                        _ => {}
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; len];
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push((method.clone(), path.clone(), token, micro, body));
+                let (status, headers, out) = if path == "/v3/auth/tokens" {
+                    let n = tokens.fetch_add(1, Ordering::SeqCst) + 1;
+                    let cat = json!({"token": {"expires_at": "2099-01-01T00:00:00.000000Z", "catalog": [
+                        {"type": "compute", "endpoints": [
+                            {"interface": "internal", "region": "RegionOne", "url": format!("http://{addr}/wrong")},
+                            {"interface": "public", "region": "RegionOne", "url": format!("http://{addr}/compute/v2.1")}]},
+                        {"type": "network", "endpoints": [
+                            {"interface": "public", "region": "RegionOne", "url": format!("http://{addr}/network")}]}]}});
+                    ("201 Created", format!("X-Subject-Token: tok-{n}\r\n"), cat)
+                } else if let Some(q) = path.strip_prefix("/network/v2.0/ports?mac_address=") {
+                    let dev = match q {
+                        "fa:16:3e:00:00:04" => "srv-rogue",
+                        "fa:16:3e:00:00:01" => "srv-web",
+                        "fa:16:3e:00:00:05" => "srv-backup",
+                        _ => "",
+                    };
+                    let ports = if dev.is_empty() { json!([]) } else { json!([{"device_id": dev, "mac_address": q}]) };
+                    ("200 OK", String::new(), json!({ "ports": ports }))
+                } else if path.starts_with("/compute/v2.1/servers/") && path.ends_with("/action") {
+                    if actions.fetch_add(1, Ordering::SeqCst) == 0 {
+                        ("401 Unauthorized", String::new(), json!({"error": "token expired"}))
+                    } else {
+                        ("202 Accepted", String::new(), Value::Null)
+                    }
+                } else {
+                    ("404 Not Found", String::new(), Value::Null)
+                };
+                let out = serde_json::to_vec(&out).unwrap();
+                let _ = write!(c, "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", out.len());
+                let _ = c.write_all(&out);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn openstack_pauses_and_live_migrates_through_keystone_neutron_and_nova() {
+    let (addr, seen) = mock_cloud();
+    let rules = with_rules(&format!(
+        "\n[backend]\nquarantine = \"openstack\"\nmigrate = \"openstack\"\nbackoff_ms = 20\n\
+         [backend.openstack]\nauth_url = \"http://{addr}/v3\"\napplication_credential_id = \"app-1\"\n\
+         application_credential_secret_file = \"os.secret\"\nregion = \"RegionOne\"\nlock = true\n"
+    ));
+    let secret = rules.path().join("os.secret");
+    std::fs::write(&secret, "app-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
+    let s = &summary(&ev)["actions"];
+    assert_eq!((s["delivered"].clone(), s["failed"].clone(), s["retries"].clone()), (json!(5), json!(0), json!(1)));
+    let seen = seen.lock().unwrap().clone();
+    let auth = json!({"auth": {"identity": {"methods": ["application_credential"],
+        "application_credential": {"id": "app-1", "secret": "app-secret"}}}});
+    // Two authentications: at the start, and after the 401.
+    let auths: Vec<usize> = seen.iter().enumerate().filter(|(_, r)| r.1 == "/v3/auth/tokens").map(|(i, _)| i).collect();
+    assert_eq!(auths.len(), 2, "{seen:?}");
+    assert_eq!(auths[0], 0);
+    assert!(seen.iter().filter(|r| r.1 == "/v3/auth/tokens").all(|r| r.4 == auth && r.2.is_empty()));
+    // Every other request carries the token current at the time.
+    for (i, r) in seen.iter().enumerate().filter(|(_, r)| r.1 != "/v3/auth/tokens") {
+        let want = if i < auths[1] { "tok-1" } else { "tok-2" };
+        assert_eq!(r.2, want, "request {i}: {r:?}");
+    }
+    // Per server: the port lookup by MAC, then its actions, at microversion 2.30.
+    let by_server = |srv: &str| -> Vec<Value> {
+        seen.iter()
+            .filter(|r| r.1 == format!("/compute/v2.1/servers/{srv}/action"))
+            .map(|r| json!([r.3, r.4]))
+            .collect()
+    };
+    let live = |host: &str| json!(["compute 2.30", {"os-migrateLive": {"host": host, "block_migration": "auto"}}]);
+    // web-1 (HIGH, signed): migrate to compute-3; the first try met the 401 and was retried.
+    assert_eq!(by_server("srv-web"), vec![live("compute-3"), live("compute-3")]);
+    // rogue-1 (MEDIUM, unsigned): lock, then pause.
+    assert_eq!(
+        by_server("srv-rogue"),
+        vec![json!(["compute 2.30", {"lock": null}]), json!(["compute 2.30", {"pause": null}])]
+    );
+    // backup-1 (HIGH by volume, signed): migrate.
+    assert_eq!(by_server("srv-backup"), vec![live("compute-3")]);
+    let lookups: Vec<&str> = seen.iter().filter_map(|r| r.1.strip_prefix("/network/v2.0/ports?mac_address=")).collect();
+    assert_eq!(lookups.iter().filter(|m| **m == "fa:16:3e:00:00:04").count(), 1);
+    assert_eq!(lookups.len(), 4, "web-1 twice (it was retried), rogue-1 and backup-1 once");
+    assert!(seen.iter().all(|r| !r.1.starts_with("/wrong")), "the public endpoint of the region was used");
+}
