@@ -1,9 +1,10 @@
 //! The action journal: each action is appended (and fsynced) before it is dispatched, each outcome after; a restart resumes what is unfinished.
 //!
 //! One JSON object per line: `{"id", "state", "attempts", "action"?, "error"?}`
-//! with `state` one of `pending` (with the action), `failed` (a try failed,
-//! another will come), `done`, `given_up`. An action is unfinished while its
-//! last record is `pending` or `failed`. Delivery is at least once: an action
+//! with `state` one of `pending` (with the action), `sent` (handed to the
+//! backend, before its answer), `failed` (a try failed, another will come),
+//! `done`, `given_up`. An action is unfinished while its last record is
+//! `pending`, `sent` or `failed`. Delivery is at least once: an action
 //! whose delivery succeeded but whose `done` was not yet written when the
 //! process died is delivered again after the restart; backends get the id as
 //! an idempotency key. When the file has more than `max_lines` records it is
@@ -21,6 +22,8 @@ use std::path::{Path, PathBuf};
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Pending,
+    /// Handed to the backend; its answer not yet known.
+    Sent,
     Failed,
     Done,
     GivenUp,
@@ -78,7 +81,7 @@ impl Journal {
                 lines += 1;
                 known.insert(r.id.clone());
                 match r.state {
-                    State::Pending | State::Failed => {
+                    State::Pending | State::Sent | State::Failed => {
                         if let Some(a) = r.action {
                             if !open.contains_key(&r.id) {
                                 order.push(r.id.clone());

@@ -409,8 +409,16 @@ impl Worker {
 
     fn attempt(&mut self, action: Action, before: u32, retries: &mut BinaryHeap<Retry>) {
         let route = self.cfg.route(action.kind);
-        let Some((_, sink)) = self.sinks.iter_mut().find(|(n, _)| *n == route) else { return };
         let attempts = before + 1;
+        if !self.sinks.iter().any(|(n, _)| *n == route) {
+            // The rules refuse a route to an unconfigured backend; this is a bug if reached.
+            self.stats.failed += 1;
+            eprintln!("vmsentry: action {}: backend {} is not configured", action.id, route.as_str());
+            self.journal(&action.id, State::GivenUp, attempts, Some("backend not configured".into()));
+            return;
+        }
+        self.journal(&action.id, State::Sent, attempts, None);
+        let Some((_, sink)) = self.sinks.iter_mut().find(|(n, _)| *n == route) else { return };
         let outcome = match sink.deliver(&action) {
             Ok(()) => {
                 self.stats.delivered += 1;

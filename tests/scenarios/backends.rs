@@ -551,7 +551,7 @@ fn libvirt_suspends_or_destroys_the_right_domain_and_retries_a_failed_migration(
             .filter(|r| r["id"] == "1700000011000000-1")
             .map(|r| r["state"].as_str().unwrap().to_string())
             .collect();
-        assert_eq!(web, ["pending", "failed", "failed", "given_up"]);
+        assert_eq!(web, ["pending", "sent", "failed", "sent", "failed", "sent", "given_up"]);
     }
 }
 
