@@ -472,20 +472,23 @@ impl Rules {
             args: e.args.clone(),
             timeout: std::time::Duration::from_millis(e.timeout_ms.max(1)),
         });
+        // An http(s) URL, or the error at its place.
+        let http_url = |u: &Spanned<String>, what: &str| -> Result<String, RulesError> {
+            let url = u.get_ref();
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(url.clone())
+            } else {
+                Err(at(u.span(), format!("{what} url must start with http:// or https:// (got `{url}`)")))
+            }
+        };
         let webhook = match &b.webhook {
             None => None,
             Some(w) => {
-                let url = w.url.get_ref();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(at(
-                        w.url.span(),
-                        format!("webhook url must start with http:// or https:// (got `{url}`)"),
-                    ));
-                }
+                let url = http_url(&w.url, "webhook")?;
                 let secret =
                     read_secret(&dir.join(w.secret_file.get_ref())).map_err(|m| at(w.secret_file.span(), m))?;
                 Some(crate::action::WebhookConfig {
-                    url: url.clone(),
+                    url,
                     secret,
                     timeout: std::time::Duration::from_millis(w.timeout_ms.max(1)),
                 })
@@ -494,15 +497,9 @@ impl Rules {
         let alertmanager = match &b.alertmanager {
             None => None,
             Some(a) => {
-                let url = a.url.get_ref();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(at(
-                        a.url.span(),
-                        format!("alertmanager url must start with http:// or https:// (got `{url}`)"),
-                    ));
-                }
+                let url = http_url(&a.url, "alertmanager")?;
                 Some(crate::action::AlertmanagerConfig {
-                    url: url.clone(),
+                    url,
                     timeout: std::time::Duration::from_millis(a.timeout_ms.max(1)),
                 })
             }

@@ -164,3 +164,17 @@ fn line_col_counts_characters() {
     assert_eq!(line_col("é\nx", 3), (2, 1));
     assert_eq!(line_col("x", 99), (1, 2));
 }
+
+#[test]
+fn backend_routes_need_their_section_and_urls_are_checked() {
+    let e = load(&format!("{HEAD}[backend]\nquarantine = \"exec\"\n")).unwrap_err();
+    assert_eq!(e, "r/vmsentry.toml:5:14: backend `exec` is used but [backend.exec] is missing");
+    let e = load(&format!("{HEAD}[backend]\nalert = \"alertmanager\"\n[backend.alertmanager]\nurl = \"ftp://x\"\n"))
+        .unwrap_err();
+    assert_eq!(e, "r/vmsentry.toml:7:7: alertmanager url must start with http:// or https:// (got `ftp://x`)");
+    let e = load(&format!("{HEAD}[backend]\ndefault = \"pigeon\"\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:11: unknown variant `pigeon`"), "{e}");
+    let r =
+        load(&format!("{HEAD}[backend]\nquarantine = \"exec\"\n[backend.exec]\nprogram = \"/bin/true\"\n")).unwrap();
+    assert_eq!(r.backend.routes.map(BackendName::as_str), ["log", "exec", "log"]);
+}
