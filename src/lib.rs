@@ -13,16 +13,22 @@
 //! 3. [`pipeline`]: the reader batches observations to shard workers by a
 //!    direction-independent flow hash; packet-time watermarks close windows
 //!    so results do not depend on the thread count.
-//! 4. [`measure`]: per-MAC bytes and packets each way, partial per shard,
-//!    summed at the window merge.
-//! 5. [`detect`]: rate and volume levels per VM, with hysteresis.
-//! 6. [`trust`]: the cluster key and HMAC hypervisor signatures.
-//! 7. [`policy`]: level × signature → alert, quarantine or migrate, once per rise.
-//! 8. [`action`]: the [`action::ActionSink`] contract, backends and the dispatcher.
+//! 4. [`measure`]: per-MAC bytes and packets each way, RTT samples from
+//!    per-shard flow state, and placement evidence (where VMs send from,
+//!    announces, migration streams); all partial per shard, merged per window.
+//! 5. [`detect`]: levels per VM (rate, volume, RTT peaks, migration,
+//!    signature, clone) with hysteresis, and where each VM lives and moves.
+//! 6. [`trust`]: the cluster key, HMAC hypervisor signatures, move tokens.
+//! 7. [`policy`]: level × signature → alert, quarantine or migrate, once per
+//!    rise, within the storm limits.
+//! 8. [`action`]: the [`action::ActionSink`] contract, the backends (log,
+//!    exec, webhook, Alertmanager, libvirt, OpenStack), the journal and the
+//!    dispatcher.
 //!
-//! Alongside: [`config`] (the rules file), [`event`] (JSON-lines events),
-//! [`time`] (packet time, the only clock results depend on), and [`synth`]
-//! (scenario captures with known ground truth, for tests and benchmarks).
+//! Alongside: [`serve`] (Prometheus metrics and the JSON API over HTTP),
+//! [`config`] (the rules file), [`event`] (JSON-lines events), [`time`]
+//! (packet time, the only clock results depend on), and [`synth`] (scenario
+//! captures with known ground truth, for tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
