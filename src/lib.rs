@@ -38,6 +38,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod event;
+pub mod ids;
 pub mod measure;
 pub mod pipeline;
 pub mod policy;
