@@ -362,6 +362,10 @@ pub struct SummaryEvent {
     /// Frames vmsentry dropped because a shard's queue was full (live only;
     /// libpcap's own drops are in the metrics).
     pub queue_dropped: u64,
+    /// Input files whose end was damaged (read up to the damage).
+    pub damaged_files: u64,
+    /// Placement evidence (sightings, streams) over its per-window caps.
+    pub placement_dropped: u64,
     pub rtt: RttSummary,
     pub actions: ActionCounts,
     /// Wall-clock time of the replay and what it gives per second; these

@@ -88,11 +88,6 @@ impl LiveSource {
         }
         self.published = now;
     }
-
-    /// libpcap's counters as they stand.
-    pub fn pcap_stats(&mut self) -> Option<pcap::Stat> {
-        self.cap.stats().ok()
-    }
 }
 
 fn wall_now() -> PacketTime {

@@ -63,10 +63,6 @@ impl Follower {
         f
     }
 
-    pub fn checkpoint(&self) -> Checkpoint {
-        self.at.clone()
-    }
-
     /// Reads what was appended since the last call.
     pub fn poll(&mut self, out: &mut Vec<Alert>) -> std::io::Result<()> {
         let on_disk = std::fs::metadata(&self.path).ok().map(|m| m.ino());

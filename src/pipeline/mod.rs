@@ -337,6 +337,8 @@ pub fn run(
         duration_s,
         windows: detector.windows,
         queue_dropped,
+        damaged_files: source.stats().damaged_files,
+        placement_dropped: detector.placement_dropped(),
         rtt: RttSummary {
             samples: out.rtt_samples,
             dropped: out.rtt_dropped,

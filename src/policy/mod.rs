@@ -227,9 +227,4 @@ impl Policy {
             })
             .ok_or("migrate wanted, but no other signed hypervisor has room for its RAM")
     }
-
-    /// Levels have no action below MEDIUM.
-    pub fn acts_on(level: Level) -> bool {
-        level > Level::Low
-    }
 }

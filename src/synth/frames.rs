@@ -8,14 +8,21 @@ fn vlan(id: u16) -> VlanId {
     VlanId::try_new(id).unwrap_or(VlanId::ZERO)
 }
 
-/// Ethernet / IPv4 / UDP with `payload_len` zero bytes.
-pub fn udp4(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src.0, dst.0).ipv4(sip.octets(), dip.octets(), 64).udp(sport, dport);
+/// Writes a UDP frame with `payload_len` zero bytes.
+fn udp_frame(b: etherparse::PacketBuilderStep<etherparse::UdpHeader>, payload_len: usize) -> Vec<u8> {
     let payload = vec![0u8; payload_len];
     let mut out = Vec::with_capacity(b.size(payload_len));
     // Writing to a Vec cannot fail; a failure would only shorten the frame.
     let _ = b.write(&mut out, &payload);
     out
+}
+
+/// Ethernet / IPv4 / UDP with `payload_len` zero bytes.
+pub fn udp4(src: Mac, dst: Mac, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+    udp_frame(
+        PacketBuilder::ethernet2(src.0, dst.0).ipv4(sip.octets(), dip.octets(), 64).udp(sport, dport),
+        payload_len,
+    )
 }
 
 /// Like [`udp4`], with an 802.1Q tag.
@@ -34,10 +41,7 @@ pub fn udp4_vlan(
         .single_vlan(vlan(vid))
         .ipv4(sip.octets(), dip.octets(), 64)
         .udp(sport, dport);
-    let payload = vec![0u8; payload_len];
-    let mut out = Vec::with_capacity(b.size(payload_len));
-    let _ = b.write(&mut out, &payload);
-    out
+    udp_frame(b, payload_len)
 }
 
 /// Like [`udp4`], with 802.1ad (0x88a8) outer and 802.1Q inner tags.
@@ -57,10 +61,7 @@ pub fn udp4_qinq(
         .double_vlan(vlan(outer), vlan(inner))
         .ipv4(sip.octets(), dip.octets(), 64)
         .udp(sport, dport);
-    let payload = vec![0u8; payload_len];
-    let mut out = Vec::with_capacity(b.size(payload_len));
-    let _ = b.write(&mut out, &payload);
-    out
+    udp_frame(b, payload_len)
 }
 
 /// Ethernet / IPv4 / TCP with the given flags and `payload_len` zero bytes.

@@ -204,16 +204,12 @@ fn webhook_posts_signed_json_and_retries_until_the_receiver_is_up() {
 }
 
 #[test]
-fn a_slow_webhook_times_out_and_is_retried() {
-    // Answers after 300 ms; the timeout is 2 s, so slow is fine, and a
-    // receiver slower than the timeout is retried.
+fn a_webhook_slower_than_its_timeout_is_retried_then_given_up() {
+    // The receiver answers after 300 ms; the timeout is 100 ms; two attempts each.
     let r = receiver(b"s3cret-for-tests", 0, Duration::from_millis(300));
-    let rules = webhook_rules(&r.addr, "");
+    let rules = webhook_rules(&r.addr, "max_attempts = 2");
     let p = rules.path().join("vmsentry.toml");
     std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("timeout_ms = 2000", "timeout_ms = 100")).unwrap();
-    let p2 = rules.path().join("vmsentry.toml");
-    let text = std::fs::read_to_string(&p2).unwrap().replace("backoff_ms = 50", "backoff_ms = 50\nmax_attempts = 2");
-    std::fs::write(&p2, text).unwrap();
     let s = summary(&replay(rules.path(), 1, &[capture("basic.pcap")])).clone();
     assert_eq!((s["actions"]["failed"].clone(), s["actions"]["retries"].clone()), (json!(5), json!(5)));
 }
