@@ -114,6 +114,8 @@ fn main() {
                 mac: vmsentry::decode::Mac([0xfa, 0x16, 0x3e, 0x10, 0x00, vm]),
                 ram_mb: None,
                 hypervisor: None,
+                ips: vec![],
+                flavor: None,
             });
         }
         r.backend.max_attempts = 1;

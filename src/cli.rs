@@ -35,6 +35,9 @@ pub enum Command {
         /// Also write every RTT sample as an `rtt_sample` event.
         #[arg(long)]
         rtt_samples: bool,
+        /// Also write each VM's rates and RTT of each window as a `vm_window` event (what `report` draws).
+        #[arg(long)]
+        vm_windows: bool,
         #[arg(required = true, value_name = "PCAP")]
         pcaps: Vec<PathBuf>,
     },
@@ -68,6 +71,21 @@ pub enum Command {
         /// Also write every RTT sample as an `rtt_sample` event.
         #[arg(long)]
         rtt_samples: bool,
+        /// Also write each VM's rates and RTT of each window as a `vm_window` event.
+        #[arg(long)]
+        vm_windows: bool,
+    },
+    /// Write an HTML page with SVG charts of an events file: levels, rates, RTT, migrations, actions.
+    Report {
+        /// The events (JSON lines) of a replay or live run.
+        #[arg(value_name = "EVENTS")]
+        events: PathBuf,
+        /// The directory to write index.html and the charts to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rules directory, for the thresholds drawn on the charts (skipped if absent).
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
     },
     /// Validate the rules and check every hypervisor's signature.
     Check {

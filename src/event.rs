@@ -26,6 +26,9 @@ pub enum Event {
     Level(LevelEvent),
     Action(ActionEvent),
     ActionHeld(ActionHeldEvent),
+    IdsAlert(IdsAlertEvent),
+    Evacuation(EvacuationEvent),
+    VmWindow(VmWindowEvent),
     VmStats(VmStatsEvent),
     Summary(SummaryEvent),
 }
@@ -40,6 +43,9 @@ impl Event {
             Event::Level(e) => e.ts,
             Event::Action(e) => e.ts,
             Event::ActionHeld(e) => e.ts,
+            Event::IdsAlert(e) => e.ts,
+            Event::Evacuation(e) => e.ts,
+            Event::VmWindow(e) => e.ts,
             Event::VmStats(e) => e.ts,
             Event::Summary(e) => e.ts,
         }
@@ -107,10 +113,13 @@ pub struct MigrationEvent {
     pub total_ms: Option<f64>,
     /// From the VM's last frame at the source to its first at the destination.
     pub downtime_ms: Option<f64>,
+    /// The VM's RAM and flavor from the rules, for grouping migrations.
+    pub ram_mb: Option<u64>,
+    pub flavor: Option<String>,
 }
 
 impl MigrationEvent {
-    pub fn new(m: &Move, vm: &VmState, registry: &Registry, ram_bytes: Option<u64>) -> Self {
+    pub fn new(m: &Move, vm: &VmState, registry: &Registry, ram_bytes: Option<u64>, flavor: Option<String>) -> Self {
         MigrationEvent {
             ts: m.ts,
             vm: vm.mac,
@@ -131,8 +140,137 @@ impl MigrationEvent {
             },
             total_ms: m.total_us.map(|u| u as f64 / 1000.0),
             downtime_ms: m.downtime_us.map(|u| u as f64 / 1000.0),
+            ram_mb: ram_bytes.map(|b| b / (1024 * 1024)),
+            flavor,
         }
     }
+}
+
+/// An IDS alert that passed its input's filters, and whom it names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IdsAlertEvent {
+    /// Replay: the alert's own time; live: when vmsentry read it.
+    pub ts: PacketTime,
+    /// The alert file, as in the rules.
+    pub input: String,
+    pub format: &'static str,
+    /// The IDS's own timestamp, as written.
+    pub alert_ts: String,
+    pub sid: u64,
+    pub severity: u8,
+    pub msg: String,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The victim address (`dst`, or `src` with `victim = "source"`).
+    pub victim: IpAddr,
+    /// Whom it names: a VM (and how it was known) and/or a hypervisor.
+    pub victim_vm: Option<Mac>,
+    pub victim_vm_name: Option<String>,
+    /// `rules` or `learned` for a VM; null otherwise.
+    pub victim_known_by: Option<&'static str>,
+    pub victim_hypervisor: Option<String>,
+    /// `evacuated` (an `evacuation` event follows) or `unmapped` (the
+    /// address names no hypervisor or VM, or the VM's hypervisor is unknown).
+    pub outcome: &'static str,
+}
+
+/// A plan to move VMs off a hypervisor, and what became of each VM.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvacuationEvent {
+    pub ts: PacketTime,
+    pub hypervisor: String,
+    /// `ids` (an alert) or `host_high` (`mtd.host_high_vms` HIGH VMs on it).
+    pub trigger: &'static str,
+    /// `host` (every VM on it) or `vm` (only the attacked one).
+    pub mode: &'static str,
+    /// For `ids`: the alert's sid and victim address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub victim: Option<IpAddr>,
+    /// For `host_high`: the HIGH VMs counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_vms: Option<u32>,
+    pub plan: Vec<PlanLine>,
+    /// Counts over the plan.
+    pub migrate: u32,
+    pub held: u32,
+    pub skipped: u32,
+    /// Actions that became an alert (no destination with room).
+    pub no_destination: u32,
+}
+
+/// One VM of an evacuation plan.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanLine {
+    pub vm: Mac,
+    pub vm_name: String,
+    pub ram_mb: u64,
+    /// `migrate`, `alert` (no destination), `held` or `skipped`.
+    pub outcome: &'static str,
+    pub destination: Option<String>,
+    /// The action's id (`migrate`, `alert`).
+    pub action_id: Option<String>,
+    /// For `held`: the storm limit; for `skipped`: `already_moving`.
+    pub because: Option<&'static str>,
+}
+
+impl EvacuationEvent {
+    /// Fills the plan and its counts from the policy's entries.
+    pub fn with_plan(mut self, entries: &[crate::policy::PlanEntry]) -> Self {
+        use crate::policy::Decision;
+        for e in entries {
+            let (outcome, destination, action_id, because) = match &e.decision {
+                Some(Decision::Act(a)) => {
+                    if a.kind == ActionKind::Migrate {
+                        self.migrate += 1;
+                        ("migrate", a.destination.clone(), Some(a.id.clone()), None)
+                    } else {
+                        self.no_destination += 1;
+                        ("alert", None, Some(a.id.clone()), None)
+                    }
+                }
+                Some(Decision::Held(h)) => {
+                    self.held += 1;
+                    ("held", None, None, Some(h.because))
+                }
+                None => {
+                    self.skipped += 1;
+                    ("skipped", None, None, e.skipped)
+                }
+            };
+            self.plan.push(PlanLine {
+                vm: e.vm,
+                vm_name: e.vm_name.clone(),
+                ram_mb: e.ram_mb,
+                outcome,
+                destination,
+                action_id,
+                because,
+            });
+        }
+        self
+    }
+}
+
+/// One VM's rates and RTT in one window (only with `--vm-windows`): what the
+/// report draws levels against.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VmWindowEvent {
+    /// The window's end.
+    pub ts: PacketTime,
+    pub vm: Mac,
+    pub vm_name: Option<String>,
+    pub level: Level,
+    pub tx_bps: u64,
+    pub tx_pps: u64,
+    pub rx_bps: u64,
+    pub rx_pps: u64,
+    pub rtt_samples: u64,
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_max_ms: Option<f64>,
+    pub rtt_peaks: u32,
+    pub rtt_baseline_ms: Option<f64>,
 }
 
 /// The wire contradicts the registry or the inventory.
@@ -367,6 +505,8 @@ pub struct SummaryEvent {
     /// Placement evidence (sightings, streams) over its per-window caps.
     pub placement_dropped: u64,
     pub rtt: RttSummary,
+    /// IDS alert lines by outcome, and evacuations made.
+    pub ids: crate::pipeline::IdsCounts,
     pub actions: ActionCounts,
     /// Wall-clock time of the replay and what it gives per second; these
     /// vary run to run, everything else is fixed by the input.

@@ -18,6 +18,12 @@ impl PacketTime {
     }
 
     /// From a pcap header's `timeval` (seconds, microseconds).
+    /// The wall clock, for what happens outside packets (live IDS alerts).
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        PacketTime(d.as_micros() as i64)
+    }
+
     pub fn from_timeval(sec: i64, usec: i64) -> Self {
         PacketTime(sec.saturating_mul(1_000_000).saturating_add(usec))
     }

@@ -91,8 +91,7 @@ impl LiveSource {
 }
 
 fn wall_now() -> PacketTime {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    PacketTime::from_micros(d.as_micros() as i64)
+    PacketTime::now()
 }
 
 /// Wakes the capture when it should stop, and when no frame came for a

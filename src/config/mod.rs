@@ -211,6 +211,9 @@ pub struct VmEntry {
     pub ram_mb: Option<u64>,
     /// Index into [`Rules::hypervisors`].
     pub hypervisor: Option<usize>,
+    /// Its addresses, for IDS alerts (more are learned from the wire).
+    pub ips: Vec<IpAddr>,
+    pub flavor: Option<String>,
 }
 
 /// Validated rules, ready to run.
@@ -231,8 +234,19 @@ pub struct Rules {
     pub migration: MigrationRules,
     pub backend: Backend,
     pub storm: StormRules,
+    pub mtd: MtdRules,
+    /// IDS alert files to follow.
+    pub ids: Vec<crate::ids::Input>,
     pub hypervisors: Vec<HypervisorEntry>,
     pub vms: Vec<VmEntry>,
+}
+
+/// Moving-target defense.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MtdRules {
+    pub mode: crate::policy::EvacuationMode,
+    /// Evacuate a hypervisor when this many of its VMs are HIGH at once (0: off).
+    pub host_high_vms: u32,
 }
 
 impl Rules {
@@ -596,6 +610,14 @@ impl Rules {
             journal: b.journal.as_ref().map(|j| dir.join(j.get_ref())),
         };
 
+        // Addresses name one hypervisor or VM each, for IDS alerts.
+        let mut ip_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for h in &hypervisors {
+            for ip in &h.ips {
+                ip_owner.insert(*ip, format!("hypervisor `{}`", h.id));
+            }
+        }
+
         // [[vm]]
         let mut vm_macs: HashSet<Mac> = HashSet::new();
         let mut vm_names: HashSet<String> = HashSet::new();
@@ -626,7 +648,56 @@ impl Rules {
                     None => return Err(at(h.span(), format!("no [[hypervisor]] has id `{}`", h.get_ref()))),
                 },
             };
-            vms.push(VmEntry { name: v.name.into_inner(), mac, ram_mb: v.ram_mb.map(Spanned::into_inner), hypervisor });
+            let mut ips = Vec::with_capacity(v.ips.len());
+            for ip in &v.ips {
+                let owner = format!("VM `{}`", v.name.get_ref());
+                if let Some(other) = ip_owner.insert(*ip.get_ref(), owner) {
+                    return Err(at(ip.span(), format!("address {} is also {other}'s", ip.get_ref())));
+                }
+                ips.push(*ip.get_ref());
+            }
+            vms.push(VmEntry {
+                name: v.name.into_inner(),
+                mac,
+                ram_mb: v.ram_mb.map(Spanned::into_inner),
+                hypervisor,
+                ips,
+                flavor: v.flavor,
+            });
+        }
+
+        // [mtd], [[ids]]
+        let mtd = MtdRules { mode: raw.mtd.mode, host_high_vms: raw.mtd.host_high_vms };
+        let mut ids = Vec::with_capacity(raw.ids.len());
+        let mut ids_paths: HashSet<PathBuf> = HashSet::new();
+        for i in &raw.ids {
+            if i.path.get_ref().is_empty() {
+                return Err(at(i.path.span(), "ids.path must name a file".into()));
+            }
+            let path = dir.join(i.path.get_ref());
+            if !ids_paths.insert(path.clone()) {
+                return Err(at(i.path.span(), format!("ids.path `{}` is followed twice", i.path.get_ref())));
+            }
+            let checkpoint = i.checkpoint.as_ref().map(|c| dir.join(c.get_ref()));
+            if let Some(c) = &checkpoint {
+                if !ids_paths.insert(c.clone()) {
+                    return Err(at(
+                        i.checkpoint.as_ref().map_or(0..0, Spanned::span),
+                        format!("ids.checkpoint `{}` is used twice, or is an alert file", c.display()),
+                    ));
+                }
+            }
+            ids.push(crate::ids::Input {
+                path,
+                format: i.format,
+                checkpoint,
+                from_start: i.from_start,
+                min_severity: i.min_severity,
+                include_sids: i.include_sids.clone(),
+                exclude_sids: i.exclude_sids.clone(),
+                cooldown_s: i.cooldown_s,
+                victim: i.victim,
+            });
         }
 
         Ok(Rules {
@@ -650,6 +721,8 @@ impl Rules {
                 max_migrations: raw.storm.max_migrations,
                 migration_timeout_s: raw.storm.migration_timeout_s.max(1),
             },
+            mtd,
+            ids,
             hypervisors,
             vms,
         })

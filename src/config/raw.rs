@@ -39,6 +39,10 @@ pub struct RawRules {
     #[serde(default)]
     pub storm: RawStorm,
     #[serde(default)]
+    pub mtd: RawMtd,
+    #[serde(default)]
+    pub ids: Vec<RawIds>,
+    #[serde(default)]
     pub hypervisor: Vec<RawHypervisor>,
     #[serde(default)]
     pub vm: Vec<RawVm>,
@@ -324,6 +328,12 @@ pub struct RawVm {
     pub ram_mb: Option<Spanned<u64>>,
     #[serde(default)]
     pub hypervisor: Option<Spanned<String>>,
+    /// Default none: its addresses, for IDS alerts about it.
+    #[serde(default)]
+    pub ips: Vec<Spanned<IpAddr>>,
+    /// Default none: a label the report groups migrations by (m1.small, …).
+    #[serde(default)]
+    pub flavor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -665,4 +675,44 @@ impl Default for RawStorm {
             migration_timeout_s: d_migration_timeout_s(),
         }
     }
+}
+
+/// Moving-target defense: what an IDS alert or a host full of HIGH VMs does.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtd {
+    /// Default "host": move every VM off the victim's hypervisor; "vm": only the attacked VM.
+    #[serde(default)]
+    pub mode: crate::policy::EvacuationMode,
+    /// Default 0 (off): evacuate a hypervisor when this many of its VMs are HIGH at once.
+    #[serde(default)]
+    pub host_high_vms: u32,
+}
+
+/// One IDS alert file to follow.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIds {
+    pub path: Spanned<String>,
+    pub format: crate::ids::Format,
+    /// Default none: where to keep the read position across restarts.
+    #[serde(default)]
+    pub checkpoint: Option<Spanned<String>>,
+    /// Default false: with no checkpoint, `live` starts at the file's end
+    /// (alerts already there are old); true reads it from the start.
+    #[serde(default)]
+    pub from_start: bool,
+    /// Default 0 (all): pass alerts at least this severe (1 is the most severe).
+    #[serde(default)]
+    pub min_severity: u8,
+    #[serde(default)]
+    pub include_sids: Vec<u64>,
+    #[serde(default)]
+    pub exclude_sids: Vec<u64>,
+    /// Default 0 (off): further alerts about the same address within this many seconds are dropped.
+    #[serde(default)]
+    pub cooldown_s: u64,
+    /// Default "destination": which address of the alert is the victim.
+    #[serde(default)]
+    pub victim: crate::ids::VictimSide,
 }

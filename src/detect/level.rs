@@ -60,6 +60,10 @@ pub enum Reason {
     Signature,
     /// The VM runs behind two hypervisors at once.
     Clone,
+    /// An IDS alert about the VM or its hypervisor (evacuation).
+    Ids,
+    /// `mtd.host_high_vms` VMs on its hypervisor are HIGH (evacuation).
+    HostHigh,
 }
 
 impl Reason {
@@ -71,6 +75,8 @@ impl Reason {
             Reason::Migration => "migration",
             Reason::Signature => "signature",
             Reason::Clone => "clone",
+            Reason::Ids => "ids",
+            Reason::HostHigh => "host_high",
         }
     }
 }

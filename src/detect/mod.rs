@@ -16,9 +16,11 @@
 
 mod level;
 pub mod location;
+mod victim;
 
 pub use level::{Direction, Hysteresis, Level, Reason};
 pub use location::{Conflict, Move, Place};
+pub use victim::{AddressBook, Victim};
 
 use crate::config::{RttRules, Rules, Thresholds};
 use crate::decode::Mac;
@@ -100,6 +102,8 @@ pub struct VmState {
     pub mac: Mac,
     pub name: String,
     pub hypervisor: Option<usize>,
+    pub ram_mb: Option<u64>,
+    pub flavor: Option<String>,
     pub level: Level,
     rate: Hysteresis,
     volume: Hysteresis,
@@ -118,6 +122,7 @@ pub struct VmState {
     pub rtt_peaks: u32,
     /// RTT samples of the latest closed window.
     pub last_rtt: Histogram,
+    pub last_peaks: u32,
     /// Rates of the latest window (tx, rx): (bps, pps).
     pub last_rates: [(u64, u64); 2],
 }
@@ -135,6 +140,7 @@ pub struct Detector {
     /// Inventory indices sorted by MAC: the order events come out in.
     vm_order: Vec<usize>,
     window_scratch: Vec<Counters>,
+    addresses: AddressBook,
     pub evictions: u64,
     /// Windows from the first to the last closed, quiet ones included.
     pub windows: u64,
@@ -153,6 +159,8 @@ impl Detector {
                 mac: v.mac,
                 name: v.name.clone(),
                 hypervisor: v.hypervisor,
+                ram_mb: v.ram_mb,
+                flavor: v.flavor.clone(),
                 level: Level::Low,
                 rate: Hysteresis::default(),
                 volume: Hysteresis::default(),
@@ -167,6 +175,7 @@ impl Detector {
                 rtt_window: Histogram::default(),
                 rtt_peaks: 0,
                 last_rtt: Histogram::default(),
+                last_peaks: 0,
                 last_rates: [(0, 0); 2],
             })
             .collect();
@@ -185,6 +194,7 @@ impl Detector {
             horizon_windows,
             max_macs: rules.limits.max_macs.max(rules.vms.len()),
             window_scratch: vec![Counters::default(); vms.len()],
+            addresses: AddressBook::new(rules),
             macs,
             vms,
             vm_order,
@@ -237,6 +247,7 @@ impl Detector {
             }
         }
         self.take_rtt(w, samples);
+        self.addresses.learn(&evidence.addresses);
         let (moves, conflicts) = self.locator.window(evidence, self.window_start(w + 1));
         for m in &moves {
             // A VM that moved answers from elsewhere: learn its RTT anew.
@@ -327,7 +338,7 @@ impl Detector {
             }
             let rtt_changed = vm.rtt.update(if abnormal_rtt { rtt_level } else { Level::Low }, clear);
             vm.last_rtt = std::mem::take(&mut vm.rtt_window);
-            vm.rtt_peaks = 0;
+            vm.last_peaks = std::mem::take(&mut vm.rtt_peaks);
 
             let f = std::mem::take(&mut self.locator.flags[i]);
             let high_if = |b: bool| if b { Level::High } else { Level::Low };
@@ -433,7 +444,14 @@ impl Detector {
         for v in new.vms.iter_mut() {
             let Some(old) = self.vm_index(v.mac).map(|i| &self.vms[i]) else { continue };
             let limit = v.volume_limit;
-            *v = VmState { name: v.name.clone(), hypervisor: v.hypervisor, volume_limit: limit, ..old.clone() };
+            *v = VmState {
+                name: v.name.clone(),
+                hypervisor: v.hypervisor,
+                ram_mb: v.ram_mb,
+                flavor: v.flavor.clone(),
+                volume_limit: limit,
+                ..old.clone()
+            };
         }
         let index: FxHashMap<Mac, usize> = new.vms.iter().enumerate().map(|(i, v)| (v.mac, i)).collect();
         let mut macs = std::mem::take(&mut self.macs);
@@ -448,6 +466,7 @@ impl Detector {
         new.windows = self.windows;
         new.last_window = self.last_window;
         new.locator.carry_from(&mut self.locator, &rules.vms);
+        new.addresses.carry_from(&mut self.addresses);
         *self = new;
     }
 
@@ -495,6 +514,21 @@ impl Detector {
     pub fn last_seen(&self, mac: Mac) -> Option<PacketTime> {
         let w = self.macs.get(&mac)?.last_window;
         (w != i64::MIN).then(|| PacketTime::from_micros((w + 1) * self.window_len_us))
+    }
+
+    /// Whom an IDS alert's victim address names.
+    pub fn victim(&self, ip: std::net::IpAddr) -> Option<Victim> {
+        self.addresses.victim(ip, |m| self.vm_index(m))
+    }
+
+    /// Learned addresses dropped because their table was full.
+    pub fn addresses_dropped(&self) -> u64 {
+        self.addresses.dropped
+    }
+
+    /// Inventory VMs the wire (else the rules) places on hypervisor `h`.
+    pub fn vms_on(&self, h: usize) -> Vec<usize> {
+        (0..self.vms.len()).filter(|&i| self.place(i).and_then(|p| p.hv) == Some(h)).collect()
     }
 
     pub fn last_window_end(&self) -> Option<PacketTime> {

@@ -4,12 +4,13 @@
 //! offset; a line without its newline yet is left for the next read. When
 //! the path names another file (rotated by logrotate or the IDS), the old
 //! file is read to its end first, then the new one from its start. A file
-//! shorter than the offset was truncated: reading restarts at 0. After each
-//! read the checkpoint (the file's inode and the offset after the last whole
-//! line) is written atomically, so a restart resumes exactly there: nothing
-//! lost, nothing read twice (alerts handed over just before a crash, whose
-//! checkpoint was not yet written, are the only ones that can come twice).
-
+//! shorter than the offset, or whose bytes before the offset changed, was
+//! truncated: reading restarts at 0. The checkpoint (the file's inode, the
+//! offset after the last whole line, and a fingerprint of the bytes before
+//! it) is written atomically once the alerts read are handed over and
+//! handled, so a restart resumes exactly there: nothing lost, and only alerts
+//! handled just before a crash, whose checkpoint was not yet written, can
+//! come twice.
 use super::{parse, Alert, Format};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -43,8 +44,9 @@ pub struct Follower {
 
 impl Follower {
     /// Starts following `path` (which need not exist yet). With a checkpoint
-    /// for the same file, reading resumes there; otherwise at the start.
-    pub fn open(path: &Path, format: Format, checkpoint: Option<&Path>) -> Follower {
+    /// for the same file, reading resumes there; otherwise at the start, or
+    /// with `from_start` false after the last whole line already there.
+    pub fn open(path: &Path, format: Format, checkpoint: Option<&Path>, from_start: bool) -> Follower {
         let saved: Option<Checkpoint> =
             checkpoint.and_then(|c| std::fs::read_to_string(c).ok()).and_then(|t| serde_json::from_str(&t).ok());
         let mut f = Follower {
@@ -57,13 +59,33 @@ impl Follower {
         };
         if let Ok(file) = File::open(path) {
             let inode = file.metadata().map(|m| m.ino()).unwrap_or(0);
-            f.at = saved.filter(|s| s.inode == inode).unwrap_or(Checkpoint { inode, ..Default::default() });
+            f.at = match saved.filter(|s| s.inode == inode) {
+                Some(s) => s,
+                None if from_start => Checkpoint { inode, ..Default::default() },
+                None => Self::at_end(&file, inode).unwrap_or(Checkpoint { inode, ..Default::default() }),
+            };
             f.file = Some(file);
         }
         f
     }
 
-    /// Reads what was appended since the last call.
+    /// The position after the file's last whole line, with its fingerprint.
+    fn at_end(mut file: &File, inode: u64) -> std::io::Result<Checkpoint> {
+        let len = file.metadata()?.len();
+        let from = len.saturating_sub(1 << 20);
+        file.seek(SeekFrom::Start(from))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let Some(nl) = tail.iter().rposition(|&b| b == b'\n') else {
+            return Ok(Checkpoint { inode, ..Default::default() });
+        };
+        let end = nl + 1;
+        let keep = end.min(FINGERPRINT as usize);
+        Ok(Checkpoint { inode, offset: from + end as u64, before: hex::encode(&tail[end - keep..end]) })
+    }
+
+    /// Reads what was appended since the last call; [`Follower::commit`]
+    /// once they are handled.
     pub fn poll(&mut self, out: &mut Vec<Alert>) -> std::io::Result<()> {
         let on_disk = std::fs::metadata(&self.path).ok().map(|m| m.ino());
         if self.file.is_some() && on_disk.is_some_and(|ino| ino != self.at.inode) {
@@ -81,8 +103,7 @@ impl Follower {
                 Err(e) => return Err(e),
             }
         }
-        self.read_new(out)?;
-        self.save()
+        self.read_new(out)
     }
 
     fn read_new(&mut self, out: &mut Vec<Alert>) -> std::io::Result<()> {
@@ -120,7 +141,8 @@ impl Follower {
         Ok(())
     }
 
-    fn save(&self) -> std::io::Result<()> {
+    /// Writes the checkpoint: everything read so far was handled.
+    pub fn commit(&self) -> std::io::Result<()> {
         let Some(c) = &self.checkpoint else { return Ok(()) };
         let tmp = c.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&self.at)?)?;
@@ -129,12 +151,14 @@ impl Follower {
 
     /// Follows the file on a thread of its own: woken by inotify on the
     /// file's directory (so rotation and creation are seen too), with a
-    /// 1-second fallback; each batch of alerts goes to `each` until it
-    /// returns false or `stop` is set.
+    /// 1-second fallback; each batch of alerts goes to `each`, which returns
+    /// once they are handled (then the checkpoint is written), until it
+    /// returns false or `stop` is set. `each` also gets the malformed lines
+    /// counted since its last call.
     pub fn watch(
         mut self,
-        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-        mut each: impl FnMut(Vec<Alert>) -> bool + Send + 'static,
+        stop: crossbeam_channel::Receiver<()>,
+        mut each: impl FnMut(Vec<Alert>, u64) -> bool + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<Follower>> {
         use notify::Watcher;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -146,15 +170,27 @@ impl Follower {
         watcher.watch(&dir, notify::RecursiveMode::NonRecursive).map_err(std::io::Error::other)?;
         std::thread::Builder::new().name("vmsentry-ids".into()).spawn(move || {
             let _keep = watcher;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // `stop` ends the loop when its sender is dropped (or sends).
+            loop {
                 let mut out = Vec::new();
+                let malformed = self.malformed;
                 if let Err(e) = self.poll(&mut out) {
                     eprintln!("vmsentry: reading {}: {e}", self.path.display());
                 }
-                if !out.is_empty() && !each(out) {
-                    break;
+                let bad = self.malformed - malformed;
+                if !out.is_empty() || bad > 0 {
+                    if !each(out, bad) {
+                        break;
+                    }
+                    if let Err(e) = self.commit() {
+                        eprintln!("vmsentry: writing the checkpoint of {}: {e}", self.path.display());
+                    }
                 }
-                let _ = rx.recv_timeout(std::time::Duration::from_secs(1));
+                crossbeam_channel::select! {
+                    recv(rx) -> _ => {}
+                    recv(stop) -> _ => break,
+                    default(std::time::Duration::from_secs(1)) => {}
+                }
                 while rx.try_recv().is_ok() {}
             }
             self
@@ -185,7 +221,7 @@ mod tests {
     fn reads_what_is_appended_whole_lines_only_and_counts_malformed() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("alert_fast.txt");
-        let mut f = Follower::open(&p, Format::SnortFast, None);
+        let mut f = Follower::open(&p, Format::SnortFast, None, true);
         let mut out = Vec::new();
         f.poll(&mut out).unwrap();
         assert!(out.is_empty(), "no file yet");
@@ -203,7 +239,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("eve.txt");
         let ck = d.path().join("checkpoint");
-        let mut f = Follower::open(&p, Format::SnortFast, Some(&ck));
+        let mut f = Follower::open(&p, Format::SnortFast, Some(&ck), true);
         let mut out = Vec::new();
         append(&p, &(fast(1) + &fast(2)));
         f.poll(&mut out).unwrap();
@@ -219,10 +255,11 @@ mod tests {
         out.clear();
         f.poll(&mut out).unwrap();
         assert_eq!(sids(&out), vec![6]);
+        f.commit().unwrap();
         // A restart resumes at the checkpoint: nothing repeated, nothing lost.
         drop(f);
         append(&p, &fast(7));
-        let mut g = Follower::open(&p, Format::SnortFast, Some(&ck));
+        let mut g = Follower::open(&p, Format::SnortFast, Some(&ck), true);
         out.clear();
         g.poll(&mut out).unwrap();
         assert_eq!(sids(&out), vec![7]);
@@ -232,9 +269,10 @@ mod tests {
     fn inotify_wakes_the_follower() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("alerts");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let h = Follower::open(&p, Format::SnortFast, None).watch(stop.clone(), move |a| tx.send(a).is_ok()).unwrap();
+        let h =
+            Follower::open(&p, Format::SnortFast, None, true).watch(stopped, move |a, _| tx.send(a).is_ok()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
         let t = std::time::Instant::now();
         append(&p, &fast(42));
@@ -242,9 +280,65 @@ mod tests {
         assert_eq!(sids(&got), vec![42]);
         // Woken by the file's change, not the 1-second fallback.
         assert!(t.elapsed() < std::time::Duration::from_millis(900), "{:?}", t.elapsed());
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        append(&p, &fast(43));
+        drop(stop);
+        let t = std::time::Instant::now();
         let f = h.join().unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_millis(500), "stops at once: {:?}", t.elapsed());
         assert_eq!(f.malformed, 0);
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn fast(sid: u32) -> String {
+        format!("11/22-03:45:01.000001  [**] [1:{sid}:1] t [**] [Priority: 1] {{TCP}} 203.0.113.9:1 -> 10.0.0.31:22\n")
+    }
+
+    fn append(p: &Path, s: &str) {
+        std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap().write_all(s.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn without_a_checkpoint_live_starts_at_the_end_unless_told_otherwise() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fast.log");
+        append(&p, &(fast(1) + &fast(2) + "11/22-03:45:01.000001  [**] [1:3:1] half"));
+        let mut out = Vec::new();
+        let mut f = Follower::open(&p, Format::SnortFast, None, false);
+        f.poll(&mut out).unwrap();
+        assert!(out.is_empty(), "old alerts are not acted on");
+        append(&p, " [**] [Priority: 1] {TCP} 203.0.113.9 -> 10.0.0.31\n");
+        append(&p, &fast(4));
+        f.poll(&mut out).unwrap();
+        assert_eq!(out.iter().map(|a| a.sid).collect::<Vec<_>>(), vec![3, 4], "the line begun before, once whole");
+        let mut g = Follower::open(&p, Format::SnortFast, None, true);
+        out.clear();
+        g.poll(&mut out).unwrap();
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn the_checkpoint_is_written_only_on_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fast.log");
+        let ck = d.path().join("ck");
+        append(&p, &fast(1));
+        let mut out = Vec::new();
+        let mut f = Follower::open(&p, Format::SnortFast, Some(&ck), true);
+        f.poll(&mut out).unwrap();
+        drop(f);
+        // Crashed before handling: read again.
+        let mut g = Follower::open(&p, Format::SnortFast, Some(&ck), true);
+        out.clear();
+        g.poll(&mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        g.commit().unwrap();
+        let mut h = Follower::open(&p, Format::SnortFast, Some(&ck), true);
+        out.clear();
+        h.poll(&mut out).unwrap();
+        assert!(out.is_empty());
     }
 }

@@ -1,16 +1,21 @@
 //! IDS alert inputs: Suricata EVE JSON, Snort 3 `alert_json` and Snort `alert_fast`, parsed, filtered and followed as files grow.
 //!
-//! Status: the inputs parse, filter and follow files (with rotation,
-//! truncation and a checkpoint) and are tested; they are not yet wired to
-//! evacuation (issue 7 goes on).
+//! `live` follows each `[[ids]]` file on a thread of its own ([`Follower`]),
+//! woken by inotify, and hands each batch of alerts to the merge thread,
+//! which maps the victim address to a hypervisor or VM and evacuates
+//! (`policy::evacuate`). `replay` reads the files whole and fires each
+//! alert when packet time reaches the alert's own timestamp, so a capture
+//! and the IDS's log of it replay together, repeatably.
 
 mod follow;
 
 pub use follow::{Checkpoint, Follower};
 
+use crate::time::PacketTime;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 /// Which IDS wrote the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -22,6 +27,47 @@ pub enum Format {
     Snort3Json,
     /// Snort's `alert_fast` lines.
     SnortFast,
+}
+
+/// Which of an alert's addresses is the victim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VictimSide {
+    /// The attacked host: the alert's destination (the usual case).
+    #[default]
+    Destination,
+    /// For rules that fire on what a compromised host sends.
+    Source,
+}
+
+/// One `[[ids]]` input of the rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    pub path: PathBuf,
+    pub format: Format,
+    pub checkpoint: Option<PathBuf>,
+    pub from_start: bool,
+    pub min_severity: u8,
+    pub include_sids: Vec<u64>,
+    pub exclude_sids: Vec<u64>,
+    pub cooldown_s: u64,
+    pub victim: VictimSide,
+}
+
+impl Input {
+    pub fn filter(&self) -> Filter {
+        Filter::new(self.min_severity, self.include_sids.clone(), self.exclude_sids.clone(), self.cooldown_s)
+    }
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::SuricataEve => "suricata_eve",
+            Format::Snort3Json => "snort3_json",
+            Format::SnortFast => "snort_fast",
+        }
+    }
 }
 
 /// One alert, as much as vmsentry needs of it.
@@ -139,6 +185,54 @@ pub struct Filter {
     last: HashMap<IpAddr, u64>,
 }
 
+impl Alert {
+    pub fn victim(&self, side: VictimSide) -> IpAddr {
+        match side {
+            VictimSide::Destination => self.dst,
+            VictimSide::Source => self.src,
+        }
+    }
+
+    /// The alert's own time: EVE's RFC 3339 timestamp, or Snort's
+    /// `MM/DD[/YY]-HH:MM:SS.us` (read as UTC, as `snort -U` writes it; without
+    /// a year, `year`'s).
+    pub fn time(&self, year: i32) -> Option<PacketTime> {
+        let t = self.timestamp.trim();
+        match self.format {
+            Format::SuricataEve => {
+                // Suricata writes the offset without a colon (+0000).
+                let fmt = time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond][offset_hour sign:mandatory][offset_minute]"
+                );
+                let fixed = if t.len() > 3 && t.as_bytes()[t.len() - 3] == b':' {
+                    format!("{}{}", &t[..t.len() - 3], &t[t.len() - 2..])
+                } else {
+                    t.to_string()
+                };
+                let dt = time::OffsetDateTime::parse(&fixed, &fmt).ok()?;
+                Some(PacketTime::from_micros((dt.unix_timestamp_nanos() / 1000) as i64))
+            }
+            Format::Snort3Json | Format::SnortFast => {
+                let (date, clock) = t.split_once('-')?;
+                let mut d = date.split('/');
+                let month: u8 = d.next()?.parse().ok()?;
+                let day: u8 = d.next()?.parse().ok()?;
+                let year = match d.next() {
+                    Some(y) => 2000 + y.parse::<i32>().ok()?,
+                    None => year,
+                };
+                let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
+                let mut c = hms.split(':').map(|x| x.parse::<u8>().ok());
+                let (h, m, s) = (c.next()??, c.next()??, c.next()??);
+                let us: i64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+                let date = time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
+                let dt = date.with_hms(h, m, s).ok()?.assume_utc();
+                Some(PacketTime::from_micros(dt.unix_timestamp() * 1_000_000 + us))
+            }
+        }
+    }
+}
+
 impl Filter {
     pub fn new(min_severity: u8, include: Vec<u64>, exclude: Vec<u64>, cooldown_s: u64) -> Filter {
         Filter { min_severity, include, exclude, cooldown_s, last: HashMap::new() }
@@ -240,5 +334,29 @@ mod tests {
         assert!(f.pass(&a(1, 2), h, 60));
         let mut only = Filter::new(0, vec![5], vec![], 0);
         assert!(only.pass(&a(5, 3), h, 0) && !only.pass(&a(6, 1), h, 0));
+    }
+
+    #[test]
+    fn alert_times_in_each_format() {
+        let at = |format, ts: &str| {
+            let a = Alert {
+                format,
+                timestamp: ts.into(),
+                src: [1, 1, 1, 1].into(),
+                dst: [1, 1, 1, 1].into(),
+                sid: 1,
+                severity: 1,
+                msg: String::new(),
+            };
+            a.time(2026).map(|t| t.rfc3339())
+        };
+        let want = Some("2026-11-22T03:45:01.123456Z".to_string());
+        assert_eq!(at(Format::SuricataEve, "2026-11-22T03:45:01.123456+0000"), want);
+        assert_eq!(at(Format::SuricataEve, "2026-11-22T04:45:01.123456+01:00"), want);
+        assert_eq!(at(Format::SnortFast, "11/22-03:45:01.123456"), want);
+        assert_eq!(at(Format::Snort3Json, "11/22/26-03:45:01.123456"), want);
+        assert_eq!(at(Format::SnortFast, "11/22-03:45:01.5").unwrap(), "2026-11-22T03:45:01.500000Z");
+        assert_eq!(at(Format::SnortFast, "13/40-03:45:01.1"), None);
+        assert_eq!(at(Format::SuricataEve, "yesterday"), None);
     }
 }

@@ -136,6 +136,7 @@ impl SharedPlacement {
 const MAX_SIGHTINGS: usize = 65_536;
 const MAX_STREAMS: usize = 4_096;
 const MAX_ODDITIES: usize = 1_024;
+const MAX_ADDRESSES: usize = 4_096;
 
 /// One window's evidence, handed to the merge.
 #[derive(Debug, Default)]
@@ -143,6 +144,8 @@ pub struct Evidence {
     pub sightings: Vec<Sighting>,
     pub streams: Vec<StreamPart>,
     pub oddities: Vec<Oddity>,
+    /// Addresses inventory VMs sent from (IP source, ARP sender), for IDS victims.
+    pub addresses: Vec<(Mac, IpAddr)>,
     pub dropped: u64,
 }
 
@@ -153,6 +156,7 @@ pub struct PlacementCollector {
     sightings: FxHashMap<(Mac, Origin), Sighting>,
     streams: FxHashMap<StreamKey, StreamPart>,
     oddities: FxHashSet<Oddity>,
+    addresses: FxHashSet<(Mac, IpAddr)>,
     dropped: u64,
 }
 
@@ -166,6 +170,7 @@ impl PlacementCollector {
             sightings: FxHashMap::default(),
             streams: FxHashMap::default(),
             oddities: FxHashSet::default(),
+            addresses: FxHashSet::default(),
             dropped: 0,
         }
     }
@@ -183,6 +188,18 @@ impl PlacementCollector {
         }
         if !self.cfg.vms.contains(&l2.src) {
             return;
+        }
+        let used = match o.net {
+            Net::Ip { src, .. } => Some(src),
+            Net::Arp { rarp: false, sender_mac, sender_ip, .. } if sender_mac == l2.src => Some(IpAddr::V4(sender_ip)),
+            _ => None,
+        };
+        if let Some(ip) = used.filter(|ip| !ip.is_unspecified() && !ip.is_multicast() && !ip.is_loopback()) {
+            if self.addresses.len() < MAX_ADDRESSES || self.addresses.contains(&(l2.src, ip)) {
+                self.addresses.insert((l2.src, ip));
+            } else {
+                self.dropped += 1;
+            }
         }
         let announce = match o.net {
             Net::Arp { rarp: true, op: 3, sender_mac, target_mac, .. }
@@ -258,6 +275,7 @@ impl PlacementCollector {
             sightings: self.sightings.drain().map(|(_, v)| v).collect(),
             streams: self.streams.drain().map(|(_, v)| v).collect(),
             oddities: self.oddities.drain().collect(),
+            addresses: self.addresses.drain().collect(),
             dropped: std::mem::take(&mut self.dropped),
         }
     }
@@ -280,6 +298,7 @@ impl Evidence {
         self.sightings.append(&mut o.sightings);
         self.streams.append(&mut o.streams);
         self.oddities.append(&mut o.oddities);
+        self.addresses.append(&mut o.addresses);
         self.dropped += o.dropped;
     }
 
@@ -308,5 +327,7 @@ impl Evidence {
         self.streams.sort_unstable();
         self.oddities.sort_unstable();
         self.oddities.dedup();
+        self.addresses.sort_unstable();
+        self.addresses.dedup();
     }
 }

@@ -28,6 +28,7 @@ fn ev_kind(e: &Event) -> &'static str {
         _ => "",
     }
 }
+use super::evacuation::AlertBatch;
 use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
 
@@ -45,6 +46,7 @@ pub(super) struct MergeOutput {
     pub rtt_samples: u64,
     pub rtt_dropped: u64,
     pub io_error: Option<std::io::Error>,
+    pub ids: super::IdsCounts,
 }
 
 pub(super) struct Merge {
@@ -55,6 +57,10 @@ pub(super) struct Merge {
     pub events: Box<dyn EventSink>,
     /// Write each RTT sample as an event.
     pub rtt_samples: bool,
+    /// Write each VM's rates of each window as an event.
+    pub vm_windows: bool,
+    /// IDS alerts and evacuations.
+    pub mtd: super::evacuation::Mtd,
     pub telemetry: Option<Arc<Telemetry>>,
     /// The reload flag (SIGHUP), the rules directory, and the shards' shared config.
     pub reload: Option<(Arc<AtomicBool>, PathBuf, Arc<SharedPlacement>)>,
@@ -72,34 +78,27 @@ struct Pending {
 }
 
 impl Merge {
-    pub fn run(mut self, rx: Receiver<Partial>) -> MergeOutput {
+    pub fn run(mut self, rx: Receiver<Partial>, alerts: Receiver<AlertBatch>) -> MergeOutput {
         let mut pending: BTreeMap<i64, Pending> = BTreeMap::new();
         let mut out = Counts::default();
-        for mut part in rx {
-            out.shard_overflow += part.overflow;
-            out.decode.add(&part.decode);
-            out.rtt_counts.add(&part.rtt_counts);
-            out.rtt_dropped += part.rtt_dropped;
-            let entry = pending.entry(part.window).or_default();
-            entry.shards += 1;
-            entry.merge.add(&part.counters);
-            entry.samples.append(&mut part.samples);
-            entry.evidence.append(&mut part.evidence);
-            entry.decode.add(&part.decode);
-            entry.rtt.add(&part.rtt_counts);
-            // Each shard closes windows in order, so windows complete in order.
-            while let Some(e) = pending.first_entry() {
-                if e.get().shards < self.shards {
-                    break;
-                }
-                let (w, p) = e.remove_entry();
-                self.close(w, p, &mut out);
+        let mut alerts = alerts;
+        loop {
+            crossbeam_channel::select! {
+                recv(rx) -> part => match part {
+                    Ok(part) => self.partial(part, &mut pending, &mut out),
+                    Err(_) => break,
+                },
+                recv(alerts) -> batch => match batch {
+                    Ok(batch) => self.alert_batch(batch, &mut out),
+                    Err(_) => alerts = crossbeam_channel::never(),
+                },
             }
         }
         // Only reachable with partials missing, i.e. a shard died: close what there is.
         while let Some((w, p)) = pending.pop_first() {
             self.close(w, p, &mut out);
         }
+        self.replay_leftover();
         MergeOutput {
             detector: self.detector,
             dispatcher: self.dispatcher,
@@ -113,6 +112,29 @@ impl Merge {
             rtt_samples: out.rtt_samples,
             rtt_dropped: out.rtt_dropped,
             io_error: out.io_error,
+            ids: self.mtd.counts.clone(),
+        }
+    }
+
+    fn partial(&mut self, mut part: Partial, pending: &mut BTreeMap<i64, Pending>, out: &mut Counts) {
+        out.shard_overflow += part.overflow;
+        out.decode.add(&part.decode);
+        out.rtt_counts.add(&part.rtt_counts);
+        out.rtt_dropped += part.rtt_dropped;
+        let entry = pending.entry(part.window).or_default();
+        entry.shards += 1;
+        entry.merge.add(&part.counters);
+        entry.samples.append(&mut part.samples);
+        entry.evidence.append(&mut part.evidence);
+        entry.decode.add(&part.decode);
+        entry.rtt.add(&part.rtt_counts);
+        // Each shard closes windows in order, so windows complete in order.
+        while let Some(e) = pending.first_entry() {
+            if e.get().shards < self.shards {
+                break;
+            }
+            let (w, p) = e.remove_entry();
+            self.close(w, p, out);
         }
     }
 
@@ -132,8 +154,18 @@ impl Merge {
         // (samples, moves, conflicts) by time; then w's verdicts at its end.
         let start = self.detector.window_start(w);
         let split = outcomes.iter().position(|o| o.ts() > start).unwrap_or(outcomes.len());
+        // Replayed IDS alerts due by the window's end go in time order among
+        // the rest: those before its start among the quiet windows' outcomes.
+        let end = self.detector.window_start(w + 1);
+        let mut due = self.mtd.due(start, end).into_iter().peekable();
         for o in &outcomes[..split] {
+            while let Some(a) = due.next_if(|a| a.0 < o.ts()) {
+                self.replayed_alert(a, out);
+            }
             self.outcome(o, out);
+        }
+        while let Some(a) = due.next_if(|a| a.0 <= start) {
+            self.replayed_alert(a, out);
         }
         let (timed, at_end): (Vec<&Outcome>, Vec<&Outcome>) =
             outcomes[split..].iter().partition(|o| matches!(o, Outcome::Migration(_) | Outcome::Conflict(_)));
@@ -144,7 +176,10 @@ impl Merge {
         let n = inside.len();
         inside.extend(timed.iter().enumerate().map(|(k, o)| (o.ts(), n + k, Some(*o), None)));
         inside.sort_by_key(|x| (x.0, x.1));
-        for (_, _, o, s) in inside {
+        for (ts, _, o, s) in inside {
+            while let Some(a) = due.next_if(|a| a.0 < ts) {
+                self.replayed_alert(a, out);
+            }
             if let Some(s) = s {
                 let vm = self.detector.vm_index(s.mac).map(|i| self.detector.vm(i).name.clone());
                 out.emit(&mut *self.events, &Event::RttSample(RttSampleEvent::new(s, vm)));
@@ -153,9 +188,16 @@ impl Merge {
                 self.outcome(o, out);
             }
         }
+        for a in due {
+            self.replayed_alert(a, out);
+        }
+        if self.vm_windows {
+            self.vm_window_events(end, out);
+        }
         for o in at_end {
             self.outcome(o, out);
         }
+        self.host_high(end, out);
         if let Some(t) = self.telemetry.clone() {
             self.publish(&t, &p.decode, &p.rtt, &samples, self.detector.evictions - evictions_before);
         }
@@ -180,6 +222,7 @@ impl Merge {
                 let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
                 self.detector.reload(&rules, registry.clone());
                 self.policy = Policy::new(&rules, registry);
+                self.mtd.reload(&rules);
                 shared.replace(PlacementConfig::from_rules(&rules));
                 eprintln!("vmsentry: rules reloaded from {}", dir.display());
                 "ok"
@@ -297,6 +340,7 @@ impl Merge {
                     vm,
                     self.detector.registry(),
                     self.detector.ram_bytes(m.vm),
+                    vm.flavor.clone(),
                 ));
                 out.emit(&mut *self.events, &ev);
             }
@@ -332,40 +376,47 @@ impl Merge {
                 let signed = self.detector.signed(ch.vm);
                 let current = self.detector.place(ch.vm).and_then(|p| p.hv);
                 let ram_mb = self.detector.ram_bytes(ch.vm).unwrap_or(0) / (1024 * 1024);
-                match self.policy.decide(ch, vm, signed, current, hypervisor, ram_mb) {
-                    Some(Decision::Act(action)) => {
-                        if let Some(t) = &self.telemetry {
-                            t.action_decided(&action);
-                        }
-                        let submitted = self.dispatcher.submit(action.clone());
-                        match submitted {
-                            crate::action::Submitted::Queued => out.queued += 1,
-                            crate::action::Submitted::Dropped => out.dropped += 1,
-                            crate::action::Submitted::Duplicate => {}
-                        }
-                        if let Some(t) = &self.telemetry {
-                            t.action_submitted(&action, submitted.as_str());
-                        }
-                        let backend = self.dispatcher.backend(action.kind);
-                        let ev = Event::Action(ActionEvent::new(&action, backend, submitted.as_str()));
-                        out.emit(&mut *self.events, &ev);
-                    }
-                    Some(Decision::Held(h)) => {
-                        out.held += 1;
-                        if let Some(t) = &self.telemetry {
-                            t.metrics.actions.with_label_values(&[h.kind.as_str(), "held"]).inc();
-                        }
-                        out.emit(&mut *self.events, &Event::ActionHeld(ActionHeldEvent::new(&h)));
-                    }
-                    None => {}
+                let decision = self.policy.decide(ch, vm, signed, current, hypervisor, ram_mb);
+                if let Some(d) = decision {
+                    self.decision(d, out);
                 }
+            }
+        }
+    }
+
+    /// Sends an action (journaled first) or reports it held, with its event.
+    pub(super) fn decision(&mut self, d: Decision, out: &mut Counts) {
+        match d {
+            Decision::Act(action) => {
+                if let Some(t) = &self.telemetry {
+                    t.action_decided(&action);
+                }
+                let submitted = self.dispatcher.submit(action.clone());
+                match submitted {
+                    crate::action::Submitted::Queued => out.queued += 1,
+                    crate::action::Submitted::Dropped => out.dropped += 1,
+                    crate::action::Submitted::Duplicate => {}
+                }
+                if let Some(t) = &self.telemetry {
+                    t.action_submitted(&action, submitted.as_str());
+                }
+                let backend = self.dispatcher.backend(action.kind);
+                let ev = Event::Action(ActionEvent::new(&action, backend, submitted.as_str()));
+                out.emit(&mut *self.events, &ev);
+            }
+            Decision::Held(h) => {
+                out.held += 1;
+                if let Some(t) = &self.telemetry {
+                    t.metrics.actions.with_label_values(&[h.kind.as_str(), "held"]).inc();
+                }
+                out.emit(&mut *self.events, &Event::ActionHeld(ActionHeldEvent::new(&h)));
             }
         }
     }
 }
 
 #[derive(Default)]
-struct Counts {
+pub(super) struct Counts {
     queued: u64,
     dropped: u64,
     held: u64,
@@ -374,12 +425,12 @@ struct Counts {
     rtt_counts: RttCounts,
     rtt_samples: u64,
     rtt_dropped: u64,
-    io_error: Option<std::io::Error>,
+    pub(super) io_error: Option<std::io::Error>,
 }
 
 impl Counts {
     /// Writes an event; after the first write error, stops writing and keeps the error.
-    fn emit(&mut self, sink: &mut dyn EventSink, ev: &Event) {
+    pub(super) fn emit(&mut self, sink: &mut dyn EventSink, ev: &Event) {
         if self.io_error.is_none() {
             if let Err(e) = sink.emit(ev) {
                 self.io_error = Some(e);

@@ -18,8 +18,11 @@
 //! earlier than the current window counts in the current one), so events are
 //! the same for every thread count.
 
+mod evacuation;
 mod merge;
 mod shard;
+
+pub use evacuation::IdsCounts;
 
 use crate::action::{ActionSink, Dispatcher};
 use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
@@ -123,6 +126,8 @@ pub struct Options {
     pub progress: bool,
     /// Write every RTT sample as an `rtt_sample` event.
     pub rtt_samples: bool,
+    /// Write each VM's rates of each window as a `vm_window` event.
+    pub vm_windows: bool,
     /// A live source: when a shard's queue is full, drop the batch (counted)
     /// instead of waiting, so the capture never stalls.
     pub live: bool,
@@ -139,6 +144,7 @@ impl Default for Options {
             speed: None,
             progress: false,
             rtt_samples: false,
+            vm_windows: false,
             live: false,
             telemetry: None,
             reload: None,
@@ -158,6 +164,12 @@ pub enum PipelineError {
     ThreadDied,
     #[error("cannot write events: {0}")]
     Events(std::io::Error),
+    #[error("cannot follow the IDS alert file {path}: {source}")]
+    Ids {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Counters the reader keeps; published once at the end (never per packet).
@@ -189,6 +201,40 @@ pub fn run(
     let placement = Arc::new(SharedPlacement::new(PlacementConfig::from_rules(rules)));
     let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, opts.telemetry.clone(), sink)?;
 
+    // IDS alerts: followed live, or read whole to replay along with the capture.
+    let (alert_tx, alert_rx) = bounded::<evacuation::AlertBatch>(64);
+    let (stop_followers, followers_stop) = bounded::<()>(0);
+    let mut followers = Vec::new();
+    let mut mtd = evacuation::Mtd::new(rules);
+    if opts.live {
+        for (input, i) in rules.ids.iter().enumerate() {
+            let tx = alert_tx.clone();
+            let f = crate::ids::Follower::open(&i.path, i.format, i.checkpoint.as_deref(), i.from_start);
+            let h = f
+                .watch(followers_stop.clone(), move |alerts, malformed| {
+                    let (done, handled) = bounded(1);
+                    tx.send(evacuation::AlertBatch { input, alerts, malformed, done }).is_ok() && handled.recv().is_ok()
+                })
+                .map_err(|source| PipelineError::Ids { path: i.path.clone(), source })?;
+            followers.push(h);
+        }
+    } else {
+        let (mut all, mut malformed) = (Vec::new(), 0);
+        for (input, i) in rules.ids.iter().enumerate() {
+            if !i.path.exists() {
+                eprintln!("vmsentry: IDS alert file {} not found; replaying without it", i.path.display());
+                continue;
+            }
+            let mut f = crate::ids::Follower::open(&i.path, i.format, None, true);
+            let mut alerts = Vec::new();
+            f.poll(&mut alerts).map_err(|source| PipelineError::Ids { path: i.path.clone(), source })?;
+            malformed += f.malformed;
+            all.extend(alerts.into_iter().map(|a| (input, a)));
+        }
+        mtd = mtd.with_replay(all, malformed);
+    }
+    drop(alert_tx);
+
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
     let merge = merge::Merge {
         shards,
@@ -197,12 +243,14 @@ pub fn run(
         dispatcher,
         events,
         rtt_samples: opts.rtt_samples,
+        vm_windows: opts.vm_windows,
+        mtd,
         telemetry: opts.telemetry.clone(),
         reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
     };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())
-        .spawn(move || merge.run(merge_rx))
+        .spawn(move || merge.run(merge_rx, alert_rx))
         .map_err(PipelineError::Thread)?;
 
     let mut shard_tx: Vec<Sender<ShardMsg>> = Vec::with_capacity(shards);
@@ -275,6 +323,10 @@ pub fn run(
         h.join().map_err(|_| PipelineError::ThreadDied)?;
     }
     let out = merge_handle.join().map_err(|_| PipelineError::ThreadDied)?;
+    drop(stop_followers);
+    for f in followers {
+        let _ = f.join();
+    }
     read_result?;
     if failed {
         return Err(PipelineError::ThreadDied);
@@ -338,7 +390,8 @@ pub fn run(
         windows: detector.windows,
         queue_dropped,
         damaged_files: source.stats().damaged_files,
-        placement_dropped: detector.placement_dropped(),
+        placement_dropped: detector.placement_dropped() + detector.addresses_dropped(),
+        ids: out.ids,
         rtt: RttSummary {
             samples: out.rtt_samples,
             dropped: out.rtt_dropped,

@@ -18,6 +18,10 @@
 //! action over a limit is held back: not sent, and reported as an
 //! `action_held` event with the reason.
 
+mod evacuate;
+
+pub use evacuate::{EvacuationMode, Evacuee, PlanEntry};
+
 use crate::action::{Action, ActionKind};
 use crate::config::{PolicyTable, Rules, StormRules};
 use crate::decode::Mac;

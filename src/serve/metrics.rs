@@ -24,6 +24,8 @@ pub struct Metrics {
     pub migrations: IntCounterVec,
     pub conflicts: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub ids_alerts: IntCounterVec,
+    pub evacuations: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -123,6 +125,17 @@ impl Metrics {
                 Opts::new("vmsentry_rules_reloads_total", "Rules reloads, by result (ok, error)."),
                 &["result"]
             )),
+            ids_alerts: reg!(IntCounterVec::new(
+                Opts::new(
+                    "vmsentry_ids_alerts_total",
+                    "IDS alert lines, by outcome (evacuated, unmapped, filtered, malformed, outside_replay)."
+                ),
+                &["outcome"]
+            )),
+            evacuations: reg!(IntCounterVec::new(
+                Opts::new("vmsentry_evacuations_total", "Evacuation plans made, by trigger (ids, host_high)."),
+                &["trigger"]
+            )),
             build_info: reg!(IntGaugeVec::new(
                 Opts::new("vmsentry_build_info", "Always 1; the labels say which build runs."),
                 &["version"]
@@ -150,6 +163,12 @@ impl Metrics {
         }
         for k in ["clone", "hypervisor_ips", "vm_uses_hypervisor_mac"] {
             m.conflicts.with_label_values(&[k]);
+        }
+        for o in ["evacuated", "unmapped", "filtered", "malformed", "outside_replay"] {
+            m.ids_alerts.with_label_values(&[o]);
+        }
+        for t in ["ids", "host_high"] {
+            m.evacuations.with_label_values(&[t]);
         }
         for e in ["flow_evicted", "probe_evicted", "probe_timed_out"] {
             m.rtt_events.with_label_values(&[e]);

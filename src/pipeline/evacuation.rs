@@ -1,0 +1,313 @@
+//! IDS alerts and evacuations at the merge: an alert's victim becomes a hypervisor to evacuate, as does a hypervisor with too many HIGH VMs.
+//!
+//! Live, each `[[ids]]` follower hands its alerts over as they are read;
+//! they are filtered, mapped and acted on at once (stamped with the wall
+//! clock), and the follower writes its checkpoint only after that, so an
+//! alert is either acted on (its action journaled) or read again after a
+//! restart. In a replay, the alert files are read whole before the capture
+//! and each alert fires when packet time passes its own timestamp, in
+//! order among the window's other events; alerts before the capture's first
+//! window or after its last are counted (`outside_replay`) and skipped.
+
+use super::merge::{Counts, Merge};
+use crate::config::Rules;
+use crate::detect::{Level, Reason, Victim};
+use crate::event::{EvacuationEvent, Event, IdsAlertEvent, VmWindowEvent};
+use crate::ids::{Alert, Filter, Format, VictimSide};
+use crate::policy::{EvacuationMode, Evacuee};
+use crate::time::PacketTime;
+use crossbeam_channel::Sender;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+/// Alerts one follower read, handed to the merge; `done` is answered once
+/// they are handled.
+pub(crate) struct AlertBatch {
+    pub input: usize,
+    pub alerts: Vec<Alert>,
+    pub malformed: u64,
+    pub done: Sender<()>,
+}
+
+/// What became of the alert lines, run-wide.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IdsCounts {
+    pub evacuated: u64,
+    pub unmapped: u64,
+    pub filtered: u64,
+    pub malformed: u64,
+    pub outside_replay: u64,
+    pub evacuations: u64,
+}
+
+struct InputState {
+    name: String,
+    format: Format,
+    victim: VictimSide,
+    filter: Filter,
+}
+
+pub(crate) struct Mtd {
+    mode: EvacuationMode,
+    host_high_vms: u32,
+    inputs: Vec<InputState>,
+    replay_raw: Vec<(usize, Alert)>,
+    replay: VecDeque<(PacketTime, usize, Alert)>,
+    started: bool,
+    /// Per hypervisor: whether it had `host_high_vms` HIGH VMs last window.
+    high: Vec<bool>,
+    pub counts: IdsCounts,
+}
+
+impl Mtd {
+    pub fn new(rules: &Rules) -> Mtd {
+        Mtd {
+            mode: rules.mtd.mode,
+            host_high_vms: rules.mtd.host_high_vms,
+            inputs: rules
+                .ids
+                .iter()
+                .map(|i| InputState {
+                    name: i.path.display().to_string(),
+                    format: i.format,
+                    victim: i.victim,
+                    filter: i.filter(),
+                })
+                .collect(),
+            replay_raw: Vec::new(),
+            replay: VecDeque::new(),
+            started: false,
+            high: vec![false; rules.hypervisors.len()],
+            counts: IdsCounts::default(),
+        }
+    }
+
+    /// Alerts to replay (read whole from the inputs), and the lines that did not parse.
+    pub fn with_replay(mut self, alerts: Vec<(usize, Alert)>, malformed: u64) -> Mtd {
+        self.replay_raw = alerts;
+        self.counts.malformed += malformed;
+        self
+    }
+
+    /// New rules: the mode and trigger now; inputs and filters on restart.
+    pub fn reload(&mut self, rules: &Rules) {
+        self.mode = rules.mtd.mode;
+        self.host_high_vms = rules.mtd.host_high_vms;
+        self.high.resize(rules.hypervisors.len(), false);
+    }
+
+    /// Replayed alerts due before `end`. The first call times them all
+    /// (Snort's year-less stamps take the year of `start`) and counts the
+    /// ones before `start` as outside the replay.
+    pub fn due(&mut self, start: PacketTime, end: PacketTime) -> Vec<(PacketTime, usize, Alert)> {
+        if !self.started {
+            self.started = true;
+            let year = time::OffsetDateTime::from_unix_timestamp(start.as_micros().div_euclid(1_000_000))
+                .map_or(1970, |t| t.year());
+            let mut timed = Vec::with_capacity(self.replay_raw.len());
+            for (k, (input, a)) in std::mem::take(&mut self.replay_raw).into_iter().enumerate() {
+                match a.time(year) {
+                    Some(t) if t >= start => timed.push((t, input, k, a)),
+                    Some(_) => self.counts.outside_replay += 1,
+                    None => self.counts.malformed += 1,
+                }
+            }
+            timed.sort_by_key(|x| (x.0, x.1, x.2));
+            self.replay = timed.into_iter().map(|(t, i, _, a)| (t, i, a)).collect();
+        }
+        let mut out = Vec::new();
+        while self.replay.front().is_some_and(|a| a.0 < end) {
+            out.extend(self.replay.pop_front());
+        }
+        out
+    }
+}
+
+impl Merge {
+    /// A live follower's batch: handled now, stamped with the wall clock.
+    pub(super) fn alert_batch(&mut self, b: AlertBatch, out: &mut Counts) {
+        self.mtd.counts.malformed += b.malformed;
+        if let (Some(t), true) = (&self.telemetry, b.malformed > 0) {
+            t.metrics.ids_alerts.with_label_values(&["malformed"]).inc_by(b.malformed);
+        }
+        for a in &b.alerts {
+            self.alert(PacketTime::now(), b.input, a, out);
+        }
+        if out.io_error.is_none() {
+            if let Err(e) = self.events.flush() {
+                out.io_error = Some(e);
+            }
+        }
+        let _ = b.done.send(());
+    }
+
+    pub(super) fn replayed_alert(&mut self, (ts, input, a): (PacketTime, usize, Alert), out: &mut Counts) {
+        self.alert(ts, input, &a, out);
+    }
+
+    /// Alerts left after the replay's last window.
+    pub(super) fn replay_leftover(&mut self) {
+        let left = self.mtd.replay.len() as u64 + self.mtd.replay_raw.len() as u64;
+        self.mtd.replay.clear();
+        self.mtd.replay_raw.clear();
+        self.mtd.counts.outside_replay += left;
+    }
+
+    fn count(&mut self, outcome: &'static str) {
+        let c = &mut self.mtd.counts;
+        match outcome {
+            "evacuated" => c.evacuated += 1,
+            "unmapped" => c.unmapped += 1,
+            _ => c.filtered += 1,
+        }
+        if let Some(t) = &self.telemetry {
+            t.metrics.ids_alerts.with_label_values(&[outcome]).inc();
+        }
+    }
+
+    fn alert(&mut self, ts: PacketTime, input: usize, a: &Alert, out: &mut Counts) {
+        let Some(inp) = self.mtd.inputs.get_mut(input) else { return };
+        let victim_ip = a.victim(inp.victim);
+        if !inp.filter.pass(a, victim_ip, ts.as_micros().max(0) as u64 / 1_000_000) {
+            self.count("filtered");
+            return;
+        }
+        let name = inp.name.clone();
+        let format = inp.format.as_str();
+        let d = &self.detector;
+        let (vm, known_by, hv) = match d.victim(victim_ip) {
+            Some(Victim::Hypervisor(h)) => (None, None, Some(h)),
+            Some(Victim::Vm { vm, learned }) => {
+                (Some(vm), Some(if learned { "learned" } else { "rules" }), d.place(vm).and_then(|p| p.hv))
+            }
+            None => (None, None, None),
+        };
+        let outcome = if hv.is_some() { "evacuated" } else { "unmapped" };
+        let ev = Event::IdsAlert(IdsAlertEvent {
+            ts,
+            input: name,
+            format,
+            alert_ts: a.timestamp.clone(),
+            sid: a.sid,
+            severity: a.severity,
+            msg: a.msg.clone(),
+            src: a.src,
+            dst: a.dst,
+            victim: victim_ip,
+            victim_vm: vm.map(|i| d.vm(i).mac),
+            victim_vm_name: vm.map(|i| d.vm(i).name.clone()),
+            victim_known_by: known_by,
+            victim_hypervisor: hv.and_then(|h| d.registry().get(h)).map(|e| e.id.clone()),
+            outcome,
+        });
+        out.emit(&mut *self.events, &ev);
+        self.count(outcome);
+        let Some(h) = hv else { return };
+        let (mode, vms) = match (self.mtd.mode, vm) {
+            (EvacuationMode::Vm, Some(i)) => ("vm", vec![i]),
+            _ => ("host", self.detector.vms_on(h)),
+        };
+        let note = format!("evacuating after IDS alert sid {} on {victim_ip}", a.sid);
+        self.evacuate(ts, h, &vms, Trigger::Ids { sid: a.sid, victim: victim_ip, mode }, &note, out);
+    }
+
+    /// After a window: evacuate each hypervisor that now has
+    /// `mtd.host_high_vms` HIGH VMs and did not the window before.
+    pub(super) fn host_high(&mut self, ts: PacketTime, out: &mut Counts) {
+        let n = self.mtd.host_high_vms;
+        if n == 0 {
+            return;
+        }
+        for h in 0..self.mtd.high.len() {
+            let vms = self.detector.vms_on(h);
+            let high = vms.iter().filter(|&&i| self.detector.vm(i).level == Level::High).count() as u32;
+            let was = std::mem::replace(&mut self.mtd.high[h], high >= n);
+            if high >= n && !was {
+                let name = self.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone());
+                let note = format!("evacuating {name}: {high} of its VMs are HIGH (mtd.host_high_vms = {n})");
+                self.evacuate(ts, h, &vms, Trigger::HostHigh { high }, &note, out);
+            }
+        }
+    }
+
+    fn evacuate(&mut self, ts: PacketTime, h: usize, vms: &[usize], trigger: Trigger, note: &str, out: &mut Counts) {
+        let d = &self.detector;
+        let evacuees: Vec<Evacuee> = vms
+            .iter()
+            .map(|&i| {
+                let v = d.vm(i);
+                Evacuee { vm: v.mac, name: v.name.clone(), ram_mb: v.ram_mb.unwrap_or(0), level: v.level }
+            })
+            .collect();
+        let reason = match trigger {
+            Trigger::Ids { .. } => Reason::Ids,
+            Trigger::HostHigh { .. } => Reason::HostHigh,
+        };
+        let plan = self.policy.evacuate(ts, h, &evacuees, reason, note);
+        let (name, t, mode, sid, victim, high_vms) = match trigger {
+            Trigger::Ids { sid, victim, mode } => ("ids", ts, mode, Some(sid), Some(victim), None),
+            Trigger::HostHigh { high } => ("host_high", ts, "host", None, None, Some(high)),
+        };
+        let ev = EvacuationEvent {
+            ts: t,
+            hypervisor: self.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone()),
+            trigger: name,
+            mode,
+            sid,
+            victim,
+            high_vms,
+            plan: Vec::new(),
+            migrate: 0,
+            held: 0,
+            skipped: 0,
+            no_destination: 0,
+        }
+        .with_plan(&plan);
+        out.emit(&mut *self.events, &Event::Evacuation(ev));
+        self.mtd.counts.evacuations += 1;
+        if let Some(tm) = &self.telemetry {
+            tm.metrics.evacuations.with_label_values(&[name]).inc();
+        }
+        for e in plan {
+            if let Some(dcs) = e.decision {
+                self.decision(dcs, out);
+            }
+        }
+    }
+
+    /// One `vm_window` event per inventory VM that had traffic, RTT samples
+    /// or a raised level in the window ending at `end`, by MAC.
+    pub(super) fn vm_window_events(&mut self, end: PacketTime, out: &mut Counts) {
+        let mut order: Vec<usize> = (0..self.detector.vms().len()).collect();
+        order.sort_by_key(|&i| self.detector.vm(i).mac);
+        for i in order {
+            let v = self.detector.vm(i);
+            let [(tx_bps, tx_pps), (rx_bps, rx_pps)] = v.last_rates;
+            if tx_pps == 0 && rx_pps == 0 && v.last_rtt.count == 0 && v.level == Level::Low {
+                continue;
+            }
+            let ev = Event::VmWindow(VmWindowEvent {
+                ts: end,
+                vm: v.mac,
+                vm_name: Some(v.name.clone()),
+                level: v.level,
+                tx_bps,
+                tx_pps,
+                rx_bps,
+                rx_pps,
+                rtt_samples: v.last_rtt.count,
+                rtt_p50_ms: v.last_rtt.quantile_ms(0.5),
+                rtt_max_ms: v.last_rtt.max_ms(),
+                rtt_peaks: v.last_peaks,
+                rtt_baseline_ms: v.rtt_baseline_ms,
+            });
+            out.emit(&mut *self.events, &ev);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Trigger {
+    Ids { sid: u64, victim: IpAddr, mode: &'static str },
+    HostHigh { high: u32 },
+}

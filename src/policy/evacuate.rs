@@ -1,0 +1,148 @@
+//! Evacuation: every VM off a victim hypervisor (or just the attacked VM), each to the signed hypervisor with the most free RAM, within the storm limits.
+//!
+//! The first paper's controller moved every VM off the node its IDS alerted
+//! on, to a destination it does not say how it picked. Here the VMs go
+//! largest first, each to the signed hypervisor other than the victim with
+//! the most free RAM (its `ram_mb` less the RAM of the VMs placed there,
+//! counting the ones this plan already sent; a hypervisor without `ram_mb`
+//! counts as unlimited), ties broken by fewer VMs, then id. A hypervisor
+//! that is unsigned, the victim, or without room for the VM is never
+//! picked. A VM whose migration is already in flight is left out; one over
+//! a storm limit is held back, as for any action.
+
+use super::{Decision, Held, Policy};
+use crate::action::{Action, ActionKind};
+use crate::decode::Mac;
+use crate::detect::{Level, Reason};
+use crate::time::PacketTime;
+use serde::{Deserialize, Serialize};
+
+/// What an IDS alert about a VM moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvacuationMode {
+    /// Every VM on the victim's hypervisor (the paper's loop).
+    #[default]
+    Host,
+    /// Only the attacked VM; an alert about a hypervisor's own address still
+    /// evacuates the host.
+    Vm,
+}
+
+/// A VM to move off the victim.
+#[derive(Clone, Debug)]
+pub struct Evacuee {
+    pub vm: Mac,
+    pub name: String,
+    pub ram_mb: u64,
+    pub level: Level,
+}
+
+/// One line of an evacuation plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanEntry {
+    pub vm: Mac,
+    pub vm_name: String,
+    pub ram_mb: u64,
+    /// The action or the hold; `None` when the VM was left out (`skipped`).
+    pub decision: Option<Decision>,
+    pub skipped: Option<&'static str>,
+}
+
+impl Policy {
+    /// Plans moving `vms` off hypervisor `from` (registry index) at `now`.
+    /// `note` says why, in every action.
+    pub fn evacuate(
+        &mut self,
+        now: PacketTime,
+        from: usize,
+        vms: &[Evacuee],
+        reason: Reason,
+        note: &str,
+    ) -> Vec<PlanEntry> {
+        let from_name = self.hypervisor_ids.get(from).cloned();
+        let signed = self.registry.get(from).is_some_and(|e| e.verdict().is_signed());
+        let mut order: Vec<&Evacuee> = vms.iter().collect();
+        order.sort_by(|a, b| b.ram_mb.cmp(&a.ram_mb).then_with(|| a.name.cmp(&b.name)));
+        let t = now.as_micros();
+        let mut plan = Vec::with_capacity(order.len());
+        for v in order {
+            let mut entry =
+                PlanEntry { vm: v.vm, vm_name: v.name.clone(), ram_mb: v.ram_mb, decision: None, skipped: None };
+            if self
+                .in_flight
+                .iter()
+                .any(|m| m.vm == v.vm && t - m.at < self.storm.migration_timeout_s as i64 * 1_000_000)
+            {
+                entry.skipped = Some("already_moving");
+                plan.push(entry);
+                continue;
+            }
+            if let Some(because) = self.storm_limit(v.vm, ActionKind::Migrate, Some(from), t) {
+                entry.decision = Some(Decision::Held(Held {
+                    ts: now,
+                    vm: v.vm,
+                    vm_name: Some(v.name.clone()),
+                    kind: ActionKind::Migrate,
+                    level: v.level,
+                    reason,
+                    because,
+                }));
+                plan.push(entry);
+                continue;
+            }
+            let (kind, destination, why) = match self.most_room(from, v.ram_mb) {
+                Ok(d) => {
+                    self.note_move(from, d, v.ram_mb);
+                    self.in_flight.push(super::InFlight { vm: v.vm, from: Some(from), at: t });
+                    (ActionKind::Migrate, Some(self.hypervisor_ids[d].clone()), None)
+                }
+                Err(why) => (ActionKind::Alert, None, Some(why)),
+            };
+            self.last_action.insert(v.vm, t);
+            self.recent.push_back(t);
+            self.seq += 1;
+            entry.decision = Some(Decision::Act(Action {
+                id: format!("{}-{}", t, self.seq),
+                ts: now,
+                kind,
+                vm: v.vm,
+                vm_name: Some(v.name.clone()),
+                hypervisor: from_name.clone(),
+                signed,
+                destination,
+                level: v.level,
+                reason,
+                note: Some(match why {
+                    Some(w) => format!("{note}; {w}"),
+                    None => note.to_string(),
+                }),
+            }));
+            plan.push(entry);
+        }
+        plan
+    }
+
+    /// The signed hypervisor other than `from` with the most free RAM that
+    /// fits `ram_mb`.
+    fn most_room(&self, from: usize, ram_mb: u64) -> Result<usize, &'static str> {
+        let free = |h: usize| self.capacity[h].map_or(u64::MAX, |cap| cap.saturating_sub(self.placed_ram[h]));
+        let candidates: Vec<usize> = (0..self.hypervisor_ids.len())
+            .filter(|&h| h != from && self.registry.get(h).is_some_and(|e| e.verdict().is_signed()))
+            .collect();
+        if candidates.is_empty() {
+            return Err("no signed hypervisor other than the victim is registered");
+        }
+        candidates
+            .into_iter()
+            .filter(|&h| free(h) >= ram_mb)
+            .min_by(|&a, &b| {
+                free(b)
+                    .cmp(&free(a))
+                    .then_with(|| self.placed_ram[a].cmp(&self.placed_ram[b]))
+                    .then_with(|| self.placed[a].cmp(&self.placed[b]))
+                    .then_with(|| self.hypervisor_ids[a].cmp(&self.hypervisor_ids[b]))
+            })
+            .ok_or("no other signed hypervisor has room for its RAM")
+    }
+}
