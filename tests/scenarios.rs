@@ -25,6 +25,8 @@ fn rules_dir() -> tempfile::TempDir {
         std::fs::copy(root().join("rules").join(f), d.path().join(f)).unwrap();
     }
     std::fs::set_permissions(d.path().join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir_all(d.path().join("alerts")).unwrap();
+    std::fs::copy(root().join("rules/alerts/eve.json"), d.path().join("alerts/eve.json")).unwrap();
     d
 }
 
@@ -515,7 +517,7 @@ fn check_warns_about_unsigned_hypervisors_and_exits_0() {
         lines[0],
         "warning: hypervisor `compute-9`: signature does not verify for MAC 52:54:00:aa:00:09: it is unsigned for that MAC"
     );
-    assert!(lines[1].ends_with("OK: cluster `lab`, 4 hypervisors (3 signed), 14 VMs"), "{}", lines[1]);
+    assert!(lines[1].ends_with("OK: cluster `lab`, 5 hypervisors (4 signed), 19 VMs"), "{}", lines[1]);
 }
 
 #[test]

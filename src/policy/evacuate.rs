@@ -1,15 +1,18 @@
-//! Evacuation: every VM off a victim hypervisor (or just the attacked VM), each to the signed hypervisor with the most free RAM, within the storm limits.
+//! Evacuation: every VM off a victim hypervisor (or just the attacked VM), spread over the signed hypervisors in proportion to their free RAM, within the storm limits.
 //!
 //! The first paper's controller moved every VM off the node its IDS alerted
-//! on, to a destination it does not say how it picked. Here the VMs go
-//! largest first, each to the signed hypervisor other than the victim with
-//! the most free RAM (its `ram_mb` less the RAM of the VMs placed there,
-//! counting the ones this plan already sent; a hypervisor without `ram_mb`
-//! counts as unlimited), ties broken by fewer VMs, then id. A hypervisor
-//! that is unsigned, the victim, or without room for the VM is never
-//! picked. A VM whose migration is already in flight is left out; one over
-//! a storm limit is held back, as for any action.
-
+//! on, to a destination it does not say how it picked (it had two nodes).
+//! Here the VMs go largest first; each goes to the signed hypervisor other
+//! than the victim whose share of this plan would be smallest relative to
+//! its free RAM: (RAM this plan already sent there + the VM's) / (its
+//! `ram_mb` less the RAM of the VMs placed there before the plan). So a
+//! hypervisor with twice the free RAM takes about twice the RAM, instead of
+//! every VM going to the emptiest one. A hypervisor without `ram_mb` counts
+//! as unlimited (share 0; such ones take VMs in turn). Ties go to fewer VMs
+//! from this plan, then more free RAM, then id. A hypervisor that is
+//! unsigned, the victim, or without room for the VM is never picked. A VM
+//! whose migration is already in flight is left out; one over a storm limit
+//! is held back, as for any action.
 use super::{Decision, Held, Policy};
 use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
@@ -65,6 +68,10 @@ impl Policy {
         let mut order: Vec<&Evacuee> = vms.iter().collect();
         order.sort_by(|a, b| b.ram_mb.cmp(&a.ram_mb).then_with(|| a.name.cmp(&b.name)));
         let t = now.as_micros();
+        let free0: Vec<Option<u64>> = (0..self.hypervisor_ids.len())
+            .map(|h| self.capacity[h].map(|c| c.saturating_sub(self.placed_ram[h])))
+            .collect();
+        let mut sent = vec![(0u64, 0u32); self.hypervisor_ids.len()];
         let mut plan = Vec::with_capacity(order.len());
         for v in order {
             let mut entry =
@@ -91,8 +98,10 @@ impl Policy {
                 plan.push(entry);
                 continue;
             }
-            let (kind, destination, why) = match self.most_room(from, v.ram_mb) {
+            let (kind, destination, why) = match self.spread(from, v.ram_mb, &free0, &sent) {
                 Ok(d) => {
+                    sent[d].0 += v.ram_mb;
+                    sent[d].1 += 1;
                     self.note_move(from, d, v.ram_mb);
                     self.in_flight.push(super::InFlight { vm: v.vm, from: Some(from), at: t });
                     (ActionKind::Migrate, Some(self.hypervisor_ids[d].clone()), None)
@@ -123,24 +132,37 @@ impl Policy {
         plan
     }
 
-    /// The signed hypervisor other than `from` with the most free RAM that
-    /// fits `ram_mb`.
-    fn most_room(&self, from: usize, ram_mb: u64) -> Result<usize, &'static str> {
-        let free = |h: usize| self.capacity[h].map_or(u64::MAX, |cap| cap.saturating_sub(self.placed_ram[h]));
+    /// The destination for a VM of `ram_mb`: see the module's rule.
+    /// `free0` is each hypervisor's free RAM before the plan, `sent` the RAM
+    /// and VMs the plan sent to each so far.
+    fn spread(
+        &self,
+        from: usize,
+        ram_mb: u64,
+        free0: &[Option<u64>],
+        sent: &[(u64, u32)],
+    ) -> Result<usize, &'static str> {
         let candidates: Vec<usize> = (0..self.hypervisor_ids.len())
             .filter(|&h| h != from && self.registry.get(h).is_some_and(|e| e.verdict().is_signed()))
             .collect();
         if candidates.is_empty() {
             return Err("no signed hypervisor other than the victim is registered");
         }
+        // The share as a fraction (numerator, denominator); unlimited: 0/1.
+        let share = |h: usize| match free0[h] {
+            Some(f) => (u128::from(sent[h].0 + ram_mb), u128::from(f.max(1))),
+            None => (0, 1),
+        };
+        let room = |h: usize| self.capacity[h].is_none_or(|cap| self.placed_ram[h] + ram_mb <= cap);
         candidates
             .into_iter()
-            .filter(|&h| free(h) >= ram_mb)
+            .filter(|&h| room(h))
             .min_by(|&a, &b| {
-                free(b)
-                    .cmp(&free(a))
-                    .then_with(|| self.placed_ram[a].cmp(&self.placed_ram[b]))
-                    .then_with(|| self.placed[a].cmp(&self.placed[b]))
+                let ((an, ad), (bn, bd)) = (share(a), share(b));
+                (an * bd)
+                    .cmp(&(bn * ad))
+                    .then_with(|| sent[a].1.cmp(&sent[b].1))
+                    .then_with(|| free0[b].unwrap_or(u64::MAX).cmp(&free0[a].unwrap_or(u64::MAX)))
                     .then_with(|| self.hypervisor_ids[a].cmp(&self.hypervisor_ids[b]))
             })
             .ok_or("no other signed hypervisor has room for its RAM")

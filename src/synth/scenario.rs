@@ -336,6 +336,108 @@ pub fn migration_plain() -> Vec<Frame> {
     out
 }
 
+/// Packet time of the moving-target-defense scenario: a day after [`T0_US`],
+/// so the demo's IDS alerts (`rules/alerts/eve.json`) fall inside this
+/// capture and outside every other.
+pub const T1_US: i64 = T0_US + 86_400 * S;
+
+/// compute-4, where the MTD scenario's VMs start.
+pub const HV4: (&str, [u8; 4]) = ("52:54:00:aa:00:04", [10, 0, 0, 34]);
+
+/// The MTD scenario's VMs: MAC, address, RAM (MiB), and where the
+/// evacuation plan sends them (the plan `vmsentry` makes with `rules/`, which
+/// a test checks), in the plan's order (largest first).
+pub const MTD_VMS: [(&str, [u8; 4], u64, (&str, [u8; 4])); 5] = [
+    ("fa:16:3e:00:02:05", [10, 1, 0, 15], 4, HV2),
+    ("fa:16:3e:00:02:03", [10, 1, 0, 13], 2, HV3),
+    ("fa:16:3e:00:02:04", [10, 1, 0, 14], 2, HV1),
+    ("fa:16:3e:00:02:01", [10, 1, 0, 11], 1, HV3),
+    ("fa:16:3e:00:02:02", [10, 1, 0, 12], 1, HV3),
+];
+
+/// `mtd.pcap`: an attack on a VM, the IDS alert, and the evacuation of its
+/// host, 30 s over VXLAN from [`T1_US`]. Five VMs (mtd-1..5) on compute-4
+/// send 10 frames/s each and answer the gateway's pings (2/s, 2 ms).
+/// - 8-11 s: 203.0.113.9 floods mtd-2 (10.1.0.12) with 4000 UDP frames/s
+///   (MEDIUM by rx packet rate), and mtd-2 answers 10 pings/s in 80 ms
+///   (RTT peaks).
+/// - 9.5 s: Suricata alerts on the flood (`rules/alerts/eve.json`);
+///   vmsentry maps 10.1.0.12 (learned from mtd-2's traffic) to compute-4 and
+///   evacuates it.
+/// - From 10 s, one VM every 3 s in the plan's order: a migration stream
+///   from compute-4 of 1.1 x its RAM over 0.5 s per MiB, its last frame at
+///   compute-4 50 ms before the stream ends (each from its own port), and its RARP announce from the
+///   destination 20 + 10 k ms after (k the VM's place in the plan), then its
+///   traffic from there.
+pub fn mtd() -> Vec<Frame> {
+    let gw = mac(GATEWAY);
+    let gw_ip = Ipv4Addr::new(10, 1, 0, 1);
+    let mut m = Mig { encap: Encap::Vxlan, out: Vec::new() };
+    let ms = 1_000i64;
+    let to_vm = |hv: (&str, [u8; 4]), inner: &[u8]| frames::vxlan(&Mig::underlay(hv).reverse(), inner);
+    for (k, &(vm, vip, ram, dest)) in MTD_VMS.iter().enumerate() {
+        let (vm, vip) = (mac(vm), Ipv4Addr::from(vip));
+        let start = T1_US + (10 + 3 * k as i64) * S;
+        let frames_n = (ram * 1024 * 1024 * 11 / 10).div_ceil(1502) as i64;
+        let end = start + ram as i64 * 500 * ms;
+        let moved = end + (20 + 10 * k as i64) * ms;
+        let own = frames::vxlan(&Mig::underlay(HV4), &frames::udp4(vm, gw, vip, gw_ip, 7000, 53, 50));
+        let there = frames::vxlan(&Mig::underlay(dest), &frames::udp4(vm, gw, vip, gw_ip, 7000, 53, 50));
+        let last_here = end - 50 * ms;
+        let mut t = T1_US + k as i64 * 10 * ms;
+        while t < last_here {
+            m.out.push(Frame::whole(t, own.clone()));
+            t += 100 * ms;
+        }
+        m.out.push(Frame::whole(last_here, own.clone()));
+        for j in 0..frames_n {
+            let ts = start + (end - start) * j / frames_n;
+            let f = frames::tcp4(
+                mac(HV4.0),
+                mac(dest.0),
+                HV4.1.into(),
+                dest.1.into(),
+                50000 + k as u16,
+                49152,
+                1 + j as u32 * 1448,
+                Some(1),
+                false,
+                1448,
+            );
+            m.out.push(Frame::cut(ts, f, 1502, 64));
+        }
+        let rarp = frames::arp(vm, Mac::BROADCAST, true, 3, vm, Ipv4Addr::UNSPECIFIED, vm, Ipv4Addr::UNSPECIFIED);
+        let rarp = frames::vxlan(&Mig::underlay(dest), &rarp);
+        for j in 0..5 {
+            m.out.push(Frame::whole(moved + j * 200 * ms, rarp.clone()));
+        }
+        let mut t = moved + 50 * ms;
+        while t < T1_US + 30 * S {
+            m.out.push(Frame::whole(t, there.clone()));
+            t += 100 * ms;
+        }
+        // Pings from the gateway, 2/s until 8 s, answered in 2 ms.
+        for j in 0..16i64 {
+            let at = T1_US + j * 500 * ms + 5 * ms + k as i64 * ms;
+            m.out.push(Frame::whole(at, to_vm(HV4, &frames::icmp4_echo(gw, vm, gw_ip, vip, true, 7, j as u16))));
+            let reply = frames::icmp4_echo(vm, gw, vip, gw_ip, false, 7, j as u16);
+            m.out.push(Frame::whole(at + 2 * ms, frames::vxlan(&Mig::underlay(HV4), &reply)));
+        }
+    }
+    // The attack on mtd-2, and its slow answers.
+    let (victim, vip) = (mac(MTD_VMS[4].0), Ipv4Addr::from(MTD_VMS[4].1));
+    let attacker = Ipv4Addr::new(203, 0, 113, 9);
+    let flood = to_vm(HV4, &frames::udp4(gw, victim, attacker, vip, 4444, 9, 958));
+    m.out.extend(stream(T1_US + 8 * S, 3, 4000, |_, ts| Frame::cut(ts, flood.clone(), flood.len(), 64)));
+    for j in 0..30i64 {
+        let at = T1_US + 8 * S + j * 100 * ms + 30 * ms;
+        m.out.push(Frame::whole(at, to_vm(HV4, &frames::icmp4_echo(gw, victim, gw_ip, vip, true, 8, j as u16))));
+        let reply = frames::icmp4_echo(victim, gw, vip, gw_ip, false, 8, j as u16);
+        m.out.push(Frame::whole(at + 80 * ms, frames::vxlan(&Mig::underlay(HV4), &reply)));
+    }
+    m.out
+}
+
 /// The scenario captures: file name and generator.
 pub const ALL: &[(&str, Generator)] = &[
     ("basic.pcap", basic),
@@ -343,6 +445,7 @@ pub const ALL: &[(&str, Generator)] = &[
     ("migration-vxlan.pcap", migration_vxlan),
     ("migration-geneve.pcap", migration_geneve),
     ("migration-plain.pcap", migration_plain),
+    ("mtd.pcap", mtd),
 ];
 
 /// Makes the frames of one scenario.

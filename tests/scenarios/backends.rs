@@ -363,16 +363,22 @@ fn a_cooldown_holds_a_second_action_for_the_same_vm() {
 
 #[test]
 fn migration_destinations_respect_capacity() {
-    // compute-3 holds api-1 and api-2 (2 x 2048 MiB) of 4096: web-1 (2048 MiB) no longer fits.
+    // compute-3 holds api-1 and api-2 (2 x 2048 MiB) of 4096, and compute-4
+    // the mtd VMs (10 MiB) of 16: web-1 (2048 MiB) fits on neither.
     let rules = with_rules("");
     let p = rules.path().join("vmsentry.toml");
-    let t = std::fs::read_to_string(&p).unwrap().replace("id = \"compute-3\"\n", "id = \"compute-3\"\nram_mb = 4096\n");
+    let t = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("id = \"compute-3\"\nram_mb = 16384", "id = \"compute-3\"\nram_mb = 4096")
+        .replace("id = \"compute-4\"\nram_mb = 16384", "id = \"compute-4\"\nram_mb = 16");
     std::fs::write(&p, t).unwrap();
     let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
     let web = of_type(&ev, "action").into_iter().find(|e| e["vm_name"] == "web-1").unwrap().clone();
     assert_eq!((web["action"].clone(), web["destination"].clone()), (json!("migrate"), json!("compute-2")));
     // With no room anywhere, migrate becomes an alert saying why.
-    let t = std::fs::read_to_string(&p).unwrap().replace("id = \"compute-2\"\n", "id = \"compute-2\"\nram_mb = 1\n");
+    let t = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("id = \"compute-2\"\nram_mb = 16384", "id = \"compute-2\"\nram_mb = 1");
     std::fs::write(&p, t).unwrap();
     let ev = replay(rules.path(), 1, &[capture("basic.pcap")]);
     let web = of_type(&ev, "action").into_iter().find(|e| e["vm_name"] == "web-1").unwrap().clone();
