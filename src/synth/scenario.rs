@@ -341,13 +341,16 @@ pub fn migration_plain() -> Vec<Frame> {
 /// capture and outside every other.
 pub const T1_US: i64 = T0_US + 86_400 * S;
 
+/// A hypervisor: its MAC and underlay address.
+pub type Host = (&'static str, [u8; 4]);
+
 /// compute-4, where the MTD scenario's VMs start.
 pub const HV4: (&str, [u8; 4]) = ("52:54:00:aa:00:04", [10, 0, 0, 34]);
 
 /// The MTD scenario's VMs: MAC, address, RAM (MiB), and where the
 /// evacuation plan sends them (the plan `vmsentry` makes with `rules/`, which
 /// a test checks), in the plan's order (largest first).
-pub const MTD_VMS: [(&str, [u8; 4], u64, (&str, [u8; 4])); 5] = [
+pub const MTD_VMS: [(&str, [u8; 4], u64, Host); 5] = [
     ("fa:16:3e:00:02:05", [10, 1, 0, 15], 4, HV2),
     ("fa:16:3e:00:02:03", [10, 1, 0, 13], 2, HV3),
     ("fa:16:3e:00:02:04", [10, 1, 0, 14], 2, HV1),
