@@ -1403,3 +1403,6 @@ mod service;
 
 #[path = "scenarios/backends.rs"]
 mod backends;
+
+#[path = "scenarios/mtd.rs"]
+mod mtd;

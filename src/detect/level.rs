@@ -63,6 +63,7 @@ pub enum Reason {
     /// An IDS alert about the VM or its hypervisor (evacuation).
     Ids,
     /// `mtd.host_high_vms` VMs on its hypervisor are HIGH (evacuation).
+    #[serde(rename = "host_high")]
     HostHigh,
 }
 

@@ -63,12 +63,12 @@ fn start_serving(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<Str
     }
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(super) fn signal(child: &Child, sig: &str) {
     let st = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
     assert!(st.success());
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+pub(super) fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Some(st) = child.try_wait().unwrap() {
@@ -86,7 +86,7 @@ fn free_port() -> u16 {
 
 /// Whether this machine can run the live tests (root, iproute2, tcpreplay).
 /// Under CI=true they must run: a missing piece fails the test.
-fn live_capable() -> bool {
+pub(super) fn live_capable() -> bool {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     let tools = ["ip", "tcpreplay", "promtool", "prometheus"].iter().all(|t| {
         Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())

@@ -1,0 +1,406 @@
+//! Moving-target defense: IDS alerts in Suricata's and Snort's formats, victims, evacuation plans, the host_high trigger, and live following with a checkpoint.
+
+use super::*;
+use vmsentry::synth::scenario::MTD_VMS;
+
+const T1: &str = "2023-11-15T22:13:";
+
+fn plan(e: &Value) -> Vec<(String, String, Value)> {
+    e["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let what = if p["outcome"] == "migrate" { p["destination"].clone() } else { p["because"].clone() };
+            (p["vm_name"].as_str().unwrap().to_string(), p["outcome"].as_str().unwrap().to_string(), what)
+        })
+        .collect()
+}
+
+fn p(vm: &str, outcome: &str, what: &str) -> (String, String, Value) {
+    (vm.into(), outcome.into(), json!(what))
+}
+
+/// The hypervisor name of a synth host constant.
+fn hv_name(mac: &str) -> &'static str {
+    match mac {
+        "52:54:00:aa:00:01" => "compute-1",
+        "52:54:00:aa:00:02" => "compute-2",
+        "52:54:00:aa:00:03" => "compute-3",
+        _ => panic!("not a demo hypervisor: {mac}"),
+    }
+}
+
+#[test]
+fn an_ids_alert_evacuates_the_victims_host_and_the_wire_confirms_the_plan() {
+    let rules = rules_dir();
+    let ev = stable(replay(rules.path(), 1, &[capture("mtd.pcap")]));
+    assert_eq!(ev, stable(replay(rules.path(), 3, &[capture("mtd.pcap")])), "the same for any --threads");
+
+    // rules/alerts/eve.json: a flow record (not an alert), a severity-3 alert
+    // (below min_severity 2), the flood alert, its repeat 0.3 s later (the
+    // per-victim cooldown), a cut line (malformed), and a scan of an address
+    // vmsentry does not know.
+    let alerts = of_type(&ev, "ids_alert");
+    assert_eq!(alerts.len(), 2);
+    let a = alerts[0];
+    assert_eq!(
+        (&a["ts"], &a["sid"], &a["severity"], &a["victim"], &a["victim_vm_name"], &a["victim_known_by"]),
+        (
+            &json!(format!("{T1}29.500000Z")),
+            &json!(9000001),
+            &json!(1),
+            &json!("10.1.0.12"),
+            &json!("mtd-2"),
+            &json!("learned")
+        )
+    );
+    assert_eq!(
+        (&a["victim_hypervisor"], &a["outcome"], &a["format"]),
+        (&json!("compute-4"), &json!("evacuated"), &json!("suricata_eve"))
+    );
+    assert_eq!(a["alert_ts"], "2023-11-15T22:13:29.500000+0000");
+    let b = alerts[1];
+    assert_eq!(
+        (&b["ts"], &b["victim"], &b["victim_vm"], &b["victim_hypervisor"], &b["outcome"]),
+        (&json!(format!("{T1}32.000000Z")), &json!("198.51.100.7"), &Value::Null, &Value::Null, &json!("unmapped"))
+    );
+
+    // One evacuation of compute-4: largest first, spread by free RAM; never
+    // compute-4 itself or the unsigned compute-9.
+    let evac = of_type(&ev, "evacuation");
+    assert_eq!(evac.len(), 1);
+    let e = evac[0];
+    assert_eq!(
+        (&e["ts"], &e["hypervisor"], &e["trigger"], &e["mode"], &e["sid"], &e["victim"]),
+        (
+            &json!(format!("{T1}29.500000Z")),
+            &json!("compute-4"),
+            &json!("ids"),
+            &json!("host"),
+            &json!(9000001),
+            &json!("10.1.0.12")
+        )
+    );
+    assert_eq!(
+        plan(e),
+        vec![
+            p("mtd-5", "migrate", "compute-2"),
+            p("mtd-3", "migrate", "compute-3"),
+            p("mtd-4", "migrate", "compute-1"),
+            p("mtd-1", "migrate", "compute-3"),
+            p("mtd-2", "migrate", "compute-3"),
+        ]
+    );
+    assert_eq!(
+        (&e["migrate"], &e["held"], &e["skipped"], &e["no_destination"]),
+        (&json!(5), &json!(0), &json!(0), &json!(0))
+    );
+    // One migrate action per VM, each the plan's.
+    let acts: Vec<&Value> = of_type(&ev, "action").into_iter().filter(|a| a["reason"] == "ids").collect();
+    assert_eq!(acts.len(), 5);
+    for (a, line) in acts.iter().zip(e["plan"].as_array().unwrap()) {
+        assert_eq!((&a["id"], &a["vm_name"], &a["action"]), (&line["action_id"], &line["vm_name"], &json!("migrate")));
+        assert_eq!(
+            (&a["destination"], &a["hypervisor"], &a["ts"]),
+            (&line["destination"], &json!("compute-4"), &e["ts"])
+        );
+    }
+    // The wire shows each VM arriving where the plan sent it, measured:
+    // the synth's ground truth (a stream of 1.1 x RAM in 1502-byte frames
+    // over 0.5 s per MiB; downtime 50 ms + 20 + 10 k ms).
+    let migs = of_type(&ev, "migration");
+    assert_eq!(migs.len(), 5);
+    for (k, (mac, _, ram, dest)) in MTD_VMS.iter().enumerate() {
+        let m = migs.iter().find(|m| m["vm"] == *mac).unwrap();
+        let line = e["plan"].as_array().unwrap().iter().find(|l| l["vm"] == *mac).unwrap();
+        assert_eq!(m["to_hypervisor"], line["destination"]);
+        assert_eq!(m["to_hypervisor"], hv_name(dest.0));
+        let frames = (ram * 1024 * 1024 * 11 / 10).div_ceil(1502);
+        assert_eq!(
+            (&m["from_hypervisor"], &m["bytes"], &m["total_ms"], &m["downtime_ms"], &m["ram_mb"]),
+            (
+                &json!("compute-4"),
+                &json!(frames * 1502),
+                &json!((ram * 500 + 20 + 10 * k as u64) as f64),
+                &json!((70 + 10 * k as u64) as f64),
+                &json!(ram)
+            )
+        );
+    }
+    assert_eq!(
+        migs.iter().map(|m| m["flavor"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["lab.medium", "lab.small", "lab.small", "lab.tiny", "lab.tiny"]
+    );
+    assert_eq!(
+        summary(&ev)["ids"],
+        json!({"evacuated": 1, "unmapped": 1, "filtered": 2, "malformed": 1, "outside_replay": 0, "evacuations": 1})
+    );
+
+    // The same alerts replayed with another capture fall outside it.
+    let other = replay(rules.path(), 1, &[capture("rtt.pcap")]);
+    assert!(of_type(&other, "ids_alert").is_empty());
+    assert_eq!(
+        summary(&other)["ids"],
+        json!({"evacuated": 0, "unmapped": 0, "filtered": 0, "malformed": 1, "outside_replay": 4, "evacuations": 0})
+    );
+}
+
+#[test]
+fn snort_formats_the_source_as_victim_vm_mode_and_a_hypervisors_own_address() {
+    let rules = rules_dir();
+    let dir = rules.path();
+    // Snort 3 alert_json: mtd-4 (learned address) sends the attack; its
+    // input takes the source as the victim. Snort alert_fast (no year: the
+    // capture's): an alert about compute-4's own address.
+    std::fs::write(
+        dir.join("alerts/snort3.json"),
+        "{\"timestamp\":\"11/15-22:13:31.000000\",\"sid\":1000042,\"priority\":1,\"msg\":\"outbound scan\",\"src_ap\":\"10.1.0.14:5000\",\"dst_ap\":\"192.0.2.80:22\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("alerts/fast.log"),
+        "11/15-22:13:35.000000  [**] [1:1000043:1] attack on a hypervisor [**] [Classification: Attempted Administrator Privilege Gain] [Priority: 1] {TCP} 203.0.113.9:4444 -> 10.0.0.34:22\n",
+    )
+    .unwrap();
+    let toml = dir.join("vmsentry.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace("mode = \"host\" ", "mode = \"vm\"   ");
+    let text = text
+        + "\n[[ids]]\npath = \"alerts/snort3.json\"\nformat = \"snort3_json\"\nvictim = \"source\"\n\
+           \n[[ids]]\npath = \"alerts/fast.log\"\nformat = \"snort_fast\"\n";
+    std::fs::write(&toml, text).unwrap();
+    let ev = replay(dir, 2, &[capture("mtd.pcap")]);
+    let evac = of_type(&ev, "evacuation");
+    let summary_of =
+        |e: &Value| (e["ts"].as_str().unwrap().to_string(), e["mode"].as_str().unwrap().to_string(), plan(e));
+    assert_eq!(
+        evac.iter().map(|e| summary_of(e)).collect::<Vec<_>>(),
+        vec![
+            // EVE: mtd-2 alone.
+            (format!("{T1}29.500000Z"), "vm".into(), vec![p("mtd-2", "migrate", "compute-2")]),
+            // Snort 3, victim = source: mtd-4 alone, to the most free RAM.
+            (format!("{T1}31.000000Z"), "vm".into(), vec![p("mtd-4", "migrate", "compute-2")]),
+            // alert_fast on 10.0.0.34: the whole host, by then without mtd-5
+            // (moved at 32.02 s) and mtd-3 (34.03 s); mtd-4 and mtd-2 are
+            // already moving.
+            (
+                format!("{T1}35.000000Z"),
+                "host".into(),
+                vec![
+                    p("mtd-4", "skipped", "already_moving"),
+                    p("mtd-1", "migrate", "compute-2"),
+                    p("mtd-2", "skipped", "already_moving"),
+                ]
+            ),
+        ]
+    );
+    let alerts = of_type(&ev, "ids_alert");
+    assert_eq!(
+        alerts.iter().map(|a| (a["format"].as_str().unwrap(), a["victim"].as_str().unwrap())).collect::<Vec<_>>(),
+        [
+            ("suricata_eve", "10.1.0.12"),
+            ("snort3_json", "10.1.0.14"),
+            ("suricata_eve", "198.51.100.7"),
+            ("snort_fast", "10.0.0.34")
+        ]
+    );
+    assert_eq!(alerts[3]["victim_vm"], Value::Null);
+    assert_eq!(alerts[3]["victim_hypervisor"], "compute-4");
+}
+
+#[test]
+fn evacuation_never_picks_the_victim_an_unsigned_or_a_full_hypervisor() {
+    let rules = rules_dir();
+    let toml = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    // compute-1 holds 10240 MiB: 3 MiB left. compute-2 is full. compute-3's
+    // signature is made invalid. compute-9 is unsigned. compute-4 is the victim.
+    let text = text
+        .replace("id = \"compute-1\"\nram_mb = 16384", "id = \"compute-1\"\nram_mb = 10243")
+        .replace("id = \"compute-2\"\nram_mb = 16384", "id = \"compute-2\"\nram_mb = 2562")
+        .replace("b1f7ae5e79f585a558be359cae56cffe97ff39e44e0b6568129bbd58dd299f91", &"0".repeat(64));
+    std::fs::write(&toml, text).unwrap();
+    let ev = replay(rules.path(), 1, &[capture("mtd.pcap")]);
+    let e = of_type(&ev, "evacuation")[0];
+    assert_eq!(
+        plan(e),
+        vec![
+            p("mtd-5", "alert", "compute-1"),
+            p("mtd-3", "migrate", "compute-1"),
+            p("mtd-4", "alert", "compute-1"),
+            p("mtd-1", "migrate", "compute-1"),
+            p("mtd-2", "alert", "compute-1"),
+        ]
+        .into_iter()
+        .map(|(v, o, w)| if o == "alert" { (v, o, Value::Null) } else { (v, o, w) })
+        .collect::<Vec<_>>()
+    );
+    assert_eq!((&e["migrate"], &e["no_destination"]), (&json!(2), &json!(3)));
+    let alerts: Vec<&Value> =
+        of_type(&ev, "action").into_iter().filter(|a| a["reason"] == "ids" && a["action"] == "alert").collect();
+    assert_eq!(alerts.len(), 3);
+    assert_eq!(
+        alerts[0]["note"],
+        "evacuating after IDS alert sid 9000001 on 10.1.0.12; no other signed hypervisor has room for its RAM"
+    );
+}
+
+#[test]
+fn host_high_evacuates_a_hypervisor_once_when_enough_of_its_vms_are_high() {
+    let rules = rules_dir();
+    let toml = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("host_high_vms = 0 ", "host_high_vms = 1 ")).unwrap();
+    let ev = replay(rules.path(), 2, &[capture("basic.pcap")]);
+    let evac = of_type(&ev, "evacuation");
+    let got: Vec<(String, String, Value, usize)> = evac
+        .iter()
+        .map(|e| {
+            (
+                e["ts"].as_str().unwrap().to_string(),
+                e["hypervisor"].as_str().unwrap().to_string(),
+                e["high_vms"].clone(),
+                e["plan"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    // web-1 HIGH at 31 s on compute-1 (6 VMs), backup-1 HIGH at 62 s on compute-2 (5 VMs).
+    assert_eq!(
+        got,
+        vec![
+            ("2023-11-14T22:13:31.000000Z".into(), "compute-1".into(), json!(1), 6),
+            ("2023-11-14T22:14:02.000000Z".into(), "compute-2".into(), json!(1), 5),
+        ]
+    );
+    // The HIGH VM's own policy action (migrate) came first: the plan skips it.
+    let web = evac[0]["plan"].as_array().unwrap().iter().find(|l| l["vm_name"] == "web-1").unwrap();
+    assert_eq!((&web["outcome"], &web["because"]), (&json!("skipped"), &json!("already_moving")));
+    for e in &evac {
+        for l in e["plan"].as_array().unwrap() {
+            assert_ne!(l["destination"], e["hypervisor"]);
+            assert_ne!(l["destination"], "compute-9");
+        }
+    }
+    let acts = of_type(&ev, "action").into_iter().filter(|a| a["reason"] == "host_high").count();
+    assert_eq!(acts, 5 + 4);
+    // Two HIGH VMs at once on one hypervisor never happen in basic.pcap.
+    std::fs::write(&toml, text.replace("host_high_vms = 0 ", "host_high_vms = 2 ")).unwrap();
+    let ev = replay(rules.path(), 2, &[capture("basic.pcap")]);
+    assert!(of_type(&ev, "evacuation").is_empty());
+}
+
+#[test]
+fn bad_ids_rules_are_refused_at_their_place() {
+    let rules = with_rules("\n[[ids]]\npath = \"alerts/eve.json\"\nformat = \"suricata_eve\"\n");
+    let out = vmsentry(&["check", "--rules", rules.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vmsentry.toml:") && err.contains("ids.path `alerts/eve.json` is followed twice"), "{err}");
+    let rules = with_rules("\n[[ids]]\npath = \"x.log\"\nformat = \"zeek\"\n");
+    let err =
+        String::from_utf8_lossy(&vmsentry(&["check", "--rules", rules.path().to_str().unwrap()]).stderr).to_string();
+    assert!(err.contains("unknown variant `zeek`"), "{err}");
+    let rules = rules_dir();
+    let toml = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace("ips = [\"10.1.0.11\"]", "ips = [\"10.0.0.34\"]");
+    std::fs::write(&toml, text).unwrap();
+    let err =
+        String::from_utf8_lossy(&vmsentry(&["check", "--rules", rules.path().to_str().unwrap()]).stderr).to_string();
+    assert!(err.contains("address 10.0.0.34 is also hypervisor `compute-4`'s"), "{err}");
+}
+
+#[test]
+fn evacuation_stays_within_the_storm_limits() {
+    let rules = with_rules("\n[storm]\nmax_migrations_per_hypervisor = 2\n");
+    let ev = replay(rules.path(), 1, &[capture("mtd.pcap")]);
+    let e = of_type(&ev, "evacuation")[0];
+    assert_eq!(
+        plan(e),
+        vec![
+            p("mtd-5", "migrate", "compute-2"),
+            p("mtd-3", "migrate", "compute-3"),
+            p("mtd-4", "held", "hypervisor_migrations"),
+            p("mtd-1", "held", "hypervisor_migrations"),
+            p("mtd-2", "held", "hypervisor_migrations"),
+        ]
+    );
+    let held = of_type(&ev, "action_held");
+    assert_eq!(
+        held.iter().map(|h| (h["vm_name"].as_str().unwrap(), h["reason"].as_str().unwrap())).collect::<Vec<_>>(),
+        [("mtd-4", "ids"), ("mtd-1", "ids"), ("mtd-2", "ids")]
+    );
+}
+
+/// `vmsentry live` on loopback following an EVE file: an alert appended is
+/// acted on at once; after a restart the checkpoint resumes after it.
+#[test]
+fn live_follows_an_alert_file_and_resumes_from_its_checkpoint() {
+    if !super::service::live_capable() {
+        eprintln!("SKIPPED: needs root and the live test tools");
+        return;
+    }
+    let rules = with_rules(
+        "\n[[ids]]\npath = \"live/eve.json\"\nformat = \"suricata_eve\"\ncheckpoint = \"live/eve.checkpoint\"\n\
+         \n[backend]\njournal = \"journal.jsonl\"\n",
+    );
+    let dir = rules.path();
+    std::fs::create_dir_all(dir.join("live")).unwrap();
+    let eve = dir.join("live/eve.json");
+    let old = r#"{"timestamp":"2026-01-01T00:00:00.000000+0000","event_type":"alert","src_ip":"203.0.113.9","dest_ip":"10.0.0.31","alert":{"signature_id":1,"severity":1,"signature":"old"}}"#;
+    std::fs::write(&eve, format!("{old}\n")).unwrap();
+    let line = |sid: u32, dst: &str| {
+        format!(
+            "{{\"timestamp\":\"2026-11-22T04:00:00.000000+0000\",\"event_type\":\"alert\",\"src_ip\":\"203.0.113.9\",\"dest_ip\":\"{dst}\",\"alert\":{{\"signature_id\":{sid},\"severity\":1,\"signature\":\"live\"}}}}\n"
+        )
+    };
+    let append = |s: &str| {
+        use std::io::Write;
+        std::fs::OpenOptions::new().append(true).open(&eve).unwrap().write_all(s.as_bytes()).unwrap();
+    };
+    let run = |events: &Path, work: &dyn Fn()| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+            .args(["live", "--interface", "lo", "--bpf", "ether host 02:00:00:00:00:99", "--listen", "127.0.0.1:0"])
+            .args(["--rules", dir.to_str().unwrap(), "--events", events.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        work();
+        super::service::signal(&child, "TERM");
+        assert_eq!(super::service::wait_exit(&mut child, std::time::Duration::from_secs(15)), Some(0));
+        let text = std::fs::read_to_string(events).unwrap();
+        text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    let wait_for = |events: &Path, what: &str| {
+        let t = std::time::Instant::now();
+        while !std::fs::read_to_string(events).unwrap_or_default().contains(what) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(10), "no {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let ev1 = dir.join("events1.jsonl");
+    let ev = run(&ev1, &|| {
+        append(&line(11, "10.0.0.34"));
+        wait_for(&ev1, "\"evacuation\"");
+    });
+    // The alert already in the file when vmsentry first started is old: not acted on.
+    let alerts = of_type(&ev, "ids_alert");
+    assert_eq!(alerts.iter().map(|a| a["sid"].clone()).collect::<Vec<_>>(), [json!(11)]);
+    let e = of_type(&ev, "evacuation")[0];
+    assert_eq!((&e["hypervisor"], &e["migrate"]), (&json!("compute-4"), &json!(5)));
+    // Every planned migration was journaled.
+    let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    for l in e["plan"].as_array().unwrap() {
+        let id = l["action_id"].as_str().unwrap();
+        assert!(journal.contains(&format!("\"id\":\"{id}\"")), "{id} not journaled");
+    }
+    // Stopped: two more alerts, one malformed line; the restart reads just those.
+    append(&line(12, "10.1.0.11"));
+    append("{\"event_type\":\"alert\",\n");
+    let ev2 = dir.join("events2.jsonl");
+    let ev = run(&ev2, &|| wait_for(&ev2, "\"ids_alert\""));
+    let alerts = of_type(&ev, "ids_alert");
+    assert_eq!(alerts.iter().map(|a| a["sid"].clone()).collect::<Vec<_>>(), [json!(12)]);
+    assert_eq!((&alerts[0]["victim_vm_name"], &alerts[0]["victim_known_by"]), (&json!("mtd-1"), &json!("rules")));
+    assert_eq!(summary(&ev)["ids"]["malformed"], 1);
+}
