@@ -20,10 +20,19 @@
 //!    signature, clone) with hysteresis, and where each VM lives and moves.
 //! 6. [`trust`]: the cluster key, HMAC hypervisor signatures, move tokens.
 //! 7. [`policy`]: level × signature → alert, quarantine or migrate, once per
-//!    rise, within the storm limits.
+//!    rise, within the storm limits; and evacuation plans (every VM off a
+//!    hypervisor, spread over signed ones by free RAM).
 //! 8. [`action`]: the [`action::ActionSink`] contract, the backends (log,
 //!    exec, webhook, Alertmanager, libvirt, OpenStack), the journal and the
 //!    dispatcher.
+//!
+//! Moving-target defense joins at the merge: [`ids`] follows Suricata and
+//! Snort alert files (inotify, rotation, a checkpoint) and hands alerts to
+//! the merge thread, which maps the victim address to a hypervisor or VM
+//! ([`detect::Victim`]) and evacuates its host through [`policy`] and
+//! [`action`]; a hypervisor with `mtd.host_high_vms` HIGH VMs is evacuated
+//! the same way. Afterwards, [`report`] turns the events into an HTML page
+//! of SVG charts.
 //!
 //! Alongside: [`serve`] (Prometheus metrics and the JSON API over HTTP),
 //! [`config`] (the rules file), [`event`] (JSON-lines events), [`time`]
@@ -42,6 +51,7 @@ pub mod ids;
 pub mod measure;
 pub mod pipeline;
 pub mod policy;
+pub mod report;
 pub mod serve;
 pub mod synth;
 pub mod time;

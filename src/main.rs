@@ -200,8 +200,19 @@ fn threads_or_cores(threads: Option<usize>) -> usize {
 }
 
 fn report(events: &Path, out: &Path, rules: &Path) -> anyhow::Result<()> {
-    let _ = (events, out, rules);
-    anyhow::bail!("report: not written yet")
+    // Thresholds come from the rules when they are there; a report of
+    // someone else's events needs none.
+    let lines = if rules.join(vmsentry::config::RULES_FILE).exists() {
+        vmsentry::report::Lines::from_rules(&load_rules(rules)?)
+    } else {
+        vmsentry::report::Lines::default()
+    };
+    let page = vmsentry::report::write(events, out, &lines).map_err(|e| match e {
+        vmsentry::report::ReportError::Write { .. } => anyhow::Error::new(e),
+        other => bad(other.to_string()),
+    })?;
+    eprintln!("vmsentry: report written to {}", page.display());
+    Ok(())
 }
 
 fn check(dir: &Path) -> anyhow::Result<()> {

@@ -404,3 +404,144 @@ fn live_follows_an_alert_file_and_resumes_from_its_checkpoint() {
     assert_eq!((&alerts[0]["victim_vm_name"], &alerts[0]["victim_known_by"]), (&json!("mtd-1"), &json!("rules")));
     assert_eq!(summary(&ev)["ids"]["malformed"], 1);
 }
+
+/// The rows of the table `id` in the report's page, as cell texts.
+fn table(html: &str, id: &str) -> Vec<Vec<String>> {
+    let start = html.find(&format!("<table id=\"{id}\">")).unwrap_or_else(|| panic!("no table {id}"));
+    let body = &html[start..start + html[start..].find("</table>").unwrap()];
+    body.split("<tr>")
+        .skip(2)
+        .map(|row| {
+            row.split("<td>")
+                .skip(1)
+                .map(|c| {
+                    c.split("</td>").next().unwrap().replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_report_draws_the_events_and_its_numbers_are_theirs() {
+    let rules = rules_dir();
+    let d = tempfile::tempdir().unwrap();
+    let events = d.path().join("events.jsonl");
+    let ev =
+        replay_with(rules.path(), 2, &["--vm-windows", "--events", events.to_str().unwrap()], &[capture("mtd.pcap")]);
+    assert!(ev.is_empty(), "events went to the file");
+    let ev: Vec<Value> =
+        std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // vm_window: one per window for each of the five VMs (all send every window).
+    let windows = of_type(&ev, "vm_window");
+    assert_eq!(windows.len(), 5 * 30);
+    let w = windows.iter().find(|w| w["vm_name"] == "mtd-2" && w["ts"] == format!("{T1}29.000000Z")).unwrap();
+    assert_eq!((&w["rx_pps"], &w["level"], &w["rtt_samples"]), (&json!(4000 + 10), &json!("MEDIUM"), &json!(9)));
+
+    let out = d.path().join("report");
+    let o = vmsentry(&[
+        "report",
+        events.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--rules",
+        rules.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let t0 = ev.iter().map(|e| e["ts"].as_str().unwrap()).min().unwrap().to_string();
+    let secs = |ts: &Value| {
+        let p = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
+        ((p(ts.as_str().unwrap()) - p(&t0)).whole_microseconds() as f64 / 1e6).to_string()
+    };
+    let n = |v: &Value| if v.is_null() { "–".to_string() } else { v.as_f64().unwrap().to_string() };
+
+    // Every migration, with the event's numbers.
+    let migs = of_type(&ev, "migration");
+    let rows = table(&html, "migrations");
+    assert_eq!(rows.len(), migs.len());
+    for (r, m) in rows.iter().zip(&migs) {
+        assert_eq!(
+            r,
+            &vec![
+                m["vm_name"].as_str().unwrap().to_string(),
+                secs(&m["ts"]),
+                m["flavor"].as_str().unwrap().to_string(),
+                m["from_hypervisor"].as_str().unwrap().to_string(),
+                m["to_hypervisor"].as_str().unwrap().to_string(),
+                n(&m["downtime_ms"]),
+                n(&m["total_ms"]),
+                n(&m["bytes"]),
+            ]
+        );
+    }
+    // By flavor (the paper's Figures 4-6): means over the events.
+    let mean = |fl: &str, k: &str| {
+        let xs: Vec<f64> = migs.iter().filter(|m| m["flavor"] == fl).map(|m| m[k].as_f64().unwrap()).collect();
+        (xs.iter().sum::<f64>() / xs.len() as f64).to_string()
+    };
+    let flavors = table(&html, "flavors");
+    let want: Vec<Vec<String>> = [("lab.medium", "1"), ("lab.small", "2"), ("lab.tiny", "2")]
+        .iter()
+        .map(|(f, c)| vec![f.to_string(), c.to_string(), mean(f, "downtime_ms"), mean(f, "total_ms"), mean(f, "bytes")])
+        .collect();
+    assert_eq!(flavors, want);
+    assert_eq!(flavors[2][2], "105", "mtd-1 and mtd-2: 100 and 110 ms");
+    // The charts carry the same numbers.
+    let svg = std::fs::read_to_string(out.join("flavor-downtime.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && ["70", "85", "105"].iter().all(|v| svg.contains(&format!("\n{v}\n</text>"))),
+        "{svg}"
+    );
+    let svg = std::fs::read_to_string(out.join("migration-bytes.svg")).unwrap();
+    assert!(svg.contains("\n4.614\n</text>") && svg.contains("\n1.154\n</text>"), "MB per migration");
+    // Actions and the evacuation.
+    let acts = of_type(&ev, "action");
+    let rows = table(&html, "actions");
+    assert_eq!(rows.len(), acts.len());
+    for (r, a) in rows.iter().zip(&acts) {
+        assert_eq!(
+            (&r[0], &r[1], &r[2], &r[4]),
+            (
+                &a["vm_name"].as_str().unwrap().to_string(),
+                &secs(&a["ts"]),
+                &a["action"].as_str().unwrap().to_string(),
+                &a["reason"].as_str().unwrap().to_string()
+            )
+        );
+    }
+    let e = of_type(&ev, "evacuation")[0];
+    assert_eq!(
+        table(&html, "evacuations"),
+        vec![vec![
+            "compute-4".to_string(),
+            secs(&e["ts"]),
+            "ids".into(),
+            "5".into(),
+            "0".into(),
+            "0".into(),
+            "0".into()
+        ]]
+    );
+    // One rates chart per VM, the thresholds from the rules on it, and RTT for each.
+    for i in 0..5 {
+        let r = std::fs::read_to_string(out.join(format!("vm-{i}-rates.svg"))).unwrap();
+        assert!(r.contains("MEDIUM threshold") && r.contains("HIGH threshold") && r.contains("level (right)"));
+        assert!(out.join(format!("vm-{i}-rtt.svg")).exists());
+    }
+    let rtt = std::fs::read_to_string(out.join("vm-1-rtt.svg")).unwrap();
+    assert!(rtt.contains("mtd-2: RTT") && rtt.contains("rtt_peaks window"));
+    assert!(html
+        .contains("<table><tr><th>peaks in the window ending at (s)</th><th>peaks</th><th>max ms</th></tr><tr><td>"));
+
+    // A bad events file is refused with its line.
+    std::fs::write(d.path().join("bad.jsonl"), "{\"type\":\"level\",\"ts\":\"2023-11-15T22:13:29Z\"}\nnot json\n")
+        .unwrap();
+    let o = vmsentry(&["report", d.path().join("bad.jsonl").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad.jsonl:2: not a JSON event"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
