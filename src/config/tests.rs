@@ -64,8 +64,13 @@ fn shipped_rules_load() {
     std::fs::copy(dir.join("cluster.key"), d.path().join("cluster.key")).unwrap();
     std::fs::set_permissions(d.path().join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = Rules::from_str_in(d.path(), &dir.join(RULES_FILE), &text).unwrap();
-    assert_eq!(r.hypervisors.len(), 4);
-    assert_eq!(r.vms.len(), 14);
+    assert_eq!(r.hypervisors.len(), 5);
+    assert_eq!(r.vms.len(), 19);
+    assert_eq!(r.ids.len(), 1);
+    assert_eq!((r.ids[0].format, r.ids[0].min_severity, r.ids[0].cooldown_s), (crate::ids::Format::SuricataEve, 2, 60));
+    assert_eq!(r.ids[0].path, d.path().join("alerts/eve.json"));
+    let mtd1 = r.vms.iter().find(|v| v.name == "mtd-1").unwrap();
+    assert_eq!((mtd1.ips.clone(), mtd1.flavor.as_deref()), (vec!["10.1.0.11".parse().unwrap()], Some("lab.tiny")));
 }
 
 #[test]
