@@ -219,7 +219,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                 detail: format!(
                     "{} held: {}",
                     e["action"].as_str().unwrap_or("?"),
-                    e["because"].as_str().unwrap_or_default()
+                    e["held_because"].as_str().unwrap_or_default()
                 ),
                 reason: e["reason"].as_str().unwrap_or_default().to_string(),
             }),
