@@ -57,6 +57,8 @@ pub(crate) struct Mtd {
     /// Per hypervisor: whether it had `host_high_vms` HIGH VMs last window.
     high: Vec<bool>,
     pub counts: IdsCounts,
+    /// (malformed, outside_replay) already added to the metrics.
+    published: (u64, u64),
 }
 
 impl Mtd {
@@ -79,6 +81,7 @@ impl Mtd {
             started: false,
             high: vec![false; rules.hypervisors.len()],
             counts: IdsCounts::default(),
+            published: (0, 0),
         }
     }
 
@@ -127,18 +130,27 @@ impl Merge {
     /// A live follower's batch: handled now, stamped with the wall clock.
     pub(super) fn alert_batch(&mut self, b: AlertBatch, out: &mut Counts) {
         self.mtd.counts.malformed += b.malformed;
-        if let (Some(t), true) = (&self.telemetry, b.malformed > 0) {
-            t.metrics.ids_alerts.with_label_values(&["malformed"]).inc_by(b.malformed);
-        }
         for a in &b.alerts {
             self.alert(PacketTime::now(), b.input, a, out);
         }
+        self.publish_ids();
         if out.io_error.is_none() {
             if let Err(e) = self.events.flush() {
                 out.io_error = Some(e);
             }
         }
         let _ = b.done.send(());
+    }
+
+    /// The counts found in bulk (malformed lines, alerts outside the
+    /// replay) into the metrics; the others are counted as they happen.
+    pub(super) fn publish_ids(&mut self) {
+        let Some(t) = &self.telemetry else { return };
+        let c = &self.mtd.counts;
+        let (m, o) = self.mtd.published;
+        t.metrics.ids_alerts.with_label_values(&["malformed"]).inc_by(c.malformed - m);
+        t.metrics.ids_alerts.with_label_values(&["outside_replay"]).inc_by(c.outside_replay - o);
+        self.mtd.published = (c.malformed, c.outside_replay);
     }
 
     pub(super) fn replayed_alert(&mut self, (ts, input, a): (PacketTime, usize, Alert), out: &mut Counts) {
@@ -151,6 +163,7 @@ impl Merge {
         self.mtd.replay.clear();
         self.mtd.replay_raw.clear();
         self.mtd.counts.outside_replay += left;
+        self.publish_ids();
     }
 
     fn count(&mut self, outcome: &'static str) {
