@@ -83,9 +83,9 @@ pub enum Command {
         /// The directory to write index.html and the charts to.
         #[arg(long)]
         out: PathBuf,
-        /// Rules directory, for the thresholds drawn on the charts (skipped if absent).
-        #[arg(long, default_value = "rules")]
-        rules: PathBuf,
+        /// Rules directory, for the thresholds drawn on the charts (none drawn without it).
+        #[arg(long)]
+        rules: Option<PathBuf>,
     },
     /// Validate the rules and check every hypervisor's signature.
     Check {

@@ -65,7 +65,7 @@ fn load_rules(dir: &Path) -> anyhow::Result<Rules> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { rules } => check(&rules),
-        Command::Report { events, out, rules } => report(&events, &out, &rules),
+        Command::Report { events, out, rules } => report(&events, &out, rules.as_deref()),
         Command::Sign { key_file, cluster, id, mac } => {
             let mac: Mac = mac.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
             let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
@@ -199,13 +199,12 @@ fn threads_or_cores(threads: Option<usize>) -> usize {
     threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
 }
 
-fn report(events: &Path, out: &Path, rules: &Path) -> anyhow::Result<()> {
-    // Thresholds come from the rules when they are there; a report of
-    // someone else's events needs none.
-    let lines = if rules.join(vmsentry::config::RULES_FILE).exists() {
-        vmsentry::report::Lines::from_rules(&load_rules(rules)?)
-    } else {
-        vmsentry::report::Lines::default()
+fn report(events: &Path, out: &Path, rules: Option<&Path>) -> anyhow::Result<()> {
+    // Thresholds come from the rules when given; a report of someone else's
+    // events needs none.
+    let lines = match rules {
+        Some(dir) => vmsentry::report::Lines::from_rules(&load_rules(dir)?),
+        None => vmsentry::report::Lines::default(),
     };
     let page = vmsentry::report::write(events, out, &lines).map_err(|e| match e {
         vmsentry::report::ReportError::Write { .. } => anyhow::Error::new(e),
