@@ -48,12 +48,9 @@ pub(super) fn rates(path: &Path, s: &VmSeries, lines: &Lines) -> R {
     root.fill(&WHITE).map_err(e)?;
     let (top, bottom) = root.split_vertically(260);
     let x1 = s.windows.iter().map(|w| w.t).chain(s.levels.iter().map(|l| l.0)).fold(1.0f64, f64::max) * 1.02;
-    let points: Vec<(f64, f64, f64, f64, f64)> = if s.windows.is_empty() {
-        // No vm_window events: the rates each level change was made on.
-        Vec::new()
-    } else {
-        s.windows.iter().map(|w| (w.t, w.tx_bps, w.rx_bps, w.tx_pps, w.rx_pps)).collect()
-    };
+    // Without vm_window events there are no rates: only the level is drawn.
+    let points: Vec<(f64, f64, f64, f64, f64)> =
+        s.windows.iter().map(|w| (w.t, w.tx_bps, w.rx_bps, w.tx_pps, w.rx_pps)).collect();
     for (area, bps) in [(top, true), (bottom, false)] {
         let (med, high, unit) = if bps {
             (lines.medium_bps, lines.high_bps, "bit/s")

@@ -4,8 +4,8 @@
 //! draws, with the numbers in tables beside each chart (taken from the same
 //! events, so they can be checked against them):
 //! - per VM, its level over time on the rates of each window (`vm_window`
-//!   events, written with `--vm-windows`; without them, the rates of its
-//!   `level` events) and the rules' thresholds;
+//!   events, written with `--vm-windows`; without them only the level's
+//!   steps, from its `level` events) and the rules' thresholds;
 //! - per VM with RTT samples, the window's median and maximum and the peak
 //!   line, with the `rtt_peaks` windows marked;
 //! - each `migration`'s downtime, total migration time and bytes moved, and
