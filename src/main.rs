@@ -136,7 +136,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 telemetry: Some(telemetry),
                 reload: Some(reload),
             };
-            pipeline::run(&mut source, &rules, Box::new(LogSink::stderr()), sink, &opts)?;
+            match pipeline::run(&mut source, &rules, Box::new(LogSink::stderr()), sink, &opts) {
+                Ok(_) => {}
+                // An [[ids]] file whose directory is missing: the rules' fault.
+                Err(e @ PipelineError::Ids { .. }) => return Err(bad(e.to_string())),
+                Err(e) => return Err(e.into()),
+            }
             eprintln!("vmsentry: stopped");
             Ok(())
         }

@@ -344,6 +344,18 @@ fn live_follows_an_alert_file_and_resumes_from_its_checkpoint() {
          \n[backend]\njournal = \"journal.jsonl\"\n",
     );
     let dir = rules.path();
+    // Before the directory exists: a clear error, exit 2.
+    let o = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+        .args(["live", "--interface", "lo", "--bpf", "ether host 02:00:00:00:00:99", "--listen", "127.0.0.1:0"])
+        .args(["--rules", dir.to_str().unwrap(), "--events", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot follow the IDS alert file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     std::fs::create_dir_all(dir.join("live")).unwrap();
     let eve = dir.join("live/eve.json");
     let old = r#"{"timestamp":"2026-01-01T00:00:00.000000+0000","event_type":"alert","src_ip":"203.0.113.9","dest_ip":"10.0.0.31","alert":{"signature_id":1,"severity":1,"signature":"old"}}"#;
