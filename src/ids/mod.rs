@@ -82,6 +82,9 @@ pub struct Alert {
     /// 1 is the most severe (Suricata's severity, Snort's priority).
     pub severity: u8,
     pub msg: String,
+    /// A digest of the line (16 hex digits): the same line read again after
+    /// a crash gives the same actions, which the journal then sends once.
+    pub key: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,6 +104,15 @@ pub fn parse(format: Format, line: &str) -> Result<Option<Alert>, ParseError> {
     if line.is_empty() {
         return Ok(None);
     }
+    let mut alert = parse_fields(format, line)?;
+    if let Some(a) = alert.as_mut() {
+        use sha2::Digest;
+        a.key = hex::encode(&sha2::Sha256::digest(line.as_bytes())[..8]);
+    }
+    Ok(alert)
+}
+
+fn parse_fields(format: Format, line: &str) -> Result<Option<Alert>, ParseError> {
     match format {
         Format::SuricataEve => {
             let v: Value = serde_json::from_str(line).map_err(|e| ParseError::Json(e.to_string()))?;
@@ -115,6 +127,7 @@ pub fn parse(format: Format, line: &str) -> Result<Option<Alert>, ParseError> {
                 sid: v["alert"]["signature_id"].as_u64().ok_or(ParseError::Field("alert.signature_id"))?,
                 severity: v["alert"]["severity"].as_u64().unwrap_or(3).min(255) as u8,
                 msg: v["alert"]["signature"].as_str().unwrap_or_default().to_string(),
+                key: String::new(),
             }))
         }
         Format::Snort3Json => {
@@ -129,6 +142,7 @@ pub fn parse(format: Format, line: &str) -> Result<Option<Alert>, ParseError> {
                 sid: v["sid"].as_u64().ok_or(ParseError::Field("sid"))?,
                 severity: v["priority"].as_u64().unwrap_or(3).min(255) as u8,
                 msg: v["msg"].as_str().unwrap_or_default().to_string(),
+                key: String::new(),
             }))
         }
         Format::SnortFast => parse_fast(line).map(Some),
@@ -167,7 +181,7 @@ fn parse_fast(line: &str) -> Result<Alert, ParseError> {
     let (src, dst) = flow.split_once("->").ok_or(ParseError::Fast)?;
     let src = strip_port(src.trim()).parse().map_err(|_| ParseError::Field("source address"))?;
     let dst = strip_port(dst.trim()).parse().map_err(|_| ParseError::Field("destination address"))?;
-    Ok(Alert { format: Format::SnortFast, timestamp, src, dst, sid, severity, msg })
+    Ok(Alert { format: Format::SnortFast, timestamp, src, dst, sid, severity, msg, key: String::new() })
 }
 
 /// Which alerts count: at least this severe, by signature id, and at most
@@ -271,6 +285,10 @@ mod tests {
             ("203.0.113.9".parse().unwrap(), "10.0.0.31".parse().unwrap(), 2001219, 2, "ET SCAN Potential SSH Scan")
         );
         assert_eq!(parse(Format::SuricataEve, r#"{"event_type":"flow","src_ip":"1.2.3.4"}"#), Ok(None));
+        // The key is the line's digest: equal lines, equal keys.
+        assert_eq!(a.key.len(), 16);
+        assert_eq!(parse(Format::SuricataEve, &format!("  {line}\n")).unwrap().unwrap().key, a.key);
+        assert_ne!(parse(Format::SuricataEve, &line.replace("4444", "4445")).unwrap().unwrap().key, a.key);
         assert!(matches!(parse(Format::SuricataEve, "{not json"), Err(ParseError::Json(_))));
         assert_eq!(
             parse(Format::SuricataEve, r#"{"event_type":"alert","src_ip":"x"}"#),
@@ -323,6 +341,7 @@ mod tests {
             sid,
             severity: sev,
             msg: String::new(),
+            key: String::new(),
         };
         let h: IpAddr = [10, 0, 0, 1].into();
         let mut f = Filter::new(2, vec![], vec![9], 60);
@@ -347,6 +366,7 @@ mod tests {
                 sid: 1,
                 severity: 1,
                 msg: String::new(),
+                key: String::new(),
             };
             a.time(2026).map(|t| t.rfc3339())
         };

@@ -221,7 +221,8 @@ impl Merge {
             _ => ("host", self.detector.vms_on(h)),
         };
         let note = format!("evacuating after IDS alert sid {} on {victim_ip}", a.sid);
-        self.evacuate(ts, h, &vms, Trigger::Ids { sid: a.sid, victim: victim_ip, mode }, &note, out);
+        let id_base = format!("ids-{}", a.key);
+        self.evacuate(ts, h, &vms, Trigger::Ids { sid: a.sid, victim: victim_ip, mode }, &note, Some(&id_base), out);
     }
 
     /// After a window: evacuate each hypervisor that now has
@@ -238,12 +239,22 @@ impl Merge {
             if high >= n && !was {
                 let name = self.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone());
                 let note = format!("evacuating {name}: {high} of its VMs are HIGH (mtd.host_high_vms = {n})");
-                self.evacuate(ts, h, &vms, Trigger::HostHigh { high }, &note, out);
+                self.evacuate(ts, h, &vms, Trigger::HostHigh { high }, &note, None, out);
             }
         }
     }
 
-    fn evacuate(&mut self, ts: PacketTime, h: usize, vms: &[usize], trigger: Trigger, note: &str, out: &mut Counts) {
+    #[allow(clippy::too_many_arguments)]
+    fn evacuate(
+        &mut self,
+        ts: PacketTime,
+        h: usize,
+        vms: &[usize],
+        trigger: Trigger,
+        note: &str,
+        id_base: Option<&str>,
+        out: &mut Counts,
+    ) {
         let d = &self.detector;
         let evacuees: Vec<Evacuee> = vms
             .iter()
@@ -256,7 +267,7 @@ impl Merge {
             Trigger::Ids { .. } => Reason::Ids,
             Trigger::HostHigh { .. } => Reason::HostHigh,
         };
-        let plan = self.policy.evacuate(ts, h, &evacuees, reason, note);
+        let plan = self.policy.evacuate(ts, h, &evacuees, reason, note, id_base);
         let (name, t, mode, sid, victim, high_vms) = match trigger {
             Trigger::Ids { sid, victim, mode } => ("ids", ts, mode, Some(sid), Some(victim), None),
             Trigger::HostHigh { high } => ("host_high", ts, "host", None, None, Some(high)),

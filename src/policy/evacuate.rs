@@ -54,7 +54,9 @@ pub struct PlanEntry {
 
 impl Policy {
     /// Plans moving `vms` off hypervisor `from` (registry index) at `now`.
-    /// `note` says why, in every action.
+    /// `note` says why, in every action. With `id_base`, each action's id is
+    /// `{id_base}-{VM MAC as hex}` (the same trigger gives the same ids), else
+    /// the decision's time and a sequence number.
     pub fn evacuate(
         &mut self,
         now: PacketTime,
@@ -62,6 +64,7 @@ impl Policy {
         vms: &[Evacuee],
         reason: Reason,
         note: &str,
+        id_base: Option<&str>,
     ) -> Vec<PlanEntry> {
         let from_name = self.hypervisor_ids.get(from).cloned();
         let signed = self.registry.get(from).is_some_and(|e| e.verdict().is_signed());
@@ -112,7 +115,10 @@ impl Policy {
             self.recent.push_back(t);
             self.seq += 1;
             entry.decision = Some(Decision::Act(Action {
-                id: format!("{}-{}", t, self.seq),
+                id: match id_base {
+                    Some(b) => format!("{b}-{}", hex::encode(v.vm.0)),
+                    None => format!("{}-{}", t, self.seq),
+                },
                 ts: now,
                 kind,
                 vm: v.vm,

@@ -407,6 +407,8 @@ fn live_follows_an_alert_file_and_resumes_from_its_checkpoint() {
         assert!(journal.contains(&format!("\"id\":\"{id}\"")), "{id} not journaled");
     }
     // Stopped: two more alerts, one malformed line; the restart reads just those.
+    let checkpoint = dir.join("live/eve.checkpoint");
+    let after_first = std::fs::read(&checkpoint).unwrap();
     append(&line(12, "10.1.0.11"));
     append("{\"event_type\":\"alert\",\n");
     let ev2 = dir.join("events2.jsonl");
@@ -415,6 +417,18 @@ fn live_follows_an_alert_file_and_resumes_from_its_checkpoint() {
     assert_eq!(alerts.iter().map(|a| a["sid"].clone()).collect::<Vec<_>>(), [json!(12)]);
     assert_eq!((&alerts[0]["victim_vm_name"], &alerts[0]["victim_known_by"]), (&json!("mtd-1"), &json!("rules")));
     assert_eq!(summary(&ev)["ids"]["malformed"], 1);
+    let ids2: Vec<Value> = of_type(&ev, "action").iter().map(|a| a["id"].clone()).collect();
+    assert_eq!(ids2.len(), 5);
+    assert!(of_type(&ev, "action").iter().all(|a| a["outcome"] == "queued"));
+    // A crash after the actions were journaled but before the checkpoint was
+    // written: the alert is read again, and its actions, with the same ids,
+    // are not sent again.
+    std::fs::write(&checkpoint, after_first).unwrap();
+    let ev3 = dir.join("events3.jsonl");
+    let ev = run(&ev3, &|| wait_for(&ev3, "\"evacuation\""));
+    let acts = of_type(&ev, "action");
+    assert_eq!(acts.iter().map(|a| a["id"].clone()).collect::<Vec<_>>(), ids2);
+    assert!(acts.iter().all(|a| a["outcome"] == "duplicate"), "{acts:?}");
 }
 
 /// The rows of the table `id` in the report's page, as cell texts.
