@@ -59,6 +59,18 @@ pub(crate) struct Mtd {
     pub counts: IdsCounts,
     /// (malformed, outside_replay) already added to the metrics.
     published: (u64, u64),
+    /// Migrations of evacuations the storm limits held back, tried again
+    /// after every window until sent, moot, or timed out.
+    deferred: Vec<Deferred>,
+}
+
+struct Deferred {
+    since: PacketTime,
+    hypervisor: usize,
+    vm: crate::decode::Mac,
+    reason: Reason,
+    note: String,
+    id_base: Option<String>,
 }
 
 impl Mtd {
@@ -82,6 +94,7 @@ impl Mtd {
             high: vec![false; rules.hypervisors.len()],
             counts: IdsCounts::default(),
             published: (0, 0),
+            deferred: Vec::new(),
         }
     }
 
@@ -293,8 +306,45 @@ impl Merge {
             tm.metrics.evacuations.with_label_values(&[name]).inc();
         }
         for e in plan {
+            if let Some(crate::policy::Decision::Held(_)) = &e.decision {
+                if !self.mtd.deferred.iter().any(|d| d.vm == e.vm) {
+                    self.mtd.deferred.push(Deferred {
+                        since: ts,
+                        hypervisor: h,
+                        vm: e.vm,
+                        reason,
+                        note: note.to_string(),
+                        id_base: id_base.map(str::to_string),
+                    });
+                }
+            }
             if let Some(dcs) = e.decision {
                 self.decision(dcs, out);
+            }
+        }
+    }
+
+    /// After a window: each held evacuation migration is tried again. It is
+    /// sent when the storm limits allow, and dropped when the VM has left
+    /// the hypervisor or is already moving, or after
+    /// `storm.migration_timeout_s`; while still held it stays quiet (its
+    /// `action_held` event was written once).
+    pub(super) fn retry_deferred(&mut self, ts: PacketTime, out: &mut Counts) {
+        let timeout = self.policy.migration_timeout_us();
+        for d in std::mem::take(&mut self.mtd.deferred) {
+            let Some(i) = self.detector.vm_index(d.vm) else { continue };
+            let here = self.detector.place(i).and_then(|p| p.hv) == Some(d.hypervisor);
+            if !here || ts.as_micros() - d.since.as_micros() >= timeout {
+                continue;
+            }
+            let v = self.detector.vm(i);
+            let e = Evacuee { vm: v.mac, name: v.name.clone(), ram_mb: v.ram_mb.unwrap_or(0), level: v.level };
+            let note = format!("{} (held back at {}, sent when the storm limits allowed)", d.note, d.since);
+            let plan = self.policy.evacuate(ts, d.hypervisor, &[e], d.reason, &note, d.id_base.as_deref());
+            match plan.into_iter().next().and_then(|p| p.decision) {
+                Some(crate::policy::Decision::Held(_)) => self.mtd.deferred.push(d),
+                Some(act) => self.decision(act, out),
+                None => {}
             }
         }
     }

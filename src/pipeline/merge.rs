@@ -198,6 +198,7 @@ impl Merge {
             self.outcome(o, out);
         }
         self.host_high(end, out);
+        self.retry_deferred(end, out);
         self.publish_ids();
         if let Some(t) = self.telemetry.clone() {
             self.publish(&t, &p.decode, &p.rtt, &samples, self.detector.evictions - evictions_before);

@@ -97,6 +97,11 @@ impl Policy {
         }
     }
 
+    /// How long a migration counts as in flight, in µs.
+    pub fn migration_timeout_us(&self) -> i64 {
+        self.storm.migration_timeout_s as i64 * 1_000_000
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

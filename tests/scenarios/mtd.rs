@@ -329,6 +329,30 @@ fn evacuation_stays_within_the_storm_limits() {
         held.iter().map(|h| (h["vm_name"].as_str().unwrap(), h["reason"].as_str().unwrap())).collect::<Vec<_>>(),
         [("mtd-4", "ids"), ("mtd-1", "ids"), ("mtd-2", "ids")]
     );
+    // Each held one is sent at the end of the first window after a migration
+    // leaving compute-4 is seen on the wire (32.02, 34.03, 37.04 s), once each.
+    let sent: Vec<(&str, &str, &str)> = of_type(&ev, "action")
+        .into_iter()
+        .filter(|a| a["reason"] == "ids")
+        .map(|a| (a["ts"].as_str().unwrap(), a["vm_name"].as_str().unwrap(), a["action"].as_str().unwrap()))
+        .collect();
+    let t = |s: &str| format!("{T1}{s}Z");
+    assert_eq!(
+        sent.iter().map(|(ts, vm, k)| (ts.to_string(), *vm, *k)).collect::<Vec<_>>(),
+        vec![
+            (t("29.500000"), "mtd-5", "migrate"),
+            (t("29.500000"), "mtd-3", "migrate"),
+            (t("33.000000"), "mtd-4", "migrate"),
+            (t("35.000000"), "mtd-1", "migrate"),
+            (t("38.000000"), "mtd-2", "migrate"),
+        ]
+    );
+    let late = of_type(&ev, "action").into_iter().find(|a| a["vm_name"] == "mtd-4" && a["reason"] == "ids").unwrap();
+    assert!(late["note"]
+        .as_str()
+        .unwrap()
+        .ends_with("(held back at 2023-11-15T22:13:29.500000Z, sent when the storm limits allowed)"));
+    assert_eq!(summary(&ev)["actions"]["held"], 3, "held once each, not every window");
 }
 
 /// `vmsentry live` on loopback following an EVE file: an alert appended is
