@@ -184,6 +184,9 @@ fn parse_fast(line: &str) -> Result<Alert, ParseError> {
     Ok(Alert { format: Format::SnortFast, timestamp, src, dst, sid, severity, msg, key: String::new() })
 }
 
+/// Hosts a filter remembers for its cooldown at most.
+const MAX_COOLDOWN_HOSTS: usize = 65_536;
+
 /// Which alerts count: at least this severe, by signature id, and at most
 /// one per host per cooldown.
 #[derive(Clone, Debug, Default)]
@@ -266,7 +269,15 @@ impl Filter {
                     return false;
                 }
             }
-            self.last.insert(host, now_s);
+            if self.last.len() >= MAX_COOLDOWN_HOSTS {
+                // Bounded: forget hosts whose cooldown is over; if all are
+                // still cooling down, this one passes without a cooldown.
+                let c = self.cooldown_s;
+                self.last.retain(|_, t| now_s < *t + c);
+            }
+            if self.last.len() < MAX_COOLDOWN_HOSTS {
+                self.last.insert(host, now_s);
+            }
         }
         true
     }
