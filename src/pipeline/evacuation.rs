@@ -245,11 +245,19 @@ impl Merge {
         if n == 0 {
             return;
         }
-        for h in 0..self.mtd.high.len() {
-            let vms = self.detector.vms_on(h);
-            let high = vms.iter().filter(|&&i| self.detector.vm(i).level == Level::High).count() as u32;
+        // One pass over the VMs: HIGH ones per hypervisor.
+        let mut high_on = vec![0u32; self.mtd.high.len()];
+        for (i, v) in self.detector.vms().iter().enumerate() {
+            if let (Level::High, Some(h)) = (v.level, self.detector.place(i).and_then(|p| p.hv)) {
+                if let Some(c) = high_on.get_mut(h) {
+                    *c += 1;
+                }
+            }
+        }
+        for (h, &high) in high_on.iter().enumerate() {
             let was = std::mem::replace(&mut self.mtd.high[h], high >= n);
             if high >= n && !was {
+                let vms = self.detector.vms_on(h);
                 let name = self.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone());
                 let note = format!("evacuating {name}: {high} of its VMs are HIGH (mtd.host_high_vms = {n})");
                 self.evacuate(ts, h, &vms, Trigger::HostHigh { high }, &note, None, out);

@@ -309,7 +309,7 @@ impl Merge {
                     .collect(),
                 ips: e.ips.clone(),
                 signature: e.verdict().as_str(),
-                vms: (0..vms.len()).filter(|&i| d.place(i).and_then(|p| p.hv) == Some(h)).count(),
+                vms: d.vms_on(h).len(),
             })
             .collect();
         t.publish(views, hypervisors);

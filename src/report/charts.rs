@@ -11,6 +11,17 @@ fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
 
+/// The series' legend, in a box at the upper left.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(chart: &mut ChartContext<'a, DB, CT>) -> R {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)
+}
+
 const LEVEL_NAMES: [&str; 3] = ["LOW", "MEDIUM", "HIGH"];
 
 /// The level as a step function: from the windows when there are any, else
@@ -110,13 +121,7 @@ pub(super) fn rates(path: &Path, s: &VmSeries, lines: &Lines) -> R {
             .map_err(e)?
             .label("level (right)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart)?;
     }
     root.present().map_err(e)
 }
@@ -176,13 +181,7 @@ pub(super) fn rtt(path: &Path, s: &VmSeries, lines: &Lines) -> R {
             .label("rtt_peaks window (its max)")
             .legend(|(x, y)| TriangleMarker::new((x + 9, y), 5, RED.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart)?;
     root.present().map_err(e)
 }
 
@@ -212,13 +211,17 @@ pub(super) fn bars(path: &Path, title: &str, unit: &str, bars: &[(String, f64)])
         })
         .draw()
         .map_err(e)?;
+    // Rectangles in order (plotters' Histogram sums through a hash map, so
+    // its SVG would differ from run to run).
     chart
-        .draw_series(
-            Histogram::vertical(&chart)
-                .style(RGBColor(70, 110, 180).filled())
-                .margin(12)
-                .data(bars.iter().enumerate().map(|(i, b)| (i, b.1))),
-        )
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            let mut r = Rectangle::new(
+                [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), b.1)],
+                RGBColor(70, 110, 180).filled(),
+            );
+            r.set_margin(0, 0, 12, 12);
+            r
+        }))
         .map_err(e)?;
     let style = TextStyle::from(("sans-serif", 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
     chart
@@ -294,12 +297,6 @@ pub(super) fn actions(path: &Path, d: &Data) -> R {
             .label("migration seen on the wire")
             .legend(|(x, y)| Cross::new((x + 9, y), 4, GREEN.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart)?;
     root.present().map_err(e)
 }

@@ -106,7 +106,6 @@ pub(crate) struct Act {
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Data {
-    pub t0_us: i64,
     /// The last event's time, in seconds since the first.
     pub t_end: f64,
     pub t0: String,
@@ -151,7 +150,6 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     }
     let mut d = Data::default();
     let Some(&(t0, ref first)) = events.iter().min_by_key(|(t, _)| *t) else { return Ok(d) };
-    d.t0_us = t0;
     d.t0 = first["ts"].as_str().unwrap_or_default().to_string();
     let rel = |t: i64| (t - t0) as f64 / 1e6;
     for (t, e) in &events {

@@ -175,15 +175,15 @@ pub fn rtt() -> Vec<Frame> {
 }
 
 /// Hypervisors of the migration scenarios: (outer MAC, IP).
-pub const HV1: (&str, [u8; 4]) = ("52:54:00:aa:00:01", [10, 0, 0, 31]);
-pub const HV2: (&str, [u8; 4]) = ("52:54:00:aa:00:02", [10, 0, 0, 32]);
-pub const HV3: (&str, [u8; 4]) = ("52:54:00:aa:00:03", [10, 0, 0, 33]);
+pub const HV1: Host = ("52:54:00:aa:00:01", [10, 0, 0, 31]);
+pub const HV2: Host = ("52:54:00:aa:00:02", [10, 0, 0, 32]);
+pub const HV3: Host = ("52:54:00:aa:00:03", [10, 0, 0, 33]);
 /// Registered, but its signature does not verify.
-pub const HV9: (&str, [u8; 4]) = ("52:54:00:aa:00:09", [10, 0, 0, 39]);
+pub const HV9: Host = ("52:54:00:aa:00:09", [10, 0, 0, 39]);
 /// Not registered at all.
-pub const ROGUE: (&str, [u8; 4]) = ("52:54:00:66:66:66", [10, 0, 0, 66]);
+pub const ROGUE: Host = ("52:54:00:66:66:66", [10, 0, 0, 66]);
 /// The network node every VM talks to through the overlay.
-const NET_NODE: (&str, [u8; 4]) = ("52:54:00:aa:00:fe", [10, 0, 0, 254]);
+const NET_NODE: Host = ("52:54:00:aa:00:fe", [10, 0, 0, 254]);
 
 pub const MIG: [&str; 6] = [
     "fa:16:3e:00:01:01",
@@ -208,11 +208,11 @@ struct Mig {
 }
 
 impl Mig {
-    fn underlay(hv: (&str, [u8; 4])) -> frames::Underlay {
+    fn underlay(hv: Host) -> frames::Underlay {
         frames::Underlay { src: mac(hv.0), dst: mac(NET_NODE.0), sip: hv.1.into(), dip: NET_NODE.1.into(), vni: 5001 }
     }
 
-    fn wrap(&self, hv: (&str, [u8; 4]), inner: &[u8]) -> Vec<u8> {
+    fn wrap(&self, hv: Host, inner: &[u8]) -> Vec<u8> {
         match self.encap {
             Encap::Vxlan => frames::vxlan(&Self::underlay(hv), inner),
             Encap::Geneve => frames::geneve(&Self::underlay(hv), 2, inner),
@@ -220,7 +220,7 @@ impl Mig {
     }
 
     /// `vm` sends 10 small frames a second to the gateway from `hv`, from `at` for `secs`.
-    fn traffic(&mut self, vm: usize, hv: (&str, [u8; 4]), at: i64, tenths: i64) {
+    fn traffic(&mut self, vm: usize, hv: Host, at: i64, tenths: i64) {
         let inner = frames::udp4(mac(MIG[vm]), mac(GATEWAY), ip(100 + vm as u8), GW_IP, 7000, 53, 50);
         let f = self.wrap(hv, &inner);
         for k in 0..tenths {
@@ -229,7 +229,7 @@ impl Mig {
     }
 
     /// QEMU's self-announce: 5 RARPs over 0.8 s, sent through `hv`.
-    fn announce(&mut self, vm: usize, hv: (&str, [u8; 4]), at: i64) {
+    fn announce(&mut self, vm: usize, hv: Host, at: i64) {
         let m = mac(MIG[vm]);
         let rarp = frames::arp(m, Mac::BROADCAST, true, 3, m, Ipv4Addr::UNSPECIFIED, m, Ipv4Addr::UNSPECIFIED);
         let f = self.wrap(hv, &rarp);
@@ -238,10 +238,15 @@ impl Mig {
         }
     }
 
-    /// A migration stream (libvirt's port 49152) of `frames` 1502-byte
-    /// frames, captured with a 64-byte snaplen, from `from` to `to` over
-    /// [`at`, `until`).
-    fn stream(&mut self, from: (&str, [u8; 4]), to: (&str, [u8; 4]), at: i64, until: i64, n: i64) {
+    /// A migration stream (libvirt's port 49152, from port 50000) of `n`
+    /// 1502-byte frames, captured with a 64-byte snaplen, from `from` to `to`
+    /// over [`at`, `until`).
+    fn stream(&mut self, from: Host, to: Host, at: i64, until: i64, n: i64) {
+        self.stream_from(from, 50000, to, at, until, n);
+    }
+
+    /// [`Mig::stream`] from another source port.
+    fn stream_from(&mut self, from: Host, port: u16, to: Host, at: i64, until: i64, n: i64) {
         for k in 0..n {
             let ts = at + (until - at) * k / n;
             let f = frames::tcp4(
@@ -249,7 +254,7 @@ impl Mig {
                 mac(to.0),
                 from.1.into(),
                 to.1.into(),
-                50000,
+                port,
                 49152,
                 1 + k as u32 * 1448,
                 Some(1),
@@ -345,7 +350,7 @@ pub const T1_US: i64 = T0_US + 86_400 * S;
 pub type Host = (&'static str, [u8; 4]);
 
 /// compute-4, where the MTD scenario's VMs start.
-pub const HV4: (&str, [u8; 4]) = ("52:54:00:aa:00:04", [10, 0, 0, 34]);
+pub const HV4: Host = ("52:54:00:aa:00:04", [10, 0, 0, 34]);
 
 /// The MTD scenario's VMs: MAC, address, RAM (MiB), and where the
 /// evacuation plan sends them (the plan `vmsentry` makes with `rules/`, which
@@ -377,7 +382,7 @@ pub fn mtd() -> Vec<Frame> {
     let gw_ip = Ipv4Addr::new(10, 1, 0, 1);
     let mut m = Mig { encap: Encap::Vxlan, out: Vec::new() };
     let ms = 1_000i64;
-    let to_vm = |hv: (&str, [u8; 4]), inner: &[u8]| frames::vxlan(&Mig::underlay(hv).reverse(), inner);
+    let to_vm = |hv: Host, inner: &[u8]| frames::vxlan(&Mig::underlay(hv).reverse(), inner);
     for (k, &(vm, vip, ram, dest)) in MTD_VMS.iter().enumerate() {
         let (vm, vip) = (mac(vm), Ipv4Addr::from(vip));
         let start = T1_US + (10 + 3 * k as i64) * S;
@@ -393,22 +398,7 @@ pub fn mtd() -> Vec<Frame> {
             t += 100 * ms;
         }
         m.out.push(Frame::whole(last_here, own.clone()));
-        for j in 0..frames_n {
-            let ts = start + (end - start) * j / frames_n;
-            let f = frames::tcp4(
-                mac(HV4.0),
-                mac(dest.0),
-                HV4.1.into(),
-                dest.1.into(),
-                50000 + k as u16,
-                49152,
-                1 + j as u32 * 1448,
-                Some(1),
-                false,
-                1448,
-            );
-            m.out.push(Frame::cut(ts, f, 1502, 64));
-        }
+        m.stream_from(HV4, 50000 + k as u16, dest, start, end, frames_n);
         let rarp = frames::arp(vm, Mac::BROADCAST, true, 3, vm, Ipv4Addr::UNSPECIFIED, vm, Ipv4Addr::UNSPECIFIED);
         let rarp = frames::vxlan(&Mig::underlay(dest), &rarp);
         for j in 0..5 {

@@ -5,6 +5,17 @@ use vmsentry::synth::scenario::MTD_VMS;
 
 const T1: &str = "2023-11-15T22:13:";
 
+/// Rewrites the rules file of `dir`: each `(from, to)` must be found.
+fn edit_rules(dir: &Path, edits: &[(&str, &str)]) {
+    let toml = dir.join("vmsentry.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the rules have no `{from}`");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&toml, text).unwrap();
+}
+
 fn plan(e: &Value) -> Vec<(String, String, Value)> {
     e["plan"]
         .as_array()
@@ -163,12 +174,17 @@ fn snort_formats_the_source_as_victim_vm_mode_and_a_hypervisors_own_address() {
         "11/15-22:13:35.000000  [**] [1:1000043:1] attack on a hypervisor [**] [Classification: Attempted Administrator Privilege Gain] [Priority: 1] {TCP} 203.0.113.9:4444 -> 10.0.0.34:22\n",
     )
     .unwrap();
-    let toml = dir.join("vmsentry.toml");
-    let text = std::fs::read_to_string(&toml).unwrap().replace("mode = \"host\" ", "mode = \"vm\"   ");
-    let text = text
-        + "\n[[ids]]\npath = \"alerts/snort3.json\"\nformat = \"snort3_json\"\nvictim = \"source\"\n\
-           \n[[ids]]\npath = \"alerts/fast.log\"\nformat = \"snort_fast\"\n";
-    std::fs::write(&toml, text).unwrap();
+    edit_rules(
+        dir,
+        &[
+            ("mode = \"host\" ", "mode = \"vm\"   "),
+            (
+                "[policy]",
+                "[[ids]]\npath = \"alerts/snort3.json\"\nformat = \"snort3_json\"\nvictim = \"source\"\n\
+                 \n[[ids]]\npath = \"alerts/fast.log\"\nformat = \"snort_fast\"\n\n[policy]",
+            ),
+        ],
+    );
     let ev = replay(dir, 2, &[capture("mtd.pcap")]);
     let evac = of_type(&ev, "evacuation");
     let summary_of =
@@ -211,15 +227,16 @@ fn snort_formats_the_source_as_victim_vm_mode_and_a_hypervisors_own_address() {
 #[test]
 fn evacuation_never_picks_the_victim_an_unsigned_or_a_full_hypervisor() {
     let rules = rules_dir();
-    let toml = rules.path().join("vmsentry.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
     // compute-1 holds 10240 MiB: 3 MiB left. compute-2 is full. compute-3's
     // signature is made invalid. compute-9 is unsigned. compute-4 is the victim.
-    let text = text
-        .replace("id = \"compute-1\"\nram_mb = 16384", "id = \"compute-1\"\nram_mb = 10243")
-        .replace("id = \"compute-2\"\nram_mb = 16384", "id = \"compute-2\"\nram_mb = 2562")
-        .replace("b1f7ae5e79f585a558be359cae56cffe97ff39e44e0b6568129bbd58dd299f91", &"0".repeat(64));
-    std::fs::write(&toml, text).unwrap();
+    edit_rules(
+        rules.path(),
+        &[
+            ("id = \"compute-1\"\nram_mb = 16384", "id = \"compute-1\"\nram_mb = 10243"),
+            ("id = \"compute-2\"\nram_mb = 16384", "id = \"compute-2\"\nram_mb = 2562"),
+            ("b1f7ae5e79f585a558be359cae56cffe97ff39e44e0b6568129bbd58dd299f91", &"0".repeat(64)),
+        ],
+    );
     let ev = replay(rules.path(), 1, &[capture("mtd.pcap")]);
     let e = of_type(&ev, "evacuation")[0];
     assert_eq!(
@@ -248,9 +265,7 @@ fn evacuation_never_picks_the_victim_an_unsigned_or_a_full_hypervisor() {
 #[test]
 fn host_high_evacuates_a_hypervisor_once_when_enough_of_its_vms_are_high() {
     let rules = rules_dir();
-    let toml = rules.path().join("vmsentry.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(&toml, text.replace("host_high_vms = 0 ", "host_high_vms = 1 ")).unwrap();
+    edit_rules(rules.path(), &[("host_high_vms = 0 ", "host_high_vms = 1 ")]);
     let ev = replay(rules.path(), 2, &[capture("basic.pcap")]);
     let evac = of_type(&ev, "evacuation");
     let got: Vec<(String, String, Value, usize)> = evac
@@ -284,7 +299,7 @@ fn host_high_evacuates_a_hypervisor_once_when_enough_of_its_vms_are_high() {
     let acts = of_type(&ev, "action").into_iter().filter(|a| a["reason"] == "host_high").count();
     assert_eq!(acts, 5 + 4);
     // Two HIGH VMs at once on one hypervisor never happen in basic.pcap.
-    std::fs::write(&toml, text.replace("host_high_vms = 0 ", "host_high_vms = 2 ")).unwrap();
+    edit_rules(rules.path(), &[("host_high_vms = 1 ", "host_high_vms = 2 ")]);
     let ev = replay(rules.path(), 2, &[capture("basic.pcap")]);
     assert!(of_type(&ev, "evacuation").is_empty());
 }
@@ -301,9 +316,7 @@ fn bad_ids_rules_are_refused_at_their_place() {
         String::from_utf8_lossy(&vmsentry(&["check", "--rules", rules.path().to_str().unwrap()]).stderr).to_string();
     assert!(err.contains("unknown variant `zeek`"), "{err}");
     let rules = rules_dir();
-    let toml = rules.path().join("vmsentry.toml");
-    let text = std::fs::read_to_string(&toml).unwrap().replace("ips = [\"10.1.0.11\"]", "ips = [\"10.0.0.34\"]");
-    std::fs::write(&toml, text).unwrap();
+    edit_rules(rules.path(), &[("ips = [\"10.1.0.11\"]", "ips = [\"10.0.0.34\"]")]);
     let err =
         String::from_utf8_lossy(&vmsentry(&["check", "--rules", rules.path().to_str().unwrap()]).stderr).to_string();
     assert!(err.contains("address 10.0.0.34 is also hypervisor `compute-4`'s"), "{err}");
@@ -499,6 +512,21 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    // The same events give the same files, byte for byte.
+    let again = d.path().join("again");
+    let o = vmsentry(&[
+        "report",
+        events.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--rules",
+        rules.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    for f in std::fs::read_dir(&out).unwrap() {
+        let f = f.unwrap().file_name();
+        assert_eq!(std::fs::read(out.join(&f)).unwrap(), std::fs::read(again.join(&f)).unwrap(), "{f:?}");
+    }
     let t0 = ev.iter().map(|e| e["ts"].as_str().unwrap()).min().unwrap().to_string();
     let secs = |ts: &Value| {
         let p = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
