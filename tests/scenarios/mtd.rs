@@ -501,28 +501,17 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     let w = windows.iter().find(|w| w["vm_name"] == "mtd-2" && w["ts"] == format!("{T1}29.000000Z")).unwrap();
     assert_eq!((&w["rx_pps"], &w["level"], &w["rtt_samples"]), (&json!(4000 + 10), &json!("MEDIUM"), &json!(9)));
 
+    let report = |out: &Path| {
+        let args = ["report", events.to_str().unwrap(), "--out", out.to_str().unwrap(), "--rules"];
+        let o = vmsentry(&[&args[..], &[rules.path().to_str().unwrap()]].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
     let out = d.path().join("report");
-    let o = vmsentry(&[
-        "report",
-        events.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--rules",
-        rules.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    report(&out);
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
     // The same events give the same files, byte for byte.
     let again = d.path().join("again");
-    let o = vmsentry(&[
-        "report",
-        events.to_str().unwrap(),
-        "--out",
-        again.to_str().unwrap(),
-        "--rules",
-        rules.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
+    report(&again);
     for f in std::fs::read_dir(&out).unwrap() {
         let f = f.unwrap().file_name();
         assert_eq!(std::fs::read(out.join(&f)).unwrap(), std::fs::read(again.join(&f)).unwrap(), "{f:?}");
