@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use vmsentry::action::LogSink;
-use vmsentry::capture::{CaptureError, FileSource, LiveConfig, LiveSource, PacketSource};
+use vmsentry::capture::{CaptureError, FileList, LiveConfig, LiveSource, PacketSource};
 use vmsentry::config::Rules;
 use vmsentry::decode::Mac;
 use vmsentry::event::{EventSink, JsonLines};
@@ -158,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let mut source = FileSource::open(&pcaps).map_err(|e| match e {
+            let mut source = FileList::open(&pcaps).map_err(|e| match e {
                 CaptureError::Open { .. } | CaptureError::Setup(_) => bad(e.to_string()),
                 other => anyhow::Error::new(other),
             })?;

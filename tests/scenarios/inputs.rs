@@ -1,0 +1,120 @@
+//! Inputs an operator hits first: time going backwards, impossible frame
+//! lengths, far-future timestamps, bad command-line values, odd rules files.
+
+use super::*;
+use std::io::Write;
+use vmsentry::decode::Mac;
+use vmsentry::synth::frames;
+
+/// A classic pcap (microseconds, little-endian, Ethernet) written byte by
+/// byte, so any record header can be written: (seconds, microseconds,
+/// orig_len, captured bytes).
+fn raw_pcap(path: &Path, records: &[(u32, u32, u32, Vec<u8>)]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut h = Vec::new();
+    h.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // magic, microseconds
+    h.extend_from_slice(&2u16.to_le_bytes()); // version 2.4
+    h.extend_from_slice(&4u16.to_le_bytes());
+    h.extend_from_slice(&0i32.to_le_bytes()); // thiszone
+    h.extend_from_slice(&0u32.to_le_bytes()); // sigfigs
+    h.extend_from_slice(&65535u32.to_le_bytes()); // snaplen
+    h.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    for (sec, usec, orig_len, data) in records {
+        h.extend_from_slice(&sec.to_le_bytes());
+        h.extend_from_slice(&usec.to_le_bytes());
+        h.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        h.extend_from_slice(&orig_len.to_le_bytes());
+        h.extend_from_slice(data);
+    }
+    f.write_all(&h).unwrap();
+}
+
+fn web1() -> Mac {
+    "fa:16:3e:00:00:01".parse().unwrap()
+}
+
+/// A 74-byte UDP frame from web-1 (a VM of the shipped rules).
+fn web1_frame() -> Vec<u8> {
+    let gw: Mac = "52:54:00:ff:00:01".parse().unwrap();
+    frames::udp4(web1(), gw, [10, 0, 0, 11].into(), [10, 0, 0, 1].into(), 4000, 53, 32)
+}
+
+fn replay_err(rules: &Path, pcaps: &[PathBuf]) -> (Vec<Value>, String) {
+    let mut args = vec!["replay".to_string(), "--rules".into(), rules.display().to_string()];
+    args.extend(pcaps.iter().map(|p| p.display().to_string()));
+    let out = Command::new(env!("CARGO_BIN_EXE_vmsentry")).args(&args).output().unwrap();
+    assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    let ev = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (ev, String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn replaying_a_file_twice_counts_the_copy_as_late_and_acts_once() {
+    let rules = rules_dir();
+    let once = replay(rules.path(), 2, &[capture("basic.pcap")]);
+    let (twice, stderr) = replay_err(rules.path(), &[capture("basic.pcap"), capture("basic.pcap")]);
+    for t in ["level", "action", "migration", "rtt_peaks", "vm_stats"] {
+        assert_eq!(of_type(&once, t), of_type(&twice, t), "{t} events differ");
+    }
+    let (s1, s2) = (summary(&once), summary(&twice));
+    let n = s1["packets"].as_u64().unwrap();
+    assert_eq!(s1["late_frames"], 0);
+    // Every frame of the copy is at or before the newest frame of the first.
+    assert_eq!((s2["packets"].as_u64(), s2["late_frames"].as_u64()), (Some(2 * n), Some(n)));
+    assert_eq!((s2["duration_s"].clone(), s2["windows"].clone()), (s1["duration_s"].clone(), s1["windows"].clone()));
+    // One warning for the second file, naming it and the jump.
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("time goes backwards")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("basic.pcap: time goes backwards by 69.95"), "{}", warnings[0]);
+}
+
+#[test]
+fn a_frame_with_an_impossible_length_is_damage_not_traffic() {
+    let rules = rules_dir();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("len.pcap");
+    let f = web1_frame();
+    let n = f.len() as u32;
+    raw_pcap(
+        &p,
+        &[
+            (1_700_000_000, 0, n, f.clone()),
+            (1_700_000_000, 10, u32::MAX, f.clone()), // 34 Gbit/s if believed
+            (1_700_000_000, 20, n - 1, f.clone()),    // shorter on the wire than captured
+            (1_700_000_000, 30, 256 * 1024 + 1, f.clone()),
+            (1_700_000_000, 40, 256 * 1024, f.clone()), // the longest believed
+            (1_700_000_001, 0, n, f.clone()),
+        ],
+    );
+    let ev = replay(rules.path(), 1, &[p]);
+    assert!(of_type(&ev, "level").is_empty() && of_type(&ev, "action").is_empty(), "{ev:?}");
+    let s = summary(&ev);
+    assert_eq!((s["packets"].as_u64(), s["bytes"].as_u64()), (Some(6), Some(u64::from(2 * n) + 256 * 1024)));
+    assert_eq!(s["decode_errors_by_kind"], json!({"frame_length": 3}));
+    let web = of_type(&ev, "vm_stats").into_iter().find(|e| e["vm_name"] == "web-1").unwrap().clone();
+    assert_eq!((web["tx_packets"].as_u64(), web["tx_bytes"].as_u64()), (Some(3), Some(u64::from(2 * n) + 256 * 1024)));
+}
+
+#[test]
+fn timestamps_after_2038_keep_their_date_and_a_jump_of_decades_costs_no_windows() {
+    let rules = rules_dir();
+    let d = tempfile::tempdir().unwrap();
+    let f = web1_frame();
+    let n = f.len() as u32;
+    // 2100-01-01T00:00:00Z: 4102444800 s, above i32::MAX.
+    let p2100 = d.path().join("2100.pcap");
+    raw_pcap(&p2100, &[(4_102_444_800, 0, n, f.clone()), (4_102_444_800, 500_000, n, f.clone())]);
+    let ev = replay(rules.path(), 1, &[p2100]);
+    let s = summary(&ev);
+    assert_eq!(s["ts"], "2100-01-01T00:00:01.000000Z");
+    assert_eq!((s["duration_s"].clone(), s["windows"].clone()), (json!(0.5), json!(1)));
+    // 1970, then 2023: two windows that held frames, not 1.7 billion.
+    let jump = d.path().join("jump.pcap");
+    raw_pcap(&jump, &[(1, 0, n, f.clone()), (1_700_000_000, 0, n, f.clone())]);
+    let ev = replay(rules.path(), 1, &[jump]);
+    let s = summary(&ev);
+    assert_eq!((s["windows"].clone(), s["late_frames"].clone()), (json!(2), json!(0)));
+    assert_eq!(s["ts"], "2023-11-14T22:13:21.000000Z");
+    let web = of_type(&ev, "vm_stats").into_iter().find(|e| e["vm_name"] == "web-1").unwrap().clone();
+    assert_eq!(web["tx_packets"], 2);
+}
