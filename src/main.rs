@@ -114,16 +114,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let reload = Arc::new(AtomicBool::new(false));
             signal_hook::flag::register(SIGHUP, reload.clone()).context("cannot handle SIGHUP")?;
             let telemetry = Telemetry::new(rules.limits.metrics_vms);
+            // The ranges are clap's to check (cli.rs).
+            let cfg =
+                LiveConfig { interface, bpf, snaplen, buffer_bytes: buffer_mb * 1024 * 1024, promisc: !no_promisc };
+            // The interface first: nothing is served for a capture that cannot start.
+            let mut source = LiveSource::open(&cfg, stop, Some(telemetry.clone())).map_err(|e| bad(e.to_string()))?;
             let addr = serve::start(&listen, telemetry.clone()).map_err(|e| bad(e.to_string()))?;
             eprintln!("vmsentry: serving on http://{addr}");
-            let cfg = LiveConfig {
-                interface,
-                bpf,
-                snaplen: snaplen.max(64),
-                buffer_bytes: buffer_mb.clamp(1, 2047) * 1024 * 1024,
-                promisc: !no_promisc,
-            };
-            let mut source = LiveSource::open(&cfg, stop, Some(telemetry.clone())).map_err(|e| bad(e.to_string()))?;
             eprintln!("vmsentry: capturing on {}", cfg.interface);
             let sink = events_sink(&events)?;
             let opts = pipeline::Options {

@@ -118,3 +118,86 @@ fn timestamps_after_2038_keep_their_date_and_a_jump_of_decades_costs_no_windows(
     let web = of_type(&ev, "vm_stats").into_iter().find(|e| e["vm_name"] == "web-1").unwrap().clone();
     assert_eq!(web["tx_packets"], 2);
 }
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn out_of_range_command_line_values_exit_2_with_the_range() {
+    let rules = rules_dir();
+    let r = rules.path().to_str().unwrap();
+    let basic = capture("basic.pcap");
+    let b = basic.to_str().unwrap();
+    for (args, says) in [
+        (vec!["replay", "--rules", r, "--threads", "100000", b], "`100000` is not a number of threads from 1 to 1024"),
+        (vec!["replay", "--rules", r, "--threads", "0", b], "`0` is not a number of threads from 1 to 1024"),
+        (vec!["live", "--rules", r, "--interface", "lo", "--threads", "0"], "from 1 to 1024"),
+        (
+            vec!["live", "--rules", r, "--interface", "lo", "--snaplen", "-5"],
+            "`-5` is not a snaplen in bytes from 64 to 262144",
+        ),
+        (
+            vec!["live", "--rules", r, "--interface", "lo", "--snaplen", "10"],
+            "`10` is not a snaplen in bytes from 64 to 262144",
+        ),
+        (
+            vec!["live", "--rules", r, "--interface", "lo", "--buffer-mb", "0"],
+            "`0` is not a buffer size in MiB from 1 to 2047",
+        ),
+        (vec!["live", "--rules", r, "--interface", "lo", "--buffer-mb", "4096"], "from 1 to 2047"),
+    ] {
+        let out = vmsentry(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains(says), "{args:?}: {}", stderr_of(&out));
+    }
+    // The largest values still run.
+    let ev = replay_with(rules.path(), 1024, &[], &[capture("third_party/zeek__icmp__icmp-ping.pcap")]);
+    assert_eq!(summary(&ev)["packets"], 4);
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn live_checks_the_interface_before_serving_and_hints_at_cap_net_raw() {
+    let rules = rules_dir();
+    let r = rules.path().to_str().unwrap();
+    let out = vmsentry(&["live", "--rules", r, "--interface", "vms-nosuch0", "--listen", "127.0.0.1:0"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("vms-nosuch0: cannot capture"), "{err}");
+    assert!(!err.contains("serving on"), "served before the capture failed: {err}");
+
+    // Without CAP_NET_RAW (as nobody): EPERM, and the hint.
+    if !is_root() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run this test as root");
+        eprintln!("skipped the unprivileged half: needs root to switch to nobody");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let bin = d.path().join("vmsentry");
+    std::fs::copy(env!("CARGO_BIN_EXE_vmsentry"), &bin).unwrap();
+    let nobody_rules = d.path().join("rules");
+    std::fs::create_dir(&nobody_rules).unwrap();
+    for f in ["vmsentry.toml", "cluster.key"] {
+        std::fs::copy(rules.path().join(f), nobody_rules.join(f)).unwrap();
+        std::os::unix::fs::chown(nobody_rules.join(f), Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(nobody_rules.join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(&bin)
+        .args(["live", "--rules", nobody_rules.to_str().unwrap(), "--interface", "lo", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(err.contains("CAP_NET_RAW") && err.contains("setcap cap_net_raw,cap_net_admin=eip"), "{err}");
+    assert!(!err.contains("serving on"), "{err}");
+}
