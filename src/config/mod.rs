@@ -25,11 +25,11 @@ pub const RULES_FILE: &str = "vmsentry.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
-    #[error("{path}: cannot read the rules file: {source}")]
+    #[error("{path}: cannot read the rules file: {why}")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        why: crate::small_file::SmallFileError,
     },
     /// A syntax, schema or meaning error at a place in the file.
     #[error("{path}:{line}:{col}: {msg}")]
@@ -253,7 +253,12 @@ impl Rules {
     /// Reads and validates `DIR/vmsentry.toml`.
     pub fn load(dir: &Path) -> Result<Rules, RulesError> {
         let path = dir.join(RULES_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Read { path: path.clone(), source })?;
+        let bytes = crate::small_file::read(&path, crate::small_file::MAX_RULES_BYTES)
+            .map_err(|why| RulesError::Read { path: path.clone(), why })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let (line, col) = line_col(&String::from_utf8_lossy(e.as_bytes()), e.utf8_error().valid_up_to());
+            RulesError::At { path: path.clone(), line, col, msg: "the rules file is not UTF-8 text".into() }
+        })?;
         Self::from_str_in(dir, &path, &text)
     }
 
@@ -274,9 +279,10 @@ impl Rules {
         }
         let key_path = dir.join(raw.cluster.key_file.get_ref());
         let key = ClusterKey::load(&key_path).map_err(|e| match e {
-            KeyError::Read { .. } | KeyError::TooShort { .. } | KeyError::Permissions { .. } => {
-                at(raw.cluster.key_file.span(), e.to_string())
-            }
+            KeyError::Read { .. }
+            | KeyError::TooShort { .. }
+            | KeyError::Permissions { .. }
+            | KeyError::Unusable { .. } => at(raw.cluster.key_file.span(), e.to_string()),
         })?;
 
         // [window]
@@ -733,10 +739,13 @@ impl Rules {
     }
 }
 
-/// A secret file: refused when readable by group or others, or empty.
+/// A secret file: refused when not a regular file, readable by group or
+/// others, over [`crate::small_file::MAX_SECRET_BYTES`], or empty.
 fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-    #[cfg(unix)]
+    let (file, meta) = crate::small_file::open(path).map_err(|e| match e {
+        crate::small_file::SmallFileError::Io(e) => format!("cannot read secret file {}: {e}", path.display()),
+        why => format!("secret file {} {why}", path.display()),
+    })?;
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
@@ -748,9 +757,8 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    #[cfg(not(unix))]
-    let _ = meta;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let bytes = crate::small_file::read_open(file, crate::small_file::MAX_SECRET_BYTES)
+        .map_err(|e| format!("secret file {} {e}", path.display()))?;
     let t = bytes.trim_ascii();
     if t.is_empty() {
         return Err(format!("secret file {} is empty", path.display()));

@@ -201,3 +201,80 @@ fn live_checks_the_interface_before_serving_and_hints_at_cap_net_raw() {
     assert!(err.contains("CAP_NET_RAW") && err.contains("setcap cap_net_raw,cap_net_admin=eip"), "{err}");
     assert!(!err.contains("serving on"), "{err}");
 }
+
+/// Runs vmsentry and fails the test (killing it) if it takes over 10 s.
+fn vmsentry_bounded(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("vmsentry {args:?} hung");
+        }
+    }
+}
+
+fn mkfifo(p: &Path) {
+    assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+}
+
+#[test]
+fn rules_key_and_secret_files_that_are_not_small_regular_files_are_refused() {
+    let check = |dir: &Path| {
+        let out = vmsentry_bounded(&["check", "--rules", dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        stderr_of(&out)
+    };
+    // The key: a FIFO (hung `check` before), /dev/zero (read until out of memory), a directory.
+    let r = rules_dir();
+    let key = r.path().join("cluster.key");
+    std::fs::remove_file(&key).unwrap();
+    mkfifo(&key);
+    let err = check(r.path());
+    assert!(err.contains(":9:12: key file") && err.contains("cluster.key is a FIFO, not a regular file"), "{err}");
+    std::fs::remove_file(&key).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &key).unwrap();
+    let err = check(r.path());
+    assert!(err.contains("cluster.key is a character device, not a regular file"), "{err}");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::create_dir(&key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = check(r.path());
+    assert!(err.contains("cluster.key is a directory, not a file") && !err.contains("mode"), "{err}");
+    std::fs::remove_dir(&key).unwrap();
+    std::fs::write(&key, vec![b'k'; 70_000]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = check(r.path());
+    assert!(err.contains("cluster.key is larger than 65536 bytes"), "{err}");
+
+    // The rules file itself.
+    let r = rules_dir();
+    let toml = r.path().join("vmsentry.toml");
+    std::fs::remove_file(&toml).unwrap();
+    mkfifo(&toml);
+    assert!(check(r.path()).contains("vmsentry.toml: cannot read the rules file: is a FIFO, not a regular file"));
+    std::fs::remove_file(&toml).unwrap();
+    std::fs::File::create(&toml).unwrap().set_len(17 << 20).unwrap();
+    assert!(check(r.path()).contains("cannot read the rules file: is larger than 16777216 bytes"));
+
+    // A webhook's secret.
+    let r = rules_dir();
+    let text = std::fs::read_to_string(r.path().join("vmsentry.toml")).unwrap();
+    std::fs::write(
+        r.path().join("vmsentry.toml"),
+        format!("{text}\n[backend.webhook]\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"/dev/zero\"\n"),
+    )
+    .unwrap();
+    let err = check(r.path());
+    assert!(err.contains("secret file /dev/zero is a character device, not a regular file"), "{err}");
+}
