@@ -20,6 +20,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+/// `limits.decode_bytes` bounds: the headers decode needs, and a frame's
+/// worth (each batch holds `batch_size` times this).
+pub const MIN_DECODE_BYTES: usize = 64;
+pub const MAX_DECODE_BYTES: usize = 65_536;
+
+/// A span serde gave no place: the value is a default, not written.
+fn is_default(span: Range<usize>) -> bool {
+    span == (0..0)
+}
+
 /// The name of the rules file inside the rules directory.
 pub const RULES_FILE: &str = "vmsentry.toml";
 
@@ -304,9 +314,16 @@ impl Rules {
                 return Err(at(lo.span(), format!("{lo_name} must be above 0")));
             }
             if lo.get_ref() >= hi.get_ref() {
+                // Point at the value that was written: with only one of the
+                // two set, the other is its default and has no place.
+                let (span, note) = match (is_default(lo.span()), is_default(hi.span())) {
+                    (true, false) => (hi.span(), format!("; {lo_name} is its default, set it too")),
+                    (false, true) => (lo.span(), format!("; {hi_name} is its default, set it too")),
+                    _ => (lo.span(), String::new()),
+                };
                 return Err(at(
-                    lo.span(),
-                    format!("{lo_name} must be below {hi_name} (got {} >= {})", lo.get_ref(), hi.get_ref()),
+                    span,
+                    format!("{lo_name} must be below {hi_name} (got {} >= {}){note}", lo.get_ref(), hi.get_ref()),
                 ));
             }
         }
@@ -360,10 +377,19 @@ impl Rules {
 
         // [limits]
         let l = &raw.limits;
+        let decode_bytes = *l.decode_bytes.get_ref();
+        if !(MIN_DECODE_BYTES..=MAX_DECODE_BYTES).contains(&decode_bytes) {
+            return Err(at(
+                l.decode_bytes.span(),
+                format!(
+                    "limits.decode_bytes must be from {MIN_DECODE_BYTES} (an Ethernet, IP and TCP header) to \
+                     {MAX_DECODE_BYTES} (got {decode_bytes})"
+                ),
+            ));
+        }
         for (v, name) in [
             (&l.max_macs, "limits.max_macs"),
             (&l.batch_size, "limits.batch_size"),
-            (&l.decode_bytes, "limits.decode_bytes"),
             (&l.queue_batches, "limits.queue_batches"),
             (&l.action_queue, "limits.action_queue"),
             (&l.rtt_flows, "limits.rtt_flows"),
@@ -377,7 +403,7 @@ impl Rules {
         let limits = Limits {
             max_macs: *l.max_macs.get_ref(),
             batch_size: *l.batch_size.get_ref(),
-            decode_bytes: (*l.decode_bytes.get_ref()).max(64),
+            decode_bytes,
             queue_batches: *l.queue_batches.get_ref(),
             action_queue: *l.action_queue.get_ref(),
             metrics_vms: *l.metrics_vms.get_ref(),
@@ -443,24 +469,30 @@ impl Rules {
         // [migration]
         let m = &raw.migration;
         let mut ports = Vec::new();
-        for p in m.ports.get_ref() {
-            match p {
-                raw::RawPorts::One(n) => ports.push((*n, *n)),
+        for p in &m.ports {
+            let bad = |what: String| {
+                at(
+                    p.span(),
+                    format!("migration.ports: {what} is not a TCP port (1 to 65535) or a range like \"49152-49215\""),
+                )
+            };
+            let port = |n: i64| u16::try_from(n).ok().filter(|&n| n > 0);
+            match p.get_ref() {
+                raw::RawPorts::One(n) => {
+                    let n = port(*n).ok_or_else(|| bad(n.to_string()))?;
+                    ports.push((n, n));
+                }
                 raw::RawPorts::Range(r) => {
-                    let bad = || {
-                        at(
-                            m.ports.span(),
-                            format!("migration.ports: `{r}` is not a port or a range like \"49152-49215\""),
-                        )
-                    };
+                    let bad = || bad(format!("`{r}`"));
                     let (a, b) = r.split_once('-').ok_or_else(bad)?;
-                    let (a, b): (u16, u16) =
-                        (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                    let num = |s: &str| s.trim().parse::<i64>().ok().and_then(port).ok_or_else(bad);
+                    let (a, b) = (num(a)?, num(b)?);
                     if a > b {
                         return Err(bad());
                     }
                     ports.push((a, b));
                 }
+                raw::RawPorts::Other(v) => return Err(bad(format!("`{v}`"))),
             }
         }
         positive(m.factor.get_ref(), "migration.factor").map_err(|e| at(m.factor.span(), e))?;

@@ -367,12 +367,16 @@ pub struct RawSensor {
     pub hypervisor: Option<Spanned<String>>,
 }
 
-/// A port or an inclusive range written `"49152-49215"`.
+/// A port or an inclusive range written `"49152-49215"`. The number is
+/// read as TOML's i64 so that a value out of range gets a plain message
+/// from validation, not serde's "did not match any variant".
 #[derive(Deserialize, Clone)]
 #[serde(untagged)]
 pub enum RawPorts {
-    One(u16),
+    One(i64),
     Range(String),
+    /// Anything else (a float, a table): refused by validation at its place.
+    Other(toml::Value),
 }
 
 #[derive(Deserialize)]
@@ -380,7 +384,7 @@ pub enum RawPorts {
 pub struct RawMigration {
     /// Default libvirt's native migration range 49152-49215, and 16509, 16514.
     #[serde(default = "d_migration_ports")]
-    pub ports: Spanned<Vec<RawPorts>>,
+    pub ports: Vec<Spanned<RawPorts>>,
     /// Default 3.0: moving more than factor x RAM is HIGH (reason `migration`).
     #[serde(default = "d_factor")]
     pub factor: Spanned<f64>,
@@ -406,8 +410,8 @@ pub struct RawMigration {
     #[serde(default)]
     pub tokens_dir: Option<Spanned<String>>,
 }
-fn d_migration_ports() -> Spanned<Vec<RawPorts>> {
-    sp(vec![RawPorts::Range("49152-49215".into()), RawPorts::One(16509), RawPorts::One(16514)])
+fn d_migration_ports() -> Vec<Spanned<RawPorts>> {
+    vec![sp(RawPorts::Range("49152-49215".into())), sp(RawPorts::One(16509)), sp(RawPorts::One(16514))]
 }
 fn d_false() -> Spanned<bool> {
     sp(false)
