@@ -13,13 +13,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use vmsentry::action::LogSink;
 use vmsentry::capture::{CaptureError, FileList, LiveConfig, LiveSource, PacketSource};
-use vmsentry::config::Rules;
+use vmsentry::config::{self, Rules};
 use vmsentry::decode::Mac;
 use vmsentry::event::{EventSink, JsonLines};
 use vmsentry::pipeline::{self, PipelineError};
 use vmsentry::serve::{self, Telemetry};
 use vmsentry::trust::token::Token;
 use vmsentry::trust::{ClusterKey, Registry, Verdict};
+
+/// The longest a move token may be valid.
+const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
 /// An error that is the user's to fix: exit status 2.
 #[derive(Debug)]
@@ -67,15 +70,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { rules } => check(&rules),
         Command::Report { events, out, rules } => report(&events, &out, rules.as_deref()),
         Command::Sign { key_file, cluster, id, mac } => {
+            // The rules' own checks: a signature for a hypervisor the rules would refuse is no use.
             let mac: Mac = mac.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
+            config::check_unicast(mac, "hypervisor").map_err(|m| bad(format!("--mac: {m}")))?;
+            config::check_cluster_name(&cluster).map_err(|m| bad(format!("--cluster: {m}")))?;
+            config::check_hypervisor_id(&id).map_err(|m| bad(format!("--id: {m}")))?;
             let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
             println!("{}", key.sign(&cluster, &id, mac));
             Ok(())
         }
         Command::Authorize { key_file, vm, to, ttl, nonce } => {
             let vm: Mac = vm.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
-            if to.is_empty() || to.contains(char::is_whitespace) {
-                return Err(bad("--to must be a hypervisor id without spaces"));
+            config::check_unicast(vm, "VM").map_err(|m| bad(format!("--vm: {m}")))?;
+            config::check_hypervisor_id(&to).map_err(|m| bad(format!("--to: {m}")))?;
+            if ttl.is_zero() || ttl > MAX_TTL {
+                return Err(bad(format!(
+                    "--ttl must be from 1s to {}days (got {})",
+                    MAX_TTL.as_secs() / 86_400,
+                    humantime::format_duration(ttl)
+                )));
             }
             let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
             let nonce = match nonce {

@@ -284,9 +284,7 @@ impl Rules {
 
         // [cluster]
         let name = raw.cluster.name;
-        if name.get_ref().is_empty() || name.get_ref().contains('\0') {
-            return Err(at(name.span(), "cluster.name must be a non-empty name without NUL bytes".into()));
-        }
+        check_cluster_name(name.get_ref()).map_err(|m| at(name.span(), m))?;
         let key_path = dir.join(raw.cluster.key_file.get_ref());
         let key = ClusterKey::load(&key_path).map_err(|e| match e {
             KeyError::Read { .. }
@@ -423,17 +421,13 @@ impl Rules {
         let mut hv_macs: HashSet<Mac> = HashSet::new();
         let mut hypervisors = Vec::with_capacity(raw.hypervisor.len());
         for (i, h) in raw.hypervisor.into_iter().enumerate() {
-            if h.id.get_ref().is_empty() || h.id.get_ref().contains(|c: char| c == '\0' || c.is_whitespace()) {
-                return Err(at(h.id.span(), "hypervisor id must be non-empty, without spaces or NUL bytes".into()));
-            }
+            check_hypervisor_id(h.id.get_ref()).map_err(|m| at(h.id.span(), m))?;
             if hv_index.insert(h.id.get_ref().clone(), i).is_some() {
                 return Err(at(h.id.span(), format!("hypervisor id `{}` is defined twice", h.id.get_ref())));
             }
             let mut macs = Vec::new();
             for m in &h.macs {
-                if !m.get_ref().is_unicast() || m.get_ref().is_zero() {
-                    return Err(at(m.span(), format!("hypervisor MAC {} must be a unicast address", m.get_ref())));
-                }
+                check_unicast(*m.get_ref(), "hypervisor").map_err(|e| at(m.span(), e))?;
                 if !hv_macs.insert(*m.get_ref()) {
                     return Err(at(m.span(), format!("MAC {} belongs to two hypervisors", m.get_ref())));
                 }
@@ -662,9 +656,7 @@ impl Rules {
         let mut vms = Vec::with_capacity(raw.vm.len());
         for v in raw.vm {
             let mac = *v.mac.get_ref();
-            if !mac.is_unicast() || mac.is_zero() {
-                return Err(at(v.mac.span(), format!("VM MAC {mac} must be a unicast address")));
-            }
+            check_unicast(mac, "VM").map_err(|e| at(v.mac.span(), e))?;
             if !vm_macs.insert(mac) {
                 return Err(at(v.mac.span(), format!("VM MAC {mac} is listed twice")));
             }
@@ -796,6 +788,31 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("secret file {} is empty", path.display()));
     }
     Ok(t.to_vec())
+}
+
+/// The rules' check of `cluster.name`, shared with `vmsentry sign`.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('\0') {
+        return Err("cluster.name must be a non-empty name without NUL bytes".into());
+    }
+    Ok(())
+}
+
+/// The rules' check of a hypervisor id, shared with `sign --id` and `authorize --to`.
+pub fn check_hypervisor_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.contains(|c: char| c == '\0' || c.is_whitespace()) {
+        return Err("hypervisor id must be non-empty, without spaces or NUL bytes".into());
+    }
+    Ok(())
+}
+
+/// The rules' check of a hypervisor's or a VM's MAC (`what`), shared with
+/// `sign --mac` and `authorize --vm`: a unicast, non-zero address.
+pub fn check_unicast(mac: Mac, what: &str) -> Result<(), String> {
+    if !mac.is_unicast() || mac.is_zero() {
+        return Err(format!("{what} MAC {mac} must be a unicast address"));
+    }
+    Ok(())
 }
 
 fn positive(v: &f64, name: &str) -> Result<(), String> {

@@ -278,3 +278,54 @@ fn rules_key_and_secret_files_that_are_not_small_regular_files_are_refused() {
     let err = check(r.path());
     assert!(err.contains("secret file /dev/zero is a character device, not a regular file"), "{err}");
 }
+
+#[test]
+fn sign_and_authorize_apply_the_rules_own_checks() {
+    let r = rules_dir();
+    let key = r.path().join("cluster.key");
+    let k = key.to_str().unwrap();
+    let sign = |cluster: &str, id: &str, mac: &str| {
+        vmsentry(&["sign", "--key-file", k, "--cluster", cluster, "--id", id, "--mac", mac])
+    };
+    let auth = |vm: &str, to: &str, ttl: &str| {
+        vmsentry(&[
+            "authorize",
+            "--key-file",
+            k,
+            "--vm",
+            vm,
+            "--to",
+            to,
+            "--ttl",
+            ttl,
+            "--nonce",
+            "00112233445566778899",
+        ])
+    };
+    for (out, says) in [
+        (
+            sign("lab", "hv 1", "52:54:00:aa:00:01"),
+            "--id: hypervisor id must be non-empty, without spaces or NUL bytes",
+        ),
+        (
+            sign("", "compute-1", "52:54:00:aa:00:01"),
+            "--cluster: cluster.name must be a non-empty name without NUL bytes",
+        ),
+        (
+            sign("lab", "compute-1", "01:00:5e:00:00:01"),
+            "--mac: hypervisor MAC 01:00:5e:00:00:01 must be a unicast address",
+        ),
+        (sign("lab", "compute-1", "00:00:00:00:00:00"), "must be a unicast address"),
+        (auth("ff:ff:ff:ff:ff:ff", "compute-3", "10m"), "--vm: VM MAC ff:ff:ff:ff:ff:ff must be a unicast address"),
+        (auth("fa:16:3e:00:00:01", "compute 3", "10m"), "--to: hypervisor id must be non-empty"),
+        (auth("fa:16:3e:00:00:01", "compute-3", "0s"), "--ttl must be from 1s to 3650days"),
+        (auth("fa:16:3e:00:00:01", "compute-3", "100years"), "--ttl must be from 1s to 3650days"),
+    ] {
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        assert!(out.stdout.is_empty(), "printed a signature or token anyway");
+        assert!(stderr_of(&out).contains(says), "{}", stderr_of(&out));
+    }
+    // What the rules accept, both accept.
+    assert!(sign("lab", "compute-1", "52:54:00:aa:00:01").status.success());
+    assert!(auth("fa:16:3e:00:00:01", "compute-3", "10m").status.success());
+}
