@@ -254,7 +254,11 @@ fn check(dir: &Path) -> anyhow::Result<()> {
             signed += 1;
         }
     }
-    eprintln!(
+    for w in rules.warnings() {
+        eprintln!("warning: {w}");
+    }
+    // The verdict on stdout (for scripts); warnings stay on stderr.
+    println!(
         "{}: OK: cluster `{}`, {} hypervisors ({} signed), {} VMs",
         dir.join(vmsentry::config::RULES_FILE).display(),
         rules.cluster,

@@ -758,6 +758,42 @@ impl Rules {
         })
     }
 
+    /// What the rules name that is not there yet: not errors (a file may
+    /// appear later, a program be installed), but what `check` warns about
+    /// so that replay and live hold no surprise.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(e) = &self.backend.exec {
+            if let Err(why) = runnable(&e.program) {
+                w.push(format!("backend.exec.program `{}` {why}: every exec action will fail", e.program.display()));
+            }
+        }
+        for i in &self.ids {
+            let dir_ok = i.path.parent().is_none_or(|d| d.as_os_str().is_empty() || d.is_dir());
+            if !dir_ok {
+                w.push(format!(
+                    "IDS alert file {}: its directory does not exist: replay runs without it, live refuses to start",
+                    i.path.display()
+                ));
+            } else if !i.path.exists() {
+                w.push(format!(
+                    "IDS alert file {} not found: replay runs without it, live waits for it to appear",
+                    i.path.display()
+                ));
+            }
+        }
+        if let Some(t) = &self.migration.tokens_dir {
+            if !t.is_dir() {
+                w.push(format!(
+                    "migration.tokens_dir {} is not a directory: no move can be authorized{}",
+                    t.display(),
+                    if self.migration.require_authorization { ", so every move counts as unsigned" } else { "" }
+                ));
+            }
+        }
+        w
+    }
+
     pub fn window_len_us(&self) -> i64 {
         self.window_len_ms as i64 * 1000
     }
@@ -788,6 +824,26 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("secret file {} is empty", path.display()));
     }
     Ok(t.to_vec())
+}
+
+/// Whether a program can be run as `Command::new` would find it: a path
+/// with a `/` as it is, a bare name on `PATH`.
+fn runnable(program: &Path) -> Result<(), &'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.as_os_str().to_string_lossy().contains('/') {
+        return match program.exists() {
+            false => Err("does not exist"),
+            true if executable(program) => Ok(()),
+            true => Err("is not an executable file"),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| executable(&d.join(program))) {
+        Ok(())
+    } else {
+        Err("is not found on PATH")
+    }
 }
 
 /// The rules' check of `cluster.name`, shared with `vmsentry sign`.

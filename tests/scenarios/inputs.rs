@@ -329,3 +329,46 @@ fn sign_and_authorize_apply_the_rules_own_checks() {
     assert!(sign("lab", "compute-1", "52:54:00:aa:00:01").status.success());
     assert!(auth("fa:16:3e:00:00:01", "compute-3", "10m").status.success());
 }
+
+#[test]
+fn check_warns_about_what_the_rules_name_but_is_missing_and_still_exits_0() {
+    let r = rules_dir();
+    let text = std::fs::read_to_string(r.path().join("vmsentry.toml")).unwrap();
+    std::fs::remove_dir(r.path().join("tokens")).unwrap();
+    std::fs::write(
+        r.path().join("vmsentry.toml"),
+        format!(
+            "{text}\n[[ids]]\npath = \"nowhere/eve.json\"\nformat = \"suricata_eve\"\n\
+             [[ids]]\npath = \"alerts/fast.log\"\nformat = \"snort_fast\"\n\
+             [backend.exec]\nprogram = \"/nonexistent/quarantine-vm\"\n"
+        ),
+    )
+    .unwrap();
+    let out = vmsentry(&["check", "--rules", r.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    let d = r.path().display();
+    for w in [
+        "warning: backend.exec.program `/nonexistent/quarantine-vm` does not exist: every exec action will fail".to_string(),
+        format!("warning: IDS alert file {d}/nowhere/eve.json: its directory does not exist: replay runs without it, live refuses to start"),
+        format!("warning: IDS alert file {d}/alerts/fast.log not found: replay runs without it, live waits for it to appear"),
+        format!("warning: migration.tokens_dir {d}/tokens is not a directory: no move can be authorized"),
+    ] {
+        assert!(err.lines().any(|l| l == w), "missing `{w}` in:\n{err}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: cluster `lab`"));
+    // A bare program name is looked up on PATH, as exec runs it.
+    let text = std::fs::read_to_string(r.path().join("vmsentry.toml")).unwrap();
+    std::fs::write(r.path().join("vmsentry.toml"), text.replace("/nonexistent/quarantine-vm", "true")).unwrap();
+    assert!(!stderr_of(&vmsentry(&["check", "--rules", r.path().to_str().unwrap()])).contains("backend.exec"));
+}
+
+#[test]
+fn check_says_how_to_fix_the_key_mode() {
+    let r = rules_dir();
+    let key = r.path().join("cluster.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = vmsentry(&["check", "--rules", r.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains(&format!("(mode 644); run `chmod 600 {}`", key.display())), "{}", stderr_of(&out));
+}
