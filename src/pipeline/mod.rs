@@ -759,6 +759,10 @@ mod tests {
     }
 
     fn run_frames(f: Vec<(i64, u32, Vec<u8>)>) -> (SummaryEvent, Vec<Event>) {
+        run_frames_with(f, &Options::default())
+    }
+
+    fn run_frames_with(f: Vec<(i64, u32, Vec<u8>)>, opts: &Options) -> (SummaryEvent, Vec<Event>) {
         let (_d, rules) = rules();
         let mut events: Vec<Event> = Vec::new();
         struct Shared(Arc<std::sync::Mutex<Vec<Event>>>);
@@ -770,7 +774,7 @@ mod tests {
         }
         let store = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Box::new(crate::action::LogSink::stderr());
-        let s = run(&mut Frames(f), &rules, sink, Box::new(Shared(store.clone())), &Options::default()).unwrap();
+        let s = run(&mut Frames(f), &rules, sink, Box::new(Shared(store.clone())), opts).unwrap();
         events.append(&mut store.lock().unwrap());
         (s, events)
     }
@@ -805,6 +809,20 @@ mod tests {
             panic!("no vm_stats")
         };
         assert_eq!(v.tx_packets, 3);
+    }
+
+    #[test]
+    fn late_frames_and_impossible_lengths_are_in_the_metrics() {
+        let f = frame();
+        let n = f.len() as u32;
+        let t = Telemetry::new(16);
+        let opts = Options { telemetry: Some(t.clone()), ..Options::default() };
+        let frames = vec![(5_000_000, n, f.clone()), (1_000_000, n, f.clone()), (5_000_001, u32::MAX, f.clone())];
+        let (s, _) = run_frames_with(frames, &opts);
+        assert_eq!((s.late_frames, s.decode_errors), (1, 1));
+        let m = &t.metrics;
+        assert_eq!((m.late_frames.get(), m.packets.get(), m.bytes.get()), (1, 3, 2 * u64::from(n)));
+        assert_eq!(m.decode_errors.with_label_values(&["frame_length"]).get(), 1);
     }
 
     #[test]
