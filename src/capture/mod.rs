@@ -133,7 +133,9 @@ pub enum SourceItem<'a> {
 /// `each` returns `ControlFlow::Break` (`Ok`, the source stops early), or
 /// reading fails in a way that ends the run (`Err`). The frame borrows the
 /// source's buffer only for the call. A live source also hands over
-/// [`SourceItem::Tick`] when idle. A source must not panic on bad input:
+/// [`SourceItem::Tick`] when idle; a source of several inputs may announce
+/// each with [`SourceItem::Input`] before its frames (messages about time
+/// going backwards then name it). A source must not panic on bad input:
 /// damage it can step over (a cut-off last record of a file) is counted in
 /// [`SourceStats`] and reported on stderr.
 pub trait PacketSource {
