@@ -15,9 +15,10 @@
 //! a full queue makes the reader wait.
 //!
 //! The window of a frame is decided by the reader alone, so events are the
-//! same for every thread count. Frames may be out of order inside the open
-//! window; time going back past it (a clock step, the same file replayed
-//! twice, files given out of order) starts a *late* stretch: every frame up
+//! same for every thread count. Frames may be out of order inside the
+//! window of the newest frame; time going back past it (a clock step, the
+//! same file replayed twice, files given out of order) starts a *late*
+//! stretch: every frame up
 //! to the newest time seen before the jump is counted in `late_frames`
 //! (metric `vmsentry_late_frames_total`) and not measured, with one warning
 //! per input naming it and the jump. Windows never reopen, so late traffic
@@ -569,7 +570,10 @@ impl Reader {
     }
 
     /// Whether a frame at `t` is late (see the module's doc): inside a late
-    /// stretch, or earlier than the open window, which starts one.
+    /// stretch, or earlier than the window of the newest frame, which starts
+    /// one. That window is the open one, except live, where the capture
+    /// clock's tick may have closed it just before the kernel handed over
+    /// its last frames: those still count, in the open window.
     fn late(&mut self, t: i64) -> bool {
         if let Some(until) = self.behind_until {
             if t <= until {
@@ -577,11 +581,12 @@ impl Reader {
             }
             self.behind_until = None;
         }
-        let open_start = self.next_boundary.saturating_sub(self.window_len_us);
-        if self.window.is_none() || t >= open_start {
+        let Some(newest) = self.stats.last_ts else { return false };
+        let newest_start = PacketTime::window_start(newest.window_index(self.window_len_us), self.window_len_us);
+        if t >= newest_start.as_micros() {
             return false;
         }
-        let newest = self.stats.last_ts.map_or(open_start, PacketTime::as_micros);
+        let newest = newest.as_micros();
         self.behind_until = Some(newest);
         if !self.warned_late {
             self.warned_late = true;
@@ -823,6 +828,50 @@ mod tests {
         let m = &t.metrics;
         assert_eq!((m.late_frames.get(), m.packets.get(), m.bytes.get()), (1, 3, 2 * u64::from(n)));
         assert_eq!(m.decode_errors.with_label_values(&["frame_length"]).get(), 1);
+    }
+
+    #[test]
+    fn frames_behind_an_idle_tick_still_count_in_the_open_window() {
+        // Live: the capture clock's tick closed window 1 while the kernel
+        // still held a frame of it; that frame is not late.
+        let (_d, rules) = rules();
+        struct Live(Vec<u8>);
+        impl PacketSource for Live {
+            fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+                let n = self.0.len() as u32;
+                for item in [
+                    SourceItem::Packet(RawPacket {
+                        ts: PacketTime::from_micros(1_100_000),
+                        orig_len: n,
+                        data: &self.0,
+                        linktype: 1,
+                    }),
+                    SourceItem::Tick(PacketTime::from_micros(2_000_100)),
+                    SourceItem::Packet(RawPacket {
+                        ts: PacketTime::from_micros(1_999_000),
+                        orig_len: n,
+                        data: &self.0,
+                        linktype: 1,
+                    }),
+                    SourceItem::Packet(RawPacket {
+                        ts: PacketTime::from_micros(900_000),
+                        orig_len: n,
+                        data: &self.0,
+                        linktype: 1,
+                    }),
+                ] {
+                    let _ = each(item);
+                }
+                Ok(())
+            }
+            fn stats(&self) -> SourceStats {
+                SourceStats::default()
+            }
+        }
+        let sink = Box::new(crate::action::LogSink::stderr());
+        let s = run(&mut Live(frame()), &rules, sink, Box::new(Vec::<Event>::new()), &Options::default()).unwrap();
+        // The frame of window 1 after the tick counts; the one of window 0 is late.
+        assert_eq!((s.packets, s.late_frames, s.windows), (3, 1, 2));
     }
 
     #[test]
