@@ -179,7 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     std::fs::File::create(&events).with_context(|| format!("cannot create events file {events}"))?;
                 Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, f)))
             };
-            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let threads = threads_or_cores(threads);
             // A progress bar only where a person watches and the replay is long.
             let long = source.total_bytes().unwrap_or(0) > 64 << 20;
             let opts = pipeline::Options {
@@ -211,7 +211,8 @@ fn events_sink(events: &str) -> anyhow::Result<Box<dyn EventSink>> {
 }
 
 fn threads_or_cores(threads: Option<usize>) -> usize {
-    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+    // The default stays within the range `--threads` accepts.
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, cli::MAX_THREADS)
 }
 
 fn report(events: &Path, out: &Path, rules: Option<&Path>) -> anyhow::Result<()> {
