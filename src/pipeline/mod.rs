@@ -317,7 +317,7 @@ pub fn run(
         input: None,
         warned_late: false,
         failed: false,
-        pace: opts.speed.map(|s| Pace { speed: s, wall0: Instant::now(), ts0: None, checked: i64::MIN }),
+        pace: opts.speed.map(|s| Pace { speed: s, wall0: Instant::now(), ts0: None, checked: i64::MIN, last: None }),
         progress,
         progress_bytes: 0,
     };
@@ -476,7 +476,13 @@ struct Pace {
     ts0: Option<PacketTime>,
     /// Packet time of the last check; checks happen at most once per millisecond of packet time.
     checked: i64,
+    /// Packet time of the last frame paced.
+    last: Option<i64>,
 }
+
+/// The longest gap in packet time `--speed` waits out: a capture that jumps
+/// by years must not sleep for years.
+const MAX_PACED_GAP_US: i64 = 60_000_000;
 
 struct Reader {
     live: bool,
@@ -686,13 +692,21 @@ impl Reader {
 
     fn pace_to(&mut self, ts: PacketTime) -> ControlFlow<()> {
         let Some(p) = self.pace.as_mut() else { return ControlFlow::Continue(()) };
-        let ts0 = *p.ts0.get_or_insert(ts);
         let t = ts.as_micros();
+        if let (Some(last), Some(ts0)) = (p.last, p.ts0.as_mut()) {
+            let gap = t.saturating_sub(last);
+            if gap > MAX_PACED_GAP_US {
+                // Paced as MAX_PACED_GAP_US: the origin moves by the rest.
+                *ts0 = ts0.saturating_add_micros(gap - MAX_PACED_GAP_US);
+            }
+        }
+        p.last = Some(p.last.map_or(t, |l| l.max(t)));
+        let ts0 = *p.ts0.get_or_insert(ts);
         if t < p.checked.saturating_add(1000) {
             return ControlFlow::Continue(());
         }
         p.checked = t;
-        let due = Duration::from_secs_f64(((t - ts0.as_micros()).max(0) as f64 / 1e6) / p.speed);
+        let due = Duration::from_secs_f64((t.saturating_sub(ts0.as_micros()).max(0) as f64 / 1e6) / p.speed);
         let elapsed = p.wall0.elapsed();
         if due > elapsed + Duration::from_millis(1) {
             let wait = due - elapsed;
@@ -872,6 +886,21 @@ mod tests {
         let s = run(&mut Live(frame()), &rules, sink, Box::new(Vec::<Event>::new()), &Options::default()).unwrap();
         // The frame of window 1 after the tick counts; the one of window 0 is late.
         assert_eq!((s.packets, s.late_frames, s.windows), (3, 1, 2));
+    }
+
+    #[test]
+    fn pacing_does_not_wait_out_a_jump_of_decades() {
+        let f = frame();
+        let n = f.len() as u32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // 1970, then 2023: at 1000x, a gap is waited as at most 60 s / 1000.
+            let frames = vec![(1_000_000, n, f.clone()), (1_700_000_000_000_000, n, f)];
+            let _ = tx.send(run_frames_with(frames, &Options { speed: Some(1000.0), ..Options::default() }));
+        });
+        let (s, _) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the replay slept through the jump");
+        assert_eq!((s.packets, s.windows), (2, 2));
+        assert!(s.wall_s < 10.0, "{}", s.wall_s);
     }
 
     #[test]
