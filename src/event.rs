@@ -494,9 +494,12 @@ pub struct SummaryEvent {
     pub known_vms: u64,
     /// MACs evicted from the bounded MAC table (their stats are lost).
     pub mac_evictions: u64,
-    /// Packet time from the first to the last packet.
+    /// Packet time from the earliest to the latest measured frame (never negative).
     pub duration_s: f64,
     pub windows: u64,
+    /// Frames that came after time went backwards, up to the newest time
+    /// seen before the jump: counted, not measured.
+    pub late_frames: u64,
     /// Frames vmsentry dropped because a shard's queue was full (live only;
     /// libpcap's own drops are in the metrics).
     pub queue_dropped: u64,

@@ -36,8 +36,10 @@
 //!
 //! Alongside: [`serve`] (Prometheus metrics and the JSON API over HTTP),
 //! [`config`] (the rules file), [`event`] (JSON-lines events), [`time`]
-//! (packet time, the only clock results depend on), and [`synth`] (scenario
-//! captures with known ground truth, for tests and benchmarks).
+//! (packet time, the only clock results depend on), [`small_file`] (how
+//! every rules, key and secret file is read: regular, size-capped, never
+//! blocking), and [`synth`] (scenario captures with known ground truth, for
+//! tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
@@ -53,6 +55,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod report;
 pub mod serve;
+pub mod small_file;
 pub mod synth;
 pub mod time;
 pub mod trust;

@@ -52,7 +52,8 @@ impl LiveSource {
             .timeout(IDLE_TIMEOUT_MS)
             .open()
             .map_err(|e| {
-                let hint = if e.to_string().contains("ermission") {
+                let text = e.to_string();
+                let hint = if text.contains("ermission") || text.contains("not permitted") {
                     " (run as root, or give the binary CAP_NET_RAW: `setcap cap_net_raw,cap_net_admin=eip vmsentry`)"
                 } else {
                     ""

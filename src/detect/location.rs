@@ -280,7 +280,9 @@ impl Locator {
             }
         }
         // Forget streams long past any announce they could be tied to.
-        let horizon = now.as_micros() - 10 * (self.rules.stream_gap_s as i64 + 60) * 1_000_000;
+        let horizon = now
+            .as_micros()
+            .saturating_sub((self.rules.stream_gap_s as i64).saturating_add(60).saturating_mul(10_000_000));
         self.streams.retain(|_, s| s.part.last.as_micros() >= horizon);
     }
 
@@ -314,7 +316,7 @@ impl Locator {
             // once per burst.
             if let Some((t, via)) = s.announce {
                 let v = &mut self.vms[i];
-                if v.last_announce.is_none_or(|l| t.as_micros() - l.as_micros() > burst) {
+                if v.last_announce.is_none_or(|l| t.as_micros().saturating_sub(l.as_micros()) > burst) {
                     v.last_announce = Some(t);
                     // No destination to hold a token against.
                     if self.rules.require_authorization {
@@ -353,9 +355,10 @@ impl Locator {
                     // it went, two copies run: a clone. An announce, or
                     // silence at the new place, makes it a move back.
                     let overlap = self.rules.clone_overlap_ms as i64 * 1000;
-                    let active_there = last_seen.is_some_and(|l| l.as_micros() >= s.first.as_micros() - overlap);
+                    let active_there =
+                        last_seen.is_some_and(|l| l.as_micros() >= s.first.as_micros().saturating_sub(overlap));
                     if s.announce.is_none() && active_there {
-                        if s.last.as_micros() > moved_at.as_micros() + overlap {
+                        if s.last.as_micros() > moved_at.as_micros().saturating_add(overlap) {
                             self.flags[i].clone = true;
                             conflicts.push(Conflict::Clone { vm: i, ts: s.last, places: [prev, cur] });
                         }
@@ -398,7 +401,7 @@ impl Locator {
             let p = st.part;
             let between = (from_ips.contains(&p.src.0) && to_ips.contains(&p.dst.0))
                 || (to_ips.contains(&p.src.0) && from_ips.contains(&p.dst.0));
-            if st.tied || !between || p.first > at || p.last.as_micros() < at.as_micros() - gap {
+            if st.tied || !between || p.first > at || p.last.as_micros() < at.as_micros().saturating_sub(gap) {
                 continue;
             }
             st.tied = true;
@@ -409,7 +412,7 @@ impl Locator {
         let to_name = to.name(&self.registry).unwrap_or_default();
         let authorization = self.tokens.authorize(self.vm_macs[i], &to_name, at);
         let v = &mut self.vms[i];
-        let downtime_us = v.last_seen.map(|l| (at.as_micros() - l.as_micros()).max(0));
+        let downtime_us = v.last_seen.map(|l| at.as_micros().saturating_sub(l.as_micros()).max(0));
         v.unauthorized = self.rules.require_authorization && authorization != Authorization::Granted;
         v.previous = Some((from, at));
         v.current = Some(to);
@@ -437,7 +440,7 @@ impl Locator {
             authorization,
             streams,
             bytes: (streams > 0).then_some(bytes),
-            total_us: start.map(|st| at.as_micros() - st.as_micros()),
+            total_us: start.map(|st| at.as_micros().saturating_sub(st.as_micros())),
             downtime_us,
         });
     }

@@ -142,7 +142,10 @@ pub struct Detector {
     window_scratch: Vec<Counters>,
     addresses: AddressBook,
     pub evictions: u64,
-    /// Windows from the first to the last closed, quiet ones included.
+    /// Windows closed by the watermark: those that held a frame (and, live,
+    /// the idle ones the capture clock passed). The quiet windows of a gap
+    /// are graded, a long gap only as far as it can change anything, but
+    /// not counted, so a jump of years in packet time costs nothing.
     pub windows: u64,
     last_window: Option<i64>,
 }
@@ -236,7 +239,6 @@ impl Detector {
             for q in (last + 1)..(last + 1 + gap.min(enough)) {
                 self.grade(q, &mut out);
             }
-            self.windows += gap as u64;
         }
         for (mac, c) in totals {
             let st = self.macs.entry(*mac).or_default();
@@ -294,8 +296,8 @@ impl Detector {
     }
 
     fn grade(&mut self, w: i64, out: &mut Vec<Outcome>) {
-        let start = PacketTime::from_micros(w * self.window_len_us);
-        let end = PacketTime::from_micros((w + 1) * self.window_len_us);
+        let start = PacketTime::window_start(w, self.window_len_us);
+        let end = PacketTime::window_end(w, self.window_len_us);
         let clear = self.thresholds.clear_windows;
         let horizon = self.horizon_windows;
         for k in 0..self.vm_order.len() {
@@ -503,7 +505,7 @@ impl Detector {
     }
 
     pub fn window_start(&self, w: i64) -> PacketTime {
-        PacketTime::from_micros(w * self.window_len_us)
+        PacketTime::window_start(w, self.window_len_us)
     }
 
     pub fn peak_ms(&self) -> f64 {
@@ -513,7 +515,7 @@ impl Detector {
     /// The end of the last window the MAC sent or received in.
     pub fn last_seen(&self, mac: Mac) -> Option<PacketTime> {
         let w = self.macs.get(&mac)?.last_window;
-        (w != i64::MIN).then(|| PacketTime::from_micros((w + 1) * self.window_len_us))
+        (w != i64::MIN).then(|| PacketTime::window_end(w, self.window_len_us))
     }
 
     /// Whom an IDS alert's victim address names.
@@ -532,7 +534,7 @@ impl Detector {
     }
 
     pub fn last_window_end(&self) -> Option<PacketTime> {
-        self.last_window.map(|w| PacketTime::from_micros((w + 1) * self.window_len_us))
+        self.last_window.map(|w| PacketTime::window_end(w, self.window_len_us))
     }
 }
 

@@ -47,8 +47,9 @@ impl Follower {
     /// for the same file, reading resumes there; otherwise at the start, or
     /// with `from_start` false after the last whole line already there.
     pub fn open(path: &Path, format: Format, checkpoint: Option<&Path>, from_start: bool) -> Follower {
-        let saved: Option<Checkpoint> =
-            checkpoint.and_then(|c| std::fs::read_to_string(c).ok()).and_then(|t| serde_json::from_str(&t).ok());
+        let saved: Option<Checkpoint> = checkpoint
+            .and_then(|c| crate::small_file::read(c, 1 << 20).ok())
+            .and_then(|t| serde_json::from_slice(&t).ok());
         let mut f = Follower {
             path: path.to_path_buf(),
             format,

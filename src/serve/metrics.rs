@@ -13,6 +13,7 @@ pub struct Metrics {
     pub capture_dropped: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub windows: IntCounter,
+    pub late_frames: IntCounter,
     pub vm_level: IntGaugeVec,
     pub vm_rate_bytes: prometheus::GaugeVec,
     pub vm_rate_packets: prometheus::GaugeVec,
@@ -76,6 +77,10 @@ impl Metrics {
                 &["queue"]
             )),
             windows: reg!(IntCounter::new("vmsentry_windows_total", "Windows closed.")),
+            late_frames: reg!(IntCounter::new(
+                "vmsentry_late_frames_total",
+                "Frames that came after packet time went backwards past the open window: not measured."
+            )),
             vm_level: reg!(IntGaugeVec::new(
                 Opts::new("vmsentry_vm_level", "Each inventory VM's level: 0 LOW, 1 MEDIUM, 2 HIGH."),
                 &["vm", "name"]

@@ -146,8 +146,13 @@ impl TokenStore {
     pub fn open(key: ClusterKey, dir: Option<&Path>) -> TokenStore {
         let mut used = HashSet::new();
         if let Some(d) = dir {
-            if let Ok(text) = std::fs::read_to_string(d.join(USED_FILE)) {
-                used.extend(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()));
+            // The used nonces only grow: allow many more than one token file holds.
+            match crate::small_file::read(&d.join(USED_FILE), 64 * MAX_FILE_BYTES) {
+                Ok(bytes) => used.extend(
+                    String::from_utf8_lossy(&bytes).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()),
+                ),
+                Err(crate::small_file::SmallFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("vmsentry: {}: {e}; used tokens are not remembered", d.join(USED_FILE).display()),
             }
         }
         TokenStore { key, dir: dir.map(Path::to_path_buf), used }
@@ -195,16 +200,14 @@ impl TokenStore {
 /// Every well-formed token line in the directory's files (sorted by name).
 fn read_tokens(dir: &Path) -> Vec<Token> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n != USED_FILE))
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= MAX_FILE_BYTES))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n != USED_FILE)).collect();
     files.sort();
+    // Regular files only, each capped (a FIFO or /dev/zero dropped in is skipped).
     files
         .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|p| crate::small_file::read(p, MAX_FILE_BYTES).ok())
+        .filter_map(|b| String::from_utf8(b).ok())
         .flat_map(|text| text.lines().filter_map(|l| Token::parse(l.trim()).ok()).collect::<Vec<_>>())
         .collect()
 }
