@@ -47,6 +47,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod event;
+pub mod gate;
 pub mod ids;
 pub mod measure;
 pub mod pipeline;
