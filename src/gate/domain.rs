@@ -54,7 +54,9 @@ impl Domain {
             let tokens: Vec<_> = meta
                 .children()
                 .filter(|c| {
-                    c.is_element() && c.tag_name().namespace() == Some(NAMESPACE) && c.tag_name().name() == TOKEN_ELEMENT
+                    c.is_element()
+                        && c.tag_name().namespace() == Some(NAMESPACE)
+                        && c.tag_name().name() == TOKEN_ELEMENT
                 })
                 .collect();
             if tokens.len() > 1 {
@@ -108,10 +110,9 @@ mod tests {
         let plain = XML.replace("xmlns:vms=\"urn:vmsentry:1\"", "xmlns:vms=\"urn:vmsentry:2\"");
         assert_eq!(Domain::parse(&plain).unwrap().token, None);
         // A token in a comment is not a token either.
-        let commented = XML.replace("<vms:authorization", "<!--<vms:authorization").replace(
-            "</vms:authorization>",
-            "</vms:authorization>-->",
-        );
+        let commented = XML
+            .replace("<vms:authorization", "<!--<vms:authorization")
+            .replace("</vms:authorization>", "</vms:authorization>-->");
         assert_eq!(Domain::parse(&commented).unwrap().token, None);
     }
 
@@ -121,10 +122,8 @@ mod tests {
         assert_eq!(Domain::parse("<network/>"), Err(DomainError::Root("network".into())));
         let bad_mac = XML.replace("52:54:00:AB:CD:EF", "52:54:00:AB:CD");
         assert_eq!(Domain::parse(&bad_mac), Err(DomainError::Mac("52:54:00:AB:CD".into())));
-        let two = XML.replace(
-            "</metadata>",
-            "<v:authorization xmlns:v=\"urn:vmsentry:1\">x</v:authorization></metadata>",
-        );
+        let two =
+            XML.replace("</metadata>", "<v:authorization xmlns:v=\"urn:vmsentry:1\">x</v:authorization></metadata>");
         assert_eq!(Domain::parse(&two), Err(DomainError::Tokens(2)));
         // Entity expansion (billion laughs) is refused at the DTD.
         let bomb = "<!DOCTYPE d [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\">]><domain><name>&b;</name></domain>";

@@ -360,7 +360,9 @@ fn judge(
         };
         let detail = match r {
             crate::trust::token::Refusal::Forged => "its signature does not verify with the cluster key".to_string(),
-            crate::trust::token::Refusal::OtherVm => format!("it is for VM {}, not one of this domain's MACs", token.vm),
+            crate::trust::token::Refusal::OtherVm => {
+                format!("it is for VM {}, not one of this domain's MACs", token.vm)
+            }
             crate::trust::token::Refusal::OtherHost => format!("it is for `{}`, not this host", token.to),
             crate::trust::token::Refusal::Expired => format!("it expired at {}", token.expires),
         };

@@ -24,9 +24,11 @@ impl Lab {
         let mut toml = format!(
             "[cluster]\nname = \"lab\"\nkey_file = \"cluster.key\"\n\n[migration]\nrequire_authorization = {require_authorization}\n\n"
         );
-        for (id, mac, good) in
-            [("compute-1", "52:54:00:aa:00:01", true), ("compute-2", "52:54:00:aa:00:02", true), ("compute-3", "52:54:00:aa:00:03", false)]
-        {
+        for (id, mac, good) in [
+            ("compute-1", "52:54:00:aa:00:01", true),
+            ("compute-2", "52:54:00:aa:00:02", true),
+            ("compute-3", "52:54:00:aa:00:03", false),
+        ] {
             let m: Mac = mac.parse().unwrap();
             let sig = if good { key.sign("lab", id, m) } else { key.sign("lab", "someone-else", m) };
             toml += &format!("[[hypervisor]]\nid = \"{id}\"\nmacs = [\"{mac}\"]\nsignature = \"{sig}\"\n\n");
@@ -64,7 +66,9 @@ fn call(op: &str, sub: &str) -> Call {
 
 fn xml(token: Option<&str>) -> String {
     let meta = token
-        .map(|t| format!("<metadata><vms:authorization xmlns:vms=\"urn:vmsentry:1\">{t}</vms:authorization></metadata>"))
+        .map(|t| {
+            format!("<metadata><vms:authorization xmlns:vms=\"urn:vmsentry:1\">{t}</vms:authorization></metadata>")
+        })
         .unwrap_or_default();
     format!(
         "<domain type='qemu'><name>gate-vm</name><uuid>6f1e7a52-3c1d-4a4e-9a43-5b0c4f6d2a11</uuid>{meta}\
@@ -136,7 +140,9 @@ fn every_bad_token_and_unsigned_host_is_refused_with_its_reason() {
 #[test]
 fn other_calls_pass_untouched_without_any_config() {
     let missing = Path::new("/nonexistent/gate.toml");
-    for (op, sub) in [("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end"), ("migrate", "end")] {
+    for (op, sub) in
+        [("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end"), ("migrate", "end")]
+    {
         let a = run(missing, &call(op, sub), std::io::Cursor::new(xml(None).into_bytes()));
         assert_eq!(a, Answer { exit: 0, record: None }, "{op} {sub}");
     }

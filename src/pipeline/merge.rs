@@ -189,8 +189,9 @@ impl Merge {
         while let Some(a) = due.next_if(|a| a.0 <= start) {
             self.replayed_alert(a, out);
         }
-        let (timed, at_end): (Vec<&Outcome>, Vec<&Outcome>) =
-            outcomes[split..].iter().partition(|o| matches!(o, Outcome::Migration(_) | Outcome::Conflict(_) | Outcome::GateDenied(_)));
+        let (timed, at_end): (Vec<&Outcome>, Vec<&Outcome>) = outcomes[split..]
+            .iter()
+            .partition(|o| matches!(o, Outcome::Migration(_) | Outcome::Conflict(_) | Outcome::GateDenied(_)));
         let mut inside: Vec<(PacketTime, usize, Option<&Outcome>, Option<&RttSample>)> = Vec::new();
         if self.rtt_samples {
             inside.extend(samples.iter().enumerate().map(|(k, s)| (s.ts, k, None, Some(s))));
