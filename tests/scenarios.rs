@@ -1409,3 +1409,6 @@ mod mtd;
 
 #[path = "scenarios/gate.rs"]
 mod gate;
+
+#[path = "scenarios/gate_libvirt.rs"]
+mod gate_libvirt;
