@@ -28,6 +28,8 @@ case $cmd in
 up)
     lab=${2:?LAB_DIR}
     mkdir -p "$lab"
+    ip netns del gate-a 2>/dev/null || true  # left by a run that was killed
+    ip netns del gate-b 2>/dev/null || true
     ip netns add gate-a
     ip netns add gate-b
     ip link add gate-a0 netns gate-a type veth peer name gate-b0 netns gate-b

@@ -217,9 +217,9 @@ pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Ans
     };
     let deadline = started + cfg.timeout;
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let (c2, call2) = (cfg.clone(), call.clone());
+    let c2 = cfg.clone();
     let worker = std::thread::Builder::new().name("vmsentry-gate".into()).spawn(move || {
-        let r = decide(&c2, &call2, input, deadline);
+        let r = decide(&c2, input, deadline);
         let _ = tx.send(r);
     });
     let mut decision = match worker {
@@ -228,10 +228,10 @@ pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Ans
             Err(_) => Decision {
                 reason: GateReason::Timeout,
                 detail: Some(format!("no decision within {} ms", cfg.timeout.as_millis())),
-                ..Decision::empty(call)
+                ..Decision::empty()
             },
         },
-        Err(e) => Decision { reason: GateReason::Error, detail: Some(e.to_string()), ..Decision::empty(call) },
+        Err(e) => Decision { reason: GateReason::Error, detail: Some(e.to_string()), ..Decision::empty() },
     };
     if decision.reason == GateReason::Error && !cfg.fail_closed {
         decision.reason = GateReason::FailOpen;
@@ -287,13 +287,13 @@ struct Decision {
 }
 
 impl Decision {
-    fn empty(_call: &Call) -> Decision {
+    fn empty() -> Decision {
         Decision { reason: GateReason::Error, detail: None, uuid: None, macs: Vec::new(), nonce: None }
     }
 }
 
-fn decide(cfg: &GateConfig, call: &Call, input: impl Read, deadline: Instant) -> Decision {
-    let mut d = Decision::empty(call);
+fn decide(cfg: &GateConfig, input: impl Read, deadline: Instant) -> Decision {
+    let mut d = Decision::empty();
     match judge(cfg, input, deadline, &mut d) {
         Ok((reason, detail)) => {
             d.reason = reason;
