@@ -156,4 +156,36 @@ mod tests {
         assert_eq!(GateRecord::parse("  ").unwrap(), None);
         assert!(GateRecord::parse(r#"{"ts":"yesterday"}"#).is_err());
     }
+
+    #[test]
+    fn the_sensor_follows_a_decisions_file_as_the_gate_appends() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("decisions.jsonl");
+        let parse: crate::ids::LineParser<GateRecord> = Box::new(|l| GateRecord::parse(l).map_err(|_| ()));
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let h = crate::ids::Follower::open_with(&p, parse, None, false)
+            .watch(stop, move |records, malformed| tx.send((records, malformed)).is_ok())
+            .unwrap();
+        let r = GateRecord {
+            ts: PacketTime::from_micros(1_700_000_000_000_000),
+            allowed: true,
+            reason: GateReason::Authorized,
+            detail: None,
+            domain: "gate-vm".into(),
+            uuid: None,
+            vms: vec!["52:54:00:12:34:56".parse().unwrap()],
+            host: "compute-2".into(),
+            nonce: Some("00112233aabbccdd".into()),
+            elapsed_us: 1,
+        };
+        r.append(&p).unwrap();
+        let (got, malformed) = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!((got, malformed), (vec![r], 0));
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{not json\n").unwrap();
+        let (got, malformed) = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!((got.len(), malformed), (0, 1));
+        drop(stop_tx);
+        h.join().unwrap();
+    }
 }
