@@ -156,8 +156,10 @@ fn libvirt_runs_the_gate_and_refuses_unsigned_or_unauthorized_migrations_before_
     std::fs::write(lab.path("rules/vmsentry.toml"), toml).unwrap();
     lab.gate_as("rogue-9");
     // Node b's hook, as the README installs it.
+    // (It also notes each call, to show which ones libvirt makes.)
     let hook = format!(
-        "#!/bin/sh\nexec {} gate --config {} \"$@\"\n",
+        "#!/bin/sh\necho \"$*\" >> {}\nexec {} gate --config {} \"$@\"\n",
+        lab.path("hook-calls.log").display(),
         env!("CARGO_BIN_EXE_vmsentry"),
         lab.path("gate.toml").display()
     );
@@ -180,6 +182,10 @@ fn libvirt_runs_the_gate_and_refuses_unsigned_or_unauthorized_migrations_before_
     assert_eq!(lab.ok(B, &["domstate", "gate-other"]), "running");
     lab.ok(B, &["destroy", "gate-other"]);
     assert!(lab.decisions().is_empty(), "start/stop hooks are not decided or recorded");
+    let calls = std::fs::read_to_string(lab.path("hook-calls.log")).unwrap();
+    for c in ["gate-other prepare begin -", "gate-other start begin -", "gate-other started begin -"] {
+        assert!(calls.lines().any(|l| l == c), "libvirt called the hook with `{c}`: {calls}");
+    }
 
     // 1. To a host that is not a signed hypervisor: refused before any stream.
     let (out, stream, rpc) = lab.migrate("unsigned");
@@ -227,6 +233,9 @@ fn libvirt_runs_the_gate_and_refuses_unsigned_or_unauthorized_migrations_before_
     assert_eq!(stream, 0);
     assert_eq!(lab.state(A), "running");
 
+    // libvirt asked b's gate once per migration attempt.
+    let calls = std::fs::read_to_string(lab.path("hook-calls.log")).unwrap();
+    assert_eq!(calls.lines().filter(|l| *l == "gate-vm migrate begin -").count(), 7, "{calls}");
     let got: Vec<(bool, GateReason, String)> =
         lab.decisions().into_iter().map(|d| (d.allowed, d.reason, d.host)).collect();
     let want = [
