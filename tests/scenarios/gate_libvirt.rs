@@ -198,6 +198,12 @@ fn libvirt_runs_the_gate_and_refuses_unsigned_or_unauthorized_migrations_before_
     });
     assert_eq!(lab.state(A), "running");
     assert_eq!(lab.state(B), "absent");
+    // Registered, but its signature was not made with the cluster key.
+    lab.gate_as("compute-9");
+    let (out, stream, _) = lab.migrate("invalid");
+    assert!(stderr(&out).contains("unsigned_host"), "{}", stderr(&out));
+    assert_eq!(stream, 0);
+    assert_eq!(lab.state(A), "running");
 
     // 2. Signed host, but tokens required: none, expired, other VM, other host.
     lab.gate_as("compute-2");
@@ -235,11 +241,12 @@ fn libvirt_runs_the_gate_and_refuses_unsigned_or_unauthorized_migrations_before_
 
     // libvirt asked b's gate once per migration attempt.
     let calls = std::fs::read_to_string(lab.path("hook-calls.log")).unwrap();
-    assert_eq!(calls.lines().filter(|l| *l == "gate-vm migrate begin -").count(), 7, "{calls}");
+    assert_eq!(calls.lines().filter(|l| *l == "gate-vm migrate begin -").count(), 8, "{calls}");
     let got: Vec<(bool, GateReason, String)> =
         lab.decisions().into_iter().map(|d| (d.allowed, d.reason, d.host)).collect();
     let want = [
         (false, GateReason::UnsignedHost, "rogue-9"),
+        (false, GateReason::UnsignedHost, "compute-9"),
         (false, GateReason::NoToken, "compute-2"),
         (false, GateReason::TokenExpired, "compute-2"),
         (false, GateReason::TokenOtherVm, "compute-2"),
@@ -251,7 +258,7 @@ fn libvirt_runs_the_gate_and_refuses_unsigned_or_unauthorized_migrations_before_
     let d = lab.decisions();
     assert!(d.iter().all(|r| r.domain == "gate-vm" && r.vms == vec![VM_MAC.parse().unwrap()]));
     let nonce = good.split("nonce=").nth(1).unwrap().split(' ').next().unwrap();
-    assert_eq!(d[5].nonce.as_deref(), Some(nonce));
+    assert_eq!(d[6].nonce.as_deref(), Some(nonce));
     assert_eq!(std::fs::read_to_string(lab.path("used-tokens")).unwrap(), format!("{nonce}\n"));
     for r in &d {
         eprintln!("gate decision: {} {} in {} us", r.allowed, r.reason.as_str(), r.elapsed_us);
