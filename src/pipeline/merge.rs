@@ -102,7 +102,7 @@ impl Merge {
                     Err(_) => alerts = crossbeam_channel::never(),
                 },
                 recv(gate) -> batch => match batch {
-                    Ok(records) => self.detector.gate_decisions(records),
+                    Ok(records) => self.gate_decisions(records),
                     Err(_) => gate = crossbeam_channel::never(),
                 },
             }
@@ -170,7 +170,7 @@ impl Merge {
             due.extend(self.gate_replay.pop_front());
         }
         if !due.is_empty() {
-            self.detector.gate_decisions(due);
+            self.gate_decisions(due);
         }
         let outcomes = self.detector.close_window(w, &totals, &samples, &evidence);
         // Quiet windows before `w` first; then what happened inside `w`
@@ -232,6 +232,16 @@ impl Merge {
                 out.io_error = Some(e);
             }
         }
+    }
+
+    /// Hands the gate's decisions to the detector, counted.
+    fn gate_decisions(&mut self, records: Vec<GateRecord>) {
+        if let Some(t) = &self.telemetry {
+            let allowed = records.iter().filter(|r| r.allowed).count() as u64;
+            t.metrics.gate_decisions.with_label_values(&["allowed"]).inc_by(allowed);
+            t.metrics.gate_decisions.with_label_values(&["denied"]).inc_by(records.len() as u64 - allowed);
+        }
+        self.detector.gate_decisions(records);
     }
 
     /// Re-reads the rules when SIGHUP asked: valid rules take effect now,

@@ -154,3 +154,28 @@ fn require_gate_needs_decision_files_and_says_where() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("vmsentry.toml:34:16: migration.require_gate = true needs migration.gate_decisions"), "{err}");
 }
+
+#[test]
+fn gate_decisions_are_counted_in_the_metrics() {
+    let records = [
+        decision("24.000000", "fa:16:3e:00:01:01", "compute-2", GateReason::Signed),
+        decision("34.500000", "fa:16:3e:00:01:03", "compute-9", GateReason::UnsignedHost),
+        decision("50.000000", "52:54:00:de:ad:01", "compute-2", GateReason::TokenReplayed),
+    ];
+    let rules_dir = gated_rules(&records);
+    let rules = vmsentry::config::Rules::load(rules_dir.path()).unwrap();
+    let telemetry = vmsentry::serve::Telemetry::new(16);
+    let mut source = vmsentry::capture::FileSource::open(&[capture("migration-vxlan.pcap")]).unwrap();
+    let opts = vmsentry::pipeline::Options { threads: 2, telemetry: Some(telemetry.clone()), ..Default::default() };
+    vmsentry::pipeline::run(
+        &mut source,
+        &rules,
+        Box::new(vmsentry::action::LogSink::stderr()),
+        Box::new(vmsentry::event::JsonLines(std::io::sink())),
+        &opts,
+    )
+    .unwrap();
+    let text = telemetry.metrics.render();
+    assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"allowed\"} 1\n"), "{text}");
+    assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"denied\"} 2\n"), "{text}");
+}
