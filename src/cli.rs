@@ -109,6 +109,16 @@ pub enum Command {
         #[arg(long, hide = true)]
         nonce: Option<String>,
     },
+    /// libvirt's `qemu` hook: refuse a live migration to this host unless it is signed (and the move authorized).
+    Gate {
+        /// The gate's configuration.
+        #[arg(long, default_value = vmsentry::gate::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// DOMAIN OPERATION SUB_OPERATION EXTRA, as libvirt passes them. Anything
+        /// but `migrate begin` exits 0 untouched, however many arguments come.
+        #[arg(value_name = "ARGS", allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Print the signature of a hypervisor (HMAC-SHA256 with the cluster key).
     Sign {
         #[arg(long)]

@@ -34,6 +34,12 @@
 //! the same way. Afterwards, [`report`] turns the events into an HTML page
 //! of SVG charts.
 //!
+//! On the hypervisors, [`gate`] is libvirt's `qemu` hook: it refuses a live
+//! migration to a host that is not a signed hypervisor, or without a valid
+//! single-use token in the domain XML, before any page moves, and records
+//! each decision in a file the sensor follows: a move the wire shows without
+//! an approval is `ungated` ([`detect`]).
+//!
 //! Alongside: [`serve`] (Prometheus metrics and the JSON API over HTTP),
 //! [`config`] (the rules file), [`event`] (JSON-lines events), [`time`]
 //! (packet time, the only clock results depend on), [`small_file`] (how
@@ -49,6 +55,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod event;
+pub mod gate;
 pub mod ids;
 pub mod measure;
 pub mod pipeline;

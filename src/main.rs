@@ -69,6 +69,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { rules } => check(&rules),
         Command::Report { events, out, rules } => report(&events, &out, rules.as_deref()),
+        Command::Gate { config, args } => {
+            let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+            let call = vmsentry::gate::Call { domain: arg(0), operation: arg(1), sub_operation: arg(2), extra: arg(3) };
+            let answer = vmsentry::gate::run(&config, &call, std::io::stdin());
+            // Exit now: a worker stuck on a pipe must not keep libvirt waiting.
+            std::process::exit(i32::from(answer.exit));
+        }
         Command::Sign { key_file, cluster, id, mac } => {
             // The rules' own checks: a signature for a hypervisor the rules would refuse is no use.
             let mac: Mac = mac.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;

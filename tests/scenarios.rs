@@ -1414,3 +1414,9 @@ mod mtd;
 
 #[path = "scenarios/inputs.rs"]
 mod inputs;
+
+#[path = "scenarios/gate.rs"]
+mod gate;
+
+#[path = "scenarios/gate_libvirt.rs"]
+mod gate_libvirt;

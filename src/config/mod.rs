@@ -191,6 +191,12 @@ pub struct MigrationRules {
     pub require_authorization: bool,
     /// Absolute path of the tokens directory, if any.
     pub tokens_dir: Option<PathBuf>,
+    /// The migration gate's decision files to follow.
+    pub gate_decisions: Vec<PathBuf>,
+    /// A move needs an allowed gate decision.
+    pub require_gate: bool,
+    /// How long before a move its gate decision may be.
+    pub gate_window_s: u64,
 }
 
 /// Storm protection (0 turns a limit off).
@@ -503,13 +509,23 @@ impl Rules {
             stream_gap_s: m.stream_gap_s,
             require_authorization: *m.require_authorization.get_ref(),
             tokens_dir: m.tokens_dir.as_ref().map(|t| dir.join(t.get_ref())),
+            gate_decisions: m.gate_decisions.iter().map(|p| dir.join(p.get_ref())).collect(),
+            require_gate: *m.require_gate.get_ref(),
+            gate_window_s: *m.gate_window_s.get_ref(),
         };
-        if migration.require_authorization && migration.tokens_dir.is_none() {
+        if migration.require_gate && migration.gate_decisions.is_empty() {
             return Err(at(
-                m.require_authorization.span(),
-                "migration.require_authorization = true needs migration.tokens_dir".into(),
+                m.require_gate.span(),
+                "migration.require_gate = true needs migration.gate_decisions (the gate's decision files)".into(),
             ));
         }
+        if migration.gate_window_s == 0 {
+            return Err(at(m.gate_window_s.span(), "migration.gate_window_s must be at least 1".into()));
+        }
+        // require_authorization needs no tokens_dir: on a hypervisor it is
+        // the migration gate's setting (tokens travel in the domain XML), and
+        // a sensor may learn authorizations from the gate's decisions; with
+        // neither, no move is authorized.
 
         // [backend]
         let b = &raw.backend;

@@ -409,6 +409,18 @@ pub struct RawMigration {
     /// Default none: the directory tokens from `vmsentry authorize` are read from.
     #[serde(default)]
     pub tokens_dir: Option<Spanned<String>>,
+    /// Default none: decision files of `vmsentry gate` (JSON lines) to follow.
+    #[serde(default)]
+    pub gate_decisions: Vec<Spanned<String>>,
+    /// Default false: when true, a move without an allowed gate decision is HIGH (reason `ungated`).
+    #[serde(default = "d_false")]
+    pub require_gate: Spanned<bool>,
+    /// Default 600 s: an allowed decision counts for a move the wire shows at most this long after it.
+    #[serde(default = "d_gate_window_s")]
+    pub gate_window_s: Spanned<u64>,
+}
+fn d_gate_window_s() -> Spanned<u64> {
+    sp(600)
 }
 fn d_migration_ports() -> Vec<Spanned<RawPorts>> {
     vec![sp(RawPorts::Range("49152-49215".into())), sp(RawPorts::One(16509)), sp(RawPorts::One(16514))]
@@ -440,6 +452,9 @@ impl Default for RawMigration {
             stream_gap_s: d_stream_gap_s(),
             require_authorization: sp(false),
             tokens_dir: None,
+            gate_decisions: Vec::new(),
+            require_gate: sp(false),
+            gate_window_s: d_gate_window_s(),
         }
     }
 }

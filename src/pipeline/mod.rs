@@ -39,6 +39,7 @@ use crate::decode::frame_len_ok;
 use crate::decode::{flow_hash, DecodeErrorKind, Mac};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
+use crate::gate::record::GateRecord;
 use crate::measure::placement::{Evidence, PlacementConfig, SharedPlacement};
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::Counters;
@@ -251,6 +252,38 @@ pub fn run(
     }
     drop(alert_tx);
 
+    // The migration gate's decisions: followed live, or read whole and fed
+    // to the detector as packet time reaches each one's own timestamp.
+    let (gate_tx, gate_rx) = bounded::<Vec<GateRecord>>(64);
+    let mut gate_followers = Vec::new();
+    let mut gate_replay = Vec::new();
+    for path in &rules.migration.gate_decisions {
+        let parse: crate::ids::LineParser<GateRecord> = Box::new(|l| GateRecord::parse(l).map_err(|_| ()));
+        if opts.live {
+            let tx = gate_tx.clone();
+            let f = crate::ids::Follower::open_with(path, parse, None, false);
+            let h = f
+                .watch(followers_stop.clone(), move |records, malformed| {
+                    if malformed > 0 {
+                        eprintln!("vmsentry: {malformed} malformed line(s) in a gate decisions file");
+                    }
+                    tx.send(records).is_ok()
+                })
+                .map_err(|source| PipelineError::Ids { path: path.clone(), source })?;
+            gate_followers.push(h);
+        } else if path.exists() {
+            let mut f = crate::ids::Follower::open_with(path, parse, None, true);
+            f.poll(&mut gate_replay).map_err(|source| PipelineError::Ids { path: path.clone(), source })?;
+            if f.malformed > 0 {
+                eprintln!("vmsentry: {} malformed line(s) in {}", f.malformed, path.display());
+            }
+        } else {
+            eprintln!("vmsentry: gate decisions file {} not found; replaying without it", path.display());
+        }
+    }
+    drop(gate_tx);
+    gate_replay.sort_by_key(|r| r.ts);
+
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
     let merge = merge::Merge {
         shards,
@@ -261,12 +294,13 @@ pub fn run(
         rtt_samples: opts.rtt_samples,
         vm_windows: opts.vm_windows,
         mtd,
+        gate_replay: gate_replay.into(),
         telemetry: opts.telemetry.clone(),
         reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
     };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())
-        .spawn(move || merge.run(merge_rx, alert_rx))
+        .spawn(move || merge.run(merge_rx, alert_rx, gate_rx))
         .map_err(PipelineError::Thread)?;
 
     let mut shard_tx: Vec<Sender<ShardMsg>> = Vec::with_capacity(shards);
@@ -349,6 +383,9 @@ pub fn run(
     let out = merge_handle.join().map_err(|_| PipelineError::ThreadDied)?;
     drop(stop_followers);
     for f in followers {
+        let _ = f.join();
+    }
+    for f in gate_followers {
         let _ = f.join();
     }
     read_result?;

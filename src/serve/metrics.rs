@@ -24,6 +24,7 @@ pub struct Metrics {
     pub actions: IntCounterVec,
     pub migrations: IntCounterVec,
     pub conflicts: IntCounterVec,
+    pub gate_decisions: IntCounterVec,
     pub reloads: IntCounterVec,
     pub ids_alerts: IntCounterVec,
     pub evacuations: IntCounterVec,
@@ -126,6 +127,13 @@ impl Metrics {
                 Opts::new("vmsentry_conflicts_total", "Registry conflicts seen on the wire, by kind."),
                 &["kind"]
             )),
+            gate_decisions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "vmsentry_gate_decisions_total",
+                    "Migration-gate decisions read from migration.gate_decisions, by outcome (allowed, denied)."
+                ),
+                &["outcome"]
+            )),
             reloads: reg!(IntCounterVec::new(
                 Opts::new("vmsentry_rules_reloads_total", "Rules reloads, by result (ok, error)."),
                 &["result"]
@@ -168,6 +176,9 @@ impl Metrics {
         }
         for k in ["clone", "hypervisor_ips", "vm_uses_hypervisor_mac"] {
             m.conflicts.with_label_values(&[k]);
+        }
+        for o in ["allowed", "denied"] {
+            m.gate_decisions.with_label_values(&[o]);
         }
         for o in ["evacuated", "unmapped", "filtered", "malformed", "outside_replay"] {
             m.ids_alerts.with_label_values(&[o]);
