@@ -1406,3 +1406,6 @@ mod backends;
 
 #[path = "scenarios/mtd.rs"]
 mod mtd;
+
+#[path = "scenarios/report.rs"]
+mod report;

@@ -1,7 +1,7 @@
 //! The report's charts, drawn with plotters' SVG backend: time on wall-clock axes, events in their own lanes above the rates.
 
 use super::read::{Data, VmSeries, LEVEL_NAMES};
-use super::units::{si_scale, tick_label, time_ticks, trim};
+use super::units::{si, si_scale, tick_label, time_ticks, trim};
 use super::Lines;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::coord::types::RangedCoordf64;
@@ -141,7 +141,7 @@ fn glyph<'b, DB: DrawingBackend>(kind: MarkKind, dx: i32) -> DynElement<'b, DB, 
 #[derive(Clone, Copy)]
 enum Key {
     Line(RGBColor, &'static str),
-    Dashed(RGBColor, &'static str),
+    Thin(RGBColor, &'static str),
     Band(RGBColor, &'static str),
     Mark(MarkKind),
     /// A window with more RTT peaks than `rtt.max_peaks`.
@@ -179,10 +179,8 @@ fn legend_rows(area: &Area, keys: &[Key]) -> R {
             Key::Line(c, _) => {
                 area.draw(&PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))).map_err(e)?;
             }
-            Key::Dashed(c, _) => {
-                for s in [0, 8, 16] {
-                    area.draw(&PathElement::new(vec![(x + s, y), (x + s + 5, y)], c.stroke_width(2))).map_err(e)?;
-                }
+            Key::Thin(c, _) => {
+                area.draw(&PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1))).map_err(e)?;
             }
             Key::Band(c, _) => {
                 area.draw(&Rectangle::new([(x, y - 6), (x + 20, y + 6)], c.filled())).map_err(e)?;
@@ -202,7 +200,7 @@ fn legend_rows(area: &Area, keys: &[Key]) -> R {
 impl Key {
     fn label(&self) -> &'static str {
         match *self {
-            Key::Line(_, l) | Key::Dashed(_, l) | Key::Band(_, l) => l,
+            Key::Line(_, l) | Key::Thin(_, l) | Key::Band(_, l) => l,
             Key::Mark(m) => m.label(),
             Key::Peaks => "window with too many RTT peaks",
         }
@@ -346,6 +344,9 @@ fn level_segments(s: &VmSeries, x1: f64) -> Vec<(f64, f64, u8)> {
 /// A line: its colour, width and points.
 type Series = (RGBColor, u32, Vec<(f64, f64)>);
 
+/// A line across at a value: colour, value, name.
+type Threshold = (RGBColor, f64, &'static str);
+
 /// A panel of values over time, the marks as faint vertical lines through it.
 struct Panel<'a> {
     unit: &'static str,
@@ -354,23 +355,27 @@ struct Panel<'a> {
     /// Whole numbers only on the axis (a count).
     whole: bool,
     lines: Vec<Series>,
-    dashed: Vec<(RGBColor, f64)>,
+    thresholds: Vec<Threshold>,
+    /// Before the unit on the axis (`RTT `).
+    what: &'static str,
     dots: Vec<(f64, f64)>,
     triangles: Vec<(f64, f64)>,
     marks: &'a [Mark],
 }
 
 fn panel(area: &Area, time: &Time, p: &Panel) -> R {
-    let ymax = p
+    let data = p
         .lines
         .iter()
         .flat_map(|l| l.2.iter().map(|q| q.1))
-        .chain(p.dashed.iter().map(|d| d.1))
         .chain(p.dots.iter().map(|d| d.1))
         .chain(p.triangles.iter().map(|d| d.1))
         .fold(0.0f64, f64::max);
-    let top = ymax;
-    let ymax = if ymax <= 0.0 { 1.0 } else { ymax * 1.12 };
+    // A threshold far above the data would flatten it to the axis: it is
+    // named in the corner instead of drawn.
+    let (shown, off): (Vec<&Threshold>, Vec<&Threshold>) = p.thresholds.iter().partition(|t| t.1 <= 3.0 * data);
+    let top = shown.iter().map(|t| t.1).fold(data, f64::max);
+    let ymax = if top <= 0.0 { 1.0 } else { top * 1.12 };
     let (scale, prefix) = if p.si { si_scale(top) } else { (1.0, "") };
     let yticks = if p.whole {
         let step = (top / 5.0).ceil().max(1.0);
@@ -380,7 +385,7 @@ fn panel(area: &Area, time: &Time, p: &Panel) -> R {
         let r: RangedCoordf64 = (0f64..ymax).into();
         r.key_points(6usize)
     };
-    let desc = format!("{prefix}{}", p.unit);
+    let desc = format!("{}{prefix}{}", p.what, p.unit);
     let mut chart: TimeChart = ChartBuilder::on(area)
         .margin_right(RIGHT)
         .margin_top(6)
@@ -404,8 +409,17 @@ fn panel(area: &Area, time: &Time, p: &Panel) -> R {
             .draw_series(LineSeries::new([(m.t, 0.0), (m.t, ymax)], m.kind.color().mix(0.45).stroke_width(1)))
             .map_err(e)?;
     }
-    for &(c, v) in &p.dashed {
-        chart.draw_series(DashedLineSeries::new([(0.0, v), (time.x1, v)], 6, 4, c.stroke_width(1))).map_err(e)?;
+    // Thresholds as thin solid lines: plotters writes a thresholds line as one
+    // element per dash, which would make every chart several times larger.
+    for &&(c, v, _) in &shown {
+        chart.draw_series(LineSeries::new([(0.0, v), (time.x1, v)], c.stroke_width(1))).map_err(e)?;
+    }
+    if !off.is_empty() {
+        let value = |v: f64| if p.si { si(v, p.unit) } else { format!("{} {}", trim(v), p.unit) };
+        let names: Vec<String> = off.iter().map(|t| format!("{} {}", t.2, value(t.1))).collect();
+        let style = ("sans-serif", 11).into_font().color(&GREY).pos(Pos::new(HPos::Right, VPos::Top));
+        area.draw(&Text::new(format!("above the chart: {}", names.join(", ")), ((WIDTH - RIGHT - 4) as i32, 8), style))
+            .map_err(e)?;
     }
     for (c, w, pts) in &p.lines {
         chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(*w))).map_err(e)?;
@@ -477,10 +491,11 @@ pub(super) fn timeline(path: &Path, d: &Data) -> R {
         &time,
         &Panel {
             unit: "VMs",
+            what: "",
             si: false,
             whole: true,
             lines: vec![(AMBER, 2, med), (CRIMSON, 2, high)],
-            dashed: vec![],
+            thresholds: vec![],
             dots: vec![],
             triangles: vec![],
             marks: &all,
@@ -516,12 +531,12 @@ pub(super) fn vm(path: &Path, d: &Data, s: &VmSeries, marks: &[Mark], lines: &Li
         keys.extend([Key::Line(TX, "tx"), Key::Line(RX, "rx")]);
     }
     if lines.medium_bps.is_some() && rates {
-        keys.extend([Key::Dashed(AMBER, "MEDIUM threshold"), Key::Dashed(CRIMSON, "HIGH threshold")]);
+        keys.extend([Key::Thin(AMBER, "MEDIUM threshold"), Key::Thin(CRIMSON, "HIGH threshold")]);
     }
     if rtt {
         keys.extend([Key::Line(TX, "RTT median"), Key::Line(MAGENTA_, "RTT max")]);
         if lines.peak_ms.is_some() {
-            keys.push(Key::Dashed(CRIMSON, "peak_ms"));
+            keys.push(Key::Thin(CRIMSON, "peak_ms"));
         }
         if !s.peaks.is_empty() {
             keys.push(Key::Peaks);
@@ -543,20 +558,23 @@ pub(super) fn vm(path: &Path, d: &Data, s: &VmSeries, marks: &[Mark], lines: &Li
         ] {
             let (area, below) = rest.split_vertically(PANEL_H);
             rest = below;
-            let dashed: Vec<(RGBColor, f64)> =
-                [(AMBER, med), (CRIMSON, high)].into_iter().filter_map(|(c, v)| v.map(|v| (c, v))).collect();
+            let thresholds: Vec<(RGBColor, f64, &str)> = [(AMBER, med, "MEDIUM"), (CRIMSON, high, "HIGH")]
+                .into_iter()
+                .filter_map(|(c, v, n)| v.map(|v| (c, v, n)))
+                .collect();
             panel(
                 &area,
                 &time,
                 &Panel {
                     unit,
+                    what: "",
                     si: true,
                     whole: false,
                     lines: vec![
                         (TX, 2, s.windows.iter().map(|w| (w.t, pick(w).0)).collect()),
                         (RX, 2, s.windows.iter().map(|w| (w.t, pick(w).1)).collect()),
                     ],
-                    dashed,
+                    thresholds,
                     dots: vec![],
                     triangles: vec![],
                     marks,
@@ -572,11 +590,12 @@ pub(super) fn vm(path: &Path, d: &Data, s: &VmSeries, marks: &[Mark], lines: &Li
             &rest,
             &time,
             &Panel {
-                unit: "RTT ms",
+                unit: "ms",
+                what: "RTT ",
                 si: false,
                 whole: false,
                 lines: vec![(TX, 2, series(|w| w.rtt_p50)), (MAGENTA_, 1, series(|w| w.rtt_max))],
-                dashed: lines.peak_ms.map(|p| vec![(CRIMSON, p)]).unwrap_or_default(),
+                thresholds: lines.peak_ms.map(|p| vec![(CRIMSON, p, "peak_ms")]).unwrap_or_default(),
                 dots: s.samples.clone(),
                 triangles: s.peaks.iter().map(|&(t, _, m)| (t, m)).collect(),
                 marks,

@@ -203,7 +203,7 @@ fn active<'a>(d: &'a Data) -> Vec<Active<'a>> {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;font-size:14px;max-width:1040px;margin:0 auto;padding:0 12px;\
 color:#222}h1{margin:12px 0 2px}h2{margin:28px 0 6px;border-bottom:2px solid #ddd}h3{margin:18px 0 4px}\
 .sub{color:#555;margin:0 0 10px}table{border-collapse:collapse;margin:4px 0 10px}\
-td,th{border:1px solid #d4d4d4;padding:2px 7px;text-align:left;vertical-align:top}th{background:#f2f2f2}\
+td,th{border:1px solid #d4d4d4;padding:2px 7px;text-align:left;vertical-align:top;white-space:nowrap}td.w{white-space:normal}th{background:#f2f2f2}\
 td.n{text-align:right;font-variant-numeric:tabular-nums}#overview th{width:170px}\
 .MEDIUM{background:#fde3b0}.HIGH{background:#f6b5b0}.note{background:#fff3c4;border:1px solid #e0c060;padding:4px 8px}\
 img{display:block;max-width:100%}img.bars{display:inline-block;max-width:49%;vertical-align:top}nav a{margin-right:12px}small{color:#666}details{margin:6px 0}";
@@ -399,7 +399,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
             let end = a.s.levels.last().map_or(0, |l| l.to);
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td class=\"{lv}\">{lv}</td><td>{}</td><td>{}</td><td>{}</td>\
+                "<tr><td>{}</td><td>{}</td><td class=\"{lv}\">{lv}</td><td>{}</td><td class=\"w\">{}</td><td>{}</td>\
                  <td class=\"n\">{}</td><td>{}</td></tr>",
                 vm_link(a.mac, &a.s.name),
                 esc(a.mac),
@@ -428,7 +428,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
             };
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{vm}</td><td>{}</td>\
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"w\">{}</td><td>{}</td><td>{}</td><td>{vm}</td><td>{}</td>\
                  <td>{}</td></tr>",
                 at(a.us),
                 a.sid,
@@ -453,7 +453,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
         for a in &d.actions {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"w\">{}</td></tr>",
                 vm_link(&a.mac, &a.vm),
                 at(a.us),
                 esc(&a.kind),
@@ -673,7 +673,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
     let more = rows.len().saturating_sub(MAX_VM_EVENTS);
     *h += "<table class=\"events\"><tr><th>at</th><th>what</th><th>detail</th></tr>";
     for (us, _, what, detail) in rows.iter().take(MAX_VM_EVENTS) {
-        let _ = write!(h, "<tr><td>{}</td><td>{what}</td><td>{detail}</td></tr>", at(*us));
+        let _ = write!(h, "<tr><td>{}</td><td>{what}</td><td class=\"w\">{detail}</td></tr>", at(*us));
     }
     if !s.peaks.is_empty() {
         let (lo, hi) = s.peaks.iter().fold((u64::MAX, 0), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
@@ -681,7 +681,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
         let first = d.us(s.peaks[0].0);
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>RTT peaks</td><td>{} windows with too many peaks ({}–{} each), max {}</td></tr>",
+            "<tr><td>{}</td><td>RTT peaks</td><td class=\"w\">{} windows with too many peaks ({}–{} each), max {}</td></tr>",
             at(first),
             s.peaks.len(),
             lo,

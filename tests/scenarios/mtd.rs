@@ -689,7 +689,7 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     let peaks = of_type(&ev, "rtt_peaks").iter().filter(|p| p["vm_name"] == "mtd-2").count();
     assert!(
         html.contains(&format!(
-            "<td>RTT peaks</td><td>{peaks} windows with too many peaks (9–10 each), max 80 ms</td>"
+            "<td>RTT peaks</td><td class=\"w\">{peaks} windows with too many peaks (9–10 each), max 80 ms</td>"
         )),
         "{html}"
     );
