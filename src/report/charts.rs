@@ -422,11 +422,44 @@ fn panel(area: &Area, time: &Time, p: &Panel) -> R {
             .map_err(e)?;
     }
     for (c, w, pts) in &p.lines {
-        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(*w))).map_err(e)?;
+        let pts = thin(pts, time.x1, (WIDTH - LEFT - RIGHT) as usize);
+        chart.draw_series(LineSeries::new(pts, c.stroke_width(*w))).map_err(e)?;
     }
     chart.draw_series(p.dots.iter().map(|&q| Circle::new(q, 2, BLACK.mix(0.5).filled()))).map_err(e)?;
     chart.draw_series(p.triangles.iter().map(|&q| TriangleMarker::new(q, 6, CRIMSON.filled()))).map_err(e)?;
     Ok(())
+}
+
+/// A line of more points than the plot has pixel columns, cut to the lowest
+/// and highest point of each column (in time order), so that a long run
+/// keeps its peaks and its charts keep their size.
+fn thin(pts: &[(f64, f64)], x1: f64, columns: usize) -> Vec<(f64, f64)> {
+    if pts.len() <= 2 * columns || x1 <= 0.0 {
+        return pts.to_vec();
+    }
+    let col = |t: f64| ((t / x1 * columns as f64) as usize).min(columns - 1);
+    let mut out = Vec::with_capacity(2 * columns);
+    let mut i = 0;
+    while i < pts.len() {
+        let c = col(pts[i].0);
+        let mut j = i;
+        let (mut lo, mut hi) = (i, i);
+        while j < pts.len() && col(pts[j].0) == c {
+            if pts[j].1 < pts[lo].1 {
+                lo = j;
+            }
+            if pts[j].1 > pts[hi].1 {
+                hi = j;
+            }
+            j += 1;
+        }
+        out.push(pts[lo.min(hi)]);
+        if lo != hi {
+            out.push(pts[lo.max(hi)]);
+        }
+        i = j;
+    }
+    out
 }
 
 fn marks_legend(marks: &[Mark]) -> Vec<Key> {
@@ -672,6 +705,20 @@ mod tests {
             limit_bytes: None,
             hypervisor: None,
         }
+    }
+
+    #[test]
+    fn long_lines_keep_each_pixel_column_s_lowest_and_highest_point() {
+        let short: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 1.0)).collect();
+        assert_eq!(thin(&short, 10.0, 5), short);
+        // 3,600 windows on 100 columns: 36 per column, one spike kept.
+        let mut long: Vec<(f64, f64)> = (0..3600).map(|i| (f64::from(i), f64::from(i % 7))).collect();
+        long[1801].1 = 1e9;
+        let t = thin(&long, 3600.0, 100);
+        assert!(t.len() <= 200, "{}", t.len());
+        assert!(t.contains(&(1801.0, 1e9)));
+        assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "in time order");
+        assert_eq!(t.iter().filter(|p| p.1 == 0.0).count(), 100, "each column keeps its low");
     }
 
     #[test]
