@@ -217,7 +217,8 @@ struct Time {
 
 impl Time {
     fn new(d: &Data) -> Time {
-        let x1 = d.t_end.max(1.0) * 1.01;
+        // A little room after the last event, so that it shows.
+        let x1 = d.t_end.max(1.0) * 1.03;
         let (ticks, step) = time_ticks(d.t0_us, x1);
         Time { t0_us: d.t0_us, x1, ticks, step }
     }
