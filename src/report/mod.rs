@@ -51,6 +51,8 @@ pub enum ReportError {
 /// others that did something are still in the tables. This bounds the page
 /// whatever the size of the cloud.
 pub const MAX_VM_CHARTS: usize = 40;
+/// The overview names this many raised VMs and IDS alerts (the tables have all).
+const OVERVIEW_ITEMS: usize = 3;
 /// Per VM, at most this many rows of its own events under its chart.
 const MAX_VM_EVENTS: usize = 30;
 
@@ -204,7 +206,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;font-size:14px;max-wi
 color:#222}h1{margin:12px 0 2px}h2{margin:28px 0 6px;border-bottom:2px solid #ddd}h3{margin:18px 0 4px}\
 .sub{color:#555;margin:0 0 10px}table{border-collapse:collapse;margin:4px 0 10px}\
 td,th{border:1px solid #d4d4d4;padding:2px 7px;text-align:left;vertical-align:top;white-space:nowrap}td.w{white-space:normal}th{background:#f2f2f2}\
-td.n{text-align:right;font-variant-numeric:tabular-nums}#overview th{width:170px}\
+td.n{text-align:right;font-variant-numeric:tabular-nums}#overview th{width:170px}#overview td{white-space:normal}\
 .MEDIUM{background:#fde3b0}.HIGH{background:#f6b5b0}.note{background:#fff3c4;border:1px solid #e0c060;padding:4px 8px}\
 img{display:block;max-width:100%}img.bars{display:inline-block;max-width:49%;vertical-align:top}nav a{margin-right:12px}small{color:#666}details{margin:6px 0}";
 
@@ -321,7 +323,34 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
     if d.summary.is_none() {
         ov.push(("totals", "no <code>summary</code> event: the run had not ended when this file was read".into()));
     }
-    ov.push(("VMs raised", format!("{} to MEDIUM or HIGH, {n_high} of them HIGH", raised.len())));
+    // The first few by name in the overview itself, the rest in the tables below.
+    let first_few = |items: Vec<String>, total: usize| {
+        let mut s = items.join("; ");
+        if total > items.len() {
+            let _ = write!(s, "; and {} more below", total - items.len());
+        }
+        s
+    };
+    let mut vms_raised = format!("{} to MEDIUM or HIGH, {n_high} of them HIGH", raised.len());
+    if !raised.is_empty() {
+        let items = raised
+            .iter()
+            .take(OVERVIEW_ITEMS)
+            .filter_map(|a| {
+                let top = a.s.max_level();
+                let l = a.s.levels.iter().find(|l| l.to == top)?;
+                Some(format!(
+                    "{} {} at {} ({})",
+                    vm_link(a.mac, &a.s.name),
+                    LEVEL_NAMES[top as usize],
+                    at(l.us),
+                    why(l, a.s)
+                ))
+            })
+            .collect();
+        let _ = write!(vms_raised, ": {}", first_few(items, raised.len()));
+    }
+    ov.push(("VMs raised", vms_raised));
     let alert_outcomes = {
         let mut o: std::collections::BTreeMap<&str, usize> = Default::default();
         for a in &d.alerts {
@@ -331,7 +360,23 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
     };
     ov.push((
         "IDS alerts",
-        if d.alerts.is_empty() { "0".into() } else { format!("{} ({alert_outcomes})", d.alerts.len()) },
+        if d.alerts.is_empty() {
+            "0".into()
+        } else {
+            let items = d
+                .alerts
+                .iter()
+                .take(OVERVIEW_ITEMS)
+                .map(|a| {
+                    let vm = match (&a.victim_mac, &a.victim_vm) {
+                        (Some(mac), Some(name)) => format!(", {}", vm_link(mac, name)),
+                        _ => String::new(),
+                    };
+                    format!("sid {} “{}” on {}{vm} at {}", a.sid, esc(&a.msg), esc(&a.victim), at(a.us))
+                })
+                .collect();
+            format!("{} ({alert_outcomes}): {}", d.alerts.len(), first_few(items, d.alerts.len()))
+        },
     ));
     ov.push((
         "evacuations",

@@ -557,8 +557,21 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
         vec![format!("{} ({} bytes, 23.3 MiB) over 29.99 s of packet time, 30 windows", sum["packets"], sum["bytes"])]
     );
     assert_eq!(ov[3], vec!["0".to_string()], "decode errors");
-    assert!(ov.contains(&vec!["1 to MEDIUM or HIGH, 0 of them HIGH".to_string()]), "{ov:?}");
-    assert!(ov.contains(&vec!["2 (1 evacuated, 1 unmapped)".to_string()]), "{ov:?}");
+    assert!(
+        ov.contains(&vec![
+            "1 to MEDIUM or HIGH, 0 of them HIGH: mtd-2 MEDIUM at 22:13:29 (rate, rx: 32.0 Mbit/s, 4.01 kpps)"
+                .to_string()
+        ]),
+        "{ov:?}"
+    );
+    assert!(
+        ov.contains(&vec![
+            "2 (1 evacuated, 1 unmapped): sid 9000001 “LOCAL DOS UDP flood to a tenant VM” on 10.1.0.12, mtd-2 at \
+             22:13:29.500; sid 2001219 “ET SCAN Potential SSH Scan” on 198.51.100.7 at 22:13:32"
+                .to_string()
+        ]),
+        "{ov:?}"
+    );
     assert!(ov.contains(&vec!["1: compute-4 (ids)".to_string()]), "{ov:?}");
     // The VM raised, and why.
     assert_eq!(

@@ -285,7 +285,14 @@ fn a_report_of_1000_vms_stays_small_and_renders_in_chromium() {
     assert_eq!(ov[1], "123456789 (98765432100 bytes, 92.0 GiB) over 121 s of packet time, 120 windows");
     assert_eq!(ov[3], "17 (bad tcp header 5, truncated ipv4 12)");
     assert_eq!(ov[4], "frames dropped (queue full) 3");
-    assert!(ov.contains(&"26 to MEDIUM or HIGH, 6 of them HIGH"), "{ov:?}");
+    assert!(
+        ov.contains(
+            &"26 to MEDIUM or HIGH, 6 of them HIGH: vm-200 HIGH at 22:14:00 (rate, tx: 600 Mbit/s, 75 kpps); vm-201 \
+              HIGH at 22:14:00 (rate, tx: 600 Mbit/s, 75 kpps); vm-202 HIGH at 22:14:00 (rate, tx: 600 Mbit/s, 75 \
+              kpps); and 23 more below"
+        ),
+        "{ov:?}"
+    );
     let raised = table(&html, "raised");
     assert_eq!(raised.len(), 26);
     assert_eq!(
