@@ -27,6 +27,7 @@ mod units;
 use charts::{Mark, MarkKind};
 use read::{by_flavor, Data, LevelChange, Migration, VmSeries, LEVEL_NAMES};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use units::{bytes, clock, ms, si};
@@ -141,26 +142,34 @@ fn why(l: &LevelChange, s: &VmSeries) -> String {
     }
 }
 
-/// A VM's marks: its actions, migrations, the IDS alerts naming it and the
-/// evacuations whose plan holds it.
-fn marks_of(d: &Data, mac: &str) -> Vec<Mark> {
-    let mut m: Vec<Mark> = d
-        .alerts
-        .iter()
-        .filter(|a| a.victim_mac.as_deref() == Some(mac))
-        .map(|a| Mark { t: a.t, kind: MarkKind::Alert })
-        .chain(
-            d.evacuations
-                .iter()
-                .filter(|v| v.vms.iter().any(|x| x == mac))
-                .map(|v| Mark { t: v.t, kind: MarkKind::Evacuation }),
-        )
-        .chain(
-            d.actions.iter().filter(|a| a.mac == mac).map(|a| Mark { t: a.t, kind: MarkKind::action(&a.kind, a.held) }),
-        )
-        .chain(d.migrations.iter().filter(|x| x.mac == mac).map(|x| Mark { t: x.t, kind: MarkKind::Migration }))
-        .collect();
-    m.sort_by(|a, b| a.t.total_cmp(&b.t).then(a.kind.cmp(&b.kind)));
+/// Each VM's marks, in one pass over the events: its actions, migrations,
+/// the IDS alerts naming it and the evacuations whose plan holds it.
+fn marks_by_vm(d: &Data) -> BTreeMap<&str, Vec<Mark>> {
+    let mut m: BTreeMap<&str, Vec<Mark>> = BTreeMap::new();
+    let mut add = |mac: &'_ str, t: f64, kind: MarkKind| {
+        if let Some((k, _)) = d.vms.get_key_value(mac) {
+            m.entry(k.as_str()).or_default().push(Mark { t, kind });
+        }
+    };
+    for a in &d.alerts {
+        if let Some(mac) = &a.victim_mac {
+            add(mac, a.t, MarkKind::Alert);
+        }
+    }
+    for v in &d.evacuations {
+        for mac in &v.vms {
+            add(mac, v.t, MarkKind::Evacuation);
+        }
+    }
+    for a in &d.actions {
+        add(&a.mac, a.t, MarkKind::action(&a.kind, a.held));
+    }
+    for x in &d.migrations {
+        add(&x.mac, x.t, MarkKind::Migration);
+    }
+    for v in m.values_mut() {
+        v.sort_by(|a, b| a.t.total_cmp(&b.t).then(a.kind.cmp(&b.kind)));
+    }
     m
 }
 
@@ -174,11 +183,12 @@ struct Active<'a> {
 }
 
 fn active<'a>(d: &'a Data) -> Vec<Active<'a>> {
+    let mut by_vm = marks_by_vm(d);
     let mut v: Vec<Active> = d
         .vms
         .iter()
         .filter_map(|(mac, s)| {
-            let marks = marks_of(d, mac);
+            let marks = by_vm.remove(mac.as_str()).unwrap_or_default();
             let busy = !s.levels.is_empty() || !s.peaks.is_empty() || !marks.is_empty();
             busy.then(|| {
                 let first = s
@@ -634,8 +644,8 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
     }
 
     // Every other VM, one line each.
-    let quiet: Vec<(&String, &VmSeries)> =
-        d.vms.iter().filter(|(mac, _)| !active.iter().any(|a| a.mac == *mac)).collect();
+    let busy: std::collections::BTreeSet<&str> = active.iter().map(|a| a.mac).collect();
+    let quiet: Vec<(&String, &VmSeries)> = d.vms.iter().filter(|(mac, _)| !busy.contains(mac.as_str())).collect();
     let _ = write!(h, "<h2 id=\"quiet-h\">Quiet VMs ({})</h2>", quiet.len());
     if quiet.is_empty() {
         h += "<p>None.</p>";
