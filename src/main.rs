@@ -229,11 +229,14 @@ fn report(events: &Path, out: &Path, rules: Option<&Path>) -> anyhow::Result<()>
         Some(dir) => vmsentry::report::Lines::from_rules(&load_rules(dir)?),
         None => vmsentry::report::Lines::default(),
     };
-    let page = vmsentry::report::write(events, out, &lines).map_err(|e| match e {
+    let written = vmsentry::report::write(events, out, &lines).map_err(|e| match e {
         vmsentry::report::ReportError::Write { .. } => anyhow::Error::new(e),
         other => bad(other.to_string()),
     })?;
-    eprintln!("vmsentry: report written to {}", page.display());
+    for n in &written.notes {
+        eprintln!("vmsentry: note: {n}");
+    }
+    eprintln!("vmsentry: report written to {}", written.page.display());
     Ok(())
 }
 

@@ -1420,3 +1420,6 @@ mod gate;
 
 #[path = "scenarios/gate_libvirt.rs"]
 mod gate_libvirt;
+
+#[path = "scenarios/report.rs"]
+mod report;

@@ -468,21 +468,44 @@ fn live_follows_an_alert_file_and_resumes_from_its_checkpoint() {
     assert!(acts.iter().all(|a| a["outcome"] == "duplicate"), "{acts:?}");
 }
 
-/// The rows of the table `id` in the report's page, as cell texts.
-fn table(html: &str, id: &str) -> Vec<Vec<String>> {
+/// The rows of the table `id` in the report's page, as cell texts (tags
+/// such as a VM's link dropped).
+pub(crate) fn table(html: &str, id: &str) -> Vec<Vec<String>> {
     let start = html.find(&format!("<table id=\"{id}\">")).unwrap_or_else(|| panic!("no table {id}"));
     let body = &html[start..start + html[start..].find("</table>").unwrap()];
+    let text = |c: &str| {
+        let mut out = String::new();
+        let mut in_tag = false;
+        for ch in c.chars() {
+            match ch {
+                '<' => in_tag = true,
+                '>' if in_tag => in_tag = false,
+                _ if !in_tag => out.push(ch),
+                _ => {}
+            }
+        }
+        out.replace("&gt;", ">").replace("&lt;", "<").replace("&quot;", "\"").replace("&amp;", "&")
+    };
+    // Rows of header cells only are headers.
     body.split("<tr>")
-        .skip(2)
+        .skip(1)
         .map(|row| {
-            row.split("<td>")
-                .skip(1)
-                .map(|c| {
-                    c.split("</td>").next().unwrap().replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&")
-                })
-                .collect()
+            row.split("<td").skip(1).map(|c| text(&format!("<td{}", c.split("</td>").next().unwrap()))).collect()
         })
+        .filter(|cells: &Vec<String>| !cells.is_empty())
         .collect()
+}
+
+/// An event's time as the report writes it: UTC wall clock, as precise as
+/// the event (`22:13:29`, `22:13:29.500`, `22:13:29.500123`).
+pub(crate) fn clock_of(ts: &Value) -> String {
+    let s = ts.as_str().unwrap();
+    let (hms, frac) = (&s[11..19], &s[20..26]);
+    match frac {
+        "000000" => hms.to_string(),
+        f if f.ends_with("000") => format!("{hms}.{}", &f[..3]),
+        f => format!("{hms}.{f}"),
+    }
 }
 
 #[test]
@@ -512,16 +535,83 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     // The same events give the same files, byte for byte.
     let again = d.path().join("again");
     report(&again);
+    let mut files = 0;
     for f in std::fs::read_dir(&out).unwrap() {
         let f = f.unwrap().file_name();
         assert_eq!(std::fs::read(out.join(&f)).unwrap(), std::fs::read(again.join(&f)).unwrap(), "{f:?}");
+        files += 1;
     }
-    let t0 = ev.iter().map(|e| e["ts"].as_str().unwrap()).min().unwrap().to_string();
-    let secs = |ts: &Value| {
-        let p = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
-        ((p(ts.as_str().unwrap()) - p(&t0)).whole_microseconds() as f64 / 1e6).to_string()
-    };
+    assert_eq!(files, 1 + 1 + 6 + 5, "the page, the timeline, six migration charts, five VMs");
     let n = |v: &Value| if v.is_null() { "–".to_string() } else { v.as_f64().unwrap().to_string() };
+    let s = |v: &Value| v.as_str().map_or_else(|| "–".to_string(), str::to_string);
+
+    // The overview: the summary's totals, the span in UTC.
+    let sum = of_type(&ev, "summary")[0];
+    let ov = table(&html, "overview");
+    assert_eq!(
+        ov[0],
+        vec!["2023-11-15 22:13:20.010 – 22:13:50 (29.99 s of packets; events 22:13:21 – 22:13:50)".to_string()]
+    );
+    assert_eq!(
+        ov[1],
+        vec![format!("{} ({} bytes, 23.3 MiB) over 29.99 s of packet time, 30 windows", sum["packets"], sum["bytes"])]
+    );
+    assert_eq!(ov[3], vec!["0".to_string()], "decode errors");
+    assert!(
+        ov.contains(&vec![
+            "1 to MEDIUM or HIGH, 0 of them HIGH: mtd-2 MEDIUM at 22:13:29 (rate, rx: 32.0 Mbit/s, 4.01 kpps)"
+                .to_string()
+        ]),
+        "{ov:?}"
+    );
+    assert!(
+        ov.contains(&vec![
+            "2 (1 evacuated, 1 unmapped): sid 9000001 “LOCAL DOS UDP flood to a tenant VM” on 10.1.0.12, mtd-2 at \
+             22:13:29.500; sid 2001219 “ET SCAN Potential SSH Scan” on 198.51.100.7 at 22:13:32"
+                .to_string()
+        ]),
+        "{ov:?}"
+    );
+    assert!(ov.contains(&vec!["1: compute-4 (ids)".to_string()]), "{ov:?}");
+    // The VM raised, and why.
+    assert_eq!(
+        table(&html, "raised"),
+        vec![vec![
+            "mtd-2",
+            "fa:16:3e:00:02:02",
+            "MEDIUM",
+            "22:13:29",
+            "rate, rx: 32.0 Mbit/s, 4.01 kpps",
+            "compute-4",
+            "2",
+            "LOW"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()]
+    );
+    let lv = of_type(&ev, "level")[0];
+    assert_eq!((&lv["bps"], &lv["pps"], &lv["direction"]), (&json!(32007840), &json!(4010), &json!("rx")));
+    // The IDS alerts: sid, message, victim.
+    let alerts = of_type(&ev, "ids_alert");
+    let rows = table(&html, "alerts");
+    assert_eq!(rows.len(), alerts.len());
+    for (r, a) in rows.iter().zip(&alerts) {
+        assert_eq!(
+            r,
+            &vec![
+                clock_of(&a["ts"]),
+                a["sid"].to_string(),
+                a["severity"].to_string(),
+                s(&a["msg"]),
+                s(&a["src"]),
+                s(&a["victim"]),
+                s(&a["victim_vm_name"]),
+                s(&a["victim_hypervisor"]),
+                s(&a["outcome"]),
+            ]
+        );
+    }
 
     // Every migration, with the event's numbers.
     let migs = of_type(&ev, "migration");
@@ -529,19 +619,21 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     assert_eq!(rows.len(), migs.len());
     for (r, m) in rows.iter().zip(&migs) {
         assert_eq!(
-            r,
-            &vec![
-                m["vm_name"].as_str().unwrap().to_string(),
-                secs(&m["ts"]),
-                m["flavor"].as_str().unwrap().to_string(),
-                m["from_hypervisor"].as_str().unwrap().to_string(),
-                m["to_hypervisor"].as_str().unwrap().to_string(),
+            r[..9],
+            [
+                s(&m["vm_name"]),
+                clock_of(&m["ts"]),
+                s(&m["flavor"]),
+                s(&m["from_hypervisor"]),
+                s(&m["to_hypervisor"]),
+                s(&m["signature"]),
                 n(&m["downtime_ms"]),
                 n(&m["total_ms"]),
                 n(&m["bytes"]),
             ]
         );
     }
+    assert_eq!((rows[0][8].as_str(), rows[0][9].as_str()), ("4614144", "4.40 MiB"));
     // By flavor (the paper's Figures 4-6): means over the events.
     let mean = |fl: &str, k: &str| {
         let xs: Vec<f64> = migs.iter().filter(|m| m["flavor"] == fl).map(|m| m[k].as_f64().unwrap()).collect();
@@ -561,45 +653,64 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
         "{svg}"
     );
     let svg = std::fs::read_to_string(out.join("migration-bytes.svg")).unwrap();
-    assert!(svg.contains("\n4.614\n</text>") && svg.contains("\n1.154\n</text>"), "MB per migration");
-    // Actions and the evacuation.
+    assert!(
+        svg.contains("\n4.4\n</text>") && svg.contains("\n1.1\n</text>") && svg.contains("MiB"),
+        "MiB per migration"
+    );
+    // Actions (outcome and destination apart) and the evacuation.
     let acts = of_type(&ev, "action");
     let rows = table(&html, "actions");
     assert_eq!(rows.len(), acts.len());
     for (r, a) in rows.iter().zip(&acts) {
         assert_eq!(
-            (&r[0], &r[1], &r[2], &r[4]),
-            (
-                &a["vm_name"].as_str().unwrap().to_string(),
-                &secs(&a["ts"]),
-                &a["action"].as_str().unwrap().to_string(),
-                &a["reason"].as_str().unwrap().to_string()
-            )
+            r,
+            &vec![
+                s(&a["vm_name"]),
+                clock_of(&a["ts"]),
+                s(&a["action"]),
+                s(&a["destination"]),
+                s(&a["outcome"]),
+                s(&a["level"]),
+                s(&a["reason"]),
+                a["note"].as_str().unwrap_or_default().to_string(),
+            ]
         );
     }
+    assert_eq!((rows[1][3].as_str(), rows[1][4].as_str()), ("compute-2", "queued"));
     let e = of_type(&ev, "evacuation")[0];
     assert_eq!(
         table(&html, "evacuations"),
-        vec![vec![
-            "compute-4".to_string(),
-            secs(&e["ts"]),
-            "ids".into(),
-            "5".into(),
-            "0".into(),
-            "0".into(),
-            "0".into()
-        ]]
+        vec![vec!["compute-4", &clock_of(&e["ts"]), "ids", "9000001", "5", "0", "0", "0"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()]
     );
-    // One rates chart per VM, the thresholds from the rules on it, and RTT for each.
-    for i in 0..5 {
-        let r = std::fs::read_to_string(out.join(format!("vm-{i}-rates.svg"))).unwrap();
-        assert!(r.contains("MEDIUM threshold") && r.contains("HIGH threshold") && r.contains("level (right)"));
-        assert!(out.join(format!("vm-{i}-rtt.svg")).exists());
+    // A chart for each of the five VMs (each was acted on and moved), the
+    // most severe first, the thresholds from the rules on it; none quiet
+    // but the hypervisors' and the router's MACs.
+    let charts: Vec<&str> = html.match_indices("<img src=\"vm-").map(|(i, _)| &html[i + 10..i + 29]).collect();
+    assert_eq!(charts[0], "vm-fa163e000202.svg", "mtd-2, the MEDIUM one, first: {charts:?}");
+    assert_eq!(charts.len(), 5);
+    for i in 1..=5 {
+        let r = std::fs::read_to_string(out.join(format!("vm-fa163e00020{i}.svg"))).unwrap();
+        assert!(r.contains("MEDIUM threshold") && r.contains("HIGH threshold") && r.contains("action: migrate"));
+        assert!(r.contains("migration seen") && r.contains("22:13:30") && !r.contains("e7"), "wall clock, no 4.000e7");
     }
-    let rtt = std::fs::read_to_string(out.join("vm-1-rtt.svg")).unwrap();
-    assert!(rtt.contains("mtd-2: RTT") && rtt.contains("rtt_peaks window"));
-    assert!(html
-        .contains("<table><tr><th>peaks in the window ending at (s)</th><th>peaks</th><th>max ms</th></tr><tr><td>"));
+    let rtt = std::fs::read_to_string(out.join("vm-fa163e000202.svg")).unwrap();
+    assert!(rtt.contains("RTT median") && rtt.contains("window with too many RTT peaks") && rtt.contains("IDS alert"));
+    assert!(rtt.contains(">Mbit/s<") || rtt.contains("\nMbit/s\n"), "bit/s in human units");
+    let peaks = of_type(&ev, "rtt_peaks").iter().filter(|p| p["vm_name"] == "mtd-2").count();
+    assert!(
+        html.contains(&format!(
+            "<td>RTT peaks</td><td class=\"w\">{peaks} windows with too many peaks (9–10 each), max 80 ms</td>"
+        )),
+        "{html}"
+    );
+    let quiet = table(&html, "quiet");
+    assert_eq!(quiet.len(), 5, "{quiet:?}");
+    let router = quiet.iter().find(|r| r[1] == "52:54:00:ff:00:01").unwrap();
+    let st = of_type(&ev, "vm_stats").into_iter().find(|v| v["vm"] == "52:54:00:ff:00:01").unwrap();
+    assert_eq!((st["tx_bytes"].as_u64(), router[2].as_str(), router[7].as_str()), (Some(12010780), "no", "11.5 MiB"));
 
     // A bad events file is refused with its line.
     std::fs::write(d.path().join("bad.jsonl"), "{\"type\":\"level\",\"ts\":\"2023-11-15T22:13:29Z\"}\nnot json\n")
