@@ -99,7 +99,17 @@ pub enum DecodeErrorKind {
     /// above [`MAX_FRAME_LEN`]. The header is damaged, so the frame is not
     /// traffic: it counts for no MAC and adds no bytes.
     FrameLength,
+    /// A frame stamped more than [`MAX_TIME_JUMP_US`] after the frame before
+    /// it, alone: the frame after it is back near the earlier time. Its
+    /// timestamp is damaged, so it is not traffic and does not move the
+    /// windows (counted by the pipeline's reader, which looks one frame ahead).
+    Timestamp,
 }
+
+/// A forward jump of packet time larger than this (an hour) is held back by
+/// one frame to see whether time carries on from there or the frame was a
+/// lone damaged timestamp.
+pub const MAX_TIME_JUMP_US: i64 = 3_600_000_000;
 
 /// The longest frame believed (libpcap's own snaplen cap, 256 KiB); GSO
 /// super-frames on a live capture stay well below it.
@@ -112,7 +122,7 @@ pub fn frame_len_ok(orig_len: u32, cap_len: usize) -> bool {
 }
 
 impl DecodeErrorKind {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
     pub const ALL: [DecodeErrorKind; Self::COUNT] = [
         Self::LinkTruncated,
         Self::UnsupportedLink,
@@ -130,6 +140,7 @@ impl DecodeErrorKind {
         Self::Tunnel,
         Self::Other,
         Self::FrameLength,
+        Self::Timestamp,
     ];
 
     /// The label used in events and metrics.
@@ -151,6 +162,7 @@ impl DecodeErrorKind {
             Self::Tunnel => "tunnel",
             Self::Other => "other",
             Self::FrameLength => "frame_length",
+            Self::Timestamp => "timestamp",
         }
     }
 }

@@ -21,7 +21,9 @@
 //! stretch: every frame up
 //! to the newest time seen before the jump is counted in `late_frames`
 //! (metric `vmsentry_late_frames_total`) and not measured, with one warning
-//! per input naming it and the jump. Windows never reopen, so late traffic
+//! per input naming it and the jump (a lone frame stamped over an hour ahead,
+//! the next one back near the earlier time, is the decode error `timestamp`
+//! instead: see [`MAX_TIME_JUMP_US`]). Windows never reopen, so late traffic
 //! can neither double a window nor raise a level. A frame whose capture
 //! header gives an impossible length ([`crate::decode::frame_len_ok`]) is
 //! counted as the decode error `frame_length` and is not traffic either.
@@ -35,8 +37,8 @@ pub use evacuation::IdsCounts;
 use crate::action::{ActionSink, Dispatcher};
 use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
 use crate::config::Rules;
-use crate::decode::frame_len_ok;
 use crate::decode::{flow_hash, DecodeErrorKind, Mac};
+use crate::decode::{frame_len_ok, MAX_TIME_JUMP_US};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
 use crate::gate::record::GateRecord;
@@ -196,6 +198,9 @@ pub struct ReaderStats {
     pub late_frames: u64,
     /// Frames whose capture header gives an impossible length: not measured.
     pub bad_length: u64,
+    /// Lone frames stamped far ahead of their neighbours (decode error
+    /// `timestamp`): not measured.
+    pub bad_time: u64,
 }
 
 /// Replays a source through the whole pipeline, writing events to `events`,
@@ -336,7 +341,7 @@ pub fn run(
         in_flight: vec![0; shards],
         spare: (0..shards).map(|_| Vec::new()).collect(),
         queue_dropped: 0,
-        published: (0, 0, 0, 0, 0),
+        published: (0, 0, 0, 0, 0, 0),
         tunnels: rules.tunnels,
         batch_size: limits.batch_size,
         decode_bytes: limits.decode_bytes,
@@ -348,6 +353,14 @@ pub fn run(
         next_boundary: i64::MIN,
         stats: ReaderStats::default(),
         behind_until: None,
+        held: HeldFrame {
+            on: false,
+            ts: PacketTime::from_micros(0),
+            orig_len: 0,
+            cap_len: 0,
+            linktype: 0,
+            data: Vec::with_capacity(limits.decode_bytes),
+        },
         input: None,
         warned_late: false,
         failed: false,
@@ -435,6 +448,9 @@ pub fn run(
     if stats.bad_length > 0 {
         by_kind.insert(DecodeErrorKind::FrameLength.as_str(), stats.bad_length);
     }
+    if stats.bad_time > 0 {
+        by_kind.insert(DecodeErrorKind::Timestamp.as_str(), stats.bad_time);
+    }
     if stats.late_frames > 0 {
         eprintln!(
             "vmsentry: {} frames came after time went backwards and were counted as late, not measured",
@@ -451,7 +467,7 @@ pub fn run(
         ts: end_ts,
         packets: stats.packets,
         bytes: stats.bytes,
-        decode_errors: out.decode.errors.iter().sum::<u64>() + stats.bad_length,
+        decode_errors: out.decode.errors.iter().sum::<u64>() + stats.bad_length + stats.bad_time,
         decode_errors_by_kind: by_kind,
         snaplen_cut: out.decode.snaplen_cut,
         vms: seen.len() as u64,
@@ -530,8 +546,11 @@ struct Reader {
     spare: Vec<Vec<RawBatch>>,
     /// Frames of batches dropped because a shard's queue was full (live only).
     queue_dropped: u64,
-    /// (packets, bytes, queue drops, late frames, bad lengths) already published to the metrics.
-    published: (u64, u64, u64, u64, u64),
+    /// (packets, bytes, queue drops, late frames, bad lengths, bad times) already published to the metrics.
+    published: (u64, u64, u64, u64, u64, u64),
+    /// A frame far ahead of the one before it, held until the next frame
+    /// says whether time carries on from it (see [`MAX_TIME_JUMP_US`]).
+    held: HeldFrame,
     tunnels: crate::decode::Tunnels,
     batch_size: usize,
     decode_bytes: usize,
@@ -555,6 +574,17 @@ struct Reader {
     progress_bytes: u64,
 }
 
+/// A frame held back by the reader (see [`Reader::held`]).
+struct HeldFrame {
+    on: bool,
+    ts: PacketTime,
+    orig_len: u32,
+    cap_len: u32,
+    linktype: i32,
+    /// Its first `decode_bytes`, all a shard reads.
+    data: Vec<u8>,
+}
+
 impl Reader {
     #[inline]
     fn push(&mut self, pkt: RawPacket<'_>) -> ControlFlow<()> {
@@ -566,7 +596,48 @@ impl Reader {
             st.bad_length += 1;
             return ControlFlow::Continue(());
         }
-        st.bytes += u64::from(pkt.orig_len);
+        let t = pkt.ts.as_micros();
+        if self.held.on {
+            if t < self.held.ts.as_micros().saturating_sub(MAX_TIME_JUMP_US / 2) {
+                // Back near the time before the jump: the held frame alone was off.
+                self.held.on = false;
+                self.stats.bad_time += 1;
+            } else if self.release_held().is_break() {
+                return ControlFlow::Break(());
+            }
+        }
+        if let Some(newest) = self.stats.last_ts {
+            if self.behind_until.is_none() && t.saturating_sub(newest.as_micros()) > MAX_TIME_JUMP_US {
+                // No allocation: the buffer was sized for `decode_bytes` at start.
+                let h = &mut self.held;
+                h.on = true;
+                (h.ts, h.orig_len, h.cap_len, h.linktype) = (pkt.ts, pkt.orig_len, pkt.data.len() as u32, pkt.linktype);
+                h.data.clear();
+                h.data.extend_from_slice(&pkt.data[..pkt.data.len().min(self.decode_bytes)]);
+                return ControlFlow::Continue(());
+            }
+        }
+        self.accept(pkt, pkt.data.len() as u32)
+    }
+
+    /// Measures the held frame: time carried on from it.
+    fn release_held(&mut self) -> ControlFlow<()> {
+        self.held.on = false;
+        let data = std::mem::take(&mut self.held.data);
+        let h = &self.held;
+        let pkt = RawPacket { ts: h.ts, orig_len: h.orig_len, data: &data, linktype: h.linktype };
+        let cap_len = h.cap_len;
+        let flow = self.accept(pkt, cap_len);
+        self.held.data = data;
+        flow
+    }
+
+    /// A frame whose length and time are believed: late, or into its
+    /// shard's batch. `cap_len` is its captured length (a held frame keeps
+    /// only its first `decode_bytes`).
+    #[inline]
+    fn accept(&mut self, pkt: RawPacket<'_>, cap_len: u32) -> ControlFlow<()> {
+        self.stats.bytes += u64::from(pkt.orig_len);
         let t = pkt.ts.as_micros();
         if self.late(t) {
             self.stats.late_frames += 1;
@@ -602,7 +673,7 @@ impl Reader {
         b.meta.push(FrameMeta {
             ts: pkt.ts,
             orig_len: pkt.orig_len,
-            cap_len: pkt.data.len() as u32,
+            cap_len,
             linktype: pkt.linktype,
             end: b.bytes.len() as u32,
         });
@@ -675,6 +746,10 @@ impl Reader {
     /// Packet time reached `ts` with no frame (live sources): close the
     /// window it ended, if any.
     fn tick(&mut self, ts: PacketTime) -> ControlFlow<()> {
+        // The capture clock has reached the held frame's time: it was right.
+        if self.held.on && ts >= self.held.ts && self.release_held().is_break() {
+            return ControlFlow::Break(());
+        }
         let w = ts.window_index(self.window_len_us);
         if self.window.is_none_or(|open| open == w) || ts.as_micros() < self.next_boundary {
             return ControlFlow::Continue(());
@@ -694,7 +769,7 @@ impl Reader {
     fn publish(&mut self) {
         let Some(t) = &self.telemetry else { return };
         let m = &t.metrics;
-        let (p, b, d, late, bad) = self.published;
+        let (p, b, d, late, bad, bad_t) = self.published;
         let st = &self.stats;
         m.packets.inc_by(st.packets - p);
         m.bytes.inc_by(st.bytes - b);
@@ -705,7 +780,12 @@ impl Reader {
                 .with_label_values(&[crate::decode::DecodeErrorKind::FrameLength.as_str()])
                 .inc_by(st.bad_length - bad);
         }
-        self.published = (st.packets, st.bytes, self.queue_dropped, st.late_frames, st.bad_length);
+        if st.bad_time > bad_t {
+            m.decode_errors
+                .with_label_values(&[crate::decode::DecodeErrorKind::Timestamp.as_str()])
+                .inc_by(st.bad_time - bad_t);
+        }
+        self.published = (st.packets, st.bytes, self.queue_dropped, st.late_frames, st.bad_length, st.bad_time);
         for (i, tx) in self.shard_tx.iter().enumerate() {
             m.queue_depth.with_label_values(&[&format!("shard-{i}")]).set(tx.len() as i64);
         }
@@ -760,6 +840,10 @@ impl Reader {
 
     fn finish(&mut self) {
         if self.failed {
+            return;
+        }
+        // Nothing came after it to say otherwise.
+        if self.held.on && self.release_held().is_break() {
             return;
         }
         if let Some(w) = self.window {
@@ -865,6 +949,43 @@ mod tests {
             panic!("no vm_stats")
         };
         assert_eq!(v.tx_packets, 3);
+    }
+
+    #[test]
+    fn a_lone_frame_far_ahead_is_damage_and_does_not_make_the_rest_late() {
+        let f = frame();
+        let n = f.len() as u32;
+        let s = 1_000_000i64;
+        let year = 365 * 86_400 * s;
+        // Two frames, one stamped 70 years on, then a hundred at the old time again.
+        let mut times = vec![10 * s, 10 * s + 1, 10 * s + 70 * year];
+        times.extend((0..100).map(|i| 10 * s + 2 + i * 10_000));
+        let (sum, ev) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
+        assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (103, 0, 1));
+        assert_eq!(sum.decode_errors_by_kind.get("timestamp"), Some(&1));
+        assert_eq!(sum.duration_s, 0.990002);
+        assert_eq!(sum.bytes, 102 * u64::from(n));
+        let Some(Event::VmStats(v)) = ev.iter().find(|e| matches!(e, Event::VmStats(v) if v.known)) else {
+            panic!("no vm_stats")
+        };
+        assert_eq!(v.tx_packets, 102);
+    }
+
+    #[test]
+    fn a_jump_that_time_carries_on_from_is_measured() {
+        let f = frame();
+        let n = f.len() as u32;
+        let s = 1_000_000i64;
+        let far = 50 * 365 * 86_400 * s;
+        // A jump of decades, then more frames there; and one at the very end, alone.
+        let times = [s, 2 * s, far, far + s, far + 2 * s, 3 * far];
+        let (sum, ev) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
+        assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (6, 0, 0));
+        assert_eq!(sum.duration_s, (3 * far - s) as f64 / 1e6);
+        let Some(Event::VmStats(v)) = ev.iter().find(|e| matches!(e, Event::VmStats(v) if v.known)) else {
+            panic!("no vm_stats")
+        };
+        assert_eq!(v.tx_packets, 6);
     }
 
     #[test]
