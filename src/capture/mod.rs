@@ -1,9 +1,11 @@
 //! Capture: where frames come from. One [`PacketSource`] trait for pcap files and live interfaces.
 
 mod file;
+pub mod linktype;
 mod live;
+pub mod reader;
 
-pub use file::FileSource;
+pub use file::{FileSource, STDIN};
 pub use live::{LiveConfig, LiveSource};
 
 use crate::time::PacketTime;
@@ -18,7 +20,10 @@ pub struct RawPacket<'a> {
     pub orig_len: u32,
     /// The captured bytes (`caplen` of them).
     pub data: &'a [u8],
-    /// libpcap link type of the file or interface.
+    /// Link type: the file's (or pcapng interface's) `LINKTYPE_*` value for
+    /// files, libpcap's `DLT_*` for live interfaces. They differ only for a
+    /// few types; of those vmsentry decodes, raw IP (`LINKTYPE_RAW` 101 is
+    /// `DLT_RAW` 12, or 14 on OpenBSD), and the decoder takes every form.
     pub linktype: i32,
 }
 
@@ -50,6 +55,9 @@ pub enum CaptureError {
 pub struct SourceStats {
     /// Files whose end was damaged (a cut-off last record): read up to the damage.
     pub damaged_files: u64,
+    /// Files with frames of a link type the decoder does not know (warned
+    /// about once per file and link type).
+    pub unsupported_link_files: u64,
 }
 
 /// What a source hands the pipeline.

@@ -390,6 +390,7 @@ pub fn run(
         windows: detector.windows,
         queue_dropped,
         damaged_files: source.stats().damaged_files,
+        unsupported_link_files: source.stats().unsupported_link_files,
         placement_dropped: detector.placement_dropped() + detector.addresses_dropped(),
         ids: out.ids,
         rtt: RttSummary {
