@@ -20,7 +20,7 @@
 //! here, since `pcap-parser`'s packet blocks collect their options into a
 //! `Vec` (an allocation per packet) and do not apply libpcap's length rules.
 
-use pcap_parser::pcapng::{parse_interfacedescriptionblock_be, parse_interfacedescriptionblock_le};
+use pcap_parser::pcapng::{parse_interfacedescriptionblock_be, parse_interfacedescriptionblock_le, OptionCode};
 use std::io::{self, Read};
 
 /// What the first bytes of a capture look like.
@@ -247,6 +247,7 @@ impl<R: Read> CaptureReader<R> {
                 return Err(ReadError::Format("truncated pcapng section header".into()));
             }
             r.section_header()?;
+            r.first_interface()?;
         } else {
             r.legacy_header()?;
         }
@@ -373,6 +374,100 @@ impl<R: Read> CaptureReader<R> {
         self.swapped = swapped;
         self.ifaces.clear();
         self.max_block = MAX_BLOCK;
+        self.consume(total as usize);
+        Ok(())
+    }
+
+    /// As libpcap does on opening: skips blocks up to the first interface
+    /// description, and refuses a file without one or with a packet before it.
+    fn first_interface(&mut self) -> Result<(), ReadError> {
+        loop {
+            self.fill(block::HEADER)?;
+            if self.avail() < block::HEADER {
+                return Err(ReadError::Format("the capture file has no Interface Description Blocks".into()));
+            }
+            let kind = u32_at(&self.buf, self.start, self.swapped);
+            let total = u32_at(&self.buf, self.start + 4, self.swapped);
+            match kind {
+                block::IDB => {
+                    self.block(total, true, self.swapped)?;
+                    return self.interface(total);
+                }
+                block::EPB | block::SPB | block::PB => {
+                    return Err(ReadError::Format(
+                        "the capture file has a packet block before any Interface Description Blocks".into(),
+                    ))
+                }
+                _ => {
+                    self.block(total, true, self.swapped)?;
+                    self.consume(total as usize);
+                }
+            }
+        }
+    }
+
+    /// An Interface Description Block of `total` bytes at `start`, checked by [`Self::block`].
+    fn interface(&mut self, total: u32) -> Result<(), ReadError> {
+        let whole = &self.buf[self.start..self.start + total as usize];
+        let parsed = if self.swapped {
+            parse_interfacedescriptionblock_be(whole)
+        } else {
+            parse_interfacedescriptionblock_le(whole)
+        };
+        let idb = match parsed {
+            Ok((_, idb)) => idb,
+            Err(e) => return Err(self.damaged(format!("interface description block: {e:?}"))),
+        };
+        // The options' values are read here: pcap-parser reads if_tsoffset
+        // little-endian whatever the section's byte order.
+        let (mut tsresol, mut tsoffset) = (6u8, 0u64);
+        let (mut saw_resol, mut saw_offset) = (false, false);
+        for o in &idb.options {
+            let value = o.value();
+            match (o.code, usize::from(o.len).min(value.len())) {
+                (OptionCode::IfTsresol, 1) if !saw_resol => (tsresol, saw_resol) = (value[0], true),
+                (OptionCode::IfTsoffset, 8) if !saw_offset => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&value[..8]);
+                    tsoffset = if self.swapped { u64::from_be_bytes(b) } else { u64::from_le_bytes(b) };
+                    saw_offset = true;
+                }
+                (OptionCode::IfTsresol | OptionCode::IfTsoffset, n) => {
+                    return Err(self.damaged(format!(
+                        "Interface Description Block has a bad or repeated {:?} option ({n} bytes)",
+                        o.code
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let (resol, binary) = if tsresol & 0x80 != 0 {
+            let shift = tsresol & 0x7f;
+            if shift > 63 {
+                return Err(self.damaged(format!(
+                    "Interface Description Block if_tsresol option resolution 2^-{shift} is too high"
+                )));
+            }
+            (1u64 << shift, true)
+        } else {
+            if tsresol > 19 {
+                return Err(self.damaged(format!(
+                    "Interface Description Block if_tsresol option resolution 10^-{tsresol} is too high"
+                )));
+            }
+            (10u64.pow(u32::from(tsresol)), false)
+        };
+        let linktype = i32::from(idb.linktype.0 as u16);
+        let iface = Iface {
+            linktype,
+            snapshot: adjust_snapshot(linktype, idb.snaplen),
+            resol,
+            binary,
+            offset: tsoffset,
+        };
+        // sf-pcapng.c's MAX_BLOCKSIZE_FOR_SNAPLEN.
+        self.max_block = self.max_block.max(max_snaplen(linktype).saturating_add(4096));
+        self.ifaces.push(iface);
         self.consume(total as usize);
         Ok(())
     }
@@ -537,45 +632,7 @@ impl<R: Read> CaptureReader<R> {
                     (0, len.min(snap), len, 0, block::SPB_FIXED)
                 }
                 block::IDB => {
-                    let whole = &self.buf[self.start..self.start + total as usize];
-                    let parsed = if swapped {
-                        parse_interfacedescriptionblock_be(whole)
-                    } else {
-                        parse_interfacedescriptionblock_le(whole)
-                    };
-                    let idb = match parsed {
-                        Ok((_, idb)) => idb,
-                        Err(e) => return Err(self.damaged(format!("interface description block: {e:?}"))),
-                    };
-                    let tsresol = idb.if_tsresol;
-                    let (resol, binary) = if tsresol & 0x80 != 0 {
-                        let shift = tsresol & 0x7f;
-                        if shift > 63 {
-                            return Err(self.damaged(format!(
-                                "Interface Description Block if_tsresol option resolution 2^-{shift} is too high"
-                            )));
-                        }
-                        (1u64 << shift, true)
-                    } else {
-                        if tsresol > 19 {
-                            return Err(self.damaged(format!(
-                                "Interface Description Block if_tsresol option resolution 10^-{tsresol} is too high"
-                            )));
-                        }
-                        (10u64.pow(u32::from(tsresol)), false)
-                    };
-                    let linktype = i32::from(idb.linktype.0 as u16);
-                    let iface = Iface {
-                        linktype,
-                        snapshot: adjust_snapshot(linktype, idb.snaplen),
-                        resol,
-                        binary,
-                        offset: idb.if_tsoffset as u64,
-                    };
-                    // sf-pcapng.c's MAX_BLOCKSIZE_FOR_SNAPLEN.
-                    self.max_block = self.max_block.max(max_snaplen(linktype).saturating_add(4096));
-                    self.ifaces.push(iface);
-                    self.consume(total as usize);
+                    self.interface(total)?;
                     continue;
                 }
                 _ => {
@@ -607,6 +664,349 @@ impl<R: Read> CaptureReader<R> {
                 interface: iface,
                 stamp: Stamp::Ng { t, resol: ifc.resol, binary: ifc.binary, offset: ifc.offset },
             }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The oracle is libpcap itself (the `pcap` crate's offline reader, the
+    //! library `live` uses), record by record, at both precisions; where
+    //! libpcap refuses a file (pcapng interfaces of different link types),
+    //! tshark.
+    use super::*;
+    use crate::synth::formats::{Classic, Interface, PcapNg};
+    use crate::synth::{frames, mac};
+    use std::net::Ipv4Addr;
+    use std::path::{Path, PathBuf};
+
+    /// data, caplen, orig_len, (sec, µs), (sec, ns), link type as libpcap's DLT.
+    type Rec = (Vec<u8>, u32, u32, (i64, i64), (i64, i64), i32);
+
+    /// libpcap's DLT for a file's LINKTYPE, on Linux (sf-pcap.c's
+    /// `linktype_to_dlt` for the types in these files).
+    fn dlt(linktype: i32) -> i32 {
+        if linktype == 101 {
+            12
+        } else {
+            linktype
+        }
+    }
+
+    /// Records and whether reading stopped at damage, per libpcap.
+    fn libpcap(path: &Path) -> Result<(Vec<Rec>, bool), String> {
+        let open = |prec| pcap::Capture::from_file_with_precision(path, prec).map_err(|e| e.to_string());
+        let (mut us, mut ns) = (open(pcap::Precision::Micro)?, open(pcap::Precision::Nano)?);
+        let link = us.get_datalink().0;
+        let mut out = Vec::new();
+        loop {
+            match (us.next_packet(), ns.next_packet()) {
+                (Ok(a), Ok(b)) => {
+                    // Seconds compared unsigned: libpcap reads classic pcap's as signed.
+                    let sec = |s: i64| if s < 0 { i64::from(s as u32) } else { s };
+                    #[allow(clippy::unnecessary_cast)]
+                    out.push((
+                        a.data.to_vec(),
+                        a.header.caplen,
+                        a.header.len,
+                        (sec(a.header.ts.tv_sec as i64), a.header.ts.tv_usec as i64),
+                        (sec(b.header.ts.tv_sec as i64), b.header.ts.tv_usec as i64),
+                        link,
+                    ));
+                }
+                (Err(pcap::Error::NoMorePackets), Err(pcap::Error::NoMorePackets)) => return Ok((out, false)),
+                (Err(_), Err(_)) => return Ok((out, true)),
+                (a, b) => panic!("libpcap's two precisions disagree: {:?} {:?}", a.err(), b.err()),
+            }
+        }
+    }
+
+    fn native(bytes: &[u8]) -> Result<(Vec<Rec>, bool), String> {
+        let mut r = CaptureReader::new(bytes).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        loop {
+            match r.next_frame() {
+                Ok(Some(f)) => out.push((
+                    f.data.to_vec(),
+                    f.data.len() as u32,
+                    f.orig_len,
+                    f.timeval(),
+                    f.timespec(),
+                    dlt(f.linktype),
+                )),
+                Ok(None) => return Ok((out, false)),
+                Err(ReadError::Damaged { .. }) => return Ok((out, true)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    fn same_as_libpcap(name: &str, bytes: &[u8]) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, bytes).unwrap();
+        let want = libpcap(&p);
+        let got = native(bytes);
+        match (&want, &got) {
+            (Ok((w, wd)), Ok((g, gd))) => {
+                assert_eq!(g.len(), w.len(), "{name}: frame count");
+                for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                    assert_eq!(a, b, "{name}: record {i}");
+                }
+                assert_eq!(gd, wd, "{name}: stopped at damage");
+                w.len()
+            }
+            (Err(_), Err(_)) => 0,
+            _ => panic!("{name}: libpcap {want:?}, native {got:?}"),
+        }
+    }
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("captures")
+    }
+
+    #[test]
+    fn every_shipped_and_third_party_capture_reads_exactly_as_libpcap() {
+        let mut files = Vec::new();
+        for dir in [root(), root().join("third_party")] {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if ext == "pcap" || ext == "pcapng" {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        assert!(files.len() >= 50, "{} captures", files.len());
+        let mut frames = 0;
+        for p in &files {
+            frames += same_as_libpcap(&p.display().to_string(), &std::fs::read(p).unwrap());
+        }
+        // basic.pcap and mtd.pcap alone have 56 857.
+        assert!(frames > 70_000, "{frames}");
+    }
+
+    /// Frames of every size class, raw IP when `raw` (the Ethernet header dropped).
+    fn sample_frames(raw: bool) -> Vec<Vec<u8>> {
+        let (a, b) = (mac("fa:16:3e:00:00:01"), mac("52:54:00:ff:00:01"));
+        let (x, y) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        [0, 1, 18, 100, 555, 1458]
+            .iter()
+            .map(|&n| {
+                let f = frames::udp4(a, b, x, y, 1000, 53, n);
+                if raw {
+                    f[14..].to_vec()
+                } else {
+                    f
+                }
+            })
+            .collect()
+    }
+
+    fn classic(c: Classic, cut_to: Option<usize>) -> Vec<u8> {
+        let mut out = c.header();
+        for (i, f) in sample_frames(c.linktype != 1).iter().enumerate() {
+            let i = i as u32;
+            let frac = if c.nano { 999_999_000 + i * 7 } else { 999_990 + i };
+            let data = &f[..cut_to.unwrap_or(f.len()).min(f.len())];
+            c.record(&mut out, 1_700_000_000 + i * 3_000_000_00, frac, f.len() as u32 + 4, data);
+        }
+        out
+    }
+
+    #[test]
+    fn classic_pcap_in_every_byte_order_precision_version_and_link_type_reads_as_libpcap() {
+        let mut n = 0;
+        for big_endian in [false, true] {
+            for nano in [false, true] {
+                for linktype in [1, 101, 12, 228] {
+                    for version_minor in [4, 3, 2] {
+                        for snaplen in [65535, 0, 100] {
+                            let c = Classic { linktype, snaplen, nano, big_endian, version_minor };
+                            let name = format!("{c:?}");
+                            let bytes = classic(c, None);
+                            assert_eq!(same_as_libpcap(&name, &bytes), 6, "{name}");
+                            // Cut short anywhere: the same frames before the damage.
+                            for cut in (24..bytes.len()).step_by(97) {
+                                same_as_libpcap(&format!("{name} cut at {cut}"), &bytes[..cut]);
+                            }
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 144);
+    }
+
+    #[test]
+    fn classic_pcap_damage_is_where_libpcap_finds_it() {
+        let c = Classic::default();
+        // A record claiming more than libpcap's maximum (262 144 bytes).
+        let mut bytes = classic(c, None);
+        c.record(&mut bytes, 1, 2, 300_000, &[]);
+        let at = bytes.len() - 16;
+        bytes[at + 8..at + 12].copy_from_slice(&300_000u32.to_le_bytes());
+        bytes.extend_from_slice(&[0; 64]);
+        assert_eq!(same_as_libpcap("huge caplen", &bytes), 6);
+        let mut r = CaptureReader::new(&bytes[..]).unwrap();
+        for _ in 0..6 {
+            r.next_frame().unwrap().unwrap();
+        }
+        match r.next_frame() {
+            Err(ReadError::Damaged { offset, msg }) => {
+                assert_eq!(offset, at as u64);
+                assert_eq!(msg, "invalid packet capture length 300000, bigger than snaplen of 65535");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not a capture at all, and a header cut short.
+        for bad in [&b"hello, world"[..], &[], &Classic::default().header()[..10]] {
+            assert!(matches!(CaptureReader::new(bad), Err(ReadError::Format(_))));
+            same_as_libpcap("not a capture", bad);
+        }
+    }
+
+    fn ng(big_endian: bool, ifaces: &[Interface], extra_blocks: bool) -> Vec<u8> {
+        let mut w = PcapNg::new(big_endian);
+        if extra_blocks {
+            w.other_block();
+        }
+        for i in ifaces {
+            w.interface(i);
+        }
+        for (k, f) in sample_frames(false).iter().enumerate() {
+            for (id, i) in ifaces.iter().enumerate() {
+                let data = if i.linktype == 101 { &f[14..] } else { &f[..] };
+                let snap = if i.snaplen == 0 { usize::MAX } else { i.snaplen as usize };
+                let data = &data[..data.len().min(snap)];
+                // 1.7e9 s and a fraction, in the interface's units.
+                let units: u64 = match i.tsresol {
+                    None => 1_000_000,
+                    Some(r) if r & 0x80 != 0 => 1 << (r & 0x7f),
+                    Some(r) => 10u64.pow(u32::from(r)),
+                };
+                // (Fine resolutions: 64 bits hold only some 18 million seconds of ps.)
+                let base = if units > 1_000_000_000 { 1_000_000 } else { 1_700_000_000 };
+                let t = base * units + (k as u64 * 7919 + id as u64 * 104_729) % units;
+                w.packet(id as u32, t, data.len() as u32 + 2 * k as u32, data);
+                if extra_blocks && k == 2 {
+                    w.other_block();
+                }
+            }
+        }
+        if extra_blocks {
+            let f = &sample_frames(false)[3];
+            w.simple_packet(f.len() as u32, f);
+        }
+        w.bytes()
+    }
+
+    #[test]
+    fn pcapng_with_interfaces_of_different_resolutions_and_offsets_reads_as_libpcap() {
+        let iface = |tsresol, tsoffset| Interface { linktype: 1, snaplen: 262_144, tsresol, tsoffset };
+        let ifaces = [
+            iface(None, None),
+            iface(Some(9), Some(-3600)),
+            iface(Some(0x80 | 20), None),
+            iface(Some(3), Some(86_400)),
+            iface(Some(0x80 | 40), Some(1)),
+            iface(Some(12), None),
+        ];
+        for be in [false, true] {
+            for extra in [false, true] {
+                let bytes = ng(be, &ifaces, extra);
+                let name = format!("pcapng be={be} extra={extra}");
+                assert_eq!(same_as_libpcap(&name, &bytes), 36 + usize::from(extra), "{name}");
+                for cut in (28..bytes.len()).step_by(53) {
+                    same_as_libpcap(&format!("{name} cut at {cut}"), &bytes[..cut]);
+                }
+            }
+        }
+    }
+
+    /// One tshark line per frame: epoch time (ns), frame length, captured length, interface.
+    fn tshark_fields(path: &Path) -> Option<Vec<(String, u32, u32, u32)>> {
+        let ok = std::process::Command::new("tshark").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true but tshark is not installed");
+            eprintln!("SKIPPED: tshark not installed");
+            return None;
+        }
+        let out = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(path)
+            .args(["-T", "fields", "-e", "frame.time_epoch", "-e", "frame.len", "-e", "frame.cap_len"])
+            .args(["-e", "frame.interface_id"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Some(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split('\t').collect();
+                    (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap())
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn pcapng_with_interfaces_of_different_link_types_reads_as_tshark_does() {
+        let ifaces = [
+            Interface { linktype: 1, snaplen: 0, tsresol: Some(9), tsoffset: None },
+            Interface { linktype: 101, snaplen: 200, tsresol: None, tsoffset: Some(10) },
+            Interface { linktype: 1, snaplen: 64, tsresol: Some(0x80 | 10), tsoffset: None },
+            Interface { linktype: 127, snaplen: 65535, tsresol: Some(3), tsoffset: None },
+        ];
+        for be in [false, true] {
+            let bytes = ng(be, &ifaces, false);
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("multi.pcapng");
+            std::fs::write(&p, &bytes).unwrap();
+            // libpcap refuses this file at its second interface.
+            assert!(matches!(libpcap(&p), Ok((v, true)) if v.is_empty()));
+            let mut r = CaptureReader::new(&bytes[..]).unwrap();
+            let mut got = Vec::new();
+            let mut links = Vec::new();
+            while let Some(f) = r.next_frame().unwrap() {
+                let (s, ns) = f.timespec();
+                got.push((format!("{s}.{ns:09}"), f.orig_len, f.data.len() as u32, f.interface));
+                links.push(f.linktype);
+            }
+            assert_eq!(got.len(), 24);
+            assert_eq!(&links[..4], &[1, 101, 1, 127]);
+            // Raw IP frames are the Ethernet frame less its header; snaplen 64 cuts.
+            assert_eq!(got[1].2 + 14, got[0].2.min(200 + 14));
+            assert!(got.iter().skip(2).step_by(4).all(|g| g.2 <= 64));
+            if let Some(want) = tshark_fields(&p) {
+                assert_eq!(got, want, "be={be}");
+            }
+        }
+    }
+
+    #[test]
+    fn pcapng_sections_of_either_byte_order_restart_their_interfaces() {
+        let mut w = PcapNg::new(false);
+        w.interface(&Interface { linktype: 1, snaplen: 0, tsresol: None, tsoffset: None });
+        w.packet(0, 1_000_000, 60, &[1; 60]);
+        w.section(true);
+        w.interface(&Interface { linktype: 113, snaplen: 0, tsresol: Some(9), tsoffset: None });
+        w.packet(0, 2_500_000_000, 70, &[2; 40]);
+        // Interface 1 does not exist in this section: damage, after the two frames.
+        w.packet(1, 0, 10, &[3; 10]);
+        let bytes = w.bytes();
+        let mut r = CaptureReader::new(&bytes[..]).unwrap();
+        let f = r.next_frame().unwrap().unwrap();
+        assert_eq!((f.linktype, f.timeval(), f.data.len(), f.orig_len), (1, (1, 0), 60, 60));
+        let f = r.next_frame().unwrap().unwrap();
+        assert_eq!((f.linktype, f.timespec(), f.data, f.orig_len), (113, (2, 500_000_000), &[2u8; 40][..], 70));
+        match r.next_frame() {
+            Err(ReadError::Damaged { msg, .. }) => assert!(msg.contains("no Interface Description Block"), "{msg}"),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -349,11 +349,13 @@ fn decode_general(
             }
             Err(_) => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
         },
-        linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, linktype, data, cut),
+        linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, tun, linktype, data, cut),
         linktype::RAW | linktype::DLT_RAW | linktype::DLT_RAW_OPENBSD | linktype::IPV4 | linktype::IPV6 => {
             match LaxSlicedPacket::from_ip(data) {
                 Ok(p) => {
-                    fill(&mut obs, &p, data, cut);
+                    if let Some(udp_payload) = fill(&mut obs, &p, data, cut) {
+                        decapsulate(&mut obs, tun, udp_payload, data, cut, 0);
+                    }
                 }
                 Err(e) => ip_header_error(&mut obs, &e, cut),
             }
@@ -363,7 +365,9 @@ fn decode_general(
             match data.get(4..) {
                 Some(rest) => match LaxSlicedPacket::from_ip(rest) {
                     Ok(p) => {
-                        fill(&mut obs, &p, data, cut);
+                        if let Some(udp_payload) = fill(&mut obs, &p, data, cut) {
+                            decapsulate(&mut obs, tun, udp_payload, data, cut, 0);
+                        }
                     }
                     Err(e) => ip_header_error(&mut obs, &e, cut),
                 },
@@ -391,7 +395,7 @@ fn set_len_error(obs: &mut Observation, kind: DecodeErrorKind, cut: bool) {
     }
 }
 
-fn decode_sll(obs: &mut Observation, linktype: i32, data: &[u8], cut: bool) {
+fn decode_sll(obs: &mut Observation, tun: &Tunnels, linktype: i32, data: &[u8], cut: bool) {
     let (hdr_len, proto_range, addr_len_at, addr_range) = if linktype == linktype::LINUX_SLL {
         (sll::V1_LEN, sll::V1_PROTOCOL, sll::V1_ADDR_LEN, sll::V1_ADDR)
     } else {
@@ -410,7 +414,9 @@ fn decode_sll(obs: &mut Observation, linktype: i32, data: &[u8], cut: bool) {
         obs.l2 = Some(L2 { src: Mac(m), dst: None, ether_type, vlan: None });
     }
     let p = LaxSlicedPacket::from_ether_type(etherparse::EtherType(ether_type), payload);
-    fill(obs, &p, data, cut);
+    if let Some(udp_payload) = fill(obs, &p, data, cut) {
+        decapsulate(obs, tun, udp_payload, data, cut, 0);
+    }
 }
 
 /// Nested tunnels decoded at most (VXLAN in Geneve in VXLAN).
