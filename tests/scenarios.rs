@@ -1406,3 +1406,6 @@ mod backends;
 
 #[path = "scenarios/mtd.rs"]
 mod mtd;
+
+#[path = "scenarios/inputs.rs"]
+mod inputs;

@@ -31,11 +31,12 @@ impl FileSource {
     pub fn open(paths: &[PathBuf]) -> Result<FileSource, CaptureError> {
         let mut total = Some(0u64);
         let mut stdin = None;
+        if paths.iter().filter(|p| p.as_os_str() == STDIN).count() > 1 {
+            let msg = "standard input given more than once".into();
+            return Err(CaptureError::Open { path: PathBuf::from(STDIN), msg });
+        }
         for p in paths {
             if p.as_os_str() == STDIN {
-                if stdin.is_some() {
-                    return Err(CaptureError::Open { path: p.clone(), msg: "standard input given more than once".into() });
-                }
                 let (r, _) = open_stream(p, Box::new(std::io::stdin()))?;
                 stdin = Some(r);
                 total = None;
@@ -53,10 +54,10 @@ impl FileSource {
 
     fn reader(&mut self, p: &Path) -> Result<Input, CaptureError> {
         if p.as_os_str() == STDIN {
-            return self
-                .stdin
-                .take()
-                .ok_or_else(|| CaptureError::Open { path: p.to_path_buf(), msg: "standard input already read".into() });
+            return self.stdin.take().ok_or_else(|| CaptureError::Open {
+                path: p.to_path_buf(),
+                msg: "standard input already read".into(),
+            });
         }
         Ok(open_one(p)?.0)
     }

@@ -238,7 +238,10 @@ impl<R: Read> CaptureReader<R> {
         };
         r.fill(4)?;
         if r.avail() < 4 {
-            return Err(ReadError::Format(format!("{} bytes", r.avail())));
+            return Err(ReadError::Format(match r.avail() {
+                0 => "empty".into(),
+                n => format!("{n} bytes"),
+            }));
         }
         let m = u32_at(&r.buf, r.start, false);
         if m == magic::PCAPNG_SHB {
@@ -458,13 +461,8 @@ impl<R: Read> CaptureReader<R> {
             (10u64.pow(u32::from(tsresol)), false)
         };
         let linktype = i32::from(idb.linktype.0 as u16);
-        let iface = Iface {
-            linktype,
-            snapshot: adjust_snapshot(linktype, idb.snaplen),
-            resol,
-            binary,
-            offset: tsoffset,
-        };
+        let iface =
+            Iface { linktype, snapshot: adjust_snapshot(linktype, idb.snaplen), resol, binary, offset: tsoffset };
         // sf-pcapng.c's MAX_BLOCKSIZE_FOR_SNAPLEN.
         self.max_block = self.max_block.max(max_snaplen(linktype).saturating_add(4096));
         self.ifaces.push(iface);
@@ -482,7 +480,10 @@ impl<R: Read> CaptureReader<R> {
             return Err(bad(self, format!("block in pcapng dump file has a length of {total} < 12")));
         }
         if total % 4 != 0 {
-            return Err(bad(self, format!("block in pcapng dump file has a length of {total} that is not a multiple of 4")));
+            return Err(bad(
+                self,
+                format!("block in pcapng dump file has a length of {total} that is not a multiple of 4"),
+            ));
         }
         if total > max {
             return Err(bad(self, format!("pcapng block size {total} > maximum {max}")));
@@ -561,9 +562,9 @@ impl<R: Read> CaptureReader<R> {
             if self.avail() < record {
                 let got = self.avail() - header_len;
                 let want = caplen.min(snapshot);
-                return Err(self.damaged(format!(
-                    "truncated dump file; tried to read {want} captured bytes, only got {got}"
-                )));
+                return Err(
+                    self.damaged(format!("truncated dump file; tried to read {want} captured bytes, only got {got}"))
+                );
             }
         }
         // libpcap cuts a record longer than the snapshot length to it.
@@ -601,7 +602,9 @@ impl<R: Read> CaptureReader<R> {
                 self.fill(12)?;
                 if self.avail() < 12 {
                     let n = self.avail();
-                    return Err(self.damaged(format!("truncated pcapng dump file; tried to read 12 bytes, only got {n}")));
+                    return Err(
+                        self.damaged(format!("truncated pcapng dump file; tried to read 12 bytes, only got {n}"))
+                    );
                 }
                 self.section_header()?;
                 continue;
@@ -614,11 +617,8 @@ impl<R: Read> CaptureReader<R> {
                     if body.len() < block::EPB_FIXED {
                         return Err(self.damaged(format!("block of type {kind} in pcapng dump file is too short")));
                     }
-                    let iface = if kind == block::EPB {
-                        u32_at(body, 0, swapped)
-                    } else {
-                        u32::from(u16_at(body, 0, swapped))
-                    };
+                    let iface =
+                        if kind == block::EPB { u32_at(body, 0, swapped) } else { u32::from(u16_at(body, 0, swapped)) };
                     let t = u64::from(u32_at(body, 4, swapped)) << 32 | u64::from(u32_at(body, 8, swapped));
                     let fixed = if kind == block::EPB { block::EPB_FIXED } else { block::PB_FIXED };
                     (iface, u32_at(body, 12, swapped), u32_at(body, 16, swapped), t, fixed)
@@ -806,11 +806,12 @@ mod tests {
 
     fn classic(c: Classic, cut_to: Option<usize>) -> Vec<u8> {
         let mut out = c.header();
+        // Seconds run past 2^31 (2038): unsigned here, signed in libpcap.
         for (i, f) in sample_frames(c.linktype != 1).iter().enumerate() {
             let i = i as u32;
             let frac = if c.nano { 999_999_000 + i * 7 } else { 999_990 + i };
             let data = &f[..cut_to.unwrap_or(f.len()).min(f.len())];
-            c.record(&mut out, 1_700_000_000 + i * 3_000_000_00, frac, f.len() as u32 + 4, data);
+            c.record(&mut out, 1_700_000_000 + i * 300_000_000, frac, f.len() as u32 + 4, data);
         }
         out
     }

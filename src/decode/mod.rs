@@ -45,7 +45,10 @@ pub mod linktype {
     /// Whether the decoder reads frames of this link type (others are
     /// counted as `unsupported_link`).
     pub fn decoded(linktype: i32) -> bool {
-        matches!(linktype, NULL | ETHERNET | RAW | DLT_RAW | DLT_RAW_OPENBSD | LOOP | LINUX_SLL | IPV4 | IPV6 | LINUX_SLL2)
+        matches!(
+            linktype,
+            NULL | ETHERNET | RAW | DLT_RAW | DLT_RAW_OPENBSD | LOOP | LINUX_SLL | IPV4 | IPV6 | LINUX_SLL2
+        )
     }
 }
 
@@ -349,13 +352,11 @@ fn decode_general(
             }
             Err(_) => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
         },
-        linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, tun, linktype, data, cut),
+        linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, linktype, data, cut),
         linktype::RAW | linktype::DLT_RAW | linktype::DLT_RAW_OPENBSD | linktype::IPV4 | linktype::IPV6 => {
             match LaxSlicedPacket::from_ip(data) {
                 Ok(p) => {
-                    if let Some(udp_payload) = fill(&mut obs, &p, data, cut) {
-                        decapsulate(&mut obs, tun, udp_payload, data, cut, 0);
-                    }
+                    fill(&mut obs, &p, data, cut);
                 }
                 Err(e) => ip_header_error(&mut obs, &e, cut),
             }
@@ -365,9 +366,7 @@ fn decode_general(
             match data.get(4..) {
                 Some(rest) => match LaxSlicedPacket::from_ip(rest) {
                     Ok(p) => {
-                        if let Some(udp_payload) = fill(&mut obs, &p, data, cut) {
-                            decapsulate(&mut obs, tun, udp_payload, data, cut, 0);
-                        }
+                        fill(&mut obs, &p, data, cut);
                     }
                     Err(e) => ip_header_error(&mut obs, &e, cut),
                 },
@@ -395,7 +394,7 @@ fn set_len_error(obs: &mut Observation, kind: DecodeErrorKind, cut: bool) {
     }
 }
 
-fn decode_sll(obs: &mut Observation, tun: &Tunnels, linktype: i32, data: &[u8], cut: bool) {
+fn decode_sll(obs: &mut Observation, linktype: i32, data: &[u8], cut: bool) {
     let (hdr_len, proto_range, addr_len_at, addr_range) = if linktype == linktype::LINUX_SLL {
         (sll::V1_LEN, sll::V1_PROTOCOL, sll::V1_ADDR_LEN, sll::V1_ADDR)
     } else {
@@ -414,9 +413,7 @@ fn decode_sll(obs: &mut Observation, tun: &Tunnels, linktype: i32, data: &[u8], 
         obs.l2 = Some(L2 { src: Mac(m), dst: None, ether_type, vlan: None });
     }
     let p = LaxSlicedPacket::from_ether_type(etherparse::EtherType(ether_type), payload);
-    if let Some(udp_payload) = fill(obs, &p, data, cut) {
-        decapsulate(obs, tun, udp_payload, data, cut, 0);
-    }
+    fill(obs, &p, data, cut);
 }
 
 /// Nested tunnels decoded at most (VXLAN in Geneve in VXLAN).
