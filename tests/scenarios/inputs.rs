@@ -218,3 +218,26 @@ fn damaged_captures_are_read_up_to_the_damage_with_the_file_and_position() {
         (Some(frames.len() as u64 - 1), Some(1))
     );
 }
+
+#[test]
+fn tcpdump_writing_to_a_pipe_feeds_replay_from_standard_input() {
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true but tcpdump is not installed");
+        eprintln!("SKIPPED: tcpdump not installed");
+        return;
+    }
+    let rules = rules_dir();
+    let want = stable(replay(rules.path(), 2, &[capture("rtt.pcap")]));
+    // `tcpdump -w - | vmsentry replay -`, the pipe made by the shell.
+    let cmd = format!(
+        "tcpdump -n -r {} -w - 2>/dev/null | {} replay --rules {} --threads 2 -",
+        capture("rtt.pcap").display(),
+        env!("CARGO_BIN_EXE_vmsentry"),
+        rules.path().display()
+    );
+    let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(stable(got), want);
+}
