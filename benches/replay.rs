@@ -63,6 +63,14 @@ fn main() {
         eprintln!("writing {} ...", vxlan_file.display());
         vmsentry::synth::scenario::write_bench_vxlan(&vxlan_file, packets).unwrap();
     }
+    // `BENCH_ONLY=reader`: only the reader rows (on this file and any given in BENCH_FILES).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("reader") {
+        reader_rows(&file, runs);
+        for f in std::env::var("BENCH_FILES").unwrap_or_default().split(':').filter(|f| !f.is_empty()) {
+            reader_rows(Path::new(f), runs);
+        }
+        return;
+    }
     let size = std::fs::metadata(&file).unwrap().len();
     let (_guard, rules) = rules();
     let mut no_rtt = rules.clone();
@@ -161,6 +169,7 @@ fn main() {
         packets as f64 / rh / 1e6,
         100.0 * rl / rh
     );
+    reader_rows(&file, runs);
     let rss = vmsentry::event::peak_rss_bytes().unwrap_or(0);
     println!("replay benchmark: {packets} packets, {:.1} MB, median of {runs} runs", size as f64 / 1e6);
     let td = if has_tcpdump { Some(median(tcpdump)) } else { None };
@@ -179,4 +188,66 @@ fn main() {
         "  RTT state: {per_flow:.0} bytes per tracked TCP flow, {per_echo:.0} per outstanding echo (at full load)"
     );
     println!("  peak RSS of the benchmark process: {:.1} MiB", rss as f64 / 1048576.0);
+}
+
+/// The capture reader alone, as `replay` uses it (`FileSource`: the native
+/// reader, timestamps to packet time, link-type check), each frame's length
+/// and first byte summed so the frames are really handed over. Seconds.
+fn native_reader_pass(file: &Path) -> (u64, u64, f64) {
+    use std::ops::ControlFlow;
+    use vmsentry::capture::{PacketSource, SourceItem};
+    let mut src = FileSource::open(std::slice::from_ref(&file.to_path_buf())).unwrap();
+    let (mut n, mut sum) = (0u64, 0u64);
+    let t = Instant::now();
+    src.run(&mut |item| {
+        if let SourceItem::Packet(p) = item {
+            n += 1;
+            sum += u64::from(p.orig_len) + u64::from(p.data.first().copied().unwrap_or(0)) + p.ts.as_micros() as u64;
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    (n, sum, t.elapsed().as_secs_f64())
+}
+
+/// libpcap's `pcap_next_ex` loop (the `pcap` crate's `next_packet`, what
+/// `replay` used before) over the same file, the same work per frame.
+fn libpcap_read_pass(file: &Path) -> (u64, u64, f64) {
+    let mut cap = pcap::Capture::from_file_with_precision(file, pcap::Precision::Micro).unwrap();
+    let (mut n, mut sum) = (0u64, 0u64);
+    let t = Instant::now();
+    while let Ok(p) = cap.next_packet() {
+        n += 1;
+        #[allow(clippy::unnecessary_cast)]
+        let us = p.header.ts.tv_sec as i64 * 1_000_000 + p.header.ts.tv_usec as i64;
+        sum += u64::from(p.header.len) + u64::from(p.data.first().copied().unwrap_or(0)) + us as u64;
+    }
+    (n, sum, t.elapsed().as_secs_f64())
+}
+
+/// The "reader alone" and "libpcap read loop" rows: alternated `runs` times
+/// (which goes first alternates too), medians, and their ratio.
+fn reader_rows(file: &Path, runs: usize) {
+    let (mut native, mut libpcap) = (Vec::new(), Vec::new());
+    let mut frames = 0;
+    for run in 0..runs.max(1) {
+        let order: [bool; 2] = if run % 2 == 0 { [true, false] } else { [false, true] };
+        let mut sums = [0u64; 2];
+        for is_native in order {
+            let (n, sum, s) = if is_native { native_reader_pass(file) } else { libpcap_read_pass(file) };
+            frames = n;
+            sums[usize::from(is_native)] = sum;
+            if is_native { &mut native } else { &mut libpcap }.push(s);
+        }
+        assert_eq!(sums[0], sums[1], "both readers hand over the same frames");
+    }
+    let (nat, lib) = (median(native), median(libpcap));
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    println!(
+        "  reader alone ({name}): {:>7.1} ms  {:>6.2} Mpps  {:.2}x the libpcap read loop",
+        nat * 1e3,
+        frames as f64 / nat / 1e6,
+        lib / nat
+    );
+    println!("  libpcap read loop ({name}): {:>7.1} ms  {:>6.2} Mpps", lib * 1e3, frames as f64 / lib / 1e6);
 }

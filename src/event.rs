@@ -549,6 +549,9 @@ pub struct SummaryEvent {
     pub queue_dropped: u64,
     /// Input files whose end was damaged (read up to the damage).
     pub damaged_files: u64,
+    /// Input files with frames of a link type vmsentry does not decode
+    /// (each warned about on stderr; the frames are `unsupported_link` errors).
+    pub unsupported_link_files: u64,
     /// Placement evidence (sightings, streams) over its per-window caps.
     pub placement_dropped: u64,
     pub rtt: RttSummary,

@@ -6,8 +6,9 @@
 //! signature of the cluster, and hands quarantine or migrate actions to a
 //! backend. The data flows through these stages, one module each:
 //!
-//! 1. [`capture`]: frames from pcap/pcapng files or a live interface, behind
-//!    one [`capture::PacketSource`] trait.
+//! 1. [`capture`]: frames from pcap/pcapng files (a native reader: plain,
+//!    gzip'd or standard input) or a live interface (libpcap), behind one
+//!    [`capture::PacketSource`] trait.
 //! 2. [`decode`]: each frame into a small `Copy` [`decode::Observation`]
 //!    (etherparse, lax: damage is counted by kind, never a panic).
 //! 3. [`pipeline`]: the reader batches observations to shard workers by a

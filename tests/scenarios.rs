@@ -1423,3 +1423,6 @@ mod gate_libvirt;
 
 #[path = "scenarios/report.rs"]
 mod report;
+
+#[path = "scenarios/capture_inputs.rs"]
+mod capture_inputs;

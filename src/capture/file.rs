@@ -1,55 +1,145 @@
-//! pcap and pcapng files through libpcap, several in order.
+//! pcap and pcapng files (plain or gzip'd, or standard input), several in order, through the native reader.
 
+use super::linktype;
+use super::reader::{magic, CaptureReader, ReadError};
 use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
-use pcap::{Capture, Offline};
+use crate::decode::linktype::decoded;
+use crate::time::PacketTime;
+use std::io::{Cursor, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+/// The path that means standard input.
+pub const STDIN: &str = "-";
+
+type Input = CaptureReader<Box<dyn Read>>;
+
 pub struct FileSource {
     paths: Vec<PathBuf>,
+    /// Standard input's reader, opened (and its header checked) up front,
+    /// since it cannot be opened twice.
+    stdin: Option<Input>,
     stats: SourceStats,
-    total: u64,
+    total: Option<u64>,
 }
 
 impl FileSource {
-    /// Opens every file once up front, so a missing or non-pcap file is
-    /// reported before anything runs.
+    /// Opens every input once up front, so a missing or non-pcap file is
+    /// reported before anything runs. `-` is standard input (at most once);
+    /// a gzip'd file (by its first bytes, whatever its name) is decompressed
+    /// on the fly.
     pub fn open(paths: &[PathBuf]) -> Result<FileSource, CaptureError> {
-        let mut total = 0;
-        for p in paths {
-            open_one(p)?;
-            total += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut total = Some(0u64);
+        let mut stdin = None;
+        if paths.iter().filter(|p| p.as_os_str() == STDIN).count() > 1 {
+            let msg = "standard input given more than once".into();
+            return Err(CaptureError::Open { path: PathBuf::from(STDIN), msg });
         }
-        Ok(FileSource { paths: paths.to_vec(), stats: SourceStats::default(), total })
+        for p in paths {
+            if p.as_os_str() == STDIN {
+                let (r, _) = open_stream(p, Box::new(std::io::stdin()))?;
+                stdin = Some(r);
+                total = None;
+                continue;
+            }
+            let gz = open_one(p)?.1;
+            // Progress counts capture bytes; a gzip'd file's size says little of them.
+            match (total, gz) {
+                (Some(t), false) => total = Some(t + std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)),
+                _ => total = None,
+            }
+        }
+        Ok(FileSource { paths: paths.to_vec(), stdin, stats: SourceStats::default(), total })
+    }
+
+    fn reader(&mut self, p: &Path) -> Result<Input, CaptureError> {
+        if p.as_os_str() == STDIN {
+            return self.stdin.take().ok_or_else(|| CaptureError::Open {
+                path: p.to_path_buf(),
+                msg: "standard input already read".into(),
+            });
+        }
+        Ok(open_one(p)?.0)
     }
 }
 
-fn open_one(p: &Path) -> Result<Capture<Offline>, CaptureError> {
+/// Opens a file: the reader, and whether it is gzip'd.
+fn open_one(p: &Path) -> Result<(Input, bool), CaptureError> {
+    let open_err = |msg: String| CaptureError::Open { path: p.to_path_buf(), msg };
     if !p.is_file() {
-        let msg = if p.exists() { "not a regular file" } else { "no such file" };
-        return Err(CaptureError::Open { path: p.to_path_buf(), msg: msg.into() });
+        return Err(open_err((if p.exists() { "not a regular file" } else { "no such file" }).into()));
     }
-    Capture::from_file_with_precision(p, pcap::Precision::Micro)
-        .map_err(|e| CaptureError::Open { path: p.to_path_buf(), msg: format!("not a pcap or pcapng file ({e})") })
+    let f = std::fs::File::open(p).map_err(|e| open_err(format!("cannot open: {e}")))?;
+    open_stream(p, Box::new(f))
+}
+
+/// Sniffs gzip by its magic bytes, then reads the capture's header.
+fn open_stream(p: &Path, mut src: Box<dyn Read>) -> Result<(Input, bool), CaptureError> {
+    let open_err = |msg: String| CaptureError::Open { path: p.to_path_buf(), msg };
+    let mut head = [0u8; 2];
+    let mut n = 0;
+    while n < head.len() {
+        match src.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(open_err(format!("cannot read: {e}"))),
+        }
+    }
+    let src: Box<dyn Read> = Box::new(Cursor::new(head).take(n as u64).chain(src));
+    let gz = n == 2 && head == magic::GZIP;
+    let src: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(src)) } else { src };
+    match CaptureReader::new(src) {
+        Ok(r) => Ok((r, gz)),
+        Err(ReadError::Io(e)) if gz => Err(open_err(format!("not a readable gzip stream ({e})"))),
+        Err(ReadError::Io(e)) => Err(open_err(format!("cannot read: {e}"))),
+        Err(e @ ReadError::Format(_)) if gz => Err(open_err(format!("gzip'd, but {e}"))),
+        Err(e) => Err(open_err(e.to_string())),
+    }
 }
 
 impl PacketSource for FileSource {
     fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
-        for path in &self.paths {
-            let mut cap = open_one(path)?;
-            let linktype = cap.get_datalink().0;
+        for path in self.paths.clone() {
+            let mut rd = self.reader(&path)?;
+            // Link types this file has shown that the decoder does not know:
+            // one warning each per file.
+            let mut warned: Vec<i32> = Vec::new();
+            let mut last_linktype = None;
             loop {
-                match cap.next_packet() {
-                    Ok(pkt) => {
-                        let raw = RawPacket::from_pcap(&pkt, linktype);
+                match rd.next_frame() {
+                    Ok(Some(f)) => {
+                        if last_linktype != Some(f.linktype) {
+                            last_linktype = Some(f.linktype);
+                            if !decoded(f.linktype) && !warned.contains(&f.linktype) {
+                                if warned.is_empty() {
+                                    self.stats.unsupported_link_files += 1;
+                                }
+                                warned.push(f.linktype);
+                                eprintln!(
+                                    "vmsentry: {}: link type {} is not decoded: its frames count as packets and bytes, \
+                                     and as `unsupported_link` decode errors",
+                                    path.display(),
+                                    linktype::describe(f.linktype)
+                                );
+                            }
+                        }
+                        let (sec, usec) = f.timeval();
+                        let raw = RawPacket {
+                            ts: PacketTime::from_timeval(sec, usec),
+                            orig_len: f.orig_len,
+                            data: f.data,
+                            linktype: f.linktype,
+                        };
                         if each(SourceItem::Packet(raw)).is_break() {
                             return Ok(());
                         }
                     }
-                    Err(pcap::Error::NoMorePackets) => break,
+                    Ok(None) => break,
                     Err(e) => {
-                        // libpcap stops at a cut-off record; keep what was read.
-                        eprintln!("vmsentry: {}: stopped reading at damaged data: {e}", path.display());
+                        // Keep what was read before the damage (a cut-off
+                        // last record, a bad block, a broken gzip stream).
+                        eprintln!("vmsentry: {}: stopped reading at damaged data {e}", path.display());
                         self.stats.damaged_files += 1;
                         break;
                     }
@@ -64,6 +154,6 @@ impl PacketSource for FileSource {
     }
 
     fn total_bytes(&self) -> Option<u64> {
-        Some(self.total)
+        self.total
     }
 }

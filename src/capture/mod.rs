@@ -1,9 +1,11 @@
 //! Capture: where frames come from. One [`PacketSource`] trait for pcap files and live interfaces.
 
 mod file;
+pub mod linktype;
 mod live;
+pub mod reader;
 
-pub use file::FileSource;
+pub use file::{FileSource, STDIN};
 pub use live::{LiveConfig, LiveSource};
 
 use crate::time::PacketTime;
@@ -18,7 +20,10 @@ pub struct RawPacket<'a> {
     pub orig_len: u32,
     /// The captured bytes (`caplen` of them).
     pub data: &'a [u8],
-    /// libpcap link type of the file or interface.
+    /// Link type: the file's (or pcapng interface's) `LINKTYPE_*` value for
+    /// files, libpcap's `DLT_*` for live interfaces. They differ only for a
+    /// few types; of those vmsentry decodes, raw IP (`LINKTYPE_RAW` 101 is
+    /// `DLT_RAW` 12, or 14 on OpenBSD), and the decoder takes every form.
     pub linktype: i32,
 }
 
@@ -63,6 +68,9 @@ pub enum CaptureError {
 pub struct SourceStats {
     /// Files whose end was damaged (a cut-off last record): read up to the damage.
     pub damaged_files: u64,
+    /// Files with frames of a link type the decoder does not know (warned
+    /// about once per file and link type).
+    pub unsupported_link_files: u64,
 }
 
 /// Several capture files in order, each announced with
@@ -74,6 +82,10 @@ pub struct FileList {
 impl FileList {
     /// Opens every file up front (see [`FileSource::open`]).
     pub fn open(paths: &[PathBuf]) -> Result<FileList, CaptureError> {
+        if paths.iter().filter(|p| p.as_os_str() == STDIN).count() > 1 {
+            let msg = "standard input given more than once".into();
+            return Err(CaptureError::Open { path: PathBuf::from(STDIN), msg });
+        }
         let mut files = Vec::with_capacity(paths.len());
         for p in paths {
             files.push((p.clone(), FileSource::open(std::slice::from_ref(p))?));
@@ -104,7 +116,9 @@ impl PacketSource for FileList {
     fn stats(&self) -> SourceStats {
         let mut s = SourceStats::default();
         for (_, f) in &self.files {
-            s.damaged_files += f.stats().damaged_files;
+            let st = f.stats();
+            s.damaged_files += st.damaged_files;
+            s.unsupported_link_files += st.unsupported_link_files;
         }
         s
     }

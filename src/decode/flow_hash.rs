@@ -41,7 +41,9 @@ pub fn flow_hash(tun: &Tunnels, link: i32, data: &[u8]) -> u64 {
     let h = Hasher { tun, depth: 0 };
     match link {
         linktype::ETHERNET => h.ethernet(data),
-        linktype::RAW | linktype::IPV4 | linktype::IPV6 => h.ip(data).unwrap_or(0),
+        linktype::RAW | linktype::DLT_RAW | linktype::DLT_RAW_OPENBSD | linktype::IPV4 | linktype::IPV6 => {
+            h.ip(data).unwrap_or(0)
+        }
         linktype::NULL | linktype::LOOP => data.get(4..).and_then(|d| h.ip(d)).unwrap_or(0),
         linktype::LINUX_SLL => h.after_ethertype(data, field::SLL_PROTO, field::SLL_LEN),
         linktype::LINUX_SLL2 => h.after_ethertype(data, field::SLL2_PROTO, field::SLL2_LEN),

@@ -35,6 +35,21 @@ pub mod linktype {
     pub const IPV4: i32 = 228;
     pub const IPV6: i32 = 229;
     pub const LINUX_SLL2: i32 = 276;
+    /// libpcap's `DLT_RAW` (raw IP): what it reports for a `LINKTYPE_RAW`
+    /// file or interface on Linux and most systems ...
+    pub const DLT_RAW: i32 = 12;
+    /// ... and on OpenBSD (elsewhere 14 is `DLT_PPP_BSDOS`, which no capture
+    /// file carries: files say `LINKTYPE_PPP_BSDOS` 103).
+    pub const DLT_RAW_OPENBSD: i32 = 14;
+
+    /// Whether the decoder reads frames of this link type (others are
+    /// counted as `unsupported_link`).
+    pub fn decoded(linktype: i32) -> bool {
+        matches!(
+            linktype,
+            NULL | ETHERNET | RAW | DLT_RAW | DLT_RAW_OPENBSD | LOOP | LINUX_SLL | IPV4 | IPV6 | LINUX_SLL2
+        )
+    }
 }
 
 /// Ethertypes with a meaning of their own here.
@@ -372,12 +387,14 @@ fn decode_general(
             Err(_) => set_len_error(&mut obs, DecodeErrorKind::LinkTruncated, cut),
         },
         linktype::LINUX_SLL | linktype::LINUX_SLL2 => decode_sll(&mut obs, linktype, data, cut),
-        linktype::RAW | linktype::IPV4 | linktype::IPV6 => match LaxSlicedPacket::from_ip(data) {
-            Ok(p) => {
-                fill(&mut obs, &p, data, cut);
+        linktype::RAW | linktype::DLT_RAW | linktype::DLT_RAW_OPENBSD | linktype::IPV4 | linktype::IPV6 => {
+            match LaxSlicedPacket::from_ip(data) {
+                Ok(p) => {
+                    fill(&mut obs, &p, data, cut);
+                }
+                Err(e) => ip_header_error(&mut obs, &e, cut),
             }
-            Err(e) => ip_header_error(&mut obs, &e, cut),
-        },
+        }
         linktype::NULL | linktype::LOOP => {
             // 4-byte address family in host (NULL) or network (LOOP) order.
             match data.get(4..) {

@@ -363,3 +363,25 @@ fn impossible_frame_lengths_are_damage_not_traffic() {
     );
     assert!(frame_len_ok(74, 74) && !frame_len_ok(73, 74) && !frame_len_ok(u32::MAX, 74));
 }
+
+#[test]
+fn raw_ip_decodes_under_linktype_raw_and_both_dlt_raw_values() {
+    let f = frames::udp4(
+        mac("fa:16:3e:00:00:01"),
+        mac("52:54:00:ff:00:01"),
+        [10, 0, 0, 1].into(),
+        [10, 0, 0, 2].into(),
+        1000,
+        53,
+        20,
+    );
+    for lt in [linktype::RAW, linktype::DLT_RAW, linktype::DLT_RAW_OPENBSD, linktype::IPV4] {
+        assert!(linktype::decoded(lt));
+        let ip = &f[14..];
+        let o = decode(&Tunnels::default(), lt, T, ip.len() as u32, ip.len() as u32, ip);
+        assert_eq!(o.error, None, "link type {lt}");
+        assert!(matches!(o.l4, L4::Udp { dst_port: 53, .. }), "link type {lt}");
+        assert_eq!(o.l2, None);
+    }
+    assert!(!linktype::decoded(127));
+}

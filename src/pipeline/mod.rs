@@ -478,6 +478,7 @@ pub fn run(
         late_frames: stats.late_frames,
         queue_dropped,
         damaged_files: source.stats().damaged_files,
+        unsupported_link_files: source.stats().unsupported_link_files,
         placement_dropped: detector.placement_dropped() + detector.addresses_dropped(),
         ids: out.ids,
         rtt: RttSummary {
