@@ -396,7 +396,7 @@ impl Merge {
                 let submitted = self.dispatcher.submit(action.clone());
                 match submitted {
                     crate::action::Submitted::Queued => out.queued += 1,
-                    crate::action::Submitted::Dropped => out.dropped += 1,
+                    crate::action::Submitted::Dropped | crate::action::Submitted::NotJournaled => out.dropped += 1,
                     crate::action::Submitted::Duplicate => {}
                 }
                 if let Some(t) = &self.telemetry {
