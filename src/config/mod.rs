@@ -389,6 +389,8 @@ impl Rules {
         // [[hypervisor]]
         let mut hv_index: BTreeMap<String, usize> = BTreeMap::new();
         let mut hv_macs: HashSet<Mac> = HashSet::new();
+        // Addresses name one hypervisor or VM each (IDS victims, the locator).
+        let mut ip_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
         let mut hypervisors = Vec::with_capacity(raw.hypervisor.len());
         for (i, h) in raw.hypervisor.into_iter().enumerate() {
             if h.id.get_ref().is_empty() || h.id.get_ref().contains(|c: char| c == '\0' || c.is_whitespace()) {
@@ -416,11 +418,18 @@ impl Rules {
                     ));
                 }
             }
+            let mut ips = Vec::with_capacity(h.ips.len());
+            for ip in &h.ips {
+                if let Some(other) = ip_owner.insert(*ip.get_ref(), format!("hypervisor `{}`", h.id.get_ref())) {
+                    return Err(at(ip.span(), format!("address {} is also {other}'s", ip.get_ref())));
+                }
+                ips.push(*ip.get_ref());
+            }
             hypervisors.push(HypervisorEntry {
                 ram_mb: h.ram_mb,
                 id: h.id.into_inner(),
                 macs,
-                ips: h.ips,
+                ips,
                 signature: h.signature.map(Spanned::into_inner),
             });
         }
@@ -609,14 +618,6 @@ impl Rules {
             shutdown_grace_ms: b.shutdown_grace_ms,
             journal: b.journal.as_ref().map(|j| dir.join(j.get_ref())),
         };
-
-        // Addresses name one hypervisor or VM each, for IDS alerts.
-        let mut ip_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-        for h in &hypervisors {
-            for ip in &h.ips {
-                ip_owner.insert(*ip, format!("hypervisor `{}`", h.id));
-            }
-        }
 
         // [[vm]]
         let mut vm_macs: HashSet<Mac> = HashSet::new();

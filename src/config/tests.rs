@@ -183,3 +183,21 @@ fn backend_routes_need_their_section_and_urls_are_checked() {
         load(&format!("{HEAD}[backend]\nquarantine = \"exec\"\n[backend.exec]\nprogram = \"/bin/true\"\n")).unwrap();
     assert_eq!(r.backend.routes.map(BackendName::as_str), ["log", "exec", "log"]);
 }
+
+#[test]
+fn an_address_of_two_hypervisors_is_refused_where_the_second_claims_it() {
+    let text = format!(
+        "{HEAD}[[hypervisor]]\nid = \"a\"\nips = [\"10.0.0.31\"]\n\
+         [[hypervisor]]\nid = \"b\"\nips = [\"10.0.0.32\", \"10.0.0.31\"]\n"
+    );
+    assert_eq!(
+        load(&text).unwrap_err(),
+        "r/vmsentry.toml:9:21: address 10.0.0.31 is also hypervisor `a`'s"
+    );
+    // Twice in one hypervisor is the same mistake.
+    let text = format!("{HEAD}[[hypervisor]]\nid = \"a\"\nips = [\"10.0.0.31\", \"10.0.0.31\"]\n");
+    assert_eq!(
+        load(&text).unwrap_err(),
+        "r/vmsentry.toml:6:21: address 10.0.0.31 is also hypervisor `a`'s"
+    );
+}
