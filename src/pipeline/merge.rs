@@ -329,10 +329,8 @@ impl Merge {
             }
             Outcome::Migration(m) => {
                 let ram_mb = self.detector.ram_bytes(m.vm).unwrap_or(0) / (1024 * 1024);
-                if let (Some(from), Some(to)) = (m.from.and_then(|p| p.hv), m.to.and_then(|p| p.hv)) {
-                    self.policy.note_move(from, to, ram_mb);
-                }
-                self.policy.migration_seen(self.detector.vm(m.vm).mac);
+                let (from, to) = (m.from.and_then(|p| p.hv), m.to.and_then(|p| p.hv));
+                self.policy.moved(self.detector.vm(m.vm).mac, from, to, ram_mb);
                 if let Some(t) = &self.telemetry {
                     t.metrics.migrations.with_label_values(&[m.verdict.as_str()]).inc();
                 }
