@@ -241,6 +241,48 @@ pub struct Rules {
     pub vms: Vec<VmEntry>,
 }
 
+/// The settings a reload does not change: they size the reader's and the
+/// shards' structures (`window.length_ms`, `[limits]`, `[tunnels]`), own a
+/// thread each (`[[ids]]`), or hold the dispatcher's backends, connections,
+/// retries in progress and journal (`[backend]`: swapping them mid-run could
+/// lose or repeat an action being retried, so a restart, which resumes from
+/// the journal, is the safe way).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartOnly {
+    window_len_ms: u64,
+    limits: Limits,
+    tunnels: Tunnels,
+    ids: Vec<crate::ids::Input>,
+    backend: Backend,
+}
+
+impl RestartOnly {
+    pub fn of(rules: &Rules) -> RestartOnly {
+        RestartOnly {
+            window_len_ms: rules.window_len_ms,
+            limits: rules.limits.clone(),
+            tunnels: rules.tunnels,
+            ids: rules.ids.clone(),
+            backend: rules.backend.clone(),
+        }
+    }
+
+    /// Which of them `new` changes, by section name, in file order.
+    pub fn restart_only_changes(&self, new: &Rules) -> Vec<&'static str> {
+        let n = RestartOnly::of(new);
+        [
+            (self.window_len_ms != n.window_len_ms, "window.length_ms"),
+            (self.limits != n.limits, "[limits]"),
+            (self.tunnels != n.tunnels, "[tunnels]"),
+            (self.backend != n.backend, "[backend]"),
+            (self.ids != n.ids, "[[ids]]"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect()
+    }
+}
+
 /// Moving-target defense.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MtdRules {

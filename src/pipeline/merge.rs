@@ -64,6 +64,8 @@ pub(super) struct Merge {
     pub telemetry: Option<Arc<Telemetry>>,
     /// The reload flag (SIGHUP), the rules directory, and the shards' shared config.
     pub reload: Option<(Arc<AtomicBool>, PathBuf, Arc<SharedPlacement>)>,
+    /// The settings running now that only a restart changes.
+    pub running: crate::config::RestartOnly,
 }
 
 /// One window's partials as they arrive.
@@ -221,12 +223,16 @@ impl Merge {
         }
         let result = match Rules::load(dir) {
             Ok(rules) => {
-                let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-                self.detector.reload(&rules, registry.clone());
-                self.policy = Policy::new(&rules, registry);
-                self.mtd.reload(&rules);
                 shared.replace(PlacementConfig::from_rules(&rules));
                 eprintln!("vmsentry: rules reloaded from {}", dir.display());
+                let later = self.running.restart_only_changes(&rules);
+                if !later.is_empty() {
+                    eprintln!(
+                        "vmsentry: changed, but only a restart applies them (the running ones stay): {}",
+                        later.join(", ")
+                    );
+                }
+                self.apply_rules(&rules);
                 "ok"
             }
             Err(e) => {
@@ -237,6 +243,19 @@ impl Merge {
         if let Some(t) = &self.telemetry {
             t.metrics.reloads.with_label_values(&[result]).inc();
         }
+    }
+
+    /// Takes valid new rules. Everything keyed by hypervisor follows it by id:
+    /// the detector's places, the policy's migrations in flight, the
+    /// evacuation state; the storm limits' memory carries over.
+    pub(super) fn apply_rules(&mut self, rules: &Rules) {
+        let old_ids: Vec<String> = self.detector.registry().entries().iter().map(|e| e.id.clone()).collect();
+        let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+        self.detector.reload(rules, registry.clone());
+        let d = &self.detector;
+        let placed = (0..d.vms().len()).map(|i| (d.place(i).and_then(|p| p.hv), d.vm(i).ram_mb.unwrap_or(0)));
+        self.policy.reload(rules, registry, placed);
+        self.mtd.reload(rules, &old_ids);
     }
 
     /// The window's metrics and the API's views.

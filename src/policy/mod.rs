@@ -110,6 +110,29 @@ impl Policy {
         }
     }
 
+    /// New rules (the table, the storm limits, the hypervisors) without
+    /// forgetting what the storm limits count: each VM's last action (its
+    /// cooldown), the actions of the last minute, the migrations in flight
+    /// (carried by hypervisor id; one whose destination left the rules no
+    /// longer counts), and the sequence of action ids. `placed` is where each
+    /// VM is now (indices into the new rules) and its RAM in MiB.
+    pub fn reload(&mut self, rules: &Rules, registry: Registry, placed: impl Iterator<Item = (Option<usize>, u64)>) {
+        let mut new = Policy::placed_as(rules, registry, placed);
+        let index = |old: usize| self.hypervisor_ids.get(old).and_then(|id| new.registry.index_of(id));
+        let carried: Vec<InFlight> = self
+            .in_flight
+            .iter()
+            .filter_map(|m| Some(InFlight { to: index(m.to)?, from: m.from.and_then(index), ..m.clone() }))
+            .collect();
+        for m in carried {
+            new.start_migration(m.vm, m.from, m.to, m.ram_mb, m.at);
+        }
+        new.last_action = std::mem::take(&mut self.last_action);
+        new.recent = std::mem::take(&mut self.recent);
+        new.seq = self.seq;
+        *self = new;
+    }
+
     /// How long a migration counts as in flight, in µs.
     pub fn migration_timeout_us(&self) -> i64 {
         self.storm.migration_timeout_s as i64 * 1_000_000

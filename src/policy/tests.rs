@@ -226,3 +226,43 @@ fn a_migration_that_never_happened_frees_its_room_when_it_times_out() {
     // It never showed on the wire; after 60 s h2 has room again.
     assert_eq!(what(&act(w.rise(1, Level::High, 60))), (ActionKind::Migrate, Some("h2"), None));
 }
+
+/// Reloads `w` with `body`, the VMs placed where the new rules put them.
+fn reload(w: &mut World, body: &str) {
+    let rules = rules(body);
+    let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+    let placed: Vec<(Option<usize>, u64)> =
+        rules.vms.iter().map(|v| (v.hypervisor, v.ram_mb.unwrap_or(0))).collect();
+    w.policy.reload(&rules, registry, placed.into_iter());
+    w.rules = rules;
+}
+
+#[test]
+fn a_reload_keeps_cooldowns_the_minute_window_migrations_in_flight_and_the_id_sequence() {
+    let storm = "[storm]\nvm_cooldown_s = 100\nmax_actions_per_minute = 3\nmax_migrations_per_hypervisor = 1\n";
+    let vms = format!("{}{}{}{}", vm("a", 1, 1, "h1"), vm("b", 2, 1, "h1"), vm("c", 3, 1, "h2"), vm("d", 4, 1, "h2"));
+    let (h1, h2, h3) = (hv("h1", 1, None, true), hv("h2", 2, None, true), hv("h3", 3, None, true));
+    let mut w = world(&format!("{MIGRATE_EVERYTHING}{storm}{h1}{h2}{h3}{vms}"));
+    assert_eq!(act(w.rise(0, Level::High, 0)).destination.as_deref(), Some("h3"));
+    assert_eq!(act(w.rise(2, Level::Medium, 1)).id, "1000000-2");
+    // The same rules with the hypervisors listed the other way round.
+    reload(&mut w, &format!("{MIGRATE_EVERYTHING}{storm}{h3}{h2}{h1}{vms}"));
+    // a's cooldown holds.
+    assert_eq!(held(w.rise(0, Level::High, 2)), "vm_cooldown");
+    // a's migration is still in flight leaving h1 (now the third entry).
+    assert_eq!(held(w.rise(1, Level::High, 3)), "hypervisor_migrations");
+    // Two actions (and two holds) in this minute: one more is allowed, with the next id.
+    let a = act(w.rise(3, Level::High, 4));
+    assert_eq!((a.id.as_str(), a.destination.as_deref()), ("4000000-3", Some("h1")));
+    assert_eq!(held(w.rise(1, Level::Medium, 5)), "rate_limit");
+}
+
+#[test]
+fn a_reload_keeps_a_migration_in_flight_counted_at_its_destination() {
+    let vms = format!("{}{}", vm("a", 1, 1024, "h1"), vm("b", 2, 1024, "h1"));
+    let body = format!("{MIGRATE_EVERYTHING}{}{}{vms}", hv("h1", 1, None, true), hv("h2", 2, Some(1024), true));
+    let mut w = world(&body);
+    assert_eq!(act(w.rise(0, Level::High, 0)).destination.as_deref(), Some("h2"));
+    reload(&mut w, &body);
+    assert_eq!(act(w.rise(1, Level::High, 1)).kind, ActionKind::Alert, "h2's room is taken by a, in flight");
+}
