@@ -607,11 +607,7 @@ fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: b
         Some(LaxNetSlice::Ipv6(ip)) => {
             let h = ip.header();
             let pl = ip.payload();
-            let later = pl.fragmented
-                && ip.extensions().clone().into_iter().any(|e| match e {
-                    etherparse::Ipv6ExtensionSlice::Fragment(f) => f.fragment_offset().value() != 0,
-                    _ => false,
-                });
+            let later = pl.fragmented && ipv6_fragment_offset(ip.extensions()).is_none_or(|off| off != 0);
             obs.net = Net::Ip {
                 src: IpAddr::V6(Ipv6Addr::from(h.source())),
                 dst: IpAddr::V6(Ipv6Addr::from(h.destination())),
@@ -706,6 +702,32 @@ fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: b
         None => first_fragment.map_or(L4::None, |(proto, payload)| icmp_in_first_fragment(proto, payload)),
     };
     udp_payload
+}
+
+/// The offset of the IPv6 fragment header among `exts`, walked with bounds
+/// checks (etherparse's own iterator over a lax parse can read past a
+/// header cut short: found by fuzzing). `None` without one, or when cut.
+fn ipv6_fragment_offset(exts: &etherparse::Ipv6ExtensionsSlice<'_>) -> Option<u16> {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AUTH: u8 = 51;
+    const DEST_OPTS: u8 = 60;
+    let mut rest = exts.slice();
+    let mut next = exts.first_header()?.0;
+    loop {
+        let len = match next {
+            FRAGMENT => {
+                let field = u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]);
+                return Some(field >> 3);
+            }
+            HOP_BY_HOP | ROUTING | DEST_OPTS => (usize::from(*rest.get(1)?) + 1) * 8,
+            AUTH => (usize::from(*rest.get(1)?) + 2) * 4,
+            _ => return None,
+        };
+        next = *rest.first()?;
+        rest = rest.get(len..)?;
+    }
 }
 
 /// The ICMP (1) or ICMPv6 (58) header at the start of a first fragment:
