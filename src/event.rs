@@ -738,7 +738,13 @@ mod tests {
             downtime_us: Some(400),
         };
         assert_eq!(
-            line(Event::Migration(MigrationEvent::new(&m, &vm, &registry, Some(2048 * 1024 * 1024), vm.flavor.clone()))),
+            line(Event::Migration(MigrationEvent::new(
+                &m,
+                &vm,
+                &registry,
+                Some(2048 * 1024 * 1024),
+                vm.flavor.clone()
+            ))),
             r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"h1","to_hypervisor":"h2","to_mac":"52:54:00:aa:00:02","to_ip":"10.0.0.32","via":"rarp","signature":"invalid","authorized":false,"authorization":"replayed","streams":2,"bytes":3221225472,"bytes_per_ram":1.5,"total_ms":2300.5,"downtime_ms":0.4,"ram_mb":2048,"flavor":"m1.small"}"#
         );
         // An announce with nowhere known, and no measurement.
@@ -765,7 +771,10 @@ mod tests {
         let clone = Conflict::Clone {
             vm: 0,
             ts: T,
-            places: [Place::registered(0), Place { hv: None, mac: Some(Mac([0x52, 0x54, 0, 0x66, 0x66, 0x66])), ip: None }],
+            places: [
+                Place::registered(0),
+                Place { hv: None, mac: Some(Mac([0x52, 0x54, 0, 0x66, 0x66, 0x66])), ip: None },
+            ],
         };
         assert_eq!(
             line(Event::Conflict(ConflictEvent::new(&clone, |_| &vm, &registry))),

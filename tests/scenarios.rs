@@ -1440,7 +1440,10 @@ fn an_echo_reply_in_ip_fragments_gives_one_sample_as_tshark_does() {
         .map(|l| {
             let (t, ms) = l.split_once('\t').unwrap();
             let us = (t.parse::<f64>().unwrap() * 1e6).round() as i64;
-            (vmsentry::time::PacketTime::from_micros(us).rfc3339(), (ms.parse::<f64>().unwrap() * 1000.0).round() as i64)
+            (
+                vmsentry::time::PacketTime::from_micros(us).rfc3339(),
+                (ms.parse::<f64>().unwrap() * 1000.0).round() as i64,
+            )
         })
         .collect();
     assert_eq!(got, oracle, "tshark -o ip.defragment:FALSE");

@@ -304,7 +304,10 @@ impl Dispatcher {
                     return Submitted::NotJournaled;
                 }
                 Err(_) => {
-                    eprintln!("vmsentry: the journal is unusable (a thread panicked holding it); action {} not sent", action.id);
+                    eprintln!(
+                        "vmsentry: the journal is unusable (a thread panicked holding it); action {} not sent",
+                        action.id
+                    );
                     return Submitted::NotJournaled;
                 }
             }

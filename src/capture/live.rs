@@ -248,7 +248,10 @@ mod tests {
                 None => {
                     let next = items[first + k..].iter().flatten().next().unwrap();
                     let gap_ms = (next - before.unwrap()) / 1000;
-                    assert!(gap_ms >= 90, "a tick between frames {gap_ms} ms apart: the loop broke while frames flowed");
+                    assert!(
+                        gap_ms >= 90,
+                        "a tick between frames {gap_ms} ms apart: the loop broke while frames flowed"
+                    );
                 }
             }
         }

@@ -190,16 +190,10 @@ fn an_address_of_two_hypervisors_is_refused_where_the_second_claims_it() {
         "{HEAD}[[hypervisor]]\nid = \"a\"\nips = [\"10.0.0.31\"]\n\
          [[hypervisor]]\nid = \"b\"\nips = [\"10.0.0.32\", \"10.0.0.31\"]\n"
     );
-    assert_eq!(
-        load(&text).unwrap_err(),
-        "r/vmsentry.toml:9:21: address 10.0.0.31 is also hypervisor `a`'s"
-    );
+    assert_eq!(load(&text).unwrap_err(), "r/vmsentry.toml:9:21: address 10.0.0.31 is also hypervisor `a`'s");
     // Twice in one hypervisor is the same mistake.
     let text = format!("{HEAD}[[hypervisor]]\nid = \"a\"\nips = [\"10.0.0.31\", \"10.0.0.31\"]\n");
-    assert_eq!(
-        load(&text).unwrap_err(),
-        "r/vmsentry.toml:6:21: address 10.0.0.31 is also hypervisor `a`'s"
-    );
+    assert_eq!(load(&text).unwrap_err(), "r/vmsentry.toml:6:21: address 10.0.0.31 is also hypervisor `a`'s");
 }
 
 #[test]

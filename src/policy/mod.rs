@@ -163,7 +163,8 @@ impl Policy {
 
     /// Stops counting the in-flight migrations that `gone` picks out.
     fn end_migrations(&mut self, gone: impl Fn(&InFlight) -> bool) {
-        let (ended, kept): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.in_flight).into_iter().partition(gone);
+        let (ended, kept): (Vec<InFlight>, Vec<InFlight>) =
+            std::mem::take(&mut self.in_flight).into_iter().partition(gone);
         self.in_flight = kept;
         for m in ended {
             self.shift(Some(m.to), m.from, m.ram_mb);

@@ -138,11 +138,17 @@ fn migrate_goes_to_the_signed_hypervisor_with_fewest_vms_ties_by_id() {
 
 #[test]
 fn migrate_without_a_signed_destination_with_room_becomes_an_alert_saying_why() {
-    let body = format!("{MIGRATE_EVERYTHING}{}{}{}", hv("h1", 1, None, true), hv("bad", 2, None, false), vm("a", 1, 1, "h1"));
+    let body =
+        format!("{MIGRATE_EVERYTHING}{}{}{}", hv("h1", 1, None, true), hv("bad", 2, None, false), vm("a", 1, 1, "h1"));
     let mut w = world(&body);
     let why = "migrate wanted, but no signed hypervisor other than the VM's own is registered";
     assert_eq!(what(&act(w.rise(0, Level::High, 1))), (ActionKind::Alert, None, Some(why)));
-    let body = format!("{MIGRATE_EVERYTHING}{}{}{}", hv("h1", 1, None, true), hv("h2", 2, Some(512), true), vm("a", 1, 1024, "h1"));
+    let body = format!(
+        "{MIGRATE_EVERYTHING}{}{}{}",
+        hv("h1", 1, None, true),
+        hv("h2", 2, Some(512), true),
+        vm("a", 1, 1024, "h1")
+    );
     let mut w = world(&body);
     let why = "migrate wanted, but no other signed hypervisor has room for its RAM";
     assert_eq!(what(&act(w.rise(0, Level::High, 1))), (ActionKind::Alert, None, Some(why)));
@@ -151,7 +157,13 @@ fn migrate_without_a_signed_destination_with_room_becomes_an_alert_saying_why() 
 #[test]
 fn storm_limits_hold_actions_back_and_let_them_go_in_packet_time() {
     let storm = "[storm]\nvm_cooldown_s = 10\nmax_actions_per_minute = 2\n";
-    let body = format!("{storm}{}{}{}{}", hv("h1", 1, None, true), vm("a", 1, 1, "h1"), vm("b", 2, 1, "h1"), vm("c", 3, 1, "h1"));
+    let body = format!(
+        "{storm}{}{}{}{}",
+        hv("h1", 1, None, true),
+        vm("a", 1, 1, "h1"),
+        vm("b", 2, 1, "h1"),
+        vm("c", 3, 1, "h1")
+    );
     let mut w = world(&body);
     act(w.rise(0, Level::Medium, 0));
     assert_eq!(held(w.rise(0, Level::Medium, 9)), "vm_cooldown");
@@ -231,8 +243,7 @@ fn a_migration_that_never_happened_frees_its_room_when_it_times_out() {
 fn reload(w: &mut World, body: &str) {
     let rules = rules(body);
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-    let placed: Vec<(Option<usize>, u64)> =
-        rules.vms.iter().map(|v| (v.hypervisor, v.ram_mb.unwrap_or(0))).collect();
+    let placed: Vec<(Option<usize>, u64)> = rules.vms.iter().map(|v| (v.hypervisor, v.ram_mb.unwrap_or(0))).collect();
     w.policy.reload(&rules, registry, placed.into_iter());
     w.rules = rules;
 }
