@@ -20,8 +20,8 @@ pub enum Command {
         /// Where events go, as JSON lines; `-` is stdout.
         #[arg(long, default_value = "-")]
         events: String,
-        /// Shard workers; default: the number of cores.
-        #[arg(long)]
+        /// Shard workers, 1 to 1024; default: the number of cores.
+        #[arg(long, value_parser = parse_threads)]
         threads: Option<usize>,
         /// Pace the replay at X times packet time (1 = real time); default: as fast as possible.
         #[arg(long, value_parser = parse_speed)]
@@ -56,14 +56,14 @@ pub enum Command {
         /// Serve metrics and the API here; a non-loopback address only when given.
         #[arg(long, default_value = "127.0.0.1:9807")]
         listen: String,
-        /// Shard workers; default: the number of cores.
-        #[arg(long)]
+        /// Shard workers, 1 to 1024; default: the number of cores.
+        #[arg(long, value_parser = parse_threads)]
         threads: Option<usize>,
-        /// Bytes captured per frame (headers are what vmsentry reads).
-        #[arg(long, default_value_t = 512)]
+        /// Bytes captured per frame, 64 to 262144 (headers are what vmsentry reads).
+        #[arg(long, default_value_t = 512, value_parser = parse_snaplen, allow_negative_numbers = true)]
         snaplen: i32,
-        /// The kernel's capture buffer, in MiB.
-        #[arg(long, default_value_t = 64)]
+        /// The kernel's capture buffer, in MiB, 1 to 2047.
+        #[arg(long, default_value_t = 64, value_parser = parse_buffer_mb, allow_negative_numbers = true)]
         buffer_mb: i32,
         /// Do not put the interface in promiscuous mode.
         #[arg(long)]
@@ -109,6 +109,16 @@ pub enum Command {
         #[arg(long, hide = true)]
         nonce: Option<String>,
     },
+    /// libvirt's `qemu` hook: refuse a live migration to this host unless it is signed (and the move authorized).
+    Gate {
+        /// The gate's configuration.
+        #[arg(long, default_value = vmsentry::gate::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// DOMAIN OPERATION SUB_OPERATION EXTRA, as libvirt passes them. Anything
+        /// but `migrate begin` exits 0 untouched, however many arguments come.
+        #[arg(value_name = "ARGS", allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Print the signature of a hypervisor (HMAC-SHA256 with the cluster key).
     Sign {
         #[arg(long)]
@@ -127,4 +137,34 @@ fn parse_speed(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("`{s}` is not a positive number")),
     }
+}
+
+/// Shard workers: at least one, and no more than threads are worth starting.
+pub const MAX_THREADS: usize = 1024;
+/// The smallest snaplen that holds the headers vmsentry reads; the largest is libpcap's.
+pub const SNAPLEN_RANGE: std::ops::RangeInclusive<i32> = 64..=262_144;
+/// The kernel's capture buffer in MiB (its size in bytes must fit an i32).
+pub const BUFFER_MB_RANGE: std::ops::RangeInclusive<i32> = 1..=2047;
+
+fn in_range<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+    s: &str,
+    range: std::ops::RangeInclusive<T>,
+    what: &str,
+) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not {what} from {} to {}", range.start(), range.end())),
+    }
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    in_range(s, 1..=MAX_THREADS, "a number of threads")
+}
+
+fn parse_snaplen(s: &str) -> Result<i32, String> {
+    in_range(s, SNAPLEN_RANGE, "a snaplen in bytes")
+}
+
+fn parse_buffer_mb(s: &str) -> Result<i32, String> {
+    in_range(s, BUFFER_MB_RANGE, "a buffer size in MiB")
 }

@@ -27,6 +27,7 @@ pub enum Event {
     Action(ActionEvent),
     ActionHeld(ActionHeldEvent),
     IdsAlert(IdsAlertEvent),
+    GateDenied(GateDeniedEvent),
     Evacuation(EvacuationEvent),
     VmWindow(VmWindowEvent),
     VmStats(VmStatsEvent),
@@ -44,6 +45,7 @@ impl Event {
             Event::Action(e) => e.ts,
             Event::ActionHeld(e) => e.ts,
             Event::IdsAlert(e) => e.ts,
+            Event::GateDenied(e) => e.ts,
             Event::Evacuation(e) => e.ts,
             Event::VmWindow(e) => e.ts,
             Event::VmStats(e) => e.ts,
@@ -116,6 +118,10 @@ pub struct MigrationEvent {
     /// The VM's RAM and flavor from the rules, for grouping migrations.
     pub ram_mb: Option<u64>,
     pub flavor: Option<String>,
+    /// Whether an allowed migration-gate decision matched the move (only
+    /// when `migration.gate_decisions` are followed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gated: Option<bool>,
 }
 
 impl MigrationEvent {
@@ -142,6 +148,44 @@ impl MigrationEvent {
             downtime_ms: m.downtime_us.map(|u| u as f64 / 1000.0),
             ram_mb: ram_bytes.map(|b| b / (1024 * 1024)),
             flavor,
+            gated: m.gated,
+        }
+    }
+}
+
+/// The migration gate on a hypervisor refused a live migration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GateDeniedEvent {
+    /// The gate's own timestamp.
+    pub ts: PacketTime,
+    /// The first of the domain's MACs that is an inventory VM (else its first MAC).
+    pub vm: Option<Mac>,
+    pub vm_name: Option<String>,
+    /// Every MAC of the domain.
+    pub vms: Vec<Mac>,
+    pub domain: String,
+    /// The destination that refused (its registry id).
+    pub hypervisor: String,
+    /// The gate's reason (README: migration gate).
+    pub reason: crate::gate::record::GateReason,
+    pub detail: Option<String>,
+    pub nonce: Option<String>,
+}
+
+impl GateDeniedEvent {
+    /// `name`: the inventory name of a MAC, if it is a VM.
+    pub fn new(r: &crate::gate::record::GateRecord, name: impl Fn(Mac) -> Option<String>) -> Self {
+        let known = r.vms.iter().find_map(|&m| name(m).map(|n| (m, n)));
+        GateDeniedEvent {
+            ts: r.ts,
+            vm: known.as_ref().map(|k| k.0).or(r.vms.first().copied()),
+            vm_name: known.map(|k| k.1),
+            vms: r.vms.clone(),
+            domain: r.domain.clone(),
+            hypervisor: r.host.clone(),
+            reason: r.reason,
+            detail: r.detail.clone(),
+            nonce: r.nonce.clone(),
         }
     }
 }
@@ -494,9 +538,12 @@ pub struct SummaryEvent {
     pub known_vms: u64,
     /// MACs evicted from the bounded MAC table (their stats are lost).
     pub mac_evictions: u64,
-    /// Packet time from the first to the last packet.
+    /// Packet time from the earliest to the latest measured frame (never negative).
     pub duration_s: f64,
     pub windows: u64,
+    /// Frames that came after time went backwards, up to the newest time
+    /// seen before the jump: counted, not measured.
+    pub late_frames: u64,
     /// Frames vmsentry dropped because a shard's queue was full (live only;
     /// libpcap's own drops are in the metrics).
     pub queue_dropped: u64,
@@ -736,6 +783,7 @@ mod tests {
             bytes: Some(3 * 1024 * 1024 * 1024),
             total_us: Some(2_300_500),
             downtime_us: Some(400),
+            gated: None,
         };
         assert_eq!(
             line(Event::Migration(MigrationEvent::new(

@@ -34,10 +34,18 @@
 //! the same way. Afterwards, [`report`] turns the events into an HTML page
 //! of SVG charts.
 //!
+//! On the hypervisors, [`gate`] is libvirt's `qemu` hook: it refuses a live
+//! migration to a host that is not a signed hypervisor, or without a valid
+//! single-use token in the domain XML, before any page moves, and records
+//! each decision in a file the sensor follows: a move the wire shows without
+//! an approval is `ungated` ([`detect`]).
+//!
 //! Alongside: [`serve`] (Prometheus metrics and the JSON API over HTTP),
 //! [`config`] (the rules file), [`event`] (JSON-lines events), [`time`]
-//! (packet time, the only clock results depend on), and [`synth`] (scenario
-//! captures with known ground truth, for tests and benchmarks).
+//! (packet time, the only clock results depend on), [`small_file`] (how
+//! every rules, key and secret file is read: regular, size-capped, never
+//! blocking), and [`synth`] (scenario captures with known ground truth, for
+//! tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
@@ -47,12 +55,14 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod event;
+pub mod gate;
 pub mod ids;
 pub mod measure;
 pub mod pipeline;
 pub mod policy;
 pub mod report;
 pub mod serve;
+pub mod small_file;
 pub mod synth;
 pub mod time;
 pub mod trust;

@@ -12,14 +12,17 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use vmsentry::action::LogSink;
-use vmsentry::capture::{CaptureError, FileSource, LiveConfig, LiveSource, PacketSource};
-use vmsentry::config::Rules;
+use vmsentry::capture::{CaptureError, FileList, LiveConfig, LiveSource, PacketSource};
+use vmsentry::config::{self, Rules};
 use vmsentry::decode::Mac;
 use vmsentry::event::{EventSink, JsonLines};
 use vmsentry::pipeline::{self, PipelineError};
 use vmsentry::serve::{self, Telemetry};
 use vmsentry::trust::token::Token;
 use vmsentry::trust::{ClusterKey, Registry, Verdict};
+
+/// The longest a move token may be valid.
+const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
 /// An error that is the user's to fix: exit status 2.
 #[derive(Debug)]
@@ -66,16 +69,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { rules } => check(&rules),
         Command::Report { events, out, rules } => report(&events, &out, rules.as_deref()),
+        Command::Gate { config, args } => {
+            let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+            let call = vmsentry::gate::Call { domain: arg(0), operation: arg(1), sub_operation: arg(2), extra: arg(3) };
+            let answer = vmsentry::gate::run(&config, &call, std::io::stdin());
+            // Exit now: a worker stuck on a pipe must not keep libvirt waiting.
+            std::process::exit(i32::from(answer.exit));
+        }
         Command::Sign { key_file, cluster, id, mac } => {
+            // The rules' own checks: a signature for a hypervisor the rules would refuse is no use.
             let mac: Mac = mac.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
+            config::check_unicast(mac, "hypervisor").map_err(|m| bad(format!("--mac: {m}")))?;
+            config::check_cluster_name(&cluster).map_err(|m| bad(format!("--cluster: {m}")))?;
+            config::check_hypervisor_id(&id).map_err(|m| bad(format!("--id: {m}")))?;
             let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
             println!("{}", key.sign(&cluster, &id, mac));
             Ok(())
         }
         Command::Authorize { key_file, vm, to, ttl, nonce } => {
             let vm: Mac = vm.parse().map_err(|e: vmsentry::decode::MacParseError| bad(e.to_string()))?;
-            if to.is_empty() || to.contains(char::is_whitespace) {
-                return Err(bad("--to must be a hypervisor id without spaces"));
+            config::check_unicast(vm, "VM").map_err(|m| bad(format!("--vm: {m}")))?;
+            config::check_hypervisor_id(&to).map_err(|m| bad(format!("--to: {m}")))?;
+            if ttl.is_zero() || ttl > MAX_TTL {
+                return Err(bad(format!(
+                    "--ttl must be from 1s to {}days (got {})",
+                    MAX_TTL.as_secs() / 86_400,
+                    humantime::format_duration(ttl)
+                )));
             }
             let key = ClusterKey::load(&key_file).map_err(|e| bad(e.to_string()))?;
             let nonce = match nonce {
@@ -114,16 +134,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let reload = Arc::new(AtomicBool::new(false));
             signal_hook::flag::register(SIGHUP, reload.clone()).context("cannot handle SIGHUP")?;
             let telemetry = Telemetry::new(rules.limits.metrics_vms);
+            // The ranges are clap's to check (cli.rs).
+            let cfg =
+                LiveConfig { interface, bpf, snaplen, buffer_bytes: buffer_mb * 1024 * 1024, promisc: !no_promisc };
+            // The interface first: nothing is served for a capture that cannot start.
+            let mut source = LiveSource::open(&cfg, stop, Some(telemetry.clone())).map_err(|e| bad(e.to_string()))?;
             let addr = serve::start(&listen, telemetry.clone()).map_err(|e| bad(e.to_string()))?;
             eprintln!("vmsentry: serving on http://{addr}");
-            let cfg = LiveConfig {
-                interface,
-                bpf,
-                snaplen: snaplen.max(64),
-                buffer_bytes: buffer_mb.clamp(1, 2047) * 1024 * 1024,
-                promisc: !no_promisc,
-            };
-            let mut source = LiveSource::open(&cfg, stop, Some(telemetry.clone())).map_err(|e| bad(e.to_string()))?;
             eprintln!("vmsentry: capturing on {}", cfg.interface);
             let sink = events_sink(&events)?;
             let opts = pipeline::Options {
@@ -158,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let mut source = FileSource::open(&pcaps).map_err(|e| match e {
+            let mut source = FileList::open(&pcaps).map_err(|e| match e {
                 CaptureError::Open { .. } | CaptureError::Setup(_) => bad(e.to_string()),
                 other => anyhow::Error::new(other),
             })?;
@@ -169,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     std::fs::File::create(&events).with_context(|| format!("cannot create events file {events}"))?;
                 Box::new(JsonLines(std::io::BufWriter::with_capacity(1 << 16, f)))
             };
-            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let threads = threads_or_cores(threads);
             // A progress bar only where a person watches and the replay is long.
             let long = source.total_bytes().unwrap_or(0) > 64 << 20;
             let opts = pipeline::Options {
@@ -201,7 +218,8 @@ fn events_sink(events: &str) -> anyhow::Result<Box<dyn EventSink>> {
 }
 
 fn threads_or_cores(threads: Option<usize>) -> usize {
-    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+    // The default stays within the range `--threads` accepts.
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, cli::MAX_THREADS)
 }
 
 fn report(events: &Path, out: &Path, rules: Option<&Path>) -> anyhow::Result<()> {
@@ -244,7 +262,11 @@ fn check(dir: &Path) -> anyhow::Result<()> {
             signed += 1;
         }
     }
-    eprintln!(
+    for w in rules.warnings() {
+        eprintln!("warning: {w}");
+    }
+    // The verdict on stdout (for scripts); warnings stay on stderr.
+    println!(
         "{}: OK: cluster `{}`, {} hypervisors ({} signed), {} VMs",
         dir.join(vmsentry::config::RULES_FILE).display(),
         rules.cluster,

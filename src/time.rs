@@ -42,6 +42,17 @@ impl PacketTime {
         self.0.div_euclid(len_us)
     }
 
+    /// First microsecond of window `w` of `len_us` microseconds, saturating
+    /// at the ends of the range (a capture can stamp any 64-bit time).
+    pub fn window_start(w: i64, len_us: i64) -> Self {
+        PacketTime(w.saturating_mul(len_us))
+    }
+
+    /// First microsecond after window `w`: the start of `w + 1`, saturating.
+    pub fn window_end(w: i64, len_us: i64) -> Self {
+        PacketTime(w.saturating_add(1).saturating_mul(len_us))
+    }
+
     pub fn saturating_add_micros(self, us: i64) -> Self {
         PacketTime(self.0.saturating_add(us))
     }
@@ -96,5 +107,18 @@ mod tests {
         assert_eq!(PacketTime::from_micros(999_999).window_index(len), 0);
         assert_eq!(PacketTime::from_micros(1_000_000).window_index(len), 1);
         assert_eq!(PacketTime::from_micros(-1).window_index(len), -1);
+        assert_eq!(PacketTime::window_start(3, len).as_micros(), 3_000_000);
+        assert_eq!(PacketTime::window_end(3, len).as_micros(), 4_000_000);
+    }
+
+    #[test]
+    fn window_bounds_saturate_at_the_ends_of_time() {
+        let len = 1_000_000;
+        let last = PacketTime::from_micros(i64::MAX).window_index(len);
+        assert_eq!(PacketTime::window_end(last, len).as_micros(), i64::MAX);
+        assert!(i64::MAX - PacketTime::window_start(last, len).as_micros() < len);
+        let first = PacketTime::from_micros(i64::MIN).window_index(len);
+        assert_eq!(PacketTime::window_start(first, len).as_micros(), i64::MIN);
+        assert_eq!(PacketTime::window_end(i64::MAX, len).as_micros(), i64::MAX);
     }
 }

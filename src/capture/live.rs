@@ -52,7 +52,8 @@ impl LiveSource {
             .timeout(IDLE_TIMEOUT_MS)
             .open()
             .map_err(|e| {
-                let hint = if e.to_string().contains("ermission") {
+                let text = e.to_string();
+                let hint = if text.contains("ermission") || text.contains("not permitted") {
                     " (run as root, or give the binary CAP_NET_RAW: `setcap cap_net_raw,cap_net_admin=eip vmsentry`)"
                 } else {
                     ""
@@ -228,10 +229,11 @@ mod tests {
         // Each item: a frame (its packet time) or a tick (None).
         let mut items: Vec<Option<i64>> = Vec::new();
         src.run(&mut |item| {
-            items.push(match item {
-                SourceItem::Packet(p) => Some(p.ts.as_micros()),
-                SourceItem::Tick(_) => None,
-            });
+            match item {
+                SourceItem::Packet(p) => items.push(Some(p.ts.as_micros())),
+                SourceItem::Tick(_) => items.push(None),
+                SourceItem::Input(_) => {}
+            }
             ControlFlow::Continue(())
         })
         .unwrap();

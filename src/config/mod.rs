@@ -20,16 +20,26 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+/// `limits.decode_bytes` bounds: the headers decode needs, and a frame's
+/// worth (each batch holds `batch_size` times this).
+pub const MIN_DECODE_BYTES: usize = 64;
+pub const MAX_DECODE_BYTES: usize = 65_536;
+
+/// A span serde gave no place: the value is a default, not written.
+fn is_default(span: Range<usize>) -> bool {
+    span == (0..0)
+}
+
 /// The name of the rules file inside the rules directory.
 pub const RULES_FILE: &str = "vmsentry.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
-    #[error("{path}: cannot read the rules file: {source}")]
+    #[error("{path}: cannot read the rules file: {why}")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        why: crate::small_file::SmallFileError,
     },
     /// A syntax, schema or meaning error at a place in the file.
     #[error("{path}:{line}:{col}: {msg}")]
@@ -181,6 +191,12 @@ pub struct MigrationRules {
     pub require_authorization: bool,
     /// Absolute path of the tokens directory, if any.
     pub tokens_dir: Option<PathBuf>,
+    /// The migration gate's decision files to follow.
+    pub gate_decisions: Vec<PathBuf>,
+    /// A move needs an allowed gate decision.
+    pub require_gate: bool,
+    /// How long before a move its gate decision may be.
+    pub gate_window_s: u64,
 }
 
 /// Storm protection (0 turns a limit off).
@@ -295,7 +311,12 @@ impl Rules {
     /// Reads and validates `DIR/vmsentry.toml`.
     pub fn load(dir: &Path) -> Result<Rules, RulesError> {
         let path = dir.join(RULES_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Read { path: path.clone(), source })?;
+        let bytes = crate::small_file::read(&path, crate::small_file::MAX_RULES_BYTES)
+            .map_err(|why| RulesError::Read { path: path.clone(), why })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let (line, col) = line_col(&String::from_utf8_lossy(e.as_bytes()), e.utf8_error().valid_up_to());
+            RulesError::At { path: path.clone(), line, col, msg: "the rules file is not UTF-8 text".into() }
+        })?;
         Self::from_str_in(dir, &path, &text)
     }
 
@@ -311,14 +332,13 @@ impl Rules {
 
         // [cluster]
         let name = raw.cluster.name;
-        if name.get_ref().is_empty() || name.get_ref().contains('\0') {
-            return Err(at(name.span(), "cluster.name must be a non-empty name without NUL bytes".into()));
-        }
+        check_cluster_name(name.get_ref()).map_err(|m| at(name.span(), m))?;
         let key_path = dir.join(raw.cluster.key_file.get_ref());
         let key = ClusterKey::load(&key_path).map_err(|e| match e {
-            KeyError::Read { .. } | KeyError::TooShort { .. } | KeyError::Permissions { .. } => {
-                at(raw.cluster.key_file.span(), e.to_string())
-            }
+            KeyError::Read { .. }
+            | KeyError::TooShort { .. }
+            | KeyError::Permissions { .. }
+            | KeyError::Unusable { .. } => at(raw.cluster.key_file.span(), e.to_string()),
         })?;
 
         // [window]
@@ -340,9 +360,16 @@ impl Rules {
                 return Err(at(lo.span(), format!("{lo_name} must be above 0")));
             }
             if lo.get_ref() >= hi.get_ref() {
+                // Point at the value that was written: with only one of the
+                // two set, the other is its default and has no place.
+                let (span, note) = match (is_default(lo.span()), is_default(hi.span())) {
+                    (true, false) => (hi.span(), format!("; {lo_name} is its default, set it too")),
+                    (false, true) => (lo.span(), format!("; {hi_name} is its default, set it too")),
+                    _ => (lo.span(), String::new()),
+                };
                 return Err(at(
-                    lo.span(),
-                    format!("{lo_name} must be below {hi_name} (got {} >= {})", lo.get_ref(), hi.get_ref()),
+                    span,
+                    format!("{lo_name} must be below {hi_name} (got {} >= {}){note}", lo.get_ref(), hi.get_ref()),
                 ));
             }
         }
@@ -396,10 +423,19 @@ impl Rules {
 
         // [limits]
         let l = &raw.limits;
+        let decode_bytes = *l.decode_bytes.get_ref();
+        if !(MIN_DECODE_BYTES..=MAX_DECODE_BYTES).contains(&decode_bytes) {
+            return Err(at(
+                l.decode_bytes.span(),
+                format!(
+                    "limits.decode_bytes must be from {MIN_DECODE_BYTES} (an Ethernet, IP and TCP header) to \
+                     {MAX_DECODE_BYTES} (got {decode_bytes})"
+                ),
+            ));
+        }
         for (v, name) in [
             (&l.max_macs, "limits.max_macs"),
             (&l.batch_size, "limits.batch_size"),
-            (&l.decode_bytes, "limits.decode_bytes"),
             (&l.queue_batches, "limits.queue_batches"),
             (&l.action_queue, "limits.action_queue"),
             (&l.rtt_flows, "limits.rtt_flows"),
@@ -413,7 +449,7 @@ impl Rules {
         let limits = Limits {
             max_macs: *l.max_macs.get_ref(),
             batch_size: *l.batch_size.get_ref(),
-            decode_bytes: (*l.decode_bytes.get_ref()).max(64),
+            decode_bytes,
             queue_batches: *l.queue_batches.get_ref(),
             action_queue: *l.action_queue.get_ref(),
             metrics_vms: *l.metrics_vms.get_ref(),
@@ -435,17 +471,13 @@ impl Rules {
         let mut ip_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
         let mut hypervisors = Vec::with_capacity(raw.hypervisor.len());
         for (i, h) in raw.hypervisor.into_iter().enumerate() {
-            if h.id.get_ref().is_empty() || h.id.get_ref().contains(|c: char| c == '\0' || c.is_whitespace()) {
-                return Err(at(h.id.span(), "hypervisor id must be non-empty, without spaces or NUL bytes".into()));
-            }
+            check_hypervisor_id(h.id.get_ref()).map_err(|m| at(h.id.span(), m))?;
             if hv_index.insert(h.id.get_ref().clone(), i).is_some() {
                 return Err(at(h.id.span(), format!("hypervisor id `{}` is defined twice", h.id.get_ref())));
             }
             let mut macs = Vec::new();
             for m in &h.macs {
-                if !m.get_ref().is_unicast() || m.get_ref().is_zero() {
-                    return Err(at(m.span(), format!("hypervisor MAC {} must be a unicast address", m.get_ref())));
-                }
+                check_unicast(*m.get_ref(), "hypervisor").map_err(|e| at(m.span(), e))?;
                 if !hv_macs.insert(*m.get_ref()) {
                     return Err(at(m.span(), format!("MAC {} belongs to two hypervisors", m.get_ref())));
                 }
@@ -488,24 +520,30 @@ impl Rules {
         // [migration]
         let m = &raw.migration;
         let mut ports = Vec::new();
-        for p in m.ports.get_ref() {
-            match p {
-                raw::RawPorts::One(n) => ports.push((*n, *n)),
+        for p in &m.ports {
+            let bad = |what: String| {
+                at(
+                    p.span(),
+                    format!("migration.ports: {what} is not a TCP port (1 to 65535) or a range like \"49152-49215\""),
+                )
+            };
+            let port = |n: i64| u16::try_from(n).ok().filter(|&n| n > 0);
+            match p.get_ref() {
+                raw::RawPorts::One(n) => {
+                    let n = port(*n).ok_or_else(|| bad(n.to_string()))?;
+                    ports.push((n, n));
+                }
                 raw::RawPorts::Range(r) => {
-                    let bad = || {
-                        at(
-                            m.ports.span(),
-                            format!("migration.ports: `{r}` is not a port or a range like \"49152-49215\""),
-                        )
-                    };
+                    let bad = || bad(format!("`{r}`"));
                     let (a, b) = r.split_once('-').ok_or_else(bad)?;
-                    let (a, b): (u16, u16) =
-                        (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                    let num = |s: &str| s.trim().parse::<i64>().ok().and_then(port).ok_or_else(bad);
+                    let (a, b) = (num(a)?, num(b)?);
                     if a > b {
                         return Err(bad());
                     }
                     ports.push((a, b));
                 }
+                raw::RawPorts::Other(v) => return Err(bad(format!("`{v}`"))),
             }
         }
         positive(m.factor.get_ref(), "migration.factor").map_err(|e| at(m.factor.span(), e))?;
@@ -522,13 +560,23 @@ impl Rules {
             stream_gap_s: m.stream_gap_s,
             require_authorization: *m.require_authorization.get_ref(),
             tokens_dir: m.tokens_dir.as_ref().map(|t| dir.join(t.get_ref())),
+            gate_decisions: m.gate_decisions.iter().map(|p| dir.join(p.get_ref())).collect(),
+            require_gate: *m.require_gate.get_ref(),
+            gate_window_s: *m.gate_window_s.get_ref(),
         };
-        if migration.require_authorization && migration.tokens_dir.is_none() {
+        if migration.require_gate && migration.gate_decisions.is_empty() {
             return Err(at(
-                m.require_authorization.span(),
-                "migration.require_authorization = true needs migration.tokens_dir".into(),
+                m.require_gate.span(),
+                "migration.require_gate = true needs migration.gate_decisions (the gate's decision files)".into(),
             ));
         }
+        if migration.gate_window_s == 0 {
+            return Err(at(m.gate_window_s.span(), "migration.gate_window_s must be at least 1".into()));
+        }
+        // require_authorization needs no tokens_dir: on a hypervisor it is
+        // the migration gate's setting (tokens travel in the domain XML), and
+        // a sensor may learn authorizations from the gate's decisions; with
+        // neither, no move is authorized.
 
         // [backend]
         let b = &raw.backend;
@@ -667,9 +715,7 @@ impl Rules {
         let mut vms = Vec::with_capacity(raw.vm.len());
         for v in raw.vm {
             let mac = *v.mac.get_ref();
-            if !mac.is_unicast() || mac.is_zero() {
-                return Err(at(v.mac.span(), format!("VM MAC {mac} must be a unicast address")));
-            }
+            check_unicast(mac, "VM").map_err(|e| at(v.mac.span(), e))?;
             if !vm_macs.insert(mac) {
                 return Err(at(v.mac.span(), format!("VM MAC {mac} is listed twice")));
             }
@@ -771,15 +817,54 @@ impl Rules {
         })
     }
 
+    /// What the rules name that is not there yet: not errors (a file may
+    /// appear later, a program be installed), but what `check` warns about
+    /// so that replay and live hold no surprise.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(e) = &self.backend.exec {
+            if let Err(why) = runnable(&e.program) {
+                w.push(format!("backend.exec.program `{}` {why}: every exec action will fail", e.program.display()));
+            }
+        }
+        for i in &self.ids {
+            let dir_ok = i.path.parent().is_none_or(|d| d.as_os_str().is_empty() || d.is_dir());
+            if !dir_ok {
+                w.push(format!(
+                    "IDS alert file {}: its directory does not exist: replay runs without it, live refuses to start",
+                    i.path.display()
+                ));
+            } else if !i.path.exists() {
+                w.push(format!(
+                    "IDS alert file {} not found: replay runs without it, live waits for it to appear",
+                    i.path.display()
+                ));
+            }
+        }
+        if let Some(t) = &self.migration.tokens_dir {
+            if !t.is_dir() {
+                w.push(format!(
+                    "migration.tokens_dir {} is not a directory: no move can be authorized{}",
+                    t.display(),
+                    if self.migration.require_authorization { ", so every move counts as unsigned" } else { "" }
+                ));
+            }
+        }
+        w
+    }
+
     pub fn window_len_us(&self) -> i64 {
         self.window_len_ms as i64 * 1000
     }
 }
 
-/// A secret file: refused when readable by group or others, or empty.
+/// A secret file: refused when not a regular file, readable by group or
+/// others, over [`crate::small_file::MAX_SECRET_BYTES`], or empty.
 fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-    #[cfg(unix)]
+    let (file, meta) = crate::small_file::open(path).map_err(|e| match e {
+        crate::small_file::SmallFileError::Io(e) => format!("cannot read secret file {}: {e}", path.display()),
+        why => format!("secret file {} {why}", path.display()),
+    })?;
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
@@ -791,14 +876,58 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    #[cfg(not(unix))]
-    let _ = meta;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let bytes = crate::small_file::read_open(file, crate::small_file::MAX_SECRET_BYTES)
+        .map_err(|e| format!("secret file {} {e}", path.display()))?;
     let t = bytes.trim_ascii();
     if t.is_empty() {
         return Err(format!("secret file {} is empty", path.display()));
     }
     Ok(t.to_vec())
+}
+
+/// Whether a program can be run as `Command::new` would find it: a path
+/// with a `/` as it is, a bare name on `PATH`.
+fn runnable(program: &Path) -> Result<(), &'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.as_os_str().to_string_lossy().contains('/') {
+        return match program.exists() {
+            false => Err("does not exist"),
+            true if executable(program) => Ok(()),
+            true => Err("is not an executable file"),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| executable(&d.join(program))) {
+        Ok(())
+    } else {
+        Err("is not found on PATH")
+    }
+}
+
+/// The rules' check of `cluster.name`, shared with `vmsentry sign`.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('\0') {
+        return Err("cluster.name must be a non-empty name without NUL bytes".into());
+    }
+    Ok(())
+}
+
+/// The rules' check of a hypervisor id, shared with `sign --id` and `authorize --to`.
+pub fn check_hypervisor_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.contains(|c: char| c == '\0' || c.is_whitespace()) {
+        return Err("hypervisor id must be non-empty, without spaces or NUL bytes".into());
+    }
+    Ok(())
+}
+
+/// The rules' check of a hypervisor's or a VM's MAC (`what`), shared with
+/// `sign --mac` and `authorize --vm`: a unicast, non-zero address.
+pub fn check_unicast(mac: Mac, what: &str) -> Result<(), String> {
+    if !mac.is_unicast() || mac.is_zero() {
+        return Err(format!("{what} MAC {mac} must be a unicast address"));
+    }
+    Ok(())
 }
 
 fn positive(v: &f64, name: &str) -> Result<(), String> {

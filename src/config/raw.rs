@@ -367,12 +367,16 @@ pub struct RawSensor {
     pub hypervisor: Option<Spanned<String>>,
 }
 
-/// A port or an inclusive range written `"49152-49215"`.
+/// A port or an inclusive range written `"49152-49215"`. The number is
+/// read as TOML's i64 so that a value out of range gets a plain message
+/// from validation, not serde's "did not match any variant".
 #[derive(Deserialize, Clone)]
 #[serde(untagged)]
 pub enum RawPorts {
-    One(u16),
+    One(i64),
     Range(String),
+    /// Anything else (a float, a table): refused by validation at its place.
+    Other(toml::Value),
 }
 
 #[derive(Deserialize)]
@@ -380,7 +384,7 @@ pub enum RawPorts {
 pub struct RawMigration {
     /// Default libvirt's native migration range 49152-49215, and 16509, 16514.
     #[serde(default = "d_migration_ports")]
-    pub ports: Spanned<Vec<RawPorts>>,
+    pub ports: Vec<Spanned<RawPorts>>,
     /// Default 3.0: moving more than factor x RAM is HIGH (reason `migration`).
     #[serde(default = "d_factor")]
     pub factor: Spanned<f64>,
@@ -405,9 +409,21 @@ pub struct RawMigration {
     /// Default none: the directory tokens from `vmsentry authorize` are read from.
     #[serde(default)]
     pub tokens_dir: Option<Spanned<String>>,
+    /// Default none: decision files of `vmsentry gate` (JSON lines) to follow.
+    #[serde(default)]
+    pub gate_decisions: Vec<Spanned<String>>,
+    /// Default false: when true, a move without an allowed gate decision is HIGH (reason `ungated`).
+    #[serde(default = "d_false")]
+    pub require_gate: Spanned<bool>,
+    /// Default 600 s: an allowed decision counts for a move the wire shows at most this long after it.
+    #[serde(default = "d_gate_window_s")]
+    pub gate_window_s: Spanned<u64>,
 }
-fn d_migration_ports() -> Spanned<Vec<RawPorts>> {
-    sp(vec![RawPorts::Range("49152-49215".into()), RawPorts::One(16509), RawPorts::One(16514)])
+fn d_gate_window_s() -> Spanned<u64> {
+    sp(600)
+}
+fn d_migration_ports() -> Vec<Spanned<RawPorts>> {
+    vec![sp(RawPorts::Range("49152-49215".into())), sp(RawPorts::One(16509)), sp(RawPorts::One(16514))]
 }
 fn d_false() -> Spanned<bool> {
     sp(false)
@@ -436,6 +452,9 @@ impl Default for RawMigration {
             stream_gap_s: d_stream_gap_s(),
             require_authorization: sp(false),
             tokens_dir: None,
+            gate_decisions: Vec::new(),
+            require_gate: sp(false),
+            gate_window_s: d_gate_window_s(),
         }
     }
 }
@@ -715,4 +734,83 @@ pub struct RawIds {
     /// Default "destination": which address of the alert is the victim.
     #[serde(default)]
     pub victim: crate::ids::VictimSide,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The README's rules reference against the schema above: every key of
+    //! every `Raw*` struct (read from this file's source, so a key added to a
+    //! struct is a key to document) must appear in the table.
+    use std::collections::BTreeMap;
+
+    /// Structs written as one inline value (`policy.MEDIUM = { ... }`), documented as such.
+    const VALUE_TYPES: &[&str] = &["RawPolicyRule"];
+
+    /// Each `pub struct` of the source: its (TOML key, Rust type) fields.
+    fn structs(src: &str) -> BTreeMap<String, Vec<(String, String)>> {
+        let mut out = BTreeMap::new();
+        let mut current: Option<(String, Vec<(String, String)>)> = None;
+        let mut rename: Option<String> = None;
+        for line in src.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix("pub struct ").and_then(|r| r.strip_suffix(" {")) {
+                current = Some((rest.trim().to_string(), Vec::new()));
+                continue;
+            }
+            let Some((_, fields)) = current.as_mut() else { continue };
+            if line == "}" {
+                let (name, fields) = current.take().unwrap();
+                out.insert(name, fields);
+            } else if t.starts_with("#[serde(") && t.contains("rename = \"") {
+                rename = t.split("rename = \"").nth(1).and_then(|r| r.split('"').next()).map(str::to_string);
+            } else if let Some((name, ty)) = t.strip_prefix("pub ").and_then(|r| r.split_once(": ")) {
+                let key = rename.take().unwrap_or_else(|| name.to_string());
+                fields.push((key, ty.trim_end_matches(',').to_string()));
+            }
+        }
+        out
+    }
+
+    /// Every key below struct `name`, as the README writes it: `a.b.c` in
+    /// tables, `[[a]] b` in arrays of tables.
+    fn keys(all: &BTreeMap<String, Vec<(String, String)>>, name: &str, prefix: &str, out: &mut Vec<String>) {
+        for (key, ty) in &all[name] {
+            let nested = ty
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .find(|w| all.contains_key(*w) && !VALUE_TYPES.contains(w));
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else if prefix.starts_with("[[") {
+                format!("{prefix} {key}")
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match nested {
+                Some(n) if ty.starts_with("Vec<") => keys(all, n, &format!("[[{path}]]"), out),
+                Some(n) => keys(all, n, &path, out),
+                None => out.push(path),
+            }
+        }
+    }
+
+    #[test]
+    fn every_rules_key_is_in_the_readme_reference() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let src = std::fs::read_to_string(root.join("src/config/raw.rs")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let start = readme.find("\n## Rules reference").expect("README has a rules reference");
+        let rest = &readme[start + 1..];
+        let section = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
+        let all = structs(&src);
+        let mut found = Vec::new();
+        keys(&all, "RawRules", "", &mut found);
+        // The parse found the schema (a broken parse must not pass by finding nothing).
+        assert!(found.len() > 100, "{found:?}");
+        for k in ["cluster.key_file", "backend.openstack.lock", "[[ids]] victim", "policy.MEDIUM", "limits.metrics_vms"]
+        {
+            assert!(found.iter().any(|f| f == k), "{k} not derived: {found:?}");
+        }
+        let missing: Vec<&String> = found.iter().filter(|k| !section.contains(&format!("`{k}`"))).collect();
+        assert!(missing.is_empty(), "keys of src/config/raw.rs missing from README's rules reference: {missing:?}");
+    }
 }

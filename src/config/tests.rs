@@ -185,6 +185,47 @@ fn backend_routes_need_their_section_and_urls_are_checked() {
 }
 
 #[test]
+fn decode_bytes_below_the_documented_minimum_is_refused() {
+    let e = load(&format!("{HEAD}[limits]\ndecode_bytes = 10\n")).unwrap_err();
+    assert_eq!(
+        e,
+        "r/vmsentry.toml:5:16: limits.decode_bytes must be from 64 (an Ethernet, IP and TCP header) to 65536 (got 10)"
+    );
+    assert!(load(&format!("{HEAD}[limits]\ndecode_bytes = 70000\n")).is_err());
+    assert_eq!(load(&format!("{HEAD}[limits]\ndecode_bytes = 64\n")).unwrap().limits.decode_bytes, 64);
+}
+
+#[test]
+fn migration_ports_out_of_range_get_a_plain_message_at_their_place() {
+    let e = load(&format!("{HEAD}[migration]\nports = [16509, 70000]\n")).unwrap_err();
+    assert_eq!(
+        e,
+        "r/vmsentry.toml:5:17: migration.ports: 70000 is not a TCP port (1 to 65535) or a range like \"49152-49215\""
+    );
+    let e = load(&format!("{HEAD}[migration]\nports = [\"100-70000\"]\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:10: migration.ports: `100-70000` is not a TCP port"), "{e}");
+    let e = load(&format!("{HEAD}[migration]\nports = [0]\n")).unwrap_err();
+    assert!(e.contains("0 is not a TCP port"), "{e}");
+    let e = load(&format!("{HEAD}[migration]\nports = [1.5]\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:10: migration.ports: `1.5` is not a TCP port"), "{e}");
+    let r = load(&format!("{HEAD}[migration]\nports = [\"49152-49215\", 16509]\n")).unwrap();
+    assert_eq!(r.migration.ports, vec![(49152, 49215), (16509, 16509)]);
+}
+
+#[test]
+fn a_threshold_against_its_default_points_at_the_one_written() {
+    let e = load(&format!("{HEAD}[thresholds]\nhigh_bps = 1000\n")).unwrap_err();
+    assert_eq!(
+        e,
+        "r/vmsentry.toml:5:12: medium_bps must be below high_bps (got 100000000 >= 1000); \
+         medium_bps is its default, set it too"
+    );
+    let e = load(&format!("{HEAD}[thresholds]\nmedium_pps = 900000\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:5:14: medium_pps must be below high_pps"), "{e}");
+    assert!(e.ends_with("high_pps is its default, set it too"), "{e}");
+}
+
+#[test]
 fn an_address_of_two_hypervisors_is_refused_where_the_second_claims_it() {
     let text = format!(
         "{HEAD}[[hypervisor]]\nid = \"a\"\nips = [\"10.0.0.31\"]\n\

@@ -95,10 +95,24 @@ pub enum DecodeErrorKind {
     Tunnel,
     /// Anything else etherparse refused (MACsec and the like).
     Other,
+    /// An impossible frame length: `orig_len` below the captured length, or
+    /// above [`MAX_FRAME_LEN`]. The header is damaged, so the frame is not
+    /// traffic: it counts for no MAC and adds no bytes.
+    FrameLength,
+}
+
+/// The longest frame believed (libpcap's own snaplen cap, 256 KiB); GSO
+/// super-frames on a live capture stay well below it.
+pub const MAX_FRAME_LEN: u32 = 256 * 1024;
+
+/// Whether a capture header's lengths can be real: `cap_len <= orig_len <= MAX_FRAME_LEN`.
+#[inline]
+pub fn frame_len_ok(orig_len: u32, cap_len: usize) -> bool {
+    orig_len <= MAX_FRAME_LEN && cap_len <= orig_len as usize
 }
 
 impl DecodeErrorKind {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [DecodeErrorKind; Self::COUNT] = [
         Self::LinkTruncated,
         Self::UnsupportedLink,
@@ -115,6 +129,7 @@ impl DecodeErrorKind {
         Self::LinuxSll,
         Self::Tunnel,
         Self::Other,
+        Self::FrameLength,
     ];
 
     /// The label used in events and metrics.
@@ -135,6 +150,7 @@ impl DecodeErrorKind {
             Self::LinuxSll => "linux_sll",
             Self::Tunnel => "tunnel",
             Self::Other => "other",
+            Self::FrameLength => "frame_length",
         }
     }
 }
@@ -274,6 +290,12 @@ impl Observation {
 /// holds and `orig_len` what was on the wire. Running out of `data` before
 /// `orig_len` is a cut, not an error.
 pub fn decode(tun: &Tunnels, linktype: i32, ts: PacketTime, orig_len: u32, cap_len: u32, data: &[u8]) -> Observation {
+    if !frame_len_ok(orig_len, cap_len as usize) {
+        let mut obs = Observation::empty(ts, 0, cap_len);
+        obs.vm_len = 0;
+        obs.error = Some(DecodeErrorKind::FrameLength);
+        return obs;
+    }
     if linktype == linktype::ETHERNET {
         if let Some(obs) = decode_vxlan_fast(tun, ts, orig_len, cap_len, data) {
             return obs;

@@ -60,6 +60,8 @@ pub enum Reason {
     Signature,
     /// The VM runs behind two hypervisors at once.
     Clone,
+    /// It moved without an allowed migration-gate decision (`migration.require_gate`).
+    Ungated,
     /// An IDS alert about the VM or its hypervisor (evacuation).
     Ids,
     /// `mtd.host_high_vms` VMs on its hypervisor are HIGH (evacuation).
@@ -76,6 +78,7 @@ impl Reason {
             Reason::Migration => "migration",
             Reason::Signature => "signature",
             Reason::Clone => "clone",
+            Reason::Ungated => "ungated",
             Reason::Ids => "ids",
             Reason::HostHigh => "host_high",
         }

@@ -9,15 +9,21 @@
 //! the source to its first at the destination. Frames from the old
 //! hypervisor more than `migration.clone_overlap_ms` after the move mean two
 //! copies of the VM run at once: a clone.
+//!
+//! With the migration gate's decisions followed (`migration.gate_decisions`),
+//! each move looks for an allowed decision for that VM to that destination
+//! from at most `migration.gate_window_s` before it, and uses it up; with
+//! `migration.require_gate`, a move without one bypassed the gate: `ungated`.
 
 use crate::config::MigrationRules;
 use crate::decode::Mac;
+use crate::gate::record::{GateReason, GateRecord};
 use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via};
 use crate::time::PacketTime;
 use crate::trust::token::{Authorization, TokenStore};
 use crate::trust::{Registry, Verdict};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
 
 /// A hypervisor as the wire shows it.
@@ -77,7 +83,22 @@ pub struct Move {
     pub bytes: Option<u64>,
     pub total_us: Option<i64>,
     pub downtime_us: Option<i64>,
+    /// Whether an allowed gate decision matched (none when no decisions are followed).
+    pub gated: Option<bool>,
 }
+
+/// An allowed gate decision waiting for the move it approved.
+#[derive(Clone, Debug)]
+struct Approval {
+    ts: PacketTime,
+    host: String,
+    vms: Vec<Mac>,
+    /// The gate checked and used a token for it.
+    authorized: bool,
+}
+
+/// Approvals remembered at most (the oldest are dropped first, counted).
+const MAX_APPROVALS: usize = 4_096;
 
 /// Something that contradicts the registry or the inventory.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +132,8 @@ pub struct Flags {
     pub long_downtime: bool,
     pub clone: bool,
     pub moved: bool,
+    /// Moved without an allowed gate decision (with `require_gate`).
+    pub ungated: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -152,6 +175,10 @@ pub struct Locator {
     outer_ips: FxHashMap<Mac, BTreeSet<IpAddr>>,
     reported: BTreeSet<(Mac, Option<IpAddr>)>,
     tokens: TokenStore,
+    /// Allowed gate decisions not yet matched, oldest first.
+    approvals: VecDeque<Approval>,
+    /// Whether gate decisions are followed at all.
+    gate: bool,
     pub flags: Vec<Flags>,
     pub dropped: u64,
 }
@@ -191,6 +218,8 @@ impl Locator {
             outer_ips: FxHashMap::default(),
             reported: BTreeSet::new(),
             tokens: TokenStore::open(rules.key.clone(), rules.migration.tokens_dir.as_deref()),
+            approvals: VecDeque::new(),
+            gate: !rules.migration.gate_decisions.is_empty(),
             registry,
             dropped: 0,
         }
@@ -223,6 +252,34 @@ impl Locator {
         self.reported = std::mem::take(&mut old.reported);
         self.dropped = old.dropped;
         self.tokens.absorb(&mut old.tokens);
+        self.approvals = std::mem::take(&mut old.approvals);
+    }
+
+    /// Takes one of the gate's decisions; allowed ones wait for their move.
+    pub fn gate_decision(&mut self, r: &GateRecord) {
+        if !r.allowed {
+            return;
+        }
+        if self.approvals.len() >= MAX_APPROVALS {
+            self.approvals.pop_front();
+            self.dropped += 1;
+        }
+        self.approvals.push_back(Approval {
+            ts: r.ts,
+            host: r.host.clone(),
+            vms: r.vms.clone(),
+            authorized: r.reason == GateReason::Authorized,
+        });
+    }
+
+    /// Uses up the oldest approval for `vm` to `to` from the window before `at`:
+    /// `Some(authorized)` when one matched.
+    fn take_approval(&mut self, vm: Mac, to: &str, at: PacketTime) -> Option<bool> {
+        let window = self.rules.gate_window_s as i64 * 1_000_000;
+        let k = self.approvals.iter().position(|a| {
+            a.ts <= at && a.ts.as_micros() >= at.as_micros() - window && a.host == to && a.vms.contains(&vm)
+        })?;
+        self.approvals.remove(k).map(|a| a.authorized)
     }
 
     /// `p`, a place under `old`'s registry, under this one's.
@@ -270,6 +327,9 @@ impl Locator {
     /// levels.
     pub fn window(&mut self, ev: &Evidence, now: PacketTime) -> (Vec<Move>, Vec<Conflict>) {
         self.dropped += ev.dropped;
+        // Approvals too old for any move from now on.
+        let oldest = now.as_micros() - self.rules.gate_window_s as i64 * 1_000_000;
+        self.approvals.retain(|a| a.ts.as_micros() >= oldest);
         let mut conflicts = Vec::new();
         self.take_streams(&ev.streams, now);
         self.take_oddities(&ev.oddities, now, &mut conflicts);
@@ -301,7 +361,9 @@ impl Locator {
             }
         }
         // Forget streams long past any announce they could be tied to.
-        let horizon = now.as_micros() - 10 * (self.rules.stream_gap_s as i64 + 60) * 1_000_000;
+        let horizon = now
+            .as_micros()
+            .saturating_sub((self.rules.stream_gap_s as i64).saturating_add(60).saturating_mul(10_000_000));
         self.streams.retain(|_, s| s.part.last.as_micros() >= horizon);
     }
 
@@ -335,11 +397,15 @@ impl Locator {
             // once per burst.
             if let Some((t, via)) = s.announce {
                 let v = &mut self.vms[i];
-                if v.last_announce.is_none_or(|l| t.as_micros() - l.as_micros() > burst) {
+                if v.last_announce.is_none_or(|l| t.as_micros().saturating_sub(l.as_micros()) > burst) {
                     v.last_announce = Some(t);
-                    // No destination to hold a token against.
+                    // No destination to hold a token or a gate decision against.
                     if self.rules.require_authorization {
                         self.flags[i].unsigned = true;
+                        v.unauthorized = true;
+                    }
+                    if self.rules.require_gate {
+                        self.flags[i].ungated = true;
                         v.unauthorized = true;
                     }
                     self.flags[i].moved = true;
@@ -355,6 +421,7 @@ impl Locator {
                         bytes: None,
                         total_us: None,
                         downtime_us: None,
+                        gated: self.gate.then_some(false),
                     });
                 }
             }
@@ -374,9 +441,10 @@ impl Locator {
                     // it went, two copies run: a clone. An announce, or
                     // silence at the new place, makes it a move back.
                     let overlap = self.rules.clone_overlap_ms as i64 * 1000;
-                    let active_there = last_seen.is_some_and(|l| l.as_micros() >= s.first.as_micros() - overlap);
+                    let active_there =
+                        last_seen.is_some_and(|l| l.as_micros() >= s.first.as_micros().saturating_sub(overlap));
                     if s.announce.is_none() && active_there {
-                        if s.last.as_micros() > moved_at.as_micros() + overlap {
+                        if s.last.as_micros() > moved_at.as_micros().saturating_add(overlap) {
                             self.flags[i].clone = true;
                             conflicts.push(Conflict::Clone { vm: i, ts: s.last, places: [prev, cur] });
                         }
@@ -419,7 +487,7 @@ impl Locator {
             let p = st.part;
             let between = (from_ips.contains(&p.src.0) && to_ips.contains(&p.dst.0))
                 || (to_ips.contains(&p.src.0) && from_ips.contains(&p.dst.0));
-            if st.tied || !between || p.first > at || p.last.as_micros() < at.as_micros() - gap {
+            if st.tied || !between || p.first > at || p.last.as_micros() < at.as_micros().saturating_sub(gap) {
                 continue;
             }
             st.tied = true;
@@ -428,15 +496,22 @@ impl Locator {
             start = Some(start.map_or(p.first, |x| x.min(p.first)));
         }
         let to_name = to.name(&self.registry).unwrap_or_default();
-        let authorization = self.tokens.authorize(self.vm_macs[i], &to_name, at);
+        let approval = if self.gate { self.take_approval(self.vm_macs[i], &to_name, at) } else { None };
+        // A token the gate checked and used up authorizes the move here too.
+        let authorization = match approval {
+            Some(true) => Authorization::Granted,
+            _ => self.tokens.authorize(self.vm_macs[i], &to_name, at),
+        };
+        let ungated = self.rules.require_gate && approval.is_none();
         let v = &mut self.vms[i];
-        let downtime_us = v.last_seen.map(|l| (at.as_micros() - l.as_micros()).max(0));
-        v.unauthorized = self.rules.require_authorization && authorization != Authorization::Granted;
+        let downtime_us = v.last_seen.map(|l| at.as_micros().saturating_sub(l.as_micros()).max(0));
+        v.unauthorized = (self.rules.require_authorization && authorization != Authorization::Granted) || ungated;
         v.previous = Some((from, at));
         v.current = Some(to);
         v.last_seen = Some(s.last);
         let f = &mut self.flags[i];
         f.moved = true;
+        f.ungated |= ungated;
         if !verdict.is_signed() || (self.rules.require_authorization && authorization != Authorization::Granted) {
             f.unsigned = true;
         }
@@ -458,8 +533,9 @@ impl Locator {
             authorization,
             streams,
             bytes: (streams > 0).then_some(bytes),
-            total_us: start.map(|st| at.as_micros() - st.as_micros()),
+            total_us: start.map(|st| at.as_micros().saturating_sub(st.as_micros())),
             downtime_us,
+            gated: self.gate.then_some(approval.is_some()),
         });
     }
 

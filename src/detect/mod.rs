@@ -69,6 +69,8 @@ pub enum Outcome {
     RttPeaks(RttPeaks),
     Migration(Move),
     Conflict(Conflict),
+    /// The migration gate refused a move (its own timestamp).
+    GateDenied(crate::gate::record::GateRecord),
 }
 
 impl Outcome {
@@ -78,6 +80,7 @@ impl Outcome {
             Outcome::RttPeaks(p) => p.window_end,
             Outcome::Migration(m) => m.ts,
             Outcome::Conflict(c) => c.ts(),
+            Outcome::GateDenied(r) => r.ts,
         }
     }
 }
@@ -115,6 +118,7 @@ pub struct VmState {
     signature: Hysteresis,
     migration: Hysteresis,
     clone: Hysteresis,
+    ungated: Hysteresis,
     /// Slow mean of non-peak RTT samples, in ms.
     pub rtt_baseline_ms: Option<f64>,
     /// RTT samples and peaks of the latest window.
@@ -142,9 +146,14 @@ pub struct Detector {
     window_scratch: Vec<Counters>,
     addresses: AddressBook,
     pub evictions: u64,
-    /// Windows from the first to the last closed, quiet ones included.
+    /// Windows closed by the watermark: those that held a frame (and, live,
+    /// the idle ones the capture clock passed). The quiet windows of a gap
+    /// are graded, a long gap only as far as it can change anything, but
+    /// not counted, so a jump of years in packet time costs nothing.
     pub windows: u64,
     last_window: Option<i64>,
+    /// Refusals of the migration gate, out with the next window.
+    denials: Vec<crate::gate::record::GateRecord>,
 }
 
 impl Detector {
@@ -171,6 +180,7 @@ impl Detector {
                 signature: Hysteresis::default(),
                 migration: Hysteresis::default(),
                 clone: Hysteresis::default(),
+                ungated: Hysteresis::default(),
                 rtt_baseline_ms: None,
                 rtt_window: Histogram::default(),
                 rtt_peaks: 0,
@@ -201,6 +211,7 @@ impl Detector {
             evictions: 0,
             windows: 0,
             last_window: None,
+            denials: Vec::new(),
         }
     }
 
@@ -236,7 +247,6 @@ impl Detector {
             for q in (last + 1)..(last + 1 + gap.min(enough)) {
                 self.grade(q, &mut out);
             }
-            self.windows += gap as u64;
         }
         for (mac, c) in totals {
             let st = self.macs.entry(*mac).or_default();
@@ -255,8 +265,12 @@ impl Detector {
         }
         let mut timed: Vec<Outcome> = moves.into_iter().map(Outcome::Migration).collect();
         timed.extend(conflicts.into_iter().map(Outcome::Conflict));
+        timed.extend(self.denials.drain(..).map(Outcome::GateDenied));
         timed.sort_by_key(Outcome::ts);
         out.extend(timed);
+        // A refusal may predate the quiet windows graded above (stable: the
+        // rest keep their order).
+        out.sort_by_key(Outcome::ts);
         self.grade(w, &mut out);
         self.windows += 1;
         self.last_window = Some(w);
@@ -294,8 +308,8 @@ impl Detector {
     }
 
     fn grade(&mut self, w: i64, out: &mut Vec<Outcome>) {
-        let start = PacketTime::from_micros(w * self.window_len_us);
-        let end = PacketTime::from_micros((w + 1) * self.window_len_us);
+        let start = PacketTime::window_start(w, self.window_len_us);
+        let end = PacketTime::window_end(w, self.window_len_us);
         let clear = self.thresholds.clear_windows;
         let horizon = self.horizon_windows;
         for k in 0..self.vm_order.len() {
@@ -352,9 +366,10 @@ impl Detector {
             };
             let migration_changed = vm.migration.update(migration_w, clear);
             let clone_changed = vm.clone.update(high_if(f.clone), clear);
+            let ungated_changed = vm.ungated.update(high_if(f.ungated), clear);
 
             let after = vm.rate.level.max(vm.volume.level).max(vm.rtt.level).max(vm.signature.level);
-            let after = after.max(vm.migration.level).max(vm.clone.level);
+            let after = after.max(vm.migration.level).max(vm.clone.level).max(vm.ungated.level);
             if after == before {
                 continue;
             }
@@ -365,6 +380,7 @@ impl Detector {
             let parts = [
                 (Reason::Clone, vm.clone.level, clone_changed),
                 (Reason::Signature, vm.signature.level, signature_changed),
+                (Reason::Ungated, vm.ungated.level, ungated_changed),
                 (Reason::Migration, vm.migration.level, migration_changed),
                 (Reason::Rate, vm.rate.level, rate_changed),
                 (Reason::Volume, vm.volume.level, volume_changed),
@@ -465,9 +481,26 @@ impl Detector {
         new.evictions = self.evictions;
         new.windows = self.windows;
         new.last_window = self.last_window;
+        new.denials = std::mem::take(&mut self.denials);
         new.locator.carry_from(&mut self.locator, &rules.vms);
         new.addresses.carry_from(&mut self.addresses);
         *self = new;
+    }
+
+    /// Takes decisions of the migration gate, in time order: allowed ones
+    /// approve the moves they match, refusals come out with the next window.
+    pub fn gate_decisions(&mut self, records: Vec<crate::gate::record::GateRecord>) {
+        for r in records {
+            self.locator.gate_decision(&r);
+            if !r.allowed {
+                self.denials.push(r);
+            }
+        }
+    }
+
+    /// Refusals not yet out (the capture ended before their window).
+    pub fn take_denials(&mut self) -> Vec<crate::gate::record::GateRecord> {
+        std::mem::take(&mut self.denials)
     }
 
     /// Where the VM is (the wire's word, else the rules'), by name.
@@ -503,7 +536,7 @@ impl Detector {
     }
 
     pub fn window_start(&self, w: i64) -> PacketTime {
-        PacketTime::from_micros(w * self.window_len_us)
+        PacketTime::window_start(w, self.window_len_us)
     }
 
     pub fn peak_ms(&self) -> f64 {
@@ -513,7 +546,7 @@ impl Detector {
     /// The end of the last window the MAC sent or received in.
     pub fn last_seen(&self, mac: Mac) -> Option<PacketTime> {
         let w = self.macs.get(&mac)?.last_window;
-        (w != i64::MIN).then(|| PacketTime::from_micros((w + 1) * self.window_len_us))
+        (w != i64::MIN).then(|| PacketTime::window_end(w, self.window_len_us))
     }
 
     /// Whom an IDS alert's victim address names.
@@ -532,7 +565,7 @@ impl Detector {
     }
 
     pub fn last_window_end(&self) -> Option<PacketTime> {
-        self.last_window.map(|w| PacketTime::from_micros((w + 1) * self.window_len_us))
+        self.last_window.map(|w| PacketTime::window_end(w, self.window_len_us))
     }
 }
 

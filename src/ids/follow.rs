@@ -32,9 +32,14 @@ pub struct Checkpoint {
 /// the whole last line (where timestamps and ids differ) of any usual format.
 const FINGERPRINT: u64 = 4096;
 
-pub struct Follower {
+/// Turns one line into a record: `Ok(None)` skips it, `Err` counts it malformed.
+pub type LineParser<T> = Box<dyn Fn(&str) -> Result<Option<T>, ()> + Send>;
+
+/// Follows one file of JSON or text lines; `T` is what a line becomes
+/// (IDS alerts by default; the migration gate's decisions too).
+pub struct Follower<T = Alert> {
     path: PathBuf,
-    format: Format,
+    parse: LineParser<T>,
     checkpoint: Option<PathBuf>,
     file: Option<File>,
     at: Checkpoint,
@@ -42,16 +47,25 @@ pub struct Follower {
     pub malformed: u64,
 }
 
-impl Follower {
-    /// Starts following `path` (which need not exist yet). With a checkpoint
-    /// for the same file, reading resumes there; otherwise at the start, or
-    /// with `from_start` false after the last whole line already there.
+impl Follower<Alert> {
+    /// Starts following the IDS alert file `path` (which need not exist yet).
+    /// With a checkpoint for the same file, reading resumes there; otherwise
+    /// at the start, or with `from_start` false after the last whole line
+    /// already there.
     pub fn open(path: &Path, format: Format, checkpoint: Option<&Path>, from_start: bool) -> Follower {
-        let saved: Option<Checkpoint> =
-            checkpoint.and_then(|c| std::fs::read_to_string(c).ok()).and_then(|t| serde_json::from_str(&t).ok());
+        Follower::open_with(path, Box::new(move |l| parse(format, l).map_err(|_| ())), checkpoint, from_start)
+    }
+}
+
+impl<T: Send + 'static> Follower<T> {
+    /// As [`Follower::open`], with lines parsed by `parse`.
+    pub fn open_with(path: &Path, parse: LineParser<T>, checkpoint: Option<&Path>, from_start: bool) -> Follower<T> {
+        let saved: Option<Checkpoint> = checkpoint
+            .and_then(|c| crate::small_file::read(c, 1 << 20).ok())
+            .and_then(|t| serde_json::from_slice(&t).ok());
         let mut f = Follower {
             path: path.to_path_buf(),
-            format,
+            parse,
             checkpoint: checkpoint.map(Path::to_path_buf),
             file: None,
             at: Checkpoint::default(),
@@ -86,7 +100,7 @@ impl Follower {
 
     /// Reads what was appended since the last call; [`Follower::commit`]
     /// once they are handled.
-    pub fn poll(&mut self, out: &mut Vec<Alert>) -> std::io::Result<()> {
+    pub fn poll(&mut self, out: &mut Vec<T>) -> std::io::Result<()> {
         let on_disk = std::fs::metadata(&self.path).ok().map(|m| m.ino());
         if self.file.is_some() && on_disk.is_some_and(|ino| ino != self.at.inode) {
             // Rotated: finish the old file, then take the new one from its start.
@@ -106,7 +120,7 @@ impl Follower {
         self.read_new(out)
     }
 
-    fn read_new(&mut self, out: &mut Vec<Alert>) -> std::io::Result<()> {
+    fn read_new(&mut self, out: &mut Vec<T>) -> std::io::Result<()> {
         let Some(file) = self.file.as_mut() else { return Ok(()) };
         let len = file.metadata()?.len();
         let rewritten = self.at.offset > 0 && {
@@ -125,7 +139,7 @@ impl Follower {
         file.read_to_end(&mut buf)?;
         let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
         for line in buf[..last_newline].split(|&b| b == b'\n') {
-            match parse(self.format, &String::from_utf8_lossy(line)) {
+            match (self.parse)(&String::from_utf8_lossy(line)) {
                 Ok(Some(a)) => out.push(a),
                 Ok(None) => {}
                 Err(_) => self.malformed += 1,
@@ -158,8 +172,8 @@ impl Follower {
     pub fn watch(
         mut self,
         stop: crossbeam_channel::Receiver<()>,
-        mut each: impl FnMut(Vec<Alert>, u64) -> bool + Send + 'static,
-    ) -> std::io::Result<std::thread::JoinHandle<Follower>> {
+        mut each: impl FnMut(Vec<T>, u64) -> bool + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<Follower<T>>> {
         use notify::Watcher;
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut watcher = notify::recommended_watcher(move |_e: notify::Result<notify::Event>| {

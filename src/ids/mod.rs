@@ -9,7 +9,7 @@
 
 mod follow;
 
-pub use follow::{Checkpoint, Follower};
+pub use follow::{Checkpoint, Follower, LineParser};
 
 use crate::time::PacketTime;
 use serde_json::Value;

@@ -6,9 +6,10 @@ use crate::config::Rules;
 use crate::decode::DecodeErrorKind;
 use crate::detect::{Detector, Outcome};
 use crate::event::{
-    ActionEvent, ActionHeldEvent, ConflictEvent, Event, EventSink, LevelEvent, MigrationEvent, RttPeaksEvent,
-    RttSampleEvent,
+    ActionEvent, ActionHeldEvent, ConflictEvent, Event, EventSink, GateDeniedEvent, LevelEvent, MigrationEvent,
+    RttPeaksEvent, RttSampleEvent,
 };
+use crate::gate::record::GateRecord;
 use crate::measure::placement::Evidence;
 use crate::measure::placement::{PlacementConfig, SharedPlacement};
 use crate::measure::rtt::{RttCounts, RttSample};
@@ -61,6 +62,8 @@ pub(super) struct Merge {
     pub vm_windows: bool,
     /// IDS alerts and evacuations.
     pub mtd: super::evacuation::Mtd,
+    /// Replay: the gate's decisions not yet due, in time order.
+    pub gate_replay: std::collections::VecDeque<GateRecord>,
     pub telemetry: Option<Arc<Telemetry>>,
     /// The reload flag (SIGHUP), the rules directory, and the shards' shared config.
     pub reload: Option<(Arc<AtomicBool>, PathBuf, Arc<SharedPlacement>)>,
@@ -80,10 +83,16 @@ struct Pending {
 }
 
 impl Merge {
-    pub fn run(mut self, rx: Receiver<Partial>, alerts: Receiver<AlertBatch>) -> MergeOutput {
+    pub fn run(
+        mut self,
+        rx: Receiver<Partial>,
+        alerts: Receiver<AlertBatch>,
+        gate: Receiver<Vec<GateRecord>>,
+    ) -> MergeOutput {
         let mut pending: BTreeMap<i64, Pending> = BTreeMap::new();
         let mut out = Counts::default();
         let mut alerts = alerts;
+        let mut gate = gate;
         loop {
             crossbeam_channel::select! {
                 recv(rx) -> part => match part {
@@ -93,6 +102,10 @@ impl Merge {
                 recv(alerts) -> batch => match batch {
                     Ok(batch) => self.alert_batch(batch, &mut out),
                     Err(_) => alerts = crossbeam_channel::never(),
+                },
+                recv(gate) -> batch => match batch {
+                    Ok(records) => self.gate_decisions(records),
+                    Err(_) => gate = crossbeam_channel::never(),
                 },
             }
         }
@@ -151,6 +164,16 @@ impl Merge {
         out.rtt_samples += samples.len() as u64;
         let mut evidence = p.evidence;
         evidence.normalize();
+        // Replayed gate decisions due by the window's end, before its moves
+        // look for them (each move only takes one from before itself).
+        let end = self.detector.window_start(w + 1);
+        let mut due = Vec::new();
+        while self.gate_replay.front().is_some_and(|r| r.ts < end) {
+            due.extend(self.gate_replay.pop_front());
+        }
+        if !due.is_empty() {
+            self.gate_decisions(due);
+        }
         let outcomes = self.detector.close_window(w, &totals, &samples, &evidence);
         // Quiet windows before `w` first; then what happened inside `w`
         // (samples, moves, conflicts) by time; then w's verdicts at its end.
@@ -158,7 +181,6 @@ impl Merge {
         let split = outcomes.iter().position(|o| o.ts() > start).unwrap_or(outcomes.len());
         // Replayed IDS alerts due by the window's end go in time order among
         // the rest: those before its start among the quiet windows' outcomes.
-        let end = self.detector.window_start(w + 1);
         let mut due = self.mtd.due(start, end).into_iter().peekable();
         for o in &outcomes[..split] {
             while let Some(a) = due.next_if(|a| a.0 < o.ts()) {
@@ -169,8 +191,9 @@ impl Merge {
         while let Some(a) = due.next_if(|a| a.0 <= start) {
             self.replayed_alert(a, out);
         }
-        let (timed, at_end): (Vec<&Outcome>, Vec<&Outcome>) =
-            outcomes[split..].iter().partition(|o| matches!(o, Outcome::Migration(_) | Outcome::Conflict(_)));
+        let (timed, at_end): (Vec<&Outcome>, Vec<&Outcome>) = outcomes[split..]
+            .iter()
+            .partition(|o| matches!(o, Outcome::Migration(_) | Outcome::Conflict(_) | Outcome::GateDenied(_)));
         let mut inside: Vec<(PacketTime, usize, Option<&Outcome>, Option<&RttSample>)> = Vec::new();
         if self.rtt_samples {
             inside.extend(samples.iter().enumerate().map(|(k, s)| (s.ts, k, None, Some(s))));
@@ -211,6 +234,16 @@ impl Merge {
                 out.io_error = Some(e);
             }
         }
+    }
+
+    /// Hands the gate's decisions to the detector, counted.
+    fn gate_decisions(&mut self, records: Vec<GateRecord>) {
+        if let Some(t) = &self.telemetry {
+            let allowed = records.iter().filter(|r| r.allowed).count() as u64;
+            t.metrics.gate_decisions.with_label_values(&["allowed"]).inc_by(allowed);
+            t.metrics.gate_decisions.with_label_values(&["denied"]).inc_by(records.len() as u64 - allowed);
+        }
+        self.detector.gate_decisions(records);
     }
 
     /// Re-reads the rules when SIGHUP asked: valid rules take effect now,
@@ -361,6 +394,11 @@ impl Merge {
                     self.detector.ram_bytes(m.vm),
                     vm.flavor.clone(),
                 ));
+                out.emit(&mut *self.events, &ev);
+            }
+            Outcome::GateDenied(r) => {
+                let d = &self.detector;
+                let ev = Event::GateDenied(GateDeniedEvent::new(r, |m| d.vm_index(m).map(|i| d.vm(i).name.clone())));
                 out.emit(&mut *self.events, &ev);
             }
             Outcome::Conflict(c) => {
@@ -521,6 +559,7 @@ mod tests {
             telemetry: None,
             reload: None,
             running: crate::config::RestartOnly::of(&rules),
+            gate_replay: Default::default(),
         };
         (m, got)
     }

@@ -14,9 +14,17 @@
 //! which closes the window once all shards have reported. Replay never drops:
 //! a full queue makes the reader wait.
 //!
-//! The window of a frame is decided by the reader alone (a frame stamped
-//! earlier than the current window counts in the current one), so events are
-//! the same for every thread count.
+//! The window of a frame is decided by the reader alone, so events are the
+//! same for every thread count. Frames may be out of order inside the
+//! window of the newest frame; time going back past it (a clock step, the
+//! same file replayed twice, files given out of order) starts a *late*
+//! stretch: every frame up
+//! to the newest time seen before the jump is counted in `late_frames`
+//! (metric `vmsentry_late_frames_total`) and not measured, with one warning
+//! per input naming it and the jump. Windows never reopen, so late traffic
+//! can neither double a window nor raise a level. A frame whose capture
+//! header gives an impossible length ([`crate::decode::frame_len_ok`]) is
+//! counted as the decode error `frame_length` and is not traffic either.
 
 mod evacuation;
 mod merge;
@@ -27,9 +35,11 @@ pub use evacuation::IdsCounts;
 use crate::action::{ActionSink, Dispatcher};
 use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
 use crate::config::Rules;
+use crate::decode::frame_len_ok;
 use crate::decode::{flow_hash, DecodeErrorKind, Mac};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
+use crate::gate::record::GateRecord;
 use crate::measure::placement::{Evidence, PlacementConfig, SharedPlacement};
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::Counters;
@@ -172,13 +182,20 @@ pub enum PipelineError {
     },
 }
 
-/// Counters the reader keeps; published once at the end (never per packet).
+/// Counters the reader keeps; published per window (never per packet).
 #[derive(Clone, Debug, Default)]
 pub struct ReaderStats {
+    /// Every frame read.
     pub packets: u64,
+    /// Wire bytes of the frames read, but for those with an impossible length.
     pub bytes: u64,
+    /// The earliest and the latest time of a measured frame.
     pub first_ts: Option<PacketTime>,
     pub last_ts: Option<PacketTime>,
+    /// Frames earlier than the open window after time went back: not measured.
+    pub late_frames: u64,
+    /// Frames whose capture header gives an impossible length: not measured.
+    pub bad_length: u64,
 }
 
 /// Replays a source through the whole pipeline, writing events to `events`,
@@ -235,6 +252,38 @@ pub fn run(
     }
     drop(alert_tx);
 
+    // The migration gate's decisions: followed live, or read whole and fed
+    // to the detector as packet time reaches each one's own timestamp.
+    let (gate_tx, gate_rx) = bounded::<Vec<GateRecord>>(64);
+    let mut gate_followers = Vec::new();
+    let mut gate_replay = Vec::new();
+    for path in &rules.migration.gate_decisions {
+        let parse: crate::ids::LineParser<GateRecord> = Box::new(|l| GateRecord::parse(l).map_err(|_| ()));
+        if opts.live {
+            let tx = gate_tx.clone();
+            let f = crate::ids::Follower::open_with(path, parse, None, false);
+            let h = f
+                .watch(followers_stop.clone(), move |records, malformed| {
+                    if malformed > 0 {
+                        eprintln!("vmsentry: {malformed} malformed line(s) in a gate decisions file");
+                    }
+                    tx.send(records).is_ok()
+                })
+                .map_err(|source| PipelineError::Ids { path: path.clone(), source })?;
+            gate_followers.push(h);
+        } else if path.exists() {
+            let mut f = crate::ids::Follower::open_with(path, parse, None, true);
+            f.poll(&mut gate_replay).map_err(|source| PipelineError::Ids { path: path.clone(), source })?;
+            if f.malformed > 0 {
+                eprintln!("vmsentry: {} malformed line(s) in {}", f.malformed, path.display());
+            }
+        } else {
+            eprintln!("vmsentry: gate decisions file {} not found; replaying without it", path.display());
+        }
+    }
+    drop(gate_tx);
+    gate_replay.sort_by_key(|r| r.ts);
+
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
     let merge = merge::Merge {
         shards,
@@ -245,13 +294,14 @@ pub fn run(
         rtt_samples: opts.rtt_samples,
         vm_windows: opts.vm_windows,
         mtd,
+        gate_replay: gate_replay.into(),
         telemetry: opts.telemetry.clone(),
         reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
         running: crate::config::RestartOnly::of(rules),
     };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())
-        .spawn(move || merge.run(merge_rx, alert_rx))
+        .spawn(move || merge.run(merge_rx, alert_rx, gate_rx))
         .map_err(PipelineError::Thread)?;
 
     let mut shard_tx: Vec<Sender<ShardMsg>> = Vec::with_capacity(shards);
@@ -287,7 +337,7 @@ pub fn run(
         in_flight: vec![0; shards],
         spare: (0..shards).map(|_| Vec::new()).collect(),
         queue_dropped: 0,
-        published: (0, 0, 0),
+        published: (0, 0, 0, 0, 0),
         tunnels: rules.tunnels,
         batch_size: limits.batch_size,
         decode_bytes: limits.decode_bytes,
@@ -298,14 +348,22 @@ pub fn run(
         window: None,
         next_boundary: i64::MIN,
         stats: ReaderStats::default(),
+        behind_until: None,
+        input: None,
+        warned_late: false,
         failed: false,
-        pace: opts.speed.map(|s| Pace { speed: s, wall0: Instant::now(), ts0: None, checked: i64::MIN }),
+        pace: opts.speed.map(|s| Pace { speed: s, wall0: Instant::now(), ts0: None, checked: i64::MIN, last: None }),
         progress,
         progress_bytes: 0,
     };
     let read_result = source.run(&mut |item| match item {
         SourceItem::Packet(pkt) => reader.push(pkt),
         SourceItem::Tick(ts) => reader.tick(ts),
+        SourceItem::Input(name) => {
+            reader.input = Some(name.display().to_string());
+            reader.warned_late = false;
+            ControlFlow::Continue(())
+        }
     });
     reader.finish();
     let read_s = started.elapsed().as_secs_f64();
@@ -326,6 +384,9 @@ pub fn run(
     let out = merge_handle.join().map_err(|_| PipelineError::ThreadDied)?;
     drop(stop_followers);
     for f in followers {
+        let _ = f.join();
+    }
+    for f in gate_followers {
         let _ = f.join();
     }
     read_result?;
@@ -372,16 +433,26 @@ pub fn run(
             by_kind.insert(k.as_str(), n);
         }
     }
+    if stats.bad_length > 0 {
+        by_kind.insert(DecodeErrorKind::FrameLength.as_str(), stats.bad_length);
+    }
+    if stats.late_frames > 0 {
+        eprintln!(
+            "vmsentry: {} frames came after time went backwards and were counted as late, not measured",
+            stats.late_frames
+        );
+    }
     let wall_s = started.elapsed().as_secs_f64();
+    // Earliest to latest measured frame: never negative.
     let duration_s = match (stats.first_ts, stats.last_ts) {
-        (Some(a), Some(b)) => (b.as_micros() - a.as_micros()) as f64 / 1e6,
+        (Some(a), Some(b)) => b.as_micros().saturating_sub(a.as_micros()).max(0) as f64 / 1e6,
         _ => 0.0,
     };
     let summary = SummaryEvent {
         ts: end_ts,
         packets: stats.packets,
         bytes: stats.bytes,
-        decode_errors: out.decode.errors.iter().sum(),
+        decode_errors: out.decode.errors.iter().sum::<u64>() + stats.bad_length,
         decode_errors_by_kind: by_kind,
         snaplen_cut: out.decode.snaplen_cut,
         vms: seen.len() as u64,
@@ -389,6 +460,7 @@ pub fn run(
         mac_evictions: detector.evictions,
         duration_s,
         windows: detector.windows,
+        late_frames: stats.late_frames,
         queue_dropped,
         damaged_files: source.stats().damaged_files,
         placement_dropped: detector.placement_dropped() + detector.addresses_dropped(),
@@ -442,7 +514,13 @@ struct Pace {
     ts0: Option<PacketTime>,
     /// Packet time of the last check; checks happen at most once per millisecond of packet time.
     checked: i64,
+    /// Packet time of the last frame paced.
+    last: Option<i64>,
 }
+
+/// The longest gap in packet time `--speed` waits out: a capture that jumps
+/// by years must not sleep for years.
+const MAX_PACED_GAP_US: i64 = 60_000_000;
 
 struct Reader {
     live: bool,
@@ -453,8 +531,8 @@ struct Reader {
     spare: Vec<Vec<RawBatch>>,
     /// Frames of batches dropped because a shard's queue was full (live only).
     queue_dropped: u64,
-    /// (packets, bytes, queue drops) already published to the metrics.
-    published: (u64, u64, u64),
+    /// (packets, bytes, queue drops, late frames, bad lengths) already published to the metrics.
+    published: (u64, u64, u64, u64, u64),
     tunnels: crate::decode::Tunnels,
     batch_size: usize,
     decode_bytes: usize,
@@ -466,6 +544,12 @@ struct Reader {
     /// First microsecond of the next window: crossing it closes the current one.
     next_boundary: i64,
     stats: ReaderStats,
+    /// In a late stretch: frames up to this time are late.
+    behind_until: Option<i64>,
+    /// The input being read, for messages.
+    input: Option<String>,
+    /// The late warning was given for this input.
+    warned_late: bool,
     failed: bool,
     pace: Option<Pace>,
     progress: Option<indicatif::ProgressBar>,
@@ -477,15 +561,24 @@ impl Reader {
     fn push(&mut self, pkt: RawPacket<'_>) -> ControlFlow<()> {
         let st = &mut self.stats;
         st.packets += 1;
-        st.bytes += u64::from(pkt.orig_len);
-        if st.first_ts.is_none() {
-            st.first_ts = Some(pkt.ts);
-        }
-        st.last_ts = Some(pkt.ts);
         self.progress_bytes += 16 + pkt.data.len() as u64;
-
+        if !frame_len_ok(pkt.orig_len, pkt.data.len()) {
+            // Neither its length nor its time can be trusted.
+            st.bad_length += 1;
+            return ControlFlow::Continue(());
+        }
+        st.bytes += u64::from(pkt.orig_len);
         let t = pkt.ts.as_micros();
-        if t >= self.next_boundary {
+        if self.late(t) {
+            self.stats.late_frames += 1;
+            return ControlFlow::Continue(());
+        }
+        let st = &mut self.stats;
+        st.first_ts = Some(st.first_ts.map_or(pkt.ts, |f| f.min(pkt.ts)));
+        st.last_ts = Some(st.last_ts.map_or(pkt.ts, |l| l.max(pkt.ts)));
+
+        // The last window of time ends (saturated) on its own last microsecond.
+        if t >= self.next_boundary && self.window != Some(pkt.ts.window_index(self.window_len_us)) {
             let w = pkt.ts.window_index(self.window_len_us);
             if let Some(old) = self.window {
                 if self.close(old).is_break() {
@@ -493,7 +586,7 @@ impl Reader {
                 }
             }
             self.window = Some(w);
-            self.next_boundary = (w + 1) * self.window_len_us;
+            self.next_boundary = PacketTime::window_end(w, self.window_len_us).as_micros();
         }
         if self.pace.is_some() && self.pace_to(pkt.ts).is_break() {
             return ControlFlow::Break(());
@@ -518,6 +611,40 @@ impl Reader {
             return self.send(s);
         }
         ControlFlow::Continue(())
+    }
+
+    /// Whether a frame at `t` is late (see the module's doc): inside a late
+    /// stretch, or earlier than the window of the newest frame, which starts
+    /// one. That window is the open one, except live, where the capture
+    /// clock's tick may have closed it just before the kernel handed over
+    /// its last frames: those still count, in the open window.
+    fn late(&mut self, t: i64) -> bool {
+        if let Some(until) = self.behind_until {
+            if t <= until {
+                return true;
+            }
+            self.behind_until = None;
+        }
+        let Some(newest) = self.stats.last_ts else { return false };
+        let newest_start = PacketTime::window_start(newest.window_index(self.window_len_us), self.window_len_us);
+        if t >= newest_start.as_micros() {
+            return false;
+        }
+        let newest = newest.as_micros();
+        self.behind_until = Some(newest);
+        if !self.warned_late {
+            self.warned_late = true;
+            eprintln!(
+                "vmsentry: {}: time goes backwards by {:.6} s (a frame at {} after one at {}); \
+                 frames up to {} are counted as late and not measured",
+                self.input.as_deref().unwrap_or("the capture"),
+                newest.saturating_sub(t) as f64 / 1e6,
+                PacketTime::from_micros(t),
+                PacketTime::from_micros(newest),
+                PacketTime::from_micros(newest),
+            );
+        }
+        true
     }
 
     fn send(&mut self, s: usize) -> ControlFlow<()> {
@@ -549,7 +676,8 @@ impl Reader {
     /// Packet time reached `ts` with no frame (live sources): close the
     /// window it ended, if any.
     fn tick(&mut self, ts: PacketTime) -> ControlFlow<()> {
-        if self.window.is_none() || ts.as_micros() < self.next_boundary {
+        let w = ts.window_index(self.window_len_us);
+        if self.window.is_none_or(|open| open == w) || ts.as_micros() < self.next_boundary {
             return ControlFlow::Continue(());
         }
         if let Some(old) = self.window {
@@ -557,9 +685,8 @@ impl Reader {
                 return ControlFlow::Break(());
             }
         }
-        let w = ts.window_index(self.window_len_us);
         self.window = Some(w);
-        self.next_boundary = (w + 1) * self.window_len_us;
+        self.next_boundary = PacketTime::window_end(w, self.window_len_us).as_micros();
         ControlFlow::Continue(())
     }
 
@@ -568,11 +695,18 @@ impl Reader {
     fn publish(&mut self) {
         let Some(t) = &self.telemetry else { return };
         let m = &t.metrics;
-        let (p, b, d) = self.published;
-        m.packets.inc_by(self.stats.packets - p);
-        m.bytes.inc_by(self.stats.bytes - b);
+        let (p, b, d, late, bad) = self.published;
+        let st = &self.stats;
+        m.packets.inc_by(st.packets - p);
+        m.bytes.inc_by(st.bytes - b);
         m.capture_dropped.with_label_values(&["queue"]).inc_by(self.queue_dropped - d);
-        self.published = (self.stats.packets, self.stats.bytes, self.queue_dropped);
+        m.late_frames.inc_by(st.late_frames - late);
+        if st.bad_length > bad {
+            m.decode_errors
+                .with_label_values(&[crate::decode::DecodeErrorKind::FrameLength.as_str()])
+                .inc_by(st.bad_length - bad);
+        }
+        self.published = (st.packets, st.bytes, self.queue_dropped, st.late_frames, st.bad_length);
         for (i, tx) in self.shard_tx.iter().enumerate() {
             m.queue_depth.with_label_values(&[&format!("shard-{i}")]).set(tx.len() as i64);
         }
@@ -596,13 +730,21 @@ impl Reader {
 
     fn pace_to(&mut self, ts: PacketTime) -> ControlFlow<()> {
         let Some(p) = self.pace.as_mut() else { return ControlFlow::Continue(()) };
-        let ts0 = *p.ts0.get_or_insert(ts);
         let t = ts.as_micros();
+        if let (Some(last), Some(ts0)) = (p.last, p.ts0.as_mut()) {
+            let gap = t.saturating_sub(last);
+            if gap > MAX_PACED_GAP_US {
+                // Paced as MAX_PACED_GAP_US: the origin moves by the rest.
+                *ts0 = ts0.saturating_add_micros(gap - MAX_PACED_GAP_US);
+            }
+        }
+        p.last = Some(p.last.map_or(t, |l| l.max(t)));
+        let ts0 = *p.ts0.get_or_insert(ts);
         if t < p.checked.saturating_add(1000) {
             return ControlFlow::Continue(());
         }
         p.checked = t;
-        let due = Duration::from_secs_f64(((t - ts0.as_micros()).max(0) as f64 / 1e6) / p.speed);
+        let due = Duration::from_secs_f64((t.saturating_sub(ts0.as_micros()).max(0) as f64 / 1e6) / p.speed);
         let elapsed = p.wall0.elapsed();
         if due > elapsed + Duration::from_millis(1) {
             let wait = due - elapsed;
@@ -626,5 +768,186 @@ impl Reader {
         }
         self.publish();
         self.shard_tx.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::SourceStats;
+    use crate::synth::frames;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    /// Frames given as (time, orig_len, bytes), all Ethernet.
+    struct Frames(Vec<(i64, u32, Vec<u8>)>);
+
+    impl PacketSource for Frames {
+        fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+            for (t, orig_len, data) in &self.0 {
+                let pkt = RawPacket { ts: PacketTime::from_micros(*t), orig_len: *orig_len, data, linktype: 1 };
+                if each(SourceItem::Packet(pkt)).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        fn stats(&self) -> SourceStats {
+            SourceStats::default()
+        }
+    }
+
+    fn rules() -> (tempfile::TempDir, Rules) {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("k");
+        std::fs::write(&k, [b'k'; 32]).unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = "[cluster]\nname = \"t\"\nkey_file = \"k\"\n\
+                    [thresholds]\nmedium_bps = 8000\nhigh_bps = 80000\nmedium_pps = 100\nhigh_pps = 1000\n\
+                    [[vm]]\nname = \"a\"\nmac = \"02:00:00:00:00:0a\"\n";
+        let r = Rules::from_str_in(d.path(), Path::new("t.toml"), text).unwrap();
+        (d, r)
+    }
+
+    fn frame() -> Vec<u8> {
+        let a = "02:00:00:00:00:0a".parse().unwrap();
+        let b = "02:00:00:00:00:0b".parse().unwrap();
+        frames::udp4(a, b, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1000, 2000, 18)
+    }
+
+    fn run_frames(f: Vec<(i64, u32, Vec<u8>)>) -> (SummaryEvent, Vec<Event>) {
+        run_frames_with(f, &Options::default())
+    }
+
+    fn run_frames_with(f: Vec<(i64, u32, Vec<u8>)>, opts: &Options) -> (SummaryEvent, Vec<Event>) {
+        let (_d, rules) = rules();
+        let mut events: Vec<Event> = Vec::new();
+        struct Shared(Arc<std::sync::Mutex<Vec<Event>>>);
+        impl EventSink for Shared {
+            fn emit(&mut self, e: &Event) -> std::io::Result<()> {
+                self.0.lock().unwrap().push(e.clone());
+                Ok(())
+            }
+        }
+        let store = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Box::new(crate::action::LogSink::stderr());
+        let s = run(&mut Frames(f), &rules, sink, Box::new(Shared(store.clone())), opts).unwrap();
+        events.append(&mut store.lock().unwrap());
+        (s, events)
+    }
+
+    fn level_events(ev: &[Event]) -> usize {
+        ev.iter().filter(|e| matches!(e, Event::Level(_))).count()
+    }
+
+    #[test]
+    fn frames_at_the_end_of_time_do_not_overflow_the_windows() {
+        let f = frame();
+        let n = f.len() as u32;
+        let (s, _) = run_frames(vec![(i64::MAX - 5, n, f.clone()), (i64::MAX, n, f)]);
+        assert_eq!((s.packets, s.windows, s.late_frames), (2, 1, 0));
+        assert_eq!(s.ts.as_micros(), i64::MAX);
+    }
+
+    #[test]
+    fn time_going_back_is_late_until_it_passes_the_newest_frame() {
+        let f = frame();
+        let n = f.len() as u32;
+        let s = 1_000_000i64;
+        // Window 5 holds two frames out of order; then time steps back to
+        // window 2 (late), stays behind (late, even inside window 5, up to
+        // the newest frame at 5.5 s), then moves past it.
+        let times = [5 * s + 500_000, 5 * s + 100_000, 2 * s, 3 * s, 5 * s + 200_000, 5 * s + 500_000, 5 * s + 600_000];
+        let (sum, ev) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
+        assert_eq!((sum.packets, sum.late_frames, sum.windows), (7, 4, 1));
+        assert_eq!(sum.duration_s, 0.5);
+        assert_eq!(level_events(&ev), 0);
+        let Some(Event::VmStats(v)) = ev.iter().find(|e| matches!(e, Event::VmStats(v) if v.known)) else {
+            panic!("no vm_stats")
+        };
+        assert_eq!(v.tx_packets, 3);
+    }
+
+    #[test]
+    fn late_frames_and_impossible_lengths_are_in_the_metrics() {
+        let f = frame();
+        let n = f.len() as u32;
+        let t = Telemetry::new(16);
+        let opts = Options { telemetry: Some(t.clone()), ..Options::default() };
+        let frames = vec![(5_000_000, n, f.clone()), (1_000_000, n, f.clone()), (5_000_001, u32::MAX, f.clone())];
+        let (s, _) = run_frames_with(frames, &opts);
+        assert_eq!((s.late_frames, s.decode_errors), (1, 1));
+        let m = &t.metrics;
+        assert_eq!((m.late_frames.get(), m.packets.get(), m.bytes.get()), (1, 3, 2 * u64::from(n)));
+        assert_eq!(m.decode_errors.with_label_values(&["frame_length"]).get(), 1);
+    }
+
+    #[test]
+    fn frames_behind_an_idle_tick_still_count_in_the_open_window() {
+        // Live: the capture clock's tick closed window 1 while the kernel
+        // still held a frame of it; that frame is not late.
+        let (_d, rules) = rules();
+        struct Live(Vec<u8>);
+        impl PacketSource for Live {
+            fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+                let n = self.0.len() as u32;
+                for item in [
+                    SourceItem::Packet(RawPacket {
+                        ts: PacketTime::from_micros(1_100_000),
+                        orig_len: n,
+                        data: &self.0,
+                        linktype: 1,
+                    }),
+                    SourceItem::Tick(PacketTime::from_micros(2_000_100)),
+                    SourceItem::Packet(RawPacket {
+                        ts: PacketTime::from_micros(1_999_000),
+                        orig_len: n,
+                        data: &self.0,
+                        linktype: 1,
+                    }),
+                    SourceItem::Packet(RawPacket {
+                        ts: PacketTime::from_micros(900_000),
+                        orig_len: n,
+                        data: &self.0,
+                        linktype: 1,
+                    }),
+                ] {
+                    let _ = each(item);
+                }
+                Ok(())
+            }
+            fn stats(&self) -> SourceStats {
+                SourceStats::default()
+            }
+        }
+        let sink = Box::new(crate::action::LogSink::stderr());
+        let s = run(&mut Live(frame()), &rules, sink, Box::new(Vec::<Event>::new()), &Options::default()).unwrap();
+        // The frame of window 1 after the tick counts; the one of window 0 is late.
+        assert_eq!((s.packets, s.late_frames, s.windows), (3, 1, 2));
+    }
+
+    #[test]
+    fn pacing_does_not_wait_out_a_jump_of_decades() {
+        let f = frame();
+        let n = f.len() as u32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // 1970, then 2023: at 1000x, a gap is waited as at most 60 s / 1000.
+            let frames = vec![(1_000_000, n, f.clone()), (1_700_000_000_000_000, n, f)];
+            let _ = tx.send(run_frames_with(frames, &Options { speed: Some(1000.0), ..Options::default() }));
+        });
+        let (s, _) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the replay slept through the jump");
+        assert_eq!((s.packets, s.windows), (2, 2));
+        assert!(s.wall_s < 10.0, "{}", s.wall_s);
+    }
+
+    #[test]
+    fn impossible_lengths_are_decode_errors_not_bytes() {
+        let f = frame();
+        let n = f.len() as u32;
+        let (s, ev) = run_frames(vec![(0, n, f.clone()), (1, u32::MAX, f.clone()), (2, n - 1, f.clone())]);
+        assert_eq!((s.packets, s.bytes, s.decode_errors), (3, u64::from(n), 2));
+        assert_eq!(s.decode_errors_by_kind.get("frame_length"), Some(&2));
+        assert_eq!(level_events(&ev), 0);
     }
 }

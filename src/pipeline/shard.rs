@@ -79,7 +79,7 @@ pub(super) fn run(
             ShardMsg::Close { window } => {
                 let overflow = std::mem::take(&mut counters.overflow);
                 let decode = std::mem::take(&mut dc);
-                let mut samples = rtt.close_window(PacketTime::from_micros((window + 1) * cfg.window_len_us));
+                let mut samples = rtt.close_window(PacketTime::window_end(window, cfg.window_len_us));
                 let rtt_dropped = samples.len().saturating_sub(cfg.max_samples) as u64;
                 samples.truncate(cfg.max_samples);
                 let part = Partial {

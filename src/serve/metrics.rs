@@ -13,6 +13,7 @@ pub struct Metrics {
     pub capture_dropped: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub windows: IntCounter,
+    pub late_frames: IntCounter,
     pub vm_level: IntGaugeVec,
     pub vm_rate_bytes: prometheus::GaugeVec,
     pub vm_rate_packets: prometheus::GaugeVec,
@@ -23,6 +24,7 @@ pub struct Metrics {
     pub actions: IntCounterVec,
     pub migrations: IntCounterVec,
     pub conflicts: IntCounterVec,
+    pub gate_decisions: IntCounterVec,
     pub reloads: IntCounterVec,
     pub ids_alerts: IntCounterVec,
     pub evacuations: IntCounterVec,
@@ -76,6 +78,10 @@ impl Metrics {
                 &["queue"]
             )),
             windows: reg!(IntCounter::new("vmsentry_windows_total", "Windows closed.")),
+            late_frames: reg!(IntCounter::new(
+                "vmsentry_late_frames_total",
+                "Frames that came after packet time went backwards past the open window: not measured."
+            )),
             vm_level: reg!(IntGaugeVec::new(
                 Opts::new("vmsentry_vm_level", "Each inventory VM's level: 0 LOW, 1 MEDIUM, 2 HIGH."),
                 &["vm", "name"]
@@ -121,6 +127,13 @@ impl Metrics {
                 Opts::new("vmsentry_conflicts_total", "Registry conflicts seen on the wire, by kind."),
                 &["kind"]
             )),
+            gate_decisions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "vmsentry_gate_decisions_total",
+                    "Migration-gate decisions read from migration.gate_decisions, by outcome (allowed, denied)."
+                ),
+                &["outcome"]
+            )),
             reloads: reg!(IntCounterVec::new(
                 Opts::new("vmsentry_rules_reloads_total", "Rules reloads, by result (ok, error)."),
                 &["result"]
@@ -163,6 +176,9 @@ impl Metrics {
         }
         for k in ["clone", "hypervisor_ips", "vm_uses_hypervisor_mac"] {
             m.conflicts.with_label_values(&[k]);
+        }
+        for o in ["allowed", "denied"] {
+            m.gate_decisions.with_label_values(&[o]);
         }
         for o in ["evacuated", "unmapped", "filtered", "malformed", "outside_replay"] {
             m.ids_alerts.with_label_values(&[o]);

@@ -12,6 +12,7 @@ pub mod token;
 
 use crate::config::HypervisorEntry;
 use crate::decode::Mac;
+use crate::small_file::{self, SmallFileError};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use std::fmt;
@@ -36,6 +37,9 @@ pub enum KeyError {
     TooShort { path: PathBuf, len: usize },
     #[error("key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions { path: PathBuf, mode: u32 },
+    /// A directory, a FIFO, a device, or over the size cap.
+    #[error("key file {path} {why}")]
+    Unusable { path: PathBuf, why: SmallFileError },
 }
 
 /// The cluster's secret. `Debug` does not print it.
@@ -49,11 +53,17 @@ impl fmt::Debug for ClusterKey {
 }
 
 impl ClusterKey {
-    /// Loads a key file: refuses one readable by group or others, and one
-    /// shorter than [`MIN_KEY_BYTES`] after trimming surrounding whitespace.
+    /// Loads a key file: refuses what is not a regular file (before its
+    /// mode is looked at), one readable by group or others, one over
+    /// [`small_file::MAX_SECRET_BYTES`], and one shorter than
+    /// [`MIN_KEY_BYTES`] after trimming surrounding whitespace. The file's
+    /// bytes themselves are the key (a hex text is not decoded).
     pub fn load(path: &Path) -> Result<ClusterKey, KeyError> {
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
-        #[cfg(unix)]
+        let fail = |e: SmallFileError| match e {
+            SmallFileError::Io(source) => KeyError::Read { path: path.to_path_buf(), source },
+            why => KeyError::Unusable { path: path.to_path_buf(), why },
+        };
+        let (file, meta) = small_file::open(path).map_err(fail)?;
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o777;
@@ -61,9 +71,7 @@ impl ClusterKey {
                 return Err(KeyError::Permissions { path: path.to_path_buf(), mode });
             }
         }
-        #[cfg(not(unix))]
-        let _ = meta;
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
+        let bytes = small_file::read_open(file, small_file::MAX_SECRET_BYTES).map_err(fail)?;
         Self::from_bytes(&bytes).map_err(|len| KeyError::TooShort { path: path.to_path_buf(), len })
     }
 

@@ -111,6 +111,92 @@ impl std::fmt::Display for Token {
     }
 }
 
+/// Why a token presented for a move (the migration gate's case) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The signature does not verify with the cluster key.
+    Forged,
+    /// Signed for a VM that is not this one.
+    OtherVm,
+    /// Signed for another destination.
+    OtherHost,
+    /// Past its `expires`.
+    Expired,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Forged => "token_forged",
+            Refusal::OtherVm => "token_other_vm",
+            Refusal::OtherHost => "token_other_host",
+            Refusal::Expired => "token_expired",
+        }
+    }
+}
+
+impl Token {
+    /// Checks a token presented for moving a VM with MACs `vms` to `to` at
+    /// Unix second `now_s`: signature first (nothing else of a forged token
+    /// is believed), then VM, destination and expiry. Whether its nonce was
+    /// used is the store's question ([`consume_nonce`]).
+    pub fn check(&self, key: &ClusterKey, vms: &[Mac], to: &str, now_s: i64) -> Result<(), Refusal> {
+        if !self.verify(key) {
+            return Err(Refusal::Forged);
+        }
+        if !vms.contains(&self.vm) {
+            return Err(Refusal::OtherVm);
+        }
+        if self.to != to {
+            return Err(Refusal::OtherHost);
+        }
+        if self.expires < now_s {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// Uses up `nonce` in the used-nonce file `path` (the `used-tokens` format:
+/// one nonce per line), safely against other processes doing the same: the
+/// file is locked (`flock`, retried until `deadline`), read, and the nonce
+/// appended and synced to disk before the lock is released. `Ok(false)`: it
+/// was already used.
+pub fn consume_nonce(path: &Path, nonce: &str, deadline: std::time::Instant) -> std::io::Result<bool> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::io::Read;
+    if nonce.is_empty() || nonce.contains(char::is_whitespace) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a nonce is one word"));
+    }
+    let mut f = std::fs::OpenOptions::new().read(true).append(true).create(true).open(path)?;
+    loop {
+        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{} stayed locked by another process", path.display()),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The lock goes with the file when it is dropped.
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    if text.lines().any(|l| l.trim() == nonce) {
+        return Ok(false);
+    }
+    // A line cut short by a crash must not swallow this one.
+    let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+    f.write_all(format!("{sep}{nonce}\n").as_bytes())?;
+    f.sync_data()?;
+    Ok(true)
+}
+
 /// Why a move was or was not authorized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Authorization {
@@ -146,8 +232,13 @@ impl TokenStore {
     pub fn open(key: ClusterKey, dir: Option<&Path>) -> TokenStore {
         let mut used = HashSet::new();
         if let Some(d) = dir {
-            if let Ok(text) = std::fs::read_to_string(d.join(USED_FILE)) {
-                used.extend(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()));
+            // The used nonces only grow: allow many more than one token file holds.
+            match crate::small_file::read(&d.join(USED_FILE), 64 * MAX_FILE_BYTES) {
+                Ok(bytes) => used.extend(
+                    String::from_utf8_lossy(&bytes).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()),
+                ),
+                Err(crate::small_file::SmallFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("vmsentry: {}: {e}; used tokens are not remembered", d.join(USED_FILE).display()),
             }
         }
         TokenStore { key, dir: dir.map(Path::to_path_buf), used }
@@ -195,16 +286,14 @@ impl TokenStore {
 /// Every well-formed token line in the directory's files (sorted by name).
 fn read_tokens(dir: &Path) -> Vec<Token> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n != USED_FILE))
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= MAX_FILE_BYTES))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n != USED_FILE)).collect();
     files.sort();
+    // Regular files only, each capped (a FIFO or /dev/zero dropped in is skipped).
     files
         .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|p| crate::small_file::read(p, MAX_FILE_BYTES).ok())
+        .filter_map(|b| String::from_utf8(b).ok())
         .flat_map(|text| text.lines().filter_map(|l| Token::parse(l.trim()).ok()).collect::<Vec<_>>())
         .collect()
 }
@@ -266,5 +355,36 @@ mod tests {
             Token { sig: "00".repeat(32), ..Token::sign(&key(), vm(), "compute-2", 1_800_000_000, "cccccccccccccccc") };
         std::fs::write(d.path().join("forged.token"), forged.to_string()).unwrap();
         assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Expired);
+    }
+
+    #[test]
+    fn a_presented_token_is_checked_for_vm_host_and_expiry_and_its_nonce_used_once() {
+        let t = Token::sign(&key(), vm(), "compute-2", 1_700_000_100, "dddddddddddddddd");
+        let other: Mac = "fa:16:3e:00:00:09".parse().unwrap();
+        assert_eq!(t.check(&key(), &[other, vm()], "compute-2", 1_700_000_100), Ok(()));
+        assert_eq!(t.check(&key(), &[other], "compute-2", 1_700_000_000), Err(Refusal::OtherVm));
+        assert_eq!(t.check(&key(), &[vm()], "compute-3", 1_700_000_000), Err(Refusal::OtherHost));
+        assert_eq!(t.check(&key(), &[vm()], "compute-2", 1_700_000_101), Err(Refusal::Expired));
+        let forged = Token { to: "compute-3".into(), ..t.clone() };
+        assert_eq!(forged.check(&key(), &[vm()], "compute-3", 0), Err(Refusal::Forged));
+
+        let d = tempfile::tempdir().unwrap();
+        let used = d.path().join(USED_FILE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // A file left with a torn last line by a crash.
+        std::fs::write(&used, "aaaaaaaaaaaaaaaa\nbbbb").unwrap();
+        assert!(consume_nonce(&used, &t.nonce, deadline).unwrap());
+        assert!(!consume_nonce(&used, &t.nonce, deadline).unwrap());
+        assert!(!consume_nonce(&used, "aaaaaaaaaaaaaaaa", deadline).unwrap());
+        assert_eq!(std::fs::read_to_string(&used).unwrap(), "aaaaaaaaaaaaaaaa\nbbbb\ndddddddddddddddd\n");
+        // The sensor's store reads the same file the same way.
+        std::fs::write(d.path().join("t.token"), t.to_string()).unwrap();
+        let mut s = TokenStore::open(key(), Some(d.path()));
+        assert_eq!(s.authorize(vm(), "compute-2", PacketTime::from_micros(0)), Authorization::Replayed);
+        // Held by someone else past the deadline: an error, not a wait forever.
+        let holder = std::fs::File::open(&used).unwrap();
+        rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let e = consume_nonce(&used, "eeeeeeeeeeeeeeee", std::time::Instant::now()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     }
 }

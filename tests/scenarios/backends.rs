@@ -273,9 +273,19 @@ fn kill_9_during_dispatch_loses_no_action() {
             .spawn()
             .unwrap()
     };
-    // Decide the actions, then kill -9 twice while they are being delivered.
+    // Decide the actions, then kill -9 twice while they are being delivered. The first kill
+    // comes once the journal holds every action (not after a fixed time, which a busy machine
+    // can make too short), while the webhook's 2 ms per request still has most to deliver.
+    let journal = rules.path().join("journal.jsonl");
+    let pending = || {
+        std::fs::read_to_string(&journal).map_or(0, |t| t.lines().filter(|l| l.contains("\"pending\"")).count())
+    };
     let mut child = run(&pcap);
-    std::thread::sleep(Duration::from_millis(700));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pending() < N as usize && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(pending(), N as usize, "every action journaled before the first kill");
     child.kill().unwrap();
     child.wait().unwrap();
     let after_first = r.got.lock().unwrap().len();
