@@ -632,3 +632,230 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    //! What turns pipeline state (actions, holds, plans, moves, conflicts,
+    //! samples) into events, checked line for line.
+    use super::*;
+    use crate::config::Rules;
+    use crate::detect::{Detector, Place};
+    use crate::policy::{Decision, Held, PlanEntry};
+    use crate::trust::token::Authorization;
+    use crate::trust::Verdict;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn line(e: Event) -> String {
+        serde_json::to_string(&e).unwrap()
+    }
+
+    const T: PacketTime = PacketTime::from_micros(1_700_000_011_000_000);
+
+    /// Hypervisor h1 (signed for its MAC) and h2; VM web-1 (2 GiB, m1.small) on h1.
+    fn world() -> (Rules, Registry, VmState) {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("k");
+        std::fs::write(&k, [b'k'; 32]).unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = crate::trust::ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
+        let sig = key.sign("t", "h1", "52:54:00:aa:00:01".parse().unwrap());
+        let text = format!(
+            "[cluster]\nname = \"t\"\nkey_file = \"k\"\n\
+             [[hypervisor]]\nid = \"h1\"\nmacs = [\"52:54:00:aa:00:01\"]\nips = [\"10.0.0.31\"]\nsignature = \"{sig}\"\n\
+             [[hypervisor]]\nid = \"h2\"\nmacs = [\"52:54:00:aa:00:02\"]\n\
+             [[vm]]\nname = \"web-1\"\nmac = \"fa:16:3e:00:00:01\"\nram_mb = 2048\nhypervisor = \"h1\"\nflavor = \"m1.small\"\n"
+        );
+        let rules = Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
+        let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+        let vm = Detector::new(&rules, registry.clone()).vm(0).clone();
+        (rules, registry, vm)
+    }
+
+    fn action(kind: ActionKind, destination: Option<&str>, note: Option<&str>) -> Action {
+        Action {
+            id: "1700000011000000-1".into(),
+            ts: T,
+            kind,
+            vm: "fa:16:3e:00:00:01".parse().unwrap(),
+            vm_name: Some("web-1".into()),
+            hypervisor: Some("h1".into()),
+            signed: true,
+            destination: destination.map(String::from),
+            level: Level::High,
+            reason: Reason::Rate,
+            note: note.map(String::from),
+        }
+    }
+
+    #[test]
+    fn an_action_and_a_held_action() {
+        let a = action(ActionKind::Migrate, Some("h2"), None);
+        assert_eq!(
+            line(Event::Action(ActionEvent::new(&a, "log", "queued"))),
+            r#"{"type":"action","ts":"2023-11-14T22:13:31.000000Z","id":"1700000011000000-1","vm":"fa:16:3e:00:00:01","vm_name":"web-1","action":"migrate","hypervisor":"h1","signature":"signed","destination":"h2","level":"HIGH","reason":"rate","backend":"log","outcome":"queued"}"#
+        );
+        let a = Action { signed: false, ..action(ActionKind::Alert, None, Some("no room")) };
+        assert_eq!(
+            line(Event::Action(ActionEvent::new(&a, "webhook", "not_journaled"))),
+            r#"{"type":"action","ts":"2023-11-14T22:13:31.000000Z","id":"1700000011000000-1","vm":"fa:16:3e:00:00:01","vm_name":"web-1","action":"alert","hypervisor":"h1","signature":"unsigned","destination":null,"level":"HIGH","reason":"rate","note":"no room","backend":"webhook","outcome":"not_journaled"}"#
+        );
+        let h = Held {
+            ts: T,
+            vm: a.vm,
+            vm_name: None,
+            kind: ActionKind::Quarantine,
+            level: Level::Medium,
+            reason: Reason::Signature,
+            because: "vm_cooldown",
+        };
+        assert_eq!(
+            line(Event::ActionHeld(ActionHeldEvent::new(&h))),
+            r#"{"type":"action_held","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":null,"action":"quarantine","level":"MEDIUM","reason":"signature","held_because":"vm_cooldown"}"#
+        );
+    }
+
+    #[test]
+    fn an_evacuation_plan_counts_each_outcome() {
+        let vm = |n: u8| Mac([0xfa, 0x16, 0x3e, 0, 0, n]);
+        let entry = |n: u8, decision: Option<Decision>, skipped: Option<&'static str>| PlanEntry {
+            vm: vm(n),
+            vm_name: format!("v{n}"),
+            ram_mb: u64::from(n) * 1024,
+            decision,
+            skipped,
+        };
+        let held = Held {
+            ts: T,
+            vm: vm(3),
+            vm_name: None,
+            kind: ActionKind::Migrate,
+            level: Level::Low,
+            reason: Reason::Ids,
+            because: "cluster_migrations",
+        };
+        let plan = [
+            entry(4, Some(Decision::Act(action(ActionKind::Migrate, Some("h2"), None))), None),
+            entry(3, Some(Decision::Held(held)), None),
+            entry(2, Some(Decision::Act(action(ActionKind::Alert, None, Some("no room")))), None),
+            entry(1, None, Some("already_moving")),
+        ];
+        let ev = EvacuationEvent {
+            ts: T,
+            hypervisor: "h1".into(),
+            trigger: "ids",
+            mode: "host",
+            sid: Some(9),
+            victim: Some([10, 0, 0, 31].into()),
+            high_vms: None,
+            plan: Vec::new(),
+            migrate: 0,
+            held: 0,
+            skipped: 0,
+            no_destination: 0,
+        }
+        .with_plan(&plan);
+        assert_eq!((ev.migrate, ev.held, ev.no_destination, ev.skipped), (1, 1, 1, 1));
+        let lines: Vec<String> = ev.plan.iter().map(|p| serde_json::to_string(p).unwrap()).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"{"vm":"fa:16:3e:00:00:04","vm_name":"v4","ram_mb":4096,"outcome":"migrate","destination":"h2","action_id":"1700000011000000-1","because":null}"#,
+                r#"{"vm":"fa:16:3e:00:00:03","vm_name":"v3","ram_mb":3072,"outcome":"held","destination":null,"action_id":null,"because":"cluster_migrations"}"#,
+                r#"{"vm":"fa:16:3e:00:00:02","vm_name":"v2","ram_mb":2048,"outcome":"alert","destination":null,"action_id":"1700000011000000-1","because":null}"#,
+                r#"{"vm":"fa:16:3e:00:00:01","vm_name":"v1","ram_mb":1024,"outcome":"skipped","destination":null,"action_id":null,"because":"already_moving"}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_migration_names_its_hypervisors_and_converts_its_measurements() {
+        let (_r, registry, vm) = world();
+        let m = Move {
+            vm: 0,
+            ts: T,
+            from: Some(Place::registered(0)),
+            to: Some(Place {
+                hv: Some(1),
+                mac: Some("52:54:00:aa:00:02".parse().unwrap()),
+                ip: Some([10, 0, 0, 32].into()),
+            }),
+            via: Via::Rarp,
+            verdict: Verdict::Invalid,
+            authorization: Authorization::Replayed,
+            streams: 2,
+            bytes: Some(3 * 1024 * 1024 * 1024),
+            total_us: Some(2_300_500),
+            downtime_us: Some(400),
+            gated: None,
+        };
+        assert_eq!(
+            line(Event::Migration(MigrationEvent::new(
+                &m,
+                &vm,
+                &registry,
+                Some(2048 * 1024 * 1024),
+                vm.flavor.clone()
+            ))),
+            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"h1","to_hypervisor":"h2","to_mac":"52:54:00:aa:00:02","to_ip":"10.0.0.32","via":"rarp","signature":"invalid","authorized":false,"authorization":"replayed","streams":2,"bytes":3221225472,"bytes_per_ram":1.5,"total_ms":2300.5,"downtime_ms":0.4,"ram_mb":2048,"flavor":"m1.small"}"#
+        );
+        // An announce with nowhere known, and no measurement.
+        let m = Move {
+            to: None,
+            from: Some(Place { hv: None, mac: Some("52:54:00:66:66:66".parse().unwrap()), ip: None }),
+            verdict: Verdict::Unknown,
+            authorization: Authorization::Missing,
+            streams: 0,
+            bytes: None,
+            total_us: None,
+            downtime_us: None,
+            ..m
+        };
+        assert_eq!(
+            line(Event::Migration(MigrationEvent::new(&m, &vm, &registry, None, None))),
+            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"52:54:00:66:66:66","to_hypervisor":null,"to_mac":null,"to_ip":null,"via":"rarp","signature":"unknown","authorized":false,"authorization":"missing","streams":0,"bytes":null,"bytes_per_ram":null,"total_ms":null,"downtime_ms":null,"ram_mb":null,"flavor":null}"#
+        );
+    }
+
+    #[test]
+    fn conflicts_and_samples() {
+        let (_r, registry, vm) = world();
+        let clone = Conflict::Clone {
+            vm: 0,
+            ts: T,
+            places: [
+                Place::registered(0),
+                Place { hv: None, mac: Some(Mac([0x52, 0x54, 0, 0x66, 0x66, 0x66])), ip: None },
+            ],
+        };
+        assert_eq!(
+            line(Event::Conflict(ConflictEvent::new(&clone, |_| &vm, &registry))),
+            r#"{"type":"conflict","ts":"2023-11-14T22:13:31.000000Z","kind":"clone","vm":"fa:16:3e:00:00:01","vm_name":"web-1","hypervisors":["h1","52:54:00:66:66:66"]}"#
+        );
+        let ips = Conflict::HypervisorIps {
+            ts: T,
+            mac: "52:54:00:aa:00:01".parse().unwrap(),
+            ips: vec![[10, 0, 0, 31].into(), [10, 0, 0, 99].into()],
+        };
+        assert_eq!(
+            line(Event::Conflict(ConflictEvent::new(&ips, |_| &vm, &registry))),
+            r#"{"type":"conflict","ts":"2023-11-14T22:13:31.000000Z","kind":"hypervisor_ips","vm":null,"vm_name":null,"mac":"52:54:00:aa:00:01","ips":["10.0.0.31","10.0.0.99"]}"#
+        );
+        let odd = Conflict::VmUsesHypervisorMac { ts: T, mac: "52:54:00:aa:00:02".parse().unwrap(), outer_ip: None };
+        assert_eq!(
+            line(Event::Conflict(ConflictEvent::new(&odd, |_| &vm, &registry))),
+            r#"{"type":"conflict","ts":"2023-11-14T22:13:31.000000Z","kind":"vm_uses_hypervisor_mac","vm":null,"vm_name":null,"mac":"52:54:00:aa:00:02"}"#
+        );
+        let s = RttSample {
+            ts: T,
+            mac: vm.mac,
+            rtt_us: 2_345,
+            kind: SampleKind::Handshake,
+            src: ([10, 0, 1, 1].into(), 443),
+            dst: ([10, 0, 0, 9].into(), 50_000),
+        };
+        assert_eq!(
+            line(Event::RttSample(RttSampleEvent::new(&s, Some("web-1".into())))),
+            r#"{"type":"rtt_sample","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","rtt_ms":2.345,"kind":"handshake","src":"10.0.1.1","src_port":443,"dst":"10.0.0.9","dst_port":50000}"#
+        );
+    }
+}

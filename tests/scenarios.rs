@@ -1133,7 +1133,9 @@ fn migrations_over_vxlan_are_seen_measured_and_checked() {
         vec![
             json!([format!("{T}31.000000Z"), "mig-2", "quarantine", "signature", null]),
             json!([format!("{T}36.000000Z"), "mig-3", "quarantine", "signature", null]),
-            json!([format!("{T}41.000000Z"), "mig-4", "migrate", "migration", "compute-2"]),
+            // compute-1 and compute-2 hold 4 VMs each as the wire shows them (mig-2 left
+            // compute-1 for an unregistered hypervisor, so it no longer counts there): by id.
+            json!([format!("{T}41.000000Z"), "mig-4", "migrate", "migration", "compute-1"]),
             json!([format!("{T}48.000000Z"), "mig-5", "migrate", "clone", "compute-1"]),
         ]
     );
@@ -1426,3 +1428,43 @@ mod report;
 
 #[path = "scenarios/capture_inputs.rs"]
 mod capture_inputs;
+
+/// `captures/icmp-fragmented.pcap`: 3000-byte echoes between two network
+/// namespaces over a veth (MTU 1500), so request and reply travel in three
+/// IPv4 fragments each. Each reply gives one sample, timed first fragment to
+/// first fragment: what tshark reports without reassembly
+/// (`-o ip.defragment:FALSE`); with reassembly it times last fragment to last
+/// fragment (3765, 26, 31 µs).
+const FRAGMENTED_ECHO_SAMPLES: &[(&str, i64)] =
+    &[("2026-12-01T20:12:30.624151Z", 3797), ("2026-12-01T20:12:31.015452Z", 42), ("2026-12-01T20:12:31.316168Z", 53)];
+
+#[test]
+fn an_echo_reply_in_ip_fragments_gives_one_sample_as_tshark_does() {
+    let rules = rules_dir();
+    let ev = replay_with(rules.path(), 2, &["--rtt-samples"], &[capture("icmp-fragmented.pcap")]);
+    let got = kind_samples_us(&ev, "echo");
+    let want: Vec<(String, i64)> = FRAGMENTED_ECHO_SAMPLES.iter().map(|(t, us)| (t.to_string(), *us)).collect();
+    assert_eq!(got, want);
+    let Some(tshark) = tshark() else {
+        eprintln!("SKIPPED: tshark not installed (the expected values above are its answer)");
+        return;
+    };
+    let out = Command::new(tshark)
+        .args(["-o", "ip.defragment:FALSE", "-r"])
+        .arg(capture("icmp-fragmented.pcap"))
+        .args(["-Y", "icmp.resptime", "-T", "fields", "-e", "frame.time_epoch", "-e", "icmp.resptime"])
+        .output()
+        .unwrap();
+    let oracle: Vec<(String, i64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (t, ms) = l.split_once('\t').unwrap();
+            let us = (t.parse::<f64>().unwrap() * 1e6).round() as i64;
+            (
+                vmsentry::time::PacketTime::from_micros(us).rfc3339(),
+                (ms.parse::<f64>().unwrap() * 1000.0).round() as i64,
+            )
+        })
+        .collect();
+    assert_eq!(got, oracle, "tshark -o ip.defragment:FALSE");
+}

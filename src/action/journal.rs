@@ -8,12 +8,15 @@
 //! whose delivery succeeded but whose `done` was not yet written when the
 //! process died is delivered again after the restart; backends get the id as
 //! an idempotency key. When the file has more than `max_lines` records it is
-//! compacted: rewritten (to a temporary file, fsynced, renamed) with only the
-//! unfinished actions.
+//! compacted: rewritten (to a temporary file, fsynced, renamed) with the
+//! unfinished actions, in the order they were decided, and the ids (only) of
+//! the newest `max_lines / 2` finished ones, so an action decided again after
+//! a compaction (an alert read again, a replay run again) is still known and
+//! not sent twice. The journal is compacted at open as well.
 
 use super::Action;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -60,8 +63,12 @@ pub struct Journal {
     max_lines: usize,
     /// Every id the journal holds, so an action decided twice is sent once.
     known: HashSet<String>,
-    /// Unfinished actions and their attempts so far, for compaction.
-    open: BTreeMap<String, (Action, u32)>,
+    /// Unfinished actions: (when decided, in journal order; the action; attempts so far).
+    open: HashMap<String, (u64, Action, u32)>,
+    /// Finished ids with their last state, oldest first; compaction keeps the newest `keep_finished`.
+    finished: VecDeque<(String, State)>,
+    keep_finished: usize,
+    seq: u64,
 }
 
 impl Journal {
@@ -69,41 +76,55 @@ impl Journal {
     /// with the attempts they already had, oldest first.
     pub fn open(path: &Path, max_lines: usize) -> Result<(Journal, Vec<(Action, u32)>), JournalError> {
         let io = |source| JournalError::Io { path: path.to_path_buf(), source };
-        let mut known = HashSet::new();
-        let mut open: BTreeMap<String, (Action, u32)> = BTreeMap::new();
-        let mut order: Vec<String> = Vec::new();
-        let mut lines = 0;
-        if let Ok(f) = File::open(path) {
-            for line in BufReader::new(f).lines() {
-                let line = line.map_err(io)?;
-                // A line cut by a crash mid-write is skipped.
-                let Ok(r) = serde_json::from_str::<Record>(&line) else { continue };
-                lines += 1;
-                known.insert(r.id.clone());
-                match r.state {
-                    State::Pending | State::Sent | State::Failed => {
-                        if let Some(a) = r.action {
-                            if !open.contains_key(&r.id) {
-                                order.push(r.id.clone());
-                            }
-                            open.insert(r.id, (a, r.attempts));
-                        } else if let Some(e) = open.get_mut(&r.id) {
-                            e.1 = r.attempts;
-                        }
-                    }
-                    State::Done | State::GivenUp => {
-                        open.remove(&r.id);
+        let max_lines = max_lines.max(16);
+        let mut j = Journal {
+            path: path.to_path_buf(),
+            file: OpenOptions::new().create(true).append(true).open(path).map_err(io)?,
+            lines: 0,
+            max_lines,
+            known: HashSet::new(),
+            open: HashMap::new(),
+            finished: VecDeque::new(),
+            keep_finished: max_lines / 2,
+            seq: 0,
+        };
+        for line in BufReader::new(File::open(path).map_err(io)?).lines() {
+            let line = line.map_err(io)?;
+            // A line cut by a crash mid-write is skipped.
+            let Ok(r) = serde_json::from_str::<Record>(&line) else { continue };
+            j.lines += 1;
+            j.known.insert(r.id.clone());
+            match (r.state, r.action) {
+                (State::Pending | State::Sent | State::Failed, Some(a)) => {
+                    let seq = j.next_seq();
+                    let e = j.open.entry(r.id).or_insert((seq, a.clone(), r.attempts));
+                    (e.1, e.2) = (a, r.attempts);
+                }
+                (State::Pending | State::Sent | State::Failed, None) => {
+                    if let Some(e) = j.open.get_mut(&r.id) {
+                        e.2 = r.attempts;
                     }
                 }
+                (State::Done | State::GivenUp, _) => j.finish(r.id, r.state),
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-        let resume = order.iter().filter_map(|id| open.get(id).cloned()).collect();
-        let mut j = Journal { path: path.to_path_buf(), file, lines, max_lines: max_lines.max(16), known, open };
+        let mut resume: Vec<&(u64, Action, u32)> = j.open.values().collect();
+        resume.sort_by_key(|e| e.0);
+        let resume = resume.into_iter().map(|(_, a, n)| (a.clone(), *n)).collect();
         if j.lines > j.max_lines {
             j.compact().map_err(io)?;
         }
         Ok((j, resume))
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn finish(&mut self, id: String, state: State) {
+        self.open.remove(&id);
+        self.finished.push_back((id, state));
     }
 
     /// Records a new action before it is dispatched. `false`: the journal
@@ -112,7 +133,8 @@ impl Journal {
         if !self.known.insert(a.id.clone()) {
             return Ok(false);
         }
-        self.open.insert(a.id.clone(), (a.clone(), 0));
+        let seq = self.next_seq();
+        self.open.insert(a.id.clone(), (seq, a.clone(), 0));
         self.append(&Record {
             id: a.id.clone(),
             state: State::Pending,
@@ -126,12 +148,10 @@ impl Journal {
     /// Records the outcome of an attempt.
     pub fn outcome(&mut self, id: &str, state: State, attempts: u32, error: Option<String>) -> std::io::Result<()> {
         match state {
-            State::Done | State::GivenUp => {
-                self.open.remove(id);
-            }
+            State::Done | State::GivenUp => self.finish(id.to_string(), state),
             _ => {
                 if let Some(e) = self.open.get_mut(id) {
-                    e.1 = attempts;
+                    e.2 = attempts;
                 }
             }
         }
@@ -155,22 +175,38 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the journal with only the unfinished actions.
+    /// Rewrites the journal: the newest finished ids (id and state only),
+    /// then the unfinished actions in the order they were decided.
     fn compact(&mut self) -> std::io::Result<()> {
         let tmp = self.path.with_extension("compact");
+        while self.finished.len() > self.keep_finished {
+            self.finished.pop_front();
+        }
+        // An id finished twice (decided again after its record was compacted
+        // away) is kept once, at its newest place.
+        let mut seen = HashSet::new();
+        let mut keep: Vec<&(String, State)> = self.finished.iter().rev().filter(|(id, _)| seen.insert(id)).collect();
+        keep.reverse();
+        let mut open: Vec<(&String, &(u64, Action, u32))> = self.open.iter().collect();
+        open.sort_by_key(|(_, e)| e.0);
+        let mut lines = 0;
         {
             let mut f = File::create(&tmp)?;
-            for (id, (a, attempts)) in &self.open {
-                let r = Record {
-                    id: id.clone(),
+            let records = keep
+                .iter()
+                .map(|(id, state)| Record { id: id.clone(), state: *state, attempts: 0, action: None, error: None })
+                .chain(open.iter().map(|(id, (_, a, attempts))| Record {
+                    id: (*id).clone(),
                     state: State::Pending,
                     attempts: *attempts,
                     action: Some(a.clone()),
                     error: None,
-                };
+                }));
+            for r in records {
                 let mut line = serde_json::to_vec(&r)?;
                 line.push(b'\n');
                 f.write_all(&line)?;
+                lines += 1;
             }
             f.sync_all()?;
         }
@@ -181,8 +217,9 @@ impl Journal {
             }
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
-        self.lines = self.open.len();
-        self.known = self.open.keys().cloned().collect();
+        self.lines = lines;
+        self.known = keep.iter().map(|(id, _)| id.clone()).chain(self.open.keys().cloned()).collect();
+        self.finished = keep.into_iter().cloned().collect();
         Ok(())
     }
 }
@@ -235,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn compaction_keeps_only_the_unfinished() {
+    fn compaction_bounds_the_file_and_keeps_every_unfinished_action() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("journal");
         let (mut j, _) = Journal::open(&p, 16).unwrap();
@@ -255,5 +292,45 @@ mod tests {
         for id in ["a-0", "a-10", "a-20", "a-30"] {
             assert!(ids.contains(&id.to_string()), "{ids:?}");
         }
+    }
+
+    #[test]
+    fn compaction_remembers_finished_ids_so_a_decision_made_again_is_not_sent_again() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal");
+        let (mut j, _) = Journal::open(&p, 16).unwrap();
+        for n in 0..12 {
+            j.pending(&action(n)).unwrap();
+            j.outcome(&format!("a-{n}"), State::Done, 1, None).unwrap();
+        }
+        // 24 records: compacted past 16.
+        assert!(std::fs::read_to_string(&p).unwrap().lines().count() < 24);
+        assert!(!j.pending(&action(3)).unwrap(), "finished before the compaction: still known");
+        drop(j);
+        // And after a restart (the journal is compacted at open too).
+        let (mut j, resume) = Journal::open(&p, 16).unwrap();
+        assert!(resume.is_empty());
+        for n in 4..12 {
+            assert!(!j.pending(&action(n)).unwrap(), "a-{n} was done: not sent again");
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_the_unfinished_in_the_order_they_were_decided() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal");
+        let (mut j, _) = Journal::open(&p, 16).unwrap();
+        // a-9 before a-10 (which sorts first as a string), a-2 last.
+        for n in [9, 10, 2] {
+            j.pending(&action(n)).unwrap();
+        }
+        for n in 20..30 {
+            j.pending(&action(n)).unwrap();
+            j.outcome(&format!("a-{n}"), State::Done, 1, None).unwrap();
+        }
+        drop(j);
+        let (_, resume) = Journal::open(&p, 16).unwrap();
+        let ids: Vec<String> = resume.into_iter().map(|(a, _)| a.id).collect();
+        assert_eq!(ids, ["a-9", "a-10", "a-2"]);
     }
 }

@@ -158,6 +158,9 @@ pub enum Submitted {
     Dropped,
     /// The journal already has this action (decided again after a restart).
     Duplicate,
+    /// The journal could not record it (a write error, or its lock poisoned
+    /// by a panic), so it is not sent: an action is never sent unjournaled.
+    NotJournaled,
 }
 
 impl Submitted {
@@ -166,6 +169,7 @@ impl Submitted {
             Submitted::Queued => "queued",
             Submitted::Dropped => "dropped",
             Submitted::Duplicate => "duplicate",
+            Submitted::NotJournaled => "not_journaled",
         }
     }
 }
@@ -288,14 +292,24 @@ impl Dispatcher {
         self.routes[kind as usize]
     }
 
-    /// Journals the action, then queues it without blocking.
+    /// Journals the action, then queues it without blocking. An action the
+    /// journal cannot record is not sent (the delivery guarantee rests on it).
     pub fn submit(&self, action: Action) -> Submitted {
         if let Some(j) = &self.journal {
             match j.lock().map(|mut j| j.pending(&action)) {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => return Submitted::Duplicate,
-                Ok(Err(e)) => eprintln!("vmsentry: cannot journal action {}: {e} (sending it anyway)", action.id),
-                Err(_) => {}
+                Ok(Err(e)) => {
+                    eprintln!("vmsentry: cannot journal action {}: {e}; not sent", action.id);
+                    return Submitted::NotJournaled;
+                }
+                Err(_) => {
+                    eprintln!(
+                        "vmsentry: the journal is unusable (a thread panicked holding it); action {} not sent",
+                        action.id
+                    );
+                    return Submitted::NotJournaled;
+                }
             }
         }
         match self.tx.try_send(Job::Act(action)) {
@@ -447,5 +461,162 @@ impl Worker {
         if let Some(t) = &self.telemetry {
             t.action_outcome(&action, outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A `log` sink that records what it is handed and answers from a script
+    /// (then `Ok` for ever); `gate`, when set, makes each delivery wait for a message.
+    struct Recorder {
+        got: Arc<Mutex<Vec<String>>>,
+        script: Vec<Result<(), SinkError>>,
+        gate: Option<mpsc::Receiver<()>>,
+    }
+
+    impl ActionSink for Recorder {
+        fn name(&self) -> &'static str {
+            "log"
+        }
+        fn deliver(&mut self, a: &Action) -> Result<(), SinkError> {
+            if let Some(g) = &self.gate {
+                let _ = g.recv();
+            }
+            self.got.lock().unwrap().push(a.id.clone());
+            if self.script.is_empty() {
+                Ok(())
+            } else {
+                self.script.remove(0)
+            }
+        }
+    }
+
+    fn recorder(script: Vec<Result<(), SinkError>>) -> (Box<dyn ActionSink>, Arc<Mutex<Vec<String>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        (Box::new(Recorder { got: got.clone(), script, gate: None }), got)
+    }
+
+    fn action(id: &str, kind: ActionKind) -> Action {
+        Action {
+            id: id.into(),
+            ts: PacketTime::from_micros(1_000_000),
+            kind,
+            vm: "fa:16:3e:00:00:01".parse().unwrap(),
+            vm_name: Some("web-1".into()),
+            hypervisor: Some("compute-1".into()),
+            signed: true,
+            destination: None,
+            level: Level::High,
+            reason: Reason::Rate,
+            note: None,
+        }
+    }
+
+    fn fast() -> Backend {
+        Backend { backoff_ms: 1, max_backoff_ms: 2, max_attempts: 3, shutdown_grace_ms: 2_000, ..Backend::default() }
+    }
+
+    fn temporary() -> Result<(), SinkError> {
+        Err(SinkError::Temporary { backend: "log", msg: "503".into() })
+    }
+
+    #[test]
+    fn actions_are_delivered_in_order_and_counted() {
+        let (sink, got) = recorder(vec![]);
+        let d = Dispatcher::start_with(&fast(), 16, None, sink).unwrap();
+        for id in ["a", "b", "c"] {
+            assert_eq!(d.submit(action(id, ActionKind::Quarantine)), Submitted::Queued);
+        }
+        assert_eq!(d.backend(ActionKind::Migrate), "log");
+        let stats = d.finish();
+        assert_eq!(*got.lock().unwrap(), ["a", "b", "c"]);
+        assert_eq!(stats, DispatchStats { delivered: 3, ..Default::default() });
+    }
+
+    #[test]
+    fn a_temporary_failure_is_retried_and_a_permanent_one_given_up() {
+        let permanent = Err(SinkError::Permanent { backend: "log", msg: "no such VM".into() });
+        let (sink, got) = recorder(vec![temporary(), temporary(), Ok(()), permanent]);
+        let d = Dispatcher::start_with(&fast(), 16, None, sink).unwrap();
+        d.submit(action("retried", ActionKind::Alert));
+        // Wait for the retries to finish before the next one is queued, so the script applies in order.
+        let t0 = Instant::now();
+        while got.lock().unwrap().len() < 3 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        d.submit(action("refused", ActionKind::Alert));
+        let stats = d.finish();
+        assert_eq!(*got.lock().unwrap(), ["retried", "retried", "retried", "refused"]);
+        assert_eq!(stats, DispatchStats { delivered: 1, failed: 1, retries: 2, ..Default::default() });
+    }
+
+    #[test]
+    fn out_of_attempts_is_given_up_and_journaled_so() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Backend { journal: Some(d.path().join("j")), ..fast() };
+        let (sink, got) = recorder(vec![temporary(), temporary(), temporary()]);
+        let disp = Dispatcher::start_with(&cfg, 16, None, sink).unwrap();
+        disp.submit(action("x", ActionKind::Alert));
+        let stats = disp.finish();
+        assert_eq!(got.lock().unwrap().len(), 3, "max_attempts = 3");
+        assert_eq!(stats, DispatchStats { failed: 1, retries: 2, ..Default::default() });
+        let states: Vec<String> = std::fs::read_to_string(d.path().join("j"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["state"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(states, ["pending", "sent", "failed", "sent", "failed", "sent", "given_up"]);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_a_journaled_action_is_resumed_at_the_next_start() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Backend { journal: Some(d.path().join("j")), shutdown_grace_ms: 0, ..fast() };
+        let (gate_tx, gate) = mpsc::channel();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Box::new(Recorder { got: got.clone(), script: vec![], gate: Some(gate) });
+        let disp = Dispatcher::start_with(&cfg, 1, None, sink).unwrap();
+        assert_eq!(disp.submit(action("first", ActionKind::Alert)), Submitted::Queued);
+        // The worker takes "first" and waits at the gate; "second" fills the queue of 1.
+        let t0 = Instant::now();
+        while !disp.tx.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(disp.submit(action("second", ActionKind::Alert)), Submitted::Queued);
+        assert_eq!(disp.submit(action("third", ActionKind::Alert)), Submitted::Dropped);
+        assert_eq!(disp.submit(action("first", ActionKind::Alert)), Submitted::Duplicate);
+        gate_tx.send(()).unwrap();
+        drop(gate_tx);
+        let stats = disp.finish();
+        assert_eq!(stats.delivered, 1, "{stats:?}");
+        assert_eq!(*got.lock().unwrap(), ["first"]);
+        // second (queued, not sent within the grace) and third (dropped) stay pending.
+        let (sink, got) = recorder(vec![]);
+        let disp = Dispatcher::start_with(&cfg, 16, None, sink).unwrap();
+        let stats = disp.finish();
+        assert_eq!(*got.lock().unwrap(), ["second", "third"]);
+        assert_eq!(stats, DispatchStats { delivered: 2, resumed: 2, ..Default::default() });
+    }
+
+    #[test]
+    fn a_poisoned_journal_lock_sends_nothing_unjournaled() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Backend { journal: Some(d.path().join("j")), ..fast() };
+        let (sink, got) = recorder(vec![]);
+        let disp = Dispatcher::start_with(&cfg, 16, None, sink).unwrap();
+        let j = disp.journal.clone().unwrap();
+        let _ = std::thread::spawn(move || {
+            let _guard = j.lock().unwrap();
+            panic!("poison the journal lock");
+        })
+        .join();
+        assert_eq!(disp.submit(action("a", ActionKind::Quarantine)), Submitted::NotJournaled);
+        let stats = disp.finish();
+        assert!(got.lock().unwrap().is_empty(), "sent without a journal record");
+        assert_eq!(stats, DispatchStats::default());
+        assert_eq!(std::fs::read_to_string(d.path().join("j")).unwrap(), "");
     }
 }

@@ -257,6 +257,48 @@ pub struct Rules {
     pub vms: Vec<VmEntry>,
 }
 
+/// The settings a reload does not change: they size the reader's and the
+/// shards' structures (`window.length_ms`, `[limits]`, `[tunnels]`), own a
+/// thread each (`[[ids]]`), or hold the dispatcher's backends, connections,
+/// retries in progress and journal (`[backend]`: swapping them mid-run could
+/// lose or repeat an action being retried, so a restart, which resumes from
+/// the journal, is the safe way).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartOnly {
+    window_len_ms: u64,
+    limits: Limits,
+    tunnels: Tunnels,
+    ids: Vec<crate::ids::Input>,
+    backend: Backend,
+}
+
+impl RestartOnly {
+    pub fn of(rules: &Rules) -> RestartOnly {
+        RestartOnly {
+            window_len_ms: rules.window_len_ms,
+            limits: rules.limits.clone(),
+            tunnels: rules.tunnels,
+            ids: rules.ids.clone(),
+            backend: rules.backend.clone(),
+        }
+    }
+
+    /// Which of them `new` changes, by section name, in file order.
+    pub fn restart_only_changes(&self, new: &Rules) -> Vec<&'static str> {
+        let n = RestartOnly::of(new);
+        [
+            (self.window_len_ms != n.window_len_ms, "window.length_ms"),
+            (self.limits != n.limits, "[limits]"),
+            (self.tunnels != n.tunnels, "[tunnels]"),
+            (self.backend != n.backend, "[backend]"),
+            (self.ids != n.ids, "[[ids]]"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect()
+    }
+}
+
 /// Moving-target defense.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MtdRules {
@@ -425,6 +467,8 @@ impl Rules {
         // [[hypervisor]]
         let mut hv_index: BTreeMap<String, usize> = BTreeMap::new();
         let mut hv_macs: HashSet<Mac> = HashSet::new();
+        // Addresses name one hypervisor or VM each (IDS victims, the locator).
+        let mut ip_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
         let mut hypervisors = Vec::with_capacity(raw.hypervisor.len());
         for (i, h) in raw.hypervisor.into_iter().enumerate() {
             check_hypervisor_id(h.id.get_ref()).map_err(|m| at(h.id.span(), m))?;
@@ -448,11 +492,18 @@ impl Rules {
                     ));
                 }
             }
+            let mut ips = Vec::with_capacity(h.ips.len());
+            for ip in &h.ips {
+                if let Some(other) = ip_owner.insert(*ip.get_ref(), format!("hypervisor `{}`", h.id.get_ref())) {
+                    return Err(at(ip.span(), format!("address {} is also {other}'s", ip.get_ref())));
+                }
+                ips.push(*ip.get_ref());
+            }
             hypervisors.push(HypervisorEntry {
                 ram_mb: h.ram_mb,
                 id: h.id.into_inner(),
                 macs,
-                ips: h.ips,
+                ips,
                 signature: h.signature.map(Spanned::into_inner),
             });
         }
@@ -657,14 +708,6 @@ impl Rules {
             shutdown_grace_ms: b.shutdown_grace_ms,
             journal: b.journal.as_ref().map(|j| dir.join(j.get_ref())),
         };
-
-        // Addresses name one hypervisor or VM each, for IDS alerts.
-        let mut ip_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-        for h in &hypervisors {
-            for ip in &h.ips {
-                ip_owner.insert(*ip, format!("hypervisor `{}`", h.id));
-            }
-        }
 
         // [[vm]]
         let mut vm_macs: HashSet<Mac> = HashSet::new();

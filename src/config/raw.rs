@@ -314,7 +314,7 @@ pub struct RawHypervisor {
     #[serde(default)]
     pub macs: Vec<Spanned<Mac>>,
     #[serde(default)]
-    pub ips: Vec<IpAddr>,
+    pub ips: Vec<Spanned<IpAddr>>,
     #[serde(default)]
     pub signature: Option<Spanned<String>>,
 }

@@ -224,3 +224,27 @@ fn a_threshold_against_its_default_points_at_the_one_written() {
     assert!(e.starts_with("r/vmsentry.toml:5:14: medium_pps must be below high_pps"), "{e}");
     assert!(e.ends_with("high_pps is its default, set it too"), "{e}");
 }
+
+#[test]
+fn an_address_of_two_hypervisors_is_refused_where_the_second_claims_it() {
+    let text = format!(
+        "{HEAD}[[hypervisor]]\nid = \"a\"\nips = [\"10.0.0.31\"]\n\
+         [[hypervisor]]\nid = \"b\"\nips = [\"10.0.0.32\", \"10.0.0.31\"]\n"
+    );
+    assert_eq!(load(&text).unwrap_err(), "r/vmsentry.toml:9:21: address 10.0.0.31 is also hypervisor `a`'s");
+    // Twice in one hypervisor is the same mistake.
+    let text = format!("{HEAD}[[hypervisor]]\nid = \"a\"\nips = [\"10.0.0.31\", \"10.0.0.31\"]\n");
+    assert_eq!(load(&text).unwrap_err(), "r/vmsentry.toml:6:21: address 10.0.0.31 is also hypervisor `a`'s");
+}
+
+#[test]
+fn restart_only_settings_that_a_reload_changes_are_named() {
+    let d = dir_with_key();
+    let at = |text: &str| Rules::from_str_in(d.path(), Path::new("vmsentry.toml"), text).unwrap();
+    let running = RestartOnly::of(&at(HEAD));
+    assert_eq!(running.restart_only_changes(&at(HEAD)), Vec::<&str>::new());
+    let text = format!("{HEAD}[thresholds]\nmedium_pps = 10\n[backend]\nmax_attempts = 3\n");
+    assert_eq!(running.restart_only_changes(&at(&text)), ["[backend]"]);
+    let text = format!("{HEAD}[window]\nlength_ms = 500\n[limits]\nbatch_size = 64\n[tunnels]\ngeneve_port = 6082\n");
+    assert_eq!(running.restart_only_changes(&at(&text)), ["window.length_ms", "[limits]", "[tunnels]"]);
+}

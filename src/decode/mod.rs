@@ -214,7 +214,10 @@ pub enum Net {
         dst: IpAddr,
         /// IP protocol number of the payload (after extension headers).
         proto: u8,
-        /// True when the payload is a non-first or more-fragments fragment.
+        /// True for an IP fragment other than the first: its transport header
+        /// travelled in the first. (The first fragment of an ICMP/ICMPv6
+        /// message still gives its type, code, id and seq; other first
+        /// fragments give no transport layer.)
         fragment: bool,
     },
     /// ARP (`rarp == false`) or RARP, Ethernet/IPv4 form only.
@@ -631,16 +634,22 @@ fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: b
         obs.l2 = Some(L2 { src: Mac(eth.source()), dst: Some(Mac(eth.destination())), ether_type, vlan });
     }
 
+    // The protocol and payload of a first fragment (etherparse parses no transport in fragments).
+    let mut first_fragment: Option<(u8, &[u8])> = None;
     match &p.net {
         Some(LaxNetSlice::Ipv4(ip)) => {
             let h = ip.header();
             let pl = ip.payload();
+            let later = pl.fragmented && h.fragments_offset().value() != 0;
             obs.net = Net::Ip {
                 src: IpAddr::V4(h.source_addr()),
                 dst: IpAddr::V4(h.destination_addr()),
                 proto: pl.ip_number.0,
-                fragment: pl.fragmented,
+                fragment: later,
             };
+            if pl.fragmented && !later {
+                first_fragment = Some((pl.ip_number.0, pl.payload));
+            }
             if ip_overruns_wire(frame, h.slice(), u32::from(h.total_len()), obs.orig_len) {
                 obs.error = Some(DecodeErrorKind::IpLength);
                 return None;
@@ -649,12 +658,16 @@ fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: b
         Some(LaxNetSlice::Ipv6(ip)) => {
             let h = ip.header();
             let pl = ip.payload();
+            let later = pl.fragmented && ipv6_fragment_offset(ip.extensions()).is_none_or(|off| off != 0);
             obs.net = Net::Ip {
                 src: IpAddr::V6(Ipv6Addr::from(h.source())),
                 dst: IpAddr::V6(Ipv6Addr::from(h.destination())),
                 proto: pl.ip_number.0,
-                fragment: pl.fragmented,
+                fragment: later,
             };
+            if pl.fragmented && !later {
+                first_fragment = Some((pl.ip_number.0, pl.payload));
+            }
             let total = 40 + u32::from(h.payload_length());
             if h.payload_length() > 0 && ip_overruns_wire(frame, h.slice(), total, obs.orig_len) {
                 obs.error = Some(DecodeErrorKind::IpLength);
@@ -736,9 +749,54 @@ fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: b
                 seq: u16::from_be_bytes([b[2], b[3]]),
             })
         }
-        Some(TransportSlice::Igmp(_)) | None => L4::None,
+        Some(TransportSlice::Igmp(_)) => L4::None,
+        None => first_fragment.map_or(L4::None, |(proto, payload)| icmp_in_first_fragment(proto, payload)),
     };
     udp_payload
+}
+
+/// The offset of the IPv6 fragment header among `exts`, walked with bounds
+/// checks (etherparse's own iterator over a lax parse can read past a
+/// header cut short: found by fuzzing). `None` without one, or when cut.
+fn ipv6_fragment_offset(exts: &etherparse::Ipv6ExtensionsSlice<'_>) -> Option<u16> {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AUTH: u8 = 51;
+    const DEST_OPTS: u8 = 60;
+    let mut rest = exts.slice();
+    let mut next = exts.first_header()?.0;
+    loop {
+        let len = match next {
+            FRAGMENT => {
+                let field = u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]);
+                return Some(field >> 3);
+            }
+            HOP_BY_HOP | ROUTING | DEST_OPTS => (usize::from(*rest.get(1)?) + 1) * 8,
+            AUTH => (usize::from(*rest.get(1)?) + 2) * 4,
+            _ => return None,
+        };
+        next = *rest.first()?;
+        rest = rest.get(len..)?;
+    }
+}
+
+/// The ICMP (1) or ICMPv6 (58) header at the start of a first fragment:
+/// type, code, checksum, then id and seq (echo). A fragment shorter than the
+/// 8-byte header, or another protocol, gives no transport layer.
+fn icmp_in_first_fragment(proto: u8, payload: &[u8]) -> L4 {
+    const ICMP: u8 = 1;
+    const ICMPV6: u8 = 58;
+    match (proto, payload) {
+        (ICMP | ICMPV6, &[icmp_type, code, _, _, id0, id1, seq0, seq1, ..]) => L4::Icmp(IcmpInfo {
+            v6: proto == ICMPV6,
+            icmp_type,
+            code,
+            id: u16::from_be_bytes([id0, id1]),
+            seq: u16::from_be_bytes([seq0, seq1]),
+        }),
+        _ => L4::None,
+    }
 }
 
 /// True when an IP packet of `total` bytes starting at `ip_hdr` would end

@@ -385,3 +385,92 @@ fn raw_ip_decodes_under_linktype_raw_and_both_dlt_raw_values() {
     }
     assert!(!linktype::decoded(127));
 }
+
+/// Ethernet / IPv4 fragment of an ICMP echo reply: `frag` is the flags and
+/// offset field, the payload the fragment's first 8 bytes.
+fn icmp_fragment(frag: [u8; 2], payload: [u8; 8]) -> Vec<u8> {
+    let mut f = vec![
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x01, // dst MAC
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x02, // src MAC
+        0x08, 0x00, // ethertype IPv4
+        0x45, 0x00, 0x00, 0x1c, // version 4, IHL 5, total length 28
+        0x6e, 0xb5, frag[0], frag[1], // id, flags and fragment offset
+        0x40, 0x01, 0x00, 0x00, // TTL 64, protocol ICMP, checksum (unchecked)
+        0x0a, 0x09, 0x00, 0x02, // src 10.9.0.2
+        0x0a, 0x09, 0x00, 0x01, // dst 10.9.0.1
+    ];
+    f.extend_from_slice(&payload);
+    f
+}
+
+#[test]
+fn the_first_fragment_of_an_echo_reply_carries_its_id_and_seq() {
+    // MF set, offset 0: the ICMP header is here (the rest of the echo follows).
+    let o = eth(&icmp_fragment(
+        [0x20, 0x00],
+        [
+            0x00, 0x00, 0x12, 0x34, // type 0 (echo reply), code 0, checksum
+            0x42, 0x42, 0x00, 0x01, // id 0x4242, seq 1
+        ],
+    ));
+    assert_eq!(o.error, None);
+    assert_eq!(
+        o.net,
+        Net::Ip { src: "10.9.0.2".parse().unwrap(), dst: "10.9.0.1".parse().unwrap(), proto: 1, fragment: false }
+    );
+    assert_eq!(o.l4, L4::Icmp(IcmpInfo { v6: false, icmp_type: 0, code: 0, id: 0x4242, seq: 1 }));
+    // Offset 1480 (185 x 8), MF clear: the middle of the echo's data, no header.
+    let o = eth(&icmp_fragment([0x00, 0xb9], [0x00, 0x00, 0x12, 0x34, 0x42, 0x42, 0x00, 0x01]));
+    assert_eq!(o.error, None);
+    assert_eq!(
+        o.net,
+        Net::Ip { src: "10.9.0.2".parse().unwrap(), dst: "10.9.0.1".parse().unwrap(), proto: 1, fragment: true }
+    );
+    assert_eq!(o.l4, L4::None);
+}
+
+#[test]
+fn the_first_fragment_of_an_icmpv6_echo_carries_its_id_and_seq() {
+    let mut f = vec![
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x01, // dst MAC
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x02, // src MAC
+        0x86, 0xdd, // ethertype IPv6
+        0x60, 0x00, 0x00, 0x00, // version 6
+        0x00, 0x10, 0x2c, 0x40, // payload length 16, next header fragment (44), hop limit 64
+    ];
+    f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02]); // src 2001:db8::2
+    f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01]); // dst 2001:db8::1
+    f.extend_from_slice(&[
+        0x3a, 0x00, 0x00, 0x01, // next header ICMPv6, reserved, offset 0 with M set
+        0x00, 0x00, 0x00, 0x07, // identification
+        0x81, 0x00, 0x00, 0x00, // type 129 (echo reply), code 0, checksum
+        0x00, 0x07, 0x00, 0x03, // id 7, seq 3
+    ]);
+    let o = eth(&f);
+    assert_eq!(o.error, None);
+    assert!(matches!(o.net, Net::Ip { proto: 58, fragment: false, .. }), "{:?}", o.net);
+    assert_eq!(o.l4, L4::Icmp(IcmpInfo { v6: true, icmp_type: 129, code: 0, id: 7, seq: 3 }));
+}
+
+/// Found by `fuzz/run.sh` (decode target): a Linux SLL2 frame carrying IPv6
+/// whose extension headers are cut. Walking them through etherparse's
+/// iterator read past the slice (a UB check panicked); decode must not.
+const FUZZ_IPV6_EXTS_CUT: [u8; 117] = [
+    0x07, 0x86, 0xdd, 0xff, 0x24, 0x03, 0x01, 0x69, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x8e, 0x00, 0x00, 0x00,
+    0x00, 0x04, 0x60, 0x05, 0xc2, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x60, 0x30,
+    0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x54, 0x17, 0xc1, 0x00, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0x00, 0xc0, 0xe4, 0x01, 0x2c, 0x01, 0x00, 0x00, 0x00, 0x17, 0x00, 0x33, 0x3f, 0xba, 0x2c, 0x2c, 0x2c, 0x2c, 0x2c,
+    0x2c, 0x00, 0x00, 0x00, 0x01, 0x2c, 0x2c, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x2c, 0x2c, 0x2c, 0x2c, 0x2c, 0x01,
+    0x00, 0x00, 0x02, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x8a, 0x2c, 0x2c, 0x2c, 0x2c,
+    0x2c, 0x2c, 0x2c,
+];
+
+#[test]
+fn fuzz_finding_ipv6_extension_headers_cut_short_do_not_panic() {
+    let (&lt, frame) = FUZZ_IPV6_EXTS_CUT.split_first().unwrap();
+    assert_eq!(lt, 7, "link type 276, Linux SLL2");
+    let n = frame.len() as u32;
+    let o = decode(&Tunnels::default(), linktype::LINUX_SLL2, T, n + 7, n, frame);
+    assert!(matches!(o.net, Net::Ip { proto: _, .. }), "{:?}", o.net);
+    assert_eq!(o.l4, L4::None);
+}

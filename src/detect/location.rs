@@ -230,11 +230,21 @@ impl Locator {
     }
 
     /// After a reload: keeps where each VM is (by MAC), the streams, what
-    /// was reported, and the tokens already used.
+    /// was reported, and the tokens already used. Places name hypervisors by
+    /// registry index, which a reload may reorder: each is carried by the
+    /// hypervisor's id (else by the MAC or IP the wire showed it with); a
+    /// place whose hypervisor is gone from the rules and that the wire never
+    /// showed gives way to the VM's place in the new rules.
     pub fn carry_from(&mut self, old: &mut Locator, vms: &[crate::config::VmEntry]) {
         for (i, v) in vms.iter().enumerate() {
             if let Some(&j) = old.vm_index.get(&v.mac) {
-                self.vms[i] = old.vms[j].clone();
+                let mut loc = old.vms[j].clone();
+                loc.current = match loc.current.and_then(|p| self.carry_place(old, p)) {
+                    Some(p) => Some(p),
+                    None => self.vms[i].current,
+                };
+                loc.previous = loc.previous.and_then(|(p, t)| self.carry_place(old, p).map(|p| (p, t)));
+                self.vms[i] = loc;
             }
         }
         self.streams = std::mem::take(&mut old.streams);
@@ -270,6 +280,17 @@ impl Locator {
             a.ts <= at && a.ts.as_micros() >= at.as_micros() - window && a.host == to && a.vms.contains(&vm)
         })?;
         self.approvals.remove(k).map(|a| a.authorized)
+    }
+
+    /// `p`, a place under `old`'s registry, under this one's.
+    fn carry_place(&self, old: &Locator, p: Place) -> Option<Place> {
+        let by_id = p.hv.and_then(|h| old.registry.get(h)).and_then(|e| self.registry.index_of(&e.id));
+        let by_wire = || {
+            let mac = p.mac.and_then(|m| self.hv_by_mac.get(&m));
+            mac.or_else(|| p.ip.and_then(|ip| self.hv_by_ip.get(&ip))).copied()
+        };
+        let hv = by_id.or_else(by_wire);
+        (hv.is_some() || p.mac.is_some()).then_some(Place { hv, ..p })
     }
 
     /// Where the VM is now (the wire's word, else the rules').

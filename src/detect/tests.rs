@@ -209,3 +209,43 @@ fn windows_at_the_end_of_time_do_not_overflow() {
     assert_eq!(d.last_seen(vm()).map(PacketTime::as_micros), Some(i64::MAX));
     assert_eq!(d.windows, 2);
 }
+
+/// Two hypervisors, h1 signed and h2 not, in the order given.
+fn two_hypervisors(h2_first: bool) -> Rules {
+    let key = crate::trust::ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
+    let h1_mac: Mac = "52:54:00:aa:00:01".parse().unwrap();
+    let h1 = format!(
+        "[[hypervisor]]\nid = \"h1\"\nmacs = [\"{h1_mac}\"]\nips = [\"10.0.0.1\"]\nsignature = \"{}\"\n",
+        key.sign("t", "h1", h1_mac)
+    );
+    let h2 = "[[hypervisor]]\nid = \"h2\"\nmacs = [\"52:54:00:aa:00:02\"]\nips = [\"10.0.0.2\"]\n";
+    let (a, b) = if h2_first { (h2.to_string(), h1) } else { (h1, h2.to_string()) };
+    rules_text(&format!("{a}{b}{VM_A}hypervisor = \"h2\"\n"))
+}
+
+#[test]
+fn a_reload_that_reorders_the_hypervisors_keeps_each_vm_on_its_hypervisor() {
+    use crate::measure::placement::{Evidence, Origin, Sighting};
+    let r = two_hypervisors(false);
+    let mut d = det(&r);
+    // The rules say h2 (unsigned); the wire shows the VM behind h1 (signed).
+    let at_h1 = Evidence {
+        sightings: vec![Sighting {
+            vm: vm(),
+            origin: Origin::Outer { mac: "52:54:00:aa:00:01".parse().unwrap(), ip: [10, 0, 0, 1].into() },
+            first: PacketTime::from_micros(0),
+            last: PacketTime::from_micros(0),
+            frames: 1,
+            announce: None,
+        }],
+        ..Default::default()
+    };
+    d.close_window(0, &[], &[], &at_h1);
+    assert_eq!((d.hypervisor_name(0).as_deref(), d.verdict(0), d.signed(0)), (Some("h1"), Verdict::Valid, true));
+    // The same hypervisors, listed the other way round.
+    let r2 = two_hypervisors(true);
+    d.reload(&r2, Registry::build(&r2.key, &r2.cluster, &r2.hypervisors));
+    assert_eq!((d.hypervisor_name(0).as_deref(), d.verdict(0), d.signed(0)), (Some("h1"), Verdict::Valid, true));
+    assert_eq!(d.place(0).and_then(|p| p.hv), Some(1), "h1 is the second entry now");
+    assert_eq!(d.vms_on(1), [0]);
+}

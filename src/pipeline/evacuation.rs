@@ -106,10 +106,25 @@ impl Mtd {
     }
 
     /// New rules: the mode and trigger now; inputs and filters on restart.
-    pub fn reload(&mut self, rules: &Rules) {
+    /// What is kept per hypervisor (whether it was over `host_high_vms`, the
+    /// held migrations leaving it) follows it by id (`old_ids`: the registry
+    /// before the reload); a hypervisor gone from the rules takes its held
+    /// migrations with it.
+    pub fn reload(&mut self, rules: &Rules, old_ids: &[String]) {
         self.mode = rules.mtd.mode;
         self.host_high_vms = rules.mtd.host_high_vms;
-        self.high.resize(rules.hypervisors.len(), false);
+        let index = |old: usize| old_ids.get(old).and_then(|id| rules.hypervisors.iter().position(|h| &h.id == id));
+        let mut high = vec![false; rules.hypervisors.len()];
+        for (h, _) in self.high.iter().enumerate().filter(|(_, &was)| was) {
+            if let Some(n) = index(h) {
+                high[n] = true;
+            }
+        }
+        self.high = high;
+        self.deferred = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .filter_map(|d| Some(Deferred { hypervisor: index(d.hypervisor)?, ..d }))
+            .collect();
     }
 
     /// Replayed alerts due before `end`. The first call times them all
@@ -392,4 +407,41 @@ impl Merge {
 enum Trigger {
     Ids { sid: u64, victim: IpAddr, mode: &'static str },
     HostHigh { high: u32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn rules(ids: &[&str]) -> Rules {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("k");
+        std::fs::write(&k, [b'k'; 32]).unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let hvs: String = ids.iter().map(|id| format!("[[hypervisor]]\nid = \"{id}\"\n")).collect();
+        let text = format!("[cluster]\nname = \"t\"\nkey_file = \"k\"\n{hvs}");
+        Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_high_set_and_held_migrations_by_hypervisor_id() {
+        let mut m = Mtd::new(&rules(&["a", "b", "c"]));
+        m.high[0] = true;
+        let held = |h: usize, vm: u8| Deferred {
+            since: PacketTime::ZERO,
+            hypervisor: h,
+            vm: crate::decode::Mac([2, 0, 0, 0, 0, vm]),
+            reason: Reason::Ids,
+            note: String::new(),
+            id_base: None,
+        };
+        m.deferred = vec![held(0, 1), held(1, 2)];
+        let old: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        // Reordered, and b is gone.
+        m.reload(&rules(&["c", "a"]), &old);
+        assert_eq!(m.high, [false, true]);
+        let kept: Vec<(usize, u8)> = m.deferred.iter().map(|d| (d.hypervisor, d.vm.0[5])).collect();
+        assert_eq!(kept, [(1, 1)]);
+    }
 }

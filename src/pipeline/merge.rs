@@ -67,6 +67,8 @@ pub(super) struct Merge {
     pub telemetry: Option<Arc<Telemetry>>,
     /// The reload flag (SIGHUP), the rules directory, and the shards' shared config.
     pub reload: Option<(Arc<AtomicBool>, PathBuf, Arc<SharedPlacement>)>,
+    /// The settings running now that only a restart changes.
+    pub running: crate::config::RestartOnly,
 }
 
 /// One window's partials as they arrive.
@@ -254,12 +256,16 @@ impl Merge {
         }
         let result = match Rules::load(dir) {
             Ok(rules) => {
-                let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-                self.detector.reload(&rules, registry.clone());
-                self.policy = Policy::new(&rules, registry);
-                self.mtd.reload(&rules);
                 shared.replace(PlacementConfig::from_rules(&rules));
                 eprintln!("vmsentry: rules reloaded from {}", dir.display());
+                let later = self.running.restart_only_changes(&rules);
+                if !later.is_empty() {
+                    eprintln!(
+                        "vmsentry: changed, but only a restart applies them (the running ones stay): {}",
+                        later.join(", ")
+                    );
+                }
+                self.apply_rules(&rules);
                 "ok"
             }
             Err(e) => {
@@ -270,6 +276,19 @@ impl Merge {
         if let Some(t) = &self.telemetry {
             t.metrics.reloads.with_label_values(&[result]).inc();
         }
+    }
+
+    /// Takes valid new rules. Everything keyed by hypervisor follows it by id:
+    /// the detector's places, the policy's migrations in flight, the
+    /// evacuation state; the storm limits' memory carries over.
+    pub(super) fn apply_rules(&mut self, rules: &Rules) {
+        let old_ids: Vec<String> = self.detector.registry().entries().iter().map(|e| e.id.clone()).collect();
+        let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+        self.detector.reload(rules, registry.clone());
+        let d = &self.detector;
+        let placed = (0..d.vms().len()).map(|i| (d.place(i).and_then(|p| p.hv), d.vm(i).ram_mb.unwrap_or(0)));
+        self.policy.reload(rules, registry, placed);
+        self.mtd.reload(rules, &old_ids);
     }
 
     /// The window's metrics and the API's views.
@@ -362,10 +381,8 @@ impl Merge {
             }
             Outcome::Migration(m) => {
                 let ram_mb = self.detector.ram_bytes(m.vm).unwrap_or(0) / (1024 * 1024);
-                if let (Some(from), Some(to)) = (m.from.and_then(|p| p.hv), m.to.and_then(|p| p.hv)) {
-                    self.policy.note_move(from, to, ram_mb);
-                }
-                self.policy.migration_seen(self.detector.vm(m.vm).mac);
+                let (from, to) = (m.from.and_then(|p| p.hv), m.to.and_then(|p| p.hv));
+                self.policy.moved(self.detector.vm(m.vm).mac, from, to, ram_mb);
                 if let Some(t) = &self.telemetry {
                     t.metrics.migrations.with_label_values(&[m.verdict.as_str()]).inc();
                 }
@@ -434,7 +451,7 @@ impl Merge {
                 let submitted = self.dispatcher.submit(action.clone());
                 match submitted {
                     crate::action::Submitted::Queued => out.queued += 1,
-                    crate::action::Submitted::Dropped => out.dropped += 1,
+                    crate::action::Submitted::Dropped | crate::action::Submitted::NotJournaled => out.dropped += 1,
                     crate::action::Submitted::Duplicate => {}
                 }
                 if let Some(t) = &self.telemetry {
@@ -476,5 +493,181 @@ impl Counts {
                 self.io_error = Some(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The merge's window ordering: a window closes once every shard has
+    //! reported it, windows close in order, and inside a window events go
+    //! by packet time: the quiet windows before it, then what happened inside
+    //! it (moves, samples), then its verdicts at its end.
+    use super::*;
+    use crate::event::Event;
+    use crate::measure::placement::{Origin, Sighting};
+    use crate::measure::rtt::SampleKind;
+    use crate::measure::Counters;
+    use crate::trust::ClusterKey;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Mutex;
+
+    struct Shared(Arc<Mutex<Vec<Event>>>);
+    impl EventSink for Shared {
+        fn emit(&mut self, e: &Event) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(e.clone());
+            Ok(())
+        }
+    }
+
+    fn vm() -> crate::decode::Mac {
+        "fa:16:3e:00:00:01".parse().unwrap()
+    }
+
+    /// 1 s windows, MEDIUM at 100 packets/s, clear after one window; VM a on
+    /// h1; h1 and h2 signed. Two shards.
+    fn merge() -> (Merge, Arc<Mutex<Vec<Event>>>) {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("k");
+        std::fs::write(&k, [b'k'; 32]).unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
+        let hv = |id: &str, n: u8| {
+            let mac: crate::decode::Mac = format!("52:54:00:00:00:0{n}").parse().unwrap();
+            format!("[[hypervisor]]\nid = \"{id}\"\nmacs = [\"{mac}\"]\nsignature = \"{}\"\n", key.sign("t", id, mac))
+        };
+        let text = format!(
+            "[cluster]\nname = \"t\"\nkey_file = \"k\"\n\
+             [thresholds]\nmedium_pps = 100\nhigh_pps = 1000\nclear_windows = 1\n{}{}\
+             [[vm]]\nname = \"a\"\nmac = \"{}\"\nhypervisor = \"h1\"\n",
+            hv("h1", 1),
+            hv("h2", 2),
+            vm()
+        );
+        let rules = Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
+        let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let log = Box::new(crate::action::LogSink::to_writer(Box::new(std::io::sink())));
+        let m = Merge {
+            shards: 2,
+            detector: Detector::new(&rules, registry.clone()),
+            policy: Policy::new(&rules, registry),
+            dispatcher: Dispatcher::start_with(&rules.backend, 16, None, log).unwrap(),
+            events: Box::new(Shared(got.clone())),
+            rtt_samples: true,
+            vm_windows: false,
+            mtd: super::super::evacuation::Mtd::new(&rules),
+            telemetry: None,
+            reload: None,
+            running: crate::config::RestartOnly::of(&rules),
+            gate_replay: Default::default(),
+        };
+        (m, got)
+    }
+
+    fn part(shard: usize, window: i64, packets: u64, evidence: Evidence, samples: Vec<RttSample>) -> Partial {
+        let counters = if packets > 0 {
+            vec![(vm(), Counters { tx_bytes: packets * 100, tx_packets: packets, rx_bytes: 0, rx_packets: 0 })]
+        } else {
+            vec![]
+        };
+        Partial {
+            shard,
+            window,
+            counters,
+            overflow: 0,
+            decode: DecodeCounts::default(),
+            samples,
+            rtt_counts: RttCounts::default(),
+            rtt_dropped: 0,
+            evidence,
+        }
+    }
+
+    /// a seen behind hypervisor `n` at `t_us`.
+    fn seen(n: u8, t_us: i64) -> Evidence {
+        let t = PacketTime::from_micros(t_us);
+        Evidence {
+            sightings: vec![Sighting {
+                vm: vm(),
+                origin: Origin::Outer { mac: crate::decode::Mac([0x52, 0x54, 0, 0, 0, n]), ip: [10, 0, 0, n].into() },
+                first: t,
+                last: t,
+                frames: 1,
+                announce: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Each event as (type, µs since 0, what).
+    fn order(got: &Mutex<Vec<Event>>) -> Vec<(&'static str, i64, String)> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                Event::Level(l) => ("level", l.ts.as_micros(), format!("{:?}->{:?}", l.from, l.to)),
+                Event::Action(a) => ("action", a.ts.as_micros(), a.action.as_str().to_string()),
+                Event::Migration(m) => ("migration", m.ts.as_micros(), format!("{:?}", m.to_hypervisor)),
+                Event::RttSample(s) => ("rtt_sample", s.ts.as_micros(), format!("{}", s.rtt_ms)),
+                other => ("other", other.ts().as_micros(), String::new()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_closes_when_every_shard_reported_it_and_windows_close_in_order() {
+        let (mut m, got) = merge();
+        let (mut pending, mut out) = (BTreeMap::new(), Counts::default());
+        m.partial(part(0, 5, 150, Evidence::default(), vec![]), &mut pending, &mut out);
+        m.partial(part(0, 6, 0, Evidence::default(), vec![]), &mut pending, &mut out);
+        assert!(got.lock().unwrap().is_empty(), "shard 1 has not reported window 5");
+        // Shard 1's share of window 5 brings it to 200 packets/s.
+        m.partial(part(1, 5, 50, Evidence::default(), vec![]), &mut pending, &mut out);
+        let low_to_medium = ("level", 6_000_000, "Low->Medium".to_string());
+        let alert = ("action", 6_000_000, "alert".to_string());
+        assert_eq!(order(&got), [low_to_medium.clone(), alert.clone()]);
+        m.partial(part(1, 6, 0, Evidence::default(), vec![]), &mut pending, &mut out);
+        assert_eq!(order(&got), [low_to_medium, alert, ("level", 7_000_000, "Medium->Low".to_string())]);
+        assert!(pending.is_empty());
+        assert_eq!(out.queued, 1);
+        m.dispatcher.finish();
+    }
+
+    #[test]
+    fn inside_a_window_quiet_windows_come_first_then_moves_and_samples_by_time_then_verdicts() {
+        let (mut m, got) = merge();
+        let (mut pending, mut out) = (BTreeMap::new(), Counts::default());
+        for s in 0..2 {
+            m.partial(
+                part(s, 2, 100, if s == 0 { seen(1, 2_100_000) } else { Evidence::default() }, vec![]),
+                &mut pending,
+                &mut out,
+            );
+        }
+        let sample = |t_us: i64, rtt_us: i64| RttSample {
+            ts: PacketTime::from_micros(t_us),
+            mac: vm(),
+            rtt_us,
+            kind: SampleKind::Echo,
+            src: ([10, 0, 1, 1].into(), 0),
+            dst: ([10, 0, 0, 9].into(), 0),
+        };
+        // Window 5 (3 and 4 were quiet): a sample from each shard around a move to h2.
+        m.partial(part(0, 5, 60, seen(2, 5_400_000), vec![sample(5_700_000, 2_000)]), &mut pending, &mut out);
+        m.partial(part(1, 5, 60, Evidence::default(), vec![sample(5_200_000, 3_000)]), &mut pending, &mut out);
+        assert_eq!(
+            order(&got),
+            [
+                ("level", 3_000_000, "Low->Medium".to_string()),
+                ("action", 3_000_000, "alert".to_string()),
+                ("level", 4_000_000, "Medium->Low".to_string()),
+                ("rtt_sample", 5_200_000, "3".to_string()),
+                ("migration", 5_400_000, "Some(\"h2\")".to_string()),
+                ("rtt_sample", 5_700_000, "2".to_string()),
+                ("level", 6_000_000, "Low->Medium".to_string()),
+                ("action", 6_000_000, "alert".to_string()),
+            ]
+        );
+        m.dispatcher.finish();
     }
 }

@@ -302,6 +302,7 @@ pub fn run(
         gate_replay: gate_replay.into(),
         telemetry: opts.telemetry.clone(),
         reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
+        running: crate::config::RestartOnly::of(rules),
     };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())

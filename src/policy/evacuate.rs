@@ -71,6 +71,7 @@ impl Policy {
         let mut order: Vec<&Evacuee> = vms.iter().collect();
         order.sort_by(|a, b| b.ram_mb.cmp(&a.ram_mb).then_with(|| a.name.cmp(&b.name)));
         let t = now.as_micros();
+        self.expire(t);
         let free0: Vec<Option<u64>> = (0..self.hypervisor_ids.len())
             .map(|h| self.capacity[h].map(|c| c.saturating_sub(self.placed_ram[h])))
             .collect();
@@ -79,11 +80,7 @@ impl Policy {
         for v in order {
             let mut entry =
                 PlanEntry { vm: v.vm, vm_name: v.name.clone(), ram_mb: v.ram_mb, decision: None, skipped: None };
-            if self
-                .in_flight
-                .iter()
-                .any(|m| m.vm == v.vm && t - m.at < self.storm.migration_timeout_s as i64 * 1_000_000)
-            {
+            if self.in_flight.iter().any(|m| m.vm == v.vm) {
                 entry.skipped = Some("already_moving");
                 plan.push(entry);
                 continue;
@@ -105,8 +102,7 @@ impl Policy {
                 Ok(d) => {
                     sent[d].0 += v.ram_mb;
                     sent[d].1 += 1;
-                    self.note_move(from, d, v.ram_mb);
-                    self.in_flight.push(super::InFlight { vm: v.vm, from: Some(from), at: t });
+                    self.start_migration(v.vm, Some(from), d, v.ram_mb, t);
                     (ActionKind::Migrate, Some(self.hypervisor_ids[d].clone()), None)
                 }
                 Err(why) => (ActionKind::Alert, None, Some(why)),

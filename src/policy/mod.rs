@@ -5,7 +5,10 @@
 //! verdict is the one for the hypervisor the wire shows the VM behind (else
 //! the rules'). `migrate` goes to a signed hypervisor other than the VM's
 //! own, the one with the fewest VMs (placed by the rules, then moved by
-//! migrations seen on the wire and decided here), ties broken by id; when
+//! migrations seen on the wire, and by migrations decided here while they
+//! are in flight: a decided migration counts at its destination until the
+//! wire shows the move, which then counts instead, or until it times out,
+//! when it stops counting), ties broken by id; when
 //! there is none it becomes an `alert` whose note says why. A destination
 //! must have room: the RAM of the VMs placed there plus this one's within its
 //! `ram_mb` (when set).
@@ -51,9 +54,14 @@ pub enum Decision {
     Held(Held),
 }
 
+/// A migration decided here and not yet seen on the wire: it counts at `to`
+/// (and not at `from`) until then, or until it times out.
+#[derive(Clone, Debug)]
 struct InFlight {
     vm: Mac,
     from: Option<usize>,
+    to: usize,
+    ram_mb: u64,
     at: i64,
 }
 
@@ -74,12 +82,17 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(rules: &Rules, registry: Registry) -> Policy {
+        Self::placed_as(rules, registry, rules.vms.iter().map(|v| (v.hypervisor, v.ram_mb.unwrap_or(0))))
+    }
+
+    /// A policy with VMs placed as given: (hypervisor index, RAM in MiB) per VM.
+    fn placed_as(rules: &Rules, registry: Registry, vms: impl Iterator<Item = (Option<usize>, u64)>) -> Policy {
         let mut placed = vec![0u64; rules.hypervisors.len()];
         let mut placed_ram = vec![0u64; rules.hypervisors.len()];
-        for v in &rules.vms {
-            if let Some(h) = v.hypervisor {
+        for (h, ram) in vms {
+            if let Some(h) = h.filter(|&h| h < placed.len()) {
                 placed[h] += 1;
-                placed_ram[h] += v.ram_mb.unwrap_or(0);
+                placed_ram[h] += ram;
             }
         }
         Policy {
@@ -97,6 +110,29 @@ impl Policy {
         }
     }
 
+    /// New rules (the table, the storm limits, the hypervisors) without
+    /// forgetting what the storm limits count: each VM's last action (its
+    /// cooldown), the actions of the last minute, the migrations in flight
+    /// (carried by hypervisor id; one whose destination left the rules no
+    /// longer counts), and the sequence of action ids. `placed` is where each
+    /// VM is now (indices into the new rules) and its RAM in MiB.
+    pub fn reload(&mut self, rules: &Rules, registry: Registry, placed: impl Iterator<Item = (Option<usize>, u64)>) {
+        let mut new = Policy::placed_as(rules, registry, placed);
+        let index = |old: usize| self.hypervisor_ids.get(old).and_then(|id| new.registry.index_of(id));
+        let carried: Vec<InFlight> = self
+            .in_flight
+            .iter()
+            .filter_map(|m| Some(InFlight { to: index(m.to)?, from: m.from.and_then(index), ..m.clone() }))
+            .collect();
+        for m in carried {
+            new.start_migration(m.vm, m.from, m.to, m.ram_mb, m.at);
+        }
+        new.last_action = std::mem::take(&mut self.last_action);
+        new.recent = std::mem::take(&mut self.recent);
+        new.seq = self.seq;
+        *self = new;
+    }
+
     /// How long a migration counts as in flight, in µs.
     pub fn migration_timeout_us(&self) -> i64 {
         self.storm.migration_timeout_s as i64 * 1_000_000
@@ -106,26 +142,56 @@ impl Policy {
         &self.registry
     }
 
-    /// A VM moved between registered hypervisors: count it where it is now.
-    pub fn note_move(&mut self, from: usize, to: usize, ram_mb: u64) {
-        if from < self.placed.len() && to < self.placed.len() {
-            self.placed[from] = self.placed[from].saturating_sub(1);
-            self.placed_ram[from] = self.placed_ram[from].saturating_sub(ram_mb);
-            self.placed[to] += 1;
-            self.placed_ram[to] += ram_mb;
+    /// Counts one VM of `ram_mb` away from `from` and at `to` (either may be
+    /// unregistered).
+    fn shift(&mut self, from: Option<usize>, to: Option<usize>, ram_mb: u64) {
+        if let Some(f) = from.filter(|&f| f < self.placed.len()) {
+            self.placed[f] = self.placed[f].saturating_sub(1);
+            self.placed_ram[f] = self.placed_ram[f].saturating_sub(ram_mb);
+        }
+        if let Some(t) = to.filter(|&t| t < self.placed.len()) {
+            self.placed[t] += 1;
+            self.placed_ram[t] += ram_mb;
         }
     }
 
-    /// The wire showed the VM move: its migration is no longer in flight.
-    pub fn migration_seen(&mut self, vm: Mac) {
-        self.in_flight.retain(|m| m.vm != vm);
+    /// A migration decided here: it counts at its destination while in flight.
+    fn start_migration(&mut self, vm: Mac, from: Option<usize>, to: usize, ram_mb: u64, at: i64) {
+        self.shift(from, Some(to), ram_mb);
+        self.in_flight.push(InFlight { vm, from, to, ram_mb, at });
+    }
+
+    /// Stops counting the in-flight migrations that `gone` picks out.
+    fn end_migrations(&mut self, gone: impl Fn(&InFlight) -> bool) {
+        let (ended, kept): (Vec<InFlight>, Vec<InFlight>) =
+            std::mem::take(&mut self.in_flight).into_iter().partition(gone);
+        self.in_flight = kept;
+        for m in ended {
+            self.shift(Some(m.to), m.from, m.ram_mb);
+        }
+    }
+
+    /// Migrations decided at least `storm.migration_timeout_s` before `now`
+    /// (µs) never showed on the wire: they no longer count.
+    fn expire(&mut self, now: i64) {
+        let timeout = self.migration_timeout_us();
+        if self.in_flight.iter().any(|m| now - m.at >= timeout) {
+            self.end_migrations(|m| now - m.at >= timeout);
+        }
+    }
+
+    /// The wire showed the VM move from `from` to `to` (registry indices,
+    /// `None` when unregistered or unknown): its migration decided here, if
+    /// any, is no longer in flight, and the VM counts where it went.
+    pub fn moved(&mut self, vm: Mac, from: Option<usize>, to: Option<usize>, ram_mb: u64) {
+        self.end_migrations(|m| m.vm == vm);
+        self.shift(from, to, ram_mb);
     }
 
     /// Which storm limit, if any, holds this action back at `now` (µs).
     fn storm_limit(&mut self, vm: Mac, kind: ActionKind, from: Option<usize>, now: i64) -> Option<&'static str> {
+        self.expire(now);
         let s = &self.storm;
-        let timeout = s.migration_timeout_s as i64 * 1_000_000;
-        self.in_flight.retain(|m| now - m.at < timeout);
         while self.recent.front().is_some_and(|&t| now - t >= 60_000_000) {
             self.recent.pop_front();
         }
@@ -171,6 +237,7 @@ impl Policy {
         let rule = self.table.rule(change.to)?;
         let mut kind = if signed { rule.signed } else { rule.unsigned };
         let now = change.window_end.as_micros();
+        self.expire(now);
         if let Some(because) = self.storm_limit(vm.mac, kind, current, now) {
             return Some(Decision::Held(Held {
                 ts: change.window_end,
@@ -187,13 +254,7 @@ impl Policy {
         if kind == ActionKind::Migrate {
             match self.destination(current, ram_mb) {
                 Ok(d) => {
-                    if let Some(h) = current {
-                        self.note_move(h, d, ram_mb);
-                    } else {
-                        self.placed[d] += 1;
-                        self.placed_ram[d] += ram_mb;
-                    }
-                    self.in_flight.push(InFlight { vm: vm.mac, from: current, at: now });
+                    self.start_migration(vm.mac, current, d, ram_mb, now);
                     destination = Some(self.hypervisor_ids[d].clone());
                 }
                 Err(why) => {
@@ -237,3 +298,6 @@ impl Policy {
             .ok_or("migrate wanted, but no other signed hypervisor has room for its RAM")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -167,7 +167,7 @@ impl Metrics {
         }
         // Fixed label sets exist from the start, so zero reads as zero, not absent.
         for a in ["alert", "quarantine", "migrate"] {
-            for o in ["queued", "dropped", "duplicate", "held", "delivered", "failed"] {
+            for o in ["queued", "dropped", "duplicate", "not_journaled", "held", "delivered", "failed"] {
                 m.actions.with_label_values(&[a, o]);
             }
         }

@@ -202,6 +202,11 @@ impl Registry {
         self.entries.get(index)
     }
 
+    /// The index of the hypervisor with this id.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.entries().iter().position(|e| e.id == id)
+    }
+
     pub fn entries(&self) -> &[RegistryEntry] {
         &self.entries
     }

@@ -391,10 +391,14 @@ fn sighup_reloads_valid_rules_and_refuses_bad_ones_keeping_the_old() {
     assert!(refused.contains("vmsentry.toml:17:"), "{refused}");
     let (_, m) = http_get(&addr, "/metrics");
     assert!(m.contains("vmsentry_rules_reloads_total{result=\"error\"} 1"), "{m}");
-    std::fs::write(&toml, original.replace("medium_pps = 3_000", "medium_pps = 500")).unwrap();
+    // A [backend] change is not applied by a reload, and says so.
+    let changed = original.replace("medium_pps = 3_000", "medium_pps = 500") + "\n[backend]\nmax_attempts = 2\n";
+    std::fs::write(&toml, changed).unwrap();
     signal(&child, "HUP");
     let ok = err.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(ok.starts_with("vmsentry: rules reloaded from "), "{ok}");
+    let later = err.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(later, "vmsentry: changed, but only a restart applies them (the running ones stay): [backend]");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
     let ev: Vec<Value> =
         std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
