@@ -253,6 +253,8 @@ struct TcpSeg {
     ts: Option<(u32, u32)>,
     /// SYN options (MSS, SACK permitted, timestamps, window scale).
     syn_opts: bool,
+    /// A retransmitted SYN.
+    again: bool,
 }
 
 /// One TCP connection: its two ends (0: client) and what each has sent.
@@ -627,18 +629,15 @@ impl Gen {
     /// one or two exchanges, and the close.
     fn short_connection(&mut self, t0: i64) {
         let mut c = self.new_conn(None);
-        self.stats.connections_opened += 1;
         let mut plan = vec![Plan { ts: t0, from: 0, flags: flag::SYN, payload: 0 }];
         let mut t = t0;
         if self.rng.chance(0.03) {
             // The first SYN is lost on the far side; Linux retransmits after 1 s.
             t += 1_000 * MS;
             plan.push(Plan { ts: t, from: 0, flags: flag::SYN, payload: 0 });
-            self.stats.syn_retransmitted += 1;
         }
         if self.rng.chance(0.02) {
             plan.push(Plan { ts: t + 2 * c.delay[1] + 5, from: 1, flags: flag::RST | flag::ACK, payload: 0 });
-            self.stats.syn_refused += 1;
             self.run_plan(&mut c, &mut plan);
             return;
         }
@@ -706,6 +705,7 @@ impl Gen {
                 // Linux refuses a SYN with a bare RST/ACK.
                 ts: if rst { None } else { Some((tsval, tsecr)) },
                 syn_opts: syn,
+                again,
             };
             self.push(p.ts, What::Tcp(seg));
         }
@@ -791,7 +791,11 @@ impl Gen {
                 s.tcp += 1;
                 s.tcp_with_timestamps += u64::from(t.ts.is_some());
                 s.tcp_data += u64::from(t.payload > 0);
-                s.syn += u64::from(t.flags & flag::SYN != 0 && t.flags & flag::ACK == 0);
+                let syn = t.flags & flag::SYN != 0 && t.flags & flag::ACK == 0;
+                s.syn += u64::from(syn);
+                s.syn_retransmitted += u64::from(t.again);
+                s.connections_opened += u64::from(syn && !t.again);
+                s.syn_refused += u64::from(t.flags & flag::RST != 0);
             }
             What::Icmp { request, .. } => {
                 if request {
