@@ -23,12 +23,14 @@
 //! ([`FLOW_ENTRY_BYTES`]) in a slab allocated once to the cap, an
 //! open-addressing index of (hash, slot) words (linear probing, at most half
 //! full, backward-shift deletion), so nothing rehashes or moves during a run.
-//! Entries sit on a least-recently-seen list: a full table evicts its head in
-//! O(1), and a window close frees the idle flows at the head without walking
-//! the rest. Probe expiry is lazy and exact: a window close only records its
-//! packet time, and a flow is brought up to date the next time a packet
-//! touches it, with the same outcome as expiring every flow at every close
-//! (expiry only ever removes what is older than a cut-off that only grows).
+//! A clock hand runs over the slab: a full table evicts the least recently
+//! seen of the next [`EVICTION_SAMPLE`] entries under it (idle ones first),
+//! in O(1), and each window close sweeps the next sixteenth of the slab for
+//! idle flows, so nothing walks the whole table. Probe expiry is exact and
+//! lazy: a window close records its packet time, and a flow is brought up
+//! to date when a packet or the sweep next reaches it, with the same
+//! outcome as expiring every flow at every close (expiry only removes what
+//! is older than a cut-off that only grows).
 //! The hash is taken once per packet from the decoded 5-tuple; the reader's
 //! shard hash is not reused because it reads raw frame bytes, so the two
 //! directions of one flow can hash apart when they are encapsulated
@@ -189,34 +191,26 @@ impl TcpDir {
     }
 }
 
-/// One tracked TCP flow: a fixed-size slab entry.
+/// One tracked TCP flow: a fixed-size slab entry (key and times first: the
+/// lookup's cache line).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 struct TcpFlow {
-    dir: [TcpDir; 2],
     key: FlowKey,
+    /// The index word's hash, to find the entry's index slot again.
+    hash: u32,
     last_seen: i64,
     /// The window close this flow was last brought up to date with.
     swept: i64,
-    /// Neighbours on the least-recently-seen list ([`NIL`] at the ends).
-    prev: u32,
-    next: u32,
-    /// The index word's hash, to find the entry's index slot again.
-    hash: u32,
+    /// False for a free slab slot.
+    live: bool,
     uses_timestamps: bool,
+    dir: [TcpDir; 2],
 }
 
 impl TcpFlow {
     fn new(key: FlowKey, hash: u32, swept: i64) -> TcpFlow {
-        TcpFlow {
-            dir: [TcpDir::default(); 2],
-            key,
-            last_seen: 0,
-            swept,
-            prev: NIL,
-            next: NIL,
-            hash,
-            uses_timestamps: false,
-        }
+        TcpFlow { dir: [TcpDir::default(); 2], key, last_seen: 0, swept, live: true, hash, uses_timestamps: false }
     }
 
     /// Brings the flow up to date with the window close at `closed`:
@@ -278,20 +272,18 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// End of the least-recently-seen list.
-const NIL: u32 = u32::MAX;
+/// Entries a full table looks at to pick the one to evict.
+const EVICTION_SAMPLE: usize = 8;
 
-/// The flow table: a slab of entries allocated to the cap once, an index of
-/// `(hash << 32) | (slot + 1)` words (0: empty), and a least-recently-seen
-/// list through the entries.
+/// The flow table: a slab of entries allocated to the cap once, and an
+/// index of `(hash << 32) | (slot + 1)` words (0: empty).
 struct FlowTable {
     index: Vec<u64>,
     mask: usize,
     entries: Vec<TcpFlow>,
     free: Vec<u32>,
-    /// Least and most recently seen entries.
-    head: u32,
-    tail: u32,
+    /// Where the next eviction or sweep looks (a clock hand over the slab).
+    hand: usize,
     len: usize,
 }
 
@@ -306,8 +298,7 @@ impl FlowTable {
             mask: slots - 1,
             entries: Vec::with_capacity(cap),
             free: Vec::with_capacity(cap),
-            head: NIL,
-            tail: NIL,
+            hand: 0,
             len: 0,
         }
     }
@@ -355,13 +346,12 @@ impl FlowTable {
         };
         self.index[at] = (u64::from(hash) << 32) | u64::from(e + 1);
         self.len += 1;
-        self.link_tail(e);
         e
     }
 
     fn remove(&mut self, e: u32) {
-        self.unlink(e);
-        let f = &self.entries[e as usize];
+        let f = &mut self.entries[e as usize];
+        f.live = false;
         let word = (u64::from(f.hash) << 32) | u64::from(e + 1);
         let mut i = f.hash as usize & self.mask;
         while self.index[i] != word {
@@ -387,52 +377,13 @@ impl FlowTable {
         self.len -= 1;
     }
 
-    #[inline]
-    fn link_tail(&mut self, e: u32) {
-        let t = self.tail;
-        {
-            let f = &mut self.entries[e as usize];
-            f.prev = t;
-            f.next = NIL;
-        }
-        if t == NIL {
-            self.head = e;
-        } else {
-            self.entries[t as usize].next = e;
-        }
-        self.tail = e;
-    }
-
-    #[inline]
-    fn unlink(&mut self, e: u32) {
-        let (p, n) = {
-            let f = &self.entries[e as usize];
-            (f.prev, f.next)
-        };
-        if p == NIL {
-            self.head = n;
-        } else {
-            self.entries[p as usize].next = n;
-        }
-        if n == NIL {
-            self.tail = p;
-        } else {
-            self.entries[n as usize].prev = p;
-        }
-    }
-
-    /// Marks `e` the most recently seen.
-    #[inline]
-    fn touch(&mut self, e: u32) {
-        if self.tail != e {
-            self.unlink(e);
-            self.link_tail(e);
-        }
-    }
-
-    /// The least recently seen entry.
-    fn oldest(&self) -> Option<u32> {
-        (self.head != NIL).then_some(self.head)
+    /// Moves the hand past the next `n` slab slots (wrapping); returns
+    /// them as (first, count, slab length).
+    fn advance(&mut self, n: usize) -> (usize, usize, usize) {
+        let total = self.entries.len().max(1);
+        let (start, n) = (self.hand % total, n.min(self.entries.len()));
+        self.hand = (start + n) % total;
+        (start, n, total)
     }
 }
 
@@ -532,8 +483,7 @@ impl RttTracker {
         }
     }
 
-    /// The flow of `key`, brought up to date, marked most recently seen;
-    /// a new one (making room) when it is not tracked or went idle.
+    /// The flow of `key`, brought up to date; a new one (making room) when it is not tracked or went idle.
     #[inline]
     fn flow(&mut self, key: FlowKey, t: i64) -> u32 {
         let hash = key.hash();
@@ -544,12 +494,10 @@ impl RttTracker {
             if closed != i64::MIN && closed - f.last_seen > ft {
                 // That close would have forgotten the flow: start afresh.
                 self.counts.probe_timeouts += f.dir[0].outstanding() + f.dir[1].outstanding();
-                let (prev, next) = (f.prev, f.next);
-                *f = TcpFlow { prev, next, ..TcpFlow::new(key, hash, closed) };
+                *f = TcpFlow::new(key, hash, closed);
             } else {
                 self.counts.probe_timeouts += f.catch_up(closed, pt);
             }
-            self.flows.touch(e);
             return e;
         }
         if self.flows.len() >= self.max_flows {
@@ -669,23 +617,34 @@ impl RttTracker {
     }
 
     /// Hands over the window's samples and expires old state (packet time
-    /// `now`): echo requests now, flows idle at the head of the list now,
-    /// the probes of the others when they are next seen.
+    /// `now`): echo requests now, flows and probes when they are next seen
+    /// or swept, with the same outcome as expiring them all now.
     pub fn close_window(&mut self, now: PacketTime) -> Vec<RttSample> {
         let t = now.as_micros();
         self.sweep_echoes(t);
         self.closed = self.closed.max(t);
-        let (closed, ft) = (self.closed, self.flow_timeout_us);
-        while let Some(e) = self.flows.oldest() {
+        // A clock sweep of a sixteenth of the slab per window frees idle
+        // flows and counts timed-out probes without walking the whole table.
+        let (closed, pt, ft) = (self.closed, self.probe_timeout_us, self.flow_timeout_us);
+        let n = self.flows.entries.len() / 16 + 64;
+        let (start, n, total) = self.flows.advance(n);
+        for k in 0..n {
+            let e = ((start + k) % total) as u32;
             let f = &mut self.flows.entries[e as usize];
-            if closed - f.last_seen <= ft {
-                break;
+            if !f.live {
+                continue;
             }
-            // Its probes timed out before it went idle.
-            self.counts.probe_timeouts += f.dir[0].outstanding() + f.dir[1].outstanding();
-            self.flows.remove(e);
+            if closed - f.last_seen > ft {
+                // Its probes timed out before it went idle.
+                self.counts.probe_timeouts += f.dir[0].outstanding() + f.dir[1].outstanding();
+                self.flows.remove(e);
+            } else {
+                self.counts.probe_timeouts += f.catch_up(closed, pt);
+            }
         }
-        std::mem::take(&mut self.samples)
+        let keep = self.samples.capacity();
+        // The next window starts with room for as many: no regrowth copies.
+        std::mem::replace(&mut self.samples, Vec::with_capacity(keep))
     }
 
     fn sweep_echoes(&mut self, t: i64) {
@@ -706,23 +665,33 @@ impl RttTracker {
         self.counts.probe_timeouts += (before - self.echoes.len()) as u64;
     }
 
-    /// The table is full: forget idle flows at the head of the
-    /// least-recently-seen list, else evict its head (O(1) amortized).
+    /// The table is full: of the next [`EVICTION_SAMPLE`] flows under the
+    /// clock hand, forget the idle ones, or else evict the least recently
+    /// seen (O(1), and the same choice for the same input).
     fn make_room(&mut self, t: i64) {
         let (closed, pt, ft) = (self.closed, self.probe_timeout_us, self.flow_timeout_us);
-        while let Some(e) = self.flows.oldest() {
-            let full = self.flows.len() >= self.max_flows;
+        let mut oldest: Option<(i64, u32)> = None;
+        let mut freed = false;
+        let (start, n, total) = self.flows.advance(EVICTION_SAMPLE);
+        for k in 0..n {
+            let e = ((start + k) % total) as u32;
             let f = &mut self.flows.entries[e as usize];
-            let idle = t - f.last_seen > ft;
-            if !idle && !full {
-                break;
+            if !f.live {
+                continue;
             }
-            self.counts.probe_timeouts += f.catch_up(closed, pt);
+            if t - f.last_seen > ft {
+                self.counts.probe_timeouts += f.catch_up(closed, pt);
+                self.flows.remove(e);
+                self.counts.flow_evictions += 1;
+                freed = true;
+            } else if oldest.is_none_or(|(s, _)| f.last_seen < s) {
+                oldest = Some((f.last_seen, e));
+            }
+        }
+        if let (false, Some((_, e))) = (freed, oldest) {
+            self.counts.probe_timeouts += self.flows.entries[e as usize].catch_up(closed, pt);
             self.flows.remove(e);
             self.counts.flow_evictions += 1;
-            if !idle {
-                break;
-            }
         }
     }
 }

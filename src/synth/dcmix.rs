@@ -518,7 +518,10 @@ impl Gen {
         for _ in 0..self.rng.poisson(per_tick(rate::EXCHANGES)) {
             let start = now + self.rng.range(0, tick);
             // A busy connection is skipped for another (a few tries).
-            let Some(i) = (0..4).map(|_| self.rng.below(self.pool.len() as u64) as usize).find(|&i| self.pool[i].busy_until <= start) else {
+            let Some(i) = (0..4)
+                .map(|_| self.rng.below(self.pool.len() as u64) as usize)
+                .find(|&i| self.pool[i].busy_until <= start)
+            else {
                 continue;
             };
             let ph = self.placeholder();
@@ -576,11 +579,8 @@ impl Gen {
             self.rng.range(20, 2_000)
         };
         let resp_at = arrives + think;
-        let resp = if self.rng.chance(0.9) {
-            self.rng.range(40, 600) as u32
-        } else {
-            self.rng.range(1500, 8_000) as u32
-        };
+        let resp =
+            if self.rng.chance(0.9) { self.rng.range(40, 600) as u32 } else { self.rng.range(1500, 8_000) as u32 };
         let segs = resp.div_ceil(MSS);
         let gap = 12; // µs per full segment at 1 Gbit/s
         for k in 0..segs {
@@ -749,7 +749,10 @@ impl Gen {
             return;
         }
         self.push(t, What::Arp { src: asker, dst: None, reply: false, sender: asker, target: vm });
-        self.push(t + 2 * self.delay_of(vm), What::Arp { src: vm, dst: Some(asker), reply: true, sender: vm, target: asker });
+        self.push(
+            t + 2 * self.delay_of(vm),
+            What::Arp { src: vm, dst: Some(asker), reply: true, sender: vm, target: asker },
+        );
     }
 
     fn dns(&mut self, t: i64) {
@@ -773,9 +776,15 @@ impl Gen {
             let seq = c.seq;
             let ts = (first / 125) as u32; // 8 kHz media clock
             let (vm, peer) = (Host::Vm(c.vm), Host::Peer(c.peer));
-            self.push(first, What::Rtp { src: vm, dst: peer, sport: c.ports.0, dport: c.ports.1, seq, ts, ssrc: c.ssrc.0 });
+            self.push(
+                first,
+                What::Rtp { src: vm, dst: peer, sport: c.ports.0, dport: c.ports.1, seq, ts, ssrc: c.ssrc.0 },
+            );
             let back = first + 3 * MS;
-            self.push(back, What::Rtp { src: peer, dst: vm, sport: c.ports.1, dport: c.ports.0, seq, ts, ssrc: c.ssrc.1 });
+            self.push(
+                back,
+                What::Rtp { src: peer, dst: vm, sport: c.ports.1, dport: c.ports.0, seq, ts, ssrc: c.ssrc.1 },
+            );
             self.calls[k].seq = seq.wrapping_add(1);
         }
     }
