@@ -491,12 +491,16 @@ impl RttTracker {
         if let Some(e) = found {
             let (closed, pt, ft) = (self.closed, self.probe_timeout_us, self.flow_timeout_us);
             let f = &mut self.flows.entries[e as usize];
-            if closed != i64::MIN && closed - f.last_seen > ft {
-                // That close would have forgotten the flow: start afresh.
-                self.counts.probe_timeouts += f.dir[0].outstanding() + f.dir[1].outstanding();
-                *f = TcpFlow::new(key, hash, closed);
-            } else {
-                self.counts.probe_timeouts += f.catch_up(closed, pt);
+            // Only closes since the flow was last brought up to date apply
+            // (packet time can run backwards between files).
+            if f.swept != closed {
+                if closed - f.last_seen > ft {
+                    // That close would have forgotten the flow: start afresh.
+                    self.counts.probe_timeouts += f.dir[0].outstanding() + f.dir[1].outstanding();
+                    *f = TcpFlow::new(key, hash, closed);
+                } else {
+                    self.counts.probe_timeouts += f.catch_up(closed, pt);
+                }
             }
             return e;
         }

@@ -255,3 +255,15 @@ fn a_flood_of_new_flows_stays_within_the_cap_and_every_eviction_is_counted() {
     let s = run(&mut t, &[(20_001, Tcp { syn: true, seq: 9, ack: Some(1001), ..last.reverse() }.build())]);
     assert_eq!(s.len(), 1);
 }
+
+#[test]
+fn frames_stamped_before_the_last_close_keep_their_flow() {
+    // A second file can be older than the first: its flows are new since the
+    // last close, and that close must not expire them.
+    let mut t = tracker();
+    assert!(t.close_window(PacketTime::from_micros(1_000_000_000)).is_empty());
+    let syn = Tcp { syn: true, ..conn() };
+    let synack = Tcp { syn: true, seq: 5000, ack: Some(1001), ..conn().reverse() };
+    let s = run(&mut t, &[(0, syn.build()), (750, synack.build())]);
+    assert_eq!(s, vec![(0.75, SampleKind::Handshake, vm())]);
+}
