@@ -176,8 +176,9 @@ fn main() {
         let ratio = td.map(|td| format!("{:.2}x tcpdump", td / m)).unwrap_or_default();
         println!("  vmsentry replay {label:<20}: {:>7.1} ms  {:>6.2} Mpps  {ratio}", m * 1e3, packets as f64 / m / 1e6);
     }
-    // hashbrown keeps one control byte per bucket and fills buckets to 7/8.
-    let per_flow = vmsentry::measure::rtt::FLOW_ENTRY_BYTES as f64 * 8.0 / 7.0;
+    // A flow: its slab entry and two index words; an echo: a hashbrown
+    // entry with its control byte, at 7/8 load.
+    let per_flow = vmsentry::measure::rtt::FLOW_ENTRY_BYTES as f64;
     let per_echo = vmsentry::measure::rtt::ECHO_ENTRY_BYTES as f64 * 8.0 / 7.0;
     println!(
         "  RTT state: {per_flow:.0} bytes per tracked TCP flow, {per_echo:.0} per outstanding echo (at full load)"
@@ -299,6 +300,9 @@ fn stage_costs(file: &Path, rules: &Rules, limit: usize) {
         }
         w = Some(wi);
         rtt.observe(o);
+    }
+    if let Some(w) = w {
+        samples += rtt.close_window(vmsentry::time::PacketTime::from_micros((w + 1) * window)).len();
     }
     let rtt_ns = t.elapsed().as_secs_f64() * 1e9 / n;
     println!(
