@@ -4,15 +4,19 @@
 //! PACKETS frames of mixed sizes (default 1 000 000) under target/bench-data,
 //! then alternates tcpdump and vmsentry (1 and 2 shard workers) RUNS times
 //! (default 7) and prints the median wall time, packets per second, the ratio
-//! to tcpdump and this process's peak RSS. Numbers go to benches/README.md by hand,
-//! with the machine they ran on.
+//! to tcpdump and this process's peak RSS. Then the same for the datacenter
+//! mix ([`vmsentry::synth::dcmix`], 5 000 000 frames by default or
+//! `VMSENTRY_BENCH_DCMIX_FRAMES`, plain and VXLAN, written once under
+//! target/bench-data): tcpdump, RTT on/off, threads 1/2, peak RSS per run,
+//! a run ten times as long, a million concurrent flows, and per-stage
+//! ns/frame. Numbers go to benches/README.md by hand, with the machine they ran on.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use vmsentry::action::LogSink;
-use vmsentry::capture::FileSource;
+use vmsentry::capture::{CaptureError, FileSource, PacketSource, SourceItem, SourceStats};
 use vmsentry::config::Rules;
 use vmsentry::event::{Event, EventSink};
 use vmsentry::pipeline::{self, Options};
@@ -181,13 +185,264 @@ fn main() {
         let ratio = td.map(|td| format!("{:.2}x tcpdump", td / m)).unwrap_or_default();
         println!("  vmsentry replay {label:<20}: {:>7.1} ms  {:>6.2} Mpps  {ratio}", m * 1e3, packets as f64 / m / 1e6);
     }
-    // hashbrown keeps one control byte per bucket and fills buckets to 7/8.
-    let per_flow = vmsentry::measure::rtt::FLOW_ENTRY_BYTES as f64 * 8.0 / 7.0;
+    // A flow: its slab entry and two index words; an echo: a hashbrown
+    // entry with its control byte, at 7/8 load.
+    let per_flow = vmsentry::measure::rtt::FLOW_ENTRY_BYTES as f64;
     let per_echo = vmsentry::measure::rtt::ECHO_ENTRY_BYTES as f64 * 8.0 / 7.0;
     println!(
         "  RTT state: {per_flow:.0} bytes per tracked TCP flow, {per_echo:.0} per outstanding echo (at full load)"
     );
     println!("  peak RSS of the benchmark process: {:.1} MiB", rss as f64 / 1048576.0);
+    datacenter_mix(benching, runs.min(5), has_tcpdump, &rules);
+}
+
+// ---- The datacenter mix (issue 11) -------------------------------------
+
+/// Resets this process's peak RSS (`VmHWM`), so the next replay's peak is its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+/// One replay: wall seconds, its summary, and the process's peak RSS over it.
+fn replay_once(src: &mut dyn PacketSource, rules: &Rules, threads: usize) -> (f64, vmsentry::event::SummaryEvent, u64) {
+    reset_peak_rss();
+    let opts = Options { threads, ..Options::default() };
+    let t = Instant::now();
+    let s =
+        pipeline::run(src, rules, Box::new(LogSink::to_writer(Box::new(std::io::sink()))), Box::new(Discard), &opts)
+            .unwrap();
+    (t.elapsed().as_secs_f64(), s, vmsentry::event::peak_rss_bytes().unwrap_or(0))
+}
+
+/// A capture replayed `times` times, each pass shifted by `span_us` of
+/// packet time: a run `times` times as long, of the same traffic.
+struct Shifted {
+    file: PathBuf,
+    times: i64,
+    span_us: i64,
+}
+
+impl PacketSource for Shifted {
+    fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> std::ops::ControlFlow<()>) -> Result<(), CaptureError> {
+        for k in 0..self.times {
+            let mut src = FileSource::open(std::slice::from_ref(&self.file))?;
+            let shift = k * self.span_us;
+            let mut stop = false;
+            src.run(&mut |item| {
+                let r = match item {
+                    SourceItem::Packet(mut p) => {
+                        p.ts = vmsentry::time::PacketTime::from_micros(p.ts.as_micros() + shift);
+                        each(SourceItem::Packet(p))
+                    }
+                    other => each(other),
+                };
+                stop |= r.is_break();
+                r
+            })?;
+            if stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn stats(&self) -> SourceStats {
+        SourceStats::default()
+    }
+}
+
+/// Per-stage cost of the first frames of `file`, one stage at a time on one
+/// thread, frames already in memory: what more cores could be given.
+fn stage_costs(file: &Path, rules: &Rules, limit: usize) {
+    use vmsentry::decode::{decode, flow_hash, linktype};
+    let mut cap = pcap::Capture::from_file(file).unwrap();
+    let mut frames: Vec<(i64, u32, Vec<u8>)> = Vec::new();
+    while let Ok(p) = cap.next_packet() {
+        let ts = p.header.ts.tv_sec * 1_000_000 + p.header.ts.tv_usec;
+        let keep = p.data.len().min(rules.limits.decode_bytes);
+        frames.push((ts, p.header.len, p.data[..keep].to_vec()));
+        if frames.len() >= limit {
+            break;
+        }
+    }
+    let n = frames.len() as f64;
+    let tun = rules.tunnels;
+    let t = Instant::now();
+    let mut x = 0u64;
+    for (_, _, d) in &frames {
+        x ^= flow_hash(&tun, linktype::ETHERNET, d);
+    }
+    let hash_ns = t.elapsed().as_secs_f64() * 1e9 / n;
+    let t = Instant::now();
+    let obs: Vec<_> = frames
+        .iter()
+        .map(|(ts, len, d)| {
+            let ts = vmsentry::time::PacketTime::from_micros(*ts);
+            decode(&tun, linktype::ETHERNET, ts, *len, d.len() as u32, d)
+        })
+        .collect();
+    let decode_ns = t.elapsed().as_secs_f64() * 1e9 / n;
+    let window = rules.window_len_us();
+    let mut counters = vmsentry::measure::WindowCounters::new(rules.limits.max_macs);
+    let t = Instant::now();
+    for o in &obs {
+        counters.observe(o);
+    }
+    let count_ns = t.elapsed().as_secs_f64() * 1e9 / n;
+    std::hint::black_box((x, counters.take().len()));
+    let mut rtt = vmsentry::measure::rtt::RttTracker::new(
+        rules.limits.rtt_flows,
+        rules.limits.rtt_echo_probes,
+        rules.rtt.probe_timeout_ms,
+        rules.rtt.flow_timeout_s,
+    );
+    let mut samples = 0usize;
+    let mut w = None;
+    let t = Instant::now();
+    for o in &obs {
+        let wi = o.ts.as_micros().div_euclid(window);
+        if w.is_some_and(|w| wi > w) {
+            samples += rtt.close_window(vmsentry::time::PacketTime::from_micros(wi * window)).len();
+        }
+        w = Some(wi);
+        rtt.observe(o);
+    }
+    if let Some(w) = w {
+        samples += rtt.close_window(vmsentry::time::PacketTime::from_micros((w + 1) * window)).len();
+    }
+    let rtt_ns = t.elapsed().as_secs_f64() * 1e9 / n;
+    println!(
+        "  per stage, ns/frame over the first {} frames (one thread, frames in memory): shard hash {hash_ns:.1}, decode {decode_ns:.1}, counters {count_ns:.1}, RTT {rtt_ns:.1} ({samples} samples)",
+        frames.len()
+    );
+}
+
+/// The realistic capture: tcpdump, RTT on/off, plain/VXLAN, threads 1/2,
+/// peak RSS; then a 10x longer run and a million concurrent flows.
+fn datacenter_mix(benching: bool, runs: usize, has_tcpdump: bool, rules: &Rules) {
+    use vmsentry::synth::dcmix::DcMix;
+    let frames: u64 = std::env::var("VMSENTRY_BENCH_DCMIX_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if benching { 5_000_000 } else { 20_000 });
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    let make = |name: &str, mix: DcMix| {
+        let f = dir.join(name);
+        if !f.exists() {
+            eprintln!("writing {} ...", f.display());
+            let stats = mix.write(&f).unwrap();
+            eprint!("{stats}");
+        }
+        f
+    };
+    let base = DcMix { frames, ..DcMix::default() };
+    let plain = make(&format!("dcmix-{frames}.pcap"), base);
+    let vxlan = make(&format!("dcmix-{frames}-vxlan.pcap"), DcMix { vxlan: true, ..base });
+    let mut off = rules.clone();
+    off.rtt.enabled = false;
+    // (label, threads, rtt on, VXLAN)
+    let configs: [(&str, usize, bool, bool); 7] = [
+        ("--threads 1", 1, true, false),
+        ("--threads 2", 2, true, false),
+        ("--threads 1, rtt off", 1, false, false),
+        ("--threads 2, rtt off", 2, false, false),
+        ("--threads 1, VXLAN", 1, true, true),
+        ("--threads 2, VXLAN", 2, true, true),
+        ("--threads 2, VXLAN, rtt off", 2, false, true),
+    ];
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut rss = vec![0u64; configs.len()];
+    let mut tcpdump = Vec::new();
+    let mut last: Vec<Option<vmsentry::event::SummaryEvent>> = vec![None; configs.len()];
+    for round in 0..runs {
+        if has_tcpdump {
+            let t = Instant::now();
+            let st = Command::new("tcpdump").args(["-n", "-r"]).arg(&plain).args(["-w", "/dev/null"]).output().unwrap();
+            assert!(st.status.success());
+            tcpdump.push(t.elapsed().as_secs_f64());
+        }
+        // Rotate the order each round, so no configuration always meets
+        // the same moment of a busy machine.
+        for k in 0..configs.len() {
+            let i = (k + round) % configs.len();
+            let (_, threads, on, tunneled) = configs[i];
+            let f = if tunneled { &vxlan } else { &plain };
+            let mut src = FileSource::open(std::slice::from_ref(f)).unwrap();
+            let (secs, s, peak) = replay_once(&mut src, if on { rules } else { &off }, threads);
+            assert_eq!(s.packets, frames);
+            wall[i].push(secs);
+            rss[i] = rss[i].max(peak);
+            last[i] = Some(s);
+        }
+    }
+    let size = std::fs::metadata(&plain).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "datacenter mix: {frames} frames, {:.1} MB (see benches/README.md), median of {runs} rounds",
+        size as f64 / 1e6
+    );
+    let td = (!tcpdump.is_empty()).then(|| median(tcpdump));
+    if let Some(td) = td {
+        println!("  tcpdump -n -r FILE -w /dev/null : {:>7.1} ms  {:>6.2} Mpps", td * 1e3, frames as f64 / td / 1e6);
+    }
+    let med: Vec<f64> = wall.iter().map(|w| median(w.clone())).collect();
+    for (i, (label, ..)) in configs.iter().enumerate() {
+        let ratio = td.map(|td| format!("{:.2}x tcpdump", td / med[i])).unwrap_or_default();
+        println!(
+            "  vmsentry replay {label:<27}: {:>7.1} ms  {:>6.2} Mpps  {ratio:<14} peak RSS {:>5.1} MiB",
+            med[i] * 1e3,
+            frames as f64 / med[i] / 1e6,
+            mib(rss[i])
+        );
+    }
+    println!(
+        "  RTT on / off: {:.2}x (1 thread), {:.2}x (2); VXLAN / plain throughput: {:.0} % (1 thread), {:.0} % (2)",
+        med[0] / med[2],
+        med[1] / med[3],
+        100.0 * med[0] / med[4],
+        100.0 * med[1] / med[5]
+    );
+    if let Some(s) = &last[1] {
+        println!(
+            "  RTT: {} samples, {} flow evictions, {} probe evictions, {} probe timeouts",
+            s.rtt.samples, s.rtt.flow_evictions, s.rtt.probe_evictions, s.rtt.probe_timeouts
+        );
+    }
+
+    // Ten times as long: memory must stay flat.
+    let span_us = last[1].as_ref().map_or(0, |s| (s.duration_s * 1e6) as i64 + 1_000_000);
+    let mut long = Shifted { file: plain.clone(), times: 10, span_us };
+    let (secs, s, peak) = replay_once(&mut long, rules, 2);
+    println!(
+        "  10x as long (the capture replayed 10 times, shifted in time), --threads 2: {:.2} Mpps, peak RSS {:.1} MiB ({:+.1} % of 1x), {} flow evictions",
+        s.packets as f64 / secs / 1e6,
+        mib(peak),
+        100.0 * (peak as f64 / rss[1].max(1) as f64 - 1.0),
+        s.rtt.flow_evictions
+    );
+
+    // A million concurrent TCP flows against the caps.
+    let million = make(&format!("dcmix-{frames}-1m-flows.pcap"), DcMix { flows: 1_000_000, ..base });
+    let mut src = FileSource::open(std::slice::from_ref(&million)).unwrap();
+    let (secs, s, peak) = replay_once(&mut src, rules, 2);
+    let per_flow = vmsentry::measure::rtt::FLOW_ENTRY_BYTES;
+    // hashbrown, reserved to the cap, holds a power of two of buckets at 7/8.
+    let echo_cap = (rules.limits.rtt_echo_probes / 2).max(1);
+    let buckets = (echo_cap * 8 / 7).next_power_of_two();
+    let per_echo = vmsentry::measure::rtt::ECHO_ENTRY_BYTES * buckets / echo_cap;
+    let bound = rules.limits.rtt_flows * per_flow + 2 * buckets * vmsentry::measure::rtt::ECHO_ENTRY_BYTES;
+    println!(
+        "  1,000,000 concurrent flows, --threads 2: {:.2} Mpps ({:.0} % of the plain mix), peak RSS {:.1} MiB, {} flow evictions; RTT state bound at the caps {:.1} MiB ({per_flow} B per flow, {per_echo} B per echo)",
+        s.packets as f64 / secs / 1e6,
+        100.0 * med[1] / secs,
+        mib(peak),
+        s.rtt.flow_evictions,
+        mib(bound as u64)
+    );
+    stage_costs(&plain, rules, if benching { 1_000_000 } else { 20_000 });
+    stage_costs(&vxlan, rules, if benching { 1_000_000 } else { 20_000 });
 }
 
 /// The capture reader alone, as `replay` uses it (`FileSource`: the native
@@ -202,7 +457,10 @@ fn native_reader_pass(file: &Path) -> (u64, u64, f64) {
     src.run(&mut |item| {
         if let SourceItem::Packet(p) = item {
             n += 1;
-            sum += u64::from(p.orig_len) + u64::from(p.data.first().copied().unwrap_or(0)) + p.ts.as_micros() as u64;
+            // Wrapping: a checksum of what was handed over, not a total (debug builds check overflow).
+            sum = sum.wrapping_add(
+                u64::from(p.orig_len) + u64::from(p.data.first().copied().unwrap_or(0)) + p.ts.as_micros() as u64,
+            );
         }
         ControlFlow::Continue(())
     })
@@ -220,7 +478,7 @@ fn libpcap_read_pass(file: &Path) -> (u64, u64, f64) {
         n += 1;
         #[allow(clippy::unnecessary_cast)]
         let us = p.header.ts.tv_sec as i64 * 1_000_000 + p.header.ts.tv_usec as i64;
-        sum += u64::from(p.header.len) + u64::from(p.data.first().copied().unwrap_or(0)) + us as u64;
+        sum = sum.wrapping_add(u64::from(p.header.len) + u64::from(p.data.first().copied().unwrap_or(0)) + us as u64);
     }
     (n, sum, t.elapsed().as_secs_f64())
 }

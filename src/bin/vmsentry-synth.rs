@@ -1,4 +1,4 @@
-//! Writes the scenario captures (`scenarios DIR`) or the benchmark capture (`bench FILE [PACKETS]`).
+//! Writes the scenario captures (`scenarios DIR`), the benchmark capture (`bench FILE [PACKETS]`) or the datacenter mix (`dcmix FILE ...`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +15,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        ["dcmix", file, rest @ ..] => return dcmix(file, rest),
         _ => {
             eprintln!("usage: vmsentry-synth scenarios DIR | vmsentry-synth bench FILE [PACKETS]");
+            eprintln!("       vmsentry-synth dcmix FILE [--frames N] [--seed N] [--flows N] [--vxlan]");
             return ExitCode::from(2);
         }
     };
@@ -24,6 +26,42 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmsentry-synth: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The datacenter mix: writes it and prints what it holds.
+fn dcmix(file: &str, args: &[&str]) -> ExitCode {
+    let mut mix = vmsentry::synth::dcmix::DcMix::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| match it.next().map(|v| v.replace('_', "").parse::<u64>()) {
+            Some(Ok(n)) => Ok(n),
+            _ => Err(format!("{name} needs a whole number")),
+        };
+        let r = match *a {
+            "--vxlan" => {
+                mix.vxlan = true;
+                Ok(())
+            }
+            "--frames" => num("--frames").map(|n| mix.frames = n),
+            "--seed" => num("--seed").map(|n| mix.seed = n),
+            "--flows" => num("--flows").map(|n| mix.flows = n.max(1) as usize),
+            other => Err(format!("unknown option `{other}`")),
+        };
+        if let Err(e) = r {
+            eprintln!("vmsentry-synth: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match mix.write(&PathBuf::from(file)) {
+        Ok(stats) => {
+            print!("{file}: {stats}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmsentry-synth: {file}: {e}");
             ExitCode::from(1)
         }
     }

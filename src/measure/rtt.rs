@@ -18,6 +18,23 @@
 //! ([`PROBES_PER_DIRECTION`]) and echo requests (`limits.rtt_echo_probes`);
 //! probes expire after `rtt.probe_timeout_ms` and flows after
 //! `rtt.flow_timeout_s` of packet time. Evictions and expiries are counted.
+//!
+//! The flow table is built like ePPing's and Retina's: fixed-size entries
+//! ([`FLOW_ENTRY_BYTES`]) in a slab allocated once to the cap, an
+//! open-addressing index of (hash, slot) words (linear probing, at most half
+//! full, backward-shift deletion), so nothing rehashes or moves during a run.
+//! A clock hand runs over the slab: a full table evicts the least recently
+//! seen of the next [`EVICTION_SAMPLE`] entries under it (idle ones first),
+//! in O(1), and each window close sweeps the next sixteenth of the slab for
+//! idle flows, so nothing walks the whole table. Probe expiry is exact and
+//! lazy: a window close records its packet time, and a flow is brought up
+//! to date when a packet or the sweep next reaches it, with the same
+//! outcome as expiring every flow at every close (expiry only removes what
+//! is older than a cut-off that only grows).
+//! The hash is taken once per packet from the decoded 5-tuple; the reader's
+//! shard hash is not reused because it reads raw frame bytes, so the two
+//! directions of one flow can hash apart when they are encapsulated
+//! differently, and a flow must never be split.
 
 use crate::decode::{tcp_flags, IcmpInfo, Mac, Net, Observation, TcpInfo, L4};
 use crate::time::PacketTime;
@@ -71,90 +88,142 @@ impl RttCounts {
     }
 }
 
-/// A small fixed ring of (key, time) probes: no allocation per packet.
+/// A small fixed list of (key, time) probes, oldest first: no allocation per packet.
 #[derive(Clone, Copy, Debug, Default)]
 struct Probes {
-    items: [(u32, i64); PROBES_PER_DIRECTION],
+    times: [i64; PROBES_PER_DIRECTION],
+    keys: [u32; PROBES_PER_DIRECTION],
     len: u8,
-    /// Index of the oldest item.
-    head: u8,
 }
 
 impl Probes {
     /// Adds a probe; returns true when the oldest had to be dropped.
+    #[inline]
     fn push(&mut self, key: u32, t: i64) -> bool {
-        let cap = PROBES_PER_DIRECTION as u8;
-        if self.len == cap {
-            self.items[self.head as usize] = (key, t);
-            self.head = (self.head + 1) % cap;
-            true
-        } else {
-            let i = (self.head + self.len) % cap;
-            self.items[i as usize] = (key, t);
-            self.len += 1;
-            false
+        let full = usize::from(self.len) == PROBES_PER_DIRECTION;
+        if full {
+            self.keys.copy_within(1.., 0);
+            self.times.copy_within(1.., 0);
+            self.len -= 1;
         }
+        let i = usize::from(self.len);
+        self.keys[i] = key;
+        self.times[i] = t;
+        self.len += 1;
+        full
     }
 
-    fn iter(&self) -> impl Iterator<Item = (usize, (u32, i64))> + '_ {
-        let cap = PROBES_PER_DIRECTION;
-        (0..self.len as usize).map(move |k| {
-            let i = (self.head as usize + k) % cap;
-            (i, self.items[i])
-        })
-    }
-
-    /// Keeps only the probes `keep` says yes to; returns how many were removed.
+    /// Keeps only the probes `keep` says yes to, in order; returns how many were removed.
     fn retain(&mut self, mut keep: impl FnMut(u32, i64) -> bool) -> u64 {
-        let mut kept = [(0u32, 0i64); PROBES_PER_DIRECTION];
         let mut n = 0usize;
-        let mut removed = 0;
-        for (_, (k, t)) in self.iter() {
+        for i in 0..usize::from(self.len) {
+            let (k, t) = (self.keys[i], self.times[i]);
             if keep(k, t) {
-                kept[n] = (k, t);
+                self.keys[n] = k;
+                self.times[n] = t;
                 n += 1;
-            } else {
-                removed += 1;
             }
         }
-        self.items = kept;
+        let removed = u64::from(self.len) - n as u64;
         self.len = n as u8;
-        self.head = 0;
         removed
     }
 
-    /// Removes and returns the time of the probe with exactly this key.
+    /// Removes and returns the time of the oldest probe with exactly this key.
+    #[inline]
     fn take(&mut self, key: u32) -> Option<i64> {
-        let mut found = None;
-        self.retain(|k, t| {
-            if found.is_none() && k == key {
-                found = Some(t);
-                false
-            } else {
-                true
-            }
-        });
-        found
+        let len = usize::from(self.len);
+        let i = self.keys[..len].iter().position(|&k| k == key)?;
+        let t = self.times[i];
+        self.keys.copy_within(i + 1..len, i);
+        self.times.copy_within(i + 1..len, i);
+        self.len -= 1;
+        Some(t)
     }
 }
 
+/// No SYN outstanding.
+const NO_SYN: i64 = i64::MIN;
+
 /// Per-direction TCP state (index 0: from the lower endpoint).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct TcpDir {
-    /// Time of the last SYN (without ACK) sent this way, not yet answered.
-    syn: Option<i64>,
-    last_tsval: Option<u32>,
-    tsvals: Probes,
-    /// Highest end sequence sent this way, for Karn's rule.
-    seq_high: Option<u32>,
+    /// What this direction sent that awaits an answer: its new TSvals when
+    /// the flow uses timestamps, else its data segments' end sequences. A
+    /// flow switches to timestamps at most once, and then forgets the
+    /// segments (counted as timed out), so one list serves both.
     segments: Probes,
+    /// Time of the last SYN (without ACK) sent this way, not yet answered.
+    syn: i64,
+    last_tsval: u32,
+    /// Highest end sequence sent this way, for Karn's rule.
+    seq_high: u32,
+    has_tsval: bool,
+    has_seq_high: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+impl Default for TcpDir {
+    fn default() -> Self {
+        TcpDir {
+            segments: Probes::default(),
+            syn: NO_SYN,
+            last_tsval: 0,
+            seq_high: 0,
+            has_tsval: false,
+            has_seq_high: false,
+        }
+    }
+}
+
+impl TcpDir {
+    /// Forgets what is older than `cutoff`; returns how many probes that was.
+    fn expire(&mut self, cutoff: i64) -> u64 {
+        let mut n = self.segments.retain(|_, s| s >= cutoff);
+        if self.syn != NO_SYN && self.syn < cutoff {
+            self.syn = NO_SYN;
+            n += 1;
+        }
+        n
+    }
+
+    fn outstanding(&self) -> u64 {
+        u64::from(self.segments.len) + u64::from(self.syn != NO_SYN)
+    }
+}
+
+/// One tracked TCP flow: a fixed-size slab entry (key and times first: the
+/// lookup's cache line).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
 struct TcpFlow {
+    key: FlowKey,
+    /// The index word's hash, to find the entry's index slot again.
+    hash: u32,
     last_seen: i64,
+    /// The window close this flow was last brought up to date with.
+    swept: i64,
+    /// False for a free slab slot.
+    live: bool,
     uses_timestamps: bool,
     dir: [TcpDir; 2],
+}
+
+impl TcpFlow {
+    fn new(key: FlowKey, hash: u32, swept: i64) -> TcpFlow {
+        TcpFlow { dir: [TcpDir::default(); 2], key, last_seen: 0, swept, live: true, hash, uses_timestamps: false }
+    }
+
+    /// Brings the flow up to date with the window close at `closed`:
+    /// probes older than `closed - probe_timeout` are gone (counted).
+    #[inline]
+    fn catch_up(&mut self, closed: i64, probe_timeout_us: i64) -> u64 {
+        if self.swept == closed {
+            return 0;
+        }
+        self.swept = closed;
+        let cutoff = closed.saturating_sub(probe_timeout_us);
+        self.dir[0].expire(cutoff) + self.dir[1].expire(cutoff)
+    }
 }
 
 /// Both endpoints, lower first, so both directions share one key.
@@ -166,11 +235,164 @@ struct FlowKey {
 
 impl FlowKey {
     /// The key and the direction of a packet from `src` to `dst` (0: a→b).
+    #[inline]
     fn of(src: (IpAddr, u16), dst: (IpAddr, u16)) -> (FlowKey, usize) {
         if src <= dst {
             (FlowKey { a: src, b: dst }, 0)
         } else {
             (FlowKey { a: dst, b: src }, 1)
+        }
+    }
+
+    /// The 32-bit hash the index stores (its low bits pick the home slot).
+    #[inline]
+    fn hash(&self) -> u32 {
+        #[inline]
+        fn ep(e: &(IpAddr, u16)) -> u64 {
+            let port = u64::from(e.1);
+            match e.0 {
+                IpAddr::V4(a) => (u64::from(u32::from(a)) << 16) | port,
+                IpAddr::V6(a) => {
+                    let x = u128::from(a);
+                    ((x as u64) ^ ((x >> 64) as u64).rotate_left(29) ^ (1 << 63)) ^ port
+                }
+            }
+        }
+        (mix(mix(ep(&self.a)) ^ ep(&self.b)) >> 32) as u32
+    }
+}
+
+/// The splitmix64 finalizer.
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Entries a full table looks at to pick the one to evict.
+const EVICTION_SAMPLE: usize = 8;
+
+/// The flow table: a slab of entries allocated to the cap once, and an
+/// index of `(hash << 32) | (slot + 1)` words (0: empty).
+struct FlowTable {
+    index: Vec<u64>,
+    mask: usize,
+    entries: Vec<TcpFlow>,
+    free: Vec<u32>,
+    /// Where the next eviction or sweep looks (a clock hand over the slab).
+    hand: usize,
+    len: usize,
+}
+
+impl FlowTable {
+    fn with_capacity(cap: usize) -> FlowTable {
+        // At most half full, so probe sequences stay short.
+        let slots = (cap * 2).next_power_of_two().max(16);
+        FlowTable {
+            // Zeroed allocations are mapped lazily: the index costs memory
+            // as it is used, and never grows.
+            index: vec![0; slots],
+            mask: slots - 1,
+            entries: Vec::with_capacity(cap),
+            free: Vec::with_capacity(cap),
+            hand: 0,
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The index position of `key`, or of the empty slot where it would go.
+    #[inline]
+    fn probe(&self, key: &FlowKey, hash: u32) -> (usize, Option<u32>) {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let w = self.index[i];
+            if w == 0 {
+                return (i, None);
+            }
+            if (w >> 32) as u32 == hash {
+                let e = (w as u32) - 1;
+                if self.entries[e as usize].key == *key {
+                    return (i, Some(e));
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn find(&self, key: &FlowKey) -> Option<u32> {
+        self.probe(key, key.hash()).1
+    }
+
+    /// Adds a flow at the empty index slot `at` (from [`FlowTable::probe`]);
+    /// the caller has made room.
+    fn insert(&mut self, at: usize, flow: TcpFlow) -> u32 {
+        let hash = flow.hash;
+        let e = match self.free.pop() {
+            Some(e) => {
+                self.entries[e as usize] = flow;
+                e
+            }
+            None => {
+                self.entries.push(flow);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.index[at] = (u64::from(hash) << 32) | u64::from(e + 1);
+        self.len += 1;
+        e
+    }
+
+    fn remove(&mut self, e: u32) {
+        let f = &mut self.entries[e as usize];
+        f.live = false;
+        let word = (u64::from(f.hash) << 32) | u64::from(e + 1);
+        let mut i = f.hash as usize & self.mask;
+        while self.index[i] != word {
+            i = (i + 1) & self.mask;
+        }
+        // Backward-shift deletion: pull later entries of the run into the
+        // hole when their home slot allows, so no tombstones build up.
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let w = self.index[j];
+            if w == 0 {
+                break;
+            }
+            let home = (w >> 32) as usize & self.mask;
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(i) & self.mask) {
+                self.index[i] = w;
+                i = j;
+            }
+        }
+        self.index[i] = 0;
+        self.free.push(e);
+        self.len -= 1;
+    }
+
+    /// Moves the hand past the next `n` slab slots (wrapping); returns
+    /// them as (first, count, slab length).
+    fn advance(&mut self, n: usize) -> (usize, usize, usize) {
+        let total = self.entries.len().max(1);
+        let (start, n) = (self.hand % total, n.min(self.entries.len()));
+        self.hand = (start + n) % total;
+        (start, n, total)
+    }
+}
+
+impl std::ops::Index<&FlowKey> for FlowTable {
+    type Output = TcpFlow;
+    fn index(&self, key: &FlowKey) -> &TcpFlow {
+        match self.find(key) {
+            Some(e) => &self.entries[e as usize],
+            None => panic!("no flow {key:?}"),
         }
     }
 }
@@ -186,31 +408,42 @@ struct EchoKey {
 
 /// The RTT tracker of one shard.
 pub struct RttTracker {
-    flows: FxHashMap<FlowKey, TcpFlow>,
+    flows: FlowTable,
     echoes: FxHashMap<EchoKey, i64>,
     max_flows: usize,
     max_echoes: usize,
     probe_timeout_us: i64,
     flow_timeout_us: i64,
+    /// Packet time of the last window close (`i64::MIN` before the first):
+    /// what flows are brought up to date with when next seen.
+    closed: i64,
+    /// No outstanding echo request is older than this (a sweep that would
+    /// find nothing is skipped).
+    echo_oldest: i64,
     pub counts: RttCounts,
     samples: Vec<RttSample>,
 }
 
-/// Bytes one tracked TCP flow takes in the table (entry, excluding the hash
-/// table's spare capacity).
-pub const FLOW_ENTRY_BYTES: usize = std::mem::size_of::<(FlowKey, TcpFlow)>() + 1;
-/// Bytes one outstanding echo request takes.
+/// Bytes one tracked TCP flow takes: its slab entry and its two index words
+/// (the index is kept at most half full).
+pub const FLOW_ENTRY_BYTES: usize = std::mem::size_of::<TcpFlow>() + 2 * std::mem::size_of::<u64>();
+/// Bytes one outstanding echo request takes (hashbrown entry and control byte).
 pub const ECHO_ENTRY_BYTES: usize = std::mem::size_of::<(EchoKey, i64)>() + 1;
 
 impl RttTracker {
     pub fn new(max_flows: usize, max_echoes: usize, probe_timeout_ms: u64, flow_timeout_s: u64) -> Self {
+        let (max_flows, max_echoes) = (max_flows.max(1), max_echoes.max(1));
+        let mut echoes = FxHashMap::default();
+        echoes.reserve(max_echoes);
         RttTracker {
-            flows: FxHashMap::default(),
-            echoes: FxHashMap::default(),
-            max_flows: max_flows.max(1),
-            max_echoes: max_echoes.max(1),
+            flows: FlowTable::with_capacity(max_flows),
+            echoes,
+            max_flows,
+            max_echoes,
             probe_timeout_us: probe_timeout_ms as i64 * 1000,
             flow_timeout_us: flow_timeout_s as i64 * 1_000_000,
+            closed: i64::MIN,
+            echo_oldest: i64::MAX,
             counts: RttCounts::default(),
             samples: Vec::new(),
         }
@@ -232,7 +465,7 @@ impl RttTracker {
         let t = ts.as_micros();
         if i.icmp_type == request && i.code == 0 {
             let key = EchoKey { src, dst, id: i.id, seq: i.seq };
-            if !self.echoes.contains_key(&key) && self.echoes.len() >= self.max_echoes {
+            if self.echoes.len() >= self.max_echoes && !self.echoes.contains_key(&key) {
                 self.sweep_echoes(t);
                 if self.echoes.len() >= self.max_echoes {
                     self.counts.probe_evictions += 1;
@@ -240,7 +473,8 @@ impl RttTracker {
                 }
             }
             // A repeated request (same id and seq) keeps the first one's time.
-            self.echoes.entry(key).or_insert(t);
+            let sent = *self.echoes.entry(key).or_insert(t);
+            self.echo_oldest = self.echo_oldest.min(sent);
         } else if i.icmp_type == reply && i.code == 0 {
             let key = EchoKey { src: dst, dst: src, id: i.id, seq: i.seq };
             if let Some(sent) = self.echoes.remove(&key) {
@@ -249,38 +483,77 @@ impl RttTracker {
         }
     }
 
+    /// The flow of `key`, brought up to date; a new one (making room) when it is not tracked or went idle.
+    #[inline]
+    fn flow(&mut self, key: FlowKey, t: i64) -> u32 {
+        let hash = key.hash();
+        let (at, found) = self.flows.probe(&key, hash);
+        if let Some(e) = found {
+            let (closed, pt, ft) = (self.closed, self.probe_timeout_us, self.flow_timeout_us);
+            let f = &mut self.flows.entries[e as usize];
+            // Only closes since the flow was last brought up to date apply
+            // (packet time can run backwards between files).
+            if f.swept != closed {
+                if closed - f.last_seen > ft {
+                    // That close would have forgotten the flow: start afresh.
+                    self.counts.probe_timeouts += f.dir[0].outstanding() + f.dir[1].outstanding();
+                    *f = TcpFlow::new(key, hash, closed);
+                } else {
+                    self.counts.probe_timeouts += f.catch_up(closed, pt);
+                }
+            }
+            return e;
+        }
+        if self.flows.len() >= self.max_flows {
+            self.make_room(t);
+            // Removals shift the index: find the free slot again.
+            let (at, _) = self.flows.probe(&key, hash);
+            return self.flows.insert(at, TcpFlow::new(key, hash, self.closed));
+        }
+        self.flows.insert(at, TcpFlow::new(key, hash, self.closed))
+    }
+
     fn tcp(&mut self, ts: PacketTime, mac: Mac, src: IpAddr, dst: IpAddr, tcp: &TcpInfo) {
         let t = ts.as_micros();
         let (key, d) = FlowKey::of((src, tcp.src_port), (dst, tcp.dst_port));
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.max_flows {
-            self.make_room(t);
-        }
-        let flow = self.flows.entry(key).or_default();
+        let e = self.flow(key, t);
+        let flow = &mut self.flows.entries[e as usize];
         flow.last_seen = t;
         let syn = tcp.flags & tcp_flags::SYN != 0;
         let ack = tcp.flags & tcp_flags::ACK != 0;
         let mut answered: Option<(i64, SampleKind)> = None;
         let mut evicted = 0u64;
+        let mut timed_out = 0u64;
 
         // Handshake.
         if syn && !ack {
-            flow.dir[d].syn = Some(t);
+            flow.dir[d].syn = t;
         } else if syn && ack {
-            if let Some(s) = flow.dir[1 - d].syn.take() {
-                answered = Some((t - s, SampleKind::Handshake));
+            let other = &mut flow.dir[1 - d];
+            if other.syn != NO_SYN {
+                answered = Some((t - other.syn, SampleKind::Handshake));
+                other.syn = NO_SYN;
             }
         }
 
         // Timestamps (pping).
         if let Some((tsval, tsecr)) = tcp.timestamps {
-            flow.uses_timestamps = true;
+            if !flow.uses_timestamps {
+                // Segments from before are never matched again.
+                flow.uses_timestamps = true;
+                for dir in flow.dir.iter_mut() {
+                    timed_out += u64::from(dir.segments.len);
+                    dir.segments.len = 0;
+                }
+            }
             let me = &mut flow.dir[d];
-            if me.last_tsval != Some(tsval) {
-                me.last_tsval = Some(tsval);
-                evicted += u64::from(me.tsvals.push(tsval, t));
+            if !me.has_tsval || me.last_tsval != tsval {
+                me.has_tsval = true;
+                me.last_tsval = tsval;
+                evicted += u64::from(me.segments.push(tsval, t));
             }
             if ack && tsecr != 0 {
-                if let Some(sent) = flow.dir[1 - d].tsvals.take(tsecr) {
+                if let Some(sent) = flow.dir[1 - d].segments.take(tsecr) {
                     if answered.is_none() {
                         answered = Some((t - sent, SampleKind::Timestamp));
                     }
@@ -292,9 +565,11 @@ impl RttTracker {
             if len > 0 {
                 let end = tcp.seq.wrapping_add(len);
                 let me = &mut flow.dir[d];
-                let fresh = me.seq_high.is_none_or(|h| seq_after(end, h) && !seq_before(tcp.seq, h));
+                let h = me.seq_high;
+                let fresh = !me.has_seq_high || (seq_after(end, h) && !seq_before(tcp.seq, h));
                 if fresh {
-                    me.seq_high = Some(end);
+                    me.has_seq_high = true;
+                    me.seq_high = end;
                     evicted += u64::from(me.segments.push(end, t));
                 } else {
                     // Retransmission (or reordering): no sample from the
@@ -302,8 +577,8 @@ impl RttTracker {
                     let start = tcp.seq;
                     // Keep what ends at or before `start`, or after `end`.
                     me.segments.retain(|e, _| !seq_after(e, start) || seq_after(e, end));
-                    if me.seq_high.is_some_and(|h| seq_after(end, h)) {
-                        me.seq_high = Some(end);
+                    if seq_after(end, h) {
+                        me.seq_high = end;
                     }
                 }
             }
@@ -318,6 +593,7 @@ impl RttTracker {
             }
         }
         self.counts.probe_evictions += evicted;
+        self.counts.probe_timeouts += timed_out;
         if let Some((rtt, kind)) = answered {
             self.sample(ts, mac, rtt, kind, (src, tcp.src_port), (dst, tcp.dst_port));
         }
@@ -332,8 +608,8 @@ impl RttTracker {
         src: (IpAddr, u16),
         dst: (IpAddr, u16),
     ) {
-        // An answer after the probe's timeout is not a sample (the sweep at
-        // window close may not have run since).
+        // An answer after the probe's timeout is not a sample (the expiry
+        // at window close may not have reached it yet).
         if rtt_us > self.probe_timeout_us {
             self.counts.probe_timeouts += 1;
             return;
@@ -344,52 +620,83 @@ impl RttTracker {
         }
     }
 
-    /// Hands over the window's samples and expires old state (packet time `now`).
+    /// Hands over the window's samples and expires old state (packet time
+    /// `now`): echo requests now, flows and probes when they are next seen
+    /// or swept, with the same outcome as expiring them all now.
     pub fn close_window(&mut self, now: PacketTime) -> Vec<RttSample> {
         let t = now.as_micros();
         self.sweep_echoes(t);
-        let (pt, ft) = (self.probe_timeout_us, self.flow_timeout_us);
-        let mut timeouts = 0;
-        self.flows.retain(|_, f| {
-            if t - f.last_seen > ft {
-                return false;
+        self.closed = self.closed.max(t);
+        // A clock sweep of a sixteenth of the slab per window frees idle
+        // flows and counts timed-out probes without walking the whole table.
+        let (closed, pt, ft) = (self.closed, self.probe_timeout_us, self.flow_timeout_us);
+        let n = self.flows.entries.len() / 16 + 64;
+        let (start, n, total) = self.flows.advance(n);
+        for k in 0..n {
+            let e = ((start + k) % total) as u32;
+            let f = &mut self.flows.entries[e as usize];
+            if !f.live {
+                continue;
             }
-            for dir in f.dir.iter_mut() {
-                timeouts += dir.tsvals.retain(|_, s| t - s <= pt);
-                timeouts += dir.segments.retain(|_, s| t - s <= pt);
-                if dir.syn.is_some_and(|s| t - s > pt) {
-                    dir.syn = None;
-                    timeouts += 1;
-                }
+            if closed - f.last_seen > ft {
+                // Its probes timed out before it went idle.
+                self.counts.probe_timeouts += f.dir[0].outstanding() + f.dir[1].outstanding();
+                self.flows.remove(e);
+            } else {
+                self.counts.probe_timeouts += f.catch_up(closed, pt);
             }
-            true
-        });
-        self.counts.probe_timeouts += timeouts;
-        std::mem::take(&mut self.samples)
+        }
+        let keep = self.samples.capacity();
+        // The next window starts with room for as many: no regrowth copies.
+        std::mem::replace(&mut self.samples, Vec::with_capacity(keep))
     }
 
     fn sweep_echoes(&mut self, t: i64) {
         let pt = self.probe_timeout_us;
+        if t.saturating_sub(self.echo_oldest) <= pt {
+            return; // nothing is old enough
+        }
         let before = self.echoes.len();
-        self.echoes.retain(|_, s| t - *s <= pt);
+        let mut oldest = i64::MAX;
+        self.echoes.retain(|_, s| {
+            let keep = t - *s <= pt;
+            if keep {
+                oldest = oldest.min(*s);
+            }
+            keep
+        });
+        self.echo_oldest = oldest;
         self.counts.probe_timeouts += (before - self.echoes.len()) as u64;
     }
 
-    /// The table is full: drop idle flows, then the least recently seen
-    /// eighth, so eviction is amortized over many inserts.
+    /// The table is full: of the next [`EVICTION_SAMPLE`] flows under the
+    /// clock hand, forget the idle ones, or else evict the least recently
+    /// seen (O(1), and the same choice for the same input).
     fn make_room(&mut self, t: i64) {
-        let ft = self.flow_timeout_us;
-        let before = self.flows.len();
-        self.flows.retain(|_, f| t - f.last_seen <= ft);
-        if self.flows.len() >= self.max_flows {
-            let mut ages: Vec<i64> = self.flows.values().map(|f| f.last_seen).collect();
-            // Evict the oldest eighth (at least one); ties at the cut go too.
-            let k = (self.max_flows / 8).max(1).min(ages.len()) - 1;
-            let (_, cut, _) = ages.select_nth_unstable(k);
-            let cut = *cut;
-            self.flows.retain(|_, f| f.last_seen > cut);
+        let (closed, pt, ft) = (self.closed, self.probe_timeout_us, self.flow_timeout_us);
+        let mut oldest: Option<(i64, u32)> = None;
+        let mut freed = false;
+        let (start, n, total) = self.flows.advance(EVICTION_SAMPLE);
+        for k in 0..n {
+            let e = ((start + k) % total) as u32;
+            let f = &mut self.flows.entries[e as usize];
+            if !f.live {
+                continue;
+            }
+            if t - f.last_seen > ft {
+                self.counts.probe_timeouts += f.catch_up(closed, pt);
+                self.flows.remove(e);
+                self.counts.flow_evictions += 1;
+                freed = true;
+            } else if oldest.is_none_or(|(s, _)| f.last_seen < s) {
+                oldest = Some((f.last_seen, e));
+            }
         }
-        self.counts.flow_evictions += (before - self.flows.len()) as u64;
+        if let (false, Some((_, e))) = (freed, oldest) {
+            self.counts.probe_timeouts += self.flows.entries[e as usize].catch_up(closed, pt);
+            self.flows.remove(e);
+            self.counts.flow_evictions += 1;
+        }
     }
 }
 

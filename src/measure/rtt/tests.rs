@@ -200,3 +200,70 @@ fn sequence_comparison_wraps() {
     assert!(seq_before(u32::MAX - 5, 5));
     assert!(!seq_after(7, 7));
 }
+
+#[test]
+fn the_flow_table_finds_every_flow_through_inserts_and_removals() {
+    // Random inserts and removals against a model: the index (linear
+    // probing, backward-shift deletion) must always find exactly the live flows.
+    let mut table = FlowTable::with_capacity(64);
+    let mut model: Vec<(FlowKey, u32)> = Vec::new();
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for step in 0..20_000u32 {
+        let r = next();
+        if model.len() < 64 && (r % 3 != 0 || model.is_empty()) {
+            let ip = IpAddr::from(Ipv4Addr::from((r >> 8) as u32 % 500));
+            let (key, _) = FlowKey::of((ip, (r % 7) as u16), (IpAddr::from(Ipv4Addr::new(10, 0, 0, 1)), 443));
+            if model.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let (at, found) = table.probe(&key, key.hash());
+            assert_eq!(found, None);
+            let e = table.insert(at, TcpFlow::new(key, key.hash(), i64::MIN));
+            model.push((key, e));
+        } else {
+            let (key, e) = model.swap_remove((r as usize) % model.len());
+            assert_eq!(table.find(&key), Some(e));
+            table.remove(e);
+        }
+        assert_eq!(table.len(), model.len(), "step {step}");
+        for (k, e) in &model {
+            assert_eq!(table.find(k), Some(*e), "step {step}");
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_new_flows_stays_within_the_cap_and_every_eviction_is_counted() {
+    let mut t = RttTracker::new(100, 16, 10_000, 120);
+    for i in 0..10_000u32 {
+        let f = Tcp { sport: i as u16, syn: true, ..conn() };
+        run(&mut t, &[(i64::from(i), f.build())]);
+    }
+    assert_eq!(t.flows.len(), 100);
+    assert_eq!(t.flows.entries.capacity(), 100, "allocated once, to the cap");
+    assert_eq!(t.counts.flow_evictions, 9_900);
+    // The most recent flow is tracked, and answers.
+    let last = Tcp { sport: 9_999, syn: true, ..conn() };
+    let s = run(&mut t, &[(20_000, Tcp { seq: 9, ack: Some(1001), ..last.reverse() }.build())]);
+    assert!(s.is_empty(), "a SYN/ACK without the SYN flag set is no handshake");
+    let s = run(&mut t, &[(20_001, Tcp { syn: true, seq: 9, ack: Some(1001), ..last.reverse() }.build())]);
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn frames_stamped_before_the_last_close_keep_their_flow() {
+    // A second file can be older than the first: its flows are new since the
+    // last close, and that close must not expire them.
+    let mut t = tracker();
+    assert!(t.close_window(PacketTime::from_micros(1_000_000_000)).is_empty());
+    let syn = Tcp { syn: true, ..conn() };
+    let synack = Tcp { syn: true, seq: 5000, ack: Some(1001), ..conn().reverse() };
+    let s = run(&mut t, &[(0, syn.build()), (750, synack.build())]);
+    assert_eq!(s, vec![(0.75, SampleKind::Handshake, vm())]);
+}
