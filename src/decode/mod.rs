@@ -114,17 +114,19 @@ pub enum DecodeErrorKind {
     /// above [`MAX_FRAME_LEN`]. The header is damaged, so the frame is not
     /// traffic: it counts for no MAC and adds no bytes.
     FrameLength,
-    /// A frame stamped more than [`MAX_TIME_JUMP_US`] after the frame before
-    /// it, alone: the frame after it is back near the earlier time. Its
-    /// timestamp is damaged, so it is not traffic and does not move the
-    /// windows (counted by the pipeline's reader, which looks one frame ahead).
+    /// A frame stamped more than [`TIME_JUMP_WINDOWS`] windows after the
+    /// frame before it (or the first frame of a run), alone: the frame after
+    /// it is back near the earlier time. Its timestamp is damaged, so it is
+    /// not traffic and does not move the windows (counted by the pipeline's
+    /// reader, which looks one frame ahead).
     Timestamp,
 }
 
-/// A forward jump of packet time larger than this (an hour) is held back by
-/// one frame to see whether time carries on from there or the frame was a
-/// lone damaged timestamp.
-pub const MAX_TIME_JUMP_US: i64 = 3_600_000_000;
+/// A forward jump of packet time of more than this many windows (and the
+/// first frame of a run) is held back by one frame, to see whether time
+/// carries on from there or the frame was a lone damaged timestamp. Time
+/// never goes back in a sound capture, so a sound frame is never refused.
+pub const TIME_JUMP_WINDOWS: i64 = 16;
 
 /// The longest frame believed (libpcap's own snaplen cap, 256 KiB); GSO
 /// super-frames on a live capture stay well below it.

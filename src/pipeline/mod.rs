@@ -21,9 +21,9 @@
 //! stretch: every frame up
 //! to the newest time seen before the jump is counted in `late_frames`
 //! (metric `vmsentry_late_frames_total`) and not measured, with one warning
-//! per input naming it and the jump (a lone frame stamped over an hour ahead,
-//! the next one back near the earlier time, is the decode error `timestamp`
-//! instead: see [`MAX_TIME_JUMP_US`]). Windows never reopen, so late traffic
+//! per input naming it and the jump (a lone frame stamped far ahead, the next
+//! one back near the earlier time, is the decode error `timestamp` instead:
+//! see [`TIME_JUMP_WINDOWS`]). Windows never reopen, so late traffic
 //! can neither double a window nor raise a level. A frame whose capture
 //! header gives an impossible length ([`crate::decode::frame_len_ok`]) is
 //! counted as the decode error `frame_length` and is not traffic either.
@@ -38,7 +38,7 @@ use crate::action::{ActionSink, Dispatcher};
 use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
 use crate::config::Rules;
 use crate::decode::{flow_hash, DecodeErrorKind, Mac};
-use crate::decode::{frame_len_ok, MAX_TIME_JUMP_US};
+use crate::decode::{frame_len_ok, TIME_JUMP_WINDOWS};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
 use crate::gate::record::GateRecord;
@@ -354,6 +354,7 @@ pub fn run(
         next_boundary: i64::MIN,
         stats: ReaderStats::default(),
         behind_until: None,
+        jump_us: window_len_us.saturating_mul(TIME_JUMP_WINDOWS),
         held: HeldFrame {
             on: false,
             ts: PacketTime::from_micros(0),
@@ -551,8 +552,10 @@ struct Reader {
     /// (packets, bytes, queue drops, late frames, bad lengths, bad times) already published to the metrics.
     published: (u64, u64, u64, u64, u64, u64),
     /// A frame far ahead of the one before it, held until the next frame
-    /// says whether time carries on from it (see [`MAX_TIME_JUMP_US`]).
+    /// says whether time carries on from it (see [`TIME_JUMP_WINDOWS`]).
     held: HeldFrame,
+    /// A jump of packet time this large holds a frame back: `TIME_JUMP_WINDOWS` windows.
+    jump_us: i64,
     tunnels: crate::decode::Tunnels,
     batch_size: usize,
     decode_bytes: usize,
@@ -600,7 +603,7 @@ impl Reader {
         }
         let t = pkt.ts.as_micros();
         if self.held.on {
-            if t < self.held.ts.as_micros().saturating_sub(MAX_TIME_JUMP_US / 2) {
+            if t < self.held.ts.as_micros().saturating_sub(self.jump_us / 2) {
                 // Back near the time before the jump: the held frame alone was off.
                 self.held.on = false;
                 self.stats.bad_time += 1;
@@ -608,16 +611,16 @@ impl Reader {
                 return ControlFlow::Break(());
             }
         }
-        if let Some(newest) = self.stats.last_ts {
-            if self.behind_until.is_none() && t.saturating_sub(newest.as_micros()) > MAX_TIME_JUMP_US {
-                // No allocation: the buffer was sized for `decode_bytes` at start.
-                let h = &mut self.held;
-                h.on = true;
-                (h.ts, h.orig_len, h.cap_len, h.linktype) = (pkt.ts, pkt.orig_len, pkt.data.len() as u32, pkt.linktype);
-                h.data.clear();
-                h.data.extend_from_slice(&pkt.data[..pkt.data.len().min(self.decode_bytes)]);
-                return ControlFlow::Continue(());
-            }
+        // The first frame of a run has no time to be judged against: it waits for the next too.
+        let far = self.stats.last_ts.is_none_or(|newest| t.saturating_sub(newest.as_micros()) > self.jump_us);
+        if !self.held.on && self.behind_until.is_none() && far {
+            // No allocation: the buffer was sized for `decode_bytes` at start.
+            let h = &mut self.held;
+            h.on = true;
+            (h.ts, h.orig_len, h.cap_len, h.linktype) = (pkt.ts, pkt.orig_len, pkt.data.len() as u32, pkt.linktype);
+            h.data.clear();
+            h.data.extend_from_slice(&pkt.data[..pkt.data.len().min(self.decode_bytes)]);
+            return ControlFlow::Continue(());
         }
         self.accept(pkt, pkt.data.len() as u32)
     }
@@ -971,6 +974,30 @@ mod tests {
             panic!("no vm_stats")
         };
         assert_eq!(v.tx_packets, 102);
+    }
+
+    #[test]
+    fn a_damaged_first_frame_or_one_minutes_ahead_does_not_make_the_rest_late() {
+        let f = frame();
+        let n = f.len() as u32;
+        let s = 1_000_000i64;
+        let steady: Vec<i64> = (0..100).map(|i| 10 * s + i * 10_000).collect();
+        // The very first frame stamped 77 years on.
+        let mut times = vec![10 * s + 77 * 365 * 86_400 * s];
+        times.extend(&steady);
+        let (sum, _) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
+        assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (101, 0, 1));
+        assert_eq!(sum.decode_errors_by_kind.get("timestamp"), Some(&1));
+        // The second frame 50 minutes ahead (more than 16 one-second windows).
+        let mut times = vec![steady[0], steady[0] + 50 * 60 * s];
+        times.extend(&steady[1..]);
+        let (sum, _) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
+        assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (101, 0, 1));
+        // Ten seconds ahead is within 16 windows: believed, and what follows it is late.
+        let mut times = vec![steady[0], steady[0] + 10 * s];
+        times.extend(&steady[1..]);
+        let (sum, _) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
+        assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (101, 99, 0));
     }
 
     #[test]
