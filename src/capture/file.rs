@@ -3,7 +3,7 @@
 use super::linktype;
 use super::reader::{magic, CaptureReader, ReadError};
 use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
-use crate::decode::linktype::decoded;
+use crate::decode::linktype::{decoded, has_macs};
 use crate::time::PacketTime;
 use std::io::{Cursor, Read};
 use std::ops::ControlFlow;
@@ -105,6 +105,8 @@ impl PacketSource for FileSource {
             // Link types this file has shown that the decoder does not know:
             // one warning each per file.
             let mut warned: Vec<i32> = Vec::new();
+            // Decoded link types without MACs this file has shown: one note each.
+            let mut noted: Vec<i32> = Vec::new();
             let mut last_linktype = None;
             loop {
                 match rd.next_frame() {
@@ -119,6 +121,15 @@ impl PacketSource for FileSource {
                                 eprintln!(
                                     "vmsentry: {}: link type {} is not decoded: its frames count as packets and bytes, \
                                      and as `unsupported_link` decode errors",
+                                    path.display(),
+                                    linktype::describe(f.linktype)
+                                );
+                            } else if decoded(f.linktype) && !has_macs(f.linktype) && !noted.contains(&f.linktype) {
+                                // Decoded, but VMs are known by MAC: say why none is seen.
+                                noted.push(f.linktype);
+                                eprintln!(
+                                    "vmsentry: {}: link type {} carries no MAC addresses: its frames are decoded and \
+                                     counted in the totals, but for no VM (VMs are known by MAC)",
                                     path.display(),
                                     linktype::describe(f.linktype)
                                 );

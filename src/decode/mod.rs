@@ -42,6 +42,12 @@ pub mod linktype {
     /// file carries: files say `LINKTYPE_PPP_BSDOS` 103).
     pub const DLT_RAW_OPENBSD: i32 = 14;
 
+    /// Whether frames of this (decoded) link type carry Ethernet addresses:
+    /// raw IP and BSD loopback do not, so they count for no VM.
+    pub fn has_macs(linktype: i32) -> bool {
+        matches!(linktype, ETHERNET | LINUX_SLL | LINUX_SLL2)
+    }
+
     /// Whether the decoder reads frames of this link type (others are
     /// counted as `unsupported_link`).
     pub fn decoded(linktype: i32) -> bool {
@@ -115,15 +121,14 @@ pub enum DecodeErrorKind {
     /// traffic: it counts for no MAC and adds no bytes.
     FrameLength,
     /// A frame stamped more than [`TIME_JUMP_WINDOWS`] windows after the
-    /// frame before it (or the first frame of a run), alone: the frame after
+    /// frame before it, alone: the frame after
     /// it is back near the earlier time. Its timestamp is damaged, so it is
     /// not traffic and does not move the windows (counted by the pipeline's
     /// reader, which looks one frame ahead).
     Timestamp,
 }
 
-/// A forward jump of packet time of more than this many windows (and the
-/// first frame of a run) is held back by one frame, to see whether time
+/// A forward jump of packet time of more than this many windows is held back by one frame, to see whether time
 /// carries on from there or the frame was a lone damaged timestamp. Time
 /// never goes back in a sound capture, so a sound frame is never refused.
 pub const TIME_JUMP_WINDOWS: i64 = 16;

@@ -611,8 +611,10 @@ impl Reader {
                 return ControlFlow::Break(());
             }
         }
-        // The first frame of a run has no time to be judged against: it waits for the next too.
-        let far = self.stats.last_ts.is_none_or(|newest| t.saturating_sub(newest.as_micros()) > self.jump_us);
+        // The first frame of a run is believed: with nothing before it, the
+        // next frame alone cannot tell which of the two is damaged (a real
+        // capture, sv__bug-1450-04, has its second frame 21 years early).
+        let far = self.stats.last_ts.is_some_and(|newest| t.saturating_sub(newest.as_micros()) > self.jump_us);
         if !self.held.on && self.behind_until.is_none() && far {
             // No allocation: the buffer was sized for `decode_bytes` at start.
             let h = &mut self.held;
@@ -977,17 +979,11 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_first_frame_or_one_minutes_ahead_does_not_make_the_rest_late() {
+    fn a_frame_minutes_ahead_does_not_make_the_rest_late() {
         let f = frame();
         let n = f.len() as u32;
         let s = 1_000_000i64;
         let steady: Vec<i64> = (0..100).map(|i| 10 * s + i * 10_000).collect();
-        // The very first frame stamped 77 years on.
-        let mut times = vec![10 * s + 77 * 365 * 86_400 * s];
-        times.extend(&steady);
-        let (sum, _) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
-        assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (101, 0, 1));
-        assert_eq!(sum.decode_errors_by_kind.get("timestamp"), Some(&1));
         // The second frame 50 minutes ahead (more than 16 one-second windows).
         let mut times = vec![steady[0], steady[0] + 50 * 60 * s];
         times.extend(&steady[1..]);

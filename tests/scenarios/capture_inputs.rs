@@ -125,7 +125,9 @@ fn raw_ip_captures_decode_under_linktype_101_and_dlt_12_and_14() {
         std::fs::write(&p, out).unwrap();
         let out = vmsentry(&["replay", "--rules", rules.path().to_str().unwrap(), p.to_str().unwrap()]);
         assert!(out.status.success());
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("not decoded"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("not decoded"), "{err}");
+        assert_eq!(err.matches("carries no MAC addresses").count(), 1, "one note per file: {err}");
         let ev: Vec<Value> =
             String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let s = summary(&ev);
