@@ -277,9 +277,8 @@ fn kill_9_during_dispatch_loses_no_action() {
     // comes once the journal holds every action (not after a fixed time, which a busy machine
     // can make too short), while the webhook's 2 ms per request still has most to deliver.
     let journal = rules.path().join("journal.jsonl");
-    let pending = || {
-        std::fs::read_to_string(&journal).map_or(0, |t| t.lines().filter(|l| l.contains("\"pending\"")).count())
-    };
+    let pending =
+        || std::fs::read_to_string(&journal).map_or(0, |t| t.lines().filter(|l| l.contains("\"pending\"")).count());
     let mut child = run(&pcap);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while pending() < N as usize && std::time::Instant::now() < deadline {

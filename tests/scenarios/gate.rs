@@ -19,6 +19,7 @@ fn decision(at: &str, vm: &str, host: &str, reason: GateReason) -> GateRecord {
         nonce: (reason == GateReason::Authorized || reason == GateReason::TokenReplayed)
             .then(|| "00112233aabbccdd".to_string()),
         elapsed_us: 900,
+        mac: None,
     }
 }
 
