@@ -35,7 +35,17 @@ fn gated_rules(records: &[GateRecord]) -> tempfile::TempDir {
     );
     std::fs::write(&p, text).unwrap();
     std::fs::create_dir_all(rules.path().join("gate")).unwrap();
-    let lines: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    // The gate signs each record with the cluster key; a test that wants a
+    // bad one appends it itself.
+    let key = vmsentry::config::Rules::load(rules.path()).unwrap().key;
+    let lines: String = records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.sign(&key);
+            serde_json::to_string(&r).unwrap() + "\n"
+        })
+        .collect();
     std::fs::write(rules.path().join("gate/decisions.jsonl"), lines).unwrap();
     rules
 }
@@ -157,7 +167,7 @@ fn require_gate_needs_decision_files_and_says_where() {
 }
 
 #[test]
-fn gate_decisions_are_counted_in_the_metrics() {
+fn gate_decisions_are_counted_in_the_metrics_and_unauthenticated_ones_rejected() {
     let records = [
         decision("24.000000", "fa:16:3e:00:01:01", "compute-2", GateReason::Signed),
         decision("34.500000", "fa:16:3e:00:01:03", "compute-9", GateReason::UnsignedHost),
@@ -165,6 +175,27 @@ fn gate_decisions_are_counted_in_the_metrics() {
     ];
     let rules_dir = gated_rules(&records);
     let rules = vmsentry::config::Rules::load(rules_dir.path()).unwrap();
+    // Lines anyone who can append to the file could write: each would
+    // approve a move of the capture (mig-2 to its unregistered host at 30.0,
+    // mig-5 to compute-3 at 45.0) and must be refused instead.
+    let mut unsigned = decision("44.500000", "fa:16:3e:00:01:05", "compute-3", GateReason::Signed);
+    let mut forged = unsigned.clone();
+    forged.sign(&vmsentry::trust::ClusterKey::from_bytes(&[b'x'; 32]).unwrap());
+    let mut tampered = unsigned.clone();
+    tampered.sign(&rules.key);
+    tampered.domain = "other".into();
+    let mut rogue = decision("29.500000", "fa:16:3e:00:01:02", "52:54:00:66:66:66", GateReason::Signed);
+    rogue.sign(&rules.key);
+    unsigned.mac = None;
+    let bad: String =
+        [&unsigned, &forged, &tampered, &rogue].iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    let p = rules_dir.path().join("gate/decisions.jsonl");
+    let text = std::fs::read_to_string(&p).unwrap() + &bad;
+    std::fs::write(&p, text).unwrap();
+    let ev = replay(rules_dir.path(), 2, &[capture("migration-vxlan.pcap")]);
+    let gated: Vec<Value> = of_type(&ev, "migration").into_iter().map(|e| json!([e["vm_name"], e["gated"]])).collect();
+    assert_eq!(gated[1], json!(["mig-2", false]));
+    assert_eq!(gated[4], json!(["mig-5", false]));
     let telemetry = vmsentry::serve::Telemetry::new(16);
     let mut source = vmsentry::capture::FileSource::open(&[capture("migration-vxlan.pcap")]).unwrap();
     let opts = vmsentry::pipeline::Options { threads: 2, telemetry: Some(telemetry.clone()), ..Default::default() };
@@ -179,4 +210,5 @@ fn gate_decisions_are_counted_in_the_metrics() {
     let text = telemetry.metrics.render();
     assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"allowed\"} 1\n"), "{text}");
     assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"denied\"} 2\n"), "{text}");
+    assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"rejected\"} 4\n"), "{text}");
 }
