@@ -480,6 +480,7 @@ pub fn run(
         queue_dropped,
         damaged_files: source.stats().damaged_files,
         placement_dropped: detector.placement_dropped() + detector.addresses_dropped(),
+        gate_approvals_dropped: detector.gate_approvals_dropped(),
         ids: out.ids,
         rtt: RttSummary {
             samples: out.rtt_samples,

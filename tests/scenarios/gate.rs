@@ -31,7 +31,7 @@ fn gated_rules(records: &[GateRecord]) -> tempfile::TempDir {
     assert!(text.contains("require_authorization = false\n"));
     let text = text.replace(
         "require_authorization = false\n",
-        "require_authorization = false\ngate_decisions = [\"gate/decisions.jsonl\"]\nrequire_gate = true\ngate_window_s = 10\n",
+        "require_authorization = false\ngate_decisions = [\"gate/decisions.jsonl\"]\nrequire_gate = true\ngate_window_s = 10\ngate_grace_s = 0\n",
     );
     std::fs::write(&p, text).unwrap();
     std::fs::create_dir_all(rules.path().join("gate")).unwrap();
