@@ -212,3 +212,22 @@ fn gate_decisions_are_counted_in_the_metrics_and_unauthenticated_ones_rejected()
     assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"denied\"} 2\n"), "{text}");
     assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"rejected\"} 4\n"), "{text}");
 }
+
+#[test]
+fn a_domain_named_like_a_flag_is_libvirts_argument_not_ours() {
+    // Pass-through: exit 0, nothing on stdout (libvirt would take it as XML).
+    for name in ["--help", "-h", "--version", "--config"] {
+        let out = vmsentry(&["gate", "--config", "/nonexistent/gate.toml", "--", name, "start", "begin", "-"]);
+        assert_eq!(
+            (out.status.code(), out.stdout.len()),
+            (Some(0), 0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // A migration of `--help` is decided (here: refused, no usable config), not answered with help.
+    let out = vmsentry(&["gate", "--config", "/nonexistent/gate.toml", "--", "--help", "migrate", "begin", "-"]);
+    assert_eq!((out.status.code(), out.stdout.len()), (Some(2), 0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing the migration of --help"), "{err}");
+}
