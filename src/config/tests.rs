@@ -224,3 +224,16 @@ fn a_threshold_against_its_default_points_at_the_one_written() {
     assert!(e.starts_with("r/vmsentry.toml:5:14: medium_pps must be below high_pps"), "{e}");
     assert!(e.ends_with("high_pps is its default, set it too"), "{e}");
 }
+
+#[test]
+fn require_authorization_without_any_token_source_warns_and_grace_is_bounded() {
+    let warns = |m: &str| load(&format!("{HEAD}[migration]\n{m}")).unwrap().warnings();
+    let w = warns("require_authorization = true\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("neither migration.tokens_dir nor migration.gate_decisions"), "{w:?}");
+    assert!(warns("require_authorization = true\ngate_decisions = [\"d.jsonl\"]\n").is_empty());
+    assert!(warns("require_authorization = false\n").is_empty());
+    assert_eq!(load(HEAD).unwrap().migration.gate_grace_s, 10);
+    let e = load(&format!("{HEAD}[migration]\ngate_grace_s = 3601\n")).unwrap_err();
+    assert!(e.contains("migration.gate_grace_s must be at most 3600"), "{e}");
+}
