@@ -159,7 +159,7 @@ impl GateRecord {
         if !r.verify(key) {
             return Err(RecordError::Mac);
         }
-        if !hosts.iter().any(|h| *h == r.host) {
+        if !hosts.contains(&r.host) {
             return Err(RecordError::Host(r.host));
         }
         Ok(Some(r))

@@ -260,9 +260,9 @@ pub fn run(
     // Each record must carry a MAC under the cluster key and name a
     // registered hypervisor; any other line is refused (counted as rejected).
     let gate_hosts: Arc<Vec<String>> = Arc::new(rules.hypervisors.iter().map(|h| h.id.clone()).collect());
-    let reject = |n: usize| {
+    let reject = |n: u64| {
         if let Some(t) = &opts.telemetry {
-            t.metrics.gate_decisions.with_label_values(&["rejected"]).inc_by(n as u64);
+            t.metrics.gate_decisions.with_label_values(&["rejected"]).inc_by(n);
         }
     };
     for path in &rules.migration.gate_decisions {
@@ -280,7 +280,7 @@ pub fn run(
                             "vmsentry: {malformed} malformed or unauthenticated line(s) in a gate decisions file"
                         );
                         if let Some(t) = &telemetry {
-                            t.metrics.gate_decisions.with_label_values(&["rejected"]).inc_by(malformed as u64);
+                            t.metrics.gate_decisions.with_label_values(&["rejected"]).inc_by(malformed);
                         }
                     }
                     tx.send(records).is_ok()
@@ -292,7 +292,7 @@ pub fn run(
             f.poll(&mut gate_replay).map_err(|source| PipelineError::Ids { path: path.clone(), source })?;
             if f.malformed > 0 {
                 eprintln!("vmsentry: {} malformed or unauthenticated line(s) in {}", f.malformed, path.display());
-                reject(f.malformed as usize);
+                reject(f.malformed);
             }
         } else {
             eprintln!("vmsentry: gate decisions file {} not found; replaying without it", path.display());
