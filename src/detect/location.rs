@@ -12,8 +12,10 @@
 //!
 //! With the migration gate's decisions followed (`migration.gate_decisions`),
 //! each move looks for an allowed decision for that VM to that destination
-//! from at most `migration.gate_window_s` before it, and uses it up; with
-//! `migration.require_gate`, a move without one bypassed the gate: `ungated`.
+//! from at most `migration.gate_window_s` before it, and uses up that VM's
+//! part of it; with `migration.require_gate`, a move without one bypassed the
+//! gate: `ungated`, once `migration.gate_grace_s` of packet time passed
+//! without a late decision.
 
 use crate::config::MigrationRules;
 use crate::decode::Mac;

@@ -7,9 +7,12 @@
 //! hypervisor of the cluster in the rules' registry and, with
 //! `migration.require_authorization`, the XML's `<metadata>` carries a valid,
 //! unexpired token from `vmsentry authorize` for one of the domain's MACs to
-//! this host, whose nonce it uses up durably. Every decision is appended to
-//! a JSON-lines file ([`record`]) the sensor follows. Any other hook call
-//! drains its input and exits 0 without reading any configuration.
+//! this host, whose nonce it uses up durably. This host's signature is
+//! judged before the source's XML is read, and nothing wrong with the XML
+//! (`bad_xml`) is ever opened by `fail_closed = false`: only local failures
+//! are. Every decision is appended to a JSON-lines file ([`record`]), with
+//! an HMAC under the cluster key, that the sensor follows. Any other hook
+//! call drains its input and exits 0 without reading any configuration.
 //!
 //! Nothing is ever written to standard output: libvirt would take it as a
 //! replacement domain XML.
