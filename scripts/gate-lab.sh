@@ -8,8 +8,16 @@
 #                                       LAB_DIR/N.hook becomes node N's hooks/qemu)
 #   scripts/gate-lab.sh down LAB_DIR    stop them and remove the namespaces
 #   scripts/gate-lab.sh exec N CMD...   run CMD in node N's namespaces
+#
+# The namespaces, links and addresses have fixed names, so only one lab runs
+# at a time: `up` takes an exclusive flock on $LOCK (waiting up to 10 min for
+# another run's `down`), held by a small holder process until `down`, or
+# until LAB_DIR disappears (a run killed before its `down`). `down` of a lab
+# that never got the lock touches nothing.
 set -euo pipefail
 cmd=${1:?usage: gate-lab.sh up|down|exec ...}
+
+LOCK=${GATE_LAB_LOCK:-/run/lock/vmsentry-gate-lab.lock}
 
 node_ip() { case $1 in a) echo 10.77.0.1 ;; b) echo 10.77.0.2 ;; esac; }
 node_uuid() { case $1 in a) echo 7a7a7a7a-0000-4000-8000-00000000000a ;; b) echo 7b7b7b7b-0000-4000-8000-00000000000b ;; esac; }
@@ -27,7 +35,23 @@ enter() {
 case $cmd in
 up)
     lab=${2:?LAB_DIR}
-    mkdir -p "$lab"
+    mkdir -p "$lab" "$(dirname "$LOCK")"
+    rm -f "$lab/locked" "$lab/unlock"
+    (
+        exec 9>"$LOCK"
+        flock -w 600 9 || exit 1
+        : >"$lab/locked"
+        while [ -d "$lab" ] && [ ! -e "$lab/unlock" ]; do sleep 0.2; done
+    ) </dev/null >/dev/null 2>&1 &
+    holder=$!
+    until [ -e "$lab/locked" ]; do
+        if ! kill -0 "$holder" 2>/dev/null; then
+            echo "gate-lab: another lab held $LOCK for 10 minutes" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "$holder" >"$lab/lock.pid"
     ip netns del gate-a 2>/dev/null || true  # left by a run that was killed
     ip netns del gate-b 2>/dev/null || true
     ip netns add gate-a
@@ -74,14 +98,24 @@ CONF
         "
     done
     for n in a b; do
+        ok=
         for _ in $(seq 100); do
-            [ -s "$lab/$n/libvirtd.pid" ] && ip netns exec gate-$n virsh -c "qemu+tcp://$(node_ip $n)/system" version >/dev/null 2>&1 && break
+            if [ -s "$lab/$n/libvirtd.pid" ] && ip netns exec gate-$n virsh -c "qemu+tcp://$(node_ip $n)/system" version >/dev/null 2>&1; then
+                ok=1
+                break
+            fi
             sleep 0.1
         done
+        if [ -z "$ok" ]; then
+            echo "gate-lab: node $n's libvirtd did not answer within 10 s (see $lab/$n/libvirtd.out)" >&2
+            exit 1
+        fi
     done
     ;;
 down)
     lab=${2:?LAB_DIR}
+    # Not ours to tear down unless this lab holds the lock.
+    [ -s "$lab/lock.pid" ] || exit 0
     for n in a b; do
         if [ -s "$lab/$n/libvirtd.pid" ]; then
             pid=$(cat "$lab/$n/libvirtd.pid")
@@ -95,6 +129,11 @@ down)
     done
     ip netns del gate-a 2>/dev/null || true
     ip netns del gate-b 2>/dev/null || true
+    holder=$(cat "$lab/lock.pid")
+    touch "$lab/unlock"
+    for _ in $(seq 50); do kill -0 "$holder" 2>/dev/null || break; sleep 0.1; done
+    kill "$holder" 2>/dev/null || true
+    rm -f "$lab/lock.pid" "$lab/locked" "$lab/unlock"
     ;;
 exec)
     lab=${2:?LAB_DIR}

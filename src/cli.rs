@@ -110,6 +110,9 @@ pub enum Command {
         nonce: Option<String>,
     },
     /// libvirt's `qemu` hook: refuse a live migration to this host unless it is signed (and the move authorized).
+    ///
+    /// No help flag: a domain may be named `--help` or `-h` (`vmsentry help gate` prints this).
+    #[command(disable_help_flag = true)]
     Gate {
         /// The gate's configuration.
         #[arg(long, default_value = vmsentry::gate::DEFAULT_CONFIG)]

@@ -554,6 +554,8 @@ pub struct SummaryEvent {
     pub unsupported_link_files: u64,
     /// Placement evidence (sightings, streams) over its per-window caps.
     pub placement_dropped: u64,
+    /// Allowed gate decisions dropped unmatched because too many were waiting.
+    pub gate_approvals_dropped: u64,
     pub rtt: RttSummary,
     /// IDS alert lines by outcome, and evacuations made.
     pub ids: crate::pipeline::IdsCounts,

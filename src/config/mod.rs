@@ -197,6 +197,8 @@ pub struct MigrationRules {
     pub require_gate: bool,
     /// How long before a move its gate decision may be.
     pub gate_window_s: u64,
+    /// How long (packet time) a move without a decision waits for one before it is ungated.
+    pub gate_grace_s: u64,
 }
 
 /// Storm protection (0 turns a limit off).
@@ -563,6 +565,7 @@ impl Rules {
             gate_decisions: m.gate_decisions.iter().map(|p| dir.join(p.get_ref())).collect(),
             require_gate: *m.require_gate.get_ref(),
             gate_window_s: *m.gate_window_s.get_ref(),
+            gate_grace_s: *m.gate_grace_s.get_ref(),
         };
         if migration.require_gate && migration.gate_decisions.is_empty() {
             return Err(at(
@@ -572,6 +575,9 @@ impl Rules {
         }
         if migration.gate_window_s == 0 {
             return Err(at(m.gate_window_s.span(), "migration.gate_window_s must be at least 1".into()));
+        }
+        if migration.gate_grace_s > 3600 {
+            return Err(at(m.gate_grace_s.span(), "migration.gate_grace_s must be at most 3600".into()));
         }
         // require_authorization needs no tokens_dir: on a hypervisor it is
         // the migration gate's setting (tokens travel in the domain XML), and
@@ -849,6 +855,17 @@ impl Rules {
                     if self.migration.require_authorization { ", so every move counts as unsigned" } else { "" }
                 ));
             }
+        }
+        if self.migration.require_authorization
+            && self.migration.tokens_dir.is_none()
+            && self.migration.gate_decisions.is_empty()
+        {
+            w.push(
+                "migration.require_authorization = true with neither migration.tokens_dir nor migration.gate_decisions: \
+                 a sensor can authorize no move, so every move counts as unsigned (a hypervisor's gate is fine: \
+                 it reads tokens from the domain XML)"
+                    .into(),
+            );
         }
         w
     }

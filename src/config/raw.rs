@@ -418,9 +418,15 @@ pub struct RawMigration {
     /// Default 600 s: an allowed decision counts for a move the wire shows at most this long after it.
     #[serde(default = "d_gate_window_s")]
     pub gate_window_s: Spanned<u64>,
+    /// Default 10 s (packet time): a move without a decision waits this long for one before it is `ungated`.
+    #[serde(default = "d_gate_grace_s")]
+    pub gate_grace_s: Spanned<u64>,
 }
 fn d_gate_window_s() -> Spanned<u64> {
     sp(600)
+}
+fn d_gate_grace_s() -> Spanned<u64> {
+    sp(10)
 }
 fn d_migration_ports() -> Vec<Spanned<RawPorts>> {
     vec![sp(RawPorts::Range("49152-49215".into())), sp(RawPorts::One(16509)), sp(RawPorts::One(16514))]
@@ -455,6 +461,7 @@ impl Default for RawMigration {
             gate_decisions: Vec::new(),
             require_gate: sp(false),
             gate_window_s: d_gate_window_s(),
+            gate_grace_s: d_gate_grace_s(),
         }
     }
 }

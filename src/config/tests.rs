@@ -248,3 +248,16 @@ fn restart_only_settings_that_a_reload_changes_are_named() {
     let text = format!("{HEAD}[window]\nlength_ms = 500\n[limits]\nbatch_size = 64\n[tunnels]\ngeneve_port = 6082\n");
     assert_eq!(running.restart_only_changes(&at(&text)), ["window.length_ms", "[limits]", "[tunnels]"]);
 }
+
+#[test]
+fn require_authorization_without_any_token_source_warns_and_grace_is_bounded() {
+    let warns = |m: &str| load(&format!("{HEAD}[migration]\n{m}")).unwrap().warnings();
+    let w = warns("require_authorization = true\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("neither migration.tokens_dir nor migration.gate_decisions"), "{w:?}");
+    assert!(warns("require_authorization = true\ngate_decisions = [\"d.jsonl\"]\n").is_empty());
+    assert!(warns("require_authorization = false\n").is_empty());
+    assert_eq!(load(HEAD).unwrap().migration.gate_grace_s, 10);
+    let e = load(&format!("{HEAD}[migration]\ngate_grace_s = 3601\n")).unwrap_err();
+    assert!(e.contains("migration.gate_grace_s must be at most 3600"), "{e}");
+}

@@ -12,8 +12,10 @@
 //!
 //! With the migration gate's decisions followed (`migration.gate_decisions`),
 //! each move looks for an allowed decision for that VM to that destination
-//! from at most `migration.gate_window_s` before it, and uses it up; with
-//! `migration.require_gate`, a move without one bypassed the gate: `ungated`.
+//! from at most `migration.gate_window_s` before it, and uses up that VM's
+//! part of it; with `migration.require_gate`, a move without one bypassed the
+//! gate: `ungated`, once `migration.gate_grace_s` of packet time passed
+//! without a late decision.
 
 use crate::config::MigrationRules;
 use crate::decode::Mac;
@@ -97,6 +99,16 @@ struct Approval {
     authorized: bool,
 }
 
+/// A move without a decision, waiting `migration.gate_grace_s` (packet time)
+/// for a late one before it is declared ungated.
+#[derive(Clone, Debug)]
+struct Pending {
+    mac: Mac,
+    /// The destination's name; none for an announce-only move.
+    to: Option<String>,
+    at: PacketTime,
+}
+
 /// Approvals remembered at most (the oldest are dropped first, counted).
 const MAX_APPROVALS: usize = 4_096;
 
@@ -177,10 +189,14 @@ pub struct Locator {
     tokens: TokenStore,
     /// Allowed gate decisions not yet matched, oldest first.
     approvals: VecDeque<Approval>,
+    /// Moves waiting for a late decision, oldest first.
+    pending: VecDeque<Pending>,
     /// Whether gate decisions are followed at all.
     gate: bool,
     pub flags: Vec<Flags>,
     pub dropped: u64,
+    /// Approvals dropped because [`MAX_APPROVALS`] were waiting.
+    pub approvals_dropped: u64,
 }
 
 /// Outer MACs remembered for the IP-conflict check.
@@ -219,9 +235,11 @@ impl Locator {
             reported: BTreeSet::new(),
             tokens: TokenStore::open(rules.key.clone(), rules.migration.tokens_dir.as_deref()),
             approvals: VecDeque::new(),
+            pending: VecDeque::new(),
             gate: !rules.migration.gate_decisions.is_empty(),
             registry,
             dropped: 0,
+            approvals_dropped: 0,
         }
     }
 
@@ -253,33 +271,85 @@ impl Locator {
         self.dropped = old.dropped;
         self.tokens.absorb(&mut old.tokens);
         self.approvals = std::mem::take(&mut old.approvals);
+        self.pending = std::mem::take(&mut old.pending);
+        self.approvals_dropped = old.approvals_dropped;
     }
 
-    /// Takes one of the gate's decisions; allowed ones wait for their move.
+    /// Takes one of the gate's decisions; allowed ones wait for their move
+    /// (or settle a move already waiting for its decision). A `fail_open`
+    /// one approves nothing: the gate did not check the move. An
+    /// `authorized` one spends its token here too.
     pub fn gate_decision(&mut self, r: &GateRecord) {
-        if !r.allowed {
+        if !r.allowed || r.reason == GateReason::FailOpen {
+            return;
+        }
+        let authorized = r.reason == GateReason::Authorized;
+        if let (true, Some(n)) = (authorized, r.nonce.as_deref()) {
+            self.tokens.mark_used(n);
+        }
+        let mut a = Approval { ts: r.ts, host: r.host.clone(), vms: r.vms.clone(), authorized };
+        // A move that came before its decision (a late follower) takes it first.
+        let (window, grace) = (self.rules.gate_window_s as i64 * 1_000_000, self.rules.gate_grace_s as i64 * 1_000_000);
+        self.pending.retain(|p| {
+            let fits = a.ts.as_micros() >= p.at.as_micros() - window
+                && a.ts.as_micros() <= p.at.as_micros() + grace
+                && p.to.as_ref().is_none_or(|t| *t == a.host);
+            let Some(k) = a.vms.iter().position(|m| *m == p.mac).filter(|_| fits) else { return true };
+            a.vms.remove(k);
+            false
+        });
+        if a.vms.is_empty() {
             return;
         }
         if self.approvals.len() >= MAX_APPROVALS {
             self.approvals.pop_front();
-            self.dropped += 1;
+            self.approvals_dropped += 1;
         }
-        self.approvals.push_back(Approval {
-            ts: r.ts,
-            host: r.host.clone(),
-            vms: r.vms.clone(),
-            authorized: r.reason == GateReason::Authorized,
-        });
+        self.approvals.push_back(a);
     }
 
-    /// Uses up the oldest approval for `vm` to `to` from the window before `at`:
-    /// `Some(authorized)` when one matched.
-    fn take_approval(&mut self, vm: Mac, to: &str, at: PacketTime) -> Option<bool> {
+    /// Uses up `vm`'s part of the oldest approval for it to `to` (any
+    /// destination when `None`) from the window before `at`: `Some(authorized)`
+    /// when one matched. The approval's other MACs stay for their own moves.
+    fn take_approval(&mut self, vm: Mac, to: Option<&str>, at: PacketTime) -> Option<bool> {
         let window = self.rules.gate_window_s as i64 * 1_000_000;
         let k = self.approvals.iter().position(|a| {
-            a.ts <= at && a.ts.as_micros() >= at.as_micros() - window && a.host == to && a.vms.contains(&vm)
+            a.ts <= at
+                && a.ts.as_micros() >= at.as_micros() - window
+                && to.is_none_or(|t| a.host == t)
+                && a.vms.contains(&vm)
         })?;
-        self.approvals.remove(k).map(|a| a.authorized)
+        let a = &mut self.approvals[k];
+        let authorized = a.authorized;
+        a.vms.retain(|m| *m != vm);
+        if a.vms.is_empty() {
+            self.approvals.remove(k);
+        }
+        Some(authorized)
+    }
+
+    /// A move with no decision (with `require_gate`): ungated now, or after
+    /// `gate_grace_s` unless a decision arrives meanwhile.
+    fn ungated_unless_late(&mut self, i: usize, to: Option<String>, at: PacketTime) {
+        if self.rules.gate_grace_s == 0 {
+            self.flags[i].ungated = true;
+            self.vms[i].unauthorized = true;
+            return;
+        }
+        if self.pending.len() >= MAX_APPROVALS {
+            // The oldest waits no longer: ungated (the safe side).
+            if let Some(p) = self.pending.pop_front() {
+                self.expire(&p);
+            }
+        }
+        self.pending.push_back(Pending { mac: self.vm_macs[i], to, at });
+    }
+
+    fn expire(&mut self, p: &Pending) {
+        if let Some(&i) = self.vm_index.get(&p.mac) {
+            self.flags[i].ungated = true;
+            self.vms[i].unauthorized = true;
+        }
     }
 
     /// `p`, a place under `old`'s registry, under this one's.
@@ -330,6 +400,13 @@ impl Locator {
         // Approvals too old for any move from now on.
         let oldest = now.as_micros() - self.rules.gate_window_s as i64 * 1_000_000;
         self.approvals.retain(|a| a.ts.as_micros() >= oldest);
+        // Moves whose grace for a late decision is over are ungated.
+        let grace = self.rules.gate_grace_s as i64 * 1_000_000;
+        while let Some(p) = self.pending.front().filter(|p| p.at.as_micros().saturating_add(grace) <= now.as_micros()) {
+            let p = p.clone();
+            self.pending.pop_front();
+            self.expire(&p);
+        }
         let mut conflicts = Vec::new();
         self.take_streams(&ev.streams, now);
         self.take_oddities(&ev.oddities, now, &mut conflicts);
@@ -399,20 +476,22 @@ impl Locator {
                 let v = &mut self.vms[i];
                 if v.last_announce.is_none_or(|l| t.as_micros().saturating_sub(l.as_micros()) > burst) {
                     v.last_announce = Some(t);
-                    // No destination to hold a token or a gate decision against.
+                    // No destination to hold a token against; a gate decision
+                    // for this VM to any host stands for the move.
                     if self.rules.require_authorization {
                         self.flags[i].unsigned = true;
                         v.unauthorized = true;
                     }
-                    if self.rules.require_gate {
-                        self.flags[i].ungated = true;
-                        v.unauthorized = true;
+                    let from = v.current;
+                    let approval = if self.gate { self.take_approval(self.vm_macs[i], None, t) } else { None };
+                    if self.rules.require_gate && approval.is_none() {
+                        self.ungated_unless_late(i, None, t);
                     }
                     self.flags[i].moved = true;
                     moves.push(Move {
                         vm: i,
                         ts: t,
-                        from: v.current,
+                        from,
                         to: None,
                         via,
                         verdict: Verdict::Unknown,
@@ -421,7 +500,7 @@ impl Locator {
                         bytes: None,
                         total_us: None,
                         downtime_us: None,
-                        gated: self.gate.then_some(false),
+                        gated: self.gate.then_some(approval.is_some()),
                     });
                 }
             }
@@ -496,22 +575,23 @@ impl Locator {
             start = Some(start.map_or(p.first, |x| x.min(p.first)));
         }
         let to_name = to.name(&self.registry).unwrap_or_default();
-        let approval = if self.gate { self.take_approval(self.vm_macs[i], &to_name, at) } else { None };
+        let approval = if self.gate { self.take_approval(self.vm_macs[i], Some(&to_name), at) } else { None };
         // A token the gate checked and used up authorizes the move here too.
         let authorization = match approval {
             Some(true) => Authorization::Granted,
             _ => self.tokens.authorize(self.vm_macs[i], &to_name, at),
         };
-        let ungated = self.rules.require_gate && approval.is_none();
         let v = &mut self.vms[i];
         let downtime_us = v.last_seen.map(|l| at.as_micros().saturating_sub(l.as_micros()).max(0));
-        v.unauthorized = (self.rules.require_authorization && authorization != Authorization::Granted) || ungated;
+        v.unauthorized = self.rules.require_authorization && authorization != Authorization::Granted;
         v.previous = Some((from, at));
         v.current = Some(to);
         v.last_seen = Some(s.last);
+        if self.rules.require_gate && approval.is_none() {
+            self.ungated_unless_late(i, Some(to_name), at);
+        }
         let f = &mut self.flags[i];
         f.moved = true;
-        f.ungated |= ungated;
         if !verdict.is_signed() || (self.rules.require_authorization && authorization != Authorization::Granted) {
             f.unsigned = true;
         }
@@ -541,5 +621,147 @@ impl Locator {
 
     pub fn ram_bytes(&self, vm: usize) -> Option<u64> {
         self.ram_bytes.get(vm).copied().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::token::Token;
+    use crate::trust::ClusterKey;
+    use std::os::unix::fs::PermissionsExt;
+
+    const A: &str = "02:00:00:00:00:0a";
+    const B: &str = "02:00:00:00:00:0b";
+    const H1: &str = "52:54:00:aa:00:01";
+    const H2: &str = "52:54:00:aa:00:02";
+    const S: i64 = 1_000_000;
+
+    /// h1 and h2, VMs a and b on h1, the gate followed and required.
+    fn locator(extra: &str) -> (Locator, tempfile::TempDir) {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("k");
+        std::fs::write(&k, [b'k'; 32]).unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::create_dir(d.path().join("tok")).unwrap();
+        let text = format!(
+            "[cluster]\nname = \"t\"\nkey_file = \"k\"\n[migration]\ngate_decisions = [\"d.jsonl\"]\nrequire_gate = true\n\
+             tokens_dir = \"tok\"\n{extra}\n[[hypervisor]]\nid = \"h1\"\nmacs = [\"{H1}\"]\n[[hypervisor]]\nid = \"h2\"\n\
+             macs = [\"{H2}\"]\n[[vm]]\nname = \"a\"\nmac = \"{A}\"\nhypervisor = \"h1\"\n[[vm]]\nname = \"b\"\nmac = \"{B}\"\nhypervisor = \"h1\"\n"
+        );
+        let r = crate::config::Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
+        (Locator::new(&r, Registry::build(&r.key, &r.cluster, &r.hypervisors)), d)
+    }
+
+    fn seen(vm: &str, hv: Option<&str>, t: i64) -> Evidence {
+        let at = PacketTime::from_micros(t);
+        Evidence {
+            sightings: vec![Sighting {
+                vm: vm.parse().unwrap(),
+                origin: hv
+                    .map_or(Origin::Unknown, |h| Origin::Outer { mac: h.parse().unwrap(), ip: [10, 0, 0, 1].into() }),
+                first: at,
+                last: at,
+                frames: 1,
+                announce: hv.is_none().then_some((at, Via::Rarp)),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn decision(t: i64, vms: &[&str], host: &str, reason: GateReason, nonce: Option<&str>) -> GateRecord {
+        GateRecord {
+            ts: PacketTime::from_micros(t),
+            allowed: matches!(reason, GateReason::Signed | GateReason::Authorized | GateReason::FailOpen),
+            reason,
+            detail: None,
+            domain: "d".into(),
+            uuid: None,
+            vms: vms.iter().map(|m| m.parse().unwrap()).collect(),
+            host: host.into(),
+            nonce: nonce.map(str::to_string),
+            elapsed_us: 1,
+            mac: None,
+        }
+    }
+
+    /// One window ending at `now` with `ev`: its moves' `gated`, and whether a VM went ungated.
+    fn step(l: &mut Locator, ev: &Evidence, now: i64) -> (Vec<Option<bool>>, [bool; 2]) {
+        let (moves, _) = l.window(ev, PacketTime::from_micros(now));
+        let ungated = [std::mem::take(&mut l.flags[0]).ungated, std::mem::take(&mut l.flags[1]).ungated];
+        (moves.iter().map(|m| m.gated).collect(), ungated)
+    }
+
+    #[test]
+    fn one_approval_serves_each_of_its_macs_once_and_fail_open_approves_nothing() {
+        let (mut l, _d) = locator("");
+        l.gate_decision(&decision(S / 2, &[A, B], "h2", GateReason::Signed, None));
+        assert_eq!(step(&mut l, &seen(A, Some(H2), S), 2 * S), (vec![Some(true)], [false, false]));
+        // b's part of the same decision is still there.
+        assert_eq!(step(&mut l, &seen(B, Some(H2), 2 * S), 3 * S), (vec![Some(true)], [false, false]));
+        // a again: that decision is spent.
+        l.gate_decision(&decision(4 * S, &[A], "h1", GateReason::FailOpen, None));
+        assert_eq!(step(&mut l, &seen(A, Some(H1), 5 * S), 6 * S), (vec![Some(false)], [false, false]));
+        assert_eq!(step(&mut l, &Evidence::default(), 16 * S), (vec![], [true, false]));
+    }
+
+    #[test]
+    fn an_ungated_move_waits_gate_grace_s_for_a_late_decision() {
+        let (mut l, _d) = locator("");
+        assert_eq!(step(&mut l, &seen(A, Some(H2), S), 2 * S), (vec![Some(false)], [false, false]));
+        // The decision, made before the move, arrives after its window closed.
+        l.gate_decision(&decision(S / 2, &[A], "h2", GateReason::Signed, None));
+        for now in [3, 11, 30] {
+            assert_eq!(step(&mut l, &Evidence::default(), now * S), (vec![], [false, false]), "{now}");
+        }
+        assert!(!l.vms[0].unauthorized);
+        // None arrives: ungated once the grace (10 s) is over, not before.
+        assert_eq!(step(&mut l, &seen(A, Some(H1), 40 * S), 41 * S), (vec![Some(false)], [false, false]));
+        assert_eq!(step(&mut l, &Evidence::default(), 49 * S), (vec![], [false, false]));
+        assert_eq!(step(&mut l, &Evidence::default(), 50 * S), (vec![], [true, false]));
+        assert!(l.vms[0].unauthorized);
+        // gate_grace_s = 0: at once, as before.
+        let (mut l, _d) = locator("gate_grace_s = 0");
+        assert_eq!(step(&mut l, &seen(A, Some(H2), S), 2 * S), (vec![Some(false)], [true, false]));
+    }
+
+    #[test]
+    fn an_announce_only_move_uses_an_approval_for_that_vm() {
+        let (mut l, _d) = locator("");
+        l.gate_decision(&decision(S / 2, &[A], "h2", GateReason::Signed, None));
+        assert_eq!(step(&mut l, &seen(A, None, S), 2 * S), (vec![Some(true)], [false, false]));
+        assert_eq!(step(&mut l, &Evidence::default(), 20 * S), (vec![], [false, false]));
+        // Another announce, no decision left.
+        assert_eq!(step(&mut l, &seen(A, None, 21 * S), 22 * S), (vec![Some(false)], [false, false]));
+        assert_eq!(step(&mut l, &Evidence::default(), 31 * S), (vec![], [true, false]));
+    }
+
+    #[test]
+    fn a_token_the_gate_used_up_is_spent_at_the_sensor_too() {
+        let (mut l, d) = locator("");
+        let key = ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
+        let nonce = "0011223344556677";
+        let t = Token::sign(&key, A.parse().unwrap(), "h2", 4_000_000_000, nonce);
+        std::fs::write(d.path().join("tok/t.tokens"), format!("{t}\n")).unwrap();
+        l.gate_decision(&decision(S / 2, &[A], "h2", GateReason::Authorized, Some(nonce)));
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("tok").join(crate::trust::token::USED_FILE)).unwrap(),
+            format!("{nonce}\n")
+        );
+        let (moves, _) = l.window(&seen(A, Some(H2), S), PacketTime::from_micros(2 * S));
+        assert_eq!(moves[0].authorization, Authorization::Granted);
+        l.window(&seen(A, Some(H1), 10 * S), PacketTime::from_micros(11 * S));
+        // The same token in tokens_dir cannot grant a second move to h2.
+        let (moves, _) = l.window(&seen(A, Some(H2), 30 * S), PacketTime::from_micros(31 * S));
+        assert_eq!(moves[0].authorization, Authorization::Replayed);
+    }
+
+    #[test]
+    fn approvals_over_the_cap_are_counted_as_such() {
+        let (mut l, _d) = locator("");
+        for k in 0..MAX_APPROVALS + 3 {
+            l.gate_decision(&decision(k as i64, &[A], "h2", GateReason::Signed, None));
+        }
+        assert_eq!((l.approvals_dropped, l.dropped), (3, 0));
     }
 }

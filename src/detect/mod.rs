@@ -535,6 +535,11 @@ impl Detector {
         self.locator.dropped
     }
 
+    /// Allowed gate decisions dropped unmatched (over the approvals' cap).
+    pub fn gate_approvals_dropped(&self) -> u64 {
+        self.locator.approvals_dropped
+    }
+
     pub fn window_start(&self, w: i64) -> PacketTime {
         PacketTime::window_start(w, self.window_len_us)
     }

@@ -7,9 +7,12 @@
 //! hypervisor of the cluster in the rules' registry and, with
 //! `migration.require_authorization`, the XML's `<metadata>` carries a valid,
 //! unexpired token from `vmsentry authorize` for one of the domain's MACs to
-//! this host, whose nonce it uses up durably. Every decision is appended to
-//! a JSON-lines file ([`record`]) the sensor follows. Any other hook call
-//! drains its input and exits 0 without reading any configuration.
+//! this host, whose nonce it uses up durably. This host's signature is
+//! judged before the source's XML is read, and nothing wrong with the XML
+//! (`bad_xml`) is ever opened by `fail_closed = false`: only local failures
+//! are. Every decision is appended to a JSON-lines file ([`record`]), with
+//! an HMAC under the cluster key, that the sensor follows. Any other hook
+//! call drains its input and exits 0 without reading any configuration.
 //!
 //! Nothing is ever written to standard output: libvirt would take it as a
 //! replacement domain XML.
@@ -20,12 +23,14 @@ pub mod record;
 use crate::config::Rules;
 use crate::time::PacketTime;
 use crate::trust::token::{consume_nonce, Token};
+use crate::trust::ClusterKey;
 use crate::trust::Verdict;
 use domain::Domain;
 use record::{GateReason, GateRecord};
 use serde::Deserialize;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Where the gate's configuration is unless `--config` says otherwise.
@@ -34,6 +39,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/vmsentry/gate.toml";
 pub const EXIT_REFUSED: u8 = 1;
 /// Exit status when the configuration is unusable (the migration is refused too).
 pub const EXIT_BAD_CONFIG: u8 = 2;
+/// The smallest `max_xml_bytes` accepted.
+pub const MIN_XML_BYTES: u64 = 1024;
 /// How long a pass-through call waits for its input to end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Input a pass-through call drains at most.
@@ -149,6 +156,12 @@ impl GateConfig {
         if raw.hypervisor.is_empty() {
             return Err(at("hypervisor must name this host's registry id".into()));
         }
+        if raw.max_xml_bytes < MIN_XML_BYTES {
+            return Err(at(format!(
+                "max_xml_bytes must be at least {MIN_XML_BYTES} (got {}); a domain XML is rarely under 1 KiB",
+                raw.max_xml_bytes
+            )));
+        }
         if raw.timeout_ms == 0 || raw.timeout_ms > 60_000 {
             return Err(at(format!("timeout_ms must be 1..=60000 (got {})", raw.timeout_ms)));
         }
@@ -228,8 +241,12 @@ pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Ans
     let deadline = started + cfg.timeout;
     let (tx, rx) = crossbeam_channel::bounded(1);
     let c2 = cfg.clone();
+    // The cluster key, as soon as the worker has it: a record is signed with
+    // it even when the worker then runs out of time.
+    let key: Arc<OnceLock<ClusterKey>> = Arc::default();
+    let k2 = key.clone();
     let worker = std::thread::Builder::new().name("vmsentry-gate".into()).spawn(move || {
-        let r = decide(&c2, input, deadline);
+        let r = decide(&c2, input, deadline, &k2);
         let _ = tx.send(r);
     });
     let mut decision = match worker {
@@ -243,6 +260,8 @@ pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Ans
         },
         Err(e) => Decision { reason: GateReason::Error, detail: Some(e.to_string()), ..Decision::empty() },
     };
+    // Only local failures (`Error`: the rules, the used-token store) open
+    // with fail_closed = false; what the source sent is judged on its merits.
     if decision.reason == GateReason::Error && !cfg.fail_closed {
         decision.reason = GateReason::FailOpen;
     }
@@ -258,7 +277,14 @@ pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Ans
         host: cfg.hypervisor.clone(),
         nonce: decision.nonce,
         elapsed_us: started.elapsed().as_micros() as u64,
+        mac: None,
     };
+    let sign = |rec: &mut GateRecord| {
+        if let Some(k) = key.get() {
+            rec.sign(k);
+        }
+    };
+    sign(&mut rec);
     if let Err(e) = rec.append(&cfg.decisions) {
         eprintln!("vmsentry gate: cannot write the decision to {}: {e}", cfg.decisions.display());
         if rec.allowed && cfg.fail_closed {
@@ -267,6 +293,7 @@ pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Ans
             rec.allowed = false;
             rec.reason = GateReason::Error;
             rec.detail = Some(format!("cannot write the decision to {}: {e}", cfg.decisions.display()));
+            sign(&mut rec);
         }
     }
     if !rec.allowed {
@@ -302,9 +329,9 @@ impl Decision {
     }
 }
 
-fn decide(cfg: &GateConfig, input: impl Read, deadline: Instant) -> Decision {
+fn decide(cfg: &GateConfig, input: impl Read, deadline: Instant, key: &OnceLock<ClusterKey>) -> Decision {
     let mut d = Decision::empty();
-    match judge(cfg, input, deadline, &mut d) {
+    match judge(cfg, input, deadline, key, &mut d) {
         Ok((reason, detail)) => {
             d.reason = reason;
             d.detail = detail;
@@ -312,7 +339,7 @@ fn decide(cfg: &GateConfig, input: impl Read, deadline: Instant) -> Decision {
         Err(e) => {
             // Running out of time is a timeout whatever fail_closed says.
             let timed_out = match &e {
-                GateError::Stdin(io) | GateError::Used { source: io, .. } => io.kind() == std::io::ErrorKind::TimedOut,
+                GateError::Used { source: io, .. } => io.kind() == std::io::ErrorKind::TimedOut,
                 _ => false,
             };
             d.reason = if timed_out { GateReason::Timeout } else { GateReason::Error };
@@ -322,18 +349,25 @@ fn decide(cfg: &GateConfig, input: impl Read, deadline: Instant) -> Decision {
     d
 }
 
+/// Reads and parses the domain XML. Every error is the input's: a refusal.
+fn read_domain(cfg: &GateConfig, input: impl Read, deadline: Instant) -> Result<Domain, GateError> {
+    let bytes = read_bounded(input, cfg.max_xml_bytes, deadline)?;
+    let xml = std::str::from_utf8(&bytes).map_err(|_| GateError::NotUtf8)?;
+    Ok(Domain::parse(xml)?)
+}
+
+/// `Err` only for local failures (the rules, the used-token store): the
+/// ones `fail_closed = false` may open. This host's signature is judged
+/// before the source's XML is read, so nothing in it can open the gate.
 fn judge(
     cfg: &GateConfig,
     input: impl Read,
     deadline: Instant,
+    key: &OnceLock<ClusterKey>,
     d: &mut Decision,
 ) -> Result<(GateReason, Option<String>), GateError> {
-    let bytes = read_bounded(input, cfg.max_xml_bytes, deadline)?;
-    let xml = std::str::from_utf8(&bytes).map_err(|_| GateError::NotUtf8)?;
-    let dom = Domain::parse(xml)?;
-    d.uuid = dom.uuid.clone();
-    d.macs = dom.macs.clone();
     let rules = Rules::load(&cfg.rules_dir)?;
+    let _ = key.set(rules.key.clone());
     let registry = crate::trust::Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let verdict = match registry.entries().iter().find(|e| e.id == cfg.hypervisor) {
         None => Verdict::Unknown,
@@ -347,8 +381,22 @@ fn judge(
             Verdict::Unknown => format!("`{}` is not in the registry of cluster `{}`", cfg.hypervisor, rules.cluster),
             _ => format!("the signature of `{}` does not verify", cfg.hypervisor),
         };
+        // Refused already; the XML only names the domain in the record.
+        if let Ok(dom) = read_domain(cfg, input, deadline) {
+            d.uuid = dom.uuid;
+            d.macs = dom.macs;
+        }
         return Ok((GateReason::UnsignedHost, Some(why)));
     }
+    let dom = match read_domain(cfg, input, deadline) {
+        Ok(dom) => dom,
+        Err(GateError::Stdin(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Ok((GateReason::Timeout, Some(GateError::Stdin(e).to_string())))
+        }
+        Err(e) => return Ok((GateReason::BadXml, Some(e.to_string()))),
+    };
+    d.uuid = dom.uuid.clone();
+    d.macs = dom.macs.clone();
     if !rules.migration.require_authorization {
         return Ok((GateReason::Signed, None));
     }

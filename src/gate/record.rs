@@ -34,7 +34,12 @@ pub enum GateReason {
     TokenReplayed,
     /// Refused: the decision took longer than `timeout_ms`.
     Timeout,
-    /// Refused: the gate failed (`fail_closed = true`); `detail` says how.
+    /// Refused: the domain XML from the source is unusable (does not parse,
+    /// not UTF-8, over `max_xml_bytes`, two tokens, a bad MAC). Never opened
+    /// by `fail_closed = false`: the XML is the source's word.
+    BadXml,
+    /// Refused: the gate failed on a local problem (rules, stores, the
+    /// decisions file) with `fail_closed = true`; `detail` says how.
     Error,
 }
 
@@ -53,6 +58,7 @@ impl GateReason {
             GateReason::TokenExpired => "token_expired",
             GateReason::TokenReplayed => "token_replayed",
             GateReason::Timeout => "timeout",
+            GateReason::BadXml => "bad_xml",
             GateReason::Error => "error",
         }
     }
@@ -80,9 +86,28 @@ pub struct GateRecord {
     /// The nonce of the token presented, when one parsed.
     #[serde(default)]
     pub nonce: Option<String>,
-    /// How long the decision took, in microseconds.
+    /// How long the decision took, in microseconds (before the record is written).
     #[serde(default)]
     pub elapsed_us: u64,
+    /// `hex(HMAC-SHA256(cluster key, "vmsentry-gate-v1" 0x00 canonical))`, where
+    /// `canonical` is this record as serialized without `mac`; the sensor refuses
+    /// a record without a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// The domain-separation tag of a decision record's MAC.
+pub const RECORD_TAG: &[u8] = b"vmsentry-gate-v1";
+
+/// Why the sensor refuses a line of a decisions file.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a decision record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the record's MAC is missing or does not verify with the cluster key")]
+    Mac,
+    #[error("the record's host `{0}` is not a hypervisor of the registry")]
+    Host(String),
 }
 
 impl GateRecord {
@@ -97,7 +122,50 @@ impl GateRecord {
         f.sync_data()
     }
 
-    /// Parses one line of a decisions file; blank lines are `Ok(None)`.
+    fn mac_over(&self, key: &crate::trust::ClusterKey) -> crate::trust::HmacSha256 {
+        use hmac::Mac as _;
+        let canonical = GateRecord { mac: None, ..self.clone() };
+        // Serializing plain data to a Vec cannot fail.
+        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        let mut m = key.hmac();
+        m.update(RECORD_TAG);
+        m.update(&[0]);
+        m.update(&bytes);
+        m
+    }
+
+    /// Sets `mac` for the record as it is now.
+    pub fn sign(&mut self, key: &crate::trust::ClusterKey) {
+        use hmac::Mac as _;
+        self.mac = None;
+        self.mac = Some(hex::encode(self.mac_over(key).finalize().into_bytes()));
+    }
+
+    /// Whether `mac` verifies (constant time).
+    pub fn verify(&self, key: &crate::trust::ClusterKey) -> bool {
+        use hmac::Mac as _;
+        let Some(sig) = self.mac.as_deref().and_then(|m| hex::decode(m).ok()) else { return false };
+        self.mac_over(key).verify_slice(&sig).is_ok()
+    }
+
+    /// Parses one line and checks it as the sensor does: its MAC verifies
+    /// with `key` and its `host` is one of `hosts` (the registry's ids).
+    pub fn parse_verified(
+        line: &str,
+        key: &crate::trust::ClusterKey,
+        hosts: &[String],
+    ) -> Result<Option<GateRecord>, RecordError> {
+        let Some(r) = GateRecord::parse(line)? else { return Ok(None) };
+        if !r.verify(key) {
+            return Err(RecordError::Mac);
+        }
+        if !hosts.contains(&r.host) {
+            return Err(RecordError::Host(r.host));
+        }
+        Ok(Some(r))
+    }
+
+    /// Parses one line of a decisions file (no MAC check); blank lines are `Ok(None)`.
     pub fn parse(line: &str) -> Result<Option<GateRecord>, serde_json::Error> {
         let line = line.trim();
         if line.is_empty() {
@@ -140,6 +208,7 @@ mod tests {
             host: "compute-2".into(),
             nonce: Some("00112233aabbccdd".into()),
             elapsed_us: 812,
+            mac: None,
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("decisions.jsonl");
@@ -155,6 +224,41 @@ mod tests {
         assert_eq!(GateRecord::parse(lines[1]).unwrap(), Some(r));
         assert_eq!(GateRecord::parse("  ").unwrap(), None);
         assert!(GateRecord::parse(r#"{"ts":"yesterday"}"#).is_err());
+    }
+
+    #[test]
+    fn a_signed_record_verifies_and_any_change_or_other_host_is_refused() {
+        let key = crate::trust::ClusterKey::from_bytes(b"0123456789abcdef0123456789abcdef").unwrap();
+        let other = crate::trust::ClusterKey::from_bytes(b"ffffffffffffffffffffffffffffffff").unwrap();
+        let hosts = vec!["compute-2".to_string()];
+        let mut r = GateRecord {
+            ts: PacketTime::from_micros(1_700_000_000_123_456),
+            allowed: true,
+            reason: GateReason::Authorized,
+            detail: None,
+            domain: "gate-vm".into(),
+            uuid: None,
+            vms: vec!["52:54:00:12:34:56".parse().unwrap()],
+            host: "compute-2".into(),
+            nonce: Some("00112233aabbccdd".into()),
+            elapsed_us: 5,
+            mac: None,
+        };
+        let unsigned = serde_json::to_string(&r).unwrap();
+        assert!(matches!(GateRecord::parse_verified(&unsigned, &key, &hosts), Err(RecordError::Mac)));
+        r.sign(&key);
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.ends_with(&format!(",\"mac\":\"{}\"}}", r.mac.as_deref().unwrap())), "{line}");
+        assert_eq!(GateRecord::parse_verified(&line, &key, &hosts).unwrap(), Some(r.clone()));
+        assert!(matches!(GateRecord::parse_verified(&line, &other, &hosts), Err(RecordError::Mac)));
+        // Changing any field (here: the VM) breaks the MAC.
+        let forged = line.replace("52:54:00:12:34:56", "52:54:00:12:34:57");
+        assert!(matches!(GateRecord::parse_verified(&forged, &key, &hosts), Err(RecordError::Mac)));
+        // A valid MAC for a host that is not in the registry.
+        let mut rogue = GateRecord { host: "rogue-9".into(), ..r };
+        rogue.sign(&key);
+        let line = serde_json::to_string(&rogue).unwrap();
+        assert!(matches!(GateRecord::parse_verified(&line, &key, &hosts), Err(RecordError::Host(h)) if h == "rogue-9"));
     }
 
     #[test]
@@ -178,6 +282,7 @@ mod tests {
             host: "compute-2".into(),
             nonce: Some("00112233aabbccdd".into()),
             elapsed_us: 1,
+            mac: None,
         };
         r.append(&p).unwrap();
         let (got, malformed) = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();

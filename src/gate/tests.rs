@@ -172,16 +172,79 @@ fn a_stuck_input_times_out_and_refuses_even_when_failing_open() {
 }
 
 #[test]
-fn errors_fail_closed_by_default_and_open_only_when_configured() {
+fn bad_xml_is_refused_and_only_local_errors_fail_open() {
     let closed = Lab::new("compute-1", false, "");
     let a = closed.begin("<domain><name>x</domain>".into());
-    assert_eq!((a.exit, reason(&a)), (EXIT_REFUSED, GateReason::Error));
+    assert_eq!((a.exit, reason(&a)), (EXIT_REFUSED, GateReason::BadXml));
     assert!(a.record.unwrap().detail.unwrap().contains("does not parse"));
-    let big = Lab::new("compute-1", false, "max_xml_bytes = 100\n");
-    let a = big.begin(xml(None));
-    assert_eq!((a.exit, reason(&a)), (EXIT_REFUSED, GateReason::Error));
-    let open = Lab::new("compute-1", false, "fail_closed = false\n");
-    let a = open.begin("<domain><name>x</domain>".into());
+    // What the source sends is judged on its merits even when failing open.
+    let open = Lab::new(
+        "compute-1",
+        true,
+        "fail_closed = false
+max_xml_bytes = 1024
+",
+    );
+    let t = open.token(VM, "compute-1", now_s() + 600, "6666666666666666");
+    let two = xml(Some(&t))
+        .replace("</metadata>", "<v:authorization xmlns:v=\"urn:vmsentry:1\">x</v:authorization></metadata>");
+    let huge = xml(Some(&t)).replace("</domain>", &format!("<description>{}</description></domain>", "x".repeat(2000)));
+    let mut not_utf8 = xml(Some(&t)).into_bytes();
+    not_utf8.insert(10, 0xff);
+    for (what, input) in [
+        ("not XML", b"<domain><name>x</domain>".to_vec()),
+        ("two tokens", two.clone().into_bytes()),
+        ("too large", huge.into_bytes()),
+        ("not UTF-8", not_utf8),
+        ("bad MAC", xml(Some(&t)).replace(VM, "52:54:00:12:34").into_bytes()),
+    ] {
+        let a = run(&open.config(), &call("migrate", "begin"), std::io::Cursor::new(input));
+        assert_eq!((a.exit, reason(&a)), (EXIT_REFUSED, GateReason::BadXml), "{what}");
+    }
+    assert!(!open.dir.path().join("used-tokens").exists());
+    // On an unsigned host nothing in the XML matters: the host is judged first.
+    for host in ["compute-3", "rogue-9"] {
+        let lab = Lab::new(
+            host,
+            false,
+            "fail_closed = false
+max_xml_bytes = 1024
+",
+        );
+        for input in [two.clone(), "<domain>".to_string(), "x".repeat(5000)] {
+            let a = lab.begin(input);
+            assert_eq!((a.exit, reason(&a)), (EXIT_REFUSED, GateReason::UnsignedHost), "{host}");
+        }
+    }
+    // A max_xml_bytes too small to hold any domain is a config error, not a gate that always fails.
+    for n in ["0", "100", "1023"] {
+        let lab = Lab::new(
+            "compute-1",
+            false,
+            &format!(
+                "fail_closed = false
+max_xml_bytes = {n}
+"
+            ),
+        );
+        assert_eq!(lab.begin(xml(None)), Answer { exit: EXIT_BAD_CONFIG, record: None }, "{n}");
+        let e = GateConfig::load(&lab.config()).unwrap_err().to_string();
+        assert!(e.contains("max_xml_bytes must be at least 1024"), "{e}");
+    }
+    // Local failures: an unusable used-token store ...
+    for (extra, want, exit) in
+        [("", GateReason::Error, EXIT_REFUSED), ("fail_closed = false\n", GateReason::FailOpen, 0)]
+    {
+        let lab = Lab::new("compute-2", true, extra);
+        std::fs::create_dir(lab.dir.path().join("used-tokens")).unwrap();
+        let t = lab.token(VM, "compute-2", now_s() + 600, "7777777777777777");
+        let a = lab.begin(xml(Some(&t)));
+        assert_eq!((a.exit, reason(&a)), (exit, want), "{extra:?}");
+    }
+    // ... and unreadable rules.
+    let lab = Lab::new("compute-1", false, "fail_closed = false\n");
+    std::fs::write(lab.dir.path().join("rules/vmsentry.toml"), "[cluster\n").unwrap();
+    let a = lab.begin(xml(None));
     assert_eq!((a.exit, reason(&a)), (0, GateReason::FailOpen));
     // A decision that cannot be recorded is refused (fail closed).
     let unrecorded = Lab::new("compute-1", false, "");
@@ -192,4 +255,54 @@ fn errors_fail_closed_by_default_and_open_only_when_configured() {
     let bad = Lab::new("compute-1", false, "colour = \"blue\"\n");
     let e = GateConfig::load(&bad.config()).unwrap_err().to_string();
     assert!(e.contains("gate.toml: 5:1: unknown field `colour`"), "{e}");
+}
+
+#[test]
+fn every_record_is_signed_with_the_cluster_key() {
+    let lab = Lab::new("compute-2", true, "");
+    let key = ClusterKey::from_bytes(KEY).unwrap();
+    let t = lab.token(VM, "compute-2", now_s() + 600, "8888888888888888");
+    lab.begin(xml(Some(&t)));
+    lab.begin(xml(None));
+    let hosts = vec!["compute-2".to_string()];
+    let text = std::fs::read_to_string(lab.dir.path().join("decisions.jsonl")).unwrap();
+    let got: Vec<GateReason> =
+        text.lines().map(|l| GateRecord::parse_verified(l, &key, &hosts).unwrap().unwrap().reason).collect();
+    assert_eq!(got, vec![GateReason::Authorized, GateReason::NoToken]);
+}
+
+#[test]
+fn concurrent_gates_with_one_token_let_exactly_one_through() {
+    let lab = std::sync::Arc::new(Lab::new("compute-2", true, ""));
+    let t = lab.token(VM, "compute-2", now_s() + 600, "9999999999999999");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (lab, t, barrier) = (lab.clone(), t.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                reason(&lab.begin(xml(Some(&t))))
+            })
+        })
+        .collect();
+    let mut got: Vec<GateReason> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    got.sort_by_key(|r| r.as_str());
+    let mut want = vec![GateReason::Authorized];
+    want.extend([GateReason::TokenReplayed; 7]);
+    assert_eq!(got, want);
+    assert_eq!(std::fs::read_to_string(lab.dir.path().join("used-tokens")).unwrap(), "9999999999999999\n");
+    // The store itself, raced by threads on one nonce: one `true`.
+    let path = lab.dir.path().join("raced");
+    let wins: usize = (0..8)
+        .map(|_| {
+            let p = path.clone();
+            std::thread::spawn(move || {
+                consume_nonce(&p, "abcdefabcdefabcd", Instant::now() + Duration::from_secs(5)).unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| usize::from(h.join().unwrap()))
+        .sum();
+    assert_eq!(wins, 1);
 }

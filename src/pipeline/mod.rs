@@ -262,15 +262,31 @@ pub fn run(
     let (gate_tx, gate_rx) = bounded::<Vec<GateRecord>>(64);
     let mut gate_followers = Vec::new();
     let mut gate_replay = Vec::new();
+    // Each record must carry a MAC under the cluster key and name a
+    // registered hypervisor; any other line is refused (counted as rejected).
+    let gate_hosts: Arc<Vec<String>> = Arc::new(rules.hypervisors.iter().map(|h| h.id.clone()).collect());
+    let reject = |n: u64| {
+        if let Some(t) = &opts.telemetry {
+            t.metrics.gate_decisions.with_label_values(&["rejected"]).inc_by(n);
+        }
+    };
     for path in &rules.migration.gate_decisions {
-        let parse: crate::ids::LineParser<GateRecord> = Box::new(|l| GateRecord::parse(l).map_err(|_| ()));
+        let (key, hosts) = (rules.key.clone(), gate_hosts.clone());
+        let parse: crate::ids::LineParser<GateRecord> =
+            Box::new(move |l| GateRecord::parse_verified(l, &key, &hosts).map_err(|_| ()));
         if opts.live {
             let tx = gate_tx.clone();
+            let telemetry = opts.telemetry.clone();
             let f = crate::ids::Follower::open_with(path, parse, None, false);
             let h = f
                 .watch(followers_stop.clone(), move |records, malformed| {
                     if malformed > 0 {
-                        eprintln!("vmsentry: {malformed} malformed line(s) in a gate decisions file");
+                        eprintln!(
+                            "vmsentry: {malformed} malformed or unauthenticated line(s) in a gate decisions file"
+                        );
+                        if let Some(t) = &telemetry {
+                            t.metrics.gate_decisions.with_label_values(&["rejected"]).inc_by(malformed);
+                        }
                     }
                     tx.send(records).is_ok()
                 })
@@ -280,7 +296,8 @@ pub fn run(
             let mut f = crate::ids::Follower::open_with(path, parse, None, true);
             f.poll(&mut gate_replay).map_err(|source| PipelineError::Ids { path: path.clone(), source })?;
             if f.malformed > 0 {
-                eprintln!("vmsentry: {} malformed line(s) in {}", f.malformed, path.display());
+                eprintln!("vmsentry: {} malformed or unauthenticated line(s) in {}", f.malformed, path.display());
+                reject(f.malformed);
             }
         } else {
             eprintln!("vmsentry: gate decisions file {} not found; replaying without it", path.display());
@@ -482,6 +499,7 @@ pub fn run(
         damaged_files: source.stats().damaged_files,
         unsupported_link_files: source.stats().unsupported_link_files,
         placement_dropped: detector.placement_dropped() + detector.addresses_dropped(),
+        gate_approvals_dropped: detector.gate_approvals_dropped(),
         ids: out.ids,
         rtt: RttSummary {
             samples: out.rtt_samples,

@@ -130,7 +130,7 @@ impl Metrics {
             gate_decisions: reg!(IntCounterVec::new(
                 Opts::new(
                     "vmsentry_gate_decisions_total",
-                    "Migration-gate decisions read from migration.gate_decisions, by outcome (allowed, denied)."
+                    "Migration-gate decisions read from migration.gate_decisions, by outcome (allowed, denied; rejected: malformed, or a MAC that does not verify, or an unregistered host)."
                 ),
                 &["outcome"]
             )),
@@ -177,7 +177,7 @@ impl Metrics {
         for k in ["clone", "hypervisor_ips", "vm_uses_hypervisor_mac"] {
             m.conflicts.with_label_values(&[k]);
         }
-        for o in ["allowed", "denied"] {
+        for o in ["allowed", "denied", "rejected"] {
             m.gate_decisions.with_label_values(&[o]);
         }
         for o in ["evacuated", "unmapped", "filtered", "malformed", "outside_replay"] {

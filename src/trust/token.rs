@@ -249,6 +249,26 @@ impl TokenStore {
         self.used.extend(other.used.drain());
     }
 
+    /// Marks `nonce` used (a token the migration gate used up), here and in
+    /// the tokens directory's used-tokens file, so the same token in the
+    /// directory cannot authorize another move. `false`: it was used already.
+    pub fn mark_used(&mut self, nonce: &str) -> bool {
+        if nonce.is_empty() || nonce.contains(char::is_whitespace) || !self.used.insert(nonce.to_string()) {
+            return false;
+        }
+        if let Some(dir) = &self.dir {
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(USED_FILE))
+                .and_then(|mut f| writeln!(f, "{nonce}"));
+            if let Err(e) = appended {
+                eprintln!("vmsentry: cannot record used token in {}: {e} (it stays used until restart)", dir.display());
+            }
+        }
+        true
+    }
+
     /// Looks for a valid, unexpired, unused token for `vm` moving to `to` at
     /// packet time `at`, and uses it up.
     pub fn authorize(&mut self, vm: Mac, to: &str, at: PacketTime) -> Authorization {

@@ -19,6 +19,7 @@ fn decision(at: &str, vm: &str, host: &str, reason: GateReason) -> GateRecord {
         nonce: (reason == GateReason::Authorized || reason == GateReason::TokenReplayed)
             .then(|| "00112233aabbccdd".to_string()),
         elapsed_us: 900,
+        mac: None,
     }
 }
 
@@ -30,11 +31,21 @@ fn gated_rules(records: &[GateRecord]) -> tempfile::TempDir {
     assert!(text.contains("require_authorization = false\n"));
     let text = text.replace(
         "require_authorization = false\n",
-        "require_authorization = false\ngate_decisions = [\"gate/decisions.jsonl\"]\nrequire_gate = true\ngate_window_s = 10\n",
+        "require_authorization = false\ngate_decisions = [\"gate/decisions.jsonl\"]\nrequire_gate = true\ngate_window_s = 10\ngate_grace_s = 0\n",
     );
     std::fs::write(&p, text).unwrap();
     std::fs::create_dir_all(rules.path().join("gate")).unwrap();
-    let lines: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    // The gate signs each record with the cluster key; a test that wants a
+    // bad one appends it itself.
+    let key = vmsentry::config::Rules::load(rules.path()).unwrap().key;
+    let lines: String = records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.sign(&key);
+            serde_json::to_string(&r).unwrap() + "\n"
+        })
+        .collect();
     std::fs::write(rules.path().join("gate/decisions.jsonl"), lines).unwrap();
     rules
 }
@@ -156,7 +167,7 @@ fn require_gate_needs_decision_files_and_says_where() {
 }
 
 #[test]
-fn gate_decisions_are_counted_in_the_metrics() {
+fn gate_decisions_are_counted_in_the_metrics_and_unauthenticated_ones_rejected() {
     let records = [
         decision("24.000000", "fa:16:3e:00:01:01", "compute-2", GateReason::Signed),
         decision("34.500000", "fa:16:3e:00:01:03", "compute-9", GateReason::UnsignedHost),
@@ -164,6 +175,27 @@ fn gate_decisions_are_counted_in_the_metrics() {
     ];
     let rules_dir = gated_rules(&records);
     let rules = vmsentry::config::Rules::load(rules_dir.path()).unwrap();
+    // Lines anyone who can append to the file could write: each would
+    // approve a move of the capture (mig-2 to its unregistered host at 30.0,
+    // mig-5 to compute-3 at 45.0) and must be refused instead.
+    let mut unsigned = decision("44.500000", "fa:16:3e:00:01:05", "compute-3", GateReason::Signed);
+    let mut forged = unsigned.clone();
+    forged.sign(&vmsentry::trust::ClusterKey::from_bytes(&[b'x'; 32]).unwrap());
+    let mut tampered = unsigned.clone();
+    tampered.sign(&rules.key);
+    tampered.domain = "other".into();
+    let mut rogue = decision("29.500000", "fa:16:3e:00:01:02", "52:54:00:66:66:66", GateReason::Signed);
+    rogue.sign(&rules.key);
+    unsigned.mac = None;
+    let bad: String =
+        [&unsigned, &forged, &tampered, &rogue].iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    let p = rules_dir.path().join("gate/decisions.jsonl");
+    let text = std::fs::read_to_string(&p).unwrap() + &bad;
+    std::fs::write(&p, text).unwrap();
+    let ev = replay(rules_dir.path(), 2, &[capture("migration-vxlan.pcap")]);
+    let gated: Vec<Value> = of_type(&ev, "migration").into_iter().map(|e| json!([e["vm_name"], e["gated"]])).collect();
+    assert_eq!(gated[1], json!(["mig-2", false]));
+    assert_eq!(gated[4], json!(["mig-5", false]));
     let telemetry = vmsentry::serve::Telemetry::new(16);
     let mut source = vmsentry::capture::FileSource::open(&[capture("migration-vxlan.pcap")]).unwrap();
     let opts = vmsentry::pipeline::Options { threads: 2, telemetry: Some(telemetry.clone()), ..Default::default() };
@@ -178,4 +210,24 @@ fn gate_decisions_are_counted_in_the_metrics() {
     let text = telemetry.metrics.render();
     assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"allowed\"} 1\n"), "{text}");
     assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"denied\"} 2\n"), "{text}");
+    assert!(text.contains("vmsentry_gate_decisions_total{outcome=\"rejected\"} 4\n"), "{text}");
+}
+
+#[test]
+fn a_domain_named_like_a_flag_is_libvirts_argument_not_ours() {
+    // Pass-through: exit 0, nothing on stdout (libvirt would take it as XML).
+    for name in ["--help", "-h", "--version", "--config"] {
+        let out = vmsentry(&["gate", "--config", "/nonexistent/gate.toml", "--", name, "start", "begin", "-"]);
+        assert_eq!(
+            (out.status.code(), out.stdout.len()),
+            (Some(0), 0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // A migration of `--help` is decided (here: refused, no usable config), not answered with help.
+    let out = vmsentry(&["gate", "--config", "/nonexistent/gate.toml", "--", "--help", "migrate", "begin", "-"]);
+    assert_eq!((out.status.code(), out.stdout.len()), (Some(2), 0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing the migration of --help"), "{err}");
 }

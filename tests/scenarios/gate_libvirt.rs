@@ -158,7 +158,7 @@ fn libvirt_runs_the_gate_and_refuses_unsigned_or_unauthorized_migrations_before_
     // Node b's hook, as the README installs it.
     // (It also notes each call, to show which ones libvirt makes.)
     let hook = format!(
-        "#!/bin/sh\necho \"$*\" >> {}\nexec {} gate --config {} \"$@\"\n",
+        "#!/bin/sh\necho \"$*\" >> {}\nexec {} gate --config {} -- \"$@\"\n",
         lab.path("hook-calls.log").display(),
         env!("CARGO_BIN_EXE_vmsentry"),
         lab.path("gate.toml").display()
