@@ -181,9 +181,9 @@ fn symmetric(a: u64, b: u64, proto: u8) -> u64 {
     mix(mix(a).wrapping_add(mix(b)) ^ u64::from(proto))
 }
 
-/// The splitmix64 finalizer: cheap and well spread.
+/// The splitmix64 finalizer: cheap and well spread (the RTT table's hash uses it too).
 #[inline]
-fn mix(mut x: u64) -> u64 {
+pub(crate) fn mix(mut x: u64) -> u64 {
     x ^= x >> 30;
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 27;

@@ -16,6 +16,7 @@ mod flow_hash;
 mod mac;
 
 pub use flow_hash::flow_hash;
+pub(crate) use flow_hash::mix;
 
 pub use mac::{Mac, MacParseError};
 

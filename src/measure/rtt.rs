@@ -258,18 +258,8 @@ impl FlowKey {
                 }
             }
         }
-        (mix(mix(ep(&self.a)) ^ ep(&self.b)) >> 32) as u32
+        (crate::decode::mix(crate::decode::mix(ep(&self.a)) ^ ep(&self.b)) >> 32) as u32
     }
-}
-
-/// The splitmix64 finalizer.
-#[inline]
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// Entries a full table looks at to pick the one to evict.
