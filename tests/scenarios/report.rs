@@ -83,19 +83,7 @@ fn cloud(path: &Path) -> usize {
     const VMS: usize = 1000;
     const WINDOWS: i64 = 120;
     let t0 = 1_700_086_400i64; // 2023-11-15T22:13:20Z
-    let ts = |us: i64| {
-        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t0 * 1_000_000 + us) * 1000).unwrap();
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.microsecond()
-        )
-    };
+    let ts = |us: i64| vmsentry::time::PacketTime::from_micros(t0 * 1_000_000 + us).to_string();
     let mac = |i: usize| format!("fa:16:3e:00:{:02x}:{:02x}", i / 256, i % 256);
     let host = |i: usize| format!("compute-{}", i % 25 + 1);
     let medium = |i: usize| (110..130).contains(&i);
