@@ -1426,6 +1426,9 @@ mod gate_libvirt;
 #[path = "scenarios/report.rs"]
 mod report;
 
+#[path = "scenarios/lab.rs"]
+mod lab;
+
 #[path = "scenarios/capture_inputs.rs"]
 mod capture_inputs;
 

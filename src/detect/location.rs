@@ -87,6 +87,8 @@ pub struct Move {
     pub downtime_us: Option<i64>,
     /// The pause lies within [downtime - resolution, downtime] (see [`Locator`]).
     pub downtime_resolution_us: Option<i64>,
+    /// From the move until the VM's rate is back (see [`responsive_us`]).
+    pub responsive_us: Option<i64>,
     /// Whether an allowed gate decision matched (none when no decisions are followed).
     pub gated: Option<bool>,
 }
@@ -165,15 +167,16 @@ struct VmLoc {
     /// a required token) and it has not moved to a signed one since: its
     /// `signature` HIGH holds through windows it is quiet in.
     behind_unsigned: bool,
-    /// Its frames at `current` in the last second or so: (global slot, frames),
+    /// Its frames at `current` in the last [`GAP_SPAN_US`] or so: (global slot, frames),
     /// oldest first, nonempty slots only, at most [`MAX_RECENT`].
     recent: VecDeque<(i64, u16)>,
 }
 
 /// Slots of recent frames kept per VM.
 const MAX_RECENT: usize = 4_096;
-/// How far back the largest frame gap before a move is looked for.
-const GAP_SPAN_US: i64 = 1_000_000;
+/// How far back the largest frame gap (and the rate) before a move is
+/// looked at: the VM's pace just before it paused.
+const GAP_SPAN_US: i64 = 250_000;
 
 impl VmLoc {
     /// Adds a sighting's slots (window `w` of `len_us`), keeping about the
@@ -201,6 +204,41 @@ impl VmLoc {
             self.recent.pop_front();
         }
     }
+}
+
+/// A VM is responsive again once it sends at this fraction of its rate
+/// before the move ...
+pub const RESPONSIVE_FRACTION: f64 = 0.8;
+/// ... over this many consecutive slots.
+pub const RESPONSIVE_SLOTS: usize = 8;
+/// Frames before the move (in [`GAP_SPAN_US`]) below which its pace is not measured.
+const RESPONSIVE_MIN_FRAMES: u64 = 16;
+
+/// Time-to-responsiveness (the first paper's fourth metric): from the move
+/// (`at`, the VM's first frame or announce at the destination, in window
+/// `dest`'s slots) to the start of the first run of [`RESPONSIVE_SLOTS`]
+/// slots in which the VM sent at least [`RESPONSIVE_FRACTION`] of what its
+/// rate in the 250 ms before its last frame at the source (`recent`, up to
+/// slot `last`) gives for that time. Measured within the move's window
+/// (its event is written when that window closes): `None` when the VM was
+/// not back by then, or sent fewer than [`RESPONSIVE_MIN_FRAMES`] before.
+fn responsive_us(recent: &VecDeque<(i64, u16)>, last: i64, dest: &Sighting, at: PacketTime, len_us: i64) -> Option<i64> {
+    let lo = last - span_slots(len_us) + 1;
+    let within = || recent.iter().filter(|e| e.0 >= lo && e.0 <= last);
+    let frames: u64 = within().map(|e| u64::from(e.1)).sum();
+    let first = within().next()?.0;
+    if frames < RESPONSIVE_MIN_FRAMES {
+        return None;
+    }
+    // Frames per slot before the move, over the span it was seen in.
+    let per_slot = frames as f64 / (last - first + 1) as f64;
+    let need = (RESPONSIVE_FRACTION * per_slot * RESPONSIVE_SLOTS as f64).ceil().max(1.0) as u32;
+    let width = len_us as f64 / SLOTS as f64;
+    let window_start = at.as_micros().div_euclid(len_us.max(1)) * len_us;
+    let from = slot_of(at, len_us);
+    (from..=SLOTS.saturating_sub(RESPONSIVE_SLOTS))
+        .find(|&k| dest.slots[k..k + RESPONSIVE_SLOTS].iter().map(|&n| u32::from(n)).sum::<u32>() >= need)
+        .map(|k| (window_start + (k as f64 * width) as i64 - at.as_micros()).max(0))
 }
 
 /// Slots in [`GAP_SPAN_US`].
@@ -580,6 +618,7 @@ impl Locator {
                         total_us: None,
                         downtime_us: None,
                         downtime_resolution_us: None,
+                        responsive_us: None,
                         gated: self.gate.then_some(approval.is_some()),
                     });
                 }
@@ -710,6 +749,10 @@ impl Locator {
             let lag = source_done.map_or(0, |e| at.as_micros().saturating_sub(e.as_micros().max(l.as_micros())).max(0));
             largest_gap_us(&v.recent, last_slot, len_us).map_or(d, |g| g.saturating_add(lag).min(d))
         });
+        let responsive_us = v.last_seen.and_then(|l| {
+            let last_slot = l.as_micros().div_euclid(len_us.max(1)) * SLOTS as i64 + slot_of(l, len_us) as i64;
+            responsive_us(&v.recent, last_slot, s, at, len_us)
+        });
         v.recent.clear();
         v.remember(s, len_us);
         v.unauthorized = self.rules.require_authorization && authorization != Authorization::Granted;
@@ -746,6 +789,7 @@ impl Locator {
             total_us: start.map(|st| at.as_micros().saturating_sub(st.as_micros())),
             downtime_us,
             downtime_resolution_us,
+            responsive_us,
             gated: self.gate.then_some(approval.is_some()),
         });
     }
