@@ -20,7 +20,9 @@
 use crate::config::MigrationRules;
 use crate::decode::Mac;
 use crate::gate::record::{GateReason, GateRecord};
-use crate::measure::placement::{slot_of, Evidence, Endpoint, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS};
+use crate::measure::placement::{
+    slot_of, Endpoint, Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS,
+};
 use crate::time::PacketTime;
 use crate::trust::token::{Authorization, TokenStore};
 use crate::trust::{Registry, Verdict};
@@ -216,13 +218,19 @@ const RESPONSIVE_MIN_FRAMES: u64 = 16;
 
 /// Time-to-responsiveness (the first paper's fourth metric): from the move
 /// (`at`, the VM's first frame or announce at the destination, in window
-/// `dest`'s slots) to the start of the first run of [`RESPONSIVE_SLOTS`]
-/// slots in which the VM sent at least [`RESPONSIVE_FRACTION`] of what its
+/// `dest`'s slots) to the first frame (its slot's start) of the first run of
+/// [`RESPONSIVE_SLOTS`] slots in which the VM sent at least [`RESPONSIVE_FRACTION`] of what its
 /// rate in the 250 ms before its last frame at the source (`recent`, up to
 /// slot `last`) gives for that time. Measured within the move's window
 /// (its event is written when that window closes): `None` when the VM was
 /// not back by then, or sent fewer than [`RESPONSIVE_MIN_FRAMES`] before.
-fn responsive_us(recent: &VecDeque<(i64, u16)>, last: i64, dest: &Sighting, at: PacketTime, len_us: i64) -> Option<i64> {
+fn responsive_us(
+    recent: &VecDeque<(i64, u16)>,
+    last: i64,
+    dest: &Sighting,
+    at: PacketTime,
+    len_us: i64,
+) -> Option<i64> {
     let lo = last - span_slots(len_us) + 1;
     let within = || recent.iter().filter(|e| e.0 >= lo && e.0 <= last);
     let frames: u64 = within().map(|e| u64::from(e.1)).sum();
@@ -236,9 +244,11 @@ fn responsive_us(recent: &VecDeque<(i64, u16)>, last: i64, dest: &Sighting, at: 
     let width = len_us as f64 / SLOTS as f64;
     let window_start = at.as_micros().div_euclid(len_us.max(1)) * len_us;
     let from = slot_of(at, len_us);
-    (from..=SLOTS.saturating_sub(RESPONSIVE_SLOTS))
-        .find(|&k| dest.slots[k..k + RESPONSIVE_SLOTS].iter().map(|&n| u32::from(n)).sum::<u32>() >= need)
-        .map(|k| (window_start + (k as f64 * width) as i64 - at.as_micros()).max(0))
+    let run = (from..=SLOTS.saturating_sub(RESPONSIVE_SLOTS))
+        .find(|&k| dest.slots[k..k + RESPONSIVE_SLOTS].iter().map(|&n| u32::from(n)).sum::<u32>() >= need)?;
+    // From its first slot with frames.
+    let k = (run..run + RESPONSIVE_SLOTS).find(|&k| dest.slots[k] > 0).unwrap_or(run);
+    Some((window_start + (k as f64 * width) as i64 - at.as_micros()).max(0))
 }
 
 /// Slots in [`GAP_SPAN_US`].
@@ -685,7 +695,13 @@ impl Locator {
         // after the destination resumed it).
         let (from_ips, to_ips) = (self.ips_of(&from), self.ips_of(&to));
         let gap = self.rules.stream_gap_s as i64 * 1_000_000;
-        let listener = |p: &StreamPart| -> Endpoint { if to_ips.contains(&p.dst.0) { p.dst } else { p.src } };
+        let listener = |p: &StreamPart| -> Endpoint {
+            if to_ips.contains(&p.dst.0) {
+                p.dst
+            } else {
+                p.src
+            }
+        };
         // Per listener: the source's last data, and the latest frame.
         let mut groups: Vec<(Endpoint, Option<PacketTime>, PacketTime)> = Vec::new();
         let candidate = |st: &Stream| {
@@ -786,7 +802,10 @@ impl Locator {
             authorization,
             streams,
             bytes: (streams > 0).then_some(bytes),
-            total_us: start.map(|st| at.as_micros().saturating_sub(st.as_micros())),
+            // Until the source is done (the first paper's "until the resources
+            // of the source host are released", and QEMU's total-time): its
+            // last migration data, else the move.
+            total_us: start.map(|st| source_done.unwrap_or(at).min(at).as_micros().saturating_sub(st.as_micros())),
             downtime_us,
             downtime_resolution_us,
             responsive_us,
@@ -930,6 +949,68 @@ mod tests {
         // The same token in tokens_dir cannot grant a second move to h2.
         let (moves, _) = l.window(&seen(A, Some(H2), 30 * S), PacketTime::from_micros(31 * S));
         assert_eq!(moves[0].authorization, Authorization::Replayed);
+    }
+
+    /// A VM at h1 sending a frame every `every_us` from `from` to `to`, one
+    /// window of 100 ms at a time, then its first frame at h2 at `at` and
+    /// frames every `after_us` from there.
+    fn paced(l: &mut Locator, from: i64, to: i64, every_us: i64, at: i64, after_us: i64) -> Move {
+        const W: i64 = 100_000;
+        let (h1, h2): (Mac, Mac) = (H1.parse().unwrap(), H2.parse().unwrap());
+        let sighting = |hv: Mac, times: &[i64]| Sighting {
+            vm: A.parse().unwrap(),
+            origin: Origin::Outer { mac: hv, ip: [10, 0, 0, 1].into() },
+            first: PacketTime::from_micros(times[0]),
+            last: PacketTime::from_micros(*times.last().unwrap()),
+            frames: times.len() as u64,
+            announce: None,
+            slots: {
+                let mut s = [0u16; SLOTS];
+                for &t in times {
+                    s[slot_of(PacketTime::from_micros(t), W)] += 1;
+                }
+                s
+            },
+        };
+        let before: Vec<i64> = (0..).map(|k| from + k * every_us).take_while(|&t| t <= to).collect();
+        let after: Vec<i64> = (0..).map(|k| at + k * after_us).take_while(|&t| t < (at / W + 1) * W).collect();
+        let mut w = from / W;
+        loop {
+            let mut ev = Evidence::default();
+            let src: Vec<i64> = before.iter().copied().filter(|t| t / W == w).collect();
+            if !src.is_empty() {
+                ev.sightings.push(sighting(h1, &src));
+            }
+            if w == at / W {
+                ev.sightings.push(sighting(h2, &after));
+            }
+            let (moves, _) = l.window(&ev, PacketTime::from_micros((w + 1) * W));
+            if let Some(m) = moves.into_iter().next() {
+                return m;
+            }
+            w += 1;
+        }
+    }
+
+    #[test]
+    fn the_downtime_resolution_is_the_pace_before_the_move_and_time_to_responsiveness_its_return() {
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        // Every 2 ms from 10.0 s to 10.5 s, then quiet; back at 10.530 s, every 2 ms.
+        let m = paced(&mut l, 10_000_000, 10_500_000, 2_000, 10_530_000, 2_000);
+        assert_eq!(m.downtime_us, Some(30_000));
+        // Gaps of 2 ms are 1 or 2 slots (1.5625 ms) apart: at most 3 slots, 4.687 ms.
+        assert_eq!(m.downtime_resolution_us, Some(4_687));
+        // Back at once: the first 8 slots from the move's slot hold 7+ frames (80 % of 6.25 a slot x 8 x 0.8...).
+        assert_eq!(m.responsive_us, Some(0));
+        // The same, but it resumes at a fifth of its pace: never back within the window.
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let m = paced(&mut l, 10_000_000, 10_500_000, 2_000, 10_530_000, 10_000);
+        assert_eq!((m.downtime_us, m.responsive_us), (Some(30_000), None));
+        // Every 100 ms: fewer than 16 frames in 250 ms, and a quiet start of the
+        // span as long as its gaps: pace unknown, the whole silence.
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let m = paced(&mut l, 10_000_000, 10_500_000, 100_000, 10_530_000, 2_000);
+        assert_eq!((m.downtime_us, m.downtime_resolution_us, m.responsive_us), (Some(30_000), Some(30_000), None));
     }
 
     #[test]

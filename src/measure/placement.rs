@@ -282,15 +282,14 @@ impl PlacementCollector {
             self.dropped += 1;
             return;
         }
-        let s =
-            self.streams.entry(key).or_insert(StreamPart {
-                src: key.0,
-                dst: key.1,
-                first: o.ts,
-                last: o.ts,
-                bytes: 0,
-                last_data: None,
-            });
+        let s = self.streams.entry(key).or_insert(StreamPart {
+            src: key.0,
+            dst: key.1,
+            first: o.ts,
+            last: o.ts,
+            bytes: 0,
+            last_data: None,
+        });
         s.first = s.first.min(o.ts);
         s.last = s.last.max(o.ts);
         s.bytes += u64::from(o.orig_len);

@@ -106,10 +106,14 @@ fn check_against_qemu(lab: &LabRun, tag: &str, signature: &str) {
         bytes >= transferred && bytes <= transferred * 1.10 + 256.0 * 1024.0,
         "{tag}: {bytes} bytes on the wire, QEMU transferred {transferred}"
     );
-    // 5 %, and at least 5 ms for the short ones: the wire's end is the
-    // destination's first frame, a few ms after the source finished.
+    // 5 %, and at least 5 ms for the short ones (the first segment on the
+    // wire comes a little after QEMU starts its clock).
     let total = f(&qm["total-time"]);
-    assert!((f(&e["total_ms"]) - total).abs() <= (total * 0.05).max(5.0), "{tag}: total {} ms, QEMU {total} ms", e["total_ms"]);
+    assert!(
+        (f(&e["total_ms"]) - total).abs() <= (total * 0.05).max(5.0),
+        "{tag}: total {} ms, QEMU {total} ms",
+        e["total_ms"]
+    );
     let qd = f(&qm["downtime"]);
     if e["downtime_ms"].is_null() {
         assert!(e["downtime_resolution_ms"].is_null(), "{tag}: {e}");
@@ -179,7 +183,8 @@ fn lab_token_authorizes_the_e1000_move_and_only_it() {
     std::fs::create_dir(rules.path().join("tokens")).unwrap();
     std::fs::copy(lab.path("rules/tokens/lab-e1000"), rules.path().join("tokens/lab-e1000")).unwrap();
     let p = rules.path().join("vmsentry.toml");
-    let text = std::fs::read_to_string(&p).unwrap().replace("[migration]\n", "[migration]\nrequire_authorization = true\n");
+    let text =
+        std::fs::read_to_string(&p).unwrap().replace("[migration]\n", "[migration]\nrequire_authorization = true\n");
     std::fs::write(&p, text).unwrap();
     let ev = replay(rules.path(), 2, &[lab.path("underlay.pcap")]);
     let raised: Vec<Value> = of_type(&ev, "level")
@@ -187,7 +192,11 @@ fn lab_token_authorizes_the_e1000_move_and_only_it() {
         .filter(|e| e["from"] == "LOW" && e["reason"] == "signature")
         .map(|e| e["vm"].clone())
         .collect();
-    assert_eq!(raised, vec![json!(VIRTIO), json!(NOOS)], "the busy move raises lab-virtio; it then holds through its later moves");
+    assert_eq!(
+        raised,
+        vec![json!(VIRTIO), json!(NOOS)],
+        "the busy move raises lab-virtio; it then holds through its later moves"
+    );
 }
 
 #[test]
@@ -323,8 +332,9 @@ fn lab_busy_guest_time_to_responsiveness_agrees_with_its_frames() {
         .map(|(t0, _)| (t0 - at) * 1000.0);
     let window_end = (at * 10.0).floor() / 10.0 + 0.1;
     match (e["responsive_ms"].as_f64(), back) {
-        // Slots are 1.5625 ms: the event starts the run at a slot boundary.
-        (Some(ms), Some(b)) => assert!((ms - b).abs() <= 2.0 * 1.5625 + 0.01, "event {ms} ms, frames {b} ms"),
+        // The event counts whole slots of 1.5625 ms: it agrees to within its
+        // run of 8 (12.5 ms).
+        (Some(ms), Some(b)) => assert!((ms - b).abs() <= 12.5, "event {ms} ms, frames {b} ms"),
         (None, Some(b)) => assert!(at + (b / 1000.0) + span > window_end - 0.0016, "back at {b} ms, inside the window"),
         (got, None) => assert!(got.is_none(), "{e}"),
     }
@@ -425,18 +435,18 @@ fn lab_captures_replay_to_their_pinned_moves() {
 const LAB_CAPTURES: &[(&str, &str, &str)] = &[
     (
         "lab-busy.pcap.gz",
-        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1891.152,15.867,12.887,null]]"#,
+        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,null]]"#,
         "[]",
     ),
     (
         "lab-pair.pcap.gz",
-        r#"[["2026-12-01T23:37:47.420182Z","lab-noos","lab-1","lab-2","rarp","valid","missing",2,1003002,23.135,null,null,null],
-            ["2026-12-01T23:37:48.369800Z","lab-e1000","lab-1","lab-2","rarp","valid","granted",2,76646866,1425.202,24.396,24.396,null]]"#,
+        r#"[["2026-12-01T23:37:47.420182Z","lab-noos","lab-1","lab-2","rarp","valid","missing",2,1003002,21.507,null,null,null],
+            ["2026-12-01T23:37:48.369800Z","lab-e1000","lab-1","lab-2","rarp","valid","granted",2,76646866,1422.899,24.396,24.396,null]]"#,
         "[]",
     ),
     (
         "lab-unsigned.pcap.gz",
-        r#"[["2026-12-01T23:37:53.978039Z","lab-virtio","lab-1","lab-3","rarp","invalid","missing",2,96691249,1892.858,188.614,188.614,null],
+        r#"[["2026-12-01T23:37:53.978039Z","lab-virtio","lab-1","lab-3","rarp","invalid","missing",2,96691249,1892.129,188.614,188.614,null],
             ["2026-12-01T23:37:56.686919Z","lab-e1000","lab-1","lab-2","traffic","valid","granted",0,null,null,null,null,null]]"#,
         r#"[["2026-12-01T23:37:54.000000Z","lab-virtio","LOW","HIGH","signature"]]"#,
     ),
