@@ -108,11 +108,17 @@ fn check_against_qemu(lab: &LabRun, tag: &str, signature: &str) {
     );
     // 5 %, and at least 5 ms for the short ones (the first segment on the
     // wire comes a little after QEMU starts its clock).
+    // A migration that fits in the source's TCP send buffer (4 MiB here) is
+    // written in full before the kernel has sent it: QEMU's clock stops at
+    // the last write, the wire's at the last segment (measured: the no-OS
+    // guest's 0.97 MB took 47 ms by QEMU, 87 ms on the wire, while the
+    // e1000's stream shared the link). Those get 100 ms more above.
     let total = f(&qm["total-time"]);
+    let (wire, small) = (f(&e["total_ms"]), transferred < 4.0 * 1024.0 * 1024.0);
+    let slack = (total * 0.05).max(5.0);
     assert!(
-        (f(&e["total_ms"]) - total).abs() <= (total * 0.05).max(5.0),
-        "{tag}: total {} ms, QEMU {total} ms",
-        e["total_ms"]
+        wire >= total - slack && wire <= total + slack + if small { 100.0 } else { 0.0 },
+        "{tag}: total {wire} ms, QEMU {total} ms"
     );
     let qd = f(&qm["downtime"]);
     if e["downtime_ms"].is_null() {
