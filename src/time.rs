@@ -90,6 +90,26 @@ impl serde::Serialize for PacketTime {
     }
 }
 
+impl std::str::FromStr for PacketTime {
+    type Err = String;
+    /// What [`PacketTime::rfc3339`] writes: RFC 3339 (any offset), or `@Nus`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(us) = s.strip_prefix('@').and_then(|r| r.strip_suffix("us")) {
+            return us.parse().map(PacketTime).map_err(|_| format!("not a time: `{s}`"));
+        }
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| format!("not an RFC 3339 time: `{s}` ({e})"))?;
+        i64::try_from(t.unix_timestamp_nanos() / 1000).map(PacketTime).map_err(|_| format!("out of range: `{s}`"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PacketTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

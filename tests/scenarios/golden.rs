@@ -115,3 +115,22 @@ fn the_gate_scenario_gives_the_golden_events_byte_for_byte() {
     let rules = gate::gated_rules(&records);
     golden("gate", &events_of(rules.path(), &[], &[capture("migration-vxlan.pcap")]));
 }
+
+/// Every golden line reads as a typed event and writes back as the same bytes.
+#[test]
+fn every_golden_line_reads_as_an_event_and_writes_back_the_same() {
+    let mut types = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("tests/golden")).unwrap() {
+        let p = entry.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let e = vmsentry::event::Event::from_json(line)
+                .unwrap_or_else(|err| panic!("{}:{}: {err}", p.display(), i + 1));
+            types.insert(e.type_name());
+            let again = normalized(&(serde_json::to_string(&e).unwrap() + "\n"));
+            assert_eq!(again.trim_end(), line, "{}:{}", p.display(), i + 1);
+        }
+    }
+    // The golden files cover every event type.
+    assert_eq!(types, vmsentry::event::Event::TYPES.into_iter().collect());
+}
