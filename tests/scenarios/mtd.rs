@@ -713,8 +713,7 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     assert_eq!((st["tx_bytes"].as_u64(), router[2].as_str(), router[7].as_str()), (Some(12010780), "no", "11.5 MiB"));
 
     // A bad events file is refused with its line.
-    std::fs::write(d.path().join("bad.jsonl"), "{\"type\":\"level\",\"ts\":\"2023-11-15T22:13:29Z\"}\nnot json\n")
-        .unwrap();
+    std::fs::write(d.path().join("bad.jsonl"), format!("{}\nnot json\n", ev[0])).unwrap();
     let o = vmsentry(&["report", d.path().join("bad.jsonl").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
