@@ -134,3 +134,63 @@ fn every_golden_line_reads_as_an_event_and_writes_back_the_same() {
     // The golden files cover every event type.
     assert_eq!(types, vmsentry::event::Event::TYPES.into_iter().collect());
 }
+
+/// The `...` names in a piece of README text.
+fn ticked(s: &str) -> std::collections::BTreeSet<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+/// README's events reference: one row per event type, the same types as
+/// `Event`; every field the golden events write is named in its type's row;
+/// the decode error kinds are `DecodeErrorKind`'s.
+#[test]
+fn readme_events_reference_names_every_type_and_field() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Events reference").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").unwrap() + 3];
+    let rows: BTreeMap<&str, &str> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let ty = l[3..].split('`').next().unwrap();
+            (ty, l)
+        })
+        .collect();
+    let types: std::collections::BTreeSet<&str> = rows.keys().copied().collect();
+    assert_eq!(types, vmsentry::event::Event::TYPES.into_iter().collect(), "README's event types");
+    let mut unnamed = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("tests/golden")).unwrap() {
+        let p = entry.unwrap().path();
+        for line in std::fs::read_to_string(&p).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let ty = v["type"].as_str().unwrap();
+            let names = ticked(rows[ty]);
+            for k in v.as_object().unwrap().keys() {
+                if !["type", "ts", "vm", "vm_name"].contains(&k.as_str()) && !names.contains(k.as_str()) {
+                    unnamed.insert(format!("{ty}.{k}"));
+                }
+            }
+        }
+    }
+    assert!(unnamed.is_empty(), "README's events reference does not name these fields: {unnamed:?}");
+    // The events' own values.
+    use vmsentry::event::*;
+    let all = ticked(section);
+    let values: Vec<&str> = (KnownBy::ALL.iter().map(|x| x.as_str()))
+        .chain(AlertOutcome::ALL.iter().map(|x| x.as_str()))
+        .chain(Trigger::ALL.iter().map(|x| x.as_str()))
+        .chain(PlanOutcome::ALL.iter().map(|x| x.as_str()))
+        .chain(HoldReason::ALL.iter().map(|x| x.as_str()))
+        .chain(SkipReason::ALL.iter().map(|x| x.as_str()))
+        .chain(ConflictKind::ALL.iter().map(|x| x.as_str()))
+        .chain(ActionSignature::ALL.iter().map(|x| x.as_str()))
+        .collect();
+    let missing: Vec<&&str> = values.iter().filter(|v| !all.contains(**v)).collect();
+    assert!(missing.is_empty(), "README's events reference does not name these values: {missing:?}");
+    let kinds_text =
+        &section[section.find("Decode error kinds:").unwrap()..section.find("Link types decoded").unwrap()];
+    let kinds: Vec<&str> = vmsentry::decode::DecodeErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    let mut named = ticked(kinds_text);
+    named.remove("orig_len"); // a capture record's field, in `frame_length`'s explanation
+    assert_eq!(named, kinds.into_iter().collect(), "README's decode error kinds");
+}
