@@ -115,6 +115,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_it_writes_reads_back() {
+        for us in [0, 42, 1_700_000_000_000_042, -1, i64::MAX] {
+            let t = PacketTime::from_micros(us);
+            assert_eq!(t.rfc3339().parse::<PacketTime>(), Ok(t), "{t}");
+            let back: PacketTime = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+            assert_eq!(back, t);
+        }
+        // Another offset is the same instant.
+        assert_eq!("2023-11-14T23:13:20.000042+01:00".parse(), Ok(PacketTime::from_timeval(1_700_000_000, 42)));
+        let e = "2023-11-14 22:13:20".parse::<PacketTime>().unwrap_err();
+        assert!(e.starts_with("not an RFC 3339 time: `2023-11-14 22:13:20`"), "{e}");
+    }
+
+    #[test]
     fn rfc3339_has_microseconds_and_utc() {
         let t = PacketTime::from_timeval(1_700_000_000, 42);
         assert_eq!(t.rfc3339(), "2023-11-14T22:13:20.000042Z");
