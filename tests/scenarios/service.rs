@@ -388,8 +388,16 @@ fn sighup_reloads_valid_rules_and_refuses_bad_ones_keeping_the_old() {
     let refused = err.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(refused.starts_with("vmsentry: rules not reloaded, the old rules stay: "), "{refused}");
     assert!(refused.contains("vmsentry.toml:17:"), "{refused}");
-    let (_, m) = http_get(&addr, "/metrics");
-    assert!(m.contains("vmsentry_rules_reloads_total{result=\"error\"} 1"), "{m}");
+    // The counter follows the message (the merge thread counts after it writes).
+    let t = std::time::Instant::now();
+    loop {
+        let (_, m) = http_get(&addr, "/metrics");
+        if m.contains("vmsentry_rules_reloads_total{result=\"error\"} 1") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A [backend] change is not applied by a reload, and says so.
     let changed = original.replace("medium_pps = 3_000", "medium_pps = 500") + "\n[backend]\nmax_attempts = 2\n";
     std::fs::write(&toml, changed).unwrap();
