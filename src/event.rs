@@ -158,6 +158,9 @@ pub struct MigrationEvent {
     /// Time-to-responsiveness: from the move until the VM sends at 80 % of
     /// its rate before it again (README: migrations on the wire).
     pub responsive_ms: Option<f64>,
+    /// From the VM's last frame at the source to the source's last migration
+    /// data (QEMU's definition of downtime; null without a stream).
+    pub source_downtime_ms: Option<f64>,
     /// The VM's RAM and flavor from the rules, for grouping migrations.
     pub ram_mb: Option<u64>,
     pub flavor: Option<String>,

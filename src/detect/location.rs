@@ -91,6 +91,10 @@ pub struct Move {
     pub downtime_resolution_us: Option<i64>,
     /// From the move until the VM's rate is back (see [`responsive_us`]).
     pub responsive_us: Option<i64>,
+    /// From the VM's last frame at the source to the source's last migration
+    /// data: QEMU's own definition of downtime (the source's stop to its
+    /// completion), without the destination's loading.
+    pub source_downtime_us: Option<i64>,
     /// Whether an allowed gate decision matched (none when no decisions are followed).
     pub gated: Option<bool>,
 }
@@ -629,6 +633,7 @@ impl Locator {
                         downtime_us: None,
                         downtime_resolution_us: None,
                         responsive_us: None,
+                        source_downtime_us: None,
                         gated: self.gate.then_some(approval.is_some()),
                     });
                 }
@@ -765,6 +770,8 @@ impl Locator {
             let lag = source_done.map_or(0, |e| at.as_micros().saturating_sub(e.as_micros().max(l.as_micros())).max(0));
             largest_gap_us(&v.recent, last_slot, len_us).map_or(d, |g| g.saturating_add(lag).min(d))
         });
+        let source_downtime_us =
+            v.last_seen.zip(source_done).map(|(l, e)| e.min(at).as_micros().saturating_sub(l.as_micros()).max(0));
         let responsive_us = v.last_seen.and_then(|l| {
             let last_slot = l.as_micros().div_euclid(len_us.max(1)) * SLOTS as i64 + slot_of(l, len_us) as i64;
             responsive_us(&v.recent, last_slot, s, at, len_us)
@@ -809,6 +816,7 @@ impl Locator {
             downtime_us,
             downtime_resolution_us,
             responsive_us,
+            source_downtime_us,
             gated: self.gate.then_some(approval.is_some()),
         });
     }

@@ -143,8 +143,13 @@ fn lab_virtio_moves_busy_and_back_match_qemus_query_migrate() {
 fn lab_busy_guest_downtime_is_within_15_ms_of_qemus() {
     let Some(lab) = lab() else { return };
     let (q, e) = (lab.qemu("busy"), lab.event("busy"));
-    let (d, qd) = (f(&e["downtime_ms"]), f(&q["qemu"]["downtime"]));
-    assert!((d - qd).abs() <= 15.0, "downtime {d} ms, QEMU {qd} ms");
+    // QEMU's figure is the source's (stop to its last byte): so is
+    // `source_downtime_ms`. `downtime_ms`, the silence the VM's peers saw,
+    // adds the destination's loading (measured 3-11 ms here, up to 118 ms
+    // without the bandwidth cap), so it is only an upper bound of QEMU's.
+    let (d, qd) = (f(&e["source_downtime_ms"]), f(&q["qemu"]["downtime"]));
+    assert!((d - qd).abs() <= 15.0, "source downtime {d} ms, QEMU {qd} ms: {e}");
+    assert!(d <= f(&e["downtime_ms"]), "{e}");
     // Answering a ping every 2 ms, its pace before the move is known.
     assert!(!e["downtime_resolution_ms"].is_null(), "{e}");
 }
