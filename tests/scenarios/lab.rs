@@ -126,8 +126,15 @@ fn check_against_qemu(lab: &LabRun, tag: &str, signature: &str) {
     } else {
         let (d, res) = (f(&e["downtime_ms"]), f(&e["downtime_resolution_ms"]));
         assert!(res >= 0.0 && res <= d, "{tag}: {e}");
-        // QEMU counts whole milliseconds of a millisecond clock: ±1 ms.
-        assert!(qd - 1.0 <= d && qd + 1.0 >= d - res, "{tag}: QEMU's downtime {qd} ms outside [{} , {d}] ms", d - res);
+        // QEMU counts whole milliseconds of a millisecond clock: ±1 ms. The
+        // lower bound assumes the guest kept its pace until QEMU stopped it;
+        // a guest starved of CPU (two migrations at once on two cores: the
+        // e1000 once fell quiet 100 ms before QEMU's stop) breaks it, so it
+        // is held to it only when the lab keeps it busy and alone.
+        assert!(qd - 1.0 <= d, "{tag}: QEMU's downtime {qd} ms above {d} ms");
+        if tag == "busy" {
+            assert!(qd + 1.0 >= d - res, "{tag}: QEMU's downtime {qd} ms below {} ms", d - res);
+        }
     }
 }
 
@@ -407,7 +414,8 @@ fn lab_moves(ev: &[Value]) -> Vec<Value> {
                 e["total_ms"],
                 e["downtime_ms"],
                 e["downtime_resolution_ms"],
-                e["responsive_ms"]
+                e["responsive_ms"],
+                e["source_downtime_ms"]
             ])
         })
         .collect()
@@ -443,23 +451,23 @@ fn lab_captures_replay_to_their_pinned_moves() {
 
 /// What each shipped lab capture must give (captures/README.md): its moves
 /// (ts, VM, from, to, via, signature, authorization, streams, bytes, total,
-/// downtime, its resolution, time-to-responsiveness) and level changes.
+/// downtime, its resolution, time-to-responsiveness, source downtime) and level changes.
 const LAB_CAPTURES: &[(&str, &str, &str)] = &[
     (
         "lab-busy.pcap.gz",
-        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,null]]"#,
+        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,null,15.48]]"#,
         "[]",
     ),
     (
         "lab-pair.pcap.gz",
-        r#"[["2026-12-01T23:37:47.420182Z","lab-noos","lab-1","lab-2","rarp","valid","missing",2,1003002,21.507,null,null,null],
-            ["2026-12-01T23:37:48.369800Z","lab-e1000","lab-1","lab-2","rarp","valid","granted",2,76646866,1422.899,24.396,24.396,null]]"#,
+        r#"[["2026-12-01T23:37:47.420182Z","lab-noos","lab-1","lab-2","rarp","valid","missing",2,1003002,21.507,null,null,null,null],
+            ["2026-12-01T23:37:48.369800Z","lab-e1000","lab-1","lab-2","rarp","valid","granted",2,76646866,1422.899,24.396,24.396,null,22.093]]"#,
         "[]",
     ),
     (
         "lab-unsigned.pcap.gz",
-        r#"[["2026-12-01T23:37:53.978039Z","lab-virtio","lab-1","lab-3","rarp","invalid","missing",2,96691249,1892.129,188.614,188.614,null],
-            ["2026-12-01T23:37:56.686919Z","lab-e1000","lab-1","lab-2","traffic","valid","granted",0,null,null,null,null,null]]"#,
+        r#"[["2026-12-01T23:37:53.978039Z","lab-virtio","lab-1","lab-3","rarp","invalid","missing",2,96691249,1892.129,188.614,188.614,null,187.885],
+            ["2026-12-01T23:37:56.686919Z","lab-e1000","lab-1","lab-2","traffic","valid","granted",0,null,null,null,null,null,null]]"#,
         r#"[["2026-12-01T23:37:54.000000Z","lab-virtio","LOW","HIGH","signature"]]"#,
     ),
 ];
