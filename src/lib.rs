@@ -65,5 +65,8 @@ pub mod report;
 pub mod serve;
 pub mod small_file;
 pub mod synth;
-pub mod time;
 pub mod trust;
+pub mod vocab;
+
+/// The old path of [`vocab::time`], until every user says `vocab`.
+pub use vocab::time;

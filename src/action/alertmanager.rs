@@ -8,7 +8,7 @@
 
 use super::{Action, ActionSink, SinkError};
 use crate::decode::Mac;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;

@@ -26,7 +26,8 @@ use crate::config::{Backend, BackendName};
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
 use crate::serve::Telemetry;
-use crate::time::PacketTime;
+pub use crate::vocab::ActionKind;
+use crate::vocab::PacketTime;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
 use journal::{Journal, State};
 use serde::{Deserialize, Serialize};
@@ -35,27 +36,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionKind {
-    /// Tell an operator; change nothing.
-    Alert,
-    /// Isolate the VM (suspend, pause or destroy, by backend).
-    Quarantine,
-    /// Live-migrate the VM to `destination`.
-    Migrate,
-}
-
-impl ActionKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionKind::Alert => "alert",
-            ActionKind::Quarantine => "quarantine",
-            ActionKind::Migrate => "migrate",
-        }
-    }
-}
 
 /// One decided action. Its JSON form (what the webhook posts, the exec
 /// backend writes on stdin, and the journal keeps) has `ts` in RFC 3339 and
@@ -84,7 +64,7 @@ pub struct Action {
 
 /// Packet time as microseconds in the action's JSON.
 mod micros {
-    use crate::time::PacketTime;
+    use crate::vocab::PacketTime;
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(t: &PacketTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_i64(t.as_micros())

@@ -2,7 +2,7 @@
 
 use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
 use crate::serve::Telemetry;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use pcap::{Active, Capture};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

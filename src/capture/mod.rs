@@ -8,7 +8,7 @@ pub mod reader;
 pub use file::{FileSource, STDIN};
 pub use live::{LiveConfig, LiveSource};
 
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 

@@ -13,6 +13,7 @@ use crate::action::ActionKind;
 use crate::decode::{Mac, Tunnels};
 use crate::detect::Level;
 use crate::trust::{ClusterKey, KeyError};
+pub use crate::vocab::{HypervisorEntry, VmEntry};
 use raw::RawRules;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -209,29 +210,6 @@ pub struct StormRules {
     pub max_migrations_per_hypervisor: u32,
     pub max_migrations: u32,
     pub migration_timeout_s: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HypervisorEntry {
-    pub id: String,
-    /// RAM available to VMs, for migration destinations.
-    pub ram_mb: Option<u64>,
-    pub macs: Vec<Mac>,
-    pub ips: Vec<IpAddr>,
-    /// Lowercase hex HMAC as written in the rules, if any.
-    pub signature: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmEntry {
-    pub name: String,
-    pub mac: Mac,
-    pub ram_mb: Option<u64>,
-    /// Index into [`Rules::hypervisors`].
-    pub hypervisor: Option<usize>,
-    /// Its addresses, for IDS alerts (more are learned from the wire).
-    pub ips: Vec<IpAddr>,
-    pub flavor: Option<String>,
 }
 
 /// Validated rules, ready to run.

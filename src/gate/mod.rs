@@ -21,10 +21,10 @@ pub mod domain;
 pub mod record;
 
 use crate::config::Rules;
-use crate::time::PacketTime;
 use crate::trust::token::{consume_nonce, Token};
 use crate::trust::ClusterKey;
 use crate::trust::Verdict;
+use crate::vocab::PacketTime;
 use domain::Domain;
 use record::{GateReason, GateRecord};
 use serde::Deserialize;

@@ -13,7 +13,7 @@
 //! and dropped.
 
 use crate::decode::{tcp_flags, Mac, Net, Observation, L4};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use std::net::IpAddr;

@@ -15,7 +15,7 @@ use crate::detect::{Level, Reason, Victim};
 use crate::event::{EvacuationEvent, Event, IdsAlertEvent, VmWindowEvent};
 use crate::ids::{Alert, Filter, Format, VictimSide};
 use crate::policy::{EvacuationMode, Evacuee};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use crossbeam_channel::Sender;
 use std::collections::VecDeque;
 use std::net::IpAddr;

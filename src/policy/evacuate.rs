@@ -17,7 +17,7 @@ use super::{Decision, Held, Policy};
 use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use serde::{Deserialize, Serialize};
 
 /// What an IDS alert about a VM moves.

@@ -29,8 +29,8 @@ use crate::action::{Action, ActionKind};
 use crate::config::{PolicyTable, Rules, StormRules};
 use crate::decode::Mac;
 use crate::detect::{Change, Level, Reason, VmState};
-use crate::time::PacketTime;
 use crate::trust::Registry;
+use crate::vocab::PacketTime;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 

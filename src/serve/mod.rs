@@ -24,7 +24,7 @@ pub use metrics::Metrics;
 use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
 use crate::detect::Level;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -17,7 +17,7 @@
 
 use super::ClusterKey;
 use crate::decode::Mac;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use hmac::Mac as _;
 use std::collections::HashSet;
 use std::io::Write;
