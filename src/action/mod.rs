@@ -22,7 +22,6 @@ pub use log::LogSink;
 pub use openstack::{OpenstackAuth, OpenstackConfig, OpenstackSink};
 pub use webhook::{signature as webhook_signature, WebhookConfig, WebhookSink};
 
-use crate::config::{Backend, BackendName};
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
 use crate::serve::Telemetry;
@@ -32,10 +31,78 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
 use journal::{Journal, State};
 use serde::{Deserialize, Serialize};
 use std::collections::BinaryHeap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// A backend, as the rules name it.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    Log,
+    Exec,
+    Webhook,
+    Alertmanager,
+    Libvirt,
+    Openstack,
+}
+
+impl BackendName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendName::Log => "log",
+            BackendName::Exec => "exec",
+            BackendName::Webhook => "webhook",
+            BackendName::Alertmanager => "alertmanager",
+            BackendName::Libvirt => "libvirt",
+            BackendName::Openstack => "openstack",
+        }
+    }
+}
+
+/// Where actions go, and how they are retried and journaled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    /// The backend of each action kind: alert, quarantine, migrate.
+    pub routes: [BackendName; 3],
+    pub exec: Option<ExecConfig>,
+    pub webhook: Option<WebhookConfig>,
+    pub alertmanager: Option<AlertmanagerConfig>,
+    pub libvirt: Option<LibvirtConfig>,
+    pub openstack: Option<OpenstackConfig>,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub shutdown_grace_ms: u64,
+    /// Absolute path of the action journal, if any.
+    pub journal: Option<PathBuf>,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            routes: [BackendName::Log; 3],
+            exec: None,
+            webhook: None,
+            alertmanager: None,
+            libvirt: None,
+            openstack: None,
+            max_attempts: 8,
+            backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            shutdown_grace_ms: 5_000,
+            journal: None,
+        }
+    }
+}
+
+impl Backend {
+    pub fn route(&self, kind: ActionKind) -> BackendName {
+        self.routes[kind as usize]
+    }
+}
 
 /// One decided action. Its JSON form (what the webhook posts, the exec
 /// backend writes on stdin, and the journal keeps) has `ts` in RFC 3339 and

@@ -9,9 +9,13 @@
 
 mod raw;
 
-use crate::action::ActionKind;
+pub use crate::action::{Backend, BackendName};
 use crate::decode::{Mac, Tunnels};
+pub use crate::detect::location::MigrationRules;
 use crate::detect::Level;
+pub use crate::detect::{RttRules, Thresholds, VolumeRules};
+pub use crate::policy::{MtdRules, PolicyRule, PolicyTable, StormRules};
+use crate::trust::token::TokenStore;
 use crate::trust::{ClusterKey, KeyError};
 pub use crate::vocab::{HypervisorEntry, VmEntry};
 use raw::RawRules;
@@ -47,57 +51,6 @@ pub enum RulesError {
     At { path: PathBuf, line: usize, col: usize, msg: String },
 }
 
-/// Rate thresholds, per VM and per direction, each window.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Thresholds {
-    pub medium_bps: u64,
-    pub high_bps: u64,
-    pub medium_pps: u64,
-    pub high_pps: u64,
-    /// Windows below a level before the VM drops back one level.
-    pub clear_windows: u32,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct RttRules {
-    pub enabled: bool,
-    pub peak_ms: f64,
-    pub peak_factor: Option<f64>,
-    pub max_peaks: u32,
-    pub level: Level,
-    pub probe_timeout_ms: u64,
-    pub flow_timeout_s: u64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct VolumeRules {
-    pub factor: f64,
-    pub horizon_s: u64,
-}
-
-/// What each level does, by whether the VM's hypervisor is signed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PolicyRule {
-    pub signed: ActionKind,
-    pub unsigned: ActionKind,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyTable {
-    pub medium: PolicyRule,
-    pub high: PolicyRule,
-}
-
-impl PolicyTable {
-    pub fn rule(&self, level: Level) -> Option<PolicyRule> {
-        match level {
-            Level::Low => None,
-            Level::Medium => Some(self.medium),
-            Level::High => Some(self.high),
-        }
-    }
-}
-
 /// Caps on every bounded structure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -121,95 +74,21 @@ pub struct Limits {
     pub rtt_samples_per_window: usize,
 }
 
-pub use raw::BackendName;
-
-impl BackendName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendName::Log => "log",
-            BackendName::Exec => "exec",
-            BackendName::Webhook => "webhook",
-            BackendName::Alertmanager => "alertmanager",
-            BackendName::Libvirt => "libvirt",
-            BackendName::Openstack => "openstack",
-        }
-    }
-}
-
-/// Where actions go, and how they are retried and journaled.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Backend {
-    /// The backend of each action kind: alert, quarantine, migrate.
-    pub routes: [BackendName; 3],
-    pub exec: Option<crate::action::ExecConfig>,
-    pub webhook: Option<crate::action::WebhookConfig>,
-    pub alertmanager: Option<crate::action::AlertmanagerConfig>,
-    pub libvirt: Option<crate::action::LibvirtConfig>,
-    pub openstack: Option<crate::action::OpenstackConfig>,
-    pub max_attempts: u32,
-    pub backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    pub shutdown_grace_ms: u64,
-    /// Absolute path of the action journal, if any.
-    pub journal: Option<PathBuf>,
-}
-
-impl Default for Backend {
+impl Default for Limits {
     fn default() -> Self {
-        Backend {
-            routes: [BackendName::Log; 3],
-            exec: None,
-            webhook: None,
-            alertmanager: None,
-            libvirt: None,
-            openstack: None,
-            max_attempts: 8,
-            backoff_ms: 500,
-            max_backoff_ms: 60_000,
-            shutdown_grace_ms: 5_000,
-            journal: None,
+        Limits {
+            max_macs: crate::detect::DEFAULT_MAX_MACS,
+            batch_size: 512,
+            // Room for VLAN tags, a tunnel and the inner headers.
+            decode_bytes: 320,
+            queue_batches: 16,
+            action_queue: 4096,
+            metrics_vms: 4096,
+            rtt_flows: 65_536,
+            rtt_echo_probes: 65_536,
+            rtt_samples_per_window: 100_000,
         }
     }
-}
-
-impl Backend {
-    pub fn route(&self, kind: ActionKind) -> BackendName {
-        self.routes[kind as usize]
-    }
-}
-
-/// Live migrations on the wire.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MigrationRules {
-    /// Inclusive ranges of TCP ports migration streams use.
-    pub ports: Vec<(u16, u16)>,
-    pub factor: f64,
-    pub max_downtime_ms: u64,
-    pub downtime_level: Level,
-    pub announce_burst_ms: u64,
-    pub clone_overlap_ms: u64,
-    pub stream_gap_s: u64,
-    pub require_authorization: bool,
-    /// Absolute path of the tokens directory, if any.
-    pub tokens_dir: Option<PathBuf>,
-    /// The migration gate's decision files to follow.
-    pub gate_decisions: Vec<PathBuf>,
-    /// A move needs an allowed gate decision.
-    pub require_gate: bool,
-    /// How long before a move its gate decision may be.
-    pub gate_window_s: u64,
-    /// How long (packet time) a move without a decision waits for one before it is ungated.
-    pub gate_grace_s: u64,
-}
-
-/// Storm protection (0 turns a limit off).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StormRules {
-    pub vm_cooldown_s: u64,
-    pub max_actions_per_minute: u32,
-    pub max_migrations_per_hypervisor: u32,
-    pub max_migrations: u32,
-    pub migration_timeout_s: u64,
 }
 
 /// Validated rules, ready to run.
@@ -235,6 +114,8 @@ pub struct Rules {
     pub ids: Vec<crate::ids::Input>,
     pub hypervisors: Vec<HypervisorEntry>,
     pub vms: Vec<VmEntry>,
+    /// The move tokens of `migration.tokens_dir` (its used nonces read at load).
+    pub tokens: TokenStore,
 }
 
 /// The settings a reload does not change: they size the reader's and the
@@ -277,14 +158,6 @@ impl RestartOnly {
         .filter_map(|(changed, name)| changed.then_some(name))
         .collect()
     }
-}
-
-/// Moving-target defense.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MtdRules {
-    pub mode: crate::policy::EvacuationMode,
-    /// Evacuate a hypervisor when this many of its VMs are HIGH at once (0: off).
-    pub host_high_vms: u32,
 }
 
 impl Rules {
@@ -693,6 +566,8 @@ impl Rules {
             journal: b.journal.as_ref().map(|j| dir.join(j.get_ref())),
         };
 
+        let tokens = TokenStore::open(key.clone(), migration.tokens_dir.as_deref());
+
         // [[vm]]
         let mut vm_macs: HashSet<Mac> = HashSet::new();
         let mut vm_names: HashSet<String> = HashSet::new();
@@ -798,6 +673,7 @@ impl Rules {
             ids,
             hypervisors,
             vms,
+            tokens,
         })
     }
 
@@ -850,6 +726,47 @@ impl Rules {
 
     pub fn window_len_us(&self) -> i64 {
         self.window_len_ms as i64 * 1000
+    }
+}
+
+/// The rules build each stage's own configuration: a stage knows its
+/// config type, never the rules file.
+impl From<&Rules> for crate::detect::Config {
+    fn from(r: &Rules) -> Self {
+        crate::detect::Config {
+            window_len_ms: r.window_len_ms,
+            thresholds: r.thresholds.clone(),
+            rtt: r.rtt.clone(),
+            volume: r.volume.clone(),
+            migration: r.migration.clone(),
+            max_macs: r.limits.max_macs,
+            sensor: r.sensor,
+            hypervisors: r.hypervisors.clone(),
+            vms: r.vms.clone(),
+            tokens: r.tokens.clone(),
+        }
+    }
+}
+
+impl From<&Rules> for crate::policy::Config {
+    fn from(r: &Rules) -> Self {
+        crate::policy::Config {
+            table: r.policy.clone(),
+            storm: r.storm.clone(),
+            hypervisors: r.hypervisors.clone(),
+            vms: r.vms.clone(),
+        }
+    }
+}
+
+impl From<&Rules> for crate::measure::placement::PlacementConfig {
+    fn from(r: &Rules) -> Self {
+        crate::measure::placement::PlacementConfig {
+            vms: r.vms.iter().map(|v| v.mac).collect(),
+            hypervisor_macs: r.hypervisors.iter().flat_map(|h| h.macs.iter().copied()).collect(),
+            sensor: r.sensor.is_some(),
+            ports: r.migration.ports.clone(),
+        }
     }
 }
 

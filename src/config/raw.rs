@@ -1,6 +1,6 @@
 //! The rules file as written: serde structs that deny unknown keys, with defaults and spans.
 
-use crate::action::ActionKind;
+use crate::action::{ActionKind, BackendName};
 use crate::config::PolicyRule;
 use crate::decode::Mac;
 use crate::detect::Level;
@@ -464,17 +464,6 @@ impl Default for RawMigration {
             gate_grace_s: d_gate_grace_s(),
         }
     }
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendName {
-    Log,
-    Exec,
-    Webhook,
-    Alertmanager,
-    Libvirt,
-    Openstack,
 }
 
 #[derive(Deserialize)]

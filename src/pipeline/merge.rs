@@ -256,7 +256,7 @@ impl Merge {
         }
         let result = match Rules::load(dir) {
             Ok(rules) => {
-                shared.replace(PlacementConfig::from_rules(&rules));
+                shared.replace(PlacementConfig::from(&rules));
                 eprintln!("vmsentry: rules reloaded from {}", dir.display());
                 let later = self.running.restart_only_changes(&rules);
                 if !later.is_empty() {

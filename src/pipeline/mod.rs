@@ -220,7 +220,7 @@ pub fn run(
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let policy = Policy::new(rules, registry.clone());
     let detector = Detector::new(rules, registry);
-    let placement = Arc::new(SharedPlacement::new(PlacementConfig::from_rules(rules)));
+    let placement = Arc::new(SharedPlacement::new(PlacementConfig::from(rules)));
     let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, opts.telemetry.clone(), sink)?;
 
     // IDS alerts: followed live, or read whole to replay along with the capture.
