@@ -20,6 +20,11 @@ pub struct AlertmanagerConfig {
     pub timeout: Duration,
 }
 
+impl AlertmanagerConfig {
+    /// `backend.alertmanager.timeout_ms`.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+}
+
 pub struct AlertmanagerSink {
     cfg: AlertmanagerConfig,
     agent: ureq::Agent,

@@ -576,6 +576,11 @@ impl Default for Tunnels {
 impl Tunnels {
     pub const MAX_VXLAN_PORTS: usize = 4;
 
+    /// The VXLAN ports, as given.
+    pub fn vxlan_ports(&self) -> &[u16] {
+        &self.vxlan[..self.n_vxlan]
+    }
+
     /// `None` when more than [`Tunnels::MAX_VXLAN_PORTS`] VXLAN ports are given.
     pub fn new(vxlan_ports: &[u16], geneve_port: u16) -> Option<Tunnels> {
         if vxlan_ports.len() > Self::MAX_VXLAN_PORTS {
