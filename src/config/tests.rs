@@ -1,5 +1,6 @@
 use super::*;
 use crate::action::ActionKind;
+use crate::detect::Level;
 use std::os::unix::fs::PermissionsExt;
 
 /// A rules dir with a good key; returns (dir guard, dir path).
