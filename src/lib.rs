@@ -45,8 +45,9 @@
 //! [`config`] (the rules file), [`event`] (JSON-lines events), [`time`]
 //! (packet time, the only clock results depend on), [`small_file`] (how
 //! every rules, key and secret file is read: regular, size-capped, never
-//! blocking), and [`synth`] (scenario captures with known ground truth, for
-//! tests and benchmarks).
+//! blocking). Not shipped: `synth` (scenario captures with known ground
+//! truth), compiled only for tests, benchmarks and the dev-only
+//! `vmsentry-synth` tool (the `synth` feature).
 
 #![forbid(unsafe_code)]
 
@@ -64,6 +65,9 @@ pub mod policy;
 pub mod report;
 pub mod serve;
 pub mod small_file;
+/// Dev-only (the `synth` feature: this crate's tests and benchmarks, and the
+/// `vmsentry-synth` tool in `crates/vmsentry-synth`); not in the shipped library.
+#[cfg(any(test, feature = "synth"))]
 pub mod synth;
 pub mod trust;
 pub mod vocab;
