@@ -37,8 +37,8 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A backend, as the rules name it.
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+/// A backend, as the rules name it (and `action` events).
+#[derive(Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendName {
     Log,
@@ -197,7 +197,8 @@ pub struct DispatchStats {
 }
 
 /// Whether [`Dispatcher::submit`] queued the action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Submitted {
     Queued,
     /// The queue was full (or the dispatcher is gone). With a journal the
@@ -241,7 +242,7 @@ pub struct Dispatcher {
     tx: Sender<Job>,
     /// Set by `finish`: from then on the shutdown grace runs.
     closing: Arc<std::sync::atomic::AtomicBool>,
-    routes: [&'static str; 3],
+    routes: [BackendName; 3],
     journal: Option<Arc<Mutex<Journal>>>,
     handle: JoinHandle<DispatchStats>,
 }
@@ -318,7 +319,7 @@ impl Dispatcher {
             }
             None => (None, Vec::new()),
         };
-        let routes = cfg.routes.map(BackendName::as_str);
+        let routes = cfg.routes;
         let cfg = cfg.clone();
         let thread_journal = journal.clone();
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -335,7 +336,7 @@ impl Dispatcher {
     }
 
     /// The backend an action of this kind goes to.
-    pub fn backend(&self, kind: ActionKind) -> &'static str {
+    pub fn backend(&self, kind: ActionKind) -> BackendName {
         self.routes[kind as usize]
     }
 
@@ -577,7 +578,7 @@ mod tests {
         for id in ["a", "b", "c"] {
             assert_eq!(d.submit(action(id, ActionKind::Quarantine)), Submitted::Queued);
         }
-        assert_eq!(d.backend(ActionKind::Migrate), "log");
+        assert_eq!(d.backend(ActionKind::Migrate), BackendName::Log);
         let stats = d.finish();
         assert_eq!(*got.lock().unwrap(), ["a", "b", "c"]);
         assert_eq!(stats, DispatchStats { delivered: 3, ..Default::default() });

@@ -1,9 +1,9 @@
 //! The rise-at-once, fall-slowly hysteresis every reason uses.
 
 pub use crate::vocab::{Level, Reason};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Tx,
