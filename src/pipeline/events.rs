@@ -236,7 +236,7 @@ mod tests {
     use crate::event::Event;
     use crate::measure::placement::Via;
     use crate::measure::rtt::SampleKind;
-    use crate::time::PacketTime;
+    use crate::vocab::PacketTime;
     use crate::trust::token::Authorization;
     use crate::trust::Verdict;
     use std::os::unix::fs::PermissionsExt;

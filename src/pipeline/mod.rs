@@ -31,7 +31,11 @@
 mod evacuation;
 mod events;
 mod merge;
+mod publish;
+mod reload;
 mod shard;
+mod stages;
+mod window;
 
 pub use crate::event::IdsCounts;
 
@@ -310,17 +314,22 @@ pub fn run(
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
     let merge = merge::Merge {
         shards,
-        detector,
-        policy,
-        dispatcher,
-        events,
-        rtt_samples: opts.rtt_samples,
-        vm_windows: opts.vm_windows,
+        stages: stages::Stages { detector, policy, dispatcher },
+        out: publish::Publish {
+            events,
+            telemetry: opts.telemetry.clone(),
+            rtt_samples: opts.rtt_samples,
+            vm_windows: opts.vm_windows,
+            counts: Default::default(),
+        },
         mtd,
         gate_replay: gate_replay.into(),
-        telemetry: opts.telemetry.clone(),
-        reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
-        running: crate::config::RestartOnly::of(rules),
+        reload: opts.reload.clone().map(|flag| reload::Reload {
+            flag,
+            dir: rules.dir.clone(),
+            shared: placement.clone(),
+            running: crate::config::RestartOnly::of(rules),
+        }),
     };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())
