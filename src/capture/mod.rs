@@ -2,7 +2,7 @@
 
 mod file;
 pub mod linktype;
-mod live;
+pub mod live;
 pub mod reader;
 
 pub use file::{FileSource, STDIN};

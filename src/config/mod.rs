@@ -1,11 +1,11 @@
 //! Rules: the `vmsentry.toml` schema, and the loader that builds every stage's config from it with `file:line:col` errors.
 //!
-//! Loading is three steps. [`parse`]: serde reads the TOML into `raw`
+//! Loading is three steps. `parse`: serde reads the TOML into `raw`
 //! structs that deny unknown keys and keep the byte span of every value a
 //! later check may complain about (their defaults are the stages' own
-//! `Default`s). [`Files::read`]: the one step that reads files, the cluster
+//! `Default`s). `Files::read`: the one step that reads files, the cluster
 //! key and the backends' secrets (and, once the rules are valid, the move
-//! tokens' used nonces). [`validate`]: each section's meaning (threshold
+//! tokens' used nonces). `validate`: each section's meaning (threshold
 //! order, references, addresses owned once) into the section types the
 //! stages own. Every error, syntactic or semantic, reads like a compiler's:
 //! `rules/vmsentry.toml:14:9: medium_bps must be below high_bps (got 500000000 >= 100000000)`.
@@ -176,9 +176,9 @@ impl Rules {
     }
 
     /// Validates rules text; `path` names the file in messages and `dir`
-    /// anchors relative paths. Three steps: [`parse`] the text, the loading
-    /// step reads the files it names (the key, secrets: [`Files::read`]),
-    /// [`validate`] checks meaning and builds the stages' configs; then the
+    /// anchors relative paths. Three steps: `parse` the text, the loading
+    /// step reads the files it names (the key, secrets: `Files::read`),
+    /// `validate` checks meaning and builds the stages' configs; then the
     /// tokens directory validation named is opened.
     pub fn from_str_in(dir: &Path, path: &Path, text: &str) -> Result<Rules, RulesError> {
         let src = Src { path, text };
@@ -318,6 +318,24 @@ impl From<&Rules> for crate::detect::Config {
             vms: r.vms.clone(),
             tokens: r.tokens.clone(),
         }
+    }
+}
+
+impl From<&Rules> for crate::gate::Trust {
+    fn from(r: &Rules) -> Self {
+        crate::gate::Trust {
+            key: r.key.clone(),
+            cluster: r.cluster.clone(),
+            hypervisors: r.hypervisors.clone(),
+            require_authorization: r.migration.require_authorization,
+        }
+    }
+}
+
+impl Rules {
+    /// The rules of `dir` as the migration gate reads them ([`crate::gate::LoadRules`]).
+    pub fn load_for_gate(dir: &Path) -> Result<crate::gate::Trust, String> {
+        Rules::load(dir).map(|r| crate::gate::Trust::from(&r)).map_err(|e| e.to_string())
     }
 }
 

@@ -226,7 +226,8 @@ pub fn run(
     let policy = Policy::new(rules, registry.clone());
     let detector = Detector::new(rules, registry);
     let placement = Arc::new(SharedPlacement::new(PlacementConfig::from(rules)));
-    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, opts.telemetry.clone(), sink)?;
+    let observer = opts.telemetry.clone().map(|t| t as Arc<dyn crate::action::Observer>);
+    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, observer, sink)?;
 
     // IDS alerts: followed live, or read whole to replay along with the capture.
     let (alert_tx, alert_rx) = bounded::<evacuation::AlertBatch>(64);

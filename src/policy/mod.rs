@@ -25,11 +25,11 @@ mod evacuate;
 
 pub use evacuate::{EvacuationMode, Evacuee, PlanEntry};
 
-use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
 use crate::detect::{Change, Level, Reason, VmState};
 use crate::trust::Registry;
 use crate::vocab::PacketTime;
+use crate::vocab::{Action, ActionKind};
 use crate::vocab::{HypervisorEntry, VmEntry};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;

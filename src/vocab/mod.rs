@@ -1,4 +1,4 @@
-//! The shared vocabulary at the bottom of the crate: MACs, packet time, link types, levels, reasons, action kinds, the inventory.
+//! The shared vocabulary at the bottom of the crate: MACs, packet time, link types, levels, reasons, actions, the inventory.
 //!
 //! Every stage speaks these words, so they live below all of them (as
 //! smoltcp's `wire` does): this module imports nothing else of the crate.
@@ -12,7 +12,7 @@ pub mod linktype;
 mod mac;
 pub mod time;
 
-pub use action::ActionKind;
+pub use action::{Action, ActionKind};
 pub use inventory::{HypervisorEntry, VmEntry};
 pub use level::{Level, Reason};
 pub use mac::{Mac, MacParseError};
