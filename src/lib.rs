@@ -67,26 +67,43 @@
 
 // In data-flow order: each module imports only modules declared before it
 // (the `layering` test below reads the sources and holds every file to it).
-pub mod action;
-pub mod capture;
-pub mod config;
-pub mod decode;
-pub mod detect;
-pub mod event;
-pub mod gate;
-pub mod ids;
-pub mod measure;
-pub mod pipeline;
-pub mod policy;
-pub mod report;
-pub mod serve;
+// One module per group, so that rustfmt keeps the order.
+pub mod vocab;
+
 pub mod small_file;
+
+pub mod capture;
+
+pub mod decode;
+
 /// Dev-only (the `synth` feature: this crate's tests and benchmarks, and the
 /// `vmsentry-synth` tool in `crates/vmsentry-synth`); not in the shipped library.
 #[cfg(any(test, feature = "synth"))]
 pub mod synth;
+
+pub mod measure;
+
 pub mod trust;
-pub mod vocab;
+
+pub mod gate;
+
+pub mod detect;
+
+pub mod policy;
+
+pub mod action;
+
+pub mod ids;
+
+pub mod serve;
+
+pub mod config;
+
+pub mod event;
+
+pub mod pipeline;
+
+pub mod report;
 
 #[cfg(test)]
 mod layering {
