@@ -6,7 +6,10 @@
 //!
 //! This module is the schema only: the types are written and read back
 //! (`report`, tests) with serde, and a line with an unknown `type` or field
-//! does not read. What turns pipeline state into events is in
+//! does not read, nor one without a field the writer always writes: an
+//! `Option` written as null is read with `Option::deserialize`, which makes
+//! it required (serde alone would read a missing one as `None`); only the
+//! fields left out when empty (`skip_serializing_if`) may be missing. What turns pipeline state into events is in
 //! `pipeline::events`.
 
 use crate::action::{ActionKind, BackendName, Submitted};
@@ -112,6 +115,7 @@ pub struct RttSampleEvent {
     pub ts: PacketTime,
     /// Who answered.
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub rtt_ms: f64,
     pub kind: SampleKind,
@@ -128,12 +132,17 @@ pub struct MigrationEvent {
     /// The first frame (or announce) from the new place.
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub from_hypervisor: Option<String>,
     /// Null when an announce was seen but nothing tells where.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub to_hypervisor: Option<String>,
     /// The outer source MAC and IP the VM now sends with (tunnels).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub to_mac: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub to_ip: Option<IpAddr>,
     /// How the move showed: `rarp`, `garp`, or `traffic`.
     pub via: Via,
@@ -145,14 +154,20 @@ pub struct MigrationEvent {
     pub authorization: Authorization,
     /// Migration streams tied to the move, and what they carried.
     pub streams: u32,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub bytes: Option<u64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub bytes_per_ram: Option<f64>,
     /// From the first stream's start to the move.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub total_ms: Option<f64>,
     /// From the VM's last frame at the source to its first at the destination.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub downtime_ms: Option<f64>,
     /// The VM's RAM and flavor from the rules, for grouping migrations.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub ram_mb: Option<u64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub flavor: Option<String>,
     /// Whether an allowed migration-gate decision matched the move (only
     /// when `migration.gate_decisions` are followed).
@@ -167,7 +182,9 @@ pub struct GateDeniedEvent {
     /// The gate's own timestamp.
     pub ts: PacketTime,
     /// The first of the domain's MACs that is an inventory VM (else its first MAC).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     /// Every MAC of the domain.
     pub vms: Vec<Mac>,
@@ -176,7 +193,9 @@ pub struct GateDeniedEvent {
     pub hypervisor: String,
     /// The gate's reason (README: migration gate).
     pub reason: GateReason,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub detail: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub nonce: Option<String>,
 }
 
@@ -199,10 +218,14 @@ pub struct IdsAlertEvent {
     /// The victim address (`dst`, or `src` with `victim = "source"`).
     pub victim: IpAddr,
     /// Whom it names: a VM (and how it was known) and/or a hypervisor.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_vm: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_vm_name: Option<String>,
     /// `rules` or `learned` for a VM; null otherwise.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_known_by: Option<KnownBy>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_hypervisor: Option<String>,
     /// `evacuated` (an `evacuation` event follows) or `unmapped` (the
     /// address names no hypervisor or VM, or the VM's hypervisor is unknown).
@@ -245,10 +268,13 @@ pub struct PlanLine {
     pub ram_mb: u64,
     /// `migrate`, `alert` (no destination), `held` or `skipped`.
     pub outcome: PlanOutcome,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub destination: Option<String>,
     /// The action's id (`migrate`, `alert`).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub action_id: Option<String>,
     /// For `held`: the storm limit; for `skipped`: `already_moving`.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub because: Option<PlanBecause>,
 }
 
@@ -260,6 +286,7 @@ pub struct VmWindowEvent {
     /// The window's end.
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub level: Level,
     pub tx_bps: u64,
@@ -267,9 +294,12 @@ pub struct VmWindowEvent {
     pub rx_bps: u64,
     pub rx_pps: u64,
     pub rtt_samples: u64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_p50_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_max_ms: Option<f64>,
     pub rtt_peaks: u32,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_baseline_ms: Option<f64>,
 }
 
@@ -280,7 +310,9 @@ pub struct ConflictEvent {
     pub ts: PacketTime,
     /// `clone`, `hypervisor_ips` or `vm_uses_hypervisor_mac`.
     pub kind: ConflictKind,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     /// For `clone`: the hypervisors it runs behind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -298,19 +330,27 @@ pub struct ConflictEvent {
 pub struct RttPeaksEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub window_start: PacketTime,
     pub peaks: u32,
     pub samples: u64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub min_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub mean_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub max_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub p50_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub p99_ms: Option<f64>,
     /// `rtt.peak_ms`.
     pub peak_ms: f64,
     /// The VM's baseline at the end of the window (null before any non-peak sample).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub baseline_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub hypervisor: Option<String>,
 }
 
@@ -319,11 +359,13 @@ pub struct RttPeaksEvent {
 pub struct LevelEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub from: Level,
     pub to: Level,
     pub reason: Reason,
     /// The direction that set the level, for `rate`; null otherwise.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub direction: Option<Direction>,
     /// Rates of the window that decided (of `direction`, or tx for other reasons).
     pub bps: u64,
@@ -335,6 +377,7 @@ pub struct LevelEvent {
     pub limit_bytes: Option<u64>,
     /// Start of the window that decided.
     pub window_start: PacketTime,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub hypervisor: Option<String>,
 }
 
@@ -344,11 +387,14 @@ pub struct ActionEvent {
     pub ts: PacketTime,
     pub id: String,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub action: ActionKind,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub hypervisor: Option<String>,
     /// `signed` / `unsigned`: the verdict the policy used.
     pub signature: ActionSignature,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub destination: Option<String>,
     pub level: Level,
     pub reason: Reason,
@@ -367,6 +413,7 @@ pub struct ActionEvent {
 pub struct ActionHeldEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub action: ActionKind,
     pub level: Level,
@@ -380,6 +427,7 @@ pub struct ActionHeldEvent {
 pub struct VmStatsEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub known: bool,
     pub level: Level,
@@ -388,11 +436,16 @@ pub struct VmStatsEvent {
     pub rx_bytes: u64,
     pub rx_packets: u64,
     pub rtt_samples: u64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_min_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_max_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_mean_ms: Option<f64>,
     /// From the fixed-bucket histogram (error at most one bucket's width).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_p50_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_p99_ms: Option<f64>,
 }
 
@@ -443,6 +496,7 @@ pub struct SummaryEvent {
     /// the actions' delivery).
     pub read_s: f64,
     pub processing_pps: f64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -642,6 +696,10 @@ mod tests {
             (LEVEL.replace("\"bps\":", "\"bits\":"), "unknown field `bits`"),
             (LEVEL.replace("\"MEDIUM\"", "\"medium\""), "unknown variant `medium`"),
             (LEVEL.replace(",\"pps\":4010", ""), "missing field `pps`"),
+            // Nullable is not optional: the writer always writes these.
+            (LEVEL.replace(",\"hypervisor\":null", ""), "missing field `hypervisor`"),
+            (LEVEL.replace("\"direction\":\"rx\",", ""), "missing field `direction`"),
+            (LEVEL.replace("\"vm_name\":\"a\",", ""), "missing field `vm_name`"),
             (LEVEL.replace("22:13:29.000000Z", "yesterday"), "not an RFC 3339 time"),
         ] {
             let e = Event::from_json(&line).unwrap_err().to_string();

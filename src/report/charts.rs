@@ -631,7 +631,7 @@ pub(super) fn vm(path: &Path, d: &Data, s: &VmSeries, marks: &[Mark], lines: &Li
                 lines: vec![(TX, 2, series(|w| w.rtt_p50)), (MAGENTA_, 1, series(|w| w.rtt_max))],
                 thresholds: lines.peak_ms.map(|p| vec![(CRIMSON, p, "peak_ms")]).unwrap_or_default(),
                 dots: s.samples.clone(),
-                triangles: s.peaks.iter().map(|&(t, _, m)| (t, m)).collect(),
+                triangles: s.peaks.iter().filter_map(|&(t, _, m)| Some((t, m?))).collect(),
                 marks,
             },
         )?;

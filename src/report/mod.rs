@@ -135,7 +135,8 @@ fn why(l: &LevelChange, s: &VmSeries) -> String {
             l.limit_bytes.map_or_else(|| "?".into(), bytes)
         ),
         "rtt" => match s.peaks.iter().find(|p| (p.0 - l.t).abs() < 1e-6) {
-            Some((_, n, m)) => format!("RTT: {n} peaks in the window, max {}", ms(*m)),
+            Some((_, n, Some(m))) => format!("RTT: {n} peaks in the window, max {}", ms(*m)),
+            Some((_, n, None)) => format!("RTT: {n} peaks in the window"),
             None => "RTT peaks".into(),
         },
         other => esc(other),
@@ -724,7 +725,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
     }
     if !s.peaks.is_empty() {
         let (lo, hi) = s.peaks.iter().fold((u64::MAX, 0), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-        let max = s.peaks.iter().map(|p| p.2).fold(0.0f64, f64::max);
+        let max = s.peaks.iter().filter_map(|p| p.2).reduce(f64::max);
         let first = d.us(s.peaks[0].0);
         let _ = write!(
             h,
@@ -733,7 +734,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
             s.peaks.len(),
             lo,
             hi,
-            ms(max)
+            max.map_or_else(|| "–".into(), ms)
         );
     }
     if more > 0 {
