@@ -549,14 +549,13 @@ fn by_name<S: serde::Serializer>(m: &BTreeMap<DecodeErrorKind, u64>, s: S) -> Re
     named.serialize(s)
 }
 
-/// Vocabulary of the events' own: each enum is written as its snake_case
-/// name, and `as_str` gives the same name (for metric labels).
+/// Vocabulary of the events' own: one name table per enum, which serde
+/// writes and reads and `as_str` gives (for metric labels).
 macro_rules! names {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vm])* $v,)+ }
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $v,)+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$v,)+];
             pub fn as_str(self) -> &'static str {
@@ -721,5 +720,83 @@ mod tests {
             let e = Event::from_json(&format!("{{\"type\":\"{t}\"}}")).unwrap_err().to_string();
             assert!(e.contains("missing field"), "{t}: {e}");
         }
+    }
+
+    /// Every variant of an enum, listed by hand: the `match` stops compiling
+    /// when a variant is added, so the list cannot fall behind.
+    macro_rules! every {
+        ($t:ident: $($v:ident),+) => {{
+            let all = [$($t::$v),+];
+            for x in all {
+                match x { $($t::$v)|+ => {} }
+            }
+            all
+        }};
+    }
+
+    /// Asserts serde's name of every value is its `as_str` (both ways).
+    fn one_table<T>(all: &[T], as_str: fn(T) -> &'static str)
+    where
+        T: Copy + std::fmt::Debug + PartialEq + Serialize + serde::de::DeserializeOwned,
+    {
+        for x in all {
+            assert_eq!(serde_json::to_value(x).unwrap(), as_str(*x), "{x:?}");
+            let back: T = serde_json::from_value(serde_json::Value::from(as_str(*x))).unwrap();
+            assert_eq!(back, *x);
+        }
+    }
+
+    // The vocabulary the events borrow from other stages: written with serde
+    // (or, for `DecodeErrorKind`'s keys, with `as_str`) and read with serde.
+    #[test]
+    fn decode_error_kinds_written_by_as_str_read_back_by_serde() {
+        one_table(&DecodeErrorKind::ALL, DecodeErrorKind::as_str);
+    }
+    #[test]
+    fn verdict_has_one_name_table() {
+        one_table(&every!(Verdict: Valid, Invalid, Unknown), Verdict::as_str);
+    }
+    #[test]
+    fn authorization_has_one_name_table() {
+        one_table(&every!(Authorization: Granted, Missing, Expired, Replayed), Authorization::as_str);
+    }
+    #[test]
+    fn submitted_has_one_name_table() {
+        one_table(&every!(Submitted: Queued, Dropped, Duplicate, NotJournaled), Submitted::as_str);
+    }
+    #[test]
+    fn backend_name_has_one_name_table() {
+        one_table(&every!(BackendName: Log, Exec, Webhook, Alertmanager, Libvirt, Openstack), BackendName::as_str);
+    }
+    #[test]
+    fn ids_format_has_one_name_table() {
+        one_table(&every!(Format: SuricataEve, Snort3Json, SnortFast), Format::as_str);
+    }
+    #[test]
+    fn gate_reason_has_one_name_table() {
+        let all = every!(GateReason: Signed, Authorized, FailOpen, UnsignedHost, NoToken, TokenMalformed,
+            TokenForged, TokenOtherVm, TokenOtherHost, TokenExpired, TokenReplayed, Timeout, BadXml, Error);
+        one_table(&all, GateReason::as_str);
+    }
+    #[test]
+    fn level_reason_direction_and_action_kind_have_one_name_table() {
+        one_table(&every!(Level: Low, Medium, High), Level::as_str);
+        one_table(
+            &every!(Reason: Rate, Rtt, Volume, Migration, Signature, Clone, Ungated, Ids, HostHigh),
+            Reason::as_str,
+        );
+        one_table(&every!(Direction: Tx, Rx), Direction::as_str);
+        one_table(&every!(ActionKind: Alert, Quarantine, Migrate), ActionKind::as_str);
+    }
+    #[test]
+    fn the_events_own_enums_have_one_name_table() {
+        one_table(KnownBy::ALL, KnownBy::as_str);
+        one_table(AlertOutcome::ALL, AlertOutcome::as_str);
+        one_table(Trigger::ALL, Trigger::as_str);
+        one_table(PlanOutcome::ALL, PlanOutcome::as_str);
+        one_table(HoldReason::ALL, HoldReason::as_str);
+        one_table(SkipReason::ALL, SkipReason::as_str);
+        one_table(ConflictKind::ALL, ConflictKind::as_str);
+        one_table(ActionSignature::ALL, ActionSignature::as_str);
     }
 }
