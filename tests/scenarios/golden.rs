@@ -3,8 +3,10 @@
 //! The files were written by the code before the events were typed; a change
 //! to the JSON of any event (a field's name, order, value or spelling) fails
 //! here. Run-dependent summary fields (`wall_s`, `read_s`, `processing_pps`,
-//! `peak_rss_bytes`) are written as 0 and the rules' temporary directory as `$RULES`. `GOLDEN_WRITE=1` rewrites the files
-//! (only when the JSON is meant to change).
+//! `peak_rss_bytes`; a null stays null) are written as 0 and the rules'
+//! temporary directory as `$RULES`. `GOLDEN_WRITE=1` rewrites the files
+//! (only when the JSON is meant to change) and fails the test, so that a
+//! run that rewrote them never passes.
 
 use super::*;
 use vmsentry::gate::record::GateReason;
@@ -22,7 +24,10 @@ fn normalized(stdout: &str) -> String {
             let key = format!("\"{k}\":");
             let start = l.find(&key).unwrap_or_else(|| panic!("no {k} in {line}")) + key.len();
             let end = start + l[start..].find([',', '}']).unwrap();
-            l.replace_range(start..end, "0");
+            // A number becomes 0; null (no peak RSS known) stays null.
+            if &l[start..end] != "null" {
+                l.replace_range(start..end, "0");
+            }
         }
         out.push_str(&l);
     }
@@ -43,8 +48,13 @@ fn events_of(rules: &Path, extra: &[&str], pcaps: &[PathBuf]) -> String {
 fn golden(name: &str, got: &str) {
     let p = root().join("tests/golden").join(format!("{name}.jsonl"));
     if std::env::var_os("GOLDEN_WRITE").is_some() {
+        let was = std::fs::read_to_string(&p).ok();
         std::fs::write(&p, got).unwrap();
-        return;
+        panic!(
+            "{name}: {} {}: rerun without GOLDEN_WRITE",
+            p.display(),
+            if was.as_deref() == Some(got) { "unchanged" } else { "rewritten" }
+        );
     }
     let want = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     if want != got {
@@ -127,12 +137,72 @@ fn every_golden_line_reads_as_an_event_and_writes_back_the_same() {
             let e = vmsentry::event::Event::from_json(line)
                 .unwrap_or_else(|err| panic!("{}:{}: {err}", p.display(), i + 1));
             types.insert(e.type_name());
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(e.type_name(), v["type"], "{}:{}", p.display(), i + 1);
             let again = normalized(&(serde_json::to_string(&e).unwrap() + "\n"));
             assert_eq!(again.trim_end(), line, "{}:{}", p.display(), i + 1);
         }
     }
     // The golden files cover every event type.
     assert_eq!(types, vmsentry::event::Event::TYPES.into_iter().collect());
+}
+
+/// The fields the writer leaves out when empty: the only ones a line may miss.
+const LEFT_OUT_WHEN_EMPTY: [&str; 10] = [
+    "migration.gated",
+    "evacuation.sid",
+    "evacuation.victim",
+    "evacuation.high_vms",
+    "conflict.hypervisors",
+    "conflict.mac",
+    "conflict.ips",
+    "level.horizon_bytes",
+    "level.limit_bytes",
+    "action.note",
+];
+
+/// A golden line without any other of its fields (null or not, and a plan
+/// line's) does not read: nullable is not optional.
+#[test]
+fn a_golden_line_without_a_field_it_always_has_does_not_read() {
+    let mut tried = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("tests/golden")).unwrap() {
+        let p = entry.unwrap().path();
+        for (i, line) in std::fs::read_to_string(&p).unwrap().lines().enumerate() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let ty = v["type"].as_str().unwrap().to_string();
+            // (field, whether it was null, the line without it)
+            let mut cases: Vec<(String, bool, Value)> = Vec::new();
+            for (k, x) in v.as_object().unwrap() {
+                let mut w = v.clone();
+                w.as_object_mut().unwrap().remove(k);
+                cases.push((format!("{ty}.{k}"), x.is_null(), w));
+            }
+            if let Some(line0) = v.get("plan").and_then(|p| p.get(0)) {
+                for (k, x) in line0.as_object().unwrap() {
+                    let mut w = v.clone();
+                    w["plan"][0].as_object_mut().unwrap().remove(k);
+                    cases.push((format!("{ty}.plan.{k}"), x.is_null(), w));
+                }
+            }
+            for (field, null, w) in cases {
+                let read = vmsentry::event::Event::from_json(&w.to_string());
+                if LEFT_OUT_WHEN_EMPTY.contains(&field.as_str()) {
+                    assert!(read.is_ok(), "{}:{}: without {field}: {read:?}", p.display(), i + 1);
+                } else {
+                    let e = read.expect_err(&format!("{}:{}: reads without {field}", p.display(), i + 1));
+                    assert!(e.to_string().contains("missing field"), "{}:{}: {field}: {e}", p.display(), i + 1);
+                    if null {
+                        tried.insert(field);
+                    }
+                }
+            }
+        }
+    }
+    // Null ones among them (what serde alone would have read as None when missing).
+    for f in ["level.direction", "migration.bytes", "evacuation.plan.because", "vm_window.rtt_baseline_ms"] {
+        assert!(tried.contains(f), "no null {f} in the golden files: {tried:?}");
+    }
 }
 
 /// The `...` names in a piece of README text.
