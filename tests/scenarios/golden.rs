@@ -257,6 +257,32 @@ fn the_less_travelled_paths_give_the_golden_events_byte_for_byte() {
     let mut got = events_of(rules.path(), &[], &[conflicts]);
     got += &events_of(rules.path(), &[], &[garp_pcap]);
     g.check("conflicts-garp", &got);
+
+    // Inventory VMs without a hypervisor or RAM in the rules: null
+    // hypervisors (until the wire shows one) and RAM.
+    let rules = rules_dir();
+    let toml = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let at = text.find("\n[[vm]]").unwrap();
+    let vms: Vec<&str> =
+        text[at..].lines().filter(|l| !l.starts_with("hypervisor = ") && !l.starts_with("ram_mb = ")).collect();
+    std::fs::write(&toml, format!("{}{}\n", &text[..at], vms.join("\n"))).unwrap();
+    let mut got = events_of(rules.path(), &["--vm-windows"], &[capture("basic.pcap")]);
+    got += &events_of(rules.path(), &[], &[capture("rtt.pcap")]);
+    got += &events_of(rules.path(), &[], &[capture("migration-vxlan.pcap")]);
+    g.check("vms-unplaced", &got);
+
+    // The cluster's migrations limit alone.
+    let rules = with_rules("\n[storm]\nmax_migrations = 1\n");
+    g.check("mtd-cluster-limit", &events_of(rules.path(), &[], &[capture("mtd.pcap")]));
+
+    // An alert on mtd-1, whose address is in the rules, in `vm` mode.
+    let rules = rules_dir();
+    let eve = rules.path().join("alerts/eve.json");
+    let line = std::fs::read_to_string(&eve).unwrap().lines().nth(2).unwrap().replace("10.1.0.12", "10.1.0.11");
+    std::fs::write(&eve, line + "\n").unwrap();
+    edit_rules(rules.path(), &[("mode = \"host\" ", "mode = \"vm\"   ")]);
+    g.check("mtd-rules-victim", &events_of(rules.path(), &[], &[capture("mtd.pcap")]));
 }
 
 /// Every golden line reads as a typed event and writes back as the same bytes.
