@@ -141,6 +141,13 @@ fn the_gate_scenario_gives_the_golden_events_byte_for_byte() {
     ];
     let rules = gate::gated_rules(&records);
     g.check("gate", &events_of(rules.path(), &[], &[capture("migration-vxlan.pcap")]));
+    // A refusal without a detail, and one naming no MAC (null `vm`).
+    let mut bare = gate::decision("34.500000", "fa:16:3e:00:01:03", "compute-9", GateReason::Timeout);
+    bare.detail = None;
+    let mut no_mac = gate::decision("50.000000", "52:54:00:de:ad:01", "compute-2", GateReason::BadXml);
+    no_mac.vms.clear();
+    let rules = gate::gated_rules(&[bare, no_mac]);
+    g.check("gate-bare", &events_of(rules.path(), &[], &[capture("migration-vxlan.pcap")]));
 }
 
 /// Rewrites the rules file of `dir`: each `(from, to)` must be found.
