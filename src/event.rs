@@ -554,7 +554,7 @@ fn by_name<S: serde::Serializer>(m: &BTreeMap<DecodeErrorKind, u64>, s: S) -> Re
 macro_rules! names {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $v,)+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$v,)+];

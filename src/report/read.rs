@@ -1,7 +1,10 @@
 //! Reading an events file into what the report draws: per-VM series, migrations, actions, alerts, evacuations, the summary.
 
 use super::ReportError;
-use crate::event::{Event, SummaryEvent};
+use crate::action::{ActionKind, Submitted};
+use crate::detect::{Direction, Level, Reason};
+use crate::event::{AlertOutcome, ConflictKind, Event, HoldReason, SummaryEvent, Trigger};
+use crate::trust::Verdict;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,8 +29,8 @@ pub(crate) struct LevelChange {
     pub t: f64,
     pub from: u8,
     pub to: u8,
-    pub reason: String,
-    pub direction: Option<String>,
+    pub reason: Reason,
+    pub direction: Option<Direction>,
     pub bps: f64,
     pub pps: f64,
     pub horizon_bytes: Option<f64>,
@@ -73,7 +76,7 @@ pub(crate) struct Migration {
     pub flavor: String,
     pub from: String,
     pub to: String,
-    pub signature: String,
+    pub signature: Verdict,
     pub downtime_ms: Option<f64>,
     pub total_ms: Option<f64>,
     pub bytes: Option<f64>,
@@ -85,15 +88,30 @@ pub(crate) struct Act {
     pub t: f64,
     pub mac: String,
     pub vm: String,
-    /// `alert`, `quarantine` or `migrate`.
-    pub kind: String,
+    pub kind: ActionKind,
     pub destination: Option<String>,
-    /// `queued`, `dropped`, … or, for a held action, `held: BECAUSE`.
-    pub outcome: String,
+    pub outcome: ActOutcome,
     pub held: bool,
-    pub level: String,
-    pub reason: String,
+    pub level: Level,
+    pub reason: Reason,
     pub note: String,
+}
+
+/// What became of an action: handed on (`queued`, `dropped`, …) or held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActOutcome {
+    Submitted(Submitted),
+    Held(HoldReason),
+}
+
+impl std::fmt::Display for ActOutcome {
+    /// `queued`, `dropped`, … or, for a held action, `held: BECAUSE`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActOutcome::Submitted(s) => f.write_str(s.as_str()),
+            ActOutcome::Held(b) => write!(f, "held: {}", b.as_str()),
+        }
+    }
 }
 
 /// An `ids_alert` event.
@@ -109,7 +127,7 @@ pub(crate) struct Alert {
     pub victim_mac: Option<String>,
     pub victim_vm: Option<String>,
     pub victim_hypervisor: Option<String>,
-    pub outcome: String,
+    pub outcome: AlertOutcome,
 }
 
 /// An `evacuation` event.
@@ -118,7 +136,7 @@ pub(crate) struct Evacuation {
     pub us: i64,
     pub t: f64,
     pub hypervisor: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub sid: Option<u64>,
     /// The VMs of its plan (MACs).
     pub vms: Vec<String>,
@@ -140,7 +158,7 @@ pub(crate) struct Data {
     pub alerts: Vec<Alert>,
     pub evacuations: Vec<Evacuation>,
     /// `conflict` events by kind.
-    pub conflicts: BTreeMap<String, u64>,
+    pub conflicts: BTreeMap<ConflictKind, u64>,
     /// The `summary` event, when the run wrote one.
     pub summary: Option<SummaryEvent>,
     /// What the reader skipped and why (shown on stderr and on the page).
@@ -302,8 +320,8 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     t,
                     from: l.from.as_u8(),
                     to: l.to.as_u8(),
-                    reason: l.reason.as_str().to_string(),
-                    direction: l.direction.map(|x| serde_name(&x)),
+                    reason: l.reason,
+                    direction: l.direction,
                     bps: f(l.bps),
                     pps: f(l.pps),
                     horizon_bytes: l.horizon_bytes.map(f),
@@ -344,7 +362,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     },
                     from: m.from_hypervisor.unwrap_or_else(|| "?".into()),
                     to: m.to_hypervisor.unwrap_or_else(|| "?".into()),
-                    signature: m.signature.as_str().to_string(),
+                    signature: m.signature,
                     downtime_ms: m.downtime_ms,
                     total_ms: m.total_ms,
                     bytes: m.bytes.map(f),
@@ -358,12 +376,12 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     t,
                     vm: name_of(&a.vm_name, &mac),
                     mac,
-                    kind: a.action.as_str().to_string(),
+                    kind: a.action,
                     destination: a.destination,
-                    outcome: a.outcome.as_str().to_string(),
+                    outcome: ActOutcome::Submitted(a.outcome),
                     held: false,
-                    level: a.level.as_str().to_string(),
-                    reason: a.reason.as_str().to_string(),
+                    level: a.level,
+                    reason: a.reason,
                     note: a.note.unwrap_or_default(),
                 })
             }
@@ -375,12 +393,12 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     t,
                     vm: name_of(&h.vm_name, &mac),
                     mac,
-                    kind: h.action.as_str().to_string(),
+                    kind: h.action,
                     destination: None,
-                    outcome: format!("held: {}", h.held_because.as_str()),
+                    outcome: ActOutcome::Held(h.held_because),
                     held: true,
-                    level: h.level.as_str().to_string(),
-                    reason: h.reason.as_str().to_string(),
+                    level: h.level,
+                    reason: h.reason,
                     note: String::new(),
                 })
             }
@@ -395,13 +413,13 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                 victim_mac: a.victim_vm.map(|m| m.to_string()),
                 victim_vm: a.victim_vm_name.or_else(|| a.victim_vm.map(|m| m.to_string())),
                 victim_hypervisor: a.victim_hypervisor,
-                outcome: a.outcome.as_str().to_string(),
+                outcome: a.outcome,
             }),
             Event::Evacuation(ev) => d.evacuations.push(Evacuation {
                 us,
                 t,
                 hypervisor: ev.hypervisor,
-                trigger: ev.trigger.as_str().to_string(),
+                trigger: ev.trigger,
                 sid: ev.sid,
                 vms: ev.plan.iter().map(|l| l.vm.to_string()).collect(),
                 migrate: u64::from(ev.migrate),
@@ -409,17 +427,12 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                 skipped: u64::from(ev.skipped),
                 no_destination: u64::from(ev.no_destination),
             }),
-            Event::Conflict(c) => *d.conflicts.entry(c.kind.as_str().to_string()).or_default() += 1,
+            Event::Conflict(c) => *d.conflicts.entry(c.kind).or_default() += 1,
             Event::Summary(s) => d.summary = Some(s),
             Event::GateDenied(_) => {}
         }
     }
     Ok(d)
-}
-
-/// A vocabulary value's name as the events write it.
-fn serde_name<T: serde::Serialize>(x: &T) -> String {
-    serde_json::to_value(x).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// Per flavor, in name order: migrations counted and the mean of each
