@@ -1,6 +1,8 @@
 //! The events of every shipped scenario, byte for byte, against the files in `tests/golden/`.
 //!
-//! The files were written by the code before the events were typed; a change
+//! The files were written by the code before the events were typed
+//! (d7c49ee; the later ones with `GOLDEN_BIN=` that build's binary, which
+//! reproduces the earlier ones byte for byte); a change
 //! to the JSON of any event (a field's name, order, value or spelling) fails
 //! here. Run-dependent summary fields (`wall_s`, `read_s`, `processing_pps`,
 //! `peak_rss_bytes`; a null stays null) are written as 0 and the rules'
@@ -243,7 +245,7 @@ fn the_less_travelled_paths_give_the_golden_events_byte_for_byte() {
     let conflicts = d.path().join("conflicts.pcap");
     write_pcap(
         &conflicts,
-        &mut vec![
+        &mut [
             Frame::whole(t0, frames::vxlan(&hv1, &to("fa:16:3e:00:00:03", [10, 0, 1, 3]))),
             Frame::whole(t0 + 100, frames::vxlan(&spoofed_ip, &to("fa:16:3e:00:00:03", [10, 0, 1, 3]))),
             Frame::whole(t0 + 200, frames::vxlan(&hv1, &to(scenario::HV2.0, [10, 0, 1, 9]))),
