@@ -10,6 +10,15 @@ pub enum Direction {
     Rx,
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Tx => "tx",
+            Direction::Rx => "rx",
+        }
+    }
+}
+
 /// A level that rises at once to what a window shows and drops back one level
 /// after `clear` consecutive windows below it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
