@@ -111,13 +111,14 @@ fn check_against_qemu(lab: &LabRun, tag: &str, signature: &str) {
     // A migration that fits in the source's TCP send buffer (4 MiB here) is
     // written in full before the kernel has sent it: QEMU's clock stops at
     // the last write, the wire's at the last segment (measured: the no-OS
-    // guest's 0.97 MB took 47 ms by QEMU, 87 ms on the wire, while the
-    // e1000's stream shared the link). Those get 100 ms more above.
+    // guest's 0.97 MB took 47 ms by QEMU, 87 ms on the wire, and once 52
+    // against 150 ms, while the e1000's stream shared the link). Those get
+    // 250 ms more above.
     let total = f(&qm["total-time"]);
     let (wire, small) = (f(&e["total_ms"]), transferred < 4.0 * 1024.0 * 1024.0);
     let slack = (total * 0.05).max(5.0);
     assert!(
-        wire >= total - slack && wire <= total + slack + if small { 100.0 } else { 0.0 },
+        wire >= total - slack && wire <= total + slack + if small { 250.0 } else { 0.0 },
         "{tag}: total {wire} ms, QEMU {total} ms"
     );
     let qd = f(&qm["downtime"]);
