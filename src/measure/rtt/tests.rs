@@ -295,7 +295,7 @@ fn observe_batch_gives_exactly_what_observe_gives() {
     let run = |batch: Option<usize>| {
         let mut t = RttTracker::new(500, 200, 10, 2);
         let (mut samples, mut start, mut w) = (Vec::new(), 0, None);
-        let mut flush = |t: &mut RttTracker, part: &[Observation]| match batch {
+        let flush = |t: &mut RttTracker, part: &[Observation]| match batch {
             None => part.iter().for_each(|o| t.observe(o)),
             Some(n) => part.chunks(n).for_each(|c| t.observe_batch(c)),
         };
