@@ -48,9 +48,7 @@
 //! blocking), and [`synth`] (scenario captures with known ground truth, for
 //! tests and benchmarks).
 
-// `deny`, not `forbid`: one measured hot path, the RTT flow table's
-// prefetch hint (measure::rtt), allows itself `unsafe` with a SAFETY note.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod action;
 pub mod capture;

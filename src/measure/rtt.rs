@@ -227,36 +227,18 @@ const _: () = assert!(std::mem::size_of::<TcpFlow>() == 5 * 64);
 const _: () = assert!(std::mem::offset_of!(TcpFlow, dir) == 64);
 
 impl TcpFlow {
-    /// Asks for the cache lines a packet sent in direction `d` reads
-    /// first (see [`RttTracker::observe_batch`]): the key and times, the
+    /// Reads one word of each cache line a packet sent in direction `d`
+    /// reads first (see [`FlowTable::touch`]): the key and times, the
     /// sender's probes and state, the other side's probe keys (its times
     /// are read only on a match).
     #[inline]
-    fn prefetch(&self, d: usize) {
+    fn touch(&self, d: usize) -> u64 {
         let (me, other) = (&self.dir[d & 1], &self.dir[(d & 1) ^ 1]);
-        prefetch(self);
-        prefetch(&me.segments.times);
-        prefetch(&me.syn);
-        prefetch(&other.syn);
+        (self.swept as u64)
+            .wrapping_add(me.segments.times[0] as u64)
+            .wrapping_add(me.syn as u64)
+            .wrapping_add(other.syn as u64)
     }
-}
-
-/// Asks the CPU to bring `x`'s cache line in, without waiting for it (a
-/// hint: no effect on results).
-#[inline(always)]
-#[allow(unsafe_code)]
-fn prefetch<T>(x: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 only hints the cache; it never faults and reads
-    // nothing architecturally, and `x` is a valid reference anyway. The
-    // crate forbids `unsafe` but for this: the flow table's cache misses
-    // were most of RTT's cost (benches/README.md, "RTT state").
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
 }
 
 impl TcpFlow {
@@ -313,9 +295,8 @@ impl FlowKey {
     }
 }
 
-/// How many frames ahead [`RttTracker::observe_batch`] prefetches a flow's
-/// entry (and twice as many, its index line).
-const AHEAD: usize = 8;
+/// Frames [`RttTracker::observe_batch`] loads the table memory of at once.
+const GROUP: usize = 16;
 
 /// Entries a full table looks at to pick the one to evict.
 const EVICTION_SAMPLE: usize = 8;
@@ -375,22 +356,28 @@ impl FlowTable {
         self.probe(key, key.hash()).1
     }
 
-    /// Asks for the index line of `hash`'s home slot.
+    /// Loads the index line of each `(hash, direction)` and, where the
+    /// home slot holds that hash, the entry's lines that direction reads
+    /// first, without using them: the loads are independent of each
+    /// other, so the group's cache misses are in flight together instead of
+    /// each stalling its own packet in turn (group prefetching with plain
+    /// loads: a prefetch intrinsic needs `unsafe` and measured no faster).
+    /// Touches memory only; nothing changes.
     #[inline]
-    fn prefetch_index(&self, hash: u32) {
-        prefetch(&self.index[hash as usize & self.mask]);
-    }
-
-    /// Asks for the entry in `hash`'s home slot when the slot holds that
-    /// hash (the index line should be in by now).
-    #[inline]
-    fn prefetch_entry(&self, hash: u32, d: usize) {
-        let w = self.index[hash as usize & self.mask];
-        if w != 0 && (w >> 32) as u32 == hash {
-            if let Some(f) = self.entries.get((w as u32).wrapping_sub(1) as usize) {
-                f.prefetch(d);
+    fn touch(&self, group: &[(u32, u8)]) {
+        let mut words = [0u64; GROUP];
+        for (w, &(h, _)) in words.iter_mut().zip(group) {
+            *w = self.index[h as usize & self.mask];
+        }
+        let mut acc = 0u64;
+        for (&w, &(h, d)) in words.iter().zip(group) {
+            if w != 0 && (w >> 32) as u32 == h {
+                if let Some(f) = self.entries.get((w as u32).wrapping_sub(1) as usize) {
+                    acc = acc.wrapping_add(f.touch(usize::from(d)));
+                }
             }
         }
+        std::hint::black_box(acc);
     }
 
     /// Adds a flow at the empty index slot `at` (from [`FlowTable::probe`]);
@@ -531,12 +518,12 @@ impl RttTracker {
     }
 
     /// The same as [`RttTracker::observe`] on each frame in order, faster:
-    /// the flow key and hash of every TCP frame first, then, while frame
-    /// `i` is handled, the index line of frame `i + 2 * AHEAD`'s flow and
-    /// the entry of frame `i + AHEAD`'s are prefetched (as DPDK's and
-    /// Retina's flow tables do), so the two cache misses a packet used to
-    /// wait for in turn are in flight during the work on earlier frames.
-    /// Prefetching only hints the cache: the results are the same.
+    /// the flow key and hash of every TCP frame first, then, a group of
+    /// [`GROUP`] frames at a time, the table memory of the group's flows
+    /// loaded together (see [`FlowTable::touch`]) before the group is
+    /// handled, as DPDK's and Retina's flow tables prefetch: the two cache
+    /// misses a packet used to wait for in turn overlap across the group.
+    /// The loads only warm the cache: the results are the same.
     pub fn observe_batch(&mut self, obs: &[Observation]) {
         let mut keys = std::mem::take(&mut self.batch_keys);
         keys.clear();
@@ -547,29 +534,21 @@ impl RttTracker {
             }
             _ => None,
         }));
-        let hash = |i: usize| keys.get(i).copied().flatten().map(|k| (k.2, usize::from(k.1)));
-        for i in 0..2 * AHEAD {
-            if let Some((h, _)) = hash(i) {
-                self.flows.prefetch_index(h);
+        for (ks, os) in keys.chunks(GROUP).zip(obs.chunks(GROUP)) {
+            let mut group = [(0u32, 0u8); GROUP];
+            let mut n = 0;
+            for &(_, d, h) in ks.iter().flatten() {
+                group[n] = (h, d);
+                n += 1;
             }
-        }
-        for i in 0..AHEAD {
-            if let Some((h, d)) = hash(i) {
-                self.flows.prefetch_entry(h, d);
-            }
-        }
-        for (i, (k, o)) in keys.iter().zip(obs).enumerate() {
-            if let Some((h, _)) = hash(i + 2 * AHEAD) {
-                self.flows.prefetch_index(h);
-            }
-            if let Some((h, d)) = hash(i + AHEAD) {
-                self.flows.prefetch_entry(h, d);
-            }
-            let (Net::Ip { src, dst, fragment: false, .. }, Some(l2)) = (o.net, o.l2) else { continue };
-            match (o.l4, k) {
-                (L4::Tcp(t), Some((key, d, h))) => self.tcp(o.ts, l2.src, src, dst, &t, *key, usize::from(*d), *h),
-                (L4::Icmp(i), _) => self.icmp(o.ts, l2.src, src, dst, &i),
-                _ => {}
+            self.flows.touch(&group[..n]);
+            for (k, o) in ks.iter().zip(os) {
+                let (Net::Ip { src, dst, fragment: false, .. }, Some(l2)) = (o.net, o.l2) else { continue };
+                match (o.l4, k) {
+                    (L4::Tcp(t), Some((key, d, h))) => self.tcp(o.ts, l2.src, src, dst, &t, *key, usize::from(*d), *h),
+                    (L4::Icmp(i), _) => self.icmp(o.ts, l2.src, src, dst, &i),
+                    _ => {}
+                }
             }
         }
         self.batch_keys = keys;

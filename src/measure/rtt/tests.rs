@@ -268,11 +268,11 @@ fn frames_stamped_before_the_last_close_keep_their_flow() {
     assert_eq!(s, vec![(0.75, SampleKind::Handshake, vm())]);
 }
 
-/// `observe_batch` (what the shards call: prefetching a few frames ahead)
+/// `observe_batch` (what the shards call: table memory loaded a group ahead)
 /// gives exactly what `observe` frame by frame gives: samples, counts and
 /// table contents, on the datacenter mix (TCP with and without timestamps,
 /// SYNs, ICMP), with a cap small enough to evict and windows closing in
-/// between, in batches of every size up to past the prefetch distance.
+/// between, in batches of sizes around the prefetch group.
 #[test]
 fn observe_batch_gives_exactly_what_observe_gives() {
     use crate::capture::{FileSource, PacketSource, SourceItem};
@@ -317,7 +317,7 @@ fn observe_batch_gives_exactly_what_observe_gives() {
     let one_by_one = run(None);
     assert!(one_by_one.0.len() > 2_000, "{} samples", one_by_one.0.len());
     assert!(one_by_one.1.flow_evictions > 0 && one_by_one.1.probe_timeouts > 0, "{:?}", one_by_one.1);
-    for n in [1, 2, 7, AHEAD, 2 * AHEAD + 1, 64, 512] {
+    for n in [1, 2, 7, GROUP, GROUP + 1, 3 * GROUP - 1, 512] {
         let b = run(Some(n));
         assert_eq!(b.0, one_by_one.0, "samples, batches of {n}");
         assert_eq!(b.1, one_by_one.1, "counts, batches of {n}");
