@@ -7,9 +7,10 @@
 //! to tcpdump and this process's peak RSS. Then the same for the datacenter
 //! mix ([`vmsentry::synth::dcmix`], 5 000 000 frames by default or
 //! `VMSENTRY_BENCH_DCMIX_FRAMES`, plain and VXLAN, written once under
-//! target/bench-data): tcpdump, RTT on/off, threads 1/2, peak RSS per run,
-//! a run ten times as long, a million concurrent flows, and per-stage
-//! ns/frame. Numbers go to benches/README.md by hand, with the machine they ran on.
+//! target/bench-data): tcpdump and the release binary with RTT on/off,
+//! threads 1/2 (wall, CPU time and the binary's own peak RSS per run), the
+//! native reader and a libpcap loop, then in-process a run ten times as
+//! long, a million concurrent flows, and per-stage ns/frame. Numbers go to benches/README.md by hand, with the machine they ran on.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
