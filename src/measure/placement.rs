@@ -13,14 +13,14 @@
 //! and dropped.
 
 use crate::decode::{tcp_flags, Mac, Net, Observation, L4};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// How a VM showed where it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
     /// Ordinary frames it sent.
@@ -91,15 +91,6 @@ pub struct PlacementConfig {
 }
 
 impl PlacementConfig {
-    pub fn from_rules(rules: &crate::config::Rules) -> PlacementConfig {
-        PlacementConfig {
-            vms: rules.vms.iter().map(|v| v.mac).collect(),
-            hypervisor_macs: rules.hypervisors.iter().flat_map(|h| h.macs.iter().copied()).collect(),
-            sensor: rules.sensor.is_some(),
-            ports: rules.migration.ports.clone(),
-        }
-    }
-
     fn migration_port(&self, p: u16) -> bool {
         self.ports.iter().any(|&(a, b)| (a..=b).contains(&p))
     }

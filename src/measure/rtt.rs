@@ -41,7 +41,7 @@
 //! differently, and a flow must never be split.
 
 use crate::decode::{tcp_flags, IcmpInfo, Mac, Net, Observation, TcpInfo, L4};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -49,7 +49,7 @@ use std::net::IpAddr;
 /// Outstanding probes kept per direction of a TCP flow (timestamps or segments).
 pub const PROBES_PER_DIRECTION: usize = 8;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleKind {
     /// ICMP or ICMPv6 echo reply.

@@ -29,10 +29,15 @@
 //! counted as the decode error `frame_length` and is not traffic either.
 
 mod evacuation;
+mod events;
 mod merge;
+mod publish;
+mod reload;
 mod shard;
+mod stages;
+mod window;
 
-pub use evacuation::IdsCounts;
+pub use crate::event::IdsCounts;
 
 use crate::action::{ActionSink, Dispatcher};
 use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
@@ -47,8 +52,8 @@ use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::Counters;
 use crate::policy::Policy;
 use crate::serve::Telemetry;
-use crate::time::PacketTime;
 use crate::trust::Registry;
+use crate::vocab::PacketTime;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -220,8 +225,9 @@ pub fn run(
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let policy = Policy::new(rules, registry.clone());
     let detector = Detector::new(rules, registry);
-    let placement = Arc::new(SharedPlacement::new(PlacementConfig::from_rules(rules)));
-    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, opts.telemetry.clone(), sink)?;
+    let placement = Arc::new(SharedPlacement::new(PlacementConfig::from(rules)));
+    let observer = opts.telemetry.clone().map(|t| t as Arc<dyn crate::action::Observer>);
+    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, observer, sink)?;
 
     // IDS alerts: followed live, or read whole to replay along with the capture.
     let (alert_tx, alert_rx) = bounded::<evacuation::AlertBatch>(64);
@@ -309,17 +315,22 @@ pub fn run(
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
     let merge = merge::Merge {
         shards,
-        detector,
-        policy,
-        dispatcher,
-        events,
-        rtt_samples: opts.rtt_samples,
-        vm_windows: opts.vm_windows,
+        stages: stages::Stages { detector, policy, dispatcher },
+        out: publish::Publish {
+            events,
+            telemetry: opts.telemetry.clone(),
+            rtt_samples: opts.rtt_samples,
+            vm_windows: opts.vm_windows,
+            counts: Default::default(),
+        },
         mtd,
         gate_replay: gate_replay.into(),
-        telemetry: opts.telemetry.clone(),
-        reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
-        running: crate::config::RestartOnly::of(rules),
+        reload: opts.reload.clone().map(|flag| reload::Reload {
+            flag,
+            dir: rules.dir.clone(),
+            shared: placement.clone(),
+            running: crate::config::RestartOnly::of(rules),
+        }),
     };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())
@@ -461,14 +472,14 @@ pub fn run(
     for k in DecodeErrorKind::ALL {
         let n = out.decode.errors[k as usize];
         if n > 0 {
-            by_kind.insert(k.as_str(), n);
+            by_kind.insert(k, n);
         }
     }
     if stats.bad_length > 0 {
-        by_kind.insert(DecodeErrorKind::FrameLength.as_str(), stats.bad_length);
+        by_kind.insert(DecodeErrorKind::FrameLength, stats.bad_length);
     }
     if stats.bad_time > 0 {
-        by_kind.insert(DecodeErrorKind::Timestamp.as_str(), stats.bad_time);
+        by_kind.insert(DecodeErrorKind::Timestamp, stats.bad_time);
     }
     if stats.late_frames > 0 {
         eprintln!(
@@ -987,7 +998,7 @@ mod tests {
         times.extend((0..100).map(|i| 10 * s + 2 + i * 10_000));
         let (sum, ev) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
         assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (103, 0, 1));
-        assert_eq!(sum.decode_errors_by_kind.get("timestamp"), Some(&1));
+        assert_eq!(sum.decode_errors_by_kind.get(&DecodeErrorKind::Timestamp), Some(&1));
         assert_eq!(sum.duration_s, 0.990002);
         assert_eq!(sum.bytes, 102 * u64::from(n));
         let Some(Event::VmStats(v)) = ev.iter().find(|e| matches!(e, Event::VmStats(v) if v.known)) else {
@@ -1110,7 +1121,7 @@ mod tests {
         let n = f.len() as u32;
         let (s, ev) = run_frames(vec![(0, n, f.clone()), (1, u32::MAX, f.clone()), (2, n - 1, f.clone())]);
         assert_eq!((s.packets, s.bytes, s.decode_errors), (3, u64::from(n), 2));
-        assert_eq!(s.decode_errors_by_kind.get("frame_length"), Some(&2));
+        assert_eq!(s.decode_errors_by_kind.get(&DecodeErrorKind::FrameLength), Some(&2));
         assert_eq!(level_events(&ev), 0);
     }
 }

@@ -24,9 +24,9 @@ mod charts;
 mod read;
 mod units;
 
+use crate::detect::{Direction, Reason};
 use charts::{Mark, MarkKind};
 use read::{by_flavor, Data, LevelChange, Migration, VmSeries, LEVEL_NAMES};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -99,8 +99,9 @@ fn opt(v: &Option<String>) -> String {
     v.as_deref().map_or_else(|| "–".into(), esc)
 }
 
-/// The nonzero counts of a JSON object of counts: `a 1, b 2`, or `none`.
-fn counts(v: &Value) -> String {
+/// The nonzero counts of a record of counts (as its JSON object): `a 1, b 2`, or `none`.
+fn counts(c: &impl serde::Serialize) -> String {
+    let v = serde_json::to_value(c).unwrap_or_default();
     let parts: Vec<String> = v
         .as_object()
         .map(|o| {
@@ -125,20 +126,24 @@ fn vm_file(mac: &str) -> String {
 
 /// Why a level change happened, in words and human units.
 fn why(l: &LevelChange, s: &VmSeries) -> String {
-    match l.reason.as_str() {
-        "rate" => {
-            format!("rate, {}: {}, {}", l.direction.as_deref().unwrap_or("tx"), si(l.bps, "bit/s"), si(l.pps, "pps"))
-        }
-        "volume" => format!(
+    match l.reason {
+        Reason::Rate => format!(
+            "rate, {}: {}, {}",
+            l.direction.map_or("tx", Direction::as_str),
+            si(l.bps, "bit/s"),
+            si(l.pps, "pps")
+        ),
+        Reason::Volume => format!(
             "volume: {} sent within the horizon, over {}",
             l.horizon_bytes.map_or_else(|| "?".into(), bytes),
             l.limit_bytes.map_or_else(|| "?".into(), bytes)
         ),
-        "rtt" => match s.peaks.iter().find(|p| (p.0 - l.t).abs() < 1e-6) {
-            Some((_, n, m)) => format!("RTT: {n} peaks in the window, max {}", ms(*m)),
+        Reason::Rtt => match s.peaks.iter().find(|p| (p.0 - l.t).abs() < 1e-6) {
+            Some((_, n, Some(m))) => format!("RTT: {n} peaks in the window, max {}", ms(*m)),
+            Some((_, n, None)) => format!("RTT: {n} peaks in the window"),
             None => "RTT peaks".into(),
         },
-        other => esc(other),
+        other => esc(other.as_str()),
     }
 }
 
@@ -162,7 +167,7 @@ fn marks_by_vm(d: &Data) -> BTreeMap<&str, Vec<Mark>> {
         }
     }
     for a in &d.actions {
-        add(&a.mac, a.t, MarkKind::action(&a.kind, a.held));
+        add(&a.mac, a.t, MarkKind::action(a.kind, a.held));
     }
     for x in &d.migrations {
         add(&x.mac, x.t, MarkKind::Migration);
@@ -245,8 +250,8 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
 
     // The packets' span: the summary is stamped with the last packet; else the events'.
     let span = d.summary.as_ref().map_or((d.t0_us, t_last), |s| {
-        let end = read::ts_us(&s["ts"]).unwrap_or(t_last);
-        (end - (s["duration_s"].as_f64().unwrap_or(0.0) * 1e6).round() as i64, end)
+        let end = s.ts.as_micros();
+        (end - (s.duration_s * 1e6).round() as i64, end)
     });
     let mut h = String::new();
     let _ = write!(
@@ -277,53 +282,45 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
                     "{} – {} ({} of packets; events {} – {})",
                     clock(start, true),
                     clock(end, dated),
-                    ms(s["duration_s"].as_f64().unwrap_or(0.0) * 1000.0),
+                    ms(s.duration_s * 1000.0),
                     at(d.t0_us),
                     at(t_last)
                 ),
             ));
-            let u = |k: &str| s[k].as_u64().unwrap_or(0);
             ov.push((
                 "packets",
                 format!(
                     "{} ({} bytes, {}) over {} s of packet time, {} windows",
-                    u("packets"),
-                    u("bytes"),
-                    bytes(u("bytes") as f64),
-                    num(s["duration_s"].as_f64()),
-                    u("windows")
+                    s.packets,
+                    s.bytes,
+                    bytes(s.bytes as f64),
+                    num(Some(s.duration_s)),
+                    s.windows
                 ),
             ));
-            ov.push(("VMs", format!("{} MACs seen, {} of them VMs of the rules", u("vms"), u("known_vms"))));
-            let mut errs = format!("{}", u("decode_errors"));
-            if u("decode_errors") > 0 {
-                let _ = write!(errs, " ({})", counts(&s["decode_errors_by_kind"]));
+            ov.push(("VMs", format!("{} MACs seen, {} of them VMs of the rules", s.vms, s.known_vms)));
+            let mut errs = format!("{}", s.decode_errors);
+            if s.decode_errors > 0 {
+                let _ = write!(errs, " ({})", counts(&s.decode_errors_by_kind));
             }
-            if u("damaged_files") > 0 {
-                let _ = write!(errs, "; {} input files damaged (read up to the damage)", u("damaged_files"));
+            if s.damaged_files > 0 {
+                let _ = write!(errs, "; {} input files damaged (read up to the damage)", s.damaged_files);
             }
             ov.push(("decode errors", errs));
             let drops: Vec<String> = [
-                ("queue_dropped", "frames dropped (queue full)"),
-                ("mac_evictions", "MACs evicted"),
-                ("placement_dropped", "placement evidence dropped"),
+                (s.queue_dropped, "frames dropped (queue full)"),
+                (s.mac_evictions, "MACs evicted"),
+                (s.placement_dropped, "placement evidence dropped"),
+                (s.rtt.dropped, "RTT samples dropped"),
+                (s.rtt.flow_evictions, "flows evicted"),
+                (s.rtt.probe_evictions, "RTT probes evicted"),
             ]
             .iter()
-            .filter(|(k, _)| u(k) > 0)
-            .map(|(k, l)| format!("{l} {}", u(k)))
-            .chain(
-                [
-                    ("dropped", "RTT samples dropped"),
-                    ("flow_evictions", "flows evicted"),
-                    ("probe_evictions", "RTT probes evicted"),
-                ]
-                .iter()
-                .filter(|(k, _)| s["rtt"][k].as_u64().unwrap_or(0) > 0)
-                .map(|(k, l)| format!("{l} {}", s["rtt"][k])),
-            )
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, l)| format!("{l} {n}"))
             .collect();
             ov.push(("drops and evictions", if drops.is_empty() { "none".into() } else { drops.join(", ") }));
-            ov.push(("RTT samples", format!("{}", s["rtt"]["samples"].as_u64().unwrap_or(0))));
+            ov.push(("RTT samples", format!("{}", s.rtt.samples)));
         }
         None => ov.push((
             "capture (UTC)",
@@ -364,7 +361,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
     let alert_outcomes = {
         let mut o: std::collections::BTreeMap<&str, usize> = Default::default();
         for a in &d.alerts {
-            *o.entry(&a.outcome).or_default() += 1;
+            *o.entry(a.outcome.as_str()).or_default() += 1;
         }
         o.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
     };
@@ -393,26 +390,26 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
         if d.evacuations.is_empty() {
             "0".into()
         } else {
-            let hv: Vec<String> = d.evacuations.iter().map(|v| format!("{} ({})", v.hypervisor, v.trigger)).collect();
+            let hv: Vec<String> =
+                d.evacuations.iter().map(|v| format!("{} ({})", v.hypervisor, v.trigger.as_str())).collect();
             format!("{}: {}", d.evacuations.len(), hv.join(", "))
         },
     ));
     let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
-    let mut outcomes: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
     for a in &d.actions {
-        *kinds.entry(a.kind.clone()).or_default() += 1;
-        *outcomes.entry(&a.outcome).or_default() += 1;
+        *kinds.entry(a.kind.as_str().to_string()).or_default() += 1;
+        *outcomes.entry(a.outcome.to_string()).or_default() += 1;
     }
-    let join = |m: &std::collections::BTreeMap<_, usize>| {
-        m.iter().map(|(k, n): (&_, &usize)| format!("{n} {k}")).collect::<Vec<String>>().join(", ")
+    let join = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<String>>().join(", ")
     };
     let mut acts = format!("{}", d.actions.len());
     if !d.actions.is_empty() {
-        let _ =
-            write!(acts, " ({}; {})", join(&kinds.iter().map(|(k, n)| (k.as_str(), *n)).collect()), join(&outcomes));
+        let _ = write!(acts, " ({}; {})", join(&kinds), join(&outcomes));
     }
     if let Some(s) = &d.summary {
-        let _ = write!(acts, "; by the backends: {}", counts(&s["actions"]));
+        let _ = write!(acts, "; by the backends: {}", counts(&s.actions));
     }
     ov.push(("actions", acts));
     let mean_down: Vec<f64> = d.migrations.iter().filter_map(|m| m.downtime_ms).collect();
@@ -429,7 +426,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
         },
     ));
     if !d.conflicts.is_empty() {
-        let c: Vec<String> = d.conflicts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let c: Vec<String> = d.conflicts.iter().map(|(k, n)| format!("{n} {}", k.as_str())).collect();
         ov.push(("conflicts", c.join(", ")));
     }
     h += "<h2>Overview</h2><table id=\"overview\">";
@@ -492,7 +489,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
                 esc(&a.src),
                 esc(&a.victim),
                 opt(&a.victim_hypervisor),
-                esc(&a.outcome)
+                esc(a.outcome.as_str())
             );
         }
         h += "</table>";
@@ -511,11 +508,11 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"w\">{}</td></tr>",
                 vm_link(&a.mac, &a.vm),
                 at(a.us),
-                esc(&a.kind),
+                esc(a.kind.as_str()),
                 opt(&a.destination),
-                esc(&a.outcome),
-                esc(&a.level),
-                esc(&a.reason),
+                esc(&a.outcome.to_string()),
+                esc(a.level.as_str()),
+                esc(a.reason.as_str()),
                 esc(&a.note)
             );
         }
@@ -531,7 +528,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
                  <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                 esc(&v.hypervisor),
                 at(v.us),
-                esc(&v.trigger),
+                esc(v.trigger.as_str()),
                 v.sid.map_or_else(|| "–".into(), |s| s.to_string()),
                 v.migrate,
                 v.held,
@@ -559,7 +556,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
                 esc(&m.flavor),
                 esc(&m.from),
                 esc(&m.to),
-                esc(&m.signature),
+                esc(m.signature.as_str()),
                 num(m.downtime_ms),
                 num(m.total_ms),
                 num(m.bytes),
@@ -700,15 +697,20 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
         rows.push((a.us, 1, format!("IDS alert sid {}", a.sid), format!("{} (from {})", esc(&a.msg), esc(&a.src))));
     }
     for v in d.evacuations.iter().filter(|v| v.vms.iter().any(|x| x == mac)) {
-        rows.push((v.us, 2, format!("evacuation of {}", esc(&v.hypervisor)), format!("trigger {}", esc(&v.trigger))));
+        rows.push((
+            v.us,
+            2,
+            format!("evacuation of {}", esc(&v.hypervisor)),
+            format!("trigger {}", esc(v.trigger.as_str())),
+        ));
     }
     for a in d.actions.iter().filter(|a| a.mac == mac) {
         let to = a.destination.as_deref().map_or_else(String::new, |t| format!(" → {}", esc(t)));
         rows.push((
             a.us,
             3,
-            format!("action {}{to}", esc(&a.kind)),
-            format!("{}, {}", esc(&a.outcome), esc(&a.reason)),
+            format!("action {}{to}", esc(a.kind.as_str())),
+            format!("{}, {}", esc(&a.outcome.to_string()), esc(a.reason.as_str())),
         ));
     }
     for m in d.migrations.iter().filter(|m| m.mac == mac) {
@@ -732,7 +734,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
     }
     if !s.peaks.is_empty() {
         let (lo, hi) = s.peaks.iter().fold((u64::MAX, 0), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-        let max = s.peaks.iter().map(|p| p.2).fold(0.0f64, f64::max);
+        let max = s.peaks.iter().filter_map(|p| p.2).reduce(f64::max);
         let first = d.us(s.peaks[0].0);
         let _ = write!(
             h,
@@ -741,7 +743,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
             s.peaks.len(),
             lo,
             hi,
-            ms(max)
+            max.map_or_else(|| "–".into(), ms)
         );
     }
     if more > 0 {

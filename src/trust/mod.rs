@@ -10,9 +10,9 @@
 
 pub mod token;
 
-use crate::config::HypervisorEntry;
 use crate::decode::Mac;
 use crate::small_file::{self, SmallFileError};
+use crate::vocab::HypervisorEntry;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use std::fmt;
@@ -120,7 +120,8 @@ impl ClusterKey {
 }
 
 /// Whether a hypervisor is signed, per the registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// The signature verifies for the MAC.
     Valid,

@@ -485,7 +485,7 @@ fn alertmanager_receives_the_alert_and_its_resolution() {
         json!(["db-1", "MEDIUM", "rate", "alert", "compute-1", id])
     );
     let secs = |v: &Value| v.as_str().unwrap()[..19].to_string();
-    let at = |us: i64| vmsentry::time::PacketTime::from_micros(us).rfc3339()[..19].to_string();
+    let at = |us: i64| vmsentry::vocab::PacketTime::from_micros(us).rfc3339()[..19].to_string();
     // Raised at the end of the first window; resolved when db-1 fell back to LOW, three quiet windows later.
     assert_eq!((secs(&a["startsAt"]), secs(&a["endsAt"])), (at(t0 + 1_000_000), at(t0 + 4_000_000)));
 }
@@ -542,8 +542,7 @@ fn libvirt_suspends_or_destroys_the_right_domain_and_retries_a_failed_migration(
         let line =
             format!("vmsentry: libvirt: {mode} rogue-1 (fa:16:3e:00:00:04) on test://{}: now {state}", node.display());
         assert!(err.lines().any(|l| l == line), "{err}");
-        let ev: Vec<Value> =
-            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let ev: Vec<Value> = event_lines(&String::from_utf8_lossy(&out.stdout));
         let s = &summary(&ev)["actions"];
         // Delivered: two alerts (log) and the quarantine. Failed: web-1's migration (the
         // destination cannot be reached: retried twice, then given up) and backup-1's (no
