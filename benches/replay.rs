@@ -7,9 +7,10 @@
 //! to tcpdump and this process's peak RSS. Then the same for the datacenter
 //! mix ([`vmsentry::synth::dcmix`], 5 000 000 frames by default or
 //! `VMSENTRY_BENCH_DCMIX_FRAMES`, plain and VXLAN, written once under
-//! target/bench-data): tcpdump, RTT on/off, threads 1/2, peak RSS per run,
-//! a run ten times as long, a million concurrent flows, and per-stage
-//! ns/frame. Numbers go to benches/README.md by hand, with the machine they ran on.
+//! target/bench-data): tcpdump and the release binary with RTT on/off,
+//! threads 1/2 (wall, CPU time and the binary's own peak RSS per run), the
+//! native reader and a libpcap loop, then in-process a run ten times as
+//! long, a million concurrent flows, and per-stage ns/frame. Numbers go to benches/README.md by hand, with the machine they ran on.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,19 @@ impl EventSink for Discard {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// A rules directory for the binary: the shipped rules and key, RTT on or off.
+fn rules_dir(rtt: bool) -> (tempfile::TempDir, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().unwrap();
+    let toml = std::fs::read_to_string(root.join("rules/vmsentry.toml")).unwrap();
+    let toml = if rtt { toml } else { toml.replacen("[rtt]\n", "[rtt]\nenabled = false\n", 1) };
+    std::fs::write(d.path().join("vmsentry.toml"), toml).unwrap();
+    std::fs::copy(root.join("rules/cluster.key"), d.path().join("cluster.key")).unwrap();
+    std::fs::set_permissions(d.path().join("cluster.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let p = d.path().to_path_buf();
+    (d, p)
 }
 
 fn rules() -> (tempfile::TempDir, Rules) {
@@ -218,6 +232,41 @@ fn replay_once(src: &mut dyn PacketSource, rules: &Rules, threads: usize) -> (f6
     (t.elapsed().as_secs_f64(), s, vmsentry::event::peak_rss_bytes().unwrap_or(0))
 }
 
+/// This process's waited-for children's CPU time (user + system, seconds),
+/// from /proc/self/stat (`cutime`, `cstime`, in clock ticks of 1/100 s).
+fn children_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): state is 3rd.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // cutime and cstime are fields 16 and 17 of the whole line: 14 and 15 of `rest`.
+    (f.get(13).copied().unwrap_or(0.0) + f.get(14).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// One run of the release binary as a user runs it (`vmsentry replay
+/// --rules R --threads N --events - FILE`, events read and dropped): wall
+/// and CPU seconds, and its own peak RSS (the summary's `peak_rss_bytes`).
+fn binary_once(rules_dir: &Path, threads: usize, file: &Path, frames: u64) -> (f64, f64, u64) {
+    let cpu0 = children_cpu_s();
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+        .arg("replay")
+        .arg("--rules")
+        .arg(rules_dir)
+        .args(["--threads", &threads.to_string(), "--no-progress", "--events", "-"])
+        .arg(file)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let wall = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "vmsentry replay failed");
+    let cpu = children_cpu_s() - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(summary["packets"].as_u64(), Some(frames));
+    (wall, cpu, summary["peak_rss_bytes"].as_u64().unwrap_or(0))
+}
+
 /// A capture replayed `times` times, each pass shifted by `span_us` of
 /// packet time: a run `times` times as long, of the same traffic.
 struct Shifted {
@@ -302,14 +351,21 @@ fn stage_costs(file: &Path, rules: &Rules, limit: usize) {
     let mut samples = 0usize;
     let mut w = None;
     let t = Instant::now();
-    for o in &obs {
+    // In batches, as the shard gets them: at most `batch_size` frames, cut
+    // where a window ends (the reader flushes every batch then).
+    let mut start = 0;
+    for (i, o) in obs.iter().enumerate() {
         let wi = o.ts.as_micros().div_euclid(window);
+        if w.is_some_and(|w| wi > w) || i - start == rules.limits.batch_size {
+            rtt.observe_batch(&obs[start..i]);
+            start = i;
+        }
         if w.is_some_and(|w| wi > w) {
             samples += rtt.close_window(vmsentry::vocab::PacketTime::from_micros(wi * window)).len();
         }
         w = Some(wi);
-        rtt.observe(o);
     }
+    rtt.observe_batch(&obs[start..]);
     if let Some(w) = w {
         samples += rtt.close_window(vmsentry::vocab::PacketTime::from_micros((w + 1) * window)).len();
     }
@@ -354,15 +410,22 @@ fn datacenter_mix(benching: bool, runs: usize, has_tcpdump: bool, rules: &Rules)
         ("--threads 2, VXLAN, rtt off", 2, false, true),
     ];
     let mut wall: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut rss = vec![0u64; configs.len()];
-    let mut tcpdump = Vec::new();
-    let mut last: Vec<Option<vmsentry::event::SummaryEvent>> = vec![None; configs.len()];
+    let (mut tcpdump, mut tcpdump_cpu) = (Vec::new(), Vec::new());
+    // The release binary, as a user runs it: its own peak RSS and CPU time
+    // per run. Rules: the shipped ones (the IDS file is not copied, so
+    // `[[ids]]` reads nothing), and the same with `rtt.enabled = false`.
+    let (_guard, on_dir) = rules_dir(true);
+    let (_guard_off, off_dir) = rules_dir(false);
     for round in 0..runs {
         if has_tcpdump {
+            let cpu0 = children_cpu_s();
             let t = Instant::now();
             let st = Command::new("tcpdump").args(["-n", "-r"]).arg(&plain).args(["-w", "/dev/null"]).output().unwrap();
             assert!(st.status.success());
             tcpdump.push(t.elapsed().as_secs_f64());
+            tcpdump_cpu.push(children_cpu_s() - cpu0);
         }
         // Rotate the order each round, so no configuration always meets
         // the same moment of a busy machine.
@@ -370,40 +433,53 @@ fn datacenter_mix(benching: bool, runs: usize, has_tcpdump: bool, rules: &Rules)
             let i = (k + round) % configs.len();
             let (_, threads, on, tunneled) = configs[i];
             let f = if tunneled { &vxlan } else { &plain };
-            let mut src = FileSource::open(std::slice::from_ref(f)).unwrap();
-            let (secs, s, peak) = replay_once(&mut src, if on { rules } else { &off }, threads);
-            assert_eq!(s.packets, frames);
+            let (secs, c, peak) = binary_once(if on { &on_dir } else { &off_dir }, threads, f, frames);
             wall[i].push(secs);
+            cpu[i].push(c);
             rss[i] = rss[i].max(peak);
-            last[i] = Some(s);
         }
     }
     let size = std::fs::metadata(&plain).map(|m| m.len()).unwrap_or(0);
     println!(
-        "datacenter mix: {frames} frames, {:.1} MB (see benches/README.md), median of {runs} rounds",
+        "datacenter mix: {frames} frames, {:.1} MB (see benches/README.md), median of {runs} rounds, the release binary",
         size as f64 / 1e6
     );
     let td = (!tcpdump.is_empty()).then(|| median(tcpdump));
     if let Some(td) = td {
-        println!("  tcpdump -n -r FILE -w /dev/null : {:>7.1} ms  {:>6.2} Mpps", td * 1e3, frames as f64 / td / 1e6);
+        println!(
+            "  tcpdump -n -r FILE -w /dev/null     : {:>7.1} ms  {:>6.2} Mpps  CPU {:>6.2} s",
+            td * 1e3,
+            frames as f64 / td / 1e6,
+            median(tcpdump_cpu)
+        );
     }
     let med: Vec<f64> = wall.iter().map(|w| median(w.clone())).collect();
+    let med_cpu: Vec<f64> = cpu.iter().map(|w| median(w.clone())).collect();
     for (i, (label, ..)) in configs.iter().enumerate() {
         let ratio = td.map(|td| format!("{:.2}x tcpdump", td / med[i])).unwrap_or_default();
         println!(
-            "  vmsentry replay {label:<27}: {:>7.1} ms  {:>6.2} Mpps  {ratio:<14} peak RSS {:>5.1} MiB",
+            "  vmsentry replay {label:<20}: {:>7.1} ms  {:>6.2} Mpps  {ratio:<14} CPU {:>6.2} s  peak RSS {:>5.1} MiB",
             med[i] * 1e3,
             frames as f64 / med[i] / 1e6,
+            med_cpu[i],
             mib(rss[i])
         );
     }
     println!(
-        "  RTT on / off: {:.2}x (1 thread), {:.2}x (2); VXLAN / plain throughput: {:.0} % (1 thread), {:.0} % (2)",
+        "  RTT on / off, wall: {:.2}x (1 thread), {:.2}x (2); CPU: {:.2}x (1), {:.2}x (2); VXLAN / plain throughput: {:.0} % (1 thread), {:.0} % (2)",
         med[0] / med[2],
         med[1] / med[3],
+        med_cpu[0] / med_cpu[2],
+        med_cpu[1] / med_cpu[3],
         100.0 * med[0] / med[4],
         100.0 * med[1] / med[5]
     );
+    reader_rows(&plain, runs);
+    // One in-process replay for the RTT counters and the packet-time span.
+    let mut src = FileSource::open(std::slice::from_ref(&plain)).unwrap();
+    let (_, s1, rss1) = replay_once(&mut src, rules, 2);
+    rss[1] = rss1;
+    let last = [None, Some(s1)];
     if let Some(s) = &last[1] {
         println!(
             "  RTT: {} samples, {} flow evictions, {} probe evictions, {} probe timeouts",

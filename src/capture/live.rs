@@ -42,6 +42,7 @@ pub struct LiveSource {
     telemetry: Option<Arc<dyn Observer>>,
     published: pcap::Stat,
     stats: SourceStats,
+    interface: String,
 }
 
 impl LiveSource {
@@ -81,6 +82,7 @@ impl LiveSource {
             telemetry,
             published: pcap::Stat { received: 0, dropped: 0, if_dropped: 0 },
             stats: SourceStats::default(),
+            interface: cfg.interface.clone(),
         })
     }
 
@@ -130,6 +132,13 @@ impl PacketSource for LiveSource {
         let result = self.capture(each, &seen);
         done.store(true, Ordering::Relaxed);
         self.publish_stats();
+        // The kernel's counters once more at the end, for whoever runs it
+        // without metrics (benches/live-trafgen.sh reads this line).
+        let st = self.published;
+        eprintln!(
+            "vmsentry: capture on {}: {} frames received, {} dropped by the kernel, {} by the interface (libpcap's counters)",
+            self.interface, st.received, st.dropped, st.if_dropped
+        );
         if let Some(t) = &self.telemetry {
             t.set_ready(false);
         }

@@ -267,3 +267,60 @@ fn frames_stamped_before_the_last_close_keep_their_flow() {
     let s = run(&mut t, &[(0, syn.build()), (750, synack.build())]);
     assert_eq!(s, vec![(0.75, SampleKind::Handshake, vm())]);
 }
+
+/// `observe_batch` (what the shards call: table memory loaded a group ahead)
+/// gives exactly what `observe` frame by frame gives: samples, counts and
+/// table contents, on the datacenter mix (TCP with and without timestamps,
+/// SYNs, ICMP), with a cap small enough to evict and windows closing in
+/// between, in batches of sizes around the prefetch group.
+#[test]
+fn observe_batch_gives_exactly_what_observe_gives() {
+    use crate::capture::{FileSource, PacketSource, SourceItem};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mix.pcap");
+    crate::synth::dcmix::DcMix { frames: 30_000, flows: 2_000, ..Default::default() }.write(&path).unwrap();
+    let mut obs = Vec::new();
+    let mut src = FileSource::open(&[path]).unwrap();
+    src.run(&mut |item| {
+        if let SourceItem::Packet(p) = item {
+            let len = p.data.len() as u32;
+            obs.push(decode(&Tunnels::default(), p.linktype, p.ts, p.orig_len, len, p.data));
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(obs.len(), 30_000);
+    let window = 100 * MS;
+    // One tracker frame by frame, one in batches; both close the same windows.
+    let run = |batch: Option<usize>| {
+        let mut t = RttTracker::new(500, 200, 10, 2);
+        let (mut samples, mut start, mut w) = (Vec::new(), 0, None);
+        let flush = |t: &mut RttTracker, part: &[Observation]| match batch {
+            None => part.iter().for_each(|o| t.observe(o)),
+            Some(n) => part.chunks(n).for_each(|c| t.observe_batch(c)),
+        };
+        for (i, o) in obs.iter().enumerate() {
+            let wi = o.ts.as_micros().div_euclid(window);
+            if w.is_some_and(|w| wi > w) {
+                flush(&mut t, &obs[start..i]);
+                start = i;
+                samples.extend(t.close_window(PacketTime::from_micros(wi * window)));
+            }
+            w = Some(wi);
+        }
+        flush(&mut t, &obs[start..]);
+        samples.extend(t.close_window(PacketTime::from_micros((w.unwrap() + 1) * window)));
+        let flows: Vec<(FlowKey, i64)> =
+            t.flows.entries.iter().filter(|f| f.live).map(|f| (f.key, f.last_seen)).collect();
+        (samples, t.counts, flows)
+    };
+    let one_by_one = run(None);
+    assert!(one_by_one.0.len() > 2_000, "{} samples", one_by_one.0.len());
+    assert!(one_by_one.1.flow_evictions > 0 && one_by_one.1.probe_timeouts > 0, "{:?}", one_by_one.1);
+    for n in [1, 2, 7, GROUP, GROUP + 1, 3 * GROUP - 1, 512] {
+        let b = run(Some(n));
+        assert_eq!(b.0, one_by_one.0, "samples, batches of {n}");
+        assert_eq!(b.1, one_by_one.1, "counts, batches of {n}");
+        assert_eq!(b.2, one_by_one.2, "flows, batches of {n}");
+    }
+}
