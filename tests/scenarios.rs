@@ -539,6 +539,24 @@ fn check_warns_about_unsigned_hypervisors_and_exits_0() {
     assert!(ok.trim_end().ends_with("OK: cluster `lab`, 5 hypervisors (4 signed), 19 VMs"), "{ok}");
 }
 
+/// `check` reads the rules, not migration.tokens_dir: only a command that
+/// builds a detector (replay, live) opens the tokens' used-nonces file.
+#[test]
+fn check_does_not_open_the_tokens_directory() {
+    let rules = rules_dir();
+    // An unreadable used-tokens file (a directory): opening the store says so.
+    std::fs::create_dir_all(rules.path().join("tokens").join("used-tokens")).unwrap();
+    let out = vmsentry(&["check", "--rules", rules.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("used-tokens") && !err.contains("not remembered"), "{err}");
+    let pcap = capture("basic.pcap");
+    let out = vmsentry(&["replay", "--rules", rules.path().to_str().unwrap(), pcap.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("used-tokens") && err.contains("used tokens are not remembered"), "{err}");
+}
+
 #[test]
 fn sign_prints_the_signature_the_shipped_rules_carry() {
     let rules = rules_dir();

@@ -115,8 +115,6 @@ pub struct Rules {
     pub ids: Vec<crate::ids::Input>,
     pub hypervisors: Vec<HypervisorEntry>,
     pub vms: Vec<VmEntry>,
-    /// The move tokens of `migration.tokens_dir` (its used nonces read at load).
-    pub tokens: TokenStore,
 }
 
 /// The settings a reload does not change: they size the reader's and the
@@ -180,15 +178,15 @@ impl Rules {
     /// builds the stages' configs, naming the secret files the validated
     /// backends need, and the loading step reads those
     /// (`SecretFiles::read_into`): a meaning error wins over a missing
-    /// secret, as it always has; then the tokens directory validation named
-    /// is opened.
+    /// secret, as it always has. The move tokens are not opened here:
+    /// `detect_config` does that where a detector is built, so `check`,
+    /// `report` and the gate hook never touch `migration.tokens_dir`.
     pub fn from_str_in(dir: &Path, path: &Path, text: &str) -> Result<Rules, RulesError> {
         let src = Src { path, text };
         let raw = parse(&src)?;
         let files = Files::read(dir, &raw, &src)?;
         let (mut rules, secrets) = validate::rules(dir, raw, files, &src)?;
         secrets.read_into(dir, &src, &mut rules.backend)?;
-        rules.tokens = TokenStore::open(rules.key.clone(), rules.migration.tokens_dir.as_deref());
         Ok(rules)
     }
 
@@ -310,10 +308,13 @@ impl Files {
     }
 }
 
-/// The rules build each stage's own configuration: a stage knows its
-/// config type, never the rules file.
-impl From<&Rules> for crate::detect::Config {
-    fn from(r: &Rules) -> Self {
+impl Rules {
+    /// The detector's configuration, with the move tokens of
+    /// `migration.tokens_dir` opened (their used nonces read): the loading
+    /// step of `run`, `replay` and `live` (and a reload), where a detector is
+    /// built; nothing else reads the tokens directory.
+    pub fn detect_config(&self) -> crate::detect::Config {
+        let r = self;
         crate::detect::Config {
             window_len_ms: r.window_len_ms,
             thresholds: r.thresholds.clone(),
@@ -324,11 +325,13 @@ impl From<&Rules> for crate::detect::Config {
             sensor: r.sensor,
             hypervisors: r.hypervisors.clone(),
             vms: r.vms.clone(),
-            tokens: r.tokens.clone(),
+            tokens: TokenStore::open(r.key.clone(), r.migration.tokens_dir.as_deref()),
         }
     }
 }
 
+/// The rules build each stage's own configuration: a stage knows its
+/// config type, never the rules file.
 impl From<&Rules> for crate::gate::Trust {
     fn from(r: &Rules) -> Self {
         crate::gate::Trust {

@@ -7,7 +7,6 @@ use super::{Backend, BackendName, HypervisorEntry, Limits, MigrationRules, MtdRu
 use super::{RttRules, RulesError, StormRules, Thresholds, VmEntry, VolumeRules, MAX_DECODE_BYTES, MIN_DECODE_BYTES};
 use crate::decode::{Mac, Tunnels};
 use crate::detect::Level;
-use crate::trust::token::TokenStore;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -62,8 +61,6 @@ pub(super) fn rules(dir: &Path, raw: RawRules, files: Files, src: &Src) -> Resul
         ids,
         hypervisors,
         vms,
-        // Opened by the loading step, after validation named the directory.
-        tokens: TokenStore::none(),
     };
     Ok((rules, secrets))
 }

@@ -263,7 +263,7 @@ mod tests {
         );
         let rules = Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
         let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-        let vm = Detector::new(&rules, registry.clone()).vm(0).clone();
+        let vm = Detector::new(rules.detect_config(), registry.clone()).vm(0).clone();
         (rules, registry, vm)
     }
 
