@@ -348,7 +348,7 @@ fn shipped_scenario_captures_are_what_the_generator_writes() {
         let shipped = std::fs::read(capture(name)).unwrap();
         assert!(
             fresh == shipped,
-            "{name} differs from the generator's output: run `cargo run --bin vmsentry-synth -- scenarios captures`"
+            "{name} differs from the generator's output: run `cargo run -p vmsentry-synth -- scenarios captures`"
         );
     }
 }
