@@ -87,7 +87,7 @@ fn act(d: Option<Decision>) -> Action {
 
 fn held(d: Option<Decision>) -> &'static str {
     match d {
-        Some(Decision::Held(h)) => h.because,
+        Some(Decision::Held(h)) => h.because.as_str(),
         other => panic!("expected a hold, got {other:?}"),
     }
 }
