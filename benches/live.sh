@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
 cargo build --release --quiet
+# The dev-only generator, on its own (so vmsentry is built without `synth`).
+cargo build --release --quiet -p vmsentry-synth
 BIN=target/release/vmsentry
 W=$(mktemp -d)
 NS=vmsentry-bench; A=vbenchA; B=vbenchB

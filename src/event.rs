@@ -610,19 +610,8 @@ names! {
         Skipped = "skipped",
     }
 }
-names! {
-    /// The storm limit that held an action back.
-    HoldReason {
-        VmCooldown = "vm_cooldown",
-        RateLimit = "rate_limit",
-        HypervisorMigrations = "hypervisor_migrations",
-        ClusterMigrations = "cluster_migrations",
-    }
-}
-names! {
-    /// Why a VM was left out of an evacuation plan.
-    SkipReason { AlreadyMoving = "already_moving", }
-}
+/// The policy's words for a hold and a skip (`vocab`, where the policy names them).
+pub use crate::vocab::{HoldReason, SkipReason};
 names! {
     /// What contradicts the registry or the inventory.
     ConflictKind {

@@ -108,94 +108,198 @@ pub mod report;
 #[cfg(test)]
 mod layering {
     //! The modules above, in the order they are declared, are the data flow:
-    //! each may import (`crate::x`) only modules declared before it, so no
-    //! import runs upstream and there is no cycle. Read from the sources, so
-    //! a new upward import fails here. Unit tests (`tests.rs`, `mod tests`)
-    //! may use anything: they build fixtures with `config` and `synth`.
+    //! each may import only modules declared before it, so no import runs
+    //! upstream and there is no cycle. Read from the sources (parsed with
+    //! `syn`, following the `mod` declarations from this file), so a new
+    //! upward import fails here: every `use` tree and every path, with
+    //! `super::` and `self::` resolved against the file's module. Unit tests
+    //! (items under `#[cfg(test)]`, such as `mod tests`) may use anything:
+    //! they build fixtures with `config` and `synth`.
     use std::collections::BTreeSet;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
+    use syn::visit::Visit;
 
-    /// `pub mod x;` of lib.rs, in order.
-    fn order(lib: &str) -> Vec<String> {
-        lib.lines()
-            .filter_map(|l| l.trim().strip_prefix("pub mod ").and_then(|r| r.strip_suffix(';')))
-            .map(str::to_string)
+    /// Whether an item is compiled only for tests (`#[cfg(test)]`).
+    fn test_only(attrs: &[syn::Attribute]) -> bool {
+        attrs.iter().any(|a| a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test"))
+    }
+
+    /// The top-level modules of lib.rs (any visibility, not test-only), in order.
+    fn order(lib: &syn::File) -> Vec<String> {
+        lib.items
+            .iter()
+            .filter_map(|i| match i {
+                syn::Item::Mod(m) if !test_only(&m.attrs) => Some(m.ident.to_string()),
+                _ => None,
+            })
             .collect()
     }
 
-    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                files(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
+    /// Walks one file: the top-level modules its paths reach, resolved from
+    /// `module` (the file's module path, empty for lib.rs), and the
+    /// `mod x;` it declares (as module paths), both outside test-only items.
+    struct Reader {
+        module: Vec<String>,
+        reached: BTreeSet<String>,
+        children: Vec<Vec<String>>,
     }
 
-    /// The source without comments and without its unit tests.
-    fn code(src: &str) -> String {
-        let src = src.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
-        src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
-    }
-
-    /// The top-level modules a source names as `crate::x`, also inside
-    /// `use crate::{a::b, c}` groups that span lines.
-    fn imports(code: &str) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        let ident = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>();
-        for (i, _) in code.match_indices("crate::") {
-            let rest = &code[i + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // The group's top-level items, to its matching brace.
-                let (mut depth, mut item_start) = (0usize, true);
-                for (k, c) in group.char_indices() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => break,
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => item_start = true,
-                        c if item_start && !c.is_whitespace() => {
-                            item_start = false;
-                            out.insert(ident(&group[k..]));
-                        }
-                        _ => {}
+    impl Reader {
+        /// The top-level module an absolute or relative path names, if it
+        /// names one of this crate (`crate::`, `super::`, `self::`; a bare
+        /// first segment is an extern crate or an item in scope).
+        fn reach(&mut self, segments: &[String]) {
+            let mut at = self.module.clone();
+            let mut rest = segments;
+            match rest.first().map(String::as_str) {
+                Some("crate") => {
+                    at.clear();
+                    rest = &rest[1..];
+                }
+                Some("self") => rest = &rest[1..],
+                Some("super") => {
+                    while rest.first().is_some_and(|s| s == "super") {
+                        at.pop();
+                        rest = &rest[1..];
                     }
                 }
-            } else {
-                out.insert(ident(rest));
+                // An extern crate, or an item in scope.
+                _ => return,
+            }
+            let top = at.first().or(rest.first()).cloned();
+            if let Some(top) = top {
+                self.reached.insert(top);
             }
         }
-        out.remove("");
-        out
+
+        fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+            match tree {
+                syn::UseTree::Path(p) => {
+                    prefix.push(p.ident.to_string());
+                    self.use_tree(prefix, &p.tree);
+                    prefix.pop();
+                }
+                syn::UseTree::Name(n) => {
+                    prefix.push(n.ident.to_string());
+                    self.reach(prefix);
+                    prefix.pop();
+                }
+                syn::UseTree::Rename(r) => {
+                    prefix.push(r.ident.to_string());
+                    self.reach(prefix);
+                    prefix.pop();
+                }
+                // `use super::*` from a top-level module globs the crate root.
+                syn::UseTree::Glob(_) => {
+                    prefix.push("*".into());
+                    self.reach(prefix);
+                    prefix.pop();
+                }
+                syn::UseTree::Group(g) => g.items.iter().for_each(|t| self.use_tree(prefix, t)),
+            }
+        }
+    }
+
+    impl<'a> Visit<'a> for Reader {
+        fn visit_item(&mut self, i: &'a syn::Item) {
+            let attrs = match i {
+                syn::Item::Const(x) => &x.attrs,
+                syn::Item::Enum(x) => &x.attrs,
+                syn::Item::Fn(x) => &x.attrs,
+                syn::Item::Impl(x) => &x.attrs,
+                syn::Item::Macro(x) => &x.attrs,
+                syn::Item::Mod(x) => &x.attrs,
+                syn::Item::Static(x) => &x.attrs,
+                syn::Item::Struct(x) => &x.attrs,
+                syn::Item::Trait(x) => &x.attrs,
+                syn::Item::Type(x) => &x.attrs,
+                syn::Item::Union(x) => &x.attrs,
+                syn::Item::Use(x) => &x.attrs,
+                _ => return syn::visit::visit_item(self, i),
+            };
+            if !test_only(attrs) {
+                syn::visit::visit_item(self, i);
+            }
+        }
+
+        fn visit_impl_item(&mut self, i: &'a syn::ImplItem) {
+            let test = match i {
+                syn::ImplItem::Fn(f) => test_only(&f.attrs),
+                syn::ImplItem::Const(c) => test_only(&c.attrs),
+                _ => false,
+            };
+            if !test {
+                syn::visit::visit_impl_item(self, i);
+            }
+        }
+
+        fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
+            self.module.push(m.ident.to_string());
+            if m.content.is_none() {
+                self.children.push(self.module.clone());
+            }
+            syn::visit::visit_item_mod(self, m);
+            self.module.pop();
+        }
+
+        fn visit_item_use(&mut self, u: &'a syn::ItemUse) {
+            self.use_tree(&mut Vec::new(), &u.tree);
+        }
+
+        fn visit_path(&mut self, p: &'a syn::Path) {
+            let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+            if p.leading_colon.is_none() {
+                self.reach(&segments);
+            }
+            syn::visit::visit_path(self, p);
+        }
+    }
+
+    /// One file's reach: the top-level modules it names, and its `mod x;`.
+    fn read(src: &str, module: &[&str]) -> (BTreeSet<String>, Vec<Vec<String>>) {
+        let file = syn::parse_file(src).unwrap();
+        let mut r = Reader {
+            module: module.iter().map(|s| s.to_string()).collect(),
+            reached: BTreeSet::new(),
+            children: Vec::new(),
+        };
+        r.visit_file(&file);
+        (r.reached, r.children)
+    }
+
+    /// The top-level modules a source reaches, from `module`.
+    fn imports(src: &str, module: &[&str]) -> BTreeSet<String> {
+        read(src, module).0
     }
 
     #[test]
     fn every_module_imports_only_modules_declared_before_it() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let order = order(&std::fs::read_to_string(root.join("lib.rs")).unwrap());
+        let lib = std::fs::read_to_string(root.join("lib.rs")).unwrap();
+        let order = order(&syn::parse_file(&lib).unwrap());
         assert!(order.len() > 15 && order[0] == "vocab", "{order:?}");
-        let mut all = Vec::new();
-        files(&root, &mut all);
         let mut upward = Vec::new();
         let mut seen = 0;
-        for f in &all {
-            let rel = f.strip_prefix(&root).unwrap();
-            let first = rel.iter().next().unwrap().to_string_lossy();
-            let module = first.trim_end_matches(".rs");
-            // The binary and its command line sit above everything.
-            let Some(at) = order.iter().position(|m| m == module) else { continue };
-            let name = rel.to_string_lossy();
-            if name.ends_with("tests.rs") || name.contains("/tests/") {
-                continue;
-            }
+        // From lib.rs down the `mod x;` declarations that are not test-only.
+        let mut todo: Vec<Vec<String>> = Vec::new();
+        let (_, top) = read(&lib, &[]);
+        todo.extend(top);
+        while let Some(module) = todo.pop() {
+            let dir: std::path::PathBuf = module.iter().collect();
+            let flat = root.join(&dir).with_extension("rs");
+            let file = if flat.exists() { flat } else { root.join(&dir).join("mod.rs") };
+            let name = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            let src = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("src/{name}: {e}"));
+            let path: Vec<&str> = module.iter().map(String::as_str).collect();
+            let (reached, children) = read(&src, &path);
+            todo.extend(children);
             seen += 1;
-            for m in imports(&code(&std::fs::read_to_string(f).unwrap())) {
+            let at = order.iter().position(|m| *m == module[0]).unwrap();
+            for m in reached {
                 match order.iter().position(|o| *o == m) {
-                    Some(i) if i < at || m == module => {}
-                    Some(_) => upward.push(format!("src/{name} ({module}) imports {m}, declared after it")),
-                    None => upward.push(format!("src/{name} imports crate::{m}, not a module of lib.rs")),
+                    Some(i) if i < at || m == module[0] => {}
+                    Some(_) => upward.push(format!("src/{name} ({}) imports {m}, declared after it", module[0])),
+                    None => upward.push(format!("src/{name} reaches crate::{m}, not a module of lib.rs")),
                 }
             }
         }
@@ -205,8 +309,41 @@ mod layering {
 
     #[test]
     fn the_import_reader_sees_groups_and_paths() {
-        let src = "use crate::a::X;\nuse crate::{\n    b::{Y, Z},\n    c,\n};\nfn f() { crate::d::g(); } // crate::e\n";
-        let got: Vec<String> = imports(&code(src)).into_iter().collect();
-        assert_eq!(got, ["a", "b", "c", "d"]);
+        let src = "use crate::a::X;\nuse crate::{\n    b::{Y, Z},\n    c,\n};\nfn f() { crate::d::g(); let _ = \"// crate::e\"; crate::f::h(); } // crate::g\nuse std::io;\n";
+        let got: Vec<String> = imports(src, &["m"]).into_iter().collect();
+        assert_eq!(got, ["a", "b", "c", "d", "f"]);
+    }
+
+    #[test]
+    fn the_import_reader_resolves_super_and_self() {
+        // `super` from a top-level module's mod.rs is the crate root.
+        let src = "use std::fmt;\nuse super::config::Rules;\n";
+        assert_eq!(imports(src, &["detect"]).into_iter().collect::<Vec<_>>(), ["config"]);
+        // Twice up from detect::level.
+        let src = "use super::super::config::Rules;\nuse super::Level;\n";
+        assert_eq!(imports(src, &["detect", "level"]).into_iter().collect::<Vec<_>>(), ["config", "detect"]);
+        // In an expression, and `self` within the module.
+        let src = "fn f() { let _ = super::pipeline::run(); self::g(); }\n";
+        assert_eq!(imports(src, &["policy"]).into_iter().collect::<Vec<_>>(), ["pipeline", "policy"]);
+        let src = "use super::*;\n";
+        assert_eq!(imports(src, &["policy"]).into_iter().collect::<Vec<_>>(), ["*"]);
+    }
+
+    #[test]
+    fn the_import_reader_reads_past_the_unit_tests() {
+        let src = "use crate::vocab::Mac;\n#[cfg(test)]\nmod tests;\nuse crate::pipeline::Options;\n\
+                   #[cfg(test)]\nmod inline { use crate::config::Rules; }\n#[cfg(test)]\nuse crate::synth::X;\n\
+                   mod inner { use super::super::report::Y; }\n";
+        let (got, children) = read(src, &["policy"]);
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), ["pipeline", "report", "vocab"]);
+        assert_eq!(children, Vec::<Vec<String>>::new(), "mod tests; is test-only, inner is inline");
+        let (_, children) = read("mod a;\n#[cfg(test)]\nmod tests;\npub(crate) mod b;\n", &["x"]);
+        assert_eq!(children, [vec!["x".to_string(), "a".into()], vec!["x".into(), "b".into()]]);
+    }
+
+    #[test]
+    fn every_top_level_module_is_in_the_order() {
+        let lib = "pub mod vocab;\nmod quiet;\n#[cfg(any(test, feature = \"synth\"))]\npub mod synth;\npub(crate) mod c;\n#[cfg(test)]\nmod layering {}\n";
+        assert_eq!(order(&syn::parse_file(lib).unwrap()), ["vocab", "quiet", "synth", "c"]);
     }
 }

@@ -348,7 +348,7 @@ fn shipped_scenario_captures_are_what_the_generator_writes() {
         let shipped = std::fs::read(capture(name)).unwrap();
         assert!(
             fresh == shipped,
-            "{name} differs from the generator's output: run `cargo run --bin vmsentry-synth -- scenarios captures`"
+            "{name} differs from the generator's output: run `cargo run -p vmsentry-synth -- scenarios captures`"
         );
     }
 }
@@ -537,6 +537,24 @@ fn check_warns_about_unsigned_hypervisors_and_exits_0() {
     // The verdict goes to stdout.
     let ok = String::from_utf8_lossy(&out.stdout);
     assert!(ok.trim_end().ends_with("OK: cluster `lab`, 5 hypervisors (4 signed), 19 VMs"), "{ok}");
+}
+
+/// `check` reads the rules, not migration.tokens_dir: only a command that
+/// builds a detector (replay, live) opens the tokens' used-nonces file.
+#[test]
+fn check_does_not_open_the_tokens_directory() {
+    let rules = rules_dir();
+    // An unreadable used-tokens file (a directory): opening the store says so.
+    std::fs::create_dir_all(rules.path().join("tokens").join("used-tokens")).unwrap();
+    let out = vmsentry(&["check", "--rules", rules.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("used-tokens") && !err.contains("not remembered"), "{err}");
+    let pcap = capture("basic.pcap");
+    let out = vmsentry(&["replay", "--rules", rules.path().to_str().unwrap(), pcap.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("used-tokens") && err.contains("used tokens are not remembered"), "{err}");
 }
 
 #[test]

@@ -22,7 +22,6 @@ use crate::trust::token::TokenStore;
 use crate::trust::{ClusterKey, KeyError};
 pub use crate::vocab::{HypervisorEntry, VmEntry};
 use raw::RawRules;
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -116,8 +115,6 @@ pub struct Rules {
     pub ids: Vec<crate::ids::Input>,
     pub hypervisors: Vec<HypervisorEntry>,
     pub vms: Vec<VmEntry>,
-    /// The move tokens of `migration.tokens_dir` (its used nonces read at load).
-    pub tokens: TokenStore,
 }
 
 /// The settings a reload does not change: they size the reader's and the
@@ -176,16 +173,20 @@ impl Rules {
     }
 
     /// Validates rules text; `path` names the file in messages and `dir`
-    /// anchors relative paths. Three steps: `parse` the text, the loading
-    /// step reads the files it names (the key, secrets: `Files::read`),
-    /// `validate` checks meaning and builds the stages' configs; then the
-    /// tokens directory validation named is opened.
+    /// anchors relative paths. Steps: `parse` the text, the loading step
+    /// reads the cluster key (`Files::read`), `validate` checks meaning and
+    /// builds the stages' configs, naming the secret files the validated
+    /// backends need, and the loading step reads those
+    /// (`SecretFiles::read_into`): a meaning error wins over a missing
+    /// secret, as it always has. The move tokens are not opened here:
+    /// `detect_config` does that where a detector is built, so `check`,
+    /// `report` and the gate hook never touch `migration.tokens_dir`.
     pub fn from_str_in(dir: &Path, path: &Path, text: &str) -> Result<Rules, RulesError> {
         let src = Src { path, text };
         let raw = parse(&src)?;
         let files = Files::read(dir, &raw, &src)?;
-        let mut rules = validate::rules(dir, raw, files, &src)?;
-        rules.tokens = TokenStore::open(rules.key.clone(), rules.migration.tokens_dir.as_deref());
+        let (mut rules, secrets) = validate::rules(dir, raw, files, &src)?;
+        secrets.read_into(dir, &src, &mut rules.backend)?;
         Ok(rules)
     }
 
@@ -261,22 +262,36 @@ fn parse(src: &Src) -> Result<RawRules, RulesError> {
     toml::from_str(src.text).map_err(|e| src.at(e.span().unwrap_or(0..0), e.message().trim_end().replace('\n', "; ")))
 }
 
-/// The files the rules name that their meaning needs: the cluster key and
-/// the backends' secrets, read (and their modes checked) in this one
-/// loading step, so validation and the stages read no file.
+/// The file the rules' meaning needs before validation: the cluster key,
+/// read (and its mode checked) in the loading step, so validation and the
+/// stages read no file.
 struct Files {
     key: ClusterKey,
-    secrets: Secrets,
 }
 
-/// The secret files of `[backend]`, by the name the rules give them.
+/// The secret files the validated `[backend]` uses, where each goes: read
+/// by the loading step after validation, so a meaning error comes first and
+/// only the secrets of the chosen authentication are read.
 #[derive(Default)]
-struct Secrets(BTreeMap<String, Vec<u8>>);
+struct SecretFiles {
+    webhook: Option<Spanned<String>>,
+    openstack: Option<Spanned<String>>,
+}
 
-impl Secrets {
-    /// A secret the loading step read (every one the rules name is).
-    fn get(&self, name: &Spanned<String>) -> Vec<u8> {
-        self.0.get(name.get_ref()).cloned().unwrap_or_default()
+impl SecretFiles {
+    fn read_into(self, dir: &Path, src: &Src, backend: &mut Backend) -> Result<(), RulesError> {
+        let read = |f: &Spanned<String>| read_secret(&dir.join(f.get_ref())).map_err(|m| src.at(f.span(), m));
+        if let (Some(f), Some(w)) = (&self.webhook, backend.webhook.as_mut()) {
+            w.secret = read(f)?;
+        }
+        if let (Some(f), Some(o)) = (&self.openstack, backend.openstack.as_mut()) {
+            let s = String::from_utf8_lossy(&read(f)?).into_owned();
+            match &mut o.auth {
+                crate::action::OpenstackAuth::ApplicationCredential { secret, .. } => *secret = s,
+                crate::action::OpenstackAuth::Password { password, .. } => *password = s,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -289,23 +304,17 @@ impl Files {
             | KeyError::Permissions { .. }
             | KeyError::Unusable { .. } => src.at(raw.cluster.key_file.span(), e.to_string()),
         })?;
-        let b = &raw.backend;
-        let named = b.webhook.iter().map(|w| &w.secret_file).chain(
-            b.openstack.iter().flat_map(|o| o.application_credential_secret_file.iter().chain(o.password_file.iter())),
-        );
-        let mut secrets = Secrets::default();
-        for f in named {
-            let bytes = read_secret(&dir.join(f.get_ref())).map_err(|m| src.at(f.span(), m))?;
-            secrets.0.insert(f.get_ref().clone(), bytes);
-        }
-        Ok(Files { key, secrets })
+        Ok(Files { key })
     }
 }
 
-/// The rules build each stage's own configuration: a stage knows its
-/// config type, never the rules file.
-impl From<&Rules> for crate::detect::Config {
-    fn from(r: &Rules) -> Self {
+impl Rules {
+    /// The detector's configuration, with the move tokens of
+    /// `migration.tokens_dir` opened (their used nonces read): the loading
+    /// step of `run`, `replay` and `live` (and a reload), where a detector is
+    /// built; nothing else reads the tokens directory.
+    pub fn detect_config(&self) -> crate::detect::Config {
+        let r = self;
         crate::detect::Config {
             window_len_ms: r.window_len_ms,
             thresholds: r.thresholds.clone(),
@@ -316,11 +325,13 @@ impl From<&Rules> for crate::detect::Config {
             sensor: r.sensor,
             hypervisors: r.hypervisors.clone(),
             vms: r.vms.clone(),
-            tokens: r.tokens.clone(),
+            tokens: TokenStore::open(r.key.clone(), r.migration.tokens_dir.as_deref()),
         }
     }
 }
 
+/// The rules build each stage's own configuration: a stage knows its
+/// config type, never the rules file.
 impl From<&Rules> for crate::gate::Trust {
     fn from(r: &Rules) -> Self {
         crate::gate::Trust {

@@ -412,6 +412,9 @@ fn d_quarantine() -> RawQuarantine {
 fn d_virsh() -> String {
     crate::action::LibvirtConfig::DEFAULT_VIRSH.into()
 }
+fn d_alertmanager_timeout_ms() -> u64 {
+    crate::action::AlertmanagerConfig::DEFAULT_TIMEOUT_MS
+}
 fn d_libvirt_timeout_ms() -> u64 {
     crate::action::LibvirtConfig::DEFAULT_TIMEOUT_MS
 }
@@ -420,7 +423,7 @@ fn d_libvirt_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct RawAlertmanager {
     pub url: Spanned<String>,
-    #[serde(default = "d_webhook_timeout_ms")]
+    #[serde(default = "d_alertmanager_timeout_ms")]
     pub timeout_ms: u64,
 }
 #[derive(Deserialize)]

@@ -283,3 +283,48 @@ fn unset_sections_are_the_stages_defaults() {
     assert_eq!(r.limits, Limits::default());
     assert_eq!(r.tunnels, Tunnels::default());
 }
+
+/// A meaning error wins over a secret file that is missing: validation
+/// runs first, and only the secrets of the validated choice are read.
+#[test]
+fn a_meaning_error_wins_over_a_missing_secret_file() {
+    let cases = [
+        (
+            "[thresholds]\nclear_windows = 0\n[backend.webhook]\nurl = \"http://h\"\nsecret_file = \"missing\"\n",
+            "r/vmsentry.toml:5:17: clear_windows must be at least 1",
+        ),
+        (
+            "[backend.webhook]\nurl = \"ftp://h\"\nsecret_file = \"missing\"\n",
+            "r/vmsentry.toml:5:7: webhook url must start with http:// or https:// (got `ftp://h`)",
+        ),
+        (
+            "[backend.openstack]\nauth_url = \"http://h\"\napplication_credential_id = \"i\"\n\
+             application_credential_secret_file = \"cluster.key\"\npassword_file = \"missing\"\n",
+            "r/vmsentry.toml:5:12: openstack needs either application_credential_id and \
+             application_credential_secret_file, or username, password_file and project",
+        ),
+        (
+            "[[hypervisor]]\nid = \"a\"\n[[hypervisor]]\nid = \"a\"\n[backend.openstack]\nauth_url = \"http://h\"\n\
+             username = \"u\"\npassword_file = \"missing\"\nproject = \"p\"\n",
+            "r/vmsentry.toml:7:6: hypervisor id `a` is defined twice",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(load(&format!("{HEAD}{text}")).unwrap_err(), want, "{text}");
+    }
+    // Valid, the missing secret is the error, at its place.
+    let e = load(&format!("{HEAD}[backend.webhook]\nurl = \"http://h\"\nsecret_file = \"missing\"\n")).unwrap_err();
+    assert!(e.starts_with("r/vmsentry.toml:6:15: cannot read secret file "), "{e}");
+    // The secret of the chosen authentication is read into its place.
+    let d = dir_with_key();
+    std::fs::write(d.path().join("pw"), "hunter2\n").unwrap();
+    std::fs::set_permissions(d.path().join("pw"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        "{HEAD}[backend.openstack]\nauth_url = \"http://h\"\nusername = \"u\"\npassword_file = \"pw\"\nproject = \"p\"\n"
+    );
+    let r = Rules::from_str_in(d.path(), Path::new("r/vmsentry.toml"), &text).unwrap();
+    match &r.backend.openstack.as_ref().unwrap().auth {
+        crate::action::OpenstackAuth::Password { password, .. } => assert_eq!(password, "hunter2"),
+        other => panic!("{other:?}"),
+    }
+}

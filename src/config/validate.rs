@@ -2,20 +2,20 @@
 
 use super::raw::{self, RawBackend, RawHypervisor, RawIds, RawLimits, RawMigration, RawRtt, RawRules};
 use super::raw::{RawThresholds, RawTunnels, RawVm, RawVolume, RawWindow};
-use super::{check_cluster_name, check_hypervisor_id, check_unicast, is_default, positive, Files, Secrets, Src};
+use super::{check_cluster_name, check_hypervisor_id, check_unicast, is_default, positive, Files, SecretFiles, Src};
 use super::{Backend, BackendName, HypervisorEntry, Limits, MigrationRules, MtdRules, PolicyTable, Rules};
 use super::{RttRules, RulesError, StormRules, Thresholds, VmEntry, VolumeRules, MAX_DECODE_BYTES, MIN_DECODE_BYTES};
 use crate::decode::{Mac, Tunnels};
 use crate::detect::Level;
-use crate::trust::token::TokenStore;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 /// Checks every section's meaning and builds the rules from the text
-/// (`raw`) and the files the loading step read (`files`).
-pub(super) fn rules(dir: &Path, raw: RawRules, files: Files, src: &Src) -> Result<Rules, RulesError> {
+/// (`raw`) and the key the loading step read (`files`); the secret files
+/// the backends need are named for the loading step to read next.
+pub(super) fn rules(dir: &Path, raw: RawRules, files: Files, src: &Src) -> Result<(Rules, SecretFiles), RulesError> {
     let name = raw.cluster.name;
     check_cluster_name(name.get_ref()).map_err(|m| src.at(name.span(), m))?;
     let window_len_ms = window(&raw.window, src)?;
@@ -32,11 +32,11 @@ pub(super) fn rules(dir: &Path, raw: RawRules, files: Files, src: &Src) -> Resul
         Some(h) => Some(names.hypervisor(h, src)?),
     };
     let migration = migration(&raw.migration, dir, src)?;
-    let backend = backend(&raw.backend, dir, files.secrets, src)?;
+    let (backend, secrets) = backend(&raw.backend, dir, src)?;
     let vms = vms(raw.vm, &mut names, src)?;
     let mtd = MtdRules { mode: raw.mtd.mode, host_high_vms: raw.mtd.host_high_vms };
     let ids = ids(&raw.ids, dir, src)?;
-    Ok(Rules {
+    let rules = Rules {
         dir: dir.to_path_buf(),
         cluster: name.into_inner(),
         key: files.key,
@@ -61,9 +61,8 @@ pub(super) fn rules(dir: &Path, raw: RawRules, files: Files, src: &Src) -> Resul
         ids,
         hypervisors,
         vms,
-        // Opened by the loading step, after validation named the directory.
-        tokens: TokenStore::none(),
-    })
+    };
+    Ok((rules, secrets))
 }
 
 /// What the inventory names so far: hypervisor ids, hypervisor MACs, and
@@ -322,8 +321,9 @@ fn migration(m: &RawMigration, dir: &Path, src: &Src) -> Result<MigrationRules, 
     Ok(migration)
 }
 
-fn backend(b: &RawBackend, dir: &Path, secrets: Secrets, src: &Src) -> Result<Backend, RulesError> {
-    // [backend]
+fn backend(b: &RawBackend, dir: &Path, src: &Src) -> Result<(Backend, SecretFiles), RulesError> {
+    // [backend]; each secret is empty until the loading step reads the file named in `secrets`.
+    let mut secrets = SecretFiles::default();
     let exec = b.exec.as_ref().map(|e| crate::action::ExecConfig {
         program: PathBuf::from(e.program.get_ref()),
         args: e.args.clone(),
@@ -342,10 +342,10 @@ fn backend(b: &RawBackend, dir: &Path, secrets: Secrets, src: &Src) -> Result<Ba
         None => None,
         Some(w) => {
             let url = http_url(&w.url, "webhook")?;
-            let secret = secrets.get(&w.secret_file);
+            secrets.webhook = Some(w.secret_file.clone());
             Some(crate::action::WebhookConfig {
                 url,
-                secret,
+                secret: Vec::new(),
                 timeout: std::time::Duration::from_millis(w.timeout_ms.max(1)),
             })
         }
@@ -373,7 +373,6 @@ fn backend(b: &RawBackend, dir: &Path, secrets: Secrets, src: &Src) -> Result<Ba
     let openstack = match &b.openstack {
         None => None,
         Some(o) => {
-            let secret = |f: &Spanned<String>| String::from_utf8_lossy(&secrets.get(f)).into_owned();
             let auth = match (
                 &o.application_credential_id,
                 &o.application_credential_secret_file,
@@ -382,11 +381,15 @@ fn backend(b: &RawBackend, dir: &Path, secrets: Secrets, src: &Src) -> Result<Ba
                 &o.project,
             ) {
                 (Some(id), Some(s), None, None, _) => {
-                    crate::action::OpenstackAuth::ApplicationCredential { id: id.clone(), secret: secret(s) }
+                    secrets.openstack = Some(s.clone());
+                    crate::action::OpenstackAuth::ApplicationCredential { id: id.clone(), secret: String::new() }
                 }
                 (None, None, Some(u), Some(p), Some(project)) => crate::action::OpenstackAuth::Password {
                     username: u.clone(),
-                    password: secret(p),
+                    password: {
+                        secrets.openstack = Some(p.clone());
+                        String::new()
+                    },
                     user_domain: o.user_domain.clone(),
                     project: project.clone(),
                     project_domain: o.project_domain.clone(),
@@ -434,7 +437,7 @@ fn backend(b: &RawBackend, dir: &Path, secrets: Secrets, src: &Src) -> Result<Ba
             );
         }
     }
-    Ok(Backend {
+    let backend = Backend {
         routes,
         exec,
         webhook,
@@ -446,7 +449,8 @@ fn backend(b: &RawBackend, dir: &Path, secrets: Secrets, src: &Src) -> Result<Ba
         max_backoff_ms: b.max_backoff_ms.max(b.backoff_ms),
         shutdown_grace_ms: b.shutdown_grace_ms,
         journal: b.journal.as_ref().map(|j| dir.join(j.get_ref())),
-    })
+    };
+    Ok((backend, secrets))
 }
 
 fn vms(raw: Vec<RawVm>, names: &mut Names, src: &Src) -> Result<Vec<VmEntry>, RulesError> {

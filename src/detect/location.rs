@@ -898,7 +898,7 @@ mod tests {
              macs = [\"{H2}\"]\n[[vm]]\nname = \"a\"\nmac = \"{A}\"\nhypervisor = \"h1\"\n[[vm]]\nname = \"b\"\nmac = \"{B}\"\nhypervisor = \"h1\"\n"
         );
         let r = crate::config::Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
-        (Locator::new(&(&r).into(), Registry::build(&r.key, &r.cluster, &r.hypervisors)), d)
+        (Locator::new(&r.detect_config(), Registry::build(&r.key, &r.cluster, &r.hypervisors)), d)
     }
 
     fn seen(vm: &str, hv: Option<&str>, t: i64) -> Evidence {

@@ -108,7 +108,6 @@ pub struct VolumeRules {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        // 100 and 500 Mbit/s, 50 000 and 200 000 packets/s.
         Thresholds {
             medium_bps: 100_000_000,
             high_bps: 500_000_000,

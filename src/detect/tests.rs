@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 fn det(r: &Rules) -> Detector {
-    Detector::new(r, Registry::build(&r.key, &r.cluster, &r.hypervisors))
+    Detector::new(r.detect_config(), Registry::build(&r.key, &r.cluster, &r.hypervisors))
 }
 
 /// Rules from text after a `[cluster]` with a valid key.
@@ -247,7 +247,7 @@ fn a_reload_that_reorders_the_hypervisors_keeps_each_vm_on_its_hypervisor() {
     assert_eq!((d.hypervisor_name(0).as_deref(), d.verdict(0), d.signed(0)), (Some("h1"), Verdict::Valid, true));
     // The same hypervisors, listed the other way round.
     let r2 = two_hypervisors(true);
-    d.reload(&r2, Registry::build(&r2.key, &r2.cluster, &r2.hypervisors));
+    d.reload(r2.detect_config(), Registry::build(&r2.key, &r2.cluster, &r2.hypervisors));
     assert_eq!((d.hypervisor_name(0).as_deref(), d.verdict(0), d.signed(0)), (Some("h1"), Verdict::Valid, true));
     assert_eq!(d.place(0).and_then(|p| p.hv), Some(1), "h1 is the second entry now");
     assert_eq!(d.vms_on(1), [0]);

@@ -182,15 +182,17 @@ impl Mtd {
         self.publish(out);
     }
 
-    fn count(&mut self, out: &Publish, outcome: &'static str) {
+    /// Counts an alert by its outcome; `None`: the input's filter dropped it
+    /// (no event). The metric's label is the outcome's name, or `filtered`.
+    fn count(&mut self, out: &Publish, outcome: Option<AlertOutcome>) {
         let c = &mut self.counts;
         match outcome {
-            "evacuated" => c.evacuated += 1,
-            "unmapped" => c.unmapped += 1,
-            _ => c.filtered += 1,
+            Some(AlertOutcome::Evacuated) => c.evacuated += 1,
+            Some(AlertOutcome::Unmapped) => c.unmapped += 1,
+            None => c.filtered += 1,
         }
         if let Some(t) = &out.telemetry {
-            t.metrics.ids_alerts.with_label_values(&[outcome]).inc();
+            t.metrics.ids_alerts.with_label_values(&[outcome.map_or("filtered", AlertOutcome::as_str)]).inc();
         }
     }
 
@@ -198,7 +200,7 @@ impl Mtd {
         let Some(inp) = self.inputs.get_mut(input) else { return };
         let victim_ip = a.victim(inp.victim);
         if !inp.filter.pass(a, victim_ip, ts.as_micros().max(0) as u64 / 1_000_000) {
-            self.count(out, "filtered");
+            self.count(out, None);
             return;
         }
         let name = inp.name.clone();
@@ -232,7 +234,7 @@ impl Mtd {
             outcome,
         });
         out.emit(&ev);
-        self.count(out, outcome.as_str());
+        self.count(out, Some(outcome));
         let Some(h) = hv else { return };
         let (mode, vms) = match (self.mode, vm) {
             (EvacuationMode::Vm, Some(i)) => (EvacuationMode::Vm, vec![i]),

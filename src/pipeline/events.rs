@@ -5,28 +5,12 @@ use crate::decode::Mac;
 use crate::detect::{Conflict, Move, RttPeaks, VmState};
 use crate::event::{
     ActionEvent, ActionHeldEvent, ActionSignature, ConflictEvent, ConflictKind, EvacuationEvent, GateDeniedEvent,
-    HoldReason, MigrationEvent, PlanBecause, PlanLine, PlanOutcome, RttPeaksEvent, RttSampleEvent, SkipReason,
+    MigrationEvent, PlanBecause, PlanLine, PlanOutcome, RttPeaksEvent, RttSampleEvent,
 };
 use crate::gate::record::GateRecord;
 use crate::measure::rtt::RttSample;
 use crate::policy::{Decision, Held, PlanEntry};
 use crate::trust::Registry;
-
-/// The policy's storm-limit name as the event's enum. The policy names
-/// only these four; another name is a bug caught in debug builds and by
-/// the tests below, and reads as the generic `rate_limit` in release.
-pub(crate) fn hold_reason(because: &str) -> HoldReason {
-    HoldReason::ALL.iter().copied().find(|r| r.as_str() == because).unwrap_or_else(|| {
-        debug_assert!(false, "the policy held an action for an unknown reason `{because}`");
-        HoldReason::RateLimit
-    })
-}
-
-/// The policy's reason to skip a VM of a plan (only `already_moving`).
-pub(crate) fn skip_reason(skipped: &str) -> SkipReason {
-    debug_assert_eq!(skipped, SkipReason::AlreadyMoving.as_str(), "unknown skip reason");
-    SkipReason::AlreadyMoving
-}
 
 impl RttSampleEvent {
     pub(crate) fn new(s: &RttSample, vm_name: Option<String>) -> Self {
@@ -116,11 +100,11 @@ impl EvacuationEvent {
                 }
                 Some(Decision::Held(h)) => {
                     self.held += 1;
-                    (PlanOutcome::Held, None, None, Some(PlanBecause::Held(hold_reason(h.because))))
+                    (PlanOutcome::Held, None, None, Some(PlanBecause::Held(h.because)))
                 }
                 None => {
                     self.skipped += 1;
-                    (PlanOutcome::Skipped, None, None, e.skipped.map(|s| PlanBecause::Skipped(skip_reason(s))))
+                    (PlanOutcome::Skipped, None, None, e.skipped.map(PlanBecause::Skipped))
                 }
             };
             self.plan.push(PlanLine {
@@ -222,7 +206,7 @@ impl ActionHeldEvent {
             action: h.kind,
             level: h.level,
             reason: h.reason,
-            held_because: hold_reason(h.because),
+            held_because: h.because,
         }
     }
 }
@@ -266,7 +250,7 @@ mod tests {
         );
         let rules = Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
         let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-        let vm = Detector::new(&rules, registry.clone()).vm(0).clone();
+        let vm = Detector::new(rules.detect_config(), registry.clone()).vm(0).clone();
         (rules, registry, vm)
     }
 
@@ -305,7 +289,7 @@ mod tests {
             kind: ActionKind::Quarantine,
             level: Level::Medium,
             reason: Reason::Signature,
-            because: "vm_cooldown",
+            because: crate::vocab::HoldReason::VmCooldown,
         };
         assert_eq!(
             line(Event::ActionHeld(ActionHeldEvent::new(&h))),
@@ -316,7 +300,7 @@ mod tests {
     #[test]
     fn an_evacuation_plan_counts_each_outcome() {
         let vm = |n: u8| Mac([0xfa, 0x16, 0x3e, 0, 0, n]);
-        let entry = |n: u8, decision: Option<Decision>, skipped: Option<&'static str>| PlanEntry {
+        let entry = |n: u8, decision: Option<Decision>, skipped: Option<crate::vocab::SkipReason>| PlanEntry {
             vm: vm(n),
             vm_name: format!("v{n}"),
             ram_mb: u64::from(n) * 1024,
@@ -330,13 +314,13 @@ mod tests {
             kind: ActionKind::Migrate,
             level: Level::Low,
             reason: Reason::Ids,
-            because: "cluster_migrations",
+            because: crate::vocab::HoldReason::ClusterMigrations,
         };
         let plan = [
             entry(4, Some(Decision::Act(action(ActionKind::Migrate, Some("h2"), None))), None),
             entry(3, Some(Decision::Held(held)), None),
             entry(2, Some(Decision::Act(action(ActionKind::Alert, None, Some("no room")))), None),
-            entry(1, None, Some("already_moving")),
+            entry(1, None, Some(crate::vocab::SkipReason::AlreadyMoving)),
         ];
         let ev = EvacuationEvent {
             ts: T,
@@ -462,18 +446,5 @@ mod tests {
             line(Event::RttSample(RttSampleEvent::new(&s, Some("web-1".into())))),
             r#"{"type":"rtt_sample","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","rtt_ms":2.345,"kind":"handshake","src":"10.0.1.1","src_port":443,"dst":"10.0.0.9","dst_port":50000}"#
         );
-    }
-}
-
-#[cfg(test)]
-mod names {
-    use super::*;
-
-    #[test]
-    fn every_storm_limit_name_of_the_policy_is_a_hold_reason() {
-        for name in ["vm_cooldown", "rate_limit", "hypervisor_migrations", "cluster_migrations"] {
-            assert_eq!(hold_reason(name).as_str(), name);
-        }
-        assert_eq!(skip_reason("already_moving"), SkipReason::AlreadyMoving);
     }
 }

@@ -192,7 +192,7 @@ mod tests {
         let m = Merge {
             shards: 2,
             stages: Stages {
-                detector: Detector::new(&rules, registry.clone()),
+                detector: Detector::new(rules.detect_config(), registry.clone()),
                 policy: Policy::new(&rules, registry),
                 dispatcher: Dispatcher::start_with(&rules.backend, 16, None, log).unwrap(),
             },

@@ -224,7 +224,7 @@ pub fn run(
 
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let policy = Policy::new(rules, registry.clone());
-    let detector = Detector::new(rules, registry);
+    let detector = Detector::new(rules.detect_config(), registry);
     let placement = Arc::new(SharedPlacement::new(PlacementConfig::from(rules)));
     let observer = opts.telemetry.clone().map(|t| t as Arc<dyn crate::action::Observer>);
     let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, observer, sink)?;

@@ -59,7 +59,7 @@ impl Reload {
 pub(super) fn apply(st: &mut Stages, mtd: &mut Mtd, rules: &Rules) {
     let old_ids: Vec<String> = st.detector.registry().entries().iter().map(|e| e.id.clone()).collect();
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-    st.detector.reload(rules, registry.clone());
+    st.detector.reload(rules.detect_config(), registry.clone());
     let d = &st.detector;
     let placed = (0..d.vms().len()).map(|i| (d.place(i).and_then(|p| p.hv), d.vm(i).ram_mb.unwrap_or(0)));
     st.policy.reload(rules, registry, placed);

@@ -17,7 +17,7 @@ use super::{Decision, Held, Policy};
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
 use crate::vocab::PacketTime;
-use crate::vocab::{Action, ActionKind};
+use crate::vocab::{Action, ActionKind, SkipReason};
 use serde::{Deserialize, Serialize};
 
 /// What an IDS alert about a VM moves.
@@ -49,7 +49,7 @@ pub struct PlanEntry {
     pub ram_mb: u64,
     /// The action or the hold; `None` when the VM was left out (`skipped`).
     pub decision: Option<Decision>,
-    pub skipped: Option<&'static str>,
+    pub skipped: Option<SkipReason>,
 }
 
 impl Policy {
@@ -81,7 +81,7 @@ impl Policy {
             let mut entry =
                 PlanEntry { vm: v.vm, vm_name: v.name.clone(), ram_mb: v.ram_mb, decision: None, skipped: None };
             if self.in_flight.iter().any(|m| m.vm == v.vm) {
-                entry.skipped = Some("already_moving");
+                entry.skipped = Some(SkipReason::AlreadyMoving);
                 plan.push(entry);
                 continue;
             }

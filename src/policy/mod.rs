@@ -29,7 +29,7 @@ use crate::decode::Mac;
 use crate::detect::{Change, Level, Reason, VmState};
 use crate::trust::Registry;
 use crate::vocab::PacketTime;
-use crate::vocab::{Action, ActionKind};
+use crate::vocab::{Action, ActionKind, HoldReason};
 use crate::vocab::{HypervisorEntry, VmEntry};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -87,7 +87,7 @@ pub struct StormRules {
 }
 
 impl Default for StormRules {
-    /// Every limit off; a migration not seen on the wire after 600 s no longer counts as in flight.
+    /// Every limit off; a migration not seen on the wire within `migration_timeout_s` no longer counts as in flight.
     fn default() -> Self {
         StormRules {
             vm_cooldown_s: 0,
@@ -117,7 +117,7 @@ pub struct Held {
     pub level: Level,
     pub reason: Reason,
     /// `vm_cooldown`, `rate_limit`, `hypervisor_migrations` or `cluster_migrations`.
-    pub because: &'static str,
+    pub because: HoldReason,
 }
 
 /// What the policy decided for a level change.
@@ -268,7 +268,7 @@ impl Policy {
     }
 
     /// Which storm limit, if any, holds this action back at `now` (µs).
-    fn storm_limit(&mut self, vm: Mac, kind: ActionKind, from: Option<usize>, now: i64) -> Option<&'static str> {
+    fn storm_limit(&mut self, vm: Mac, kind: ActionKind, from: Option<usize>, now: i64) -> Option<HoldReason> {
         self.expire(now);
         let s = &self.storm;
         while self.recent.front().is_some_and(|&t| now - t >= 60_000_000) {
@@ -277,21 +277,21 @@ impl Policy {
         if s.vm_cooldown_s > 0
             && self.last_action.get(&vm).is_some_and(|&t| now - t < s.vm_cooldown_s as i64 * 1_000_000)
         {
-            return Some("vm_cooldown");
+            return Some(HoldReason::VmCooldown);
         }
         if s.max_actions_per_minute > 0 && self.recent.len() >= s.max_actions_per_minute as usize {
-            return Some("rate_limit");
+            return Some(HoldReason::RateLimit);
         }
         if kind == ActionKind::Migrate {
             if s.max_migrations > 0 && self.in_flight.len() >= s.max_migrations as usize {
-                return Some("cluster_migrations");
+                return Some(HoldReason::ClusterMigrations);
             }
             let leaving = self.in_flight.iter().filter(|m| m.from.is_some() && m.from == from).count();
             if s.max_migrations_per_hypervisor > 0
                 && from.is_some()
                 && leaving >= s.max_migrations_per_hypervisor as usize
             {
-                return Some("hypervisor_migrations");
+                return Some(HoldReason::HypervisorMigrations);
             }
         }
         None

@@ -39,7 +39,7 @@ struct World {
 fn world(body: &str) -> World {
     let rules = rules(body);
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-    let vms = Detector::new(&rules, registry.clone()).vms().to_vec();
+    let vms = Detector::new(rules.detect_config(), registry.clone()).vms().to_vec();
     World { policy: Policy::new(&rules, registry), rules, vms }
 }
 
@@ -87,7 +87,7 @@ fn act(d: Option<Decision>) -> Action {
 
 fn held(d: Option<Decision>) -> &'static str {
     match d {
-        Some(Decision::Held(h)) => h.because,
+        Some(Decision::Held(h)) => h.because.as_str(),
         other => panic!("expected a hold, got {other:?}"),
     }
 }

@@ -6,6 +6,7 @@
 //! `detect::Level`, `action::ActionKind`).
 
 mod action;
+mod hold;
 mod inventory;
 mod level;
 pub mod linktype;
@@ -13,6 +14,7 @@ mod mac;
 pub mod time;
 
 pub use action::{Action, ActionKind};
+pub use hold::{HoldReason, SkipReason};
 pub use inventory::{HypervisorEntry, VmEntry};
 pub use level::{Level, Reason};
 pub use mac::{Mac, MacParseError};
