@@ -32,6 +32,7 @@ pub enum Event {
     VmWindow(VmWindowEvent),
     VmStats(VmStatsEvent),
     Summary(SummaryEvent),
+    Sensor(SensorEvent),
 }
 
 impl Event {
@@ -50,8 +51,23 @@ impl Event {
             Event::VmWindow(e) => e.ts,
             Event::VmStats(e) => e.ts,
             Event::Summary(e) => e.ts,
+            Event::Sensor(e) => e.ts,
         }
     }
+}
+
+/// `vmsentry control` only: a sensor went silent for `down_after_s` and no
+/// longer holds windows back (`state: "down"`), or was heard again (`"up"`).
+/// `ts` is the end of the newest window the controller had merged.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SensorEvent {
+    pub ts: PacketTime,
+    pub sensor: String,
+    pub state: &'static str,
+    /// Wall-clock seconds it had been silent (down only).
+    pub silent_s: Option<f64>,
+    /// The newest window it had sent, by its start.
+    pub last_window_start: Option<PacketTime>,
 }
 
 /// One RTT sample (only with `--rtt-samples`).

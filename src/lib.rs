@@ -52,6 +52,7 @@
 
 pub mod action;
 pub mod capture;
+pub mod cluster;
 pub mod config;
 pub mod decode;
 pub mod detect;

@@ -1,0 +1,93 @@
+//! NATS: the async-nats client on a tokio runtime thread of its own, and the JetStream stream and buckets the cluster uses.
+//!
+//! The pipeline's threads never run async code: they cross to this runtime
+//! through bounded channels (or [`Nats::block_on`] from threads that may
+//! wait, such as the dispatcher's), so a slow or absent NATS server can
+//! delay a sensor's publishing or a controller's input, never a capture.
+
+use super::Cluster;
+use async_nats::jetstream;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot start the NATS runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("NATS at {url}: {msg}")]
+    Connect { url: String, msg: String },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+/// A connection and its runtime.
+pub struct Nats {
+    pub rt: tokio::runtime::Runtime,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+/// How long a JetStream request may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Nats {
+    /// Connects to `url`; with `wait`, keeps trying until a server answers
+    /// (a sensor starts before NATS is up and buffers meanwhile).
+    pub fn connect(url: &str, name: &str, wait: bool) -> Result<Nats, NatsError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vmsentry-nats")
+            .enable_all()
+            .build()
+            .map_err(NatsError::Runtime)?;
+        let opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(3))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|n| Duration::from_millis((100 * 2u64.saturating_pow(n as u32)).min(2_000)));
+        let opts = if wait { opts.retry_on_initial_connect() } else { opts };
+        let client = rt
+            .block_on(opts.connect(url))
+            .map_err(|e| NatsError::Connect { url: url.to_string(), msg: e.to_string() })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        Ok(Nats { rt, client, js })
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+/// The partials stream (created if missing; an existing one is used as it is).
+pub async fn partials_stream(js: &jetstream::Context, c: &Cluster) -> Result<jetstream::stream::Stream, NatsError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: c.stream(),
+        subjects: vec![c.subjects()],
+        storage: jetstream::stream::StorageType::File,
+        max_age: c.retention,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::JetStream(format!("stream {}: {e}", c.stream())))
+}
+
+/// A KV bucket (created if missing).
+pub async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, NatsError> {
+    if let Ok(s) = js.get_key_value(name).await {
+        return Ok(s);
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: name.to_string(),
+        history: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))
+}
