@@ -48,6 +48,8 @@ impl Nats {
         let client = rt
             .block_on(opts.connect(url))
             .map_err(|e| NatsError::Connect { url: url.to_string(), msg: e.to_string() })?;
+        // The context spawns its acker task: inside the runtime.
+        let _in_rt = rt.enter();
         let mut js = jetstream::new(client.clone());
         js.set_timeout(REQUEST_TIMEOUT);
         Ok(Nats { rt, client, js })
@@ -81,13 +83,28 @@ pub async fn bucket(
     if let Ok(s) = js.get_key_value(name).await {
         return Ok(s);
     }
-    js.create_key_value(jetstream::kv::Config {
-        bucket: name.to_string(),
-        history: 1,
+    // The bucket's stream as async-nats's `create_key_value` would make it;
+    // made here because that call first asks for the account's info, whose
+    // answer from a 2.9 server this client does not parse.
+    let cfg = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
         max_age,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
         storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))
+    };
+    if let Err(e) = js.create_stream(cfg).await {
+        // Another controller may have made it meanwhile.
+        if js.get_key_value(name).await.is_err() {
+            return Err(NatsError::JetStream(format!("bucket {name}: {e}")));
+        }
+    }
+    js.get_key_value(name).await.map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))
 }

@@ -213,7 +213,7 @@ pub fn run(
     }
     let mut waited = 0u64;
     while !spool.wait_empty(Duration::from_secs(1)) {
-        if sopts.stop.load(Ordering::Acquire) {
+        if sopts.stop.load(Ordering::Acquire) || publisher.is_finished() {
             break;
         }
         waited += 1;

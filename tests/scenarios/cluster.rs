@@ -1,0 +1,336 @@
+//! Many mirror ports: sensors and controllers over a real `nats-server -js` give, field for field, the events of one `vmsentry replay`.
+//!
+//! Each test starts its own NATS server on a free loopback port with its own
+//! store directory, and stops it (also on failure). With CI=true a missing
+//! `nats-server` or tshark fails the test instead of skipping it.
+
+use super::*;
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server -js` of this test's own.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn nats_installed() -> bool {
+    let ok = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but nats-server is not installed: scripts/test installs it");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = NatsServer { child: None, port: free_port(), dir };
+        s.run();
+        s
+    }
+
+    /// (Re)starts the server on its port and store.
+    fn run(&mut self) {
+        let store = self.dir.path().join("store");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", store.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("nats.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("nats-server to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A child process that is killed if the test fails before it ends.
+struct Proc {
+    child: Option<Child>,
+    what: String,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(what: &str, args: &[String], stderr: PathBuf) -> Proc {
+        let child = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child: Some(child), what: what.to_string(), stderr }
+    }
+
+    fn stderr(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits for a clean exit (generous: a loaded 2-core machine).
+    fn wait(&mut self) -> String {
+        let mut c = self.child.take().unwrap();
+        let until = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                let err = self.stderr();
+                assert!(status.success(), "{} failed ({status}): {err}", self.what);
+                return err;
+            }
+            if Instant::now() > until {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("{} did not finish: {}", self.what, self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `cluster.toml` for racks of hypervisor ids; `default` owns frames no rack touches.
+fn cluster_toml(racks: &[&[&str]], default: usize) -> String {
+    let mut t = String::from("down_after_s = 120\nlease_ttl_s = 3\n");
+    for (i, r) in racks.iter().enumerate() {
+        let hv: Vec<String> = r.iter().map(|h| format!("\"{h}\"")).collect();
+        t.push_str(&format!("[[sensor]]\nid = \"rack-{}\"\nhypervisors = [{}]\n", i + 1, hv.join(", ")));
+        if i == default {
+            t.push_str("default = true\n");
+        }
+    }
+    t
+}
+
+/// What each rack's mirror port sees, cut by tshark (not by vmsentry):
+/// every frame whose outermost Ethernet or IP source or destination is one
+/// of the rack's hypervisors; frames no rack touches go to the default rack.
+/// So a frame between racks is in two files. Returns the files per rack.
+fn split(rules: &Path, input: &Path, racks: &[&[&str]], default: usize, out: &Path) -> Vec<PathBuf> {
+    let tshark = tshark().expect("tshark");
+    let r = vmsentry::config::Rules::load(rules).unwrap();
+    let ends = |ids: &[&str]| -> Vec<String> {
+        let mut f = Vec::new();
+        for h in r.hypervisors.iter().filter(|h| ids.contains(&h.id.as_str())) {
+            for m in &h.macs {
+                f.push(format!("eth.src#1 == {m} or eth.dst#1 == {m}"));
+            }
+            for ip in &h.ips {
+                f.push(format!("ip.src#1 == {ip} or ip.dst#1 == {ip}"));
+            }
+        }
+        f
+    };
+    let all: Vec<&str> = racks.iter().flat_map(|r| r.iter().copied()).collect();
+    let stem = input.file_stem().unwrap().to_str().unwrap();
+    let mut files = Vec::new();
+    for (i, rack) in racks.iter().enumerate() {
+        let mut filter = ends(rack).join(" or ");
+        if i == default {
+            filter = format!("({filter}) or not ({})", ends(&all).join(" or "));
+        }
+        let path = out.join(format!("{stem}-rack-{}.pcap", i + 1));
+        let o = Command::new(tshark)
+            .args(["-r", input.to_str().unwrap(), "-Y", &filter, "-F", "pcap", "-w", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "tshark: {}", String::from_utf8_lossy(&o.stderr));
+        files.push(path);
+    }
+    files
+}
+
+fn frames_in(p: &Path) -> u64 {
+    let mut f = vmsentry::capture::FileList::open(&[p.to_path_buf()]).unwrap();
+    let mut n = 0u64;
+    vmsentry::capture::PacketSource::run(&mut f, &mut |item| {
+        if matches!(item, vmsentry::capture::SourceItem::Packet(_)) {
+            n += 1;
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    n
+}
+
+fn read_events(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// "N frames owned by other sensors" from a sensor's closing line.
+fn not_owned(stderr: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.contains("frames owned by other sensors")).expect("no closing line");
+    let before = line.split(" frames owned by other sensors").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Tokens are single-use: each run starts with none used.
+fn unspend_tokens(rules: &Path) {
+    let used = rules.join("tokens").join(vmsentry::trust::token::USED_FILE);
+    if used.exists() {
+        std::fs::remove_file(used).unwrap();
+    }
+}
+
+const INPUTS: [&str; 2] = ["migration-vxlan.pcap", "mtd.pcap"];
+
+fn sense_args(nats: &str, rack: usize, rules: &Path, cluster: &Path, spool: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "sense".into(),
+        "--nats".into(),
+        nats.into(),
+        "--sensor".into(),
+        format!("rack-{}", rack + 1),
+        "--rules".into(),
+        rules.display().to_string(),
+        "--cluster".into(),
+        cluster.display().to_string(),
+        "--spool".into(),
+        spool.display().to_string(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn control_args(nats: &str, id: &str, rules: &Path, cluster: &Path, events: &Path) -> Vec<String> {
+    [
+        "control",
+        "--nats",
+        nats,
+        "--id",
+        id,
+        "--rules",
+        rules.to_str().unwrap(),
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--until-end",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn sensors_on_per_rack_mirrors_and_one_controller_give_the_events_of_one_replay() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return;
+    }
+    if tshark().is_none() {
+        eprintln!("SKIPPED: tshark not installed");
+        return;
+    }
+    let inputs: Vec<PathBuf> = INPUTS.iter().map(|f| capture(f)).collect();
+    let total: u64 = inputs.iter().map(|p| frames_in(p)).sum();
+    // The reference: one process that saw every port. One rules directory
+    // for all (events name its files), its used tokens forgotten before each run.
+    let rules = with_rules("");
+    let reference = stable(replay(rules.path(), 2, &inputs));
+    assert_eq!(of_type(&reference, "migration").len(), 13, "8 moves between hosts, 5 of an evacuation");
+    assert_eq!(of_type(&reference, "evacuation").len(), 1);
+    assert_eq!(summary(&reference)["packets"], total);
+
+    // Racks of the demo's hypervisors: compute-4 (evacuated) and the moves'
+    // ends compute-1/2/3 are in different racks from N = 2 on.
+    let layouts: [(&[&[&str]], usize); 3] = [
+        (&[&["compute-1", "compute-2", "compute-3", "compute-4", "compute-9"]], 0),
+        (&[&["compute-1", "compute-4"], &["compute-2", "compute-3", "compute-9"]], 0),
+        (&[&["compute-1"], &["compute-2", "compute-4"], &["compute-3", "compute-9"]], 2),
+    ];
+    for (racks, default) in layouts {
+        let n = racks.len();
+        let work = tempfile::tempdir().unwrap();
+        unspend_tokens(rules.path());
+        let (sensor_rules, control_rules) = (&rules, &rules);
+        let cluster = work.path().join("cluster.toml");
+        std::fs::write(&cluster, cluster_toml(racks, default)).unwrap();
+        let per_input: Vec<Vec<PathBuf>> =
+            inputs.iter().map(|i| split(sensor_rules.path(), i, racks, default, work.path())).collect();
+        let seen: u64 = per_input.iter().flatten().map(|p| frames_in(p)).sum();
+        if n > 1 {
+            assert!(seen > total + 1000, "N = {n}: frames between racks are seen twice ({seen} of {total})");
+        }
+        let nats = NatsServer::start();
+        let events = work.path().join("control.jsonl");
+        let mut control = Proc::spawn(
+            "control",
+            &control_args(&nats.url(), "c1", control_rules.path(), &cluster, &events),
+            work.path().join("control.err"),
+        );
+        let mut sensors: Vec<Proc> = (0..n)
+            .map(|i| {
+                let threads = (1 + i % 3).to_string();
+                let mut a = sense_args(
+                    &nats.url(),
+                    i,
+                    sensor_rules.path(),
+                    &cluster,
+                    &work.path().join(format!("spool-{i}")),
+                    &["--threads", &threads],
+                );
+                a.extend(per_input.iter().map(|f| f[i].display().to_string()));
+                Proc::spawn(&format!("sensor {i}"), &a, work.path().join(format!("sense-{i}.err")))
+            })
+            .collect();
+        let dropped: u64 = sensors.iter_mut().map(|s| not_owned(&s.wait())).sum();
+        // Every duplicate is dropped by exactly one of the two sensors that saw it.
+        assert_eq!(dropped, seen - total, "N = {n}");
+        control.wait();
+        let got = stable(read_events(&events));
+        assert_eq!(got.len(), reference.len(), "N = {n}");
+        for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+            assert_eq!(a, b, "N = {n}: event {i} differs");
+        }
+    }
+}
