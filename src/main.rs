@@ -177,7 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pcaps,
         } => {
             let rules = load_rules(&rules)?;
-            let cluster = vmsentry::cluster::Cluster::load(&rules, cluster.as_deref()).map_err(|e| bad(e.to_string()))?;
+            let cluster =
+                vmsentry::cluster::Cluster::load(&rules, cluster.as_deref()).map_err(|e| bad(e.to_string()))?;
             if cluster.sensor_index(&sensor).is_none() {
                 return Err(bad(format!("--sensor {sensor}: not in the cluster file's [[sensor]] list")));
             }
@@ -235,7 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Control { nats, id, rules, cluster, events, listen, until_end, rtt_samples, vm_windows } => {
             let rules = load_rules(&rules)?;
-            let cluster = vmsentry::cluster::Cluster::load(&rules, cluster.as_deref()).map_err(|e| bad(e.to_string()))?;
+            let cluster =
+                vmsentry::cluster::Cluster::load(&rules, cluster.as_deref()).map_err(|e| bad(e.to_string()))?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [SIGINT, SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone()).context("cannot handle signals")?;

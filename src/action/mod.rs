@@ -300,22 +300,13 @@ impl Dispatcher {
         let thread_journal = journal.clone();
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread_closing = closing.clone();
-        let handle =
-            std::thread::Builder::new()
-                .name("vmsentry-actions".into())
-                .spawn(move || {
-                    Worker {
-                        cfg,
-                        sinks,
-                        journal: thread_journal,
-                        telemetry,
-                        stats: DispatchStats::default(),
-                        seq: 0,
-                        gate,
-                    }
+        let handle = std::thread::Builder::new()
+            .name("vmsentry-actions".into())
+            .spawn(move || {
+                Worker { cfg, sinks, journal: thread_journal, telemetry, stats: DispatchStats::default(), seq: 0, gate }
                     .run(rx, resume, thread_closing)
-                })
-                .map_err(DispatchError::Thread)?;
+            })
+            .map_err(DispatchError::Thread)?;
         Ok(Dispatcher { tx, closing, routes, journal, handle })
     }
 

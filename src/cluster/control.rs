@@ -91,8 +91,11 @@ impl ControlMetrics {
             .unwrap_or_else(|_| unreachable!()),
             sensors_up: IntGauge::new("vmsentry_cluster_sensors_up", "Sensors not declared down.")
                 .unwrap_or_else(|_| unreachable!()),
-            sensor_up: IntGaugeVec::new(Opts::new("vmsentry_cluster_sensor_up", "1 while a sensor is up."), &["sensor"])
-                .unwrap_or_else(|_| unreachable!()),
+            sensor_up: IntGaugeVec::new(
+                Opts::new("vmsentry_cluster_sensor_up", "1 while a sensor is up."),
+                &["sensor"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
             lag_ms: IntGauge::new(
                 "vmsentry_cluster_lag_milliseconds",
                 "Wall clock from a window's close at its last sensor to its merge here.",
@@ -399,9 +402,9 @@ fn action_key(id: &str) -> String {
 impl Lease {
     fn state(&self, id: &str) -> Option<String> {
         let key = action_key(id);
-        let got = self.handle.block_on(async {
-            tokio::time::timeout(super::nats::REQUEST_TIMEOUT, self.actions.get(key)).await
-        });
+        let got = self
+            .handle
+            .block_on(async { tokio::time::timeout(super::nats::REQUEST_TIMEOUT, self.actions.get(key)).await });
         match got {
             Ok(Ok(Some(v))) => Some(String::from_utf8_lossy(&v).into_owned()),
             _ => None,
@@ -448,7 +451,13 @@ impl DeliveryGate for Lease {
 const LEASE_KEY: &str = "controller";
 
 /// Keeps or takes the lease, every third of its time to live.
-async fn hold_lease(kv: async_nats::jetstream::kv::Store, me: String, ttl: Duration, lease: Arc<Lease>, m: ControlMetrics) {
+async fn hold_lease(
+    kv: async_nats::jetstream::kv::Store,
+    me: String,
+    ttl: Duration,
+    lease: Arc<Lease>,
+    m: ControlMetrics,
+) {
     let every = ttl / 3;
     let mut revision: Option<u64> = None;
     loop {

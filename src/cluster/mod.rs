@@ -147,7 +147,8 @@ impl Cluster {
     /// Reads `cluster.toml` from `path` (default: the rules directory's).
     pub fn load(rules: &Rules, path: Option<&Path>) -> Result<Cluster, ClusterError> {
         let path = path.map_or_else(|| rules.dir.join(CLUSTER_FILE), Path::to_path_buf);
-        let text = std::fs::read_to_string(&path).map_err(|source| ClusterError::Read { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ClusterError::Read { path: path.clone(), source })?;
         Cluster::from_str(rules, &path, &text)
     }
 

@@ -75,11 +75,7 @@ pub async fn partials_stream(js: &jetstream::Context, c: &Cluster) -> Result<jet
 }
 
 /// A KV bucket (created if missing).
-pub async fn bucket(
-    js: &jetstream::Context,
-    name: &str,
-    max_age: Duration,
-) -> Result<jetstream::kv::Store, NatsError> {
+pub async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Result<jetstream::kv::Store, NatsError> {
     if let Ok(s) = js.get_key_value(name).await {
         return Ok(s);
     }

@@ -247,7 +247,8 @@ fn combine(
     let mut pending: BTreeMap<i64, (usize, Partial)> = BTreeMap::new();
     let (mut windows, mut last) = (0u64, None);
     for part in rx {
-        let e = pending.entry(part.window).or_insert_with(|| (0, Partial { window: part.window, ..Partial::default() }));
+        let e =
+            pending.entry(part.window).or_insert_with(|| (0, Partial { window: part.window, ..Partial::default() }));
         e.0 += 1;
         wire::combine(&mut e.1, part);
         // Each shard closes windows in order, so they complete in order.

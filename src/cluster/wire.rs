@@ -462,7 +462,10 @@ mod tests {
             Message::Window(w) => w.to_partial().unwrap(),
             _ => unreachable!(),
         };
-        assert_eq!(WindowMsg::from_partial("rack-1", 1_000_000, &p), WindowMsg { closed_unix_us: 0, ..sample_window() });
+        assert_eq!(
+            WindowMsg::from_partial("rack-1", 1_000_000, &p),
+            WindowMsg { closed_unix_us: 0, ..sample_window() }
+        );
     }
 
     /// What a sensor one minor version newer sends: the same fields, then one more.

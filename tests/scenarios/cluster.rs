@@ -334,3 +334,109 @@ fn sensors_on_per_rack_mirrors_and_one_controller_give_the_events_of_one_replay(
         }
     }
 }
+
+/// A program for the exec backend that logs who delivered which action id,
+/// slowly (so a controller can be killed in the middle of an evacuation).
+fn slow_logger(dir: &Path, log: &Path) -> PathBuf {
+    let p = dir.join("deliver");
+    // $1 = the controller (the rules' args); then --id ID ...
+    std::fs::write(&p, format!("#!/bin/sh\necho \"$1 $3\" >> {}\nsleep 1\n", log.display())).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn without_inputs(mut ev: Vec<Value>) -> Vec<Value> {
+    for e in &mut ev {
+        e.as_object_mut().unwrap().remove("input");
+    }
+    ev
+}
+
+#[test]
+fn the_standby_controller_finishes_an_evacuation_when_the_active_one_is_killed() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("deliveries");
+    let prog = slow_logger(work.path(), &log);
+    let backend = |who: &str| {
+        format!(
+            "\n[backend]\ndefault = \"exec\"\nshutdown_grace_ms = 120000\n[backend.exec]\nprogram = \"{}\"\nargs = [\"{who}\"]\ntimeout_ms = 30000\n",
+            prog.display()
+        )
+    };
+    let inputs = vec![capture("mtd.pcap")];
+    let reference = {
+        let d = tempfile::tempdir().unwrap();
+        let prog = slow_logger(d.path(), &d.path().join("deliveries"));
+        let r = with_rules(
+            &backend("ref").replace(&work.path().join("deliver").display().to_string(), prog.to_str().unwrap()),
+        );
+        without_inputs(stable(replay(r.path(), 1, &inputs)))
+    };
+    let ids: std::collections::BTreeSet<String> =
+        of_type(&reference, "action").iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 6, "an alert and the five moves of the evacuation");
+
+    let racks: &[&[&str]] = &[&["compute-1", "compute-4"], &["compute-2", "compute-3", "compute-9"]];
+    let cluster = work.path().join("cluster.toml");
+    std::fs::write(&cluster, cluster_toml(racks, 0)).unwrap();
+    let (r1, r2, rs) = (with_rules(&backend("c1")), with_rules(&backend("c2")), with_rules(""));
+    let nats = NatsServer::start();
+    let (e1, e2) = (work.path().join("c1.jsonl"), work.path().join("c2.jsonl"));
+    let mut c1 =
+        Proc::spawn("c1", &control_args(&nats.url(), "c1", r1.path(), &cluster, &e1), work.path().join("c1.err"));
+    wait_for("c1 to take the lease", Duration::from_secs(60), || c1.stderr().contains("c1 holds the lease"));
+    let mut c2 =
+        Proc::spawn("c2", &control_args(&nats.url(), "c2", r2.path(), &cluster, &e2), work.path().join("c2.err"));
+    let mut sensors: Vec<Proc> = (0..2)
+        .map(|i| {
+            let mut a = sense_args(&nats.url(), i, rs.path(), &cluster, &work.path().join(format!("spool-{i}")), &[]);
+            a.push(inputs[0].display().to_string());
+            Proc::spawn(&format!("sensor {i}"), &a, work.path().join(format!("sense-{i}.err")))
+        })
+        .collect();
+    let delivered = || -> Vec<(String, String)> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let (who, id) = l.split_once(' ').unwrap();
+                (who.to_string(), id.to_string())
+            })
+            .collect()
+    };
+    // Kill the active controller once it has delivered two of the six: in the evacuation.
+    wait_for("c1 to deliver two actions", Duration::from_secs(120), || delivered().len() >= 2);
+    c1.kill9();
+    let killed_at = Instant::now();
+    let before_kill = delivered();
+    assert!(before_kill.iter().all(|(who, _)| who == "c1"), "only the lease holder acts: {before_kill:?}");
+    for s in &mut sensors {
+        s.wait();
+    }
+    wait_for("c2 to take over", Duration::from_secs(60), || c2.stderr().contains("c2 holds the lease"));
+    let took_over = killed_at.elapsed();
+    c2.wait();
+    let all = delivered();
+    let got: std::collections::BTreeSet<String> = all.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(got, ids, "no action lost: {all:?}");
+    // At least once, with the same id: only an action in flight at the kill may come twice.
+    assert!(all.len() <= ids.len() + 1, "{all:?}");
+    assert!(all.iter().any(|(who, _)| who == "c2"), "the standby delivered the rest: {all:?}");
+    // The lease's time to live is 3 s, renewed every second; generous for a loaded machine.
+    assert!(took_over < Duration::from_secs(30), "took over after {took_over:?}");
+    // The standby rebuilt the same state: its events are the replay's, but
+    // for how many actions this process delivered itself.
+    let delivered_count = |mut ev: Vec<Value>| {
+        let n = ev.last_mut().unwrap()["actions"].as_object_mut().unwrap().remove("delivered").unwrap();
+        (ev, n.as_u64().unwrap())
+    };
+    let (got, by_c2) = delivered_count(without_inputs(stable(read_events(&e2))));
+    let (want, all_of_them) = delivered_count(reference);
+    assert_eq!(got, want);
+    assert_eq!(all_of_them, 6);
+    assert_eq!(by_c2, all.iter().filter(|(who, _)| who == "c2").count() as u64);
+}
