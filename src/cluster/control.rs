@@ -41,6 +41,7 @@ use crate::config::Rules;
 use crate::event::{Event, EventSink, SensorEvent, SummaryEvent};
 use crate::pipeline::{self, Options, Partial, PipelineError, ReaderStats, Seam, SharedReader};
 use crate::time::PacketTime;
+use async_nats::jetstream;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
@@ -575,9 +576,29 @@ pub fn run(
 ) -> Result<SummaryEvent, ControlError> {
     let metrics = ControlMetrics::new(popts.telemetry.as_ref().map(|t| &t.metrics.registry));
     let nats = Nats::connect(&copts.nats, &format!("vmsentry-control-{}", copts.controller), true)?;
-    nats.block_on(super::nats::partials_stream(&nats.js, cluster))?;
-    let lease_kv = nats.block_on(super::nats::bucket(&nats.js, &cluster.lease_bucket(), cluster.lease_ttl))?;
-    let actions_kv = nats.block_on(super::nats::bucket(&nats.js, &cluster.actions_bucket(), cluster.retention))?;
+    // A NATS cluster that is still electing its JetStream leader answers
+    // "temporarily unavailable": wait for it, up to a minute.
+    let setup = |what: &str| -> Result<(jetstream::kv::Store, jetstream::kv::Store), super::nats::NatsError> {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = nats.block_on(async {
+                super::nats::partials_stream(&nats.js, cluster).await?;
+                let (lb, ab) = (cluster.lease_bucket(), cluster.actions_bucket());
+                let lease = super::nats::bucket(&nats.js, &lb, cluster.lease_ttl, cluster.replicas).await?;
+                let actions = super::nats::bucket(&nats.js, &ab, cluster.retention, cluster.replicas).await?;
+                Ok((lease, actions))
+            });
+            match r {
+                Ok(x) => return Ok(x),
+                Err(e) if Instant::now() < until => {
+                    eprintln!("vmsentry: control: {what}: {e}; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let (lease_kv, actions_kv) = setup("setting up the stream and buckets")?;
     let lease = Arc::new(Lease {
         held: AtomicBool::new(false),
         closing: AtomicBool::new(false),

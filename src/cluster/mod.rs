@@ -90,6 +90,9 @@ struct RawCluster {
     /// starting controller rebuilds its state from).
     #[serde(default = "d_retention_s")]
     retention_s: u64,
+    /// Copies JetStream keeps of the stream and buckets (1; 3 on a 3-node cluster).
+    #[serde(default = "d_replicas")]
+    replicas: usize,
     #[serde(default)]
     sensor: Vec<toml::Spanned<RawSensor>>,
 }
@@ -102,6 +105,9 @@ fn d_lease_ttl_s() -> f64 {
 }
 fn d_retention_s() -> u64 {
     86_400
+}
+fn d_replicas() -> usize {
+    1
 }
 
 #[derive(Deserialize)]
@@ -134,6 +140,7 @@ pub struct Cluster {
     pub down_after: Duration,
     pub lease_ttl: Duration,
     pub retention: Duration,
+    pub replicas: usize,
     owner_by_mac: HashMap<Mac, usize>,
     owner_by_ip: HashMap<IpAddr, usize>,
 }
@@ -228,6 +235,7 @@ impl Cluster {
             down_after,
             lease_ttl,
             retention: Duration::from_secs(raw.retention_s.max(60)),
+            replicas: raw.replicas.clamp(1, 5),
             owner_by_mac,
             owner_by_ip,
         })

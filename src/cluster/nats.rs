@@ -45,8 +45,10 @@ impl Nats {
             .max_reconnects(None)
             .reconnect_delay_callback(|n| Duration::from_millis((100 * 2u64.saturating_pow(n as u32)).min(2_000)));
         let opts = if wait { opts.retry_on_initial_connect() } else { opts };
+        // A cluster's servers, comma-separated: any of them will do.
+        let servers: Vec<String> = url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         let client = rt
-            .block_on(opts.connect(url))
+            .block_on(opts.connect(servers))
             .map_err(|e| NatsError::Connect { url: url.to_string(), msg: e.to_string() })?;
         // The context spawns its acker task: inside the runtime.
         let _in_rt = rt.enter();
@@ -68,6 +70,7 @@ pub async fn partials_stream(js: &jetstream::Context, c: &Cluster) -> Result<jet
         storage: jetstream::stream::StorageType::File,
         max_age: c.retention,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: c.replicas,
         ..Default::default()
     })
     .await
@@ -75,7 +78,12 @@ pub async fn partials_stream(js: &jetstream::Context, c: &Cluster) -> Result<jet
 }
 
 /// A KV bucket (created if missing).
-pub async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Result<jetstream::kv::Store, NatsError> {
+pub async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, NatsError> {
     if let Ok(s) = js.get_key_value(name).await {
         return Ok(s);
     }
@@ -93,7 +101,7 @@ pub async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> R
         deny_delete: true,
         allow_direct: true,
         discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     };
     if let Err(e) = js.create_stream(cfg).await {

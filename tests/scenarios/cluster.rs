@@ -440,3 +440,203 @@ fn the_standby_controller_finishes_an_evacuation_when_the_active_one_is_killed()
     assert_eq!(all_of_them, 6);
     assert_eq!(by_c2, all.iter().filter(|(who, _)| who == "c2").count() as u64);
 }
+
+/// The address a process serves on, from its stderr.
+fn serving(p: &Proc) -> Option<String> {
+    let e = p.stderr();
+    let l = e.lines().find(|l| l.contains("serving on http://"))?;
+    Some(l.split("http://").nth(1)?.trim().to_string())
+}
+
+/// A counter from a process's /metrics (0 when it cannot be read yet).
+fn metric(addr: &str, name: &str) -> u64 {
+    let Ok(mut r) = ureq::get(&format!("http://{addr}/metrics")).call() else { return 0 };
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    body.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Two racks over mtd.pcap: the reference replay and what the cluster runs need.
+struct Faults {
+    work: tempfile::TempDir,
+    rules: tempfile::TempDir,
+    cluster: PathBuf,
+    input: PathBuf,
+    reference: Vec<Value>,
+}
+
+impl Faults {
+    fn new(extra: &str) -> Faults {
+        let work = tempfile::tempdir().unwrap();
+        let rules = with_rules("");
+        let input = capture("mtd.pcap");
+        let reference = stable(replay(rules.path(), 2, &[input.clone()]));
+        let cluster = work.path().join("cluster.toml");
+        let racks: &[&[&str]] = &[&["compute-1", "compute-4"], &["compute-2", "compute-3", "compute-9"]];
+        std::fs::write(&cluster, format!("{extra}{}", cluster_toml(racks, 0))).unwrap();
+        Faults { work, rules, cluster, input, reference }
+    }
+
+    fn control(&self, nats: &str) -> Proc {
+        let events = self.work.path().join("control.jsonl");
+        let args = control_args(nats, "c1", self.rules.path(), &self.cluster, &events);
+        Proc::spawn("control", &args, self.work.path().join("control.err"))
+    }
+
+    fn sensor(&self, nats: &str, i: usize, extra: &[&str], run: usize) -> Proc {
+        let spool = self.work.path().join(format!("spool-{i}"));
+        let mut a = sense_args(nats, i, self.rules.path(), &self.cluster, &spool, extra);
+        a.push(self.input.display().to_string());
+        Proc::spawn(&format!("sensor {i}"), &a, self.work.path().join(format!("sense-{i}-{run}.err")))
+    }
+
+    fn check(&self) {
+        let got = stable(read_events(&self.work.path().join("control.jsonl")));
+        assert_eq!(got, self.reference);
+    }
+}
+
+#[test]
+fn a_sensor_killed_and_restarted_does_not_count_its_windows_twice() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return;
+    }
+    let f = Faults::new("");
+    unspend_tokens(f.rules.path());
+    let nats = NatsServer::start();
+    let mut control = f.control(&nats.url());
+    let mut other = f.sensor(&nats.url(), 1, &[], 0);
+    // Paced, so it is killed in the middle (mtd.pcap is 30 s: 7.5 s at 4x).
+    let mut s0 = f.sensor(&nats.url(), 0, &["--speed", "4", "--listen", "127.0.0.1:0"], 0);
+    wait_for("sensor 0 to serve", Duration::from_secs(60), || serving(&s0).is_some());
+    let addr = serving(&s0).unwrap();
+    wait_for("sensor 0 to publish windows", Duration::from_secs(120), || {
+        metric(&addr, "vmsentry_cluster_partials_published_total") >= 8
+    });
+    s0.kill9();
+    // Restarted, it replays from the start: the windows it already sent come again.
+    let mut again = f.sensor(&nats.url(), 0, &[], 1);
+    again.wait();
+    other.wait();
+    control.wait();
+    f.check();
+}
+
+#[test]
+fn sensors_buffer_while_nats_is_down_for_30_s_then_catch_up_exactly() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return;
+    }
+    let f = Faults::new("");
+    unspend_tokens(f.rules.path());
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let mut control = f.control(&url);
+    let mut sensors: Vec<Proc> =
+        (0..2).map(|i| f.sensor(&url, i, &["--speed", "2", "--listen", "127.0.0.1:0"], 0)).collect();
+    wait_for("the sensors to serve", Duration::from_secs(60), || sensors.iter().all(|s| serving(s).is_some()));
+    let addrs: Vec<String> = sensors.iter().map(|s| serving(s).unwrap()).collect();
+    wait_for("sensor 0 to publish", Duration::from_secs(120), || {
+        metric(&addrs[0], "vmsentry_cluster_partials_published_total") >= 3
+    });
+    nats.stop();
+    let down = Instant::now();
+    // The capture goes on: the spool fills.
+    wait_for("sensor 0 to buffer", Duration::from_secs(60), || {
+        metric(&addrs[0], "vmsentry_cluster_spool_messages") >= 3
+    });
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
+    let buffered = metric(&addrs[0], "vmsentry_cluster_spool_messages");
+    nats.run();
+    for s in &mut sensors {
+        s.wait();
+    }
+    control.wait();
+    assert!(buffered >= 3, "{buffered}");
+    f.check();
+}
+
+/// A 3-node JetStream cluster on loopback.
+struct NatsCluster {
+    nodes: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    fn start() -> NatsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all_routes: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let store = dir.path().join(format!("store-{i}"));
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &ports[i].to_string(), "-sd", store.to_str().unwrap()])
+                .args(["-n", &format!("cluster-node-{i}"), "--cluster_name", "cluster-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i]), "--routes", &all_routes.join(",")])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("node-{i}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            nodes.push(Some(child));
+        }
+        for &p in &ports {
+            wait_for("a node to listen", Duration::from_secs(30), || {
+                std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+            });
+        }
+        NatsCluster { nodes, ports, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+#[test]
+fn a_three_node_nats_cluster_losing_a_node_mid_run_loses_nothing() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return;
+    }
+    let f = Faults::new("replicas = 3\n");
+    unspend_tokens(f.rules.path());
+    let mut nats = NatsCluster::start();
+    let url = nats.url();
+    let mut control = f.control(&url);
+    let mut sensors: Vec<Proc> =
+        (0..2).map(|i| f.sensor(&url, i, &["--speed", "3", "--listen", "127.0.0.1:0"], 0)).collect();
+    wait_for("the sensors to serve", Duration::from_secs(60), || sensors.iter().all(|s| serving(s).is_some()));
+    let addr = serving(&sensors[0]).unwrap();
+    wait_for("sensor 0 to publish", Duration::from_secs(120), || {
+        metric(&addr, "vmsentry_cluster_partials_published_total") >= 4
+    });
+    // The first node: the one every client connected to first.
+    nats.kill(0);
+    for s in &mut sensors {
+        s.wait();
+    }
+    control.wait();
+    f.check();
+}
