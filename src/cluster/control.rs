@@ -131,7 +131,7 @@ impl PacketSource for Sensors {
         Ok(())
     }
     fn stats(&self) -> SourceStats {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+        self.0.lock().map(|s| *s).unwrap_or_default()
     }
 }
 
@@ -140,25 +140,39 @@ impl PacketSource for Sensors {
 struct WithSensorEvents {
     inner: Box<dyn EventSink>,
     queued: Arc<Mutex<Vec<Event>>>,
+    /// The newest packet time written.
+    last: Option<PacketTime>,
 }
 
 impl WithSensorEvents {
-    fn drain(&mut self) -> std::io::Result<()> {
-        let q = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
-        for e in &q {
+    /// Writes the queued events stamped before `before` (all of them with `None`).
+    fn drain(&mut self, before: Option<PacketTime>) -> std::io::Result<()> {
+        let due: Vec<Event> = {
+            let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+            let (due, keep) = q.drain(..).partition(|e| before.is_none_or(|b| e.ts() < b));
+            *q = keep;
+            due
+        };
+        for e in &due {
             self.inner.emit(e)?;
         }
         Ok(())
     }
 }
 
+/// A sensor event stamped `T` goes after the merge's events up to `T` (the
+/// verdicts of the window ending at `T`) and before any later one.
 impl EventSink for WithSensorEvents {
     fn emit(&mut self, e: &Event) -> std::io::Result<()> {
-        self.drain()?;
+        self.drain(Some(e.ts()))?;
+        self.last = self.last.max(Some(e.ts()));
         self.inner.emit(e)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.drain()?;
+        // After a window's events: those stamped at its end or earlier.
+        if let Some(t) = self.last {
+            self.drain(Some(t.saturating_add_micros(1)))?;
+        }
         self.inner.flush()
     }
 }
@@ -318,8 +332,10 @@ impl Collector {
         }
     }
 
-    /// Declares silent sensors down.
+    /// Declares silent sensors down; their events are stamped with the end
+    /// of the newest window that closes once they no longer hold it back.
     fn tick(&mut self, down_after: Duration) {
+        let mut down = Vec::new();
         for s in 0..self.sensors.len() {
             let st = &self.sensors[s];
             if st.up && !st.ended && st.last_heard.elapsed() > down_after {
@@ -329,10 +345,13 @@ impl Collector {
                     "vmsentry: control: sensor {} silent for {silent:.1} s: down; windows no longer wait for it",
                     self.cluster.sensors[s].id
                 );
-                self.sensor_event(s, "down", Some((silent * 1000.0).round() / 1000.0));
+                down.push((s, (silent * 1000.0).round() / 1000.0));
             }
         }
         self.try_close();
+        for (s, silent) in down {
+            self.sensor_event(s, "down", Some(silent));
+        }
     }
 
     /// Closes every window all live sensors have passed, in order.
@@ -644,7 +663,7 @@ pub fn run(
         .map_err(ControlError::Thread)?;
 
     let mut source = Sensors(source_stats);
-    let events = Box::new(WithSensorEvents { inner: events, queued });
+    let events = Box::new(WithSensorEvents { inner: events, queued, last: None });
     let gate: Arc<dyn DeliveryGate> = lease.clone();
     let result = pipeline::run_with(
         &mut source,
@@ -663,4 +682,112 @@ pub fn run(
     }
     let _ = nats.block_on(nats.client.flush());
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The collector's window rule: a window closes once every live sensor
+    //! has passed it; duplicates and late windows count once or not at all.
+    use super::*;
+    use crate::cluster::wire::WindowMsg;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn cluster() -> (tempfile::TempDir, Cluster) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("k"), [b'k'; 32]).unwrap();
+        std::fs::set_permissions(d.path().join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = "[cluster]\nname = \"t\"\nkey_file = \"k\"\n";
+        let rules = Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), text).unwrap();
+        let c = "[[sensor]]\nid = \"a\"\n[[sensor]]\nid = \"b\"\n";
+        (d, Cluster::from_str(&rules, std::path::Path::new("cluster.toml"), c).unwrap())
+    }
+
+    fn collector(c: &Cluster) -> (Collector, Receiver<Partial>, Arc<Mutex<Vec<Event>>>) {
+        let (tx, rx) = bounded(64);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let now = Instant::now();
+        let col = Collector {
+            cluster: c.clone(),
+            window_len_us: 1_000_000,
+            sensors: c
+                .sensors
+                .iter()
+                .map(|_| SensorState { up: true, ended: false, wm: None, last_heard: now, end: None })
+                .collect(),
+            pending: BTreeMap::new(),
+            closed_through: None,
+            out: Some(tx),
+            reader: Arc::new(Mutex::new((ReaderStats::default(), 0))),
+            source: Arc::new(Mutex::new(SourceStats::default())),
+            events: events.clone(),
+            metrics: ControlMetrics::new(None),
+            warned_len: false,
+        };
+        (col, rx, events)
+    }
+
+    fn window(sensor: &str, w: i64, tx_packets: u64) -> Vec<u8> {
+        let msg = WindowMsg {
+            sensor: sensor.into(),
+            window: w,
+            window_len_us: 1_000_000,
+            counters: vec![([2, 0, 0, 0, 0, 1], [tx_packets * 100, tx_packets, 0, 0])],
+            decode_errors: vec![0; crate::decode::DecodeErrorKind::COUNT],
+            ..Default::default()
+        };
+        wire::encode(&Message::Window(msg))
+    }
+
+    fn closed(rx: &Receiver<Partial>) -> Vec<(i64, u64)> {
+        rx.try_iter().map(|p| (p.window, p.counters.iter().map(|c| c.1.tx_packets).sum())).collect()
+    }
+
+    #[test]
+    fn a_window_waits_for_every_live_sensor_and_duplicates_count_once() {
+        let (_d, c) = cluster();
+        let (mut col, rx, _) = collector(&c);
+        col.message(&window("a", 5, 1));
+        col.message(&window("a", 6, 2));
+        assert_eq!(closed(&rx), [], "b has sent nothing");
+        col.message(&window("b", 5, 10));
+        assert_eq!(closed(&rx), [(5, 11)]);
+        // A sends 6 again (a restarted sensor): counted once.
+        col.message(&window("a", 6, 2));
+        col.message(&window("b", 7, 30));
+        assert_eq!(closed(&rx), [(6, 2)]);
+        assert_eq!(col.metrics.partials.with_label_values(&["duplicate"]).get(), 1);
+        // A's end lets 7 close without it.
+        let end = EndMsg { sensor: "a".into(), packets: 3, ..Default::default() };
+        col.message(&wire::encode(&Message::End(end)));
+        assert_eq!(closed(&rx), [(7, 30)]);
+        assert_eq!(col.reader.lock().unwrap().0.packets, 3);
+        col.message(b"not a partial");
+        assert_eq!(col.metrics.partials.with_label_values(&["malformed"]).get(), 1);
+    }
+
+    #[test]
+    fn a_silent_sensor_is_declared_down_and_its_late_windows_are_dropped() {
+        let (_d, c) = cluster();
+        let (mut col, rx, events) = collector(&c);
+        col.message(&window("a", 1, 1));
+        col.message(&window("a", 2, 2));
+        col.sensors[1].last_heard = Instant::now() - Duration::from_secs(11);
+        col.tick(Duration::from_secs(10));
+        assert_eq!(closed(&rx), [(1, 1), (2, 2)]);
+        let ev = events.lock().unwrap().clone();
+        let Event::Sensor(s) = &ev[0] else { panic!("{ev:?}") };
+        assert_eq!((s.sensor.as_str(), s.state, s.ts.as_micros()), ("b", "down", 3_000_000));
+        // b comes back with window 2, already merged: late, dropped; up again.
+        col.message(&window("b", 2, 50));
+        assert_eq!(col.metrics.partials.with_label_values(&["late"]).get(), 1);
+        assert_eq!(closed(&rx), []);
+        let ev = events.lock().unwrap().clone();
+        let Event::Sensor(s) = &ev[1] else { panic!("{ev:?}") };
+        assert_eq!(s.state, "up");
+        // And holds windows back again.
+        col.message(&window("a", 3, 3));
+        assert_eq!(closed(&rx), []);
+        col.message(&window("b", 3, 4));
+        assert_eq!(closed(&rx), [(3, 7)]);
+    }
 }

@@ -348,13 +348,13 @@ impl Ends {
             match ip.first().map(|b| b >> 4) {
                 Some(4) => {
                     let a = |r: std::ops::Range<usize>| {
-                        ip.get(r).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(|b| IpAddr::from(b))
+                        ip.get(r).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(IpAddr::from)
                     };
                     ends.ips = [a(field::IPV4_SRC), a(field::IPV4_DST)];
                 }
                 Some(6) => {
                     let a = |r: std::ops::Range<usize>| {
-                        ip.get(r).and_then(|b| <[u8; 16]>::try_from(b).ok()).map(|b| IpAddr::from(b))
+                        ip.get(r).and_then(|b| <[u8; 16]>::try_from(b).ok()).map(IpAddr::from)
                     };
                     ends.ips = [a(field::IPV6_SRC), a(field::IPV6_DST)];
                 }

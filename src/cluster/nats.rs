@@ -43,6 +43,8 @@ impl Nats {
             .name(name)
             .connection_timeout(Duration::from_secs(3))
             .max_reconnects(None)
+            // The first server given is the one used while it is up (tests rely on it).
+            .retain_servers_order()
             .reconnect_delay_callback(|n| Duration::from_millis((100 * 2u64.saturating_pow(n as u32)).min(2_000)));
         let opts = if wait { opts.retry_on_initial_connect() } else { opts };
         // A cluster's servers, comma-separated: any of them will do.

@@ -472,7 +472,7 @@ impl Faults {
         let work = tempfile::tempdir().unwrap();
         let rules = with_rules("");
         let input = capture("mtd.pcap");
-        let reference = stable(replay(rules.path(), 2, &[input.clone()]));
+        let reference = stable(replay(rules.path(), 2, std::slice::from_ref(&input)));
         let cluster = work.path().join("cluster.toml");
         let racks: &[&[&str]] = &[&["compute-1", "compute-4"], &["compute-2", "compute-3", "compute-9"]];
         std::fs::write(&cluster, format!("{extra}{}", cluster_toml(racks, 0))).unwrap();
@@ -632,7 +632,7 @@ fn a_three_node_nats_cluster_losing_a_node_mid_run_loses_nothing() {
     wait_for("sensor 0 to publish", Duration::from_secs(120), || {
         metric(&addr, "vmsentry_cluster_partials_published_total") >= 4
     });
-    // The first node: the one every client connected to first.
+    // The first node: the one every client is connected to (servers are tried in order).
     nats.kill(0);
     for s in &mut sensors {
         s.wait();
