@@ -44,7 +44,7 @@ use crate::time::PacketTime;
 use async_nats::jetstream;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,9 +77,10 @@ pub struct ControlMetrics {
     pub partials: IntCounterVec,
     pub sensors_up: IntGauge,
     pub sensor_up: IntGaugeVec,
-    pub lag_ms: IntGauge,
+    pub lag: Gauge,
     pub pending: IntGauge,
     pub lease: IntGaugeVec,
+    pub level_delay: Histogram,
 }
 
 impl ControlMetrics {
@@ -97,9 +98,9 @@ impl ControlMetrics {
                 &["sensor"],
             )
             .unwrap_or_else(|_| unreachable!()),
-            lag_ms: IntGauge::new(
-                "vmsentry_cluster_lag_milliseconds",
-                "Wall clock from a window's close at its last sensor to its merge here.",
+            lag: Gauge::new(
+                "vmsentry_cluster_lag_seconds",
+                "Wall clock from the newest merged window's close at its last sensor to its merge here.",
             )
             .unwrap_or_else(|_| unreachable!()),
             pending: IntGauge::new("vmsentry_cluster_windows_pending", "Windows waiting for a sensor's watermark.")
@@ -109,12 +110,21 @@ impl ControlMetrics {
                 &["controller"],
             )
             .unwrap_or_else(|_| unreachable!()),
+            level_delay: Histogram::with_opts(
+                HistogramOpts::new(
+                    "vmsentry_cluster_level_event_delay_seconds",
+                    "Wall clock from a window's close at its last sensor to a level event of it here.",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            )
+            .unwrap_or_else(|_| unreachable!()),
         };
         if let Some(r) = registry {
+            let _ = r.register(Box::new(m.level_delay.clone()));
             let _ = r.register(Box::new(m.partials.clone()));
             let _ = r.register(Box::new(m.sensors_up.clone()));
             let _ = r.register(Box::new(m.sensor_up.clone()));
-            let _ = r.register(Box::new(m.lag_ms.clone()));
+            let _ = r.register(Box::new(m.lag.clone()));
             let _ = r.register(Box::new(m.pending.clone()));
             let _ = r.register(Box::new(m.lease.clone()));
         }
@@ -140,6 +150,8 @@ impl PacketSource for Sensors {
 struct WithSensorEvents {
     inner: Box<dyn EventSink>,
     queued: Arc<Mutex<Vec<Event>>>,
+    closed_at: ClosedAt,
+    metrics: ControlMetrics,
     /// The newest packet time written.
     last: Option<PacketTime>,
 }
@@ -164,6 +176,11 @@ impl WithSensorEvents {
 /// verdicts of the window ending at `T`) and before any later one.
 impl EventSink for WithSensorEvents {
     fn emit(&mut self, e: &Event) -> std::io::Result<()> {
+        if let Event::Level(l) = e {
+            if let Some(closed) = self.closed_at.lock().ok().and_then(|c| c.get(&l.ts).copied()) {
+                self.metrics.level_delay.observe((super::sense::now_unix_us() - closed).max(0) as f64 / 1e6);
+            }
+        }
         self.drain(Some(e.ts()))?;
         self.last = self.last.max(Some(e.ts()));
         self.inner.emit(e)
@@ -204,7 +221,11 @@ struct Collector {
     events: Arc<Mutex<Vec<Event>>>,
     metrics: ControlMetrics,
     warned_len: bool,
+    /// Window end → wall clock of its close at its last sensor (for the delay histogram).
+    closed_at: ClosedAt,
 }
+
+type ClosedAt = Arc<Mutex<BTreeMap<PacketTime, i64>>>;
 
 impl Collector {
     fn count(&self, outcome: &str) {
@@ -366,7 +387,13 @@ impl Collector {
             wire::sum_counters(&mut p);
             self.closed_through = Some(w);
             if closed > 0 {
-                self.metrics.lag_ms.set((super::sense::now_unix_us() - closed) / 1000);
+                self.metrics.lag.set((super::sense::now_unix_us() - closed) as f64 / 1e6);
+                let end = PacketTime::window_end(w, self.window_len_us);
+                let mut c = self.closed_at.lock().unwrap_or_else(|p| p.into_inner());
+                c.insert(end, closed);
+                while c.len() > 4096 {
+                    c.pop_first();
+                }
             }
             if let Some(out) = &self.out {
                 if out.send(p).is_err() {
@@ -638,6 +665,7 @@ pub fn run(
     let reader: SharedReader = Arc::new(Mutex::new((ReaderStats::default(), 0)));
     let source_stats = Arc::new(Mutex::new(SourceStats::default()));
     let queued = Arc::new(Mutex::new(Vec::new()));
+    let closed_at: ClosedAt = Arc::new(Mutex::new(BTreeMap::new()));
     let now = Instant::now();
     let collector = Collector {
         cluster: cluster.clone(),
@@ -655,6 +683,7 @@ pub fn run(
         events: queued.clone(),
         metrics: metrics.clone(),
         warned_len: false,
+        closed_at: closed_at.clone(),
     };
     let (stop, until_end, down_after) = (copts.stop.clone(), copts.until_end, cluster.down_after);
     let collector = std::thread::Builder::new()
@@ -663,7 +692,7 @@ pub fn run(
         .map_err(ControlError::Thread)?;
 
     let mut source = Sensors(source_stats);
-    let events = Box::new(WithSensorEvents { inner: events, queued, last: None });
+    let events = Box::new(WithSensorEvents { inner: events, queued, closed_at, metrics: metrics.clone(), last: None });
     let gate: Arc<dyn DeliveryGate> = lease.clone();
     let result = pipeline::run_with(
         &mut source,
@@ -722,6 +751,7 @@ mod tests {
             events: events.clone(),
             metrics: ControlMetrics::new(None),
             warned_len: false,
+            closed_at: Arc::new(Mutex::new(BTreeMap::new())),
         };
         (col, rx, events)
     }

@@ -60,6 +60,7 @@ pub struct SenseSummary {
 #[derive(Clone)]
 pub struct SenseMetrics {
     pub published: IntCounter,
+    pub published_bytes: IntCounter,
     pub publish_errors: IntCounter,
     pub spool_messages: IntGauge,
     pub spool_bytes: IntGauge,
@@ -73,6 +74,10 @@ impl SenseMetrics {
         let g = |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|_| IntGauge::new("x", "x").unwrap());
         let m = SenseMetrics {
             published: c("vmsentry_cluster_partials_published_total", "Window partials JetStream acknowledged."),
+            published_bytes: c(
+                "vmsentry_cluster_published_bytes_total",
+                "Bytes of the partials JetStream acknowledged.",
+            ),
             publish_errors: c("vmsentry_cluster_publish_errors_total", "Publish attempts that failed (retried)."),
             spool_messages: g("vmsentry_cluster_spool_messages", "Partials buffered on disk, not yet acknowledged."),
             spool_bytes: g("vmsentry_cluster_spool_bytes", "Bytes of partials buffered on disk."),
@@ -80,7 +85,7 @@ impl SenseMetrics {
             not_owned: c("vmsentry_cluster_frames_not_owned_total", "Frames seen here that another sensor owns."),
         };
         if let Some(r) = registry {
-            for x in [&m.published, &m.publish_errors, &m.dropped, &m.not_owned] {
+            for x in [&m.published, &m.published_bytes, &m.publish_errors, &m.dropped, &m.not_owned] {
                 let _ = r.register(Box::new(x.clone()));
             }
             for x in [&m.spool_messages, &m.spool_bytes] {
@@ -352,6 +357,7 @@ fn publish(
                 continue;
             }
         };
+        let size = bytes.len() as u64;
         let msg = async_nats::jetstream::message::PublishMessage::build().message_id(&id).payload(bytes.into());
         let sent = nats.block_on(async {
             let ack = nats.js.send_publish(subject.clone(), msg).await.map_err(|e| e.to_string())?;
@@ -362,6 +368,7 @@ fn publish(
                 spool.remove(seq);
                 published.fetch_add(1, Ordering::AcqRel);
                 metrics.published.inc();
+                metrics.published_bytes.inc_by(size);
                 let (n, b, _) = spool.depth();
                 metrics.spool_messages.set(n as i64);
                 metrics.spool_bytes.set(b as i64);

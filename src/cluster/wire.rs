@@ -19,8 +19,10 @@
 //! travel as a list in [`DecodeErrorKind::ALL`] order; a newer sensor's
 //! extra kinds are beyond the list this reader knows and are dropped.
 //!
-//! Packet times are microseconds since the Unix epoch; MACs 6 bytes; IP
-//! addresses postcard's enum of 4 or 16 bytes.
+//! Packet times inside a window body (samples, sightings, streams) are
+//! microseconds from the window's start (`window * window_len_us`), so they
+//! are small varints; the end message's are microseconds since the Unix
+//! epoch. MACs are 6 bytes; IP addresses postcard's enum of 4 or 16 bytes.
 
 use crate::decode::{DecodeErrorKind, Mac};
 use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamPart, Via};
@@ -226,7 +228,8 @@ impl WindowMsg {
     /// The wire form of a sensor's combined partial.
     pub(crate) fn from_partial(sensor: &str, window_len_us: i64, p: &Partial) -> WindowMsg {
         let ev = &p.evidence;
-        let t = |t: PacketTime| t.as_micros();
+        let start = PacketTime::window_start(p.window, window_len_us).as_micros();
+        let t = |t: PacketTime| t.as_micros().saturating_sub(start);
         WindowMsg {
             sensor: sensor.to_string(),
             window: p.window,
@@ -293,7 +296,8 @@ impl WindowMsg {
 
     /// Back to the merge's partial (`shard` is 0: one per window and sensor).
     pub(crate) fn to_partial(&self) -> Result<Partial, WireError> {
-        let t = PacketTime::from_micros;
+        let start = PacketTime::window_start(self.window, self.window_len_us).as_micros();
+        let t = |off: i64| PacketTime::from_micros(start.saturating_add(off));
         let mut decode = DecodeCounts::default();
         for (a, b) in decode.errors.iter_mut().zip(&self.decode_errors) {
             *a = *b;
@@ -421,7 +425,7 @@ mod tests {
             decode_errors: vec![0; DecodeErrorKind::COUNT],
             snaplen_cut: 2,
             samples: vec![WireSample {
-                ts: 1_700_000_005_100_000,
+                ts: 100_000,
                 mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
                 rtt_us: 2000,
                 kind: 0,
@@ -503,5 +507,45 @@ mod tests {
             let _ = decode(&flipped);
             flipped[i] ^= 0xff;
         }
+    }
+
+    /// What a sensor sends for one 1 s window of 1000 busy VMs behind tunnels:
+    /// each with its counters, one sighting (where it sent from) and one
+    /// learned address. benches/README.md quotes the size.
+    pub(crate) fn window_of_1000_vms() -> WindowMsg {
+        let t0 = 1_700_000_005_000_000i64;
+        let vm = |i: u32| [0xfa, 0x16, 0x3e, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        WindowMsg {
+            sensor: "rack-12".into(),
+            window: t0 / 1_000_000,
+            window_len_us: 1_000_000,
+            closed_unix_us: 1_764_633_600_000_000,
+            decode_errors: vec![0; DecodeErrorKind::COUNT],
+            counters: (0..1000).map(|i| (vm(i), [1_500_000 + u64::from(i), 2_000, 900_000, 1_500])).collect(),
+            sightings: (0..1000)
+                .map(|i| WireSighting {
+                    vm: vm(i),
+                    origin: WireOrigin::Outer {
+                        mac: [0x52, 0x54, 0, 0xaa, 1, (i % 40) as u8],
+                        ip: [10, 0, 1, (i % 40) as u8].into(),
+                    },
+                    first: 1_000,
+                    last: 999_000,
+                    frames: 2_000,
+                    announce: None,
+                })
+                .collect(),
+            addresses: (0..1000).map(|i| (vm(i), [10, 1, (i >> 8) as u8, i as u8].into())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_window_of_1000_vms_is_compact() {
+        let b = encode(&Message::Window(window_of_1000_vms()));
+        // 6-byte MACs and varints: about 60 bytes per VM with its sighting and address.
+        assert!(b.len() < 64 * 1000, "{} bytes", b.len());
+        assert!(b.len() > 30 * 1000, "{} bytes", b.len());
+        eprintln!("a window of 1000 VMs: {} bytes", b.len());
     }
 }
