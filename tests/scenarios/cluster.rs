@@ -448,10 +448,39 @@ fn serving(p: &Proc) -> Option<String> {
     Some(l.split("http://").nth(1)?.trim().to_string())
 }
 
+fn metrics_text(addr: &str) -> String {
+    let Ok(mut r) = ureq::get(&format!("http://{addr}/metrics")).call() else { return String::new() };
+    r.body_mut().read_to_string().unwrap_or_default()
+}
+
+/// promtool (installed with prometheus by scripts/test) accepts the exposition.
+fn promtool_accepts(metrics: &str) {
+    let ok = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but promtool is not installed");
+        eprintln!("promtool not installed: metrics not checked");
+        return;
+    }
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut p.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A counter from a process's /metrics (0 when it cannot be read yet).
 fn metric(addr: &str, name: &str) -> u64 {
-    let Ok(mut r) = ureq::get(&format!("http://{addr}/metrics")).call() else { return 0 };
-    let body = r.body_mut().read_to_string().unwrap_or_default();
+    let body = metrics_text(addr);
     body.lines()
         .find(|l| l.split(' ').next() == Some(name))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -479,9 +508,10 @@ impl Faults {
         Faults { work, rules, cluster, input, reference }
     }
 
-    fn control(&self, nats: &str) -> Proc {
+    fn control(&self, nats: &str, extra: &[&str]) -> Proc {
         let events = self.work.path().join("control.jsonl");
-        let args = control_args(nats, "c1", self.rules.path(), &self.cluster, &events);
+        let mut args = control_args(nats, "c1", self.rules.path(), &self.cluster, &events);
+        args.extend(extra.iter().map(|s| s.to_string()));
         Proc::spawn("control", &args, self.work.path().join("control.err"))
     }
 
@@ -507,7 +537,7 @@ fn a_sensor_killed_and_restarted_does_not_count_its_windows_twice() {
     let f = Faults::new("");
     unspend_tokens(f.rules.path());
     let nats = NatsServer::start();
-    let mut control = f.control(&nats.url());
+    let mut control = f.control(&nats.url(), &[]);
     let mut other = f.sensor(&nats.url(), 1, &[], 0);
     // Paced, so it is killed in the middle (mtd.pcap is 30 s: 7.5 s at 4x).
     let mut s0 = f.sensor(&nats.url(), 0, &["--speed", "4", "--listen", "127.0.0.1:0"], 0);
@@ -535,14 +565,26 @@ fn sensors_buffer_while_nats_is_down_for_30_s_then_catch_up_exactly() {
     unspend_tokens(f.rules.path());
     let mut nats = NatsServer::start();
     let url = nats.url();
-    let mut control = f.control(&url);
+    let mut control = f.control(&url, &["--listen", "127.0.0.1:0"]);
     let mut sensors: Vec<Proc> =
         (0..2).map(|i| f.sensor(&url, i, &["--speed", "2", "--listen", "127.0.0.1:0"], 0)).collect();
     wait_for("the sensors to serve", Duration::from_secs(60), || sensors.iter().all(|s| serving(s).is_some()));
+    wait_for("the controller to serve", Duration::from_secs(60), || serving(&control).is_some());
     let addrs: Vec<String> = sensors.iter().map(|s| serving(s).unwrap()).collect();
+    let ctl = serving(&control).unwrap();
     wait_for("sensor 0 to publish", Duration::from_secs(120), || {
         metric(&addrs[0], "vmsentry_cluster_partials_published_total") >= 3
     });
+    wait_for("the controller to merge and hold the lease", Duration::from_secs(60), || {
+        let m = metrics_text(&ctl);
+        m.contains("vmsentry_cluster_lease_held{controller=\"c1\"} 1\n")
+            && m.contains("vmsentry_cluster_partials_total{outcome=\"merged\"}")
+    });
+    let m = metrics_text(&ctl);
+    assert!(m.contains("vmsentry_cluster_sensors_up 2\n"), "{m}");
+    assert!(m.contains("vmsentry_cluster_sensor_up{sensor=\"rack-1\"} 1\n"), "{m}");
+    promtool_accepts(&m);
+    promtool_accepts(&metrics_text(&addrs[0]));
     nats.stop();
     let down = Instant::now();
     // The capture goes on: the spool fills.
@@ -624,7 +666,7 @@ fn a_three_node_nats_cluster_losing_a_node_mid_run_loses_nothing() {
     unspend_tokens(f.rules.path());
     let mut nats = NatsCluster::start();
     let url = nats.url();
-    let mut control = f.control(&url);
+    let mut control = f.control(&url, &[]);
     let mut sensors: Vec<Proc> =
         (0..2).map(|i| f.sensor(&url, i, &["--speed", "3", "--listen", "127.0.0.1:0"], 0)).collect();
     wait_for("the sensors to serve", Duration::from_secs(60), || sensors.iter().all(|s| serving(s).is_some()));
