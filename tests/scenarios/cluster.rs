@@ -682,3 +682,21 @@ fn a_three_node_nats_cluster_losing_a_node_mid_run_loses_nothing() {
     control.wait();
     f.check();
 }
+
+#[test]
+fn the_shipped_cluster_file_is_valid_for_the_shipped_rules() {
+    let rules = rules_dir();
+    let r = vmsentry::config::Rules::load(rules.path()).unwrap();
+    let c = vmsentry::cluster::Cluster::load(&r, Some(&root().join("dist/cluster/cluster.toml"))).unwrap();
+    let ids: Vec<&str> = c.sensors.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["rack-1", "rack-2"]);
+    assert_eq!((c.default, c.replicas, c.lease_ttl.as_secs()), (0, 1, 5));
+    // A bad one is refused at its place, exit 2.
+    let bad = rules.path().join("cluster.toml");
+    std::fs::write(&bad, "[[sensor]]\nid = \"r 1\"\n").unwrap();
+    let out =
+        vmsentry(&["control", "--nats", "nats://127.0.0.1:1", "--id", "c", "--rules", rules.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.toml:1:1: sensor id `r 1` must be 1-64 letters"), "{err}");
+}
