@@ -22,7 +22,8 @@
 //! cooldowns, storm limits, action ids) by the same deterministic merge: a
 //! standby is hot, and has the same state as the active one. Only the
 //! controller that holds the lease (KV `vmsentry_<cluster>_lease`, key
-//! `controller`, renewed every third of `lease_ttl_s`) delivers actions;
+//! `controller`, renewed every third of `lease_ttl_s`, and only while its
+//! last renewal is younger than two thirds of it) delivers actions;
 //! the action ids are the same on every controller, and the actions bucket
 //! records each as `sent` (before delivery) and `done` (after). A standby
 //! holds each action it decided until the active one marks it `done` (then
@@ -291,6 +292,8 @@ impl Collector {
                     return;
                 }
                 self.sensors[s].wm = Some(w.window);
+                // A sensor that ended and sends a new window runs again (restarted).
+                self.sensors[s].ended = false;
                 if self.closed_through.is_some_and(|c| c >= w.window) {
                     self.count("late");
                     return;
@@ -433,6 +436,10 @@ impl Collector {
 /// The lease and the actions bucket, shared by the NATS side and the dispatcher.
 struct Lease {
     held: AtomicBool,
+    /// Milliseconds after `t0` of the last renewal that JetStream accepted.
+    renewed_ms: std::sync::atomic::AtomicU64,
+    t0: Instant,
+    ttl: Duration,
     /// Set when the controller has finished: the lease is handed over.
     closing: AtomicBool,
     /// SIGINT/SIGTERM: a standby stops waiting for its actions.
@@ -473,13 +480,22 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Held, and renewed recently enough that no other controller can have
+    /// taken it (a renewal stuck on a slow NATS must not let two act).
+    fn acting(&self) -> bool {
+        let since = (self.t0.elapsed().as_millis() as u64).saturating_sub(self.renewed_ms.load(Ordering::Acquire));
+        self.held.load(Ordering::Acquire) && since < (self.ttl.as_millis() as u64) * 2 / 3
+    }
+}
+
 impl DeliveryGate for Lease {
     fn before(&self, action: &Action) -> bool {
         loop {
             if self.state(&action.id).as_deref() == Some("done") {
                 return false;
             }
-            if self.held.load(Ordering::Acquire) {
+            if self.acting() {
                 self.mark(&action.id, "sent");
                 return true;
             }
@@ -517,7 +533,7 @@ async fn hold_lease(
             }
             return;
         }
-        let t = super::nats::REQUEST_TIMEOUT;
+        let t = every;
         revision = match revision {
             Some(rev) => match tokio::time::timeout(t, kv.update(LEASE_KEY, me.clone().into(), rev)).await {
                 Ok(Ok(r)) => Some(r),
@@ -534,6 +550,9 @@ async fn hold_lease(
                 _ => None,
             },
         };
+        if revision.is_some() {
+            lease.renewed_ms.store(lease.t0.elapsed().as_millis() as u64, Ordering::Release);
+        }
         lease.held.store(revision.is_some(), Ordering::Release);
         m.lease.with_label_values(&[&me]).set(i64::from(revision.is_some()));
         tokio::time::sleep(every).await;
@@ -647,6 +666,9 @@ pub fn run(
     let (lease_kv, actions_kv) = setup("setting up the stream and buckets")?;
     let lease = Arc::new(Lease {
         held: AtomicBool::new(false),
+        renewed_ms: std::sync::atomic::AtomicU64::new(0),
+        t0: Instant::now(),
+        ttl: cluster.lease_ttl,
         closing: AtomicBool::new(false),
         stop: copts.stop.clone(),
         actions: actions_kv,

@@ -56,8 +56,8 @@ pub mod wire;
 
 use crate::config::Rules;
 use crate::decode::Mac;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -141,8 +141,8 @@ pub struct Cluster {
     pub lease_ttl: Duration,
     pub retention: Duration,
     pub replicas: usize,
-    owner_by_mac: HashMap<Mac, usize>,
-    owner_by_ip: HashMap<IpAddr, usize>,
+    owner_by_mac: FxHashMap<Mac, usize>,
+    owner_by_ip: FxHashMap<IpAddr, usize>,
 }
 
 /// The cluster name as NATS subjects and bucket names allow it.
@@ -182,8 +182,8 @@ impl Cluster {
         }
         let mut sensors: Vec<SensorDef> = Vec::new();
         let mut default = None;
-        let mut owner_by_mac = HashMap::new();
-        let mut owner_by_ip = HashMap::new();
+        let mut owner_by_mac = FxHashMap::default();
+        let mut owner_by_ip = FxHashMap::default();
         for (i, s) in raw.sensor.iter().enumerate() {
             let start = s.span().start;
             let s = s.get_ref();
