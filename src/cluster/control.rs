@@ -39,7 +39,7 @@ use super::Cluster;
 use crate::action::{Action, DeliveryGate};
 use crate::capture::{CaptureError, PacketSource, SourceItem, SourceStats};
 use crate::config::Rules;
-use crate::event::{Event, EventSink, SensorEvent, SummaryEvent};
+use crate::event::{Event, EventSink, SensorEvent, SensorState as Heard, SummaryEvent};
 use crate::pipeline::{self, Options, Partial, PipelineError, ReaderStats, Seam, SharedReader};
 use crate::time::PacketTime;
 use async_nats::jetstream;
@@ -182,7 +182,9 @@ impl EventSink for WithSensorEvents {
                 self.metrics.level_delay.observe((super::sense::now_unix_us() - closed).max(0) as f64 / 1e6);
             }
         }
-        self.drain(Some(e.ts()))?;
+        // The end of the run's events come after every sensor event.
+        let before = if matches!(e, Event::VmStats(_) | Event::Summary(_)) { None } else { Some(e.ts()) };
+        self.drain(before)?;
         self.last = self.last.max(Some(e.ts()));
         self.inner.emit(e)
     }
@@ -239,11 +241,11 @@ impl Collector {
         if !st.up {
             st.up = true;
             eprintln!("vmsentry: control: sensor {} is up again", self.cluster.sensors[s].id);
-            self.sensor_event(s, "up", None);
+            self.sensor_event(s, Heard::Up, None);
         }
     }
 
-    fn sensor_event(&mut self, s: usize, state: &'static str, silent_s: Option<f64>) {
+    fn sensor_event(&mut self, s: usize, state: Heard, silent_s: Option<f64>) {
         let ts = self.closed_through.map_or(PacketTime::ZERO, |w| PacketTime::window_end(w, self.window_len_us));
         let last = self.sensors[s].wm.map(|w| PacketTime::window_start(w, self.window_len_us));
         let ev = Event::Sensor(SensorEvent {
@@ -256,7 +258,7 @@ impl Collector {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
         let up = self.sensors.iter().filter(|s| s.up).count();
         self.metrics.sensors_up.set(up as i64);
-        let v = i64::from(state == "up");
+        let v = i64::from(state == Heard::Up);
         self.metrics.sensor_up.with_label_values(&[&self.cluster.sensors[s].id]).set(v);
     }
 
@@ -374,7 +376,7 @@ impl Collector {
         }
         self.try_close();
         for (s, silent) in down {
-            self.sensor_event(s, "down", Some(silent));
+            self.sensor_event(s, Heard::Down, Some(silent));
         }
     }
 
@@ -828,14 +830,14 @@ mod tests {
         assert_eq!(closed(&rx), [(1, 1), (2, 2)]);
         let ev = events.lock().unwrap().clone();
         let Event::Sensor(s) = &ev[0] else { panic!("{ev:?}") };
-        assert_eq!((s.sensor.as_str(), s.state, s.ts.as_micros()), ("b", "down", 3_000_000));
+        assert_eq!((s.sensor.as_str(), s.state, s.ts.as_micros()), ("b", Heard::Down, 3_000_000));
         // b comes back with window 2, already merged: late, dropped; up again.
         col.message(&window("b", 2, 50));
         assert_eq!(col.metrics.partials.with_label_values(&["late"]).get(), 1);
         assert_eq!(closed(&rx), []);
         let ev = events.lock().unwrap().clone();
         let Event::Sensor(s) = &ev[1] else { panic!("{ev:?}") };
-        assert_eq!(s.state, "up");
+        assert_eq!(s.state, Heard::Up);
         // And holds windows back again.
         col.message(&window("a", 3, 3));
         assert_eq!(closed(&rx), []);

@@ -700,3 +700,44 @@ fn the_shipped_cluster_file_is_valid_for_the_shipped_rules() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster.toml:1:1: sensor id `r 1` must be 1-64 letters"), "{err}");
 }
+
+#[test]
+fn a_sensor_that_never_reports_is_declared_down_and_holds_nothing_back() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return;
+    }
+    let f = Faults::new("");
+    // Quicker to give up on a sensor (the extra line goes before the [[sensor]] tables).
+    let text = std::fs::read_to_string(&f.cluster).unwrap().replace("down_after_s = 120", "down_after_s = 2");
+    std::fs::write(&f.cluster, text).unwrap();
+    unspend_tokens(f.rules.path());
+    let nats = NatsServer::start();
+    let mut control = f.control(&nats.url(), &[]);
+    // Only rack-1's sensor runs; rack-2's never comes.
+    f.sensor(&nats.url(), 0, &[], 0).wait();
+    let err = control.wait();
+    assert!(err.contains("sensor rack-2 silent for"), "{err}");
+    let ev = read_events(&f.work.path().join("control.jsonl"));
+    let down = of_type(&ev, "sensor");
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(
+        (&down[0]["sensor"], &down[0]["state"], &down[0]["last_window_start"]),
+        (&json!("rack-2"), &json!("down"), &json!(null))
+    );
+    assert!(down[0]["silent_s"].as_f64().unwrap() >= 2.0);
+    // tests/golden/cluster-sensor.jsonl has the same fields (it is written by hand: silent_s is wall clock).
+    let golden: Value = serde_json::from_str(
+        std::fs::read_to_string(root().join("tests/golden/cluster-sensor.jsonl")).unwrap().lines().next().unwrap(),
+    )
+    .unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(down[0]), keys(&golden));
+    // Every line reads as a typed event; rack-1's frames are merged without rack-2.
+    for e in &ev {
+        vmsentry::event::Event::from_json(&e.to_string()).unwrap();
+    }
+    let s = summary(&ev);
+    assert!(s["packets"].as_u64().unwrap() > 20_000 && s["packets"].as_u64().unwrap() < 21_428, "{s}");
+    assert_eq!(of_type(&ev, "evacuation").len(), 1, "rack-1 holds compute-4: the evacuation is still seen");
+}
