@@ -667,6 +667,11 @@ fn a_three_node_nats_cluster_losing_a_node_mid_run_loses_nothing() {
     let mut nats = NatsCluster::start();
     let url = nats.url();
     let mut control = f.control(&url, &[]);
+    // The cluster has elected its JetStream leader once the controller made
+    // the (3-replica) stream and buckets and took the lease.
+    wait_for("the controller to take the lease", Duration::from_secs(120), || {
+        control.stderr().contains("c1 holds the lease")
+    });
     let mut sensors: Vec<Proc> =
         (0..2).map(|i| f.sensor(&url, i, &["--speed", "3", "--listen", "127.0.0.1:0"], 0)).collect();
     wait_for("the sensors to serve", Duration::from_secs(60), || sensors.iter().all(|s| serving(s).is_some()));
