@@ -40,7 +40,8 @@ R=$W/rules
 mkdir -p "$R/tokens"
 cp rules/cluster.key "$R/" && chmod 600 "$R/cluster.key"
 awk '/^\[\[ids\]\]/{skip=1; next} /^\[/{skip=0} !skip' rules/vmsentry.toml |
-    sed "s/^length_ms = 1000/length_ms = $WINDOW_MS/" >"$R/vmsentry.toml"
+    sed -e "s/^length_ms = 1000/length_ms = $WINDOW_MS/" -e "s/^medium_pps *=.*/medium_pps = 1000/" \
+        -e "s/^high_pps *=.*/high_pps = 100000/" -e "s/^clear_windows = .*/clear_windows = 1/" >"$R/vmsentry.toml"
 for i in 1 2 3 4 5 6 7 8; do
     printf '[[hypervisor]]\nid = "hv-%d"\nmacs = ["52:54:00:aa:01:%02x"]\nips = ["10.0.0.%d"]\n' "$i" "$i" $((40 + i)) >>"$R/vmsentry.toml"
 done
@@ -85,6 +86,7 @@ sensors() { # $@: extra sense arguments
     for p in "${pids[@]}"; do wait "$p"; done
 }
 published() { cat "$W"/sense-*.err | sed -n 's/.* \([0-9]*\) published.*/\1/p' | paste -sd+ | bc; }
+published_bytes() { cat "$W"/sense-*.err | sed -n 's/.* published (\([0-9]*\) bytes).*/\1/p' | paste -sd+ | bc; }
 
 echo "capture: $CAP ($FRAMES frames), windows of $WINDOW_MS ms; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -96,6 +98,8 @@ t1=$(now)
 n=$(published)
 echo "1. sensors: $n partials in $(echo "$t1 - $t0" | bc) s: $(echo "$n / ($t1 - $t0)" | bc) partials/s (3 sensors, 1 thread each)"
 grep -h "windows," "$W"/sense-*.err | sed 's/^/   /'
+pb=$(published_bytes)
+echo "   $pb bytes published: $(echo "$pb / $n" | bc) bytes per partial"
 BYTES=$(du -sb "$W/js" | cut -f1)
 echo "   JetStream store after: $BYTES bytes"
 

@@ -41,6 +41,12 @@
 //! each decision in a file the sensor follows: a move the wire shows without
 //! an approval is `ungated` ([`detect`]).
 //!
+//! Many mirror ports: [`cluster`] cuts the same pipeline at its seam
+//! between the shards and the merge: sensors (`vmsentry sense`) run capture,
+//! decode and the shards and publish each window's partial to NATS JetStream;
+//! a controller (`vmsentry control`) is the merge and everything after it,
+//! one acting at a time under a lease.
+//!
 //! Alongside: [`serve`] (Prometheus metrics and the JSON API over HTTP),
 //! [`config`] (the rules file), [`event`] (JSON-lines events), [`time`]
 //! (packet time, the only clock results depend on), [`small_file`] (how

@@ -229,8 +229,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let s = vmsentry::cluster::sense::run(source.as_mut(), &rules, &cluster, &popts, &sopts)?;
             eprintln!(
-                "vmsentry: sense: {} windows, {} published, {} frames owned by other sensors, {} dropped, {} left in the spool",
-                s.windows, s.published, s.not_owned, s.spool_dropped, s.left
+                "vmsentry: sense: {} windows, {} published ({} bytes), {} frames owned by other sensors, {} dropped, {} left in the spool",
+                s.windows, s.published, s.published_bytes, s.not_owned, s.spool_dropped, s.left
             );
             Ok(())
         }

@@ -51,6 +51,8 @@ pub struct SenseSummary {
     pub windows: u64,
     pub not_owned: u64,
     pub published: u64,
+    /// Their bytes on the wire to NATS (the messages' payloads).
+    pub published_bytes: u64,
     pub spool_dropped: u64,
     /// Messages still in the spool at exit (sent at the next start).
     pub left: u64,
@@ -234,6 +236,7 @@ pub fn run(
         windows,
         not_owned,
         published: published.load(Ordering::Acquire),
+        published_bytes: metrics.published_bytes.get(),
         spool_dropped,
         left: left as u64,
     })
