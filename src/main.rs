@@ -72,7 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gate { config, args } => {
             let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
             let call = vmsentry::gate::Call { domain: arg(0), operation: arg(1), sub_operation: arg(2), extra: arg(3) };
-            let answer = vmsentry::gate::run(&config, &call, std::io::stdin());
+            let answer = vmsentry::gate::run(&config, &call, std::io::stdin(), Rules::load_for_gate);
             // Exit now: a worker stuck on a pipe must not keep libvirt waiting.
             std::process::exit(i32::from(answer.exit));
         }
@@ -199,7 +199,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         buffer_bytes: 64 * 1024 * 1024,
                         promisc: true,
                     };
-                    Box::new(LiveSource::open(&cfg, stop.clone(), telemetry.clone()).map_err(|e| bad(e.to_string()))?)
+                    Box::new(
+                        LiveSource::open(
+                            &cfg,
+                            stop.clone(),
+                            telemetry.clone().map(|t| t as Arc<dyn vmsentry::capture::live::Observer>),
+                        )
+                        .map_err(|e| bad(e.to_string()))?,
+                    )
                 }
                 None => Box::new(FileList::open(&pcaps).map_err(|e| match e {
                     CaptureError::Open { .. } | CaptureError::Setup(_) => bad(e.to_string()),

@@ -41,7 +41,7 @@ use crate::capture::{CaptureError, PacketSource, SourceItem, SourceStats};
 use crate::config::Rules;
 use crate::event::{Event, EventSink, SensorEvent, SensorState as Heard, SummaryEvent};
 use crate::pipeline::{self, Options, Partial, PipelineError, ReaderStats, Seam, SharedReader};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use async_nats::jetstream;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;

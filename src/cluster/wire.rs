@@ -29,7 +29,7 @@ use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamPart, 
 use crate::measure::rtt::{RttCounts, RttSample, SampleKind};
 use crate::measure::Counters;
 use crate::pipeline::{DecodeCounts, Partial, ReaderStats};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
