@@ -45,6 +45,10 @@ awk '/^\[\[ids\]\]/{skip=1; next} /^\[/{skip=0} !skip' rules/vmsentry.toml |
 for i in 1 2 3 4 5 6 7 8; do
     printf '[[hypervisor]]\nid = "hv-%d"\nmacs = ["52:54:00:aa:01:%02x"]\nips = ["10.0.0.%d"]\n' "$i" "$i" $((40 + i)) >>"$R/vmsentry.toml"
 done
+# dcmix's 200 VMs in the inventory (levels are graded for inventory VMs).
+for i in $(seq 0 199); do
+    printf '[[vm]]\nname = "dc-%d"\nmac = "fa:16:3e:20:%02x:%02x"\n' "$i" $((i >> 8)) $((i & 255)) >>"$R/vmsentry.toml"
+done
 printf '[[hypervisor]]\nid = "netnode"\nmacs = ["52:54:00:aa:00:fe"]\nips = ["10.0.0.254"]\n' >>"$R/vmsentry.toml"
 cat >"$R/cluster.toml" <<'EOF'
 down_after_s = 60
