@@ -121,8 +121,10 @@ pub struct SensorEvent {
     pub sensor: String,
     pub state: SensorState,
     /// Wall-clock seconds it had been silent (down only).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub silent_s: Option<f64>,
     /// The newest window it had sent, by its start.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub last_window_start: Option<PacketTime>,
 }
 
