@@ -1,4 +1,4 @@
-//! The command line: `replay`, `live`, `check`, `sign` (see DESIGN.md's contract).
+//! The command line: `replay`, `live`, `sense`, `control`, `check`, `sign` (see DESIGN.md's contract).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -121,6 +121,70 @@ pub enum Command {
         /// but `migrate begin` exits 0 untouched, however many arguments come.
         #[arg(value_name = "ARGS", allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Many mirror ports: a sensor. Captures (or replays) its rack's frames and
+    /// publishes per-window partials to NATS JetStream for `vmsentry control`.
+    Sense {
+        /// The NATS server(s), e.g. nats://127.0.0.1:4222 (comma-separated for a cluster).
+        #[arg(long)]
+        nats: String,
+        /// This sensor's id, as in cluster.toml's [[sensor]] list.
+        #[arg(long)]
+        sensor: String,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// The cluster file; default: cluster.toml in the rules directory.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Where partials wait for NATS (created if missing); default /var/lib/vmsentry/spool/SENSOR.
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        /// The most the spool may hold, in MiB; past it, partials are dropped and counted.
+        #[arg(long, default_value_t = 256)]
+        spool_mb: u64,
+        /// Capture on this interface (a mirror port) instead of replaying files.
+        #[arg(long, conflicts_with = "pcaps")]
+        interface: Option<String>,
+        /// A capture filter in tcpdump's syntax (live only).
+        #[arg(long)]
+        bpf: Option<String>,
+        #[arg(long, value_parser = parse_threads)]
+        threads: Option<usize>,
+        /// Pace a replay at X times packet time.
+        #[arg(long, value_parser = parse_speed)]
+        speed: Option<f64>,
+        /// Serve metrics on ADDR.
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(value_name = "PCAP", required_unless_present = "interface")]
+        pcaps: Vec<PathBuf>,
+    },
+    /// Many mirror ports: the cluster's controller. Merges every sensor's
+    /// partials from NATS JetStream, then detects, decides and acts (while it holds the lease).
+    Control {
+        #[arg(long)]
+        nats: String,
+        /// This controller's id (unique among the cluster's controllers).
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        #[arg(long, default_value = "-")]
+        events: String,
+        /// Serve metrics and the API on ADDR.
+        #[arg(long)]
+        listen: Option<String>,
+        /// The sensors replay captures: IDS alert and gate decision files are
+        /// read whole and replayed in packet time (as `replay` does), and the
+        /// controller exits once every sensor has ended or is down.
+        #[arg(long)]
+        until_end: bool,
+        #[arg(long)]
+        rtt_samples: bool,
+        #[arg(long)]
+        vm_windows: bool,
     },
     /// Print the signature of a hypervisor (HMAC-SHA256 with the cluster key).
     Sign {

@@ -44,11 +44,12 @@ pub enum Event {
     VmWindow(VmWindowEvent),
     VmStats(VmStatsEvent),
     Summary(SummaryEvent),
+    Sensor(SensorEvent),
 }
 
 impl Event {
     /// Every `type`, in declaration order (README's events reference lists these).
-    pub const TYPES: [&'static str; 13] = [
+    pub const TYPES: [&'static str; 14] = [
         "rtt_sample",
         "migration",
         "conflict",
@@ -62,6 +63,7 @@ impl Event {
         "vm_window",
         "vm_stats",
         "summary",
+        "sensor",
     ];
 
     /// The event's `type`.
@@ -80,6 +82,7 @@ impl Event {
             Event::VmWindow(_) => 10,
             Event::VmStats(_) => 11,
             Event::Summary(_) => 12,
+            Event::Sensor(_) => 13,
         }]
     }
 
@@ -103,8 +106,34 @@ impl Event {
             Event::VmWindow(e) => e.ts,
             Event::VmStats(e) => e.ts,
             Event::Summary(e) => e.ts,
+            Event::Sensor(e) => e.ts,
         }
     }
+}
+
+/// `vmsentry control` only: a sensor went silent for `down_after_s` and no
+/// longer holds windows back (`state: "down"`), or was heard again (`"up"`).
+/// `ts` is the end of the newest window the controller had merged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorEvent {
+    pub ts: PacketTime,
+    pub sensor: String,
+    pub state: SensorState,
+    /// Wall-clock seconds it had been silent (down only).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub silent_s: Option<f64>,
+    /// The newest window it had sent, by its start.
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub last_window_start: Option<PacketTime>,
+}
+
+/// A sensor's state as the controller sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorState {
+    Down,
+    Up,
 }
 
 /// One RTT sample (only with `--rtt-samples`).

@@ -57,7 +57,12 @@
 //!     hypervisor with `mtd.host_high_vms` HIGH VMs, evacuated through
 //!     policy and action), reload, and publishing (events, metrics, the
 //!     API's views).
-//! 13. [`report`]: the events afterwards, as an HTML page of SVG charts.
+//! 13. [`cluster`]: many mirror ports: the pipeline cut at its seam between
+//!     the shards and the merge; sensors (`vmsentry sense`: capture, decode,
+//!     shards) publish each window's partial to NATS JetStream, a controller
+//!     (`vmsentry control`) is the merge and everything after it, one acting
+//!     at a time under a lease.
+//! 14. [`report`]: the events afterwards, as an HTML page of SVG charts.
 //!
 //! Not shipped: `synth` (scenario captures with known ground truth),
 //! compiled only for tests, benchmarks and the dev-only `vmsentry-synth`
@@ -102,6 +107,8 @@ pub mod config;
 pub mod event;
 
 pub mod pipeline;
+
+pub mod cluster;
 
 pub mod report;
 

@@ -162,6 +162,124 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("vmsentry: stopped");
             Ok(())
         }
+        Command::Sense {
+            nats,
+            sensor,
+            rules,
+            cluster,
+            spool,
+            spool_mb,
+            interface,
+            bpf,
+            threads,
+            speed,
+            listen,
+            pcaps,
+        } => {
+            let rules = load_rules(&rules)?;
+            let cluster =
+                vmsentry::cluster::Cluster::load(&rules, cluster.as_deref()).map_err(|e| bad(e.to_string()))?;
+            if cluster.sensor_index(&sensor).is_none() {
+                return Err(bad(format!("--sensor {sensor}: not in the cluster file's [[sensor]] list")));
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [SIGINT, SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).context("cannot handle signals")?;
+            }
+            let telemetry = match &listen {
+                Some(_) => Some(Telemetry::new(rules.limits.metrics_vms)),
+                None => None,
+            };
+            let mut source: Box<dyn PacketSource> = match &interface {
+                Some(iface) => {
+                    let cfg = LiveConfig {
+                        interface: iface.clone(),
+                        bpf,
+                        snaplen: 512,
+                        buffer_bytes: 64 * 1024 * 1024,
+                        promisc: true,
+                    };
+                    Box::new(
+                        LiveSource::open(
+                            &cfg,
+                            stop.clone(),
+                            telemetry.clone().map(|t| t as Arc<dyn vmsentry::capture::live::Observer>),
+                        )
+                        .map_err(|e| bad(e.to_string()))?,
+                    )
+                }
+                None => Box::new(FileList::open(&pcaps).map_err(|e| match e {
+                    CaptureError::Open { .. } | CaptureError::Setup(_) => bad(e.to_string()),
+                    other => anyhow::Error::new(other),
+                })?),
+            };
+            if let (Some(l), Some(t)) = (&listen, &telemetry) {
+                let addr = serve::start(l, t.clone()).map_err(|e| bad(e.to_string()))?;
+                eprintln!("vmsentry: serving on http://{addr}");
+            }
+            let popts = pipeline::Options {
+                threads: threads_or_cores(threads),
+                speed,
+                progress: false,
+                rtt_samples: false,
+                vm_windows: false,
+                live: interface.is_some(),
+                telemetry,
+                reload: None,
+            };
+            let sopts = vmsentry::cluster::sense::SenseOptions {
+                spool_dir: spool.unwrap_or_else(|| Path::new("/var/lib/vmsentry/spool").join(&sensor)),
+                sensor,
+                nats,
+                spool_bytes: spool_mb.saturating_mul(1 << 20),
+                stop,
+            };
+            let s = vmsentry::cluster::sense::run(source.as_mut(), &rules, &cluster, &popts, &sopts)?;
+            eprintln!(
+                "vmsentry: sense: {} windows, {} published ({} bytes), {} frames owned by other sensors, {} dropped, {} left in the spool",
+                s.windows, s.published, s.published_bytes, s.not_owned, s.spool_dropped, s.left
+            );
+            Ok(())
+        }
+        Command::Control { nats, id, rules, cluster, events, listen, until_end, rtt_samples, vm_windows } => {
+            let rules = load_rules(&rules)?;
+            let cluster =
+                vmsentry::cluster::Cluster::load(&rules, cluster.as_deref()).map_err(|e| bad(e.to_string()))?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [SIGINT, SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).context("cannot handle signals")?;
+            }
+            let reload = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(SIGHUP, reload.clone()).context("cannot handle SIGHUP")?;
+            let telemetry = match &listen {
+                Some(l) => {
+                    let t = Telemetry::new(rules.limits.metrics_vms);
+                    let addr = serve::start(l, t.clone()).map_err(|e| bad(e.to_string()))?;
+                    eprintln!("vmsentry: serving on http://{addr}");
+                    Some(t)
+                }
+                None => None,
+            };
+            let sink = events_sink(&events)?;
+            let popts = pipeline::Options {
+                threads: 1,
+                speed: None,
+                progress: false,
+                rtt_samples,
+                vm_windows,
+                live: !until_end,
+                telemetry,
+                reload: Some(reload),
+            };
+            let copts = vmsentry::cluster::control::ControlOptions { controller: id, nats, stop, until_end };
+            match vmsentry::cluster::control::run(&rules, &cluster, sink, &popts, &copts) {
+                Ok(_) => Ok(()),
+                Err(vmsentry::cluster::control::ControlError::Pipeline(e @ PipelineError::Ids { .. })) => {
+                    Err(bad(e.to_string()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Replay { rules, events, threads, speed, listen, no_progress, rtt_samples, vm_windows, pcaps } => {
             let rules = load_rules(&rules)?;
             let reload = Arc::new(AtomicBool::new(false));

@@ -1506,3 +1506,6 @@ fn an_echo_reply_in_ip_fragments_gives_one_sample_as_tshark_does() {
 
 #[path = "scenarios/golden.rs"]
 mod golden;
+
+#[path = "scenarios/cluster.rs"]
+mod cluster;

@@ -147,6 +147,19 @@ pub trait ActionSink: Send {
     }
 }
 
+/// Who may deliver an action: in cluster mode, only the controller that
+/// holds the lease ([`crate::cluster::control`]).
+///
+/// [`before`](DeliveryGate::before) runs on the dispatcher thread before
+/// every attempt and may block (while a standby waits for the lease or for
+/// the active controller to finish the action); it returns `false` when the
+/// action needs no delivery from here (another controller delivered it).
+/// [`after`](DeliveryGate::after) runs once the action is delivered or given up.
+pub trait DeliveryGate: Send + Sync {
+    fn before(&self, action: &Action) -> bool;
+    fn after(&self, action: &Action);
+}
+
 /// What the dispatcher thread is handed.
 enum Job {
     Act(Action),
@@ -271,6 +284,17 @@ impl Dispatcher {
         telemetry: Option<Arc<dyn Observer>>,
         log: Box<dyn ActionSink>,
     ) -> Result<Dispatcher, DispatchError> {
+        Self::start_gated(cfg, queue, telemetry, log, None)
+    }
+
+    /// [`start_with`](Dispatcher::start_with), every attempt passing `gate` first.
+    pub fn start_gated(
+        cfg: &Backend,
+        queue: usize,
+        telemetry: Option<Arc<dyn Observer>>,
+        log: Box<dyn ActionSink>,
+        gate: Option<Arc<dyn DeliveryGate>>,
+    ) -> Result<Dispatcher, DispatchError> {
         let (tx, rx) = bounded::<Job>(queue);
         let mut sinks: Vec<(BackendName, Box<dyn ActionSink>)> = vec![(BackendName::Log, log)];
         if let Some(e) = &cfg.exec {
@@ -300,14 +324,13 @@ impl Dispatcher {
         let thread_journal = journal.clone();
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread_closing = closing.clone();
-        let handle =
-            std::thread::Builder::new()
-                .name("vmsentry-actions".into())
-                .spawn(move || {
-                    Worker { cfg, sinks, journal: thread_journal, telemetry, stats: DispatchStats::default(), seq: 0 }
-                        .run(rx, resume, thread_closing)
-                })
-                .map_err(DispatchError::Thread)?;
+        let handle = std::thread::Builder::new()
+            .name("vmsentry-actions".into())
+            .spawn(move || {
+                Worker { cfg, sinks, journal: thread_journal, telemetry, stats: DispatchStats::default(), seq: 0, gate }
+                    .run(rx, resume, thread_closing)
+            })
+            .map_err(DispatchError::Thread)?;
         Ok(Dispatcher { tx, closing, routes, journal, handle })
     }
 
@@ -364,6 +387,7 @@ struct Worker {
     telemetry: Option<Arc<dyn Observer>>,
     stats: DispatchStats,
     seq: u64,
+    gate: Option<Arc<dyn DeliveryGate>>,
 }
 
 impl Worker {
@@ -455,12 +479,21 @@ impl Worker {
             self.journal(&action.id, State::GivenUp, attempts, Some("backend not configured".into()));
             return;
         }
+        if let Some(g) = &self.gate {
+            if !g.before(&action) {
+                self.journal(&action.id, State::Done, attempts, Some("delivered by another controller".into()));
+                return;
+            }
+        }
         self.journal(&action.id, State::Sent, attempts, None);
         let Some((_, sink)) = self.sinks.iter_mut().find(|(n, _)| *n == route) else { return };
         let outcome = match sink.deliver(&action) {
             Ok(()) => {
                 self.stats.delivered += 1;
                 self.journal(&action.id, State::Done, attempts, None);
+                if let Some(g) = &self.gate {
+                    g.after(&action);
+                }
                 "delivered"
             }
             Err(SinkError::Temporary { msg, .. }) if attempts < self.cfg.max_attempts => {
@@ -479,6 +512,9 @@ impl Worker {
                     action.kind.as_str()
                 );
                 self.journal(&action.id, State::GivenUp, attempts, Some(e.to_string()));
+                if let Some(g) = &self.gate {
+                    g.after(&action);
+                }
                 "failed"
             }
         };

@@ -104,6 +104,7 @@ pub(crate) enum ShardMsg {
 }
 
 /// Shard to merge: one shard's counters of one window.
+#[derive(Debug, Default)]
 pub(crate) struct Partial {
     #[allow(dead_code)]
     pub shard: usize,
@@ -217,6 +218,31 @@ pub fn run(
     events: Box<dyn EventSink>,
     opts: &Options,
 ) -> Result<SummaryEvent, PipelineError> {
+    run_with(source, rules, sink, events, opts, Seam::Local)
+}
+
+/// Where the shards' partials go and where the merge's come from: both in
+/// this process (the default), or split across machines by
+/// [`crate::cluster`]: a sensor's shards hand theirs out and its merge gets
+/// none; a controller's merge takes one partial per window, already
+/// combined across sensors, and its summary the sensors' reader counts.
+pub(crate) enum Seam {
+    Local,
+    Sense(Sender<Partial>, SharedReader),
+    Control { partials: Receiver<Partial>, reader: SharedReader, gate: Arc<dyn crate::action::DeliveryGate> },
+}
+
+/// The reader's counts and its queue drops, handed across the seam.
+pub(crate) type SharedReader = Arc<std::sync::Mutex<(ReaderStats, u64)>>;
+
+pub(crate) fn run_with(
+    source: &mut dyn PacketSource,
+    rules: &Rules,
+    sink: Box<dyn ActionSink>,
+    events: Box<dyn EventSink>,
+    opts: &Options,
+    seam: Seam,
+) -> Result<SummaryEvent, PipelineError> {
     let started = Instant::now();
     let shards = opts.threads.max(1);
     let limits = &rules.limits;
@@ -227,7 +253,11 @@ pub fn run(
     let detector = Detector::new(rules.detect_config(), registry);
     let placement = Arc::new(SharedPlacement::new(PlacementConfig::from(rules)));
     let observer = opts.telemetry.clone().map(|t| t as Arc<dyn crate::action::Observer>);
-    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, observer, sink)?;
+    let gate = match &seam {
+        Seam::Control { gate, .. } => Some(gate.clone()),
+        _ => None,
+    };
+    let dispatcher = Dispatcher::start_gated(&rules.backend, limits.action_queue, observer, sink, gate)?;
 
     // IDS alerts: followed live, or read whole to replay along with the capture.
     let (alert_tx, alert_rx) = bounded::<evacuation::AlertBatch>(64);
@@ -313,8 +343,12 @@ pub fn run(
     gate_replay.sort_by_key(|r| r.ts);
 
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
+    let (merge_rx, merged) = match &seam {
+        Seam::Control { partials, .. } => (partials.clone(), 1),
+        _ => (merge_rx, shards),
+    };
     let merge = merge::Merge {
-        shards,
+        shards: merged,
         stages: stages::Stages { detector, policy, dispatcher },
         out: publish::Publish {
             events,
@@ -343,7 +377,10 @@ pub fn run(
     for s in 0..shards {
         let (tx, rx) = bounded::<ShardMsg>(limits.queue_batches);
         let (pool_tx, pool_rx) = bounded::<RawBatch>(limits.queue_batches + 2);
-        let merge_tx = merge_tx.clone();
+        let merge_tx = match &seam {
+            Seam::Sense(out, _) => out.clone(),
+            _ => merge_tx.clone(),
+        };
         let cfg = shard::ShardConfig::new(rules, shards, placement.clone());
         let h = std::thread::Builder::new()
             .name(format!("vmsentry-shard-{s}"))
@@ -412,18 +449,27 @@ pub fn run(
     if let Some(t) = &opts.telemetry {
         t.set_ready(false);
     }
-    let queue_dropped = reader.queue_dropped;
+    let mut queue_dropped = reader.queue_dropped;
     let failed = reader.failed;
     if let Some(pb) = reader.progress.take() {
         pb.finish_and_clear();
     }
-    let stats = std::mem::take(&mut reader.stats);
+    let mut stats = std::mem::take(&mut reader.stats);
     drop(reader);
 
     for h in shard_handles {
         h.join().map_err(|_| PipelineError::ThreadDied)?;
     }
     let out = merge_handle.join().map_err(|_| PipelineError::ThreadDied)?;
+    match &seam {
+        Seam::Control { reader, .. } => (stats, queue_dropped) = reader.lock().map(|r| r.clone()).unwrap_or_default(),
+        Seam::Sense(_, reader) => {
+            if let Ok(mut r) = reader.lock() {
+                *r = (stats.clone(), queue_dropped);
+            }
+        }
+        Seam::Local => {}
+    }
     drop(stop_followers);
     for f in followers {
         let _ = f.join();

@@ -429,7 +429,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
             }),
             Event::Conflict(c) => *d.conflicts.entry(c.kind).or_default() += 1,
             Event::Summary(s) => d.summary = Some(s),
-            Event::GateDenied(_) => {}
+            Event::GateDenied(_) | Event::Sensor(_) => {}
         }
     }
     Ok(d)

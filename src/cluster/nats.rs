@@ -1,0 +1,116 @@
+//! NATS: the async-nats client on a tokio runtime thread of its own, and the JetStream stream and buckets the cluster uses.
+//!
+//! The pipeline's threads never run async code: they cross to this runtime
+//! through bounded channels (or [`Nats::block_on`] from threads that may
+//! wait, such as the dispatcher's), so a slow or absent NATS server can
+//! delay a sensor's publishing or a controller's input, never a capture.
+
+use super::Cluster;
+use async_nats::jetstream;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot start the NATS runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("NATS at {url}: {msg}")]
+    Connect { url: String, msg: String },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+/// A connection and its runtime.
+pub struct Nats {
+    pub rt: tokio::runtime::Runtime,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+/// How long a JetStream request may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Nats {
+    /// Connects to `url`; with `wait`, keeps trying until a server answers
+    /// (a sensor starts before NATS is up and buffers meanwhile).
+    pub fn connect(url: &str, name: &str, wait: bool) -> Result<Nats, NatsError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vmsentry-nats")
+            .enable_all()
+            .build()
+            .map_err(NatsError::Runtime)?;
+        let opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(3))
+            .max_reconnects(None)
+            // The first server given is the one used while it is up (tests rely on it).
+            .retain_servers_order()
+            .reconnect_delay_callback(|n| Duration::from_millis((100 * 2u64.saturating_pow(n as u32)).min(2_000)));
+        let opts = if wait { opts.retry_on_initial_connect() } else { opts };
+        // A cluster's servers, comma-separated: any of them will do.
+        let servers: Vec<String> = url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let client = rt
+            .block_on(opts.connect(servers))
+            .map_err(|e| NatsError::Connect { url: url.to_string(), msg: e.to_string() })?;
+        // The context spawns its acker task: inside the runtime.
+        let _in_rt = rt.enter();
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        Ok(Nats { rt, client, js })
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+/// The partials stream (created if missing; an existing one is used as it is).
+pub async fn partials_stream(js: &jetstream::Context, c: &Cluster) -> Result<jetstream::stream::Stream, NatsError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: c.stream(),
+        subjects: vec![c.subjects()],
+        storage: jetstream::stream::StorageType::File,
+        max_age: c.retention,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: c.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::JetStream(format!("stream {}: {e}", c.stream())))
+}
+
+/// A KV bucket (created if missing).
+pub async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, NatsError> {
+    if let Ok(s) = js.get_key_value(name).await {
+        return Ok(s);
+    }
+    // The bucket's stream as async-nats's `create_key_value` would make it;
+    // made here because that call first asks for the account's info, whose
+    // answer from a 2.9 server this client does not parse.
+    let cfg = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    if let Err(e) = js.create_stream(cfg).await {
+        // Another controller may have made it meanwhile.
+        if js.get_key_value(name).await.is_err() {
+            return Err(NatsError::JetStream(format!("bucket {name}: {e}")));
+        }
+    }
+    js.get_key_value(name).await.map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))
+}
