@@ -1468,3 +1468,6 @@ fn an_echo_reply_in_ip_fragments_gives_one_sample_as_tshark_does() {
         .collect();
     assert_eq!(got, oracle, "tshark -o ip.defragment:FALSE");
 }
+
+#[path = "scenarios/mtd_libvirt.rs"]
+mod mtd_libvirt;
