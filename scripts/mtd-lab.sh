@@ -30,6 +30,9 @@ lab_link_up() {
     local n other
     for n in a b; do
         other=$([ $n = a ] && echo b || echo a)
+        # No IPv6 on the bridges and taps: their link-local chatter (DAD,
+        # MLD, router solicitations) would be in the overlay too.
+        ip netns exec "mtdl-$n" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
         ip netns exec "mtdl-$n" ethtool -K "mtdl-${n}0" tso off gso off gro off >/dev/null 2>&1 || true
         ip -n "mtdl-$n" link add mtdlbr0 type bridge
         ip -n "mtdl-$n" link add mtdlvx0 type vxlan id 5001 dstport 4789 \

@@ -76,6 +76,9 @@ pub(crate) struct Migration {
     pub downtime_ms: Option<f64>,
     pub total_ms: Option<f64>,
     pub bytes: Option<f64>,
+    /// The hypervisor's own figures for the same migration (downtime,
+    /// total, bytes), from a reference file (`report --qemu-stats`).
+    pub qemu: Option<[Option<f64>; 3]>,
 }
 
 #[derive(Clone, Debug)]
@@ -322,6 +325,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     downtime_ms: f("downtime_ms"),
                     total_ms: f("total_ms"),
                     bytes: f("bytes"),
+                    qemu: None,
                 })
             }
             kind @ ("action" | "action_held") => {
@@ -380,9 +384,57 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     Ok(d)
 }
 
+/// How far apart (µs) a reference line and the wire's migration may be.
+pub(crate) const QEMU_MATCH_US: i64 = 10_000_000;
+
+/// Reads QEMU's own figures (JSON lines, each `{"type":"qemu_migration",
+/// "ts", "vm", "downtime_ms", "total_ms", "bytes"}`, `ts` when the
+/// migration finished) and gives each to the wire's migration of the same
+/// VM nearest in time, within 10 s, not yet given one. A line that matches
+/// none is left out with a note; a line of another type is an error.
+pub(crate) fn attach_qemu(path: &Path, d: &mut Data) -> Result<(), ReportError> {
+    let bytes = std::fs::read(path).map_err(|e| ReportError::Read { path: path.to_path_buf(), source: e })?;
+    let mut notes = Vec::new();
+    let lines = parse(path, &bytes, &mut notes)?;
+    for (i, (us, v)) in lines.iter().enumerate() {
+        if v["type"] != "qemu_migration" {
+            return Err(ReportError::Event {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: format!("a reference line must be of type `qemu_migration`, not `{}`", str_of(v, "type")),
+            });
+        }
+        let vm = v["vm"].as_str().unwrap_or("").to_ascii_lowercase();
+        let best = d
+            .migrations
+            .iter_mut()
+            .filter(|m| m.qemu.is_none() && m.mac.to_ascii_lowercase() == vm && (m.us - us).abs() <= QEMU_MATCH_US)
+            .min_by_key(|m| (m.us - us).abs());
+        match best {
+            Some(m) => m.qemu = Some([v["downtime_ms"].as_f64(), v["total_ms"].as_f64(), v["bytes"].as_f64()]),
+            None => notes.push(format!(
+                "{}: QEMU's migration of {vm} at {} matches no migration on the wire within 10 s; left out",
+                path.display(),
+                str_of(v, "ts")
+            )),
+        }
+    }
+    d.notes.extend(notes);
+    Ok(())
+}
+
 /// Per flavor, in name order: migrations counted and the mean of each
 /// metric over the migrations that measured it (downtime, total, bytes).
 pub(crate) fn by_flavor(m: &[Migration]) -> Vec<(String, usize, [Option<f64>; 3])> {
+    by_flavor_of(m, |x, k| [x.downtime_ms, x.total_ms, x.bytes][k])
+}
+
+/// The same means of the reference's figures.
+pub(crate) fn by_flavor_qemu(m: &[Migration]) -> Vec<(String, usize, [Option<f64>; 3])> {
+    by_flavor_of(m, |x, k| x.qemu.and_then(|q| q[k]))
+}
+
+fn by_flavor_of(m: &[Migration], get: fn(&Migration, usize) -> Option<f64>) -> Vec<(String, usize, [Option<f64>; 3])> {
     let mut groups: BTreeMap<&str, Vec<&Migration>> = BTreeMap::new();
     for x in m {
         groups.entry(&x.flavor).or_default().push(x);
@@ -390,11 +442,11 @@ pub(crate) fn by_flavor(m: &[Migration]) -> Vec<(String, usize, [Option<f64>; 3]
     groups
         .into_iter()
         .map(|(f, v)| {
-            let mean = |get: fn(&Migration) -> Option<f64>| {
-                let xs: Vec<f64> = v.iter().filter_map(|m| get(m)).collect();
+            let mean = |k: usize| {
+                let xs: Vec<f64> = v.iter().filter_map(|m| get(m, k)).collect();
                 (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
             };
-            (f.to_string(), v.len(), [mean(|m| m.downtime_ms), mean(|m| m.total_ms), mean(|m| m.bytes)])
+            (f.to_string(), v.len(), [mean(0), mean(1), mean(2)])
         })
         .collect()
 }
