@@ -9,8 +9,11 @@
 #
 #   scripts/flavors-lab.sh OUT_DIR [ROUNDS]
 #
-# OUT_DIR gets events.jsonl, qemu.jsonl, numbers.tsv, report/ and
-# report.png. ROUNDS (default 3): migrations per flavor. The guest
+# OUT_DIR gets events.jsonl (vmsentry's), qemu.jsonl and qemu.tsv (QEMU's
+# figures), numbers.tsv (both, per migration), overlay.pcap (the guests'
+# frames on the link, 128-byte snaplen), serial/ (the guests' consoles),
+# report/ and report.png. ROUNDS (default 3): migrations per flavor, each
+# of a freshly booted guest from node a to node b. The guest
 # (Debian's cloud kernel from its package, unpacked with dpkg-deb, and a
 # busybox initramfs with scripts/flavors/dirtier.c) is cached in
 # target/flavors-guest/.
@@ -21,17 +24,25 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 . "$here/lib.sh"
 need_packages busybox-static cpio gcc libc6-dev kmod qemu-system-x86 libvirt-daemon-system \
-    libvirt-daemon-driver-qemu libvirt-clients iproute2 ethtool chromium
+    libvirt-daemon-driver-qemu libvirt-clients iproute2 iputils-ping ethtool tcpdump jq chromium
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 cache=$repo/target/flavors-guest
 mkdir -p "$cache"
 
-# Flavors: name, RAM MiB, working set MiB, dirty rate MiB/s, MAC, guest IP.
+# Flavors: name, RAM MiB, working set MiB, dirty rate MiB/s, MAC (its last
+# octet's high digit is the round), guest IP.
+# FLAVORS (one such line each) replaces them, e.g. for an experiment.
 flavors=(
     "m1.small 128 32 4 52:54:00:78:02:01 10.78.1.21"
     "m1.medium 256 96 16 52:54:00:78:02:02 10.78.1.22"
     "m1.large 512 256 32 52:54:00:78:02:03 10.78.1.23"
 )
+if [ -n "${FLAVORS:-}" ]; then
+    mapfile -t flavors <<<"$FLAVORS"
+fi
+
+# Round K's guest of a flavor: the flavor's MAC with K in its last octet's high digit.
+guest_mac() { printf '%s%x%s' "${1%??}" "$2" "${1: -1}"; }
 
 build_guest() {
     [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.cpio.gz" ] && return 0
@@ -68,7 +79,7 @@ arg() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" /proc/cmdline; }
 ip link set lo up
 ip link set eth0 up
 ip addr add "$(arg mtdl_ip)/24" dev eth0
-dirtier "$(arg mtdl_ws)" "$(arg mtdl_rate)" 10.78.1.1 10.78.1.2 &
+/bin/dirtier "$(arg mtdl_ws)" "$(arg mtdl_rate)" 10.78.1.1 10.78.1.2 &
 echo MTDL-READY >/dev/ttyS0
 exec sh -c 'while :; do sleep 3600; done'
 INIT
@@ -90,6 +101,7 @@ cleanup() {
         kill -TERM "$sentry" 2>/dev/null
         wait "$sentry" 2>/dev/null
     fi
+    for p in ${dump:-} ${ping_a:-} ${ping_b:-}; do kill "$p" 2>/dev/null; done
     "$here/mtd-lab.sh" down "$lab" || true
     rm -rf "$lab"
 }
@@ -134,9 +146,11 @@ ips = ["10.78.0.2"]
 signature = "$(sig mtdl-b 52:54:00:78:00:02)"
 TOML
     for f in "${flavors[@]}"; do
-        read -r name ram _ _ mac ip <<<"$f"
-        printf '\n[[vm]]\nname = "%s"\nmac = "%s"\nram_mb = %s\nflavor = "%s"\nips = ["%s"]\nhypervisor = "mtdl-a"\n' \
-            "guest-$ram" "$mac" "$ram" "$name" "$ip"
+        read -r name ram _ _ mac0 _ <<<"$f"
+        for k in $(seq "$rounds"); do
+            printf '\n[[vm]]\nname = "%s"\nmac = "%s"\nram_mb = %s\nflavor = "%s"\nhypervisor = "mtdl-a"\n' \
+                "guest-$ram-$k" "$(guest_mac "$mac0" "$k")" "$ram" "$name"
+        done
     done
 } >"$rules/vmsentry.toml"
 "$vms" check --rules "$rules" >&2
@@ -153,10 +167,15 @@ dump=$!
 
 : >"$out/qemu.jsonl"
 printf 'vm\tflavor\tfrom\tto\tqemu_total_ms\tqemu_downtime_ms\tqemu_bytes\n' >"$out/qemu.tsv"
+mkdir -p "$out/serial"
 for f in "${flavors[@]}"; do
-    read -r name ram ws rate mac ip <<<"$f"
-    dom=guest-$ram
-    cat >"$lab/$dom.xml" <<XML
+    read -r name ram ws rate mac0 ip <<<"$f"
+    for k in $(seq "$rounds"); do
+        # A fresh guest (its own MAC) for each move, booted on a, moved to b:
+        # see docs/flavors/README.md for why not one guest moved back and forth.
+        dom=guest-$ram-$k
+        mac=$(guest_mac "$mac0" "$k")
+        cat >"$lab/$dom.xml" <<XML
 <domain type='qemu'><name>$dom</name><memory unit='MiB'>$ram</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type><kernel>$cache/vmlinuz</kernel><initrd>$cache/initrd.cpio.gz</initrd>
 <cmdline>console=ttyS0 quiet mtdl_ip=$ip mtdl_ws=$ws mtdl_rate=$rate</cmdline></os>
@@ -165,42 +184,53 @@ for f in "${flavors[@]}"; do
 <serial type='file'><source path='/var/log/libvirt/$dom.serial'/></serial>
 <video><model type='none'/></video><memballoon model='none'/></devices></domain>
 XML
-    # Defined on both nodes (one UUID): the source keeps its definition
-    # after a move, and with it the completed job's statistics.
-    virsh_on a define "$lab/$dom.xml" >/dev/null
-    uuid=$(virsh_on a domuuid "$dom")
-    sed "s|<name>$dom</name>|<name>$dom</name><uuid>$uuid</uuid>|" "$lab/$dom.xml" >"$lab/$dom.b.xml"
-    virsh_on b define "$lab/$dom.b.xml" >/dev/null
-    virsh_on a start "$dom" >/dev/null
-    for _ in $(seq 600); do grep -q MTDL-READY "$lab/a/log/$dom.serial" 2>/dev/null && break; sleep 0.1; done
-    grep -q MTDL-READY "$lab/a/log/$dom.serial" || { echo "flavors-lab: $dom did not boot" >&2; exit 1; }
-    sleep 5 # the working set filled, the dirtier at its rate
-    src=a
-    for _ in $(seq "$rounds"); do
-        dst=$([ $src = a ] && echo b || echo a)
+        # Defined on both nodes (one UUID): the source keeps its definition
+        # after the move, and with it the completed job's statistics.
+        virsh_on a define "$lab/$dom.xml" >/dev/null
+        uuid=$(virsh_on a domuuid "$dom")
+        sed "s|<name>$dom</name>|<name>$dom</name><uuid>$uuid</uuid>|" "$lab/$dom.xml" >"$lab/$dom.b.xml"
+        virsh_on b define "$lab/$dom.b.xml" >/dev/null
+        virsh_on a start "$dom" >/dev/null
+        for _ in $(seq 600); do grep -q MTDL-READY "$lab/a/log/$dom.serial" 2>/dev/null && break; sleep 0.1; done
+        grep -q MTDL-READY "$lab/a/log/$dom.serial" || { echo "flavors-lab: $dom did not boot" >&2; exit 1; }
+        # Both nodes ping the guest every 5 ms: wherever it runs, the replies
+        # to the other node cross the link, so the wire sees it busy (its
+        # silence across the move is then QEMU's downtime plus at most the
+        # gap between replies).
+        ip netns exec mtdl-a ping -q -i 0.005 "$ip" >/dev/null 2>&1 &
+        ping_a=$!
+        ip netns exec mtdl-b ping -q -i 0.005 "$ip" >/dev/null 2>&1 &
+        ping_b=$!
+        sleep 5 # the working set filled, the dirtier at its rate
         # Peer to peer: the source's daemon calls the destination's.
-        virsh_on $src migrate --live --p2p "$dom" "qemu+tcp://mtdl-$dst/system"
+        virsh_on a migrate --live --p2p "$dom" "qemu+tcp://mtdl-b/system"
         done_at=$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)
-        stats=$(virsh_on $src domjobinfo "$dom" --completed --keep-completed --rawstats)
+        stats=$(virsh_on a domjobinfo "$dom" --completed --keep-completed --rawstats)
         get() { echo "$stats" | sed -n "s/^$1: *//p"; }
         total=$(get time_elapsed) down=$(get downtime) bytes=$(get memory_processed)
-        printf '{"type":"qemu_migration","vm":"%s","ts":"%s","total_ms":%s,"downtime_ms":%s,"bytes":%s,"from":"mtdl-%s","to":"mtdl-%s"}\n' \
-            "$mac" "$done_at" "$total" "$down" "$bytes" "$src" "$dst" >>"$out/qemu.jsonl"
-        printf '%s\t%s\tmtdl-%s\tmtdl-%s\t%s\t%s\t%s\n' "$dom" "$name" "$src" "$dst" "$total" "$down" "$bytes" >>"$out/qemu.tsv"
-        src=$dst
-        sleep 4 # the streams end well before the next move
+        printf '{"type":"qemu_migration","vm":"%s","ts":"%s","total_ms":%s,"downtime_ms":%s,"bytes":%s,"from":"mtdl-a","to":"mtdl-b"}\n' \
+            "$mac" "$done_at" "$total" "$down" "$bytes" >>"$out/qemu.jsonl"
+        printf '%s\t%s\tmtdl-a\tmtdl-b\t%s\t%s\t%s\n' "$dom" "$name" "$total" "$down" "$bytes" >>"$out/qemu.tsv"
+        sleep 3 # the guest answering at b, seen on the wire
+        kill "$ping_a" "$ping_b"
+        wait "$ping_a" "$ping_b" || true
+        ping_a= ping_b=
+        virsh_on b destroy "$dom" >/dev/null
+        virsh_on a undefine "$dom" >/dev/null
+        virsh_on b undefine "$dom" >/dev/null
+        cat "$lab/a/log/$dom.serial" "$lab/b/log/$dom.serial" >"$out/serial/$dom.log" 2>/dev/null || true
     done
-    virsh_on $src destroy "$dom" >/dev/null
-    virsh_on a undefine "$dom" >/dev/null
-    virsh_on b undefine "$dom" >/dev/null
 done
 kill -TERM "$sentry"
 wait "$sentry" || true
 sentry=
-kill -INT "$dump"
+kill -TERM "$dump"
 wait "$dump" || true
+dump=
 "$vms" report "$out/events.jsonl" --out "$out/report" --rules "$rules" --qemu-stats "$out/qemu.jsonl"
 cp "$rules/vmsentry.toml" "$out/vmsentry.toml"
-chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,2400 \
-    --screenshot="$out/report.png" "file://$out/report/index.html#migrations-h" >/dev/null 2>&1 || true
+"$here/flavors/numbers.sh" "$out" >"$out/numbers.tsv"
+# The page's top: overview, timeline, tables and the migration figures.
+chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1500,2400 \
+    --screenshot="$out/report.png" "file://$out/report/index.html" >/dev/null 2>&1 || true
 echo "flavors-lab: $out" >&2
