@@ -3,21 +3,30 @@
 //! Every event has `type` and `ts` (RFC 3339 UTC with microseconds, from
 //! packet time); VMs are named by `vm` (MAC) and `vm_name` (from the rules, or
 //! null). The README's events reference documents each field.
+//!
+//! This module is the schema only: the types are written and read back
+//! (`report`, tests) with serde, and a line with an unknown `type` or field
+//! does not read. What turns pipeline state into events is in
+//! `pipeline::events`.
 
-use crate::action::{Action, ActionKind};
-use crate::decode::Mac;
-use crate::detect::{Conflict, Direction, Level, Move, Reason, RttPeaks, VmState};
+use crate::action::{ActionKind, BackendName, Submitted};
+use crate::decode::{DecodeErrorKind, Mac};
+use crate::detect::{Direction, Level, Reason};
+use crate::gate::record::GateReason;
+use crate::ids::Format;
 use crate::measure::placement::Via;
-use crate::measure::rtt::{RttSample, SampleKind};
+use crate::measure::rtt::SampleKind;
+use crate::policy::EvacuationMode;
 use crate::time::PacketTime;
-use crate::trust::Registry;
-use serde::Serialize;
+use crate::trust::token::Authorization;
+use crate::trust::Verdict;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
     RttSample(RttSampleEvent),
     Migration(MigrationEvent),
@@ -35,6 +44,47 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every `type`, in declaration order (README's events reference lists these).
+    pub const TYPES: [&'static str; 13] = [
+        "rtt_sample",
+        "migration",
+        "conflict",
+        "rtt_peaks",
+        "level",
+        "action",
+        "action_held",
+        "ids_alert",
+        "gate_denied",
+        "evacuation",
+        "vm_window",
+        "vm_stats",
+        "summary",
+    ];
+
+    /// The event's `type`.
+    pub fn type_name(&self) -> &'static str {
+        Self::TYPES[match self {
+            Event::RttSample(_) => 0,
+            Event::Migration(_) => 1,
+            Event::Conflict(_) => 2,
+            Event::RttPeaks(_) => 3,
+            Event::Level(_) => 4,
+            Event::Action(_) => 5,
+            Event::ActionHeld(_) => 6,
+            Event::IdsAlert(_) => 7,
+            Event::GateDenied(_) => 8,
+            Event::Evacuation(_) => 9,
+            Event::VmWindow(_) => 10,
+            Event::VmStats(_) => 11,
+            Event::Summary(_) => 12,
+        }]
+    }
+
+    /// Reads one JSON line.
+    pub fn from_json(line: &str) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+
     pub fn ts(&self) -> PacketTime {
         match self {
             Event::RttSample(e) => e.ts,
@@ -55,7 +105,8 @@ impl Event {
 }
 
 /// One RTT sample (only with `--rtt-samples`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RttSampleEvent {
     /// When the answering packet was seen.
     pub ts: PacketTime,
@@ -70,24 +121,9 @@ pub struct RttSampleEvent {
     pub dst_port: u16,
 }
 
-impl RttSampleEvent {
-    pub fn new(s: &RttSample, vm_name: Option<String>) -> Self {
-        RttSampleEvent {
-            ts: s.ts,
-            vm: s.mac,
-            vm_name,
-            rtt_ms: s.rtt_us as f64 / 1000.0,
-            kind: s.kind,
-            src: s.src.0,
-            src_port: s.src.1,
-            dst: s.dst.0,
-            dst_port: s.dst.1,
-        }
-    }
-}
-
 /// A VM moved to another hypervisor (a live migration, as the wire shows it).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MigrationEvent {
     /// The first frame (or announce) from the new place.
     pub ts: PacketTime,
@@ -102,11 +138,11 @@ pub struct MigrationEvent {
     /// How the move showed: `rarp`, `garp`, or `traffic`.
     pub via: Via,
     /// The destination's signature: `valid`, `invalid` or `unknown`.
-    pub signature: &'static str,
+    pub signature: Verdict,
     /// Whether a valid, unexpired, unused token allowed this move.
     pub authorized: bool,
     /// `granted`, `missing`, `expired` or `replayed`.
-    pub authorization: &'static str,
+    pub authorization: Authorization,
     /// Migration streams tied to the move, and what they carried.
     pub streams: u32,
     pub bytes: Option<u64>,
@@ -124,37 +160,9 @@ pub struct MigrationEvent {
     pub gated: Option<bool>,
 }
 
-impl MigrationEvent {
-    pub fn new(m: &Move, vm: &VmState, registry: &Registry, ram_bytes: Option<u64>, flavor: Option<String>) -> Self {
-        MigrationEvent {
-            ts: m.ts,
-            vm: vm.mac,
-            vm_name: Some(vm.name.clone()),
-            from_hypervisor: m.from.and_then(|p| p.name(registry)),
-            to_hypervisor: m.to.and_then(|p| p.name(registry)),
-            to_mac: m.to.and_then(|p| p.mac),
-            to_ip: m.to.and_then(|p| p.ip),
-            via: m.via,
-            signature: m.verdict.as_str(),
-            authorized: m.authorization == crate::trust::token::Authorization::Granted,
-            authorization: m.authorization.as_str(),
-            streams: m.streams,
-            bytes: m.bytes,
-            bytes_per_ram: match (m.bytes, ram_bytes) {
-                (Some(b), Some(r)) if r > 0 => Some(b as f64 / r as f64),
-                _ => None,
-            },
-            total_ms: m.total_us.map(|u| u as f64 / 1000.0),
-            downtime_ms: m.downtime_us.map(|u| u as f64 / 1000.0),
-            ram_mb: ram_bytes.map(|b| b / (1024 * 1024)),
-            flavor,
-            gated: m.gated,
-        }
-    }
-}
-
 /// The migration gate on a hypervisor refused a live migration.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GateDeniedEvent {
     /// The gate's own timestamp.
     pub ts: PacketTime,
@@ -167,37 +175,20 @@ pub struct GateDeniedEvent {
     /// The destination that refused (its registry id).
     pub hypervisor: String,
     /// The gate's reason (README: migration gate).
-    pub reason: crate::gate::record::GateReason,
+    pub reason: GateReason,
     pub detail: Option<String>,
     pub nonce: Option<String>,
 }
 
-impl GateDeniedEvent {
-    /// `name`: the inventory name of a MAC, if it is a VM.
-    pub fn new(r: &crate::gate::record::GateRecord, name: impl Fn(Mac) -> Option<String>) -> Self {
-        let known = r.vms.iter().find_map(|&m| name(m).map(|n| (m, n)));
-        GateDeniedEvent {
-            ts: r.ts,
-            vm: known.as_ref().map(|k| k.0).or(r.vms.first().copied()),
-            vm_name: known.map(|k| k.1),
-            vms: r.vms.clone(),
-            domain: r.domain.clone(),
-            hypervisor: r.host.clone(),
-            reason: r.reason,
-            detail: r.detail.clone(),
-            nonce: r.nonce.clone(),
-        }
-    }
-}
-
 /// An IDS alert that passed its input's filters, and whom it names.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IdsAlertEvent {
     /// Replay: the alert's own time; live: when vmsentry read it.
     pub ts: PacketTime,
     /// The alert file, as in the rules.
     pub input: String,
-    pub format: &'static str,
+    pub format: Format,
     /// The IDS's own timestamp, as written.
     pub alert_ts: String,
     pub sid: u64,
@@ -211,22 +202,23 @@ pub struct IdsAlertEvent {
     pub victim_vm: Option<Mac>,
     pub victim_vm_name: Option<String>,
     /// `rules` or `learned` for a VM; null otherwise.
-    pub victim_known_by: Option<&'static str>,
+    pub victim_known_by: Option<KnownBy>,
     pub victim_hypervisor: Option<String>,
     /// `evacuated` (an `evacuation` event follows) or `unmapped` (the
     /// address names no hypervisor or VM, or the VM's hypervisor is unknown).
-    pub outcome: &'static str,
+    pub outcome: AlertOutcome,
 }
 
 /// A plan to move VMs off a hypervisor, and what became of each VM.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvacuationEvent {
     pub ts: PacketTime,
     pub hypervisor: String,
     /// `ids` (an alert) or `host_high` (`mtd.host_high_vms` HIGH VMs on it).
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     /// `host` (every VM on it) or `vm` (only the attacked one).
-    pub mode: &'static str,
+    pub mode: EvacuationMode,
     /// For `ids`: the alert's sid and victim address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sid: Option<u64>,
@@ -245,61 +237,25 @@ pub struct EvacuationEvent {
 }
 
 /// One VM of an evacuation plan.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanLine {
     pub vm: Mac,
     pub vm_name: String,
     pub ram_mb: u64,
     /// `migrate`, `alert` (no destination), `held` or `skipped`.
-    pub outcome: &'static str,
+    pub outcome: PlanOutcome,
     pub destination: Option<String>,
     /// The action's id (`migrate`, `alert`).
     pub action_id: Option<String>,
     /// For `held`: the storm limit; for `skipped`: `already_moving`.
-    pub because: Option<&'static str>,
-}
-
-impl EvacuationEvent {
-    /// Fills the plan and its counts from the policy's entries.
-    pub fn with_plan(mut self, entries: &[crate::policy::PlanEntry]) -> Self {
-        use crate::policy::Decision;
-        for e in entries {
-            let (outcome, destination, action_id, because) = match &e.decision {
-                Some(Decision::Act(a)) => {
-                    if a.kind == ActionKind::Migrate {
-                        self.migrate += 1;
-                        ("migrate", a.destination.clone(), Some(a.id.clone()), None)
-                    } else {
-                        self.no_destination += 1;
-                        ("alert", None, Some(a.id.clone()), None)
-                    }
-                }
-                Some(Decision::Held(h)) => {
-                    self.held += 1;
-                    ("held", None, None, Some(h.because))
-                }
-                None => {
-                    self.skipped += 1;
-                    ("skipped", None, None, e.skipped)
-                }
-            };
-            self.plan.push(PlanLine {
-                vm: e.vm,
-                vm_name: e.vm_name.clone(),
-                ram_mb: e.ram_mb,
-                outcome,
-                destination,
-                action_id,
-                because,
-            });
-        }
-        self
-    }
+    pub because: Option<PlanBecause>,
 }
 
 /// One VM's rates and RTT in one window (only with `--vm-windows`): what the
 /// report draws levels against.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmWindowEvent {
     /// The window's end.
     pub ts: PacketTime,
@@ -318,60 +274,27 @@ pub struct VmWindowEvent {
 }
 
 /// The wire contradicts the registry or the inventory.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConflictEvent {
     pub ts: PacketTime,
     /// `clone`, `hypervisor_ips` or `vm_uses_hypervisor_mac`.
-    pub kind: &'static str,
+    pub kind: ConflictKind,
     pub vm: Option<Mac>,
     pub vm_name: Option<String>,
     /// For `clone`: the hypervisors it runs behind.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hypervisors: Vec<Option<String>>,
     /// For the MAC conflicts: the MAC and the IPs it was seen with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<Mac>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpAddr>,
 }
 
-impl ConflictEvent {
-    pub fn new<'a>(c: &Conflict, vm_of: impl Fn(usize) -> &'a VmState, registry: &Registry) -> Self {
-        let base = ConflictEvent {
-            ts: c.ts(),
-            kind: "",
-            vm: None,
-            vm_name: None,
-            hypervisors: Vec::new(),
-            mac: None,
-            ips: Vec::new(),
-        };
-        match c {
-            Conflict::Clone { vm, places, .. } => {
-                let v = vm_of(*vm);
-                ConflictEvent {
-                    kind: "clone",
-                    vm: Some(v.mac),
-                    vm_name: Some(v.name.clone()),
-                    hypervisors: places.iter().map(|p| p.name(registry)).collect(),
-                    ..base
-                }
-            }
-            Conflict::HypervisorIps { mac, ips, .. } => {
-                ConflictEvent { kind: "hypervisor_ips", mac: Some(*mac), ips: ips.clone(), ..base }
-            }
-            Conflict::VmUsesHypervisorMac { mac, outer_ip, .. } => ConflictEvent {
-                kind: "vm_uses_hypervisor_mac",
-                mac: Some(*mac),
-                ips: outer_ip.iter().copied().collect(),
-                ..base
-            },
-        }
-    }
-}
-
 /// A VM showed more RTT peaks in one window than `rtt.max_peaks`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RttPeaksEvent {
     pub ts: PacketTime,
     pub vm: Mac,
@@ -391,28 +314,8 @@ pub struct RttPeaksEvent {
     pub hypervisor: Option<String>,
 }
 
-impl RttPeaksEvent {
-    pub fn new(p: &RttPeaks, vm: &VmState, hypervisor: Option<String>, peak_ms: f64) -> Self {
-        RttPeaksEvent {
-            ts: p.window_end,
-            vm: vm.mac,
-            vm_name: Some(vm.name.clone()),
-            window_start: p.window_start,
-            peaks: p.peaks,
-            samples: p.window.count,
-            min_ms: p.window.min_ms(),
-            mean_ms: p.window.mean_ms(),
-            max_ms: p.window.max_ms(),
-            p50_ms: p.window.quantile_ms(0.5),
-            p99_ms: p.window.quantile_ms(0.99),
-            peak_ms,
-            baseline_ms: p.baseline_ms,
-            hypervisor,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LevelEvent {
     pub ts: PacketTime,
     pub vm: Mac,
@@ -435,7 +338,8 @@ pub struct LevelEvent {
     pub hypervisor: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActionEvent {
     pub ts: PacketTime,
     pub id: String,
@@ -444,40 +348,22 @@ pub struct ActionEvent {
     pub action: ActionKind,
     pub hypervisor: Option<String>,
     /// `signed` / `unsigned`: the verdict the policy used.
-    pub signature: &'static str,
+    pub signature: ActionSignature,
     pub destination: Option<String>,
     pub level: Level,
     pub reason: Reason,
     /// Why the action differs from what the policy says (e.g. no migrate destination).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    pub backend: &'static str,
-    /// `queued` (handed to the dispatcher) or `dropped` (its queue was full).
-    pub outcome: &'static str,
-}
-
-impl ActionEvent {
-    pub fn new(a: &Action, backend: &'static str, outcome: &'static str) -> Self {
-        ActionEvent {
-            ts: a.ts,
-            id: a.id.clone(),
-            vm: a.vm,
-            vm_name: a.vm_name.clone(),
-            action: a.kind,
-            hypervisor: a.hypervisor.clone(),
-            signature: if a.signed { "signed" } else { "unsigned" },
-            destination: a.destination.clone(),
-            level: a.level,
-            reason: a.reason,
-            note: a.note.clone(),
-            backend,
-            outcome,
-        }
-    }
+    pub backend: BackendName,
+    /// `queued` (handed to the dispatcher), `dropped` (its queue was full),
+    /// `duplicate` (journaled already) or `not_journaled`.
+    pub outcome: Submitted,
 }
 
 /// An action the storm limits held back (not sent).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActionHeldEvent {
     pub ts: PacketTime,
     pub vm: Mac,
@@ -486,24 +372,11 @@ pub struct ActionHeldEvent {
     pub level: Level,
     pub reason: Reason,
     /// `vm_cooldown`, `rate_limit`, `hypervisor_migrations` or `cluster_migrations`.
-    pub held_because: &'static str,
+    pub held_because: HoldReason,
 }
 
-impl ActionHeldEvent {
-    pub fn new(h: &crate::policy::Held) -> Self {
-        ActionHeldEvent {
-            ts: h.ts,
-            vm: h.vm,
-            vm_name: h.vm_name.clone(),
-            action: h.kind,
-            level: h.level,
-            reason: h.reason,
-            held_because: h.because,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmStatsEvent {
     pub ts: PacketTime,
     pub vm: Mac,
@@ -523,13 +396,16 @@ pub struct VmStatsEvent {
     pub rtt_p99_ms: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SummaryEvent {
     pub ts: PacketTime,
     pub packets: u64,
     pub bytes: u64,
     pub decode_errors: u64,
-    pub decode_errors_by_kind: BTreeMap<&'static str, u64>,
+    /// By kind, in the kinds' name order.
+    #[serde(serialize_with = "by_name")]
+    pub decode_errors_by_kind: BTreeMap<DecodeErrorKind, u64>,
     /// Frames cut by the snaplen inside a header (normal, not errors).
     pub snaplen_cut: u64,
     /// `vm_stats` lines written: unicast MACs seen at the VM layer.
@@ -558,7 +434,7 @@ pub struct SummaryEvent {
     pub gate_approvals_dropped: u64,
     pub rtt: RttSummary,
     /// IDS alert lines by outcome, and evacuations made.
-    pub ids: crate::pipeline::IdsCounts,
+    pub ids: IdsCounts,
     pub actions: ActionCounts,
     /// Wall-clock time of the replay and what it gives per second; these
     /// vary run to run, everything else is fixed by the input.
@@ -570,7 +446,8 @@ pub struct SummaryEvent {
     pub peak_rss_bytes: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RttSummary {
     /// Samples taken (all MACs).
     pub samples: u64,
@@ -584,7 +461,8 @@ pub struct RttSummary {
     pub probe_timeouts: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActionCounts {
     pub queued: u64,
     pub dropped: u64,
@@ -597,6 +475,108 @@ pub struct ActionCounts {
     pub pending: u64,
     /// Resumed from the journal at start.
     pub resumed: u64,
+}
+
+/// What became of the alert lines, run-wide.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdsCounts {
+    pub evacuated: u64,
+    pub unmapped: u64,
+    pub filtered: u64,
+    pub malformed: u64,
+    pub outside_replay: u64,
+    pub evacuations: u64,
+}
+
+/// The kinds in their names' order (the JSON as it was with string keys).
+fn by_name<S: serde::Serializer>(m: &BTreeMap<DecodeErrorKind, u64>, s: S) -> Result<S::Ok, S::Error> {
+    let named: BTreeMap<&'static str, u64> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    named.serialize(s)
+}
+
+/// Vocabulary of the events' own: each enum is written as its snake_case
+/// name, and `as_str` gives the same name (for metric labels).
+macro_rules! names {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $v,)+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v,)+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s,)+ }
+            }
+        }
+    };
+}
+
+names! {
+    /// How an IDS alert's victim VM was known.
+    KnownBy { Rules = "rules", Learned = "learned", }
+}
+names! {
+    /// What an `ids_alert` led to.
+    AlertOutcome {
+        /// An `evacuation` event follows.
+        Evacuated = "evacuated",
+        /// The address names no hypervisor or VM, or the VM's hypervisor is unknown.
+        Unmapped = "unmapped",
+    }
+}
+names! {
+    /// What started an evacuation.
+    Trigger {
+        /// An IDS alert.
+        Ids = "ids",
+        /// `mtd.host_high_vms` HIGH VMs on the hypervisor.
+        HostHigh = "host_high",
+    }
+}
+names! {
+    /// What became of one VM of an evacuation plan.
+    PlanOutcome {
+        Migrate = "migrate",
+        /// No destination with room: an alert instead.
+        Alert = "alert",
+        Held = "held",
+        Skipped = "skipped",
+    }
+}
+names! {
+    /// The storm limit that held an action back.
+    HoldReason {
+        VmCooldown = "vm_cooldown",
+        RateLimit = "rate_limit",
+        HypervisorMigrations = "hypervisor_migrations",
+        ClusterMigrations = "cluster_migrations",
+    }
+}
+names! {
+    /// Why a VM was left out of an evacuation plan.
+    SkipReason { AlreadyMoving = "already_moving", }
+}
+names! {
+    /// What contradicts the registry or the inventory.
+    ConflictKind {
+        /// A VM seen behind two places at once.
+        Clone = "clone",
+        HypervisorIps = "hypervisor_ips",
+        VmUsesHypervisorMac = "vm_uses_hypervisor_mac",
+    }
+}
+names! {
+    /// The signature verdict an action was decided with.
+    ActionSignature { Signed = "signed", Unsigned = "unsigned", }
+}
+
+/// A plan line's `because`: the storm limit (`held`) or why it was skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PlanBecause {
+    Held(HoldReason),
+    Skipped(SkipReason),
 }
 
 /// Where events go: a JSON-lines writer, or a `Vec` for tests and embedding.
@@ -637,227 +617,51 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    //! What turns pipeline state (actions, holds, plans, moves, conflicts,
-    //! samples) into events, checked line for line.
+    //! The schema read back: what reads, and what does not.
     use super::*;
-    use crate::config::Rules;
-    use crate::detect::{Detector, Place};
-    use crate::policy::{Decision, Held, PlanEntry};
-    use crate::trust::token::Authorization;
-    use crate::trust::Verdict;
-    use std::os::unix::fs::PermissionsExt;
 
-    fn line(e: Event) -> String {
-        serde_json::to_string(&e).unwrap()
-    }
+    const LEVEL: &str = r#"{"type":"level","ts":"2023-11-15T22:13:29.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"a","from":"LOW","to":"MEDIUM","reason":"rate","direction":"rx","bps":32007840,"pps":4010,"window_start":"2023-11-15T22:13:28.000000Z","hypervisor":null}"#;
 
-    const T: PacketTime = PacketTime::from_micros(1_700_000_011_000_000);
-
-    /// Hypervisor h1 (signed for its MAC) and h2; VM web-1 (2 GiB, m1.small) on h1.
-    fn world() -> (Rules, Registry, VmState) {
-        let d = tempfile::tempdir().unwrap();
-        let k = d.path().join("k");
-        std::fs::write(&k, [b'k'; 32]).unwrap();
-        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let key = crate::trust::ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
-        let sig = key.sign("t", "h1", "52:54:00:aa:00:01".parse().unwrap());
-        let text = format!(
-            "[cluster]\nname = \"t\"\nkey_file = \"k\"\n\
-             [[hypervisor]]\nid = \"h1\"\nmacs = [\"52:54:00:aa:00:01\"]\nips = [\"10.0.0.31\"]\nsignature = \"{sig}\"\n\
-             [[hypervisor]]\nid = \"h2\"\nmacs = [\"52:54:00:aa:00:02\"]\n\
-             [[vm]]\nname = \"web-1\"\nmac = \"fa:16:3e:00:00:01\"\nram_mb = 2048\nhypervisor = \"h1\"\nflavor = \"m1.small\"\n"
+    #[test]
+    fn a_line_reads_back_as_the_same_event_and_bytes() {
+        let e = Event::from_json(LEVEL).unwrap();
+        assert_eq!(e.type_name(), "level");
+        let Event::Level(l) = &e else { panic!("{e:?}") };
+        assert_eq!(
+            (l.from, l.to, l.reason, l.direction),
+            (Level::Low, Level::Medium, Reason::Rate, Some(Direction::Rx))
         );
-        let rules = Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
-        let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
-        let vm = Detector::new(&rules, registry.clone()).vm(0).clone();
-        (rules, registry, vm)
+        assert_eq!(serde_json::to_string(&e).unwrap(), LEVEL);
     }
 
-    fn action(kind: ActionKind, destination: Option<&str>, note: Option<&str>) -> Action {
-        Action {
-            id: "1700000011000000-1".into(),
-            ts: T,
-            kind,
-            vm: "fa:16:3e:00:00:01".parse().unwrap(),
-            vm_name: Some("web-1".into()),
-            hypervisor: Some("h1".into()),
-            signed: true,
-            destination: destination.map(String::from),
-            level: Level::High,
-            reason: Reason::Rate,
-            note: note.map(String::from),
+    #[test]
+    fn an_unknown_type_field_or_value_does_not_read() {
+        for (line, says) in [
+            (LEVEL.replace("\"type\":\"level\"", "\"type\":\"levels\""), "unknown variant `levels`"),
+            (LEVEL.replace("\"hypervisor\":", "\"hv\":"), "unknown field `hv`"),
+            (LEVEL.replace("\"bps\":", "\"bits\":"), "unknown field `bits`"),
+            (LEVEL.replace("\"MEDIUM\"", "\"medium\""), "unknown variant `medium`"),
+            (LEVEL.replace(",\"pps\":4010", ""), "missing field `pps`"),
+            (LEVEL.replace("22:13:29.000000Z", "yesterday"), "not an RFC 3339 time"),
+        ] {
+            let e = Event::from_json(&line).unwrap_err().to_string();
+            assert!(e.contains(says), "{line}: {e}");
         }
     }
 
     #[test]
-    fn an_action_and_a_held_action() {
-        let a = action(ActionKind::Migrate, Some("h2"), None);
-        assert_eq!(
-            line(Event::Action(ActionEvent::new(&a, "log", "queued"))),
-            r#"{"type":"action","ts":"2023-11-14T22:13:31.000000Z","id":"1700000011000000-1","vm":"fa:16:3e:00:00:01","vm_name":"web-1","action":"migrate","hypervisor":"h1","signature":"signed","destination":"h2","level":"HIGH","reason":"rate","backend":"log","outcome":"queued"}"#
-        );
-        let a = Action { signed: false, ..action(ActionKind::Alert, None, Some("no room")) };
-        assert_eq!(
-            line(Event::Action(ActionEvent::new(&a, "webhook", "not_journaled"))),
-            r#"{"type":"action","ts":"2023-11-14T22:13:31.000000Z","id":"1700000011000000-1","vm":"fa:16:3e:00:00:01","vm_name":"web-1","action":"alert","hypervisor":"h1","signature":"unsigned","destination":null,"level":"HIGH","reason":"rate","note":"no room","backend":"webhook","outcome":"not_journaled"}"#
-        );
-        let h = Held {
-            ts: T,
-            vm: a.vm,
-            vm_name: None,
-            kind: ActionKind::Quarantine,
-            level: Level::Medium,
-            reason: Reason::Signature,
-            because: "vm_cooldown",
-        };
-        assert_eq!(
-            line(Event::ActionHeld(ActionHeldEvent::new(&h))),
-            r#"{"type":"action_held","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":null,"action":"quarantine","level":"MEDIUM","reason":"signature","held_because":"vm_cooldown"}"#
-        );
-    }
-
-    #[test]
-    fn an_evacuation_plan_counts_each_outcome() {
-        let vm = |n: u8| Mac([0xfa, 0x16, 0x3e, 0, 0, n]);
-        let entry = |n: u8, decision: Option<Decision>, skipped: Option<&'static str>| PlanEntry {
-            vm: vm(n),
-            vm_name: format!("v{n}"),
-            ram_mb: u64::from(n) * 1024,
-            decision,
-            skipped,
-        };
-        let held = Held {
-            ts: T,
-            vm: vm(3),
-            vm_name: None,
-            kind: ActionKind::Migrate,
-            level: Level::Low,
-            reason: Reason::Ids,
-            because: "cluster_migrations",
-        };
-        let plan = [
-            entry(4, Some(Decision::Act(action(ActionKind::Migrate, Some("h2"), None))), None),
-            entry(3, Some(Decision::Held(held)), None),
-            entry(2, Some(Decision::Act(action(ActionKind::Alert, None, Some("no room")))), None),
-            entry(1, None, Some("already_moving")),
-        ];
-        let ev = EvacuationEvent {
-            ts: T,
-            hypervisor: "h1".into(),
-            trigger: "ids",
-            mode: "host",
-            sid: Some(9),
-            victim: Some([10, 0, 0, 31].into()),
-            high_vms: None,
-            plan: Vec::new(),
-            migrate: 0,
-            held: 0,
-            skipped: 0,
-            no_destination: 0,
+    fn the_events_own_names_are_their_json() {
+        for k in ConflictKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
-        .with_plan(&plan);
-        assert_eq!((ev.migrate, ev.held, ev.no_destination, ev.skipped), (1, 1, 1, 1));
-        let lines: Vec<String> = ev.plan.iter().map(|p| serde_json::to_string(p).unwrap()).collect();
-        assert_eq!(
-            lines,
-            [
-                r#"{"vm":"fa:16:3e:00:00:04","vm_name":"v4","ram_mb":4096,"outcome":"migrate","destination":"h2","action_id":"1700000011000000-1","because":null}"#,
-                r#"{"vm":"fa:16:3e:00:00:03","vm_name":"v3","ram_mb":3072,"outcome":"held","destination":null,"action_id":null,"because":"cluster_migrations"}"#,
-                r#"{"vm":"fa:16:3e:00:00:02","vm_name":"v2","ram_mb":2048,"outcome":"alert","destination":null,"action_id":"1700000011000000-1","because":null}"#,
-                r#"{"vm":"fa:16:3e:00:00:01","vm_name":"v1","ram_mb":1024,"outcome":"skipped","destination":null,"action_id":null,"because":"already_moving"}"#,
-            ]
-        );
-    }
-
-    #[test]
-    fn a_migration_names_its_hypervisors_and_converts_its_measurements() {
-        let (_r, registry, vm) = world();
-        let m = Move {
-            vm: 0,
-            ts: T,
-            from: Some(Place::registered(0)),
-            to: Some(Place {
-                hv: Some(1),
-                mac: Some("52:54:00:aa:00:02".parse().unwrap()),
-                ip: Some([10, 0, 0, 32].into()),
-            }),
-            via: Via::Rarp,
-            verdict: Verdict::Invalid,
-            authorization: Authorization::Replayed,
-            streams: 2,
-            bytes: Some(3 * 1024 * 1024 * 1024),
-            total_us: Some(2_300_500),
-            downtime_us: Some(400),
-            gated: None,
-        };
-        assert_eq!(
-            line(Event::Migration(MigrationEvent::new(
-                &m,
-                &vm,
-                &registry,
-                Some(2048 * 1024 * 1024),
-                vm.flavor.clone()
-            ))),
-            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"h1","to_hypervisor":"h2","to_mac":"52:54:00:aa:00:02","to_ip":"10.0.0.32","via":"rarp","signature":"invalid","authorized":false,"authorization":"replayed","streams":2,"bytes":3221225472,"bytes_per_ram":1.5,"total_ms":2300.5,"downtime_ms":0.4,"ram_mb":2048,"flavor":"m1.small"}"#
-        );
-        // An announce with nowhere known, and no measurement.
-        let m = Move {
-            to: None,
-            from: Some(Place { hv: None, mac: Some("52:54:00:66:66:66".parse().unwrap()), ip: None }),
-            verdict: Verdict::Unknown,
-            authorization: Authorization::Missing,
-            streams: 0,
-            bytes: None,
-            total_us: None,
-            downtime_us: None,
-            ..m
-        };
-        assert_eq!(
-            line(Event::Migration(MigrationEvent::new(&m, &vm, &registry, None, None))),
-            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"52:54:00:66:66:66","to_hypervisor":null,"to_mac":null,"to_ip":null,"via":"rarp","signature":"unknown","authorized":false,"authorization":"missing","streams":0,"bytes":null,"bytes_per_ram":null,"total_ms":null,"downtime_ms":null,"ram_mb":null,"flavor":null}"#
-        );
-    }
-
-    #[test]
-    fn conflicts_and_samples() {
-        let (_r, registry, vm) = world();
-        let clone = Conflict::Clone {
-            vm: 0,
-            ts: T,
-            places: [
-                Place::registered(0),
-                Place { hv: None, mac: Some(Mac([0x52, 0x54, 0, 0x66, 0x66, 0x66])), ip: None },
-            ],
-        };
-        assert_eq!(
-            line(Event::Conflict(ConflictEvent::new(&clone, |_| &vm, &registry))),
-            r#"{"type":"conflict","ts":"2023-11-14T22:13:31.000000Z","kind":"clone","vm":"fa:16:3e:00:00:01","vm_name":"web-1","hypervisors":["h1","52:54:00:66:66:66"]}"#
-        );
-        let ips = Conflict::HypervisorIps {
-            ts: T,
-            mac: "52:54:00:aa:00:01".parse().unwrap(),
-            ips: vec![[10, 0, 0, 31].into(), [10, 0, 0, 99].into()],
-        };
-        assert_eq!(
-            line(Event::Conflict(ConflictEvent::new(&ips, |_| &vm, &registry))),
-            r#"{"type":"conflict","ts":"2023-11-14T22:13:31.000000Z","kind":"hypervisor_ips","vm":null,"vm_name":null,"mac":"52:54:00:aa:00:01","ips":["10.0.0.31","10.0.0.99"]}"#
-        );
-        let odd = Conflict::VmUsesHypervisorMac { ts: T, mac: "52:54:00:aa:00:02".parse().unwrap(), outer_ip: None };
-        assert_eq!(
-            line(Event::Conflict(ConflictEvent::new(&odd, |_| &vm, &registry))),
-            r#"{"type":"conflict","ts":"2023-11-14T22:13:31.000000Z","kind":"vm_uses_hypervisor_mac","vm":null,"vm_name":null,"mac":"52:54:00:aa:00:02"}"#
-        );
-        let s = RttSample {
-            ts: T,
-            mac: vm.mac,
-            rtt_us: 2_345,
-            kind: SampleKind::Handshake,
-            src: ([10, 0, 1, 1].into(), 443),
-            dst: ([10, 0, 0, 9].into(), 50_000),
-        };
-        assert_eq!(
-            line(Event::RttSample(RttSampleEvent::new(&s, Some("web-1".into())))),
-            r#"{"type":"rtt_sample","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","rtt_ms":2.345,"kind":"handshake","src":"10.0.1.1","src_port":443,"dst":"10.0.0.9","dst_port":50000}"#
-        );
+        for r in HoldReason::ALL {
+            assert_eq!(serde_json::to_value(PlanBecause::Held(*r)).unwrap(), r.as_str());
+        }
+        let b: PlanBecause = serde_json::from_str("\"already_moving\"").unwrap();
+        assert_eq!(b, PlanBecause::Skipped(SkipReason::AlreadyMoving));
+        for t in Event::TYPES {
+            let e = Event::from_json(&format!("{{\"type\":\"{t}\"}}")).unwrap_err().to_string();
+            assert!(e.contains("missing field"), "{t}: {e}");
+        }
     }
 }

@@ -90,9 +90,43 @@ impl serde::Serialize for PacketTime {
     }
 }
 
+impl std::str::FromStr for PacketTime {
+    type Err = String;
+    /// What [`PacketTime::rfc3339`] writes: RFC 3339 (any offset), or `@Nus`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(us) = s.strip_prefix('@').and_then(|r| r.strip_suffix("us")) {
+            return us.parse().map(PacketTime).map_err(|_| format!("not a time: `{s}`"));
+        }
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| format!("not an RFC 3339 time: `{s}` ({e})"))?;
+        i64::try_from(t.unix_timestamp_nanos() / 1000).map(PacketTime).map_err(|_| format!("out of range: `{s}`"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PacketTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_it_writes_reads_back() {
+        for us in [0, 42, 1_700_000_000_000_042, -1, i64::MAX] {
+            let t = PacketTime::from_micros(us);
+            assert_eq!(t.rfc3339().parse::<PacketTime>(), Ok(t), "{t}");
+            let back: PacketTime = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+            assert_eq!(back, t);
+        }
+        // Another offset is the same instant.
+        assert_eq!("2023-11-14T23:13:20.000042+01:00".parse(), Ok(PacketTime::from_timeval(1_700_000_000, 42)));
+        let e = "2023-11-14 22:13:20".parse::<PacketTime>().unwrap_err();
+        assert!(e.starts_with("not an RFC 3339 time: `2023-11-14 22:13:20`"), "{e}");
+    }
 
     #[test]
     fn rfc3339_has_microseconds_and_utc() {

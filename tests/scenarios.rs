@@ -49,7 +49,21 @@ fn replay_with(rules: &Path, threads: usize, extra: &[&str], pcaps: &[PathBuf]) 
     args.extend(pcaps.iter().map(|p| p.display().to_string()));
     let out = Command::new(env!("CARGO_BIN_EXE_vmsentry")).args(&args).output().unwrap();
     assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    event_lines(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// The events of a run's output, each checked to be an event of the schema
+/// (`vmsentry::event::Event`), as JSON values for the tests to pick from.
+fn event_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if let Err(e) = vmsentry::event::Event::from_json(l) {
+                panic!("line {}: not a vmsentry event ({e}): {l}", i + 1);
+            }
+            serde_json::from_str(l).unwrap()
+        })
+        .collect()
 }
 
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
@@ -1468,6 +1482,9 @@ fn an_echo_reply_in_ip_fragments_gives_one_sample_as_tshark_does() {
         .collect();
     assert_eq!(got, oracle, "tshark -o ip.defragment:FALSE");
 }
+
+#[path = "scenarios/golden.rs"]
+mod golden;
 
 #[path = "scenarios/mtd_libvirt.rs"]
 mod mtd_libvirt;

@@ -22,7 +22,9 @@ pub use log::LogSink;
 pub use openstack::{OpenstackAuth, OpenstackConfig, OpenstackSink};
 pub use webhook::{signature as webhook_signature, WebhookConfig, WebhookSink};
 
-use crate::config::{Backend, BackendName};
+use crate::config::Backend;
+/// Where an action goes (named in `action` events).
+pub use crate::config::BackendName;
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
 use crate::serve::Telemetry;
@@ -150,7 +152,8 @@ pub struct DispatchStats {
 }
 
 /// Whether [`Dispatcher::submit`] queued the action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Submitted {
     Queued,
     /// The queue was full (or the dispatcher is gone). With a journal the
@@ -194,7 +197,7 @@ pub struct Dispatcher {
     tx: Sender<Job>,
     /// Set by `finish`: from then on the shutdown grace runs.
     closing: Arc<std::sync::atomic::AtomicBool>,
-    routes: [&'static str; 3],
+    routes: [BackendName; 3],
     journal: Option<Arc<Mutex<Journal>>>,
     handle: JoinHandle<DispatchStats>,
 }
@@ -271,7 +274,7 @@ impl Dispatcher {
             }
             None => (None, Vec::new()),
         };
-        let routes = cfg.routes.map(BackendName::as_str);
+        let routes = cfg.routes;
         let cfg = cfg.clone();
         let thread_journal = journal.clone();
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -288,7 +291,7 @@ impl Dispatcher {
     }
 
     /// The backend an action of this kind goes to.
-    pub fn backend(&self, kind: ActionKind) -> &'static str {
+    pub fn backend(&self, kind: ActionKind) -> BackendName {
         self.routes[kind as usize]
     }
 
@@ -530,7 +533,7 @@ mod tests {
         for id in ["a", "b", "c"] {
             assert_eq!(d.submit(action(id, ActionKind::Quarantine)), Submitted::Queued);
         }
-        assert_eq!(d.backend(ActionKind::Migrate), "log");
+        assert_eq!(d.backend(ActionKind::Migrate), BackendName::Log);
         let stats = d.finish();
         assert_eq!(*got.lock().unwrap(), ["a", "b", "c"]);
         assert_eq!(stats, DispatchStats { delivered: 3, ..Default::default() });

@@ -84,7 +84,8 @@ mod sll {
 }
 
 /// What was wrong with a frame, by the layer that was malformed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum DecodeErrorKind {
     /// Shorter than an Ethernet header (14 bytes) with nothing cut by snaplen.

@@ -45,7 +45,7 @@ use std::net::IpAddr;
 /// Outstanding probes kept per direction of a TCP flow (timestamps or segments).
 pub const PROBES_PER_DIRECTION: usize = 8;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleKind {
     /// ICMP or ICMPv6 echo reply.

@@ -12,7 +12,7 @@
 use super::merge::{Counts, Merge};
 use crate::config::Rules;
 use crate::detect::{Level, Reason, Victim};
-use crate::event::{EvacuationEvent, Event, IdsAlertEvent, VmWindowEvent};
+use crate::event::{self, AlertOutcome, EvacuationEvent, Event, IdsAlertEvent, IdsCounts, KnownBy, VmWindowEvent};
 use crate::ids::{Alert, Filter, Format, VictimSide};
 use crate::policy::{EvacuationMode, Evacuee};
 use crate::time::PacketTime;
@@ -27,17 +27,6 @@ pub(crate) struct AlertBatch {
     pub alerts: Vec<Alert>,
     pub malformed: u64,
     pub done: Sender<()>,
-}
-
-/// What became of the alert lines, run-wide.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct IdsCounts {
-    pub evacuated: u64,
-    pub unmapped: u64,
-    pub filtered: u64,
-    pub malformed: u64,
-    pub outside_replay: u64,
-    pub evacuations: u64,
 }
 
 struct InputState {
@@ -214,16 +203,18 @@ impl Merge {
             return;
         }
         let name = inp.name.clone();
-        let format = inp.format.as_str();
+        let format = inp.format;
         let d = &self.detector;
         let (vm, known_by, hv) = match d.victim(victim_ip) {
             Some(Victim::Hypervisor(h)) => (None, None, Some(h)),
-            Some(Victim::Vm { vm, learned }) => {
-                (Some(vm), Some(if learned { "learned" } else { "rules" }), d.place(vm).and_then(|p| p.hv))
-            }
+            Some(Victim::Vm { vm, learned }) => (
+                Some(vm),
+                Some(if learned { KnownBy::Learned } else { KnownBy::Rules }),
+                d.place(vm).and_then(|p| p.hv),
+            ),
             None => (None, None, None),
         };
-        let outcome = if hv.is_some() { "evacuated" } else { "unmapped" };
+        let outcome = if hv.is_some() { AlertOutcome::Evacuated } else { AlertOutcome::Unmapped };
         let ev = Event::IdsAlert(IdsAlertEvent {
             ts,
             input: name,
@@ -242,11 +233,11 @@ impl Merge {
             outcome,
         });
         out.emit(&mut *self.events, &ev);
-        self.count(outcome);
+        self.count(outcome.as_str());
         let Some(h) = hv else { return };
         let (mode, vms) = match (self.mtd.mode, vm) {
-            (EvacuationMode::Vm, Some(i)) => ("vm", vec![i]),
-            _ => ("host", self.detector.vms_on(h)),
+            (EvacuationMode::Vm, Some(i)) => (EvacuationMode::Vm, vec![i]),
+            _ => (EvacuationMode::Host, self.detector.vms_on(h)),
         };
         let note = format!("evacuating after IDS alert sid {} on {victim_ip}", a.sid);
         let id_base = format!("ids-{}", a.key);
@@ -305,8 +296,8 @@ impl Merge {
         };
         let plan = self.policy.evacuate(ts, h, &evacuees, reason, note, id_base);
         let (name, t, mode, sid, victim, high_vms) = match trigger {
-            Trigger::Ids { sid, victim, mode } => ("ids", ts, mode, Some(sid), Some(victim), None),
-            Trigger::HostHigh { high } => ("host_high", ts, "host", None, None, Some(high)),
+            Trigger::Ids { sid, victim, mode } => (event::Trigger::Ids, ts, mode, Some(sid), Some(victim), None),
+            Trigger::HostHigh { high } => (event::Trigger::HostHigh, ts, EvacuationMode::Host, None, None, Some(high)),
         };
         let ev = EvacuationEvent {
             ts: t,
@@ -326,7 +317,7 @@ impl Merge {
         out.emit(&mut *self.events, &Event::Evacuation(ev));
         self.mtd.counts.evacuations += 1;
         if let Some(tm) = &self.telemetry {
-            tm.metrics.evacuations.with_label_values(&[name]).inc();
+            tm.metrics.evacuations.with_label_values(&[name.as_str()]).inc();
         }
         for e in plan {
             if let Some(crate::policy::Decision::Held(_)) = &e.decision {
@@ -405,7 +396,7 @@ impl Merge {
 
 #[derive(Clone, Copy)]
 enum Trigger {
-    Ids { sid: u64, victim: IpAddr, mode: &'static str },
+    Ids { sid: u64, victim: IpAddr, mode: EvacuationMode },
     HostHigh { high: u32 },
 }
 

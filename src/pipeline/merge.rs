@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 fn ev_kind(e: &Event) -> &'static str {
     match e {
-        Event::Conflict(c) => c.kind,
+        Event::Conflict(c) => c.kind.as_str(),
         _ => "",
     }
 }
@@ -458,7 +458,7 @@ impl Merge {
                     t.action_submitted(&action, submitted.as_str());
                 }
                 let backend = self.dispatcher.backend(action.kind);
-                let ev = Event::Action(ActionEvent::new(&action, backend, submitted.as_str()));
+                let ev = Event::Action(ActionEvent::new(&action, backend, submitted));
                 out.emit(&mut *self.events, &ev);
             }
             Decision::Held(h) => {

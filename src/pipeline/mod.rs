@@ -29,10 +29,11 @@
 //! counted as the decode error `frame_length` and is not traffic either.
 
 mod evacuation;
+mod events;
 mod merge;
 mod shard;
 
-pub use evacuation::IdsCounts;
+pub use crate::event::IdsCounts;
 
 use crate::action::{ActionSink, Dispatcher};
 use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
@@ -461,14 +462,14 @@ pub fn run(
     for k in DecodeErrorKind::ALL {
         let n = out.decode.errors[k as usize];
         if n > 0 {
-            by_kind.insert(k.as_str(), n);
+            by_kind.insert(k, n);
         }
     }
     if stats.bad_length > 0 {
-        by_kind.insert(DecodeErrorKind::FrameLength.as_str(), stats.bad_length);
+        by_kind.insert(DecodeErrorKind::FrameLength, stats.bad_length);
     }
     if stats.bad_time > 0 {
-        by_kind.insert(DecodeErrorKind::Timestamp.as_str(), stats.bad_time);
+        by_kind.insert(DecodeErrorKind::Timestamp, stats.bad_time);
     }
     if stats.late_frames > 0 {
         eprintln!(
@@ -987,7 +988,7 @@ mod tests {
         times.extend((0..100).map(|i| 10 * s + 2 + i * 10_000));
         let (sum, ev) = run_frames(times.iter().map(|&t| (t, n, f.clone())).collect());
         assert_eq!((sum.packets, sum.late_frames, sum.decode_errors), (103, 0, 1));
-        assert_eq!(sum.decode_errors_by_kind.get("timestamp"), Some(&1));
+        assert_eq!(sum.decode_errors_by_kind.get(&DecodeErrorKind::Timestamp), Some(&1));
         assert_eq!(sum.duration_s, 0.990002);
         assert_eq!(sum.bytes, 102 * u64::from(n));
         let Some(Event::VmStats(v)) = ev.iter().find(|e| matches!(e, Event::VmStats(v) if v.known)) else {
@@ -1110,7 +1111,7 @@ mod tests {
         let n = f.len() as u32;
         let (s, ev) = run_frames(vec![(0, n, f.clone()), (1, u32::MAX, f.clone()), (2, n - 1, f.clone())]);
         assert_eq!((s.packets, s.bytes, s.decode_errors), (3, u64::from(n), 2));
-        assert_eq!(s.decode_errors_by_kind.get("frame_length"), Some(&2));
+        assert_eq!(s.decode_errors_by_kind.get(&DecodeErrorKind::FrameLength), Some(&2));
         assert_eq!(level_events(&ev), 0);
     }
 }

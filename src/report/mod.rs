@@ -26,7 +26,6 @@ mod units;
 
 use charts::{Mark, MarkKind};
 use read::{by_flavor, by_flavor_qemu, Data, LevelChange, Migration, VmSeries, LEVEL_NAMES};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -99,8 +98,9 @@ fn opt(v: &Option<String>) -> String {
     v.as_deref().map_or_else(|| "–".into(), esc)
 }
 
-/// The nonzero counts of a JSON object of counts: `a 1, b 2`, or `none`.
-fn counts(v: &Value) -> String {
+/// The nonzero counts of a record of counts (as its JSON object): `a 1, b 2`, or `none`.
+fn counts(c: &impl serde::Serialize) -> String {
+    let v = serde_json::to_value(c).unwrap_or_default();
     let parts: Vec<String> = v
         .as_object()
         .map(|o| {
@@ -250,8 +250,8 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
 
     // The packets' span: the summary is stamped with the last packet; else the events'.
     let span = d.summary.as_ref().map_or((d.t0_us, t_last), |s| {
-        let end = read::ts_us(&s["ts"]).unwrap_or(t_last);
-        (end - (s["duration_s"].as_f64().unwrap_or(0.0) * 1e6).round() as i64, end)
+        let end = s.ts.as_micros();
+        (end - (s.duration_s * 1e6).round() as i64, end)
     });
     let mut h = String::new();
     let _ = write!(
@@ -282,53 +282,45 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
                     "{} – {} ({} of packets; events {} – {})",
                     clock(start, true),
                     clock(end, dated),
-                    ms(s["duration_s"].as_f64().unwrap_or(0.0) * 1000.0),
+                    ms(s.duration_s * 1000.0),
                     at(d.t0_us),
                     at(t_last)
                 ),
             ));
-            let u = |k: &str| s[k].as_u64().unwrap_or(0);
             ov.push((
                 "packets",
                 format!(
                     "{} ({} bytes, {}) over {} s of packet time, {} windows",
-                    u("packets"),
-                    u("bytes"),
-                    bytes(u("bytes") as f64),
-                    num(s["duration_s"].as_f64()),
-                    u("windows")
+                    s.packets,
+                    s.bytes,
+                    bytes(s.bytes as f64),
+                    num(Some(s.duration_s)),
+                    s.windows
                 ),
             ));
-            ov.push(("VMs", format!("{} MACs seen, {} of them VMs of the rules", u("vms"), u("known_vms"))));
-            let mut errs = format!("{}", u("decode_errors"));
-            if u("decode_errors") > 0 {
-                let _ = write!(errs, " ({})", counts(&s["decode_errors_by_kind"]));
+            ov.push(("VMs", format!("{} MACs seen, {} of them VMs of the rules", s.vms, s.known_vms)));
+            let mut errs = format!("{}", s.decode_errors);
+            if s.decode_errors > 0 {
+                let _ = write!(errs, " ({})", counts(&s.decode_errors_by_kind));
             }
-            if u("damaged_files") > 0 {
-                let _ = write!(errs, "; {} input files damaged (read up to the damage)", u("damaged_files"));
+            if s.damaged_files > 0 {
+                let _ = write!(errs, "; {} input files damaged (read up to the damage)", s.damaged_files);
             }
             ov.push(("decode errors", errs));
             let drops: Vec<String> = [
-                ("queue_dropped", "frames dropped (queue full)"),
-                ("mac_evictions", "MACs evicted"),
-                ("placement_dropped", "placement evidence dropped"),
+                (s.queue_dropped, "frames dropped (queue full)"),
+                (s.mac_evictions, "MACs evicted"),
+                (s.placement_dropped, "placement evidence dropped"),
+                (s.rtt.dropped, "RTT samples dropped"),
+                (s.rtt.flow_evictions, "flows evicted"),
+                (s.rtt.probe_evictions, "RTT probes evicted"),
             ]
             .iter()
-            .filter(|(k, _)| u(k) > 0)
-            .map(|(k, l)| format!("{l} {}", u(k)))
-            .chain(
-                [
-                    ("dropped", "RTT samples dropped"),
-                    ("flow_evictions", "flows evicted"),
-                    ("probe_evictions", "RTT probes evicted"),
-                ]
-                .iter()
-                .filter(|(k, _)| s["rtt"][k].as_u64().unwrap_or(0) > 0)
-                .map(|(k, l)| format!("{l} {}", s["rtt"][k])),
-            )
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, l)| format!("{l} {n}"))
             .collect();
             ov.push(("drops and evictions", if drops.is_empty() { "none".into() } else { drops.join(", ") }));
-            ov.push(("RTT samples", format!("{}", s["rtt"]["samples"].as_u64().unwrap_or(0))));
+            ov.push(("RTT samples", format!("{}", s.rtt.samples)));
         }
         None => ov.push((
             "capture (UTC)",
@@ -417,7 +409,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
             write!(acts, " ({}; {})", join(&kinds.iter().map(|(k, n)| (k.as_str(), *n)).collect()), join(&outcomes));
     }
     if let Some(s) = &d.summary {
-        let _ = write!(acts, "; by the backends: {}", counts(&s["actions"]));
+        let _ = write!(acts, "; by the backends: {}", counts(&s.actions));
     }
     ov.push(("actions", acts));
     let mean_down: Vec<f64> = d.migrations.iter().filter_map(|m| m.downtime_ms).collect();

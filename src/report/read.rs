@@ -1,6 +1,7 @@
 //! Reading an events file into what the report draws: per-VM series, migrations, actions, alerts, evacuations, the summary.
 
 use super::ReportError;
+use crate::event::{Event, SummaryEvent};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -144,7 +145,7 @@ pub(crate) struct Data {
     /// `conflict` events by kind.
     pub conflicts: BTreeMap<String, u64>,
     /// The `summary` event, when the run wrote one.
-    pub summary: Option<Value>,
+    pub summary: Option<SummaryEvent>,
     /// What the reader skipped and why (shown on stderr and on the page).
     pub notes: Vec<String>,
 }
@@ -155,32 +156,10 @@ impl Data {
     }
 }
 
-pub(crate) fn level_num(v: &Value) -> u8 {
-    match v.as_str() {
-        Some("HIGH") => 2,
-        Some("MEDIUM") => 1,
-        _ => 0,
-    }
-}
-
 pub(crate) const LEVEL_NAMES: [&str; 3] = ["LOW", "MEDIUM", "HIGH"];
 
-pub(crate) fn ts_us(v: &Value) -> Option<i64> {
-    let s = v.as_str()?;
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((t.unix_timestamp_nanos() / 1000) as i64)
-}
-
-fn name_of(e: &Value) -> String {
-    e["vm_name"].as_str().map_or_else(|| e["vm"].as_str().unwrap_or("?").to_string(), str::to_string)
-}
-
-fn str_of(e: &Value, k: &str) -> String {
-    e[k].as_str().unwrap_or_default().to_string()
-}
-
-fn opt_str(e: &Value, k: &str) -> Option<String> {
-    e[k].as_str().map(str::to_string)
+fn name_of(vm_name: &Option<String>, vm: &str) -> String {
+    vm_name.clone().unwrap_or_else(|| vm.to_string())
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -194,11 +173,21 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// The events of a file, with their times, in file order. A last line
-/// without its newline that does not parse is a live file's line being
-/// written: it is left out with a note. Every other bad line is an error
-/// naming `file:line`.
-fn parse(path: &Path, bytes: &[u8], notes: &mut Vec<String>) -> Result<Vec<(i64, Value)>, ReportError> {
+/// Why a line that is not an [`Event`] is not one, and whether it is JSON at all.
+fn diagnose(s: &str, typed: serde_json::Error) -> (bool, String) {
+    match serde_json::from_str::<Value>(s) {
+        Err(e) => (false, format!("not a JSON event: {e}")),
+        Ok(v) if !v.is_object() => (true, format!("not a JSON object event ({})", kind_of(&v))),
+        Ok(v) if !v["type"].is_string() => (true, "an event without a string `type`".into()),
+        Ok(_) => (true, format!("not a vmsentry event: {typed}")),
+    }
+}
+
+/// The events of a file, in file order. A last line without its newline
+/// that is not JSON is a live file's line being written: it is left out
+/// with a note. Every other bad line (not JSON, or an unknown type, field or
+/// value) is an error naming `file:line`.
+fn parse(path: &Path, bytes: &[u8], notes: &mut Vec<String>) -> Result<Vec<Event>, ReportError> {
     let mut events = Vec::new();
     let complete = bytes.ends_with(b"\n");
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
@@ -208,39 +197,30 @@ fn parse(path: &Path, bytes: &[u8], notes: &mut Vec<String>) -> Result<Vec<(i64,
         let last_unterminated = !complete && i + 1 == n;
         let bad = |msg: String| ReportError::Event { path: path.to_path_buf(), line: line_no, msg };
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let parsed = match std::str::from_utf8(raw) {
-            Err(e) => Err(bad(format!("not UTF-8 (a bad byte at column {})", e.valid_up_to() + 1))),
+        let s = match std::str::from_utf8(raw) {
+            Err(e) => return Err(bad(format!("not UTF-8 (a bad byte at column {})", e.valid_up_to() + 1))),
             Ok(s) if s.trim().is_empty() => continue,
-            Ok(s) => serde_json::from_str::<Value>(s).map_err(|e| bad(format!("not a JSON event: {e}"))),
+            Ok(s) => s,
         };
-        let v = match parsed {
-            Ok(v) => v,
-            Err(_) if last_unterminated => {
-                notes.push(format!(
+        match Event::from_json(s) {
+            Ok(e) => events.push(e),
+            Err(typed) => match diagnose(s, typed) {
+                (false, _) if last_unterminated => notes.push(format!(
                     "{}:{line_no}: the last line has no newline and is not a whole event (a file still being \
                      written?); it was left out",
                     path.display()
-                ));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if !v.is_object() {
-            return Err(bad(format!("not a JSON object event ({})", kind_of(&v))));
+                )),
+                (_, msg) => return Err(bad(msg)),
+            },
         }
-        if !v["type"].is_string() {
-            return Err(bad("an event without a string `type`".into()));
-        }
-        let t = ts_us(&v["ts"]).ok_or_else(|| bad("no RFC 3339 `ts`".into()))?;
-        events.push((t, v));
     }
     Ok(events)
 }
 
 /// The series of the event's VM, named as the event names it.
-fn series<'a>(d: &'a mut Data, mac: &str, e: &Value) -> &'a mut VmSeries {
+fn series<'a>(d: &'a mut Data, mac: &str, vm_name: &Option<String>) -> &'a mut VmSeries {
     let s = d.vms.entry(mac.to_string()).or_default();
-    s.name = name_of(e);
+    s.name = name_of(vm_name, mac);
     s
 }
 
@@ -249,7 +229,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     let bytes = std::fs::read(path).map_err(|source| ReportError::Read { path: path.to_path_buf(), source })?;
     let mut d = Data::default();
     let events = parse(path, &bytes, &mut d.notes)?;
-    let Some(t0) = events.iter().map(|(t, _)| *t).min() else {
+    let Some(t0) = events.iter().map(|e| e.ts().as_micros()).min() else {
         return Err(ReportError::Empty {
             path: path.to_path_buf(),
             why: if bytes.iter().all(u8::is_ascii_whitespace) { "the file is empty" } else { "no whole event in it" },
@@ -257,169 +237,204 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     };
     d.t0_us = t0;
     let rel = |t: i64| (t - t0) as f64 / 1e6;
-    for (us, e) in &events {
-        let us = *us;
+    let f = |x: u64| x as f64;
+    for e in events {
+        let us = e.ts().as_micros();
         let t = rel(us);
         d.t_end = d.t_end.max(t);
-        let f = |k: &str| e[k].as_f64();
-        let mac = e["vm"].as_str().unwrap_or("?").to_string();
-        match e["type"].as_str().unwrap_or_default() {
-            "vm_window" => {
-                series(&mut d, &mac, e).windows.push(Window {
+        match e {
+            Event::VmWindow(w) => {
+                let mac = w.vm.to_string();
+                series(&mut d, &mac, &w.vm_name).windows.push(Window {
                     t,
-                    tx_bps: f("tx_bps").unwrap_or(0.0),
-                    rx_bps: f("rx_bps").unwrap_or(0.0),
-                    tx_pps: f("tx_pps").unwrap_or(0.0),
-                    rx_pps: f("rx_pps").unwrap_or(0.0),
-                    level: level_num(&e["level"]),
-                    rtt_p50: f("rtt_p50_ms"),
-                    rtt_max: f("rtt_max_ms"),
+                    tx_bps: f(w.tx_bps),
+                    rx_bps: f(w.rx_bps),
+                    tx_pps: f(w.tx_pps),
+                    rx_pps: f(w.rx_pps),
+                    level: w.level.as_u8(),
+                    rtt_p50: w.rtt_p50_ms,
+                    rtt_max: w.rtt_max_ms,
                 });
             }
-            "level" => {
-                series(&mut d, &mac, e).levels.push(LevelChange {
+            Event::Level(l) => {
+                let mac = l.vm.to_string();
+                series(&mut d, &mac, &l.vm_name).levels.push(LevelChange {
                     us,
                     t,
-                    from: level_num(&e["from"]),
-                    to: level_num(&e["to"]),
-                    reason: str_of(e, "reason"),
-                    direction: opt_str(e, "direction"),
-                    bps: f("bps").unwrap_or(0.0),
-                    pps: f("pps").unwrap_or(0.0),
-                    horizon_bytes: f("horizon_bytes"),
-                    limit_bytes: f("limit_bytes"),
-                    hypervisor: opt_str(e, "hypervisor"),
+                    from: l.from.as_u8(),
+                    to: l.to.as_u8(),
+                    reason: l.reason.as_str().to_string(),
+                    direction: l.direction.map(|x| serde_name(&x)),
+                    bps: f(l.bps),
+                    pps: f(l.pps),
+                    horizon_bytes: l.horizon_bytes.map(f),
+                    limit_bytes: l.limit_bytes.map(f),
+                    hypervisor: l.hypervisor,
                 });
             }
-            "rtt_peaks" => {
-                let p = (t, e["peaks"].as_u64().unwrap_or(0), f("max_ms").unwrap_or(0.0));
-                series(&mut d, &mac, e).peaks.push(p);
+            Event::RttPeaks(p) => {
+                let mac = p.vm.to_string();
+                series(&mut d, &mac, &p.vm_name).peaks.push((t, u64::from(p.peaks), p.max_ms.unwrap_or(0.0)));
             }
-            "rtt_sample" => {
-                series(&mut d, &mac, e).samples.push((t, f("rtt_ms").unwrap_or(0.0)));
+            Event::RttSample(r) => {
+                let mac = r.vm.to_string();
+                series(&mut d, &mac, &r.vm_name).samples.push((t, r.rtt_ms));
             }
-            "vm_stats" => {
-                series(&mut d, &mac, e).stats = Some(Stats {
-                    known: e["known"].as_bool().unwrap_or(false),
-                    tx_bytes: f("tx_bytes").unwrap_or(0.0),
-                    rx_bytes: f("rx_bytes").unwrap_or(0.0),
-                    rtt_samples: e["rtt_samples"].as_u64().unwrap_or(0),
-                    rtt_max_ms: f("rtt_max_ms"),
+            Event::VmStats(v) => {
+                let mac = v.vm.to_string();
+                series(&mut d, &mac, &v.vm_name).stats = Some(Stats {
+                    known: v.known,
+                    tx_bytes: f(v.tx_bytes),
+                    rx_bytes: f(v.rx_bytes),
+                    rtt_samples: v.rtt_samples,
+                    rtt_max_ms: v.rtt_max_ms,
                 });
             }
-            "migration" => {
-                series(&mut d, &mac, e);
+            Event::Migration(m) => {
+                let mac = m.vm.to_string();
+                series(&mut d, &mac, &m.vm_name);
                 d.migrations.push(Migration {
                     us,
                     t,
-                    mac: mac.clone(),
-                    vm: name_of(e),
-                    flavor: match (e["flavor"].as_str(), e["ram_mb"].as_u64()) {
-                        (Some(fl), _) => fl.to_string(),
+                    vm: name_of(&m.vm_name, &mac),
+                    mac,
+                    flavor: match (m.flavor, m.ram_mb) {
+                        (Some(fl), _) => fl,
                         (None, Some(r)) => format!("{r} MiB"),
                         (None, None) => "unknown".into(),
                     },
-                    from: e["from_hypervisor"].as_str().unwrap_or("?").to_string(),
-                    to: e["to_hypervisor"].as_str().unwrap_or("?").to_string(),
-                    signature: str_of(e, "signature"),
-                    downtime_ms: f("downtime_ms"),
-                    total_ms: f("total_ms"),
-                    bytes: f("bytes"),
+                    from: m.from_hypervisor.unwrap_or_else(|| "?".into()),
+                    to: m.to_hypervisor.unwrap_or_else(|| "?".into()),
+                    signature: m.signature.as_str().to_string(),
+                    downtime_ms: m.downtime_ms,
+                    total_ms: m.total_ms,
+                    bytes: m.bytes.map(f),
                     qemu: None,
                 })
             }
-            kind @ ("action" | "action_held") => {
-                series(&mut d, &mac, e);
-                let held = kind == "action_held";
+            Event::Action(a) => {
+                let mac = a.vm.to_string();
+                series(&mut d, &mac, &a.vm_name);
                 d.actions.push(Act {
                     us,
                     t,
-                    mac: mac.clone(),
-                    vm: name_of(e),
-                    kind: e["action"].as_str().unwrap_or("?").to_string(),
-                    destination: opt_str(e, "destination"),
-                    outcome: if held { format!("held: {}", str_of(e, "held_because")) } else { str_of(e, "outcome") },
-                    held,
-                    level: str_of(e, "level"),
-                    reason: str_of(e, "reason"),
-                    note: str_of(e, "note"),
+                    vm: name_of(&a.vm_name, &mac),
+                    mac,
+                    kind: a.action.as_str().to_string(),
+                    destination: a.destination,
+                    outcome: a.outcome.as_str().to_string(),
+                    held: false,
+                    level: a.level.as_str().to_string(),
+                    reason: a.reason.as_str().to_string(),
+                    note: a.note.unwrap_or_default(),
                 })
             }
-            "ids_alert" => d.alerts.push(Alert {
-                us,
-                t,
-                sid: e["sid"].as_u64().unwrap_or(0),
-                severity: e["severity"].as_u64().unwrap_or(0),
-                msg: str_of(e, "msg"),
-                src: str_of(e, "src"),
-                victim: str_of(e, "victim"),
-                victim_mac: opt_str(e, "victim_vm"),
-                victim_vm: opt_str(e, "victim_vm_name").or_else(|| opt_str(e, "victim_vm")),
-                victim_hypervisor: opt_str(e, "victim_hypervisor"),
-                outcome: str_of(e, "outcome"),
-            }),
-            "evacuation" => {
-                let u = |k: &str| e[k].as_u64().unwrap_or(0);
-                d.evacuations.push(Evacuation {
+            Event::ActionHeld(h) => {
+                let mac = h.vm.to_string();
+                series(&mut d, &mac, &h.vm_name);
+                d.actions.push(Act {
                     us,
                     t,
-                    hypervisor: e["hypervisor"].as_str().unwrap_or("?").to_string(),
-                    trigger: e["trigger"].as_str().unwrap_or("?").to_string(),
-                    sid: e["sid"].as_u64(),
-                    vms: e["plan"]
-                        .as_array()
-                        .map(|p| p.iter().filter_map(|l| l["vm"].as_str().map(str::to_string)).collect())
-                        .unwrap_or_default(),
-                    migrate: u("migrate"),
-                    held: u("held"),
-                    skipped: u("skipped"),
-                    no_destination: u("no_destination"),
+                    vm: name_of(&h.vm_name, &mac),
+                    mac,
+                    kind: h.action.as_str().to_string(),
+                    destination: None,
+                    outcome: format!("held: {}", h.held_because.as_str()),
+                    held: true,
+                    level: h.level.as_str().to_string(),
+                    reason: h.reason.as_str().to_string(),
+                    note: String::new(),
                 })
             }
-            "conflict" => *d.conflicts.entry(str_of(e, "kind")).or_default() += 1,
-            "summary" => d.summary = Some(e.clone()),
-            _ => {}
+            Event::IdsAlert(a) => d.alerts.push(Alert {
+                us,
+                t,
+                sid: a.sid,
+                severity: u64::from(a.severity),
+                msg: a.msg,
+                src: a.src.to_string(),
+                victim: a.victim.to_string(),
+                victim_mac: a.victim_vm.map(|m| m.to_string()),
+                victim_vm: a.victim_vm_name.or_else(|| a.victim_vm.map(|m| m.to_string())),
+                victim_hypervisor: a.victim_hypervisor,
+                outcome: a.outcome.as_str().to_string(),
+            }),
+            Event::Evacuation(ev) => d.evacuations.push(Evacuation {
+                us,
+                t,
+                hypervisor: ev.hypervisor,
+                trigger: ev.trigger.as_str().to_string(),
+                sid: ev.sid,
+                vms: ev.plan.iter().map(|l| l.vm.to_string()).collect(),
+                migrate: u64::from(ev.migrate),
+                held: u64::from(ev.held),
+                skipped: u64::from(ev.skipped),
+                no_destination: u64::from(ev.no_destination),
+            }),
+            Event::Conflict(c) => *d.conflicts.entry(c.kind.as_str().to_string()).or_default() += 1,
+            Event::Summary(s) => d.summary = Some(s),
+            Event::GateDenied(_) => {}
         }
     }
     Ok(d)
 }
 
+/// A vocabulary value's name as the events write it.
+fn serde_name<T: serde::Serialize>(x: &T) -> String {
+    serde_json::to_value(x).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
 /// How far apart (µs) a reference line and the wire's migration may be.
 pub(crate) const QEMU_MATCH_US: i64 = 10_000_000;
 
+/// One line of a `--qemu-stats` file: QEMU's own figures for a migration.
+#[derive(serde::Deserialize)]
+struct QemuLine {
+    #[serde(rename = "type")]
+    kind: String,
+    /// When the migration finished.
+    ts: crate::time::PacketTime,
+    vm: String,
+    downtime_ms: Option<f64>,
+    total_ms: Option<f64>,
+    bytes: Option<f64>,
+}
+
 /// Reads QEMU's own figures (JSON lines, each `{"type":"qemu_migration",
 /// "ts", "vm", "downtime_ms", "total_ms", "bytes"}`, `ts` when the
-/// migration finished) and gives each to the wire's migration of the same
-/// VM nearest in time, within 10 s, not yet given one. A line that matches
-/// none is left out with a note; a line of another type is an error.
+/// migration finished; other fields are ignored) and gives each to the
+/// wire's migration of the same VM nearest in time, within 10 s, not yet
+/// given one. A line that matches none is left out with a note; a line
+/// that is not such a line is an error naming `file:line`.
 pub(crate) fn attach_qemu(path: &Path, d: &mut Data) -> Result<(), ReportError> {
-    let bytes = std::fs::read(path).map_err(|e| ReportError::Read { path: path.to_path_buf(), source: e })?;
-    let mut notes = Vec::new();
-    let lines = parse(path, &bytes, &mut notes)?;
-    for (i, (us, v)) in lines.iter().enumerate() {
-        if v["type"] != "qemu_migration" {
-            return Err(ReportError::Event {
-                path: path.to_path_buf(),
-                line: i + 1,
-                msg: format!("a reference line must be of type `qemu_migration`, not `{}`", str_of(v, "type")),
-            });
+    let text = std::fs::read(path).map_err(|source| ReportError::Read { path: path.to_path_buf(), source })?;
+    for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let bad = |msg: String| ReportError::Event { path: path.to_path_buf(), line: i + 1, msg };
+        let s = std::str::from_utf8(raw)
+            .map_err(|e| bad(format!("not UTF-8 (a bad byte at column {})", e.valid_up_to() + 1)))?;
+        if s.trim().is_empty() {
+            continue;
         }
-        let vm = v["vm"].as_str().unwrap_or("").to_ascii_lowercase();
+        let q: QemuLine = serde_json::from_str(s).map_err(|e| bad(format!("not a QEMU figures line: {e}")))?;
+        if q.kind != "qemu_migration" {
+            return Err(bad(format!("a reference line must be of type `qemu_migration`, not `{}`", q.kind)));
+        }
+        let us = q.ts.as_micros();
+        let vm = q.vm.to_ascii_lowercase();
         let best = d
             .migrations
             .iter_mut()
             .filter(|m| m.qemu.is_none() && m.mac.to_ascii_lowercase() == vm && (m.us - us).abs() <= QEMU_MATCH_US)
             .min_by_key(|m| (m.us - us).abs());
         match best {
-            Some(m) => m.qemu = Some([v["downtime_ms"].as_f64(), v["total_ms"].as_f64(), v["bytes"].as_f64()]),
-            None => notes.push(format!(
+            Some(m) => m.qemu = Some([q.downtime_ms, q.total_ms, q.bytes]),
+            None => d.notes.push(format!(
                 "{}: QEMU's migration of {vm} at {} matches no migration on the wire within 10 s; left out",
                 path.display(),
-                str_of(v, "ts")
+                q.ts.rfc3339()
             )),
         }
     }
-    d.notes.extend(notes);
     Ok(())
 }
 
@@ -455,7 +470,7 @@ fn by_flavor_of(m: &[Migration], get: fn(&Migration, usize) -> Option<f64>) -> V
 mod tests {
     use super::*;
 
-    const LEVEL: &str = r#"{"type":"level","ts":"2023-11-15T22:13:29.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"a","from":"LOW","to":"MEDIUM","reason":"rate","direction":"rx","bps":32007840,"pps":4010}"#;
+    const LEVEL: &str = r#"{"type":"level","ts":"2023-11-15T22:13:29.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"a","from":"LOW","to":"MEDIUM","reason":"rate","direction":"rx","bps":32007840,"pps":4010,"window_start":"2023-11-15T22:13:28.000000Z","hypervisor":null}"#;
 
     fn file(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
@@ -513,11 +528,29 @@ mod tests {
             ("[1,2]", "not a JSON object event (an array)"),
             ("42", "not a JSON object event (a number)"),
             ("{\"ts\":\"2023-11-15T22:13:29Z\"}", "an event without a string `type`"),
-            ("{\"type\":\"level\"}", "no RFC 3339 `ts`"),
+            ("{\"type\":\"level\"}", "not a vmsentry event: missing field `ts`"),
         ] {
             let (_d, p) = file(format!("{LEVEL}\n{line}\n").as_bytes());
             let e = read(&p).unwrap_err().to_string();
             assert!(e.ends_with(&format!("events.jsonl:2: {msg}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_renamed_field_an_unknown_type_or_bad_json_is_an_error_with_its_line() {
+        for (line, msg) in [
+            (LEVEL.replace("\"bps\":", "\"bits_ps\":"), "not a vmsentry event: unknown field `bits_ps`"),
+            (
+                LEVEL.replace("\"type\":\"level\"", "\"type\":\"levels\""),
+                "not a vmsentry event: unknown variant `levels`",
+            ),
+            (LEVEL.replace("\"LOW\"", "\"low\""), "not a vmsentry event: unknown variant `low`"),
+            (LEVEL.replace("\"pps\":4010", "\"pps\":\"4010\""), "not a vmsentry event: invalid type: string"),
+            (LEVEL.replace("}", ""), "not a JSON event: EOF while parsing an object"),
+        ] {
+            let (_d, p) = file(format!("{LEVEL}\n{LEVEL}\n{line}\n{LEVEL}\n").as_bytes());
+            let e = read(&p).unwrap_err().to_string();
+            assert!(e.contains(&format!("events.jsonl:3: {msg}")), "{e}");
         }
     }
 }

@@ -120,7 +120,8 @@ impl ClusterKey {
 }
 
 /// Whether a hypervisor is signed, per the registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// The signature verifies for the MAC.
     Valid,

@@ -198,7 +198,8 @@ pub fn consume_nonce(path: &Path, nonce: &str, deadline: std::time::Instant) -> 
 }
 
 /// Why a move was or was not authorized.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Authorization {
     /// A valid token was found and used up.
     Granted,

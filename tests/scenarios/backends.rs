@@ -542,8 +542,7 @@ fn libvirt_suspends_or_destroys_the_right_domain_and_retries_a_failed_migration(
         let line =
             format!("vmsentry: libvirt: {mode} rogue-1 (fa:16:3e:00:00:04) on test://{}: now {state}", node.display());
         assert!(err.lines().any(|l| l == line), "{err}");
-        let ev: Vec<Value> =
-            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let ev: Vec<Value> = event_lines(&String::from_utf8_lossy(&out.stdout));
         let s = &summary(&ev)["actions"];
         // Delivered: two alerts (log) and the quarantine. Failed: web-1's migration (the
         // destination cannot be reached: retried twice, then given up) and backup-1's (no

@@ -25,7 +25,7 @@ fn replay_stdin(rules: &Path, args: &[&str], stdin: &[u8]) -> (Vec<Value>, Strin
     feeder.join().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "replay failed: {err}");
-    (String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect(), err)
+    (event_lines(&String::from_utf8(out.stdout).unwrap()), err)
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -85,8 +85,7 @@ fn gzipd_captures_are_known_by_their_first_bytes_not_their_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     let line = format!("vmsentry: {}: stopped reading at damaged data at byte ", p.display());
     assert!(err.contains(&line) && err.contains("read error"), "{err}");
-    let ev: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ev: Vec<Value> = event_lines(&String::from_utf8_lossy(&out.stdout));
     let s = summary(&ev);
     assert_eq!(s["damaged_files"], 1);
     let packets = s["packets"].as_u64().unwrap();
@@ -128,8 +127,7 @@ fn raw_ip_captures_decode_under_linktype_101_and_dlt_12_and_14() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("not decoded"), "{err}");
         assert_eq!(err.matches("carries no MAC addresses").count(), 1, "one note per file: {err}");
-        let ev: Vec<Value> =
-            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let ev: Vec<Value> = event_lines(&String::from_utf8_lossy(&out.stdout));
         let s = summary(&ev);
         let bytes: u64 = frames.iter().map(|f| u64::from(f.2 - 14)).sum();
         assert_eq!(
@@ -179,8 +177,7 @@ fn pcapng_with_interfaces_of_different_link_types_replays_and_unsupported_ones_w
         p.display()
     );
     assert_eq!(err.matches(&warning).count(), 2, "once per file: {err}");
-    let ev: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ev: Vec<Value> = event_lines(&String::from_utf8_lossy(&out.stdout));
     let s = summary(&ev);
     assert_eq!(s["unsupported_link_files"], 2);
     assert_eq!(s["damaged_files"], 0);
@@ -216,8 +213,7 @@ fn damaged_captures_are_read_up_to_the_damage_with_the_file_and_position() {
         )
         .trim_end()
     );
-    let ev: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ev: Vec<Value> = event_lines(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(
         (summary(&ev)["packets"].as_u64(), summary(&ev)["damaged_files"].as_u64()),
         (Some(frames.len() as u64 - 1), Some(1))
@@ -242,7 +238,6 @@ fn tcpdump_writing_to_a_pipe_feeds_replay_from_standard_input() {
     );
     let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<Value> = event_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(stable(got), want);
 }

@@ -4,7 +4,7 @@ use super::*;
 use vmsentry::gate::record::{GateReason, GateRecord};
 
 /// One decision of the gate on `host` about the domain with MAC `vm`, at `T` + `at`.
-fn decision(at: &str, vm: &str, host: &str, reason: GateReason) -> GateRecord {
+pub(super) fn decision(at: &str, vm: &str, host: &str, reason: GateReason) -> GateRecord {
     let allowed = matches!(reason, GateReason::Signed | GateReason::Authorized);
     let ts = time::OffsetDateTime::parse(&format!("{T}{at}Z"), &time::format_description::well_known::Rfc3339).unwrap();
     GateRecord {
@@ -24,7 +24,7 @@ fn decision(at: &str, vm: &str, host: &str, reason: GateReason) -> GateRecord {
 }
 
 /// The shipped rules following a decisions file, with `require_gate` on.
-fn gated_rules(records: &[GateRecord]) -> tempfile::TempDir {
+pub(super) fn gated_rules(records: &[GateRecord]) -> tempfile::TempDir {
     let rules = with_rules("");
     let p = rules.path().join("vmsentry.toml");
     let text = std::fs::read_to_string(&p).unwrap();

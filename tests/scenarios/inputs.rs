@@ -44,7 +44,7 @@ fn replay_err(rules: &Path, pcaps: &[PathBuf]) -> (Vec<Value>, String) {
     args.extend(pcaps.iter().map(|p| p.display().to_string()));
     let out = Command::new(env!("CARGO_BIN_EXE_vmsentry")).args(&args).output().unwrap();
     assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
-    let ev = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ev = event_lines(&String::from_utf8(out.stdout).unwrap());
     (ev, String::from_utf8(out.stderr).unwrap())
 }
 

@@ -418,7 +418,7 @@ fn live_follows_an_alert_file_and_resumes_from_its_checkpoint() {
         super::service::signal(&child, "TERM");
         assert_eq!(super::service::wait_exit(&mut child, std::time::Duration::from_secs(15)), Some(0));
         let text = std::fs::read_to_string(events).unwrap();
-        text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>()
+        event_lines(&text)
     };
     let wait_for = |events: &Path, what: &str| {
         let t = std::time::Instant::now();
@@ -516,8 +516,7 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     let ev =
         replay_with(rules.path(), 2, &["--vm-windows", "--events", events.to_str().unwrap()], &[capture("mtd.pcap")]);
     assert!(ev.is_empty(), "events went to the file");
-    let ev: Vec<Value> =
-        std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ev: Vec<Value> = event_lines(&std::fs::read_to_string(&events).unwrap());
     // vm_window: one per window for each of the five VMs (all send every window).
     let windows = of_type(&ev, "vm_window");
     assert_eq!(windows.len(), 5 * 30);
@@ -713,8 +712,7 @@ fn the_report_draws_the_events_and_its_numbers_are_theirs() {
     assert_eq!((st["tx_bytes"].as_u64(), router[2].as_str(), router[7].as_str()), (Some(12010780), "no", "11.5 MiB"));
 
     // A bad events file is refused with its line.
-    std::fs::write(d.path().join("bad.jsonl"), "{\"type\":\"level\",\"ts\":\"2023-11-15T22:13:29Z\"}\nnot json\n")
-        .unwrap();
+    std::fs::write(d.path().join("bad.jsonl"), format!("{}\nnot json\n", ev[0])).unwrap();
     let o = vmsentry(&["report", d.path().join("bad.jsonl").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(

@@ -198,9 +198,9 @@ fn cloud(path: &Path) -> usize {
     ev(
         end,
         json!({"type":"summary","ts":ts(end),"packets":123_456_789u64,"bytes":98_765_432_100u64,"decode_errors":17,
-               "decode_errors_by_kind":{"truncated_ipv4":12,"bad_tcp_header":5},"snaplen_cut":0,"vms":VMS,
-               "known_vms":VMS,"mac_evictions":0,"duration_s":121.0,"windows":WINDOWS,"queue_dropped":3,
-               "damaged_files":0,"placement_dropped":0,
+               "decode_errors_by_kind":{"ipv4":12,"tcp":5},"snaplen_cut":0,"vms":VMS,
+               "known_vms":VMS,"mac_evictions":0,"duration_s":121.0,"windows":WINDOWS,"late_frames":0,"queue_dropped":3,
+               "damaged_files":0,"unsupported_link_files":0,"placement_dropped":0,"gate_approvals_dropped":0,
                "rtt":{"samples":480_000,"dropped":0,"flow_evictions":0,"probe_evictions":0,"probe_timeouts":0},
                "ids":{"evacuated":1,"unmapped":0,"filtered":0,"malformed":0,"outside_replay":0,"evacuations":1},
                "actions":{"queued":57,"dropped":0,"held":1,"delivered":57,"failed":0,"retries":0,"pending":0,"resumed":0},
@@ -271,7 +271,7 @@ fn a_report_of_1000_vms_stays_small_and_renders_in_chromium() {
     let ov: Vec<&str> = ov.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(ov[0], "2023-11-15 22:13:20 – 22:15:21 (121 s of packets; events 22:13:21 – 22:15:21)");
     assert_eq!(ov[1], "123456789 (98765432100 bytes, 92.0 GiB) over 121 s of packet time, 120 windows");
-    assert_eq!(ov[3], "17 (bad tcp header 5, truncated ipv4 12)");
+    assert_eq!(ov[3], "17 (ipv4 12, tcp 5)");
     assert_eq!(ov[4], "frames dropped (queue full) 3");
     assert!(
         ov.contains(
@@ -421,8 +421,10 @@ fn qemu_s_figures_are_drawn_beside_the_wire_s_by_vm_and_time() {
     let mig = |t: &str, vm: &str, flavor: &str, down: f64, total: f64, bytes: u64| {
         format!(
             "{{\"type\":\"migration\",\"ts\":\"2026-12-01T23:30:{t}Z\",\"vm\":\"{vm}\",\"vm_name\":\"g-{flavor}\",\
-             \"from_hypervisor\":\"a\",\"to_hypervisor\":\"b\",\"via\":\"rarp\",\"signature\":\"valid\",\
-             \"downtime_ms\":{down},\"total_ms\":{total},\"bytes\":{bytes},\"ram_mb\":128,\"flavor\":\"{flavor}\"}}\n"
+             \"from_hypervisor\":\"a\",\"to_hypervisor\":\"b\",\"to_mac\":\"52:54:00:78:00:02\",\"to_ip\":\"10.78.0.2\",\
+             \"via\":\"rarp\",\"signature\":\"valid\",\"authorized\":false,\"authorization\":\"missing\",\"streams\":1,\
+             \"bytes\":{bytes},\"bytes_per_ram\":1.0,\"downtime_ms\":{down},\"total_ms\":{total},\"ram_mb\":128,\
+             \"flavor\":\"{flavor}\"}}\n"
         )
     };
     let text = [

@@ -300,8 +300,7 @@ fn live_capture_on_a_veth_grades_acts_serves_and_stops_cleanly() {
     // SIGTERM: the window is finished, the events flushed, exit 0, nothing lost.
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
-    let ev: Vec<Value> =
-        std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ev: Vec<Value> = event_lines(&std::fs::read_to_string(&events).unwrap());
     let high = of_type(&ev, "level").into_iter().find(|e| e["to"] == "HIGH").unwrap();
     assert_eq!(
         (high["vm_name"].clone(), high["reason"].clone(), high["direction"].clone()),
@@ -389,8 +388,16 @@ fn sighup_reloads_valid_rules_and_refuses_bad_ones_keeping_the_old() {
     let refused = err.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(refused.starts_with("vmsentry: rules not reloaded, the old rules stay: "), "{refused}");
     assert!(refused.contains("vmsentry.toml:17:"), "{refused}");
-    let (_, m) = http_get(&addr, "/metrics");
-    assert!(m.contains("vmsentry_rules_reloads_total{result=\"error\"} 1"), "{m}");
+    // The counter follows the message (the merge thread counts after it writes).
+    let t = std::time::Instant::now();
+    loop {
+        let (_, m) = http_get(&addr, "/metrics");
+        if m.contains("vmsentry_rules_reloads_total{result=\"error\"} 1") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A [backend] change is not applied by a reload, and says so.
     let changed = original.replace("medium_pps = 3_000", "medium_pps = 500") + "\n[backend]\nmax_attempts = 2\n";
     std::fs::write(&toml, changed).unwrap();
@@ -400,8 +407,7 @@ fn sighup_reloads_valid_rules_and_refuses_bad_ones_keeping_the_old() {
     let later = err.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(later, "vmsentry: changed, but only a restart applies them (the running ones stay): [backend]");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
-    let ev: Vec<Value> =
-        std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ev: Vec<Value> = event_lines(&std::fs::read_to_string(&events).unwrap());
     let levels: Vec<Value> = of_type(&ev, "level")
         .into_iter()
         .map(|e| json!([e["vm_name"], e["from"], e["to"], e["reason"], e["pps"]]))
