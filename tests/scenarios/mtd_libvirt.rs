@@ -102,7 +102,8 @@ fn read_events(p: &Path) -> Vec<Value> {
     // A line being written is not yet whole: only whole lines are read.
     let text = std::fs::read_to_string(p).unwrap_or_default();
     let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    // Each a typed vmsentry event.
+    event_lines(whole)
 }
 
 /// The rules: the two daemons' hosts, signed by their veth MACs; a third,
