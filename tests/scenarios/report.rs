@@ -525,3 +525,44 @@ fn qemu_s_figures_are_drawn_beside_the_wire_s_by_vm_and_time() {
         format!("vmsentry: {}:1: a reference line must be of type `qemu_migration`, not `migration`", qemu.display())
     );
 }
+
+/// docs/flavors/: the committed run of scripts/flavors-lab.sh still reads,
+/// and the report pairs each of QEMU's figures with the migration
+/// numbers.tsv joined it to by MAC (the report matches by VM and time).
+#[test]
+fn the_flavors_lab_s_committed_run_reports_qemu_beside_the_wire() {
+    let docs = root().join("docs/flavors");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o = vmsentry(&[
+        "report",
+        docs.join("events.jsonl").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--qemu-stats",
+        docs.join("qemu.jsonl").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains("note:"), "every QEMU line matched: {stderr}");
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let rows = table(&html, "migrations");
+    let tsv = std::fs::read_to_string(docs.join("numbers.tsv")).unwrap();
+    let want: Vec<Vec<String>> = tsv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            // vm, flavor, from, to, wire downtime, QEMU, wire total, QEMU, wire bytes, QEMU.
+            [c[0], c[1], c[2], c[3], c[4], c[6], c[8], c[5], c[7], c[9]].map(String::from).to_vec()
+        })
+        .collect();
+    let got: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| [&r[0], &r[2], &r[3], &r[4], &r[6], &r[7], &r[8], &r[10], &r[11], &r[12]].map(|s| s.clone()).to_vec())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(rows.len(), 9);
+    let flavors: Vec<String> = table(&html, "flavors").iter().map(|r| format!("{} {}", r[0], r[1])).collect();
+    assert_eq!(flavors, ["m1.large 3", "m1.medium 3", "m1.small 3"]);
+}
