@@ -250,7 +250,7 @@ fn an_ids_alert_live_migrates_the_real_guest_through_libvirt_to_the_plans_destin
     // vmsentry on node a's end of the link, following the EVE file.
     let events = lab.path("events.jsonl");
     let log = lab.path("vmsentry.err");
-    let sentry = Proc(
+    let mut sentry = Proc(
         lab.on("a")
             .arg(env!("CARGO_BIN_EXE_vmsentry"))
             .args(["live", "--interface", "mtdl-a0", "--listen", "127.0.0.1:0", "--rules"])
@@ -263,7 +263,16 @@ fn an_ids_alert_live_migrates_the_real_guest_through_libvirt_to_the_plans_destin
             .unwrap(),
     );
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until(Duration::from_secs(30), "vmsentry to capture", || stderr().contains("capturing on mtdl-a0"));
+    // A vmsentry that stopped says why at once, not after the wait.
+    let running = |sentry: &mut Proc| {
+        if let Ok(Some(st)) = sentry.0.try_wait() {
+            panic!("vmsentry exited ({st}): {}", stderr());
+        }
+    };
+    wait_until(Duration::from_secs(30), "vmsentry to capture", || {
+        running(&mut sentry);
+        stderr().contains("capturing on mtdl-a0")
+    });
 
     // Suricata's alert about the guest's address, appended.
     let alert = format!(
@@ -284,11 +293,11 @@ fn an_ids_alert_live_migrates_the_real_guest_through_libvirt_to_the_plans_destin
     let journal = rules.join("journal.jsonl");
     // The move on the wire, and the backend's own word that it is done.
     wait_until(Duration::from_secs(120), "the migration on the wire and the journal's `done`", || {
+        running(&mut sentry);
         read_events(&events).iter().any(|e| e["type"] == "migration")
             && std::fs::read_to_string(&journal).unwrap_or_default().contains("\"state\":\"done\"")
     });
     super::service::signal(&sentry.0, "TERM");
-    let mut sentry = sentry;
     assert_eq!(super::service::wait_exit(&mut sentry.0, Duration::from_secs(30)), Some(0), "{}", stderr());
     super::service::signal(&dump.0, "INT");
     let _ = dump.0.wait();
