@@ -6,7 +6,10 @@
 //!
 //! This module is the schema only: the types are written and read back
 //! (`report`, tests) with serde, and a line with an unknown `type` or field
-//! does not read. What turns pipeline state into events is in
+//! does not read, nor one without a field the writer always writes: an
+//! `Option` written as null is read with `Option::deserialize`, which makes
+//! it required (serde alone would read a missing one as `None`); only the
+//! fields left out when empty (`skip_serializing_if`) may be missing. What turns pipeline state into events is in
 //! `pipeline::events`.
 
 use crate::action::{ActionKind, BackendName, Submitted};
@@ -112,6 +115,7 @@ pub struct RttSampleEvent {
     pub ts: PacketTime,
     /// Who answered.
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub rtt_ms: f64,
     pub kind: SampleKind,
@@ -128,12 +132,17 @@ pub struct MigrationEvent {
     /// The first frame (or announce) from the new place.
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub from_hypervisor: Option<String>,
     /// Null when an announce was seen but nothing tells where.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub to_hypervisor: Option<String>,
     /// The outer source MAC and IP the VM now sends with (tunnels).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub to_mac: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub to_ip: Option<IpAddr>,
     /// How the move showed: `rarp`, `garp`, or `traffic`.
     pub via: Via,
@@ -145,14 +154,20 @@ pub struct MigrationEvent {
     pub authorization: Authorization,
     /// Migration streams tied to the move, and what they carried.
     pub streams: u32,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub bytes: Option<u64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub bytes_per_ram: Option<f64>,
     /// From the first stream's start to the move.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub total_ms: Option<f64>,
     /// From the VM's last frame at the source to its first at the destination.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub downtime_ms: Option<f64>,
     /// The VM's RAM and flavor from the rules, for grouping migrations.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub ram_mb: Option<u64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub flavor: Option<String>,
     /// Whether an allowed migration-gate decision matched the move (only
     /// when `migration.gate_decisions` are followed).
@@ -167,7 +182,9 @@ pub struct GateDeniedEvent {
     /// The gate's own timestamp.
     pub ts: PacketTime,
     /// The first of the domain's MACs that is an inventory VM (else its first MAC).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     /// Every MAC of the domain.
     pub vms: Vec<Mac>,
@@ -176,7 +193,9 @@ pub struct GateDeniedEvent {
     pub hypervisor: String,
     /// The gate's reason (README: migration gate).
     pub reason: GateReason,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub detail: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub nonce: Option<String>,
 }
 
@@ -199,10 +218,14 @@ pub struct IdsAlertEvent {
     /// The victim address (`dst`, or `src` with `victim = "source"`).
     pub victim: IpAddr,
     /// Whom it names: a VM (and how it was known) and/or a hypervisor.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_vm: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_vm_name: Option<String>,
     /// `rules` or `learned` for a VM; null otherwise.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_known_by: Option<KnownBy>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub victim_hypervisor: Option<String>,
     /// `evacuated` (an `evacuation` event follows) or `unmapped` (the
     /// address names no hypervisor or VM, or the VM's hypervisor is unknown).
@@ -245,10 +268,13 @@ pub struct PlanLine {
     pub ram_mb: u64,
     /// `migrate`, `alert` (no destination), `held` or `skipped`.
     pub outcome: PlanOutcome,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub destination: Option<String>,
     /// The action's id (`migrate`, `alert`).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub action_id: Option<String>,
     /// For `held`: the storm limit; for `skipped`: `already_moving`.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub because: Option<PlanBecause>,
 }
 
@@ -260,6 +286,7 @@ pub struct VmWindowEvent {
     /// The window's end.
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub level: Level,
     pub tx_bps: u64,
@@ -267,9 +294,12 @@ pub struct VmWindowEvent {
     pub rx_bps: u64,
     pub rx_pps: u64,
     pub rtt_samples: u64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_p50_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_max_ms: Option<f64>,
     pub rtt_peaks: u32,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_baseline_ms: Option<f64>,
 }
 
@@ -280,7 +310,9 @@ pub struct ConflictEvent {
     pub ts: PacketTime,
     /// `clone`, `hypervisor_ips` or `vm_uses_hypervisor_mac`.
     pub kind: ConflictKind,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm: Option<Mac>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     /// For `clone`: the hypervisors it runs behind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -298,19 +330,27 @@ pub struct ConflictEvent {
 pub struct RttPeaksEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub window_start: PacketTime,
     pub peaks: u32,
     pub samples: u64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub min_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub mean_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub max_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub p50_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub p99_ms: Option<f64>,
     /// `rtt.peak_ms`.
     pub peak_ms: f64,
     /// The VM's baseline at the end of the window (null before any non-peak sample).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub baseline_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub hypervisor: Option<String>,
 }
 
@@ -319,11 +359,13 @@ pub struct RttPeaksEvent {
 pub struct LevelEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub from: Level,
     pub to: Level,
     pub reason: Reason,
     /// The direction that set the level, for `rate`; null otherwise.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub direction: Option<Direction>,
     /// Rates of the window that decided (of `direction`, or tx for other reasons).
     pub bps: u64,
@@ -335,6 +377,7 @@ pub struct LevelEvent {
     pub limit_bytes: Option<u64>,
     /// Start of the window that decided.
     pub window_start: PacketTime,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub hypervisor: Option<String>,
 }
 
@@ -344,11 +387,14 @@ pub struct ActionEvent {
     pub ts: PacketTime,
     pub id: String,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub action: ActionKind,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub hypervisor: Option<String>,
     /// `signed` / `unsigned`: the verdict the policy used.
     pub signature: ActionSignature,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub destination: Option<String>,
     pub level: Level,
     pub reason: Reason,
@@ -367,6 +413,7 @@ pub struct ActionEvent {
 pub struct ActionHeldEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub action: ActionKind,
     pub level: Level,
@@ -380,6 +427,7 @@ pub struct ActionHeldEvent {
 pub struct VmStatsEvent {
     pub ts: PacketTime,
     pub vm: Mac,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub vm_name: Option<String>,
     pub known: bool,
     pub level: Level,
@@ -388,11 +436,16 @@ pub struct VmStatsEvent {
     pub rx_bytes: u64,
     pub rx_packets: u64,
     pub rtt_samples: u64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_min_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_max_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_mean_ms: Option<f64>,
     /// From the fixed-bucket histogram (error at most one bucket's width).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_p50_ms: Option<f64>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub rtt_p99_ms: Option<f64>,
 }
 
@@ -443,6 +496,7 @@ pub struct SummaryEvent {
     /// the actions' delivery).
     pub read_s: f64,
     pub processing_pps: f64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -495,14 +549,13 @@ fn by_name<S: serde::Serializer>(m: &BTreeMap<DecodeErrorKind, u64>, s: S) -> Re
     named.serialize(s)
 }
 
-/// Vocabulary of the events' own: each enum is written as its snake_case
-/// name, and `as_str` gives the same name (for metric labels).
+/// Vocabulary of the events' own: one name table per enum, which serde
+/// writes and reads and `as_str` gives (for metric labels).
 macro_rules! names {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vm])* $v,)+ }
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $v,)+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$v,)+];
             pub fn as_str(self) -> &'static str {
@@ -642,6 +695,10 @@ mod tests {
             (LEVEL.replace("\"bps\":", "\"bits\":"), "unknown field `bits`"),
             (LEVEL.replace("\"MEDIUM\"", "\"medium\""), "unknown variant `medium`"),
             (LEVEL.replace(",\"pps\":4010", ""), "missing field `pps`"),
+            // Nullable is not optional: the writer always writes these.
+            (LEVEL.replace(",\"hypervisor\":null", ""), "missing field `hypervisor`"),
+            (LEVEL.replace("\"direction\":\"rx\",", ""), "missing field `direction`"),
+            (LEVEL.replace("\"vm_name\":\"a\",", ""), "missing field `vm_name`"),
             (LEVEL.replace("22:13:29.000000Z", "yesterday"), "not an RFC 3339 time"),
         ] {
             let e = Event::from_json(&line).unwrap_err().to_string();
@@ -663,5 +720,83 @@ mod tests {
             let e = Event::from_json(&format!("{{\"type\":\"{t}\"}}")).unwrap_err().to_string();
             assert!(e.contains("missing field"), "{t}: {e}");
         }
+    }
+
+    /// Every variant of an enum, listed by hand: the `match` stops compiling
+    /// when a variant is added, so the list cannot fall behind.
+    macro_rules! every {
+        ($t:ident: $($v:ident),+) => {{
+            let all = [$($t::$v),+];
+            for x in all {
+                match x { $($t::$v)|+ => {} }
+            }
+            all
+        }};
+    }
+
+    /// Asserts serde's name of every value is its `as_str` (both ways).
+    fn one_table<T>(all: &[T], as_str: fn(T) -> &'static str)
+    where
+        T: Copy + std::fmt::Debug + PartialEq + Serialize + serde::de::DeserializeOwned,
+    {
+        for x in all {
+            assert_eq!(serde_json::to_value(x).unwrap(), as_str(*x), "{x:?}");
+            let back: T = serde_json::from_value(serde_json::Value::from(as_str(*x))).unwrap();
+            assert_eq!(back, *x);
+        }
+    }
+
+    // The vocabulary the events borrow from other stages: written with serde
+    // (or, for `DecodeErrorKind`'s keys, with `as_str`) and read with serde.
+    #[test]
+    fn decode_error_kinds_written_by_as_str_read_back_by_serde() {
+        one_table(&DecodeErrorKind::ALL, DecodeErrorKind::as_str);
+    }
+    #[test]
+    fn verdict_has_one_name_table() {
+        one_table(&every!(Verdict: Valid, Invalid, Unknown), Verdict::as_str);
+    }
+    #[test]
+    fn authorization_has_one_name_table() {
+        one_table(&every!(Authorization: Granted, Missing, Expired, Replayed), Authorization::as_str);
+    }
+    #[test]
+    fn submitted_has_one_name_table() {
+        one_table(&every!(Submitted: Queued, Dropped, Duplicate, NotJournaled), Submitted::as_str);
+    }
+    #[test]
+    fn backend_name_has_one_name_table() {
+        one_table(&every!(BackendName: Log, Exec, Webhook, Alertmanager, Libvirt, Openstack), BackendName::as_str);
+    }
+    #[test]
+    fn ids_format_has_one_name_table() {
+        one_table(&every!(Format: SuricataEve, Snort3Json, SnortFast), Format::as_str);
+    }
+    #[test]
+    fn gate_reason_has_one_name_table() {
+        let all = every!(GateReason: Signed, Authorized, FailOpen, UnsignedHost, NoToken, TokenMalformed,
+            TokenForged, TokenOtherVm, TokenOtherHost, TokenExpired, TokenReplayed, Timeout, BadXml, Error);
+        one_table(&all, GateReason::as_str);
+    }
+    #[test]
+    fn level_reason_direction_and_action_kind_have_one_name_table() {
+        one_table(&every!(Level: Low, Medium, High), Level::as_str);
+        one_table(
+            &every!(Reason: Rate, Rtt, Volume, Migration, Signature, Clone, Ungated, Ids, HostHigh),
+            Reason::as_str,
+        );
+        one_table(&every!(Direction: Tx, Rx), Direction::as_str);
+        one_table(&every!(ActionKind: Alert, Quarantine, Migrate), ActionKind::as_str);
+    }
+    #[test]
+    fn the_events_own_enums_have_one_name_table() {
+        one_table(KnownBy::ALL, KnownBy::as_str);
+        one_table(AlertOutcome::ALL, AlertOutcome::as_str);
+        one_table(Trigger::ALL, Trigger::as_str);
+        one_table(PlanOutcome::ALL, PlanOutcome::as_str);
+        one_table(HoldReason::ALL, HoldReason::as_str);
+        one_table(SkipReason::ALL, SkipReason::as_str);
+        one_table(ConflictKind::ALL, ConflictKind::as_str);
+        one_table(ActionSignature::ALL, ActionSignature::as_str);
     }
 }

@@ -3,6 +3,7 @@
 use super::read::{Data, VmSeries, LEVEL_NAMES};
 use super::units::{si, si_scale, tick_label, time_ticks, trim};
 use super::Lines;
+use crate::action::ActionKind;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -85,12 +86,12 @@ pub(crate) enum MarkKind {
 }
 
 impl MarkKind {
-    pub fn action(kind: &str, held: bool) -> MarkKind {
+    pub fn action(kind: ActionKind, held: bool) -> MarkKind {
         match (held, kind) {
             (true, _) => MarkKind::Held,
-            (_, "quarantine") => MarkKind::Quarantine,
-            (_, "migrate") => MarkKind::Migrate,
-            _ => MarkKind::ActionAlert,
+            (_, ActionKind::Quarantine) => MarkKind::Quarantine,
+            (_, ActionKind::Migrate) => MarkKind::Migrate,
+            (_, ActionKind::Alert) => MarkKind::ActionAlert,
         }
     }
 
@@ -477,7 +478,7 @@ pub(super) fn timeline(path: &Path, d: &Data) -> R {
     let alert_marks: Vec<Mark> = d.alerts.iter().map(|a| Mark { t: a.t, kind: MarkKind::Alert }).collect();
     let evac_marks: Vec<Mark> = d.evacuations.iter().map(|v| Mark { t: v.t, kind: MarkKind::Evacuation }).collect();
     let act_marks: Vec<Mark> =
-        d.actions.iter().map(|a| Mark { t: a.t, kind: MarkKind::action(&a.kind, a.held) }).collect();
+        d.actions.iter().map(|a| Mark { t: a.t, kind: MarkKind::action(a.kind, a.held) }).collect();
     let mig_marks: Vec<Mark> = d.migrations.iter().map(|m| Mark { t: m.t, kind: MarkKind::Migration }).collect();
     let all: Vec<Mark> = [&alert_marks, &evac_marks, &act_marks, &mig_marks].into_iter().flatten().copied().collect();
 
@@ -631,7 +632,7 @@ pub(super) fn vm(path: &Path, d: &Data, s: &VmSeries, marks: &[Mark], lines: &Li
                 lines: vec![(TX, 2, series(|w| w.rtt_p50)), (MAGENTA_, 1, series(|w| w.rtt_max))],
                 thresholds: lines.peak_ms.map(|p| vec![(CRIMSON, p, "peak_ms")]).unwrap_or_default(),
                 dots: s.samples.clone(),
-                triangles: s.peaks.iter().map(|&(t, _, m)| (t, m)).collect(),
+                triangles: s.peaks.iter().filter_map(|&(t, _, m)| Some((t, m?))).collect(),
                 marks,
             },
         )?;
@@ -774,7 +775,7 @@ mod tests {
             t,
             from,
             to,
-            reason: "rate".into(),
+            reason: crate::detect::Reason::Rate,
             direction: None,
             bps: 0.0,
             pps: 0.0,

@@ -24,6 +24,7 @@ mod charts;
 mod read;
 mod units;
 
+use crate::detect::{Direction, Reason};
 use charts::{Mark, MarkKind};
 use read::{by_flavor, by_flavor_qemu, Data, LevelChange, Migration, VmSeries, LEVEL_NAMES};
 use std::collections::BTreeMap;
@@ -125,20 +126,24 @@ fn vm_file(mac: &str) -> String {
 
 /// Why a level change happened, in words and human units.
 fn why(l: &LevelChange, s: &VmSeries) -> String {
-    match l.reason.as_str() {
-        "rate" => {
-            format!("rate, {}: {}, {}", l.direction.as_deref().unwrap_or("tx"), si(l.bps, "bit/s"), si(l.pps, "pps"))
-        }
-        "volume" => format!(
+    match l.reason {
+        Reason::Rate => format!(
+            "rate, {}: {}, {}",
+            l.direction.map_or("tx", Direction::as_str),
+            si(l.bps, "bit/s"),
+            si(l.pps, "pps")
+        ),
+        Reason::Volume => format!(
             "volume: {} sent within the horizon, over {}",
             l.horizon_bytes.map_or_else(|| "?".into(), bytes),
             l.limit_bytes.map_or_else(|| "?".into(), bytes)
         ),
-        "rtt" => match s.peaks.iter().find(|p| (p.0 - l.t).abs() < 1e-6) {
-            Some((_, n, m)) => format!("RTT: {n} peaks in the window, max {}", ms(*m)),
+        Reason::Rtt => match s.peaks.iter().find(|p| (p.0 - l.t).abs() < 1e-6) {
+            Some((_, n, Some(m))) => format!("RTT: {n} peaks in the window, max {}", ms(*m)),
+            Some((_, n, None)) => format!("RTT: {n} peaks in the window"),
             None => "RTT peaks".into(),
         },
-        other => esc(other),
+        other => esc(other.as_str()),
     }
 }
 
@@ -162,7 +167,7 @@ fn marks_by_vm(d: &Data) -> BTreeMap<&str, Vec<Mark>> {
         }
     }
     for a in &d.actions {
-        add(&a.mac, a.t, MarkKind::action(&a.kind, a.held));
+        add(&a.mac, a.t, MarkKind::action(a.kind, a.held));
     }
     for x in &d.migrations {
         add(&x.mac, x.t, MarkKind::Migration);
@@ -361,7 +366,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
     let alert_outcomes = {
         let mut o: std::collections::BTreeMap<&str, usize> = Default::default();
         for a in &d.alerts {
-            *o.entry(&a.outcome).or_default() += 1;
+            *o.entry(a.outcome.as_str()).or_default() += 1;
         }
         o.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
     };
@@ -390,23 +395,23 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
         if d.evacuations.is_empty() {
             "0".into()
         } else {
-            let hv: Vec<String> = d.evacuations.iter().map(|v| format!("{} ({})", v.hypervisor, v.trigger)).collect();
+            let hv: Vec<String> =
+                d.evacuations.iter().map(|v| format!("{} ({})", v.hypervisor, v.trigger.as_str())).collect();
             format!("{}: {}", d.evacuations.len(), hv.join(", "))
         },
     ));
     let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
-    let mut outcomes: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
     for a in &d.actions {
-        *kinds.entry(a.kind.clone()).or_default() += 1;
-        *outcomes.entry(&a.outcome).or_default() += 1;
+        *kinds.entry(a.kind.as_str().to_string()).or_default() += 1;
+        *outcomes.entry(a.outcome.to_string()).or_default() += 1;
     }
-    let join = |m: &std::collections::BTreeMap<_, usize>| {
-        m.iter().map(|(k, n): (&_, &usize)| format!("{n} {k}")).collect::<Vec<String>>().join(", ")
+    let join = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<String>>().join(", ")
     };
     let mut acts = format!("{}", d.actions.len());
     if !d.actions.is_empty() {
-        let _ =
-            write!(acts, " ({}; {})", join(&kinds.iter().map(|(k, n)| (k.as_str(), *n)).collect()), join(&outcomes));
+        let _ = write!(acts, " ({}; {})", join(&kinds), join(&outcomes));
     }
     if let Some(s) = &d.summary {
         let _ = write!(acts, "; by the backends: {}", counts(&s.actions));
@@ -426,7 +431,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
         },
     ));
     if !d.conflicts.is_empty() {
-        let c: Vec<String> = d.conflicts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let c: Vec<String> = d.conflicts.iter().map(|(k, n)| format!("{n} {}", k.as_str())).collect();
         ov.push(("conflicts", c.join(", ")));
     }
     h += "<h2>Overview</h2><table id=\"overview\">";
@@ -489,7 +494,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
                 esc(&a.src),
                 esc(&a.victim),
                 opt(&a.victim_hypervisor),
-                esc(&a.outcome)
+                esc(a.outcome.as_str())
             );
         }
         h += "</table>";
@@ -508,11 +513,11 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"w\">{}</td></tr>",
                 vm_link(&a.mac, &a.vm),
                 at(a.us),
-                esc(&a.kind),
+                esc(a.kind.as_str()),
                 opt(&a.destination),
-                esc(&a.outcome),
-                esc(&a.level),
-                esc(&a.reason),
+                esc(&a.outcome.to_string()),
+                esc(a.level.as_str()),
+                esc(a.reason.as_str()),
                 esc(&a.note)
             );
         }
@@ -528,7 +533,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
                  <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                 esc(&v.hypervisor),
                 at(v.us),
-                esc(&v.trigger),
+                esc(v.trigger.as_str()),
                 v.sid.map_or_else(|| "–".into(), |s| s.to_string()),
                 v.migrate,
                 v.held,
@@ -561,7 +566,7 @@ pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> R
                 esc(&m.flavor),
                 esc(&m.from),
                 esc(&m.to),
-                esc(&m.signature),
+                esc(m.signature.as_str()),
                 num(m.downtime_ms),
                 num(m.total_ms),
                 num(m.bytes),
@@ -752,15 +757,20 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
         rows.push((a.us, 1, format!("IDS alert sid {}", a.sid), format!("{} (from {})", esc(&a.msg), esc(&a.src))));
     }
     for v in d.evacuations.iter().filter(|v| v.vms.iter().any(|x| x == mac)) {
-        rows.push((v.us, 2, format!("evacuation of {}", esc(&v.hypervisor)), format!("trigger {}", esc(&v.trigger))));
+        rows.push((
+            v.us,
+            2,
+            format!("evacuation of {}", esc(&v.hypervisor)),
+            format!("trigger {}", esc(v.trigger.as_str())),
+        ));
     }
     for a in d.actions.iter().filter(|a| a.mac == mac) {
         let to = a.destination.as_deref().map_or_else(String::new, |t| format!(" → {}", esc(t)));
         rows.push((
             a.us,
             3,
-            format!("action {}{to}", esc(&a.kind)),
-            format!("{}, {}", esc(&a.outcome), esc(&a.reason)),
+            format!("action {}{to}", esc(a.kind.as_str())),
+            format!("{}, {}", esc(&a.outcome.to_string()), esc(a.reason.as_str())),
         ));
     }
     for m in d.migrations.iter().filter(|m| m.mac == mac) {
@@ -784,7 +794,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
     }
     if !s.peaks.is_empty() {
         let (lo, hi) = s.peaks.iter().fold((u64::MAX, 0), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-        let max = s.peaks.iter().map(|p| p.2).fold(0.0f64, f64::max);
+        let max = s.peaks.iter().filter_map(|p| p.2).reduce(f64::max);
         let first = d.us(s.peaks[0].0);
         let _ = write!(
             h,
@@ -793,7 +803,7 @@ fn vm_events(h: &mut String, d: &Data, mac: &str, s: &VmSeries, at: &dyn Fn(i64)
             s.peaks.len(),
             lo,
             hi,
-            ms(max)
+            max.map_or_else(|| "–".into(), ms)
         );
     }
     if more > 0 {

@@ -1,7 +1,10 @@
 //! Reading an events file into what the report draws: per-VM series, migrations, actions, alerts, evacuations, the summary.
 
 use super::ReportError;
-use crate::event::{Event, SummaryEvent};
+use crate::action::{ActionKind, Submitted};
+use crate::detect::{Direction, Level, Reason};
+use crate::event::{AlertOutcome, ConflictKind, Event, HoldReason, SummaryEvent, Trigger};
+use crate::trust::Verdict;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,8 +29,8 @@ pub(crate) struct LevelChange {
     pub t: f64,
     pub from: u8,
     pub to: u8,
-    pub reason: String,
-    pub direction: Option<String>,
+    pub reason: Reason,
+    pub direction: Option<Direction>,
     pub bps: f64,
     pub pps: f64,
     pub horizon_bytes: Option<f64>,
@@ -50,8 +53,8 @@ pub(crate) struct VmSeries {
     pub name: String,
     pub windows: Vec<Window>,
     pub levels: Vec<LevelChange>,
-    /// `rtt_peaks` windows: time (window end), peaks, max ms.
-    pub peaks: Vec<(f64, u64, f64)>,
+    /// `rtt_peaks` windows: time (window end), peaks, max ms (null: none measured).
+    pub peaks: Vec<(f64, u64, Option<f64>)>,
     /// `rtt_sample` events: time, ms.
     pub samples: Vec<(f64, f64)>,
     pub stats: Option<Stats>,
@@ -73,7 +76,7 @@ pub(crate) struct Migration {
     pub flavor: String,
     pub from: String,
     pub to: String,
-    pub signature: String,
+    pub signature: Verdict,
     pub downtime_ms: Option<f64>,
     pub total_ms: Option<f64>,
     pub bytes: Option<f64>,
@@ -88,15 +91,30 @@ pub(crate) struct Act {
     pub t: f64,
     pub mac: String,
     pub vm: String,
-    /// `alert`, `quarantine` or `migrate`.
-    pub kind: String,
+    pub kind: ActionKind,
     pub destination: Option<String>,
-    /// `queued`, `dropped`, … or, for a held action, `held: BECAUSE`.
-    pub outcome: String,
+    pub outcome: ActOutcome,
     pub held: bool,
-    pub level: String,
-    pub reason: String,
+    pub level: Level,
+    pub reason: Reason,
     pub note: String,
+}
+
+/// What became of an action: handed on (`queued`, `dropped`, …) or held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActOutcome {
+    Submitted(Submitted),
+    Held(HoldReason),
+}
+
+impl std::fmt::Display for ActOutcome {
+    /// `queued`, `dropped`, … or, for a held action, `held: BECAUSE`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActOutcome::Submitted(s) => f.write_str(s.as_str()),
+            ActOutcome::Held(b) => write!(f, "held: {}", b.as_str()),
+        }
+    }
 }
 
 /// An `ids_alert` event.
@@ -112,7 +130,7 @@ pub(crate) struct Alert {
     pub victim_mac: Option<String>,
     pub victim_vm: Option<String>,
     pub victim_hypervisor: Option<String>,
-    pub outcome: String,
+    pub outcome: AlertOutcome,
 }
 
 /// An `evacuation` event.
@@ -121,7 +139,7 @@ pub(crate) struct Evacuation {
     pub us: i64,
     pub t: f64,
     pub hypervisor: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub sid: Option<u64>,
     /// The VMs of its plan (MACs).
     pub vms: Vec<String>,
@@ -143,7 +161,7 @@ pub(crate) struct Data {
     pub alerts: Vec<Alert>,
     pub evacuations: Vec<Evacuation>,
     /// `conflict` events by kind.
-    pub conflicts: BTreeMap<String, u64>,
+    pub conflicts: BTreeMap<ConflictKind, u64>,
     /// The `summary` event, when the run wrote one.
     pub summary: Option<SummaryEvent>,
     /// What the reader skipped and why (shown on stderr and on the page).
@@ -151,10 +169,19 @@ pub(crate) struct Data {
 }
 
 impl Data {
+    /// The time `t` seconds after the first event. [`read`] keeps every
+    /// time within [`MAX_ABS_US`], so this is within range; it saturates
+    /// rather than wrap if ever called with a `t` from elsewhere.
     pub fn us(&self, t: f64) -> i64 {
-        self.t0_us + (t * 1e6).round() as i64
+        self.t0_us.saturating_add((t * 1e6).round() as i64)
     }
 }
+
+/// The times a report draws: within 2^53 µs (about 285 years) of the
+/// epoch, so that every difference of two is exact as an `f64` and no sum
+/// overflows. The events can stamp any 64-bit time (`@Nus`); an event
+/// outside this range is an error naming its line.
+pub(crate) const MAX_ABS_US: i64 = 1 << 53;
 
 pub(crate) const LEVEL_NAMES: [&str; 3] = ["LOW", "MEDIUM", "HIGH"];
 
@@ -187,7 +214,7 @@ fn diagnose(s: &str, typed: serde_json::Error) -> (bool, String) {
 /// that is not JSON is a live file's line being written: it is left out
 /// with a note. Every other bad line (not JSON, or an unknown type, field or
 /// value) is an error naming `file:line`.
-fn parse(path: &Path, bytes: &[u8], notes: &mut Vec<String>) -> Result<Vec<Event>, ReportError> {
+fn parse(path: &Path, bytes: &[u8], notes: &mut Vec<String>) -> Result<Vec<(usize, Event)>, ReportError> {
     let mut events = Vec::new();
     let complete = bytes.ends_with(b"\n");
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
@@ -203,7 +230,10 @@ fn parse(path: &Path, bytes: &[u8], notes: &mut Vec<String>) -> Result<Vec<Event
             Ok(s) => s,
         };
         match Event::from_json(s) {
-            Ok(e) => events.push(e),
+            Ok(e) => {
+                check_times(&e).map_err(bad)?;
+                events.push((line_no, e))
+            }
             Err(typed) => match diagnose(s, typed) {
                 (false, _) if last_unterminated => notes.push(format!(
                     "{}:{line_no}: the last line has no newline and is not a whole event (a file still being \
@@ -215,6 +245,36 @@ fn parse(path: &Path, bytes: &[u8], notes: &mut Vec<String>) -> Result<Vec<Event
         }
     }
     Ok(events)
+}
+
+/// An event's times are within what the report draws ([`MAX_ABS_US`]),
+/// and a summary's `duration_s` is a span of them.
+fn check_times(e: &Event) -> Result<(), String> {
+    let ts = e.ts().as_micros();
+    if !(-MAX_ABS_US..=MAX_ABS_US).contains(&ts) {
+        return Err(format!(
+            "`ts` {} is outside the times a report draws (within 2^53 µs of 1970, years 1685 to 2255)",
+            e.ts()
+        ));
+    }
+    if let Event::Summary(s) = e {
+        let max_s = (2 * MAX_ABS_US) as f64 / 1e6;
+        if !(s.duration_s.is_finite() && (0.0..=max_s).contains(&s.duration_s)) {
+            return Err(format!(
+                "`duration_s` {:?} is not a span of packet time (from 0 to {} s)",
+                s.duration_s,
+                2 * MAX_ABS_US / 1_000_000
+            ));
+        }
+        // The packets' span starts `duration_s` before the summary's `ts`.
+        if (ts as f64 - s.duration_s * 1e6) < -(MAX_ABS_US as f64) {
+            return Err(format!(
+                "`duration_s` {:?} puts the start of the packets before the times a report draws",
+                s.duration_s
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The series of the event's VM, named as the event names it.
@@ -229,7 +289,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     let bytes = std::fs::read(path).map_err(|source| ReportError::Read { path: path.to_path_buf(), source })?;
     let mut d = Data::default();
     let events = parse(path, &bytes, &mut d.notes)?;
-    let Some(t0) = events.iter().map(|e| e.ts().as_micros()).min() else {
+    let Some(t0) = events.iter().map(|(_, e)| e.ts().as_micros()).min() else {
         return Err(ReportError::Empty {
             path: path.to_path_buf(),
             why: if bytes.iter().all(u8::is_ascii_whitespace) { "the file is empty" } else { "no whole event in it" },
@@ -238,7 +298,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     d.t0_us = t0;
     let rel = |t: i64| (t - t0) as f64 / 1e6;
     let f = |x: u64| x as f64;
-    for e in events {
+    for (_, e) in events {
         let us = e.ts().as_micros();
         let t = rel(us);
         d.t_end = d.t_end.max(t);
@@ -263,8 +323,8 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     t,
                     from: l.from.as_u8(),
                     to: l.to.as_u8(),
-                    reason: l.reason.as_str().to_string(),
-                    direction: l.direction.map(|x| serde_name(&x)),
+                    reason: l.reason,
+                    direction: l.direction,
                     bps: f(l.bps),
                     pps: f(l.pps),
                     horizon_bytes: l.horizon_bytes.map(f),
@@ -274,7 +334,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
             }
             Event::RttPeaks(p) => {
                 let mac = p.vm.to_string();
-                series(&mut d, &mac, &p.vm_name).peaks.push((t, u64::from(p.peaks), p.max_ms.unwrap_or(0.0)));
+                series(&mut d, &mac, &p.vm_name).peaks.push((t, u64::from(p.peaks), p.max_ms));
             }
             Event::RttSample(r) => {
                 let mac = r.vm.to_string();
@@ -305,7 +365,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     },
                     from: m.from_hypervisor.unwrap_or_else(|| "?".into()),
                     to: m.to_hypervisor.unwrap_or_else(|| "?".into()),
-                    signature: m.signature.as_str().to_string(),
+                    signature: m.signature,
                     downtime_ms: m.downtime_ms,
                     total_ms: m.total_ms,
                     bytes: m.bytes.map(f),
@@ -320,12 +380,12 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     t,
                     vm: name_of(&a.vm_name, &mac),
                     mac,
-                    kind: a.action.as_str().to_string(),
+                    kind: a.action,
                     destination: a.destination,
-                    outcome: a.outcome.as_str().to_string(),
+                    outcome: ActOutcome::Submitted(a.outcome),
                     held: false,
-                    level: a.level.as_str().to_string(),
-                    reason: a.reason.as_str().to_string(),
+                    level: a.level,
+                    reason: a.reason,
                     note: a.note.unwrap_or_default(),
                 })
             }
@@ -337,12 +397,12 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     t,
                     vm: name_of(&h.vm_name, &mac),
                     mac,
-                    kind: h.action.as_str().to_string(),
+                    kind: h.action,
                     destination: None,
-                    outcome: format!("held: {}", h.held_because.as_str()),
+                    outcome: ActOutcome::Held(h.held_because),
                     held: true,
-                    level: h.level.as_str().to_string(),
-                    reason: h.reason.as_str().to_string(),
+                    level: h.level,
+                    reason: h.reason,
                     note: String::new(),
                 })
             }
@@ -357,13 +417,13 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                 victim_mac: a.victim_vm.map(|m| m.to_string()),
                 victim_vm: a.victim_vm_name.or_else(|| a.victim_vm.map(|m| m.to_string())),
                 victim_hypervisor: a.victim_hypervisor,
-                outcome: a.outcome.as_str().to_string(),
+                outcome: a.outcome,
             }),
             Event::Evacuation(ev) => d.evacuations.push(Evacuation {
                 us,
                 t,
                 hypervisor: ev.hypervisor,
-                trigger: ev.trigger.as_str().to_string(),
+                trigger: ev.trigger,
                 sid: ev.sid,
                 vms: ev.plan.iter().map(|l| l.vm.to_string()).collect(),
                 migrate: u64::from(ev.migrate),
@@ -371,7 +431,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                 skipped: u64::from(ev.skipped),
                 no_destination: u64::from(ev.no_destination),
             }),
-            Event::Conflict(c) => *d.conflicts.entry(c.kind.as_str().to_string()).or_default() += 1,
+            Event::Conflict(c) => *d.conflicts.entry(c.kind).or_default() += 1,
             Event::Summary(s) => d.summary = Some(s),
             Event::GateDenied(_) => {}
         }
@@ -379,13 +439,8 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     Ok(d)
 }
 
-/// A vocabulary value's name as the events write it.
-fn serde_name<T: serde::Serialize>(x: &T) -> String {
-    serde_json::to_value(x).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
 /// How far apart (µs) a reference line and the wire's migration may be.
-pub(crate) const QEMU_MATCH_US: i64 = 10_000_000;
+pub(crate) const QEMU_MATCH_US: u64 = 10_000_000;
 
 /// One line of a `--qemu-stats` file: QEMU's own figures for a migration.
 #[derive(serde::Deserialize)]
@@ -424,8 +479,8 @@ pub(crate) fn attach_qemu(path: &Path, d: &mut Data) -> Result<(), ReportError> 
         let best = d
             .migrations
             .iter_mut()
-            .filter(|m| m.qemu.is_none() && m.mac.to_ascii_lowercase() == vm && (m.us - us).abs() <= QEMU_MATCH_US)
-            .min_by_key(|m| (m.us - us).abs());
+            .filter(|m| m.qemu.is_none() && m.mac.to_ascii_lowercase() == vm && m.us.abs_diff(us) <= QEMU_MATCH_US)
+            .min_by_key(|m| m.us.abs_diff(us));
         match best {
             Some(m) => m.qemu = Some([q.downtime_ms, q.total_ms, q.bytes]),
             None => d.notes.push(format!(
@@ -552,5 +607,81 @@ mod tests {
             let e = read(&p).unwrap_err().to_string();
             assert!(e.contains(&format!("events.jsonl:3: {msg}")), "{e}");
         }
+    }
+
+    #[test]
+    fn a_nullable_field_left_out_is_an_error_with_its_line() {
+        // The writer always writes these, null or not: a line without one is not an event.
+        for field in ["\"direction\":\"rx\",", "\"vm_name\":\"a\",", ",\"hypervisor\":null"] {
+            let line = LEVEL.replace(field, "");
+            let (_d, p) = file(format!("{LEVEL}\n{line}\n").as_bytes());
+            let e = read(&p).unwrap_err().to_string();
+            let name = field.trim_matches(',').split('"').nth(1).unwrap();
+            assert!(e.ends_with(&format!("events.jsonl:2: not a vmsentry event: missing field `{name}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_time_out_of_the_drawn_range_is_an_error_with_its_line_not_a_panic() {
+        for us in [i64::MIN, i64::MAX, (1 << 53) + 1, -(1 << 53) - 1] {
+            let ts = crate::time::PacketTime::from_micros(us).to_string();
+            let far = LEVEL.replace("2023-11-15T22:13:29.000000Z", &ts);
+            let (_d, p) = file(format!("{LEVEL}\n{far}\n").as_bytes());
+            let e = read(&p).unwrap_err().to_string();
+            assert!(
+                e.ends_with(&format!(
+                    "events.jsonl:2: `ts` {ts} is outside the times a report draws (within 2^53 µs of 1970, years \
+                     1685 to 2255)"
+                )),
+                "{e}"
+            );
+        }
+        // The edge of the range reads, and its span is exact.
+        let edge = LEVEL.replace("2023-11-15T22:13:29.000000Z", "@9007199254740992us");
+        let early = LEVEL.replace("2023-11-15T22:13:29.000000Z", "@-9007199254740992us");
+        let (_d, p) = file(format!("{early}\n{edge}\n").as_bytes());
+        let d = read(&p).unwrap();
+        assert_eq!((d.t0_us, d.us(d.t_end)), (-(1 << 53), 1 << 53));
+        // And the page is drawn (no overflow in the axes or the clock).
+        let out = tempfile::tempdir().unwrap();
+        super::super::write(&p, out.path(), &Default::default(), None).unwrap();
+    }
+
+    #[test]
+    fn a_summary_duration_that_is_not_a_span_is_an_error_with_its_line() {
+        let summary =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/basic.jsonl"))
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap()
+                .to_string();
+        assert!(summary.contains("\"duration_s\":"), "{summary}");
+        let with = |dur: &str| {
+            let start = summary.find("\"duration_s\":").unwrap() + "\"duration_s\":".len();
+            let end = start + summary[start..].find(',').unwrap();
+            format!("{}{dur}{}", &summary[..start], &summary[end..])
+        };
+        // It reads as it is.
+        let (_d, p) = file(format!("{LEVEL}\n{summary}\n").as_bytes());
+        assert!(read(&p).unwrap().summary.is_some());
+        for (dur, says) in [
+            ("-1e300", "`duration_s` -1e300 is not a span of packet time (from 0 to 18014398509 s)"),
+            ("-1", "`duration_s` -1.0 is not a span of packet time"),
+            ("1e300", "`duration_s` 1e300 is not a span of packet time"),
+            ("1.2e10", "`duration_s` 12000000000.0 puts the start of the packets before the times a report draws"),
+        ] {
+            let (_d, p) = file(format!("{LEVEL}\n{}\n", with(dur)).as_bytes());
+            let e = read(&p).unwrap_err().to_string();
+            assert!(e.contains(&format!("events.jsonl:2: {says}")), "{dur}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_peak_window_without_a_max_is_kept_without_one() {
+        let peaks = r#"{"type":"rtt_peaks","ts":"2023-11-15T22:13:30.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"a","window_start":"2023-11-15T22:13:29.000000Z","peaks":4,"samples":4,"min_ms":null,"mean_ms":null,"max_ms":null,"p50_ms":null,"p99_ms":null,"peak_ms":5.0,"baseline_ms":null,"hypervisor":null}"#;
+        let (_d, p) = file(format!("{LEVEL}\n{peaks}\n").as_bytes());
+        let d = read(&p).unwrap();
+        assert_eq!(d.vms["fa:16:3e:00:00:01"].peaks, vec![(1.0, 4, None)]);
     }
 }
