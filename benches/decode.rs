@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use vmsentry::decode::{decode, flow_hash, linktype, Tunnels};
 use vmsentry::synth::{frames, mac};
-use vmsentry::time::PacketTime;
+use vmsentry::vocab::PacketTime;
 
 fn cases() -> Vec<(&'static str, Vec<u8>)> {
     let (a, b) = (mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"));

@@ -235,7 +235,7 @@ impl PacketSource for Shifted {
             src.run(&mut |item| {
                 let r = match item {
                     SourceItem::Packet(mut p) => {
-                        p.ts = vmsentry::time::PacketTime::from_micros(p.ts.as_micros() + shift);
+                        p.ts = vmsentry::vocab::PacketTime::from_micros(p.ts.as_micros() + shift);
                         each(SourceItem::Packet(p))
                     }
                     other => each(other),
@@ -280,7 +280,7 @@ fn stage_costs(file: &Path, rules: &Rules, limit: usize) {
     let obs: Vec<_> = frames
         .iter()
         .map(|(ts, len, d)| {
-            let ts = vmsentry::time::PacketTime::from_micros(*ts);
+            let ts = vmsentry::vocab::PacketTime::from_micros(*ts);
             decode(&tun, linktype::ETHERNET, ts, *len, d.len() as u32, d)
         })
         .collect();
@@ -305,13 +305,13 @@ fn stage_costs(file: &Path, rules: &Rules, limit: usize) {
     for o in &obs {
         let wi = o.ts.as_micros().div_euclid(window);
         if w.is_some_and(|w| wi > w) {
-            samples += rtt.close_window(vmsentry::time::PacketTime::from_micros(wi * window)).len();
+            samples += rtt.close_window(vmsentry::vocab::PacketTime::from_micros(wi * window)).len();
         }
         w = Some(wi);
         rtt.observe(o);
     }
     if let Some(w) = w {
-        samples += rtt.close_window(vmsentry::time::PacketTime::from_micros((w + 1) * window)).len();
+        samples += rtt.close_window(vmsentry::vocab::PacketTime::from_micros((w + 1) * window)).len();
     }
     let rtt_ns = t.elapsed().as_secs_f64() * 1e9 / n;
     println!(

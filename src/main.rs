@@ -74,7 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gate { config, args } => {
             let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
             let call = vmsentry::gate::Call { domain: arg(0), operation: arg(1), sub_operation: arg(2), extra: arg(3) };
-            let answer = vmsentry::gate::run(&config, &call, std::io::stdin());
+            let answer = vmsentry::gate::run(&config, &call, std::io::stdin(), Rules::load_for_gate);
             // Exit now: a worker stuck on a pipe must not keep libvirt waiting.
             std::process::exit(i32::from(answer.exit));
         }

@@ -781,7 +781,7 @@ fn tshark_rtts(tshark: &str, p: &Path) -> (Vec<(String, i64)>, Vec<i64>) {
         let t: f64 = f[0].parse().unwrap();
         let ms: f64 = if f[1].is_empty() { f[2].parse().unwrap() } else { f[1].parse().unwrap() };
         let us = (t * 1e6).round() as i64;
-        let ts = vmsentry::time::PacketTime::from_micros(us).rfc3339();
+        let ts = vmsentry::vocab::PacketTime::from_micros(us).rfc3339();
         echo.push((ts, (ms * 1000.0).round() as i64));
     }
     let out = Command::new(tshark)
@@ -1475,7 +1475,7 @@ fn an_echo_reply_in_ip_fragments_gives_one_sample_as_tshark_does() {
             let (t, ms) = l.split_once('\t').unwrap();
             let us = (t.parse::<f64>().unwrap() * 1e6).round() as i64;
             (
-                vmsentry::time::PacketTime::from_micros(us).rfc3339(),
+                vmsentry::vocab::PacketTime::from_micros(us).rfc3339(),
                 (ms.parse::<f64>().unwrap() * 1000.0).round() as i64,
             )
         })

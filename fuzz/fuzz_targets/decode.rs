@@ -1,7 +1,7 @@
 #![no_main]
 // Decode and the shard hash must never panic or read past the frame, for any bytes and link type.
 use vmsentry::decode::Tunnels;
-use vmsentry::time::PacketTime;
+use vmsentry::vocab::PacketTime;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&lt, frame)) = data.split_first() else { return };

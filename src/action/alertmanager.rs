@@ -8,7 +8,7 @@
 
 use super::{Action, ActionSink, SinkError};
 use crate::decode::Mac;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,6 +18,11 @@ pub struct AlertmanagerConfig {
     /// Alertmanager's base URL, e.g. `http://127.0.0.1:9093`.
     pub url: String,
     pub timeout: Duration,
+}
+
+impl AlertmanagerConfig {
+    /// `backend.alertmanager.timeout_ms`.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 }
 
 pub struct AlertmanagerSink {

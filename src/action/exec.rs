@@ -23,6 +23,11 @@ pub struct ExecConfig {
     pub timeout: Duration,
 }
 
+impl ExecConfig {
+    /// `backend.exec.timeout_ms`.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+}
+
 pub struct ExecSink {
     cfg: ExecConfig,
 }

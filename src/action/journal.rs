@@ -229,7 +229,7 @@ mod tests {
     use super::*;
     use crate::action::ActionKind;
     use crate::detect::{Level, Reason};
-    use crate::time::PacketTime;
+    use crate::vocab::PacketTime;
 
     fn action(n: u32) -> Action {
         Action {

@@ -44,6 +44,15 @@ pub struct LibvirtConfig {
     pub timeout: Duration,
 }
 
+impl LibvirtConfig {
+    /// `backend.libvirt.migrate_uri`.
+    pub const DEFAULT_MIGRATE_URI: &'static str = "qemu+ssh://{destination}/system";
+    /// `backend.libvirt.virsh` (from `PATH`).
+    pub const DEFAULT_VIRSH: &'static str = "virsh";
+    /// `backend.libvirt.timeout_ms`, per virsh command (a live migration takes time).
+    pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+}
+
 const NAME: &str = "libvirt";
 
 struct Session {

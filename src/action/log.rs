@@ -45,7 +45,7 @@ mod tests {
     use super::*;
     use crate::action::ActionKind;
     use crate::detect::{Level, Reason};
-    use crate::time::PacketTime;
+    use crate::vocab::PacketTime;
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]

@@ -22,77 +22,94 @@ pub use log::LogSink;
 pub use openstack::{OpenstackAuth, OpenstackConfig, OpenstackSink};
 pub use webhook::{signature as webhook_signature, WebhookConfig, WebhookSink};
 
-use crate::config::Backend;
-/// Where an action goes (named in `action` events).
-pub use crate::config::BackendName;
 use crate::decode::Mac;
-use crate::detect::{Level, Reason};
-use crate::serve::Telemetry;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
+pub use crate::vocab::{Action, ActionKind};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
 use journal::{Journal, State};
 use serde::{Deserialize, Serialize};
 use std::collections::BinaryHeap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionKind {
-    /// Tell an operator; change nothing.
-    Alert,
-    /// Isolate the VM (suspend, pause or destroy, by backend).
-    Quarantine,
-    /// Live-migrate the VM to `destination`.
-    Migrate,
+/// What the dispatcher reports as it works. The telemetry
+/// ([`serve::Telemetry`](crate::serve::Telemetry)) implements it, so the
+/// dispatcher knows no metric; both methods are called from the dispatcher
+/// thread, once per action or per loop turn, and must not block.
+pub trait Observer: Send + Sync {
+    /// Actions waiting in the queue.
+    fn queue_depth(&self, n: usize);
+    /// What became of an action (`delivered`, `failed`, `given_up`, ...).
+    fn outcome(&self, a: &Action, outcome: &'static str);
 }
 
-impl ActionKind {
+/// A backend, as the rules name it (and `action` events).
+#[derive(Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    Log,
+    Exec,
+    Webhook,
+    Alertmanager,
+    Libvirt,
+    Openstack,
+}
+
+impl BackendName {
     pub fn as_str(self) -> &'static str {
         match self {
-            ActionKind::Alert => "alert",
-            ActionKind::Quarantine => "quarantine",
-            ActionKind::Migrate => "migrate",
+            BackendName::Log => "log",
+            BackendName::Exec => "exec",
+            BackendName::Webhook => "webhook",
+            BackendName::Alertmanager => "alertmanager",
+            BackendName::Libvirt => "libvirt",
+            BackendName::Openstack => "openstack",
         }
     }
 }
 
-/// One decided action. Its JSON form (what the webhook posts, the exec
-/// backend writes on stdin, and the journal keeps) has `ts` in RFC 3339 and
-/// `ts_us` in microseconds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Action {
-    /// Unique: packet time of the decision and a run-wide sequence number.
-    /// Backends use it as the idempotency key.
-    pub id: String,
-    #[serde(rename = "ts_us", with = "micros")]
-    pub ts: PacketTime,
-    #[serde(rename = "action")]
-    pub kind: ActionKind,
-    pub vm: Mac,
-    pub vm_name: Option<String>,
-    /// Registry id of the VM's hypervisor, if known.
-    pub hypervisor: Option<String>,
-    pub signed: bool,
-    /// For `migrate`: the chosen hypervisor's id.
-    pub destination: Option<String>,
-    pub level: Level,
-    pub reason: Reason,
-    /// Why the action differs from the policy's (e.g. no destination to migrate to).
-    pub note: Option<String>,
+/// Where actions go, and how they are retried and journaled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    /// The backend of each action kind: alert, quarantine, migrate.
+    pub routes: [BackendName; 3],
+    pub exec: Option<ExecConfig>,
+    pub webhook: Option<WebhookConfig>,
+    pub alertmanager: Option<AlertmanagerConfig>,
+    pub libvirt: Option<LibvirtConfig>,
+    pub openstack: Option<OpenstackConfig>,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub shutdown_grace_ms: u64,
+    /// Absolute path of the action journal, if any.
+    pub journal: Option<PathBuf>,
 }
 
-/// Packet time as microseconds in the action's JSON.
-mod micros {
-    use crate::time::PacketTime;
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(t: &PacketTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_i64(t.as_micros())
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            routes: [BackendName::Log; 3],
+            exec: None,
+            webhook: None,
+            alertmanager: None,
+            libvirt: None,
+            openstack: None,
+            max_attempts: 8,
+            backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            shutdown_grace_ms: 5_000,
+            journal: None,
+        }
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PacketTime, D::Error> {
-        Ok(PacketTime::from_micros(i64::deserialize(d)?))
+}
+
+impl Backend {
+    pub fn route(&self, kind: ActionKind) -> BackendName {
+        self.routes[kind as usize]
     }
 }
 
@@ -239,7 +256,11 @@ fn backoff(cfg: &Backend, n: u32) -> Duration {
 impl Dispatcher {
     /// Starts the thread with the backends `cfg` routes to, and resumes what
     /// the journal left unfinished.
-    pub fn start(cfg: &Backend, queue: usize, telemetry: Option<Arc<Telemetry>>) -> Result<Dispatcher, DispatchError> {
+    pub fn start(
+        cfg: &Backend,
+        queue: usize,
+        telemetry: Option<Arc<dyn Observer>>,
+    ) -> Result<Dispatcher, DispatchError> {
         Self::start_with(cfg, queue, telemetry, Box::new(LogSink::stderr()))
     }
 
@@ -247,7 +268,7 @@ impl Dispatcher {
     pub fn start_with(
         cfg: &Backend,
         queue: usize,
-        telemetry: Option<Arc<Telemetry>>,
+        telemetry: Option<Arc<dyn Observer>>,
         log: Box<dyn ActionSink>,
     ) -> Result<Dispatcher, DispatchError> {
         let (tx, rx) = bounded::<Job>(queue);
@@ -340,7 +361,7 @@ struct Worker {
     cfg: Backend,
     sinks: Vec<(BackendName, Box<dyn ActionSink>)>,
     journal: Option<Arc<Mutex<Journal>>>,
-    telemetry: Option<Arc<Telemetry>>,
+    telemetry: Option<Arc<dyn Observer>>,
     stats: DispatchStats,
     seq: u64,
 }
@@ -404,7 +425,7 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
             }
             if let Some(t) = &self.telemetry {
-                t.metrics.queue_depth.with_label_values(&["actions"]).set(rx.len() as i64);
+                t.queue_depth(rx.len());
             }
         }
         self.stats.pending += retries.len() as u64;
@@ -462,7 +483,7 @@ impl Worker {
             }
         };
         if let Some(t) = &self.telemetry {
-            t.action_outcome(&action, outcome);
+            t.outcome(&action, outcome);
         }
     }
 }
@@ -470,6 +491,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocab::{Level, Reason};
     use std::sync::mpsc;
 
     /// A `log` sink that records what it is handed and answers from a script

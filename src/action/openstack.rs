@@ -36,6 +36,15 @@ pub struct OpenstackConfig {
     pub timeout: Duration,
 }
 
+impl OpenstackConfig {
+    /// `backend.openstack.user_domain` and `project_domain`.
+    pub const DEFAULT_DOMAIN: &'static str = "Default";
+    /// `backend.openstack.interface`.
+    pub const DEFAULT_INTERFACE: &'static str = "public";
+    /// `backend.openstack.timeout_ms`.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+}
+
 const NAME: &str = "openstack";
 /// `os-migrateLive` with `host` needs compute microversion 2.30 or later.
 const MICROVERSION: &str = "2.30";

@@ -19,6 +19,11 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
+impl WebhookConfig {
+    /// `backend.webhook.timeout_ms`.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+}
+
 pub struct WebhookSink {
     cfg: WebhookConfig,
     agent: ureq::Agent,

@@ -3,8 +3,8 @@
 use super::linktype;
 use super::reader::{magic, CaptureReader, ReadError};
 use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
-use crate::decode::linktype::{decoded, has_macs};
-use crate::time::PacketTime;
+use crate::vocab::linktype::{decoded, has_macs};
+use crate::vocab::PacketTime;
 use std::io::{Cursor, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

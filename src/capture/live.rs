@@ -1,8 +1,7 @@
 //! A live interface through libpcap: promiscuous, immediate mode, a BPF filter, drop counters.
 
 use super::{CaptureError, PacketSource, RawPacket, SourceItem, SourceStats};
-use crate::serve::Telemetry;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use pcap::{Active, Capture};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,11 +24,22 @@ pub struct LiveConfig {
     pub promisc: bool,
 }
 
+/// What a live capture reports. The telemetry
+/// ([`serve::Telemetry`](crate::serve::Telemetry)) implements it, so the
+/// capture knows no metric.
+pub trait Observer: Send + Sync {
+    /// The capture is running (readiness), or has stopped.
+    fn set_ready(&self, ready: bool);
+    /// Frames libpcap received, and dropped in the kernel and at the
+    /// interface, since the last call.
+    fn libpcap_counts(&self, received: u64, kernel_dropped: u64, interface_dropped: u64);
+}
+
 pub struct LiveSource {
     cap: Capture<Active>,
     linktype: i32,
     stop: Arc<AtomicBool>,
-    telemetry: Option<Arc<Telemetry>>,
+    telemetry: Option<Arc<dyn Observer>>,
     published: pcap::Stat,
     stats: SourceStats,
 }
@@ -40,7 +50,7 @@ impl LiveSource {
     pub fn open(
         cfg: &LiveConfig,
         stop: Arc<AtomicBool>,
-        telemetry: Option<Arc<Telemetry>>,
+        telemetry: Option<Arc<dyn Observer>>,
     ) -> Result<LiveSource, CaptureError> {
         let setup = |what: &str, e: pcap::Error| CaptureError::Setup(format!("{}: {what}: {e}", cfg.interface));
         let inactive = Capture::from_device(cfg.interface.as_str()).map_err(|e| setup("no such interface", e))?;
@@ -78,14 +88,11 @@ impl LiveSource {
     fn publish_stats(&mut self) {
         let Ok(now) = self.cap.stats() else { return };
         if let Some(t) = &self.telemetry {
-            let m = &t.metrics;
-            m.capture_received.inc_by(u64::from(now.received.saturating_sub(self.published.received)));
-            m.capture_dropped
-                .with_label_values(&["kernel"])
-                .inc_by(u64::from(now.dropped.saturating_sub(self.published.dropped)));
-            m.capture_dropped
-                .with_label_values(&["interface"])
-                .inc_by(u64::from(now.if_dropped.saturating_sub(self.published.if_dropped)));
+            t.libpcap_counts(
+                u64::from(now.received.saturating_sub(self.published.received)),
+                u64::from(now.dropped.saturating_sub(self.published.dropped)),
+                u64::from(now.if_dropped.saturating_sub(self.published.if_dropped)),
+            );
         }
         self.published = now;
     }

@@ -2,13 +2,13 @@
 
 mod file;
 pub mod linktype;
-mod live;
+pub mod live;
 pub mod reader;
 
 pub use file::{FileSource, STDIN};
 pub use live::{LiveConfig, LiveSource};
 
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,9 @@
 //! The rules file as written: serde structs that deny unknown keys, with defaults and spans.
 
-use crate::action::ActionKind;
-use crate::config::PolicyRule;
-use crate::decode::Mac;
+use super::{Backend, Limits, MigrationRules, MtdRules, PolicyRule, PolicyTable, RttRules, StormRules};
+use super::{Thresholds, VolumeRules};
+use crate::action::{ActionKind, BackendName};
+use crate::decode::{Mac, Tunnels};
 use crate::detect::Level;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -55,144 +56,79 @@ pub struct RawCluster {
     pub key_file: Spanned<String>,
 }
 
+// Every default is the stage's own `Default` (written once, there): a
+// section's `Default` here only wraps those values in `Spanned`s with no
+// place (`sp`), which is how validation tells a default from a written value.
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawWindow {
-    /// Default 1000 ms.
-    #[serde(default = "d_length_ms")]
     pub length_ms: Spanned<u64>,
-}
-fn d_length_ms() -> Spanned<u64> {
-    sp(1000)
 }
 impl Default for RawWindow {
     fn default() -> Self {
-        RawWindow { length_ms: d_length_ms() }
+        RawWindow { length_ms: sp(crate::vocab::time::DEFAULT_WINDOW_MS) }
     }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawThresholds {
-    /// Default 100 Mbit/s.
-    #[serde(default = "d_medium_bps")]
     pub medium_bps: Spanned<u64>,
-    /// Default 500 Mbit/s.
-    #[serde(default = "d_high_bps")]
     pub high_bps: Spanned<u64>,
-    /// Default 50 000 packets/s.
-    #[serde(default = "d_medium_pps")]
     pub medium_pps: Spanned<u64>,
-    /// Default 200 000 packets/s.
-    #[serde(default = "d_high_pps")]
     pub high_pps: Spanned<u64>,
-    /// Default 3 windows.
-    #[serde(default = "d_clear_windows")]
     pub clear_windows: Spanned<u32>,
-}
-fn d_medium_bps() -> Spanned<u64> {
-    sp(100_000_000)
-}
-fn d_high_bps() -> Spanned<u64> {
-    sp(500_000_000)
-}
-fn d_medium_pps() -> Spanned<u64> {
-    sp(50_000)
-}
-fn d_high_pps() -> Spanned<u64> {
-    sp(200_000)
-}
-fn d_clear_windows() -> Spanned<u32> {
-    sp(3)
 }
 impl Default for RawThresholds {
     fn default() -> Self {
+        let d = Thresholds::default();
         RawThresholds {
-            medium_bps: d_medium_bps(),
-            high_bps: d_high_bps(),
-            medium_pps: d_medium_pps(),
-            high_pps: d_high_pps(),
-            clear_windows: d_clear_windows(),
+            medium_bps: sp(d.medium_bps),
+            high_bps: sp(d.high_bps),
+            medium_pps: sp(d.medium_pps),
+            high_pps: sp(d.high_pps),
+            clear_windows: sp(d.clear_windows),
         }
     }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawRtt {
-    /// Default true: track flows and take RTT samples.
-    #[serde(default = "d_true")]
     pub enabled: bool,
-    /// Default 50.0 ms.
-    #[serde(default = "d_peak_ms")]
     pub peak_ms: Spanned<f64>,
-    /// Default none: only `peak_ms` defines a peak.
-    #[serde(default)]
     pub peak_factor: Option<Spanned<f64>>,
-    /// Default 5.
-    #[serde(default = "d_max_peaks")]
     pub max_peaks: u32,
-    /// Default MEDIUM.
-    #[serde(default = "d_rtt_level")]
     pub level: Spanned<Level>,
-    /// Default 10 000 ms: an unanswered probe is forgotten after this.
-    #[serde(default = "d_probe_timeout_ms")]
     pub probe_timeout_ms: Spanned<u64>,
-    /// Default 120 s: a TCP flow with no packet for this long is forgotten.
-    #[serde(default = "d_flow_timeout_s")]
     pub flow_timeout_s: Spanned<u64>,
-}
-fn d_probe_timeout_ms() -> Spanned<u64> {
-    sp(10_000)
-}
-fn d_flow_timeout_s() -> Spanned<u64> {
-    sp(120)
-}
-fn d_true() -> bool {
-    true
-}
-fn d_peak_ms() -> Spanned<f64> {
-    sp(50.0)
-}
-fn d_max_peaks() -> u32 {
-    5
-}
-fn d_rtt_level() -> Spanned<Level> {
-    sp(Level::Medium)
 }
 impl Default for RawRtt {
     fn default() -> Self {
+        let d = RttRules::default();
         RawRtt {
-            enabled: true,
-            peak_ms: d_peak_ms(),
-            peak_factor: None,
-            max_peaks: d_max_peaks(),
-            level: d_rtt_level(),
-            probe_timeout_ms: d_probe_timeout_ms(),
-            flow_timeout_s: d_flow_timeout_s(),
+            enabled: d.enabled,
+            peak_ms: sp(d.peak_ms),
+            peak_factor: d.peak_factor.map(sp),
+            max_peaks: d.max_peaks,
+            level: sp(d.level),
+            probe_timeout_ms: sp(d.probe_timeout_ms),
+            flow_timeout_s: sp(d.flow_timeout_s),
         }
     }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawVolume {
-    /// Default 3.0 (the paper's "more than 3x VRAM").
-    #[serde(default = "d_factor")]
     pub factor: Spanned<f64>,
-    /// Default 60 s.
-    #[serde(default = "d_horizon_s")]
     pub horizon_s: Spanned<u64>,
-}
-fn d_factor() -> Spanned<f64> {
-    sp(3.0)
-}
-fn d_horizon_s() -> Spanned<u64> {
-    sp(60)
 }
 impl Default for RawVolume {
     fn default() -> Self {
-        RawVolume { factor: d_factor(), horizon_s: d_horizon_s() }
+        let d = VolumeRules::default();
+        RawVolume { factor: sp(d.factor), horizon_s: sp(d.horizon_s) }
     }
 }
 
@@ -209,97 +145,47 @@ impl RawPolicyRule {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawPolicy {
-    /// Default `{ signed = "alert", unsigned = "quarantine" }`.
-    #[serde(rename = "MEDIUM", default = "d_policy_medium")]
+    #[serde(rename = "MEDIUM")]
     pub medium: RawPolicyRule,
-    /// Default `{ signed = "migrate", unsigned = "quarantine" }`.
-    #[serde(rename = "HIGH", default = "d_policy_high")]
+    #[serde(rename = "HIGH")]
     pub high: RawPolicyRule,
-}
-fn d_policy_medium() -> RawPolicyRule {
-    RawPolicyRule { signed: ActionKind::Alert, unsigned: ActionKind::Quarantine }
-}
-fn d_policy_high() -> RawPolicyRule {
-    RawPolicyRule { signed: ActionKind::Migrate, unsigned: ActionKind::Quarantine }
 }
 impl Default for RawPolicy {
     fn default() -> Self {
-        RawPolicy { medium: d_policy_medium(), high: d_policy_high() }
+        let d = PolicyTable::default();
+        let raw = |r: PolicyRule| RawPolicyRule { signed: r.signed, unsigned: r.unsigned };
+        RawPolicy { medium: raw(d.medium), high: raw(d.high) }
     }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
-    /// Default 65 536 MACs.
-    #[serde(default = "d_max_macs")]
     pub max_macs: Spanned<usize>,
-    /// Default 512 observations.
-    #[serde(default = "d_batch_size")]
     pub batch_size: Spanned<usize>,
-    /// Default 320 bytes: room for VLAN tags, a tunnel and the inner headers.
-    #[serde(default = "d_decode_bytes")]
     pub decode_bytes: Spanned<usize>,
-    /// Default 16 batches per shard.
-    #[serde(default = "d_queue_batches")]
     pub queue_batches: Spanned<usize>,
-    /// Default 4096 actions.
-    #[serde(default = "d_action_queue")]
     pub action_queue: Spanned<usize>,
-    /// Default 65 536 TCP flows tracked for RTT, split evenly across shards.
-    #[serde(default = "d_rtt_flows")]
     pub rtt_flows: Spanned<usize>,
-    /// Default 65 536 outstanding ICMP echo requests, split across shards.
-    #[serde(default = "d_rtt_echo_probes")]
     pub rtt_echo_probes: Spanned<usize>,
-    /// Default 4096 inventory VMs with per-VM metric series; the rest are counted.
-    #[serde(default = "d_metrics_vms")]
     pub metrics_vms: Spanned<usize>,
-    /// Default 100 000 RTT samples per shard per window; more are counted and dropped.
-    #[serde(default = "d_rtt_samples_per_window")]
     pub rtt_samples_per_window: Spanned<usize>,
-}
-fn d_metrics_vms() -> Spanned<usize> {
-    sp(4096)
-}
-fn d_rtt_flows() -> Spanned<usize> {
-    sp(65_536)
-}
-fn d_rtt_echo_probes() -> Spanned<usize> {
-    sp(65_536)
-}
-fn d_rtt_samples_per_window() -> Spanned<usize> {
-    sp(100_000)
-}
-fn d_max_macs() -> Spanned<usize> {
-    sp(65_536)
-}
-fn d_batch_size() -> Spanned<usize> {
-    sp(512)
-}
-fn d_decode_bytes() -> Spanned<usize> {
-    sp(320)
-}
-fn d_queue_batches() -> Spanned<usize> {
-    sp(16)
-}
-fn d_action_queue() -> Spanned<usize> {
-    sp(4096)
 }
 impl Default for RawLimits {
     fn default() -> Self {
+        let d = Limits::default();
         RawLimits {
-            max_macs: d_max_macs(),
-            batch_size: d_batch_size(),
-            decode_bytes: d_decode_bytes(),
-            queue_batches: d_queue_batches(),
-            action_queue: d_action_queue(),
-            rtt_flows: d_rtt_flows(),
-            metrics_vms: d_metrics_vms(),
-            rtt_echo_probes: d_rtt_echo_probes(),
-            rtt_samples_per_window: d_rtt_samples_per_window(),
+            max_macs: sp(d.max_macs),
+            batch_size: sp(d.batch_size),
+            decode_bytes: sp(d.decode_bytes),
+            queue_batches: sp(d.queue_batches),
+            action_queue: sp(d.action_queue),
+            rtt_flows: sp(d.rtt_flows),
+            metrics_vms: sp(d.metrics_vms),
+            rtt_echo_probes: sp(d.rtt_echo_probes),
+            rtt_samples_per_window: sp(d.rtt_samples_per_window),
         }
     }
 }
@@ -337,24 +223,15 @@ pub struct RawVm {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawTunnels {
-    /// Default [4789] (IANA). Linux's legacy VXLAN port 8472 can be added.
-    #[serde(default = "d_vxlan_ports")]
     pub vxlan_ports: Spanned<Vec<u16>>,
-    /// Default 6081.
-    #[serde(default = "d_geneve_port")]
     pub geneve_port: u16,
-}
-fn d_vxlan_ports() -> Spanned<Vec<u16>> {
-    sp(vec![4789])
-}
-fn d_geneve_port() -> u16 {
-    6081
 }
 impl Default for RawTunnels {
     fn default() -> Self {
-        RawTunnels { vxlan_ports: d_vxlan_ports(), geneve_port: d_geneve_port() }
+        let d = Tunnels::default();
+        RawTunnels { vxlan_ports: sp(d.vxlan_ports().to_vec()), geneve_port: d.geneve_port }
     }
 }
 
@@ -380,140 +257,87 @@ pub enum RawPorts {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawMigration {
-    /// Default libvirt's native migration range 49152-49215, and 16509, 16514.
-    #[serde(default = "d_migration_ports")]
     pub ports: Vec<Spanned<RawPorts>>,
-    /// Default 3.0: moving more than factor x RAM is HIGH (reason `migration`).
-    #[serde(default = "d_factor")]
     pub factor: Spanned<f64>,
-    /// Default 1000 ms: a longer downtime raises the VM to `downtime_level`.
-    #[serde(default = "d_max_downtime_ms")]
     pub max_downtime_ms: u64,
-    /// Default MEDIUM.
-    #[serde(default = "d_rtt_level")]
     pub downtime_level: Spanned<Level>,
-    /// Default 2000 ms: announces of one VM this close together are one move.
-    #[serde(default = "d_announce_burst_ms")]
     pub announce_burst_ms: u64,
-    /// Default 2000 ms: frames from the old hypervisor this long after a move mean a clone.
-    #[serde(default = "d_clone_overlap_ms")]
     pub clone_overlap_ms: u64,
-    /// Default 30 s: a stream that ended this long before the announce is still its stream.
-    #[serde(default = "d_stream_gap_s")]
     pub stream_gap_s: u64,
-    /// Default false: when true, a move without a valid token is treated as a move to an unsigned hypervisor.
-    #[serde(default = "d_false")]
     pub require_authorization: Spanned<bool>,
-    /// Default none: the directory tokens from `vmsentry authorize` are read from.
-    #[serde(default)]
     pub tokens_dir: Option<Spanned<String>>,
-    /// Default none: decision files of `vmsentry gate` (JSON lines) to follow.
-    #[serde(default)]
     pub gate_decisions: Vec<Spanned<String>>,
-    /// Default false: when true, a move without an allowed gate decision is HIGH (reason `ungated`).
-    #[serde(default = "d_false")]
     pub require_gate: Spanned<bool>,
-    /// Default 600 s: an allowed decision counts for a move the wire shows at most this long after it.
-    #[serde(default = "d_gate_window_s")]
     pub gate_window_s: Spanned<u64>,
-    /// Default 10 s (packet time): a move without a decision waits this long for one before it is `ungated`.
-    #[serde(default = "d_gate_grace_s")]
     pub gate_grace_s: Spanned<u64>,
-}
-fn d_gate_window_s() -> Spanned<u64> {
-    sp(600)
-}
-fn d_gate_grace_s() -> Spanned<u64> {
-    sp(10)
-}
-fn d_migration_ports() -> Vec<Spanned<RawPorts>> {
-    vec![sp(RawPorts::Range("49152-49215".into())), sp(RawPorts::One(16509)), sp(RawPorts::One(16514))]
-}
-fn d_false() -> Spanned<bool> {
-    sp(false)
-}
-fn d_max_downtime_ms() -> u64 {
-    1000
-}
-fn d_announce_burst_ms() -> u64 {
-    2000
-}
-fn d_clone_overlap_ms() -> u64 {
-    2000
-}
-fn d_stream_gap_s() -> u64 {
-    30
 }
 impl Default for RawMigration {
     fn default() -> Self {
+        let d = MigrationRules::default();
+        let port = |(a, b): (u16, u16)| match a == b {
+            true => sp(RawPorts::One(a.into())),
+            false => sp(RawPorts::Range(format!("{a}-{b}"))),
+        };
         RawMigration {
-            ports: d_migration_ports(),
-            factor: d_factor(),
-            max_downtime_ms: d_max_downtime_ms(),
-            downtime_level: d_rtt_level(),
-            announce_burst_ms: d_announce_burst_ms(),
-            clone_overlap_ms: d_clone_overlap_ms(),
-            stream_gap_s: d_stream_gap_s(),
-            require_authorization: sp(false),
+            ports: d.ports.iter().copied().map(port).collect(),
+            factor: sp(d.factor),
+            max_downtime_ms: d.max_downtime_ms,
+            downtime_level: sp(d.downtime_level),
+            announce_burst_ms: d.announce_burst_ms,
+            clone_overlap_ms: d.clone_overlap_ms,
+            stream_gap_s: d.stream_gap_s,
+            require_authorization: sp(d.require_authorization),
+            // Paths are the rules' to give.
             tokens_dir: None,
             gate_decisions: Vec::new(),
-            require_gate: sp(false),
-            gate_window_s: d_gate_window_s(),
-            gate_grace_s: d_gate_grace_s(),
+            require_gate: sp(d.require_gate),
+            gate_window_s: sp(d.gate_window_s),
+            gate_grace_s: sp(d.gate_grace_s),
         }
     }
 }
 
-#[derive(Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendName {
-    Log,
-    Exec,
-    Webhook,
-    Alertmanager,
-    Libvirt,
-    Openstack,
-}
-
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawBackend {
-    /// Default `log`: where actions go unless routed by kind below.
-    #[serde(default = "d_log")]
+    /// Where actions go unless routed by kind below.
     pub default: Spanned<BackendName>,
-    #[serde(default)]
     pub alert: Option<Spanned<BackendName>>,
-    #[serde(default)]
     pub quarantine: Option<Spanned<BackendName>>,
-    #[serde(default)]
     pub migrate: Option<Spanned<BackendName>>,
-    /// Default 8 attempts per action.
-    #[serde(default = "d_max_attempts")]
     pub max_attempts: Spanned<u32>,
-    /// Default 500 ms before the first retry, doubling per attempt ...
-    #[serde(default = "d_backoff_ms")]
     pub backoff_ms: u64,
-    /// ... up to 60 000 ms.
-    #[serde(default = "d_max_backoff_ms")]
     pub max_backoff_ms: u64,
-    /// Default 5000 ms: at exit, how long retries still due may run.
-    #[serde(default = "d_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
-    /// Default none: the action journal's path.
-    #[serde(default)]
     pub journal: Option<Spanned<String>>,
-    #[serde(default)]
     pub exec: Option<RawExec>,
-    #[serde(default)]
     pub webhook: Option<RawWebhook>,
-    #[serde(default)]
     pub alertmanager: Option<RawAlertmanager>,
-    #[serde(default)]
     pub libvirt: Option<RawLibvirt>,
-    #[serde(default)]
     pub openstack: Option<RawOpenstack>,
+}
+impl Default for RawBackend {
+    fn default() -> Self {
+        let d = Backend::default();
+        RawBackend {
+            default: sp(d.routes[0]),
+            alert: None,
+            quarantine: None,
+            migrate: None,
+            max_attempts: sp(d.max_attempts),
+            backoff_ms: d.backoff_ms,
+            max_backoff_ms: d.max_backoff_ms,
+            shutdown_grace_ms: d.shutdown_grace_ms,
+            journal: None,
+            exec: None,
+            webhook: None,
+            alertmanager: None,
+            libvirt: None,
+            openstack: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -531,31 +355,30 @@ pub struct RawOpenstack {
     pub username: Option<String>,
     #[serde(default)]
     pub password_file: Option<Spanned<String>>,
-    /// Default `Default`.
     #[serde(default = "d_domain")]
     pub user_domain: String,
     #[serde(default)]
     pub project: Option<String>,
-    /// Default `Default`.
     #[serde(default = "d_domain")]
     pub project_domain: String,
     #[serde(default)]
     pub region: Option<String>,
-    /// Default `public`.
     #[serde(default = "d_interface")]
     pub interface: String,
     /// Default false: lock the server before pausing it.
     #[serde(default)]
     pub lock: bool,
-    /// Default 10 000 ms.
-    #[serde(default = "d_exec_timeout_ms")]
+    #[serde(default = "d_openstack_timeout_ms")]
     pub timeout_ms: u64,
 }
 fn d_domain() -> String {
-    "Default".into()
+    crate::action::OpenstackConfig::DEFAULT_DOMAIN.into()
 }
 fn d_interface() -> String {
-    "public".into()
+    crate::action::OpenstackConfig::DEFAULT_INTERFACE.into()
+}
+fn d_openstack_timeout_ms() -> u64 {
+    crate::action::OpenstackConfig::DEFAULT_TIMEOUT_MS
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -570,88 +393,47 @@ pub enum RawQuarantine {
 pub struct RawLibvirt {
     /// The connection to the VM's hypervisor; `{hypervisor}` is its registry id.
     pub uri: Spanned<String>,
-    /// Default `qemu+ssh://{destination}/system`.
     #[serde(default = "d_migrate_uri")]
     pub migrate_uri: String,
-    /// Default suspend (keeps the VM's memory); destroy stops it at once.
+    /// Suspend keeps the VM's memory; destroy stops it at once.
     #[serde(default = "d_quarantine")]
     pub quarantine: RawQuarantine,
-    /// Default `virsh` (from PATH).
     #[serde(default = "d_virsh")]
     pub virsh: String,
-    /// Default 60 000 ms per virsh command (a live migration takes time).
     #[serde(default = "d_libvirt_timeout_ms")]
     pub timeout_ms: u64,
 }
 fn d_migrate_uri() -> String {
-    "qemu+ssh://{destination}/system".into()
+    crate::action::LibvirtConfig::DEFAULT_MIGRATE_URI.into()
 }
 fn d_quarantine() -> RawQuarantine {
     RawQuarantine::Suspend
 }
 fn d_virsh() -> String {
-    "virsh".into()
+    crate::action::LibvirtConfig::DEFAULT_VIRSH.into()
 }
 fn d_libvirt_timeout_ms() -> u64 {
-    60_000
+    crate::action::LibvirtConfig::DEFAULT_TIMEOUT_MS
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAlertmanager {
     pub url: Spanned<String>,
-    /// Default 5000 ms.
     #[serde(default = "d_webhook_timeout_ms")]
     pub timeout_ms: u64,
 }
-fn d_log() -> Spanned<BackendName> {
-    sp(BackendName::Log)
-}
-fn d_max_attempts() -> Spanned<u32> {
-    sp(8)
-}
-fn d_backoff_ms() -> u64 {
-    500
-}
-fn d_max_backoff_ms() -> u64 {
-    60_000
-}
-fn d_shutdown_grace_ms() -> u64 {
-    5_000
-}
-impl Default for RawBackend {
-    fn default() -> Self {
-        RawBackend {
-            default: d_log(),
-            alert: None,
-            quarantine: None,
-            migrate: None,
-            max_attempts: d_max_attempts(),
-            backoff_ms: d_backoff_ms(),
-            max_backoff_ms: d_max_backoff_ms(),
-            shutdown_grace_ms: d_shutdown_grace_ms(),
-            journal: None,
-            exec: None,
-            webhook: None,
-            alertmanager: None,
-            libvirt: None,
-            openstack: None,
-        }
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExec {
     pub program: Spanned<String>,
     #[serde(default)]
     pub args: Vec<String>,
-    /// Default 10 000 ms.
     #[serde(default = "d_exec_timeout_ms")]
     pub timeout_ms: u64,
 }
 fn d_exec_timeout_ms() -> u64 {
-    10_000
+    crate::action::ExecConfig::DEFAULT_TIMEOUT_MS
 }
 
 #[derive(Deserialize)]
@@ -659,60 +441,49 @@ fn d_exec_timeout_ms() -> u64 {
 pub struct RawWebhook {
     pub url: Spanned<String>,
     pub secret_file: Spanned<String>,
-    /// Default 5000 ms.
     #[serde(default = "d_webhook_timeout_ms")]
     pub timeout_ms: u64,
 }
 fn d_webhook_timeout_ms() -> u64 {
-    5_000
+    crate::action::WebhookConfig::DEFAULT_TIMEOUT_MS
 }
 
 /// Limits that keep vmsentry from making the cloud thrash. Every default is
 /// permissive enough for the shipped scenarios; tighten them in production.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawStorm {
-    /// Default 0 (off): at most one action per VM within this many seconds.
-    #[serde(default)]
     pub vm_cooldown_s: u64,
-    /// Default 0 (off): at most this many actions in any minute, cluster-wide.
-    #[serde(default)]
     pub max_actions_per_minute: u32,
-    /// Default 0 (off): migrations in flight leaving one hypervisor.
-    #[serde(default)]
     pub max_migrations_per_hypervisor: u32,
-    /// Default 0 (off): migrations in flight cluster-wide.
-    #[serde(default)]
     pub max_migrations: u32,
-    /// Default 600 s: a migration not seen on the wire by then no longer counts as in flight.
-    #[serde(default = "d_migration_timeout_s")]
     pub migration_timeout_s: u64,
-}
-fn d_migration_timeout_s() -> u64 {
-    600
 }
 impl Default for RawStorm {
     fn default() -> Self {
+        let d = StormRules::default();
         RawStorm {
-            vm_cooldown_s: 0,
-            max_actions_per_minute: 0,
-            max_migrations_per_hypervisor: 0,
-            max_migrations: 0,
-            migration_timeout_s: d_migration_timeout_s(),
+            vm_cooldown_s: d.vm_cooldown_s,
+            max_actions_per_minute: d.max_actions_per_minute,
+            max_migrations_per_hypervisor: d.max_migrations_per_hypervisor,
+            max_migrations: d.max_migrations,
+            migration_timeout_s: d.migration_timeout_s,
         }
     }
 }
 
 /// Moving-target defense: what an IDS alert or a host full of HIGH VMs does.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawMtd {
-    /// Default "host": move every VM off the victim's hypervisor; "vm": only the attacked VM.
-    #[serde(default)]
     pub mode: crate::policy::EvacuationMode,
-    /// Default 0 (off): evacuate a hypervisor when this many of its VMs are HIGH at once.
-    #[serde(default)]
     pub host_high_vms: u32,
+}
+impl Default for RawMtd {
+    fn default() -> Self {
+        let d = MtdRules::default();
+        RawMtd { mode: d.mode, host_high_vms: d.host_high_vms }
+    }
 }
 
 /// One IDS alert file to follow.
@@ -800,14 +571,20 @@ mod tests {
         }
     }
 
+    /// README's rules reference section.
+    fn reference() -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let start = readme.find("\n## Rules reference").expect("README has a rules reference");
+        let rest = &readme[start + 1..];
+        rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)].to_string()
+    }
+
     #[test]
     fn every_rules_key_is_in_the_readme_reference() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let src = std::fs::read_to_string(root.join("src/config/raw.rs")).unwrap();
-        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-        let start = readme.find("\n## Rules reference").expect("README has a rules reference");
-        let rest = &readme[start + 1..];
-        let section = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
+        let section = &reference();
         let all = structs(&src);
         let mut found = Vec::new();
         keys(&all, "RawRules", "", &mut found);
@@ -819,5 +596,66 @@ mod tests {
         }
         let missing: Vec<&String> = found.iter().filter(|k| !section.contains(&format!("`{k}`"))).collect();
         assert!(missing.is_empty(), "keys of src/config/raw.rs missing from README's rules reference: {missing:?}");
+    }
+
+    /// README's default column against the stages' defaults: writing a key's
+    /// documented default into a rules file must build exactly what leaving
+    /// it out builds (a section with required keys gets them, the same both ways).
+    #[test]
+    fn every_readme_default_is_what_an_unset_key_gets() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        for f in ["k", "s"] {
+            std::fs::write(d.path().join(f), [b'k'; 32]).unwrap();
+            std::fs::set_permissions(d.path().join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let head = "[cluster]\nname = \"c\"\nkey_file = \"k\"\n";
+        // Required keys of the sections that have them.
+        let needs = |key: &str| match key.rsplit_once('.').map_or("", |(s, _)| s) {
+            "backend.exec" => "backend.exec.program = \"/bin/true\"\n",
+            "backend.webhook" => "backend.webhook.url = \"http://h\"\nbackend.webhook.secret_file = \"s\"\n",
+            "backend.alertmanager" => "backend.alertmanager.url = \"http://h\"\n",
+            "backend.libvirt" => "backend.libvirt.uri = \"qemu:///system\"\n",
+            "backend.openstack" => {
+                "backend.openstack.auth_url = \"http://h\"\nbackend.openstack.application_credential_id = \"i\"\n\
+                 backend.openstack.application_credential_secret_file = \"s\"\n"
+            }
+            _ => "",
+        };
+        let build = |text: &str| {
+            super::super::Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), text)
+                .map(|r| format!("{r:?}"))
+                .map_err(|e| e.to_string())
+        };
+        let (mut checked, mut wrong) = (Vec::new(), Vec::new());
+        for line in reference().lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let keys: Vec<&str> = cells[0].split('`').skip(1).step_by(2).collect();
+            let written: Vec<&str> = cells[1].split(" / ").collect();
+            for (i, key) in keys.iter().enumerate().filter(|(_, k)| !k.starts_with("[[")) {
+                let v = written.get(i).or(written.first()).unwrap().trim();
+                let v = v.trim_matches('`').replace(" (off)", "").replace(" (all)", "");
+                // "65 536" is 65536; "none" and "required" have no value to write.
+                let v =
+                    if v.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '.') { v.replace(' ', "") } else { v };
+                if v.is_empty() || toml::from_str::<toml::Table>(&format!("v = {v}")).is_err() {
+                    continue;
+                }
+                let unset = build(&format!("{}{head}", needs(key))).unwrap();
+                match build(&format!("{key} = {v}\n{}{head}", needs(key))) {
+                    Ok(set) if set == unset => checked.push(key.to_string()),
+                    Ok(_) => wrong.push(format!("{key} = {v} is not its default")),
+                    Err(e) => wrong.push(format!("{key} = {v}: {e}")),
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "README's rules reference gives defaults the code does not have: {wrong:#?}");
+        // The parse found the table (a broken parse must not pass by checking nothing).
+        assert!(checked.len() > 60, "{checked:?}");
+        for k in
+            ["window.length_ms", "thresholds.high_pps", "migration.ports", "policy.HIGH", "backend.libvirt.timeout_ms"]
+        {
+            assert!(checked.iter().any(|c| c == k), "{k} not checked: {checked:?}");
+        }
     }
 }

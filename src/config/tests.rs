@@ -1,4 +1,6 @@
 use super::*;
+use crate::action::ActionKind;
+use crate::detect::Level;
 use std::os::unix::fs::PermissionsExt;
 
 /// A rules dir with a good key; returns (dir guard, dir path).
@@ -260,4 +262,24 @@ fn require_authorization_without_any_token_source_warns_and_grace_is_bounded() {
     assert_eq!(load(HEAD).unwrap().migration.gate_grace_s, 10);
     let e = load(&format!("{HEAD}[migration]\ngate_grace_s = 3601\n")).unwrap_err();
     assert!(e.contains("migration.gate_grace_s must be at most 3600"), "{e}");
+}
+
+/// Each default is written once, in the stage's `Default`: a rules file
+/// that sets nothing builds exactly the stages' defaults.
+#[test]
+fn unset_sections_are_the_stages_defaults() {
+    let r = load(HEAD).unwrap();
+    let det = crate::detect::Config::default();
+    assert_eq!(r.window_len_ms, det.window_len_ms);
+    assert_eq!(r.thresholds, det.thresholds);
+    assert_eq!(r.rtt, det.rtt);
+    assert_eq!(r.volume, det.volume);
+    assert_eq!(r.migration, det.migration);
+    assert_eq!(r.limits.max_macs, det.max_macs);
+    let pol = crate::policy::Config::default();
+    assert_eq!((&r.policy, &r.storm), (&pol.table, &pol.storm));
+    assert_eq!(r.mtd, crate::policy::MtdRules::default());
+    assert_eq!(r.backend, crate::action::Backend::default());
+    assert_eq!(r.limits, Limits::default());
+    assert_eq!(r.tunnels, Tunnels::default());
 }

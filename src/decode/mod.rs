@@ -13,51 +13,19 @@
 //! Only the [`Observation`] crosses threads; the frame bytes never do.
 
 mod flow_hash;
-mod mac;
 
 pub use flow_hash::flow_hash;
 pub(crate) use flow_hash::mix;
 
-pub use mac::{Mac, MacParseError};
+pub use crate::vocab::{Mac, MacParseError};
 
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use etherparse::err::packet::SliceError;
 use etherparse::err::Layer;
 use etherparse::{ArpPacketSlice, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Link types vmsentry decodes (libpcap `DLT_*` / `LINKTYPE_*` numbers).
-pub mod linktype {
-    pub const NULL: i32 = 0;
-    pub const ETHERNET: i32 = 1;
-    pub const RAW: i32 = 101;
-    pub const LOOP: i32 = 108;
-    pub const LINUX_SLL: i32 = 113;
-    pub const IPV4: i32 = 228;
-    pub const IPV6: i32 = 229;
-    pub const LINUX_SLL2: i32 = 276;
-    /// libpcap's `DLT_RAW` (raw IP): what it reports for a `LINKTYPE_RAW`
-    /// file or interface on Linux and most systems ...
-    pub const DLT_RAW: i32 = 12;
-    /// ... and on OpenBSD (elsewhere 14 is `DLT_PPP_BSDOS`, which no capture
-    /// file carries: files say `LINKTYPE_PPP_BSDOS` 103).
-    pub const DLT_RAW_OPENBSD: i32 = 14;
-
-    /// Whether frames of this (decoded) link type carry Ethernet addresses:
-    /// raw IP and BSD loopback do not, so they count for no VM.
-    pub fn has_macs(linktype: i32) -> bool {
-        matches!(linktype, ETHERNET | LINUX_SLL | LINUX_SLL2)
-    }
-
-    /// Whether the decoder reads frames of this link type (others are
-    /// counted as `unsupported_link`).
-    pub fn decoded(linktype: i32) -> bool {
-        matches!(
-            linktype,
-            NULL | ETHERNET | RAW | DLT_RAW | DLT_RAW_OPENBSD | LOOP | LINUX_SLL | IPV4 | IPV6 | LINUX_SLL2
-        )
-    }
-}
+pub use crate::vocab::linktype;
 
 /// Ethertypes with a meaning of their own here.
 pub mod ethertype {
@@ -608,6 +576,11 @@ impl Default for Tunnels {
 
 impl Tunnels {
     pub const MAX_VXLAN_PORTS: usize = 4;
+
+    /// The VXLAN ports, as given.
+    pub fn vxlan_ports(&self) -> &[u16] {
+        &self.vxlan[..self.n_vxlan]
+    }
 
     /// `None` when more than [`Tunnels::MAX_VXLAN_PORTS`] VXLAN ports are given.
     pub fn new(vxlan_ports: &[u16], geneve_port: u16) -> Option<Tunnels> {

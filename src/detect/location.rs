@@ -17,16 +17,62 @@
 //! gate: `ungated`, once `migration.gate_grace_s` of packet time passed
 //! without a late decision.
 
-use crate::config::MigrationRules;
 use crate::decode::Mac;
 use crate::gate::record::{GateReason, GateRecord};
 use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via};
-use crate::time::PacketTime;
 use crate::trust::token::{Authorization, TokenStore};
 use crate::trust::{Registry, Verdict};
+use crate::vocab::Level;
+use crate::vocab::PacketTime;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Live migrations on the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationRules {
+    /// Inclusive ranges of TCP ports migration streams use.
+    pub ports: Vec<(u16, u16)>,
+    pub factor: f64,
+    pub max_downtime_ms: u64,
+    pub downtime_level: Level,
+    pub announce_burst_ms: u64,
+    pub clone_overlap_ms: u64,
+    pub stream_gap_s: u64,
+    pub require_authorization: bool,
+    /// Absolute path of the tokens directory, if any.
+    pub tokens_dir: Option<PathBuf>,
+    /// The migration gate's decision files to follow.
+    pub gate_decisions: Vec<PathBuf>,
+    /// A move needs an allowed gate decision.
+    pub require_gate: bool,
+    /// How long before a move its gate decision may be.
+    pub gate_window_s: u64,
+    /// How long (packet time) a move without a decision waits for one before it is ungated.
+    pub gate_grace_s: u64,
+}
+
+impl Default for MigrationRules {
+    fn default() -> Self {
+        MigrationRules {
+            // libvirt's native migration range, and libvirtd's TCP and TLS ports.
+            ports: vec![(49152, 49215), (16509, 16509), (16514, 16514)],
+            factor: 3.0,
+            max_downtime_ms: 1000,
+            downtime_level: Level::Medium,
+            announce_burst_ms: 2000,
+            clone_overlap_ms: 2000,
+            stream_gap_s: 30,
+            require_authorization: false,
+            tokens_dir: None,
+            gate_decisions: Vec::new(),
+            require_gate: false,
+            gate_window_s: 600,
+            gate_grace_s: 10,
+        }
+    }
+}
 
 /// A hypervisor as the wire shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +249,7 @@ pub struct Locator {
 const MAX_OUTER_MACS: usize = 65_536;
 
 impl Locator {
-    pub fn new(rules: &crate::config::Rules, registry: Registry) -> Locator {
+    pub fn new(rules: &super::Config, registry: Registry) -> Locator {
         let mut hv_by_mac = FxHashMap::default();
         let mut hv_by_ip = FxHashMap::default();
         for (i, h) in rules.hypervisors.iter().enumerate() {
@@ -233,7 +279,7 @@ impl Locator {
             streams: FxHashMap::default(),
             outer_ips: FxHashMap::default(),
             reported: BTreeSet::new(),
-            tokens: TokenStore::open(rules.key.clone(), rules.migration.tokens_dir.as_deref()),
+            tokens: rules.tokens.clone(),
             approvals: VecDeque::new(),
             pending: VecDeque::new(),
             gate: !rules.migration.gate_decisions.is_empty(),
@@ -253,7 +299,7 @@ impl Locator {
     /// hypervisor's id (else by the MAC or IP the wire showed it with); a
     /// place whose hypervisor is gone from the rules and that the wire never
     /// showed gives way to the VM's place in the new rules.
-    pub fn carry_from(&mut self, old: &mut Locator, vms: &[crate::config::VmEntry]) {
+    pub fn carry_from(&mut self, old: &mut Locator, vms: &[crate::vocab::VmEntry]) {
         for (i, v) in vms.iter().enumerate() {
             if let Some(&j) = old.vm_index.get(&v.mac) {
                 let mut loc = old.vms[j].clone();
@@ -650,7 +696,7 @@ mod tests {
              macs = [\"{H2}\"]\n[[vm]]\nname = \"a\"\nmac = \"{A}\"\nhypervisor = \"h1\"\n[[vm]]\nname = \"b\"\nmac = \"{B}\"\nhypervisor = \"h1\"\n"
         );
         let r = crate::config::Rules::from_str_in(d.path(), std::path::Path::new("t.toml"), &text).unwrap();
-        (Locator::new(&r, Registry::build(&r.key, &r.cluster, &r.hypervisors)), d)
+        (Locator::new(&(&r).into(), Registry::build(&r.key, &r.cluster, &r.hypervisors)), d)
     }
 
     fn seen(vm: &str, hv: Option<&str>, t: i64) -> Evidence {

@@ -22,17 +22,125 @@ pub use level::{Direction, Hysteresis, Level, Reason};
 pub use location::{Conflict, Move, Place};
 pub use victim::{AddressBook, Victim};
 
-use crate::config::{RttRules, Rules, Thresholds};
 use crate::decode::Mac;
 use crate::measure::histogram::Histogram;
 use crate::measure::placement::Evidence;
 use crate::measure::rtt::RttSample;
 use crate::measure::Counters;
-use crate::time::PacketTime;
+use crate::trust::token::TokenStore;
 use crate::trust::{Registry, Verdict};
+use crate::vocab::PacketTime;
+use crate::vocab::{HypervisorEntry, VmEntry};
 use location::Locator;
+use location::MigrationRules;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
+
+/// What the detector reads: its sections of the rules and the inventory.
+/// [`config`](crate::config) builds it from the rules file; a test builds
+/// it from plain values (`Config { vms, ..Default::default() }`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub window_len_ms: u64,
+    pub thresholds: Thresholds,
+    pub rtt: RttRules,
+    pub volume: VolumeRules,
+    pub migration: MigrationRules,
+    /// MACs tracked at once (never fewer than the inventory's VMs).
+    pub max_macs: usize,
+    /// Index of the hypervisor whose uplink this sensor watches.
+    pub sensor: Option<usize>,
+    pub hypervisors: Vec<HypervisorEntry>,
+    pub vms: Vec<VmEntry>,
+    /// Move tokens (opened by the loader: no file is read here).
+    pub tokens: TokenStore,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            window_len_ms: crate::vocab::time::DEFAULT_WINDOW_MS,
+            thresholds: Thresholds::default(),
+            rtt: RttRules::default(),
+            volume: VolumeRules::default(),
+            migration: MigrationRules::default(),
+            max_macs: DEFAULT_MAX_MACS,
+            sensor: None,
+            hypervisors: Vec::new(),
+            vms: Vec::new(),
+            tokens: TokenStore::none(),
+        }
+    }
+}
+
+/// `limits.max_macs`: MACs tracked at once.
+pub const DEFAULT_MAX_MACS: usize = 65_536;
+
+/// Rate thresholds, per VM and per direction, each window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    pub medium_bps: u64,
+    pub high_bps: u64,
+    pub medium_pps: u64,
+    pub high_pps: u64,
+    /// Windows below a level before the VM drops back one level.
+    pub clear_windows: u32,
+}
+
+/// RTT peaks (`[rtt]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RttRules {
+    pub enabled: bool,
+    pub peak_ms: f64,
+    pub peak_factor: Option<f64>,
+    pub max_peaks: u32,
+    pub level: Level,
+    pub probe_timeout_ms: u64,
+    pub flow_timeout_s: u64,
+}
+
+/// Volume against RAM (`[volume]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeRules {
+    pub factor: f64,
+    pub horizon_s: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        // 100 and 500 Mbit/s, 50 000 and 200 000 packets/s.
+        Thresholds {
+            medium_bps: 100_000_000,
+            high_bps: 500_000_000,
+            medium_pps: 50_000,
+            high_pps: 200_000,
+            clear_windows: 3,
+        }
+    }
+}
+
+impl Default for RttRules {
+    fn default() -> Self {
+        RttRules {
+            enabled: true,
+            peak_ms: 50.0,
+            // Only `peak_ms` defines a peak.
+            peak_factor: None,
+            max_peaks: 5,
+            level: Level::Medium,
+            // An unanswered probe is forgotten after this; a TCP flow with no packet for this long.
+            probe_timeout_ms: 10_000,
+            flow_timeout_s: 120,
+        }
+    }
+}
+
+impl Default for VolumeRules {
+    fn default() -> Self {
+        // The paper's "more than 3x VRAM", over a minute.
+        VolumeRules { factor: 3.0, horizon_s: 60 }
+    }
+}
 
 /// A VM's overall level changed at the end of a window.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,8 +265,11 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(rules: &Rules, registry: Registry) -> Detector {
-        let window_len_us = rules.window_len_us();
+    /// A detector for the inventory in `cfg`; it reads no file (the
+    /// loader opened the tokens store in `cfg.tokens`).
+    pub fn new(cfg: impl Into<Config>, registry: Registry) -> Detector {
+        let rules = &cfg.into();
+        let window_len_us = rules.window_len_ms as i64 * 1000;
         let horizon_us = rules.volume.horizon_s as i64 * 1_000_000;
         let horizon_windows = ((horizon_us + window_len_us - 1) / window_len_us).max(1) as usize;
         let vms: Vec<VmState> = rules
@@ -202,9 +313,9 @@ impl Detector {
             locator: Locator::new(rules, registry),
             window_len_us,
             horizon_windows,
-            max_macs: rules.limits.max_macs.max(rules.vms.len()),
+            max_macs: rules.max_macs.max(rules.vms.len()),
             window_scratch: vec![Counters::default(); vms.len()],
-            addresses: AddressBook::new(rules),
+            addresses: AddressBook::new(&rules.hypervisors, &rules.vms),
             macs,
             vms,
             vm_order,
@@ -452,8 +563,9 @@ impl Detector {
     /// and each inventory VM's levels, rings and baselines, carry over by MAC.
     /// The window length is kept (windows in flight use it); a new one takes
     /// effect on restart.
-    pub fn reload(&mut self, rules: &Rules, registry: Registry) {
-        let mut new = Detector::new(rules, registry);
+    pub fn reload(&mut self, cfg: impl Into<Config>, registry: Registry) {
+        let rules = &cfg.into();
+        let mut new = Detector::new(rules.clone(), registry);
         new.window_len_us = self.window_len_us;
         let horizon_us = rules.volume.horizon_s as i64 * 1_000_000;
         new.horizon_windows = ((horizon_us + self.window_len_us - 1) / self.window_len_us).max(1) as usize;

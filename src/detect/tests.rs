@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::Rules;
 use crate::measure::rtt::RttSample;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -248,4 +249,38 @@ fn a_reload_that_reorders_the_hypervisors_keeps_each_vm_on_its_hypervisor() {
     assert_eq!((d.hypervisor_name(0).as_deref(), d.verdict(0), d.signed(0)), (Some("h1"), Verdict::Valid, true));
     assert_eq!(d.place(0).and_then(|p| p.hv), Some(1), "h1 is the second entry now");
     assert_eq!(d.vms_on(1), [0]);
+}
+
+/// A detector from plain values: no rules text and no key file (the
+/// registry's key is bytes here, as the loader would have read them).
+#[test]
+fn a_detector_builds_from_plain_values_without_rules_or_key_files() {
+    let cfg = Config {
+        thresholds: Thresholds {
+            medium_bps: 8000,
+            high_bps: 80_000,
+            medium_pps: 100,
+            high_pps: 1000,
+            clear_windows: 2,
+        },
+        vms: vec![VmEntry {
+            name: "a".into(),
+            mac: vm(),
+            ram_mb: Some(1),
+            hypervisor: None,
+            ips: vec![],
+            flavor: None,
+        }],
+        ..Config::default()
+    };
+    let key = crate::trust::ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
+    let mut d = Detector::new(cfg, Registry::build(&key, "t", &[]));
+    assert_eq!(d.vms().len(), 1);
+    assert_eq!(levels(&close(&mut d, 0, &tx(1000, 1))), vec![(Level::Low, Level::Medium, Reason::Rate)]);
+    assert_eq!(levels(&close(&mut d, 1, &tx(0, 0))), vec![]);
+    assert_eq!(levels(&close(&mut d, 2, &tx(0, 0))), vec![(Level::Medium, Level::Low, Reason::Rate)]);
+    // A MAC outside the inventory is measured, never graded.
+    let other: Mac = "02:00:00:00:00:0b".parse().unwrap();
+    let totals = vec![(other, Counters { tx_bytes: 1 << 30, tx_packets: 1 << 20, rx_bytes: 0, rx_packets: 0 })];
+    assert_eq!(levels(&close(&mut d, 3, &totals)), vec![]);
 }

@@ -7,8 +7,8 @@
 //! its own host; give `ips` in the rules where that matters). The learned
 //! table is bounded; addresses past the cap are dropped and counted.
 
-use crate::config::Rules;
 use crate::decode::Mac;
+use crate::vocab::{HypervisorEntry, VmEntry};
 use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 
@@ -32,14 +32,14 @@ pub struct AddressBook {
 }
 
 impl AddressBook {
-    pub fn new(rules: &Rules) -> AddressBook {
-        let mut b = AddressBook { cap: (rules.vms.len() * 8).max(4096), ..Default::default() };
-        for (h, e) in rules.hypervisors.iter().enumerate() {
+    pub fn new(hypervisors: &[HypervisorEntry], vms: &[VmEntry]) -> AddressBook {
+        let mut b = AddressBook { cap: (vms.len() * 8).max(4096), ..Default::default() };
+        for (h, e) in hypervisors.iter().enumerate() {
             for ip in &e.ips {
                 b.hypervisors.entry(*ip).or_insert(h);
             }
         }
-        for v in &rules.vms {
+        for v in vms {
             for ip in &v.ips {
                 b.vms.insert(*ip, v.mac);
             }

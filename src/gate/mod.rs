@@ -20,11 +20,10 @@
 pub mod domain;
 pub mod record;
 
-use crate::config::Rules;
-use crate::time::PacketTime;
 use crate::trust::token::{consume_nonce, Token};
 use crate::trust::ClusterKey;
 use crate::trust::Verdict;
+use crate::vocab::PacketTime;
 use domain::Domain;
 use record::{GateReason, GateRecord};
 use serde::Deserialize;
@@ -113,7 +112,7 @@ pub enum GateError {
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },
     #[error("{0}")]
-    Rules(#[from] crate::config::RulesError),
+    Rules(String),
     #[error("reading the domain XML from standard input: {0}")]
     Stdin(std::io::Error),
     #[error("the domain XML is larger than max_xml_bytes ({0} bytes)")]
@@ -209,9 +208,24 @@ pub struct Answer {
     pub record: Option<GateRecord>,
 }
 
-/// Runs one hook call: `config` is `gate.toml`, `input` libvirt's standard input.
+/// What the gate needs of the rules: the cluster's key, name and
+/// hypervisors, and whether a move needs a token.
+pub struct Trust {
+    pub key: ClusterKey,
+    pub cluster: String,
+    pub hypervisors: Vec<crate::vocab::HypervisorEntry>,
+    pub require_authorization: bool,
+}
+
+/// Loads the rules of a directory (`rules_dir` of `gate.toml`) into what
+/// the gate needs; the error is the rules' message (`file:line:col: ...`).
+/// The binary passes the rules loader (`config`), which the gate is below.
+pub type LoadRules = fn(&Path) -> Result<Trust, String>;
+
+/// Runs one hook call: `config` is `gate.toml`, `input` libvirt's standard input,
+/// `load` reads the rules (each call reads them afresh).
 /// Messages go to stderr (libvirt shows them in the failed migration's error).
-pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Answer {
+pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static, load: LoadRules) -> Answer {
     if !call.is_migrate_begin() {
         // Read what libvirt wrote, so it never waits on a full pipe, but
         // never wait on it for long either.
@@ -246,7 +260,7 @@ pub fn run(config: &Path, call: &Call, input: impl Read + Send + 'static) -> Ans
     let key: Arc<OnceLock<ClusterKey>> = Arc::default();
     let k2 = key.clone();
     let worker = std::thread::Builder::new().name("vmsentry-gate".into()).spawn(move || {
-        let r = decide(&c2, input, deadline, &k2);
+        let r = decide(&c2, input, deadline, &k2, load);
         let _ = tx.send(r);
     });
     let mut decision = match worker {
@@ -329,9 +343,15 @@ impl Decision {
     }
 }
 
-fn decide(cfg: &GateConfig, input: impl Read, deadline: Instant, key: &OnceLock<ClusterKey>) -> Decision {
+fn decide(
+    cfg: &GateConfig,
+    input: impl Read,
+    deadline: Instant,
+    key: &OnceLock<ClusterKey>,
+    load: LoadRules,
+) -> Decision {
     let mut d = Decision::empty();
-    match judge(cfg, input, deadline, key, &mut d) {
+    match judge(cfg, input, deadline, key, load, &mut d) {
         Ok((reason, detail)) => {
             d.reason = reason;
             d.detail = detail;
@@ -364,9 +384,10 @@ fn judge(
     input: impl Read,
     deadline: Instant,
     key: &OnceLock<ClusterKey>,
+    load: LoadRules,
     d: &mut Decision,
 ) -> Result<(GateReason, Option<String>), GateError> {
-    let rules = Rules::load(&cfg.rules_dir)?;
+    let rules = load(&cfg.rules_dir).map_err(GateError::Rules)?;
     let _ = key.set(rules.key.clone());
     let registry = crate::trust::Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let verdict = match registry.entries().iter().find(|e| e.id == cfg.hypervisor) {
@@ -397,7 +418,7 @@ fn judge(
     };
     d.uuid = dom.uuid.clone();
     d.macs = dom.macs.clone();
-    if !rules.migration.require_authorization {
+    if !rules.require_authorization {
         return Ok((GateReason::Signed, None));
     }
     let Some(text) = dom.token else {

@@ -1,7 +1,7 @@
 //! The gate's decision record: one JSON line per `migrate begin`, appended and synced, which the sensor follows.
 
 use crate::decode::Mac;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
@@ -176,7 +176,7 @@ impl GateRecord {
 }
 
 mod ts {
-    use crate::time::PacketTime;
+    use crate::vocab::PacketTime;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(t: &PacketTime, s: S) -> Result<S::Ok, S::Error> {

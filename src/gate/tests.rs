@@ -1,5 +1,8 @@
 use super::*;
 use crate::decode::Mac;
+
+/// The rules loader the binary passes.
+const RULES: LoadRules = crate::config::Rules::load_for_gate;
 use crate::trust::ClusterKey;
 use std::os::unix::fs::PermissionsExt;
 
@@ -51,7 +54,7 @@ impl Lab {
     }
 
     fn begin(&self, xml: String) -> Answer {
-        run(&self.config(), &call("migrate", "begin"), std::io::Cursor::new(xml.into_bytes()))
+        run(&self.config(), &call("migrate", "begin"), std::io::Cursor::new(xml.into_bytes()), RULES)
     }
 
     fn decisions(&self) -> Vec<GateRecord> {
@@ -143,11 +146,11 @@ fn other_calls_pass_untouched_without_any_config() {
     for (op, sub) in
         [("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end"), ("migrate", "end")]
     {
-        let a = run(missing, &call(op, sub), std::io::Cursor::new(xml(None).into_bytes()));
+        let a = run(missing, &call(op, sub), std::io::Cursor::new(xml(None).into_bytes()), RULES);
         assert_eq!(a, Answer { exit: 0, record: None }, "{op} {sub}");
     }
     // But a migration with no usable config is refused.
-    let a = run(missing, &call("migrate", "begin"), std::io::Cursor::new(xml(None).into_bytes()));
+    let a = run(missing, &call("migrate", "begin"), std::io::Cursor::new(xml(None).into_bytes()), RULES);
     assert_eq!(a, Answer { exit: EXIT_BAD_CONFIG, record: None });
 }
 
@@ -164,7 +167,7 @@ impl Read for Stuck {
 fn a_stuck_input_times_out_and_refuses_even_when_failing_open() {
     let lab = Lab::new("compute-1", false, "timeout_ms = 200\nfail_closed = false\n");
     let t0 = Instant::now();
-    let a = run(&lab.config(), &call("migrate", "begin"), Stuck);
+    let a = run(&lab.config(), &call("migrate", "begin"), Stuck, RULES);
     let took = t0.elapsed();
     assert_eq!((a.exit, reason(&a)), (EXIT_REFUSED, GateReason::Timeout));
     assert!(took < Duration::from_millis(1000), "{took:?}");
@@ -198,7 +201,7 @@ max_xml_bytes = 1024
         ("not UTF-8", not_utf8),
         ("bad MAC", xml(Some(&t)).replace(VM, "52:54:00:12:34").into_bytes()),
     ] {
-        let a = run(&open.config(), &call("migrate", "begin"), std::io::Cursor::new(input));
+        let a = run(&open.config(), &call("migrate", "begin"), std::io::Cursor::new(input), RULES);
         assert_eq!((a.exit, reason(&a)), (EXIT_REFUSED, GateReason::BadXml), "{what}");
     }
     assert!(!open.dir.path().join("used-tokens").exists());

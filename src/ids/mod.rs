@@ -11,7 +11,7 @@ mod follow;
 
 pub use follow::{Checkpoint, Follower, LineParser};
 
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -107,7 +107,7 @@ impl WindowMerge {
 mod tests {
     use super::*;
     use crate::decode::{Net, L2, L4};
-    use crate::time::PacketTime;
+    use crate::vocab::PacketTime;
 
     fn obs(src: &str, dst: &str, len: u32) -> Observation {
         Observation {

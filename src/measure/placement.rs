@@ -13,7 +13,7 @@
 //! and dropped.
 
 use crate::decode::{tcp_flags, Mac, Net, Observation, L4};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -91,15 +91,6 @@ pub struct PlacementConfig {
 }
 
 impl PlacementConfig {
-    pub fn from_rules(rules: &crate::config::Rules) -> PlacementConfig {
-        PlacementConfig {
-            vms: rules.vms.iter().map(|v| v.mac).collect(),
-            hypervisor_macs: rules.hypervisors.iter().flat_map(|h| h.macs.iter().copied()).collect(),
-            sensor: rules.sensor.is_some(),
-            ports: rules.migration.ports.clone(),
-        }
-    }
-
     fn migration_port(&self, p: u16) -> bool {
         self.ports.iter().any(|&(a, b)| (a..=b).contains(&p))
     }

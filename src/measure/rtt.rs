@@ -37,7 +37,7 @@
 //! differently, and a flow must never be split.
 
 use crate::decode::{tcp_flags, IcmpInfo, Mac, Net, Observation, TcpInfo, L4};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::net::IpAddr;

@@ -1,4 +1,4 @@
-//! IDS alerts and evacuations at the merge: an alert's victim becomes a hypervisor to evacuate, as does a hypervisor with too many HIGH VMs.
+//! Moving-target defense at the merge (IDS alerts and evacuations): an alert's victim becomes a hypervisor to evacuate, as does a hypervisor with too many HIGH VMs.
 //!
 //! Live, each `[[ids]]` follower hands its alerts over as they are read;
 //! they are filtered, mapped and acted on at once (stamped with the wall
@@ -9,13 +9,14 @@
 //! order among the window's other events; alerts before the capture's first
 //! window or after its last are counted (`outside_replay`) and skipped.
 
-use super::merge::{Counts, Merge};
+use super::publish::Publish;
+use super::stages::Stages;
 use crate::config::Rules;
 use crate::detect::{Level, Reason, Victim};
-use crate::event::{self, AlertOutcome, EvacuationEvent, Event, IdsAlertEvent, IdsCounts, KnownBy, VmWindowEvent};
+use crate::event::{self, AlertOutcome, EvacuationEvent, Event, IdsAlertEvent, IdsCounts, KnownBy};
 use crate::ids::{Alert, Filter, Format, VictimSide};
 use crate::policy::{EvacuationMode, Evacuee};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use crossbeam_channel::Sender;
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -143,68 +144,66 @@ impl Mtd {
     }
 }
 
-impl Merge {
+/// What the merge thread asks of moving-target defense.
+impl Mtd {
     /// A live follower's batch: handled now, stamped with the wall clock.
-    pub(super) fn alert_batch(&mut self, b: AlertBatch, out: &mut Counts) {
-        self.mtd.counts.malformed += b.malformed;
+    pub(super) fn batch(&mut self, st: &mut Stages, out: &mut Publish, b: AlertBatch) {
+        self.counts.malformed += b.malformed;
         for a in &b.alerts {
-            self.alert(PacketTime::now(), b.input, a, out);
+            self.alert(st, out, PacketTime::now(), b.input, a);
         }
-        self.publish_ids();
-        if out.io_error.is_none() {
-            if let Err(e) = self.events.flush() {
-                out.io_error = Some(e);
-            }
-        }
+        self.publish(out);
+        out.flush();
         let _ = b.done.send(());
     }
 
     /// The counts found in bulk (malformed lines, alerts outside the
     /// replay) into the metrics; the others are counted as they happen.
-    pub(super) fn publish_ids(&mut self) {
-        let Some(t) = &self.telemetry else { return };
-        let c = &self.mtd.counts;
-        let (m, o) = self.mtd.published;
+    pub(super) fn publish(&mut self, out: &Publish) {
+        let Some(t) = &out.telemetry else { return };
+        let c = &self.counts;
+        let (m, o) = self.published;
         t.metrics.ids_alerts.with_label_values(&["malformed"]).inc_by(c.malformed - m);
         t.metrics.ids_alerts.with_label_values(&["outside_replay"]).inc_by(c.outside_replay - o);
-        self.mtd.published = (c.malformed, c.outside_replay);
+        self.published = (c.malformed, c.outside_replay);
     }
 
-    pub(super) fn replayed_alert(&mut self, (ts, input, a): (PacketTime, usize, Alert), out: &mut Counts) {
-        self.alert(ts, input, &a, out);
+    /// A replayed alert, at its own time.
+    pub(super) fn replayed(&mut self, st: &mut Stages, out: &mut Publish, (ts, input, a): (PacketTime, usize, Alert)) {
+        self.alert(st, out, ts, input, &a);
     }
 
     /// Alerts left after the replay's last window.
-    pub(super) fn replay_leftover(&mut self) {
-        let left = self.mtd.replay.len() as u64 + self.mtd.replay_raw.len() as u64;
-        self.mtd.replay.clear();
-        self.mtd.replay_raw.clear();
-        self.mtd.counts.outside_replay += left;
-        self.publish_ids();
+    pub(super) fn replay_leftover(&mut self, out: &Publish) {
+        let left = self.replay.len() as u64 + self.replay_raw.len() as u64;
+        self.replay.clear();
+        self.replay_raw.clear();
+        self.counts.outside_replay += left;
+        self.publish(out);
     }
 
-    fn count(&mut self, outcome: &'static str) {
-        let c = &mut self.mtd.counts;
+    fn count(&mut self, out: &Publish, outcome: &'static str) {
+        let c = &mut self.counts;
         match outcome {
             "evacuated" => c.evacuated += 1,
             "unmapped" => c.unmapped += 1,
             _ => c.filtered += 1,
         }
-        if let Some(t) = &self.telemetry {
+        if let Some(t) = &out.telemetry {
             t.metrics.ids_alerts.with_label_values(&[outcome]).inc();
         }
     }
 
-    fn alert(&mut self, ts: PacketTime, input: usize, a: &Alert, out: &mut Counts) {
-        let Some(inp) = self.mtd.inputs.get_mut(input) else { return };
+    fn alert(&mut self, st: &mut Stages, out: &mut Publish, ts: PacketTime, input: usize, a: &Alert) {
+        let Some(inp) = self.inputs.get_mut(input) else { return };
         let victim_ip = a.victim(inp.victim);
         if !inp.filter.pass(a, victim_ip, ts.as_micros().max(0) as u64 / 1_000_000) {
-            self.count("filtered");
+            self.count(out, "filtered");
             return;
         }
         let name = inp.name.clone();
         let format = inp.format;
-        let d = &self.detector;
+        let d = &st.detector;
         let (vm, known_by, hv) = match d.victim(victim_ip) {
             Some(Victim::Hypervisor(h)) => (None, None, Some(h)),
             Some(Victim::Vm { vm, learned }) => (
@@ -232,41 +231,50 @@ impl Merge {
             victim_hypervisor: hv.and_then(|h| d.registry().get(h)).map(|e| e.id.clone()),
             outcome,
         });
-        out.emit(&mut *self.events, &ev);
-        self.count(outcome.as_str());
+        out.emit(&ev);
+        self.count(out, outcome.as_str());
         let Some(h) = hv else { return };
-        let (mode, vms) = match (self.mtd.mode, vm) {
+        let (mode, vms) = match (self.mode, vm) {
             (EvacuationMode::Vm, Some(i)) => (EvacuationMode::Vm, vec![i]),
-            _ => (EvacuationMode::Host, self.detector.vms_on(h)),
+            _ => (EvacuationMode::Host, st.detector.vms_on(h)),
         };
         let note = format!("evacuating after IDS alert sid {} on {victim_ip}", a.sid);
         let id_base = format!("ids-{}", a.key);
-        self.evacuate(ts, h, &vms, Trigger::Ids { sid: a.sid, victim: victim_ip, mode }, &note, Some(&id_base), out);
+        self.evacuate(
+            st,
+            out,
+            ts,
+            h,
+            &vms,
+            Trigger::Ids { sid: a.sid, victim: victim_ip, mode },
+            &note,
+            Some(&id_base),
+        );
     }
 
     /// After a window: evacuate each hypervisor that now has
     /// `mtd.host_high_vms` HIGH VMs and did not the window before.
-    pub(super) fn host_high(&mut self, ts: PacketTime, out: &mut Counts) {
-        let n = self.mtd.host_high_vms;
+    pub(super) fn host_high(&mut self, st: &mut Stages, out: &mut Publish, ts: PacketTime) {
+        let n = self.host_high_vms;
         if n == 0 {
             return;
         }
         // One pass over the VMs: HIGH ones per hypervisor.
-        let mut high_on = vec![0u32; self.mtd.high.len()];
-        for (i, v) in self.detector.vms().iter().enumerate() {
-            if let (Level::High, Some(h)) = (v.level, self.detector.place(i).and_then(|p| p.hv)) {
+        let mut high_on = vec![0u32; self.high.len()];
+        for (i, v) in st.detector.vms().iter().enumerate() {
+            if let (Level::High, Some(h)) = (v.level, st.detector.place(i).and_then(|p| p.hv)) {
                 if let Some(c) = high_on.get_mut(h) {
                     *c += 1;
                 }
             }
         }
         for (h, &high) in high_on.iter().enumerate() {
-            let was = std::mem::replace(&mut self.mtd.high[h], high >= n);
+            let was = std::mem::replace(&mut self.high[h], high >= n);
             if high >= n && !was {
-                let vms = self.detector.vms_on(h);
-                let name = self.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone());
+                let vms = st.detector.vms_on(h);
+                let name = st.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone());
                 let note = format!("evacuating {name}: {high} of its VMs are HIGH (mtd.host_high_vms = {n})");
-                self.evacuate(ts, h, &vms, Trigger::HostHigh { high }, &note, None, out);
+                self.evacuate(st, out, ts, h, &vms, Trigger::HostHigh { high }, &note, None);
             }
         }
     }
@@ -274,15 +282,16 @@ impl Merge {
     #[allow(clippy::too_many_arguments)]
     fn evacuate(
         &mut self,
+        st: &mut Stages,
+        out: &mut Publish,
         ts: PacketTime,
         h: usize,
         vms: &[usize],
         trigger: Trigger,
         note: &str,
         id_base: Option<&str>,
-        out: &mut Counts,
     ) {
-        let d = &self.detector;
+        let d = &st.detector;
         let evacuees: Vec<Evacuee> = vms
             .iter()
             .map(|&i| {
@@ -294,14 +303,14 @@ impl Merge {
             Trigger::Ids { .. } => Reason::Ids,
             Trigger::HostHigh { .. } => Reason::HostHigh,
         };
-        let plan = self.policy.evacuate(ts, h, &evacuees, reason, note, id_base);
+        let plan = st.policy.evacuate(ts, h, &evacuees, reason, note, id_base);
         let (name, t, mode, sid, victim, high_vms) = match trigger {
             Trigger::Ids { sid, victim, mode } => (event::Trigger::Ids, ts, mode, Some(sid), Some(victim), None),
             Trigger::HostHigh { high } => (event::Trigger::HostHigh, ts, EvacuationMode::Host, None, None, Some(high)),
         };
         let ev = EvacuationEvent {
             ts: t,
-            hypervisor: self.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone()),
+            hypervisor: st.detector.registry().get(h).map_or_else(String::new, |e| e.id.clone()),
             trigger: name,
             mode,
             sid,
@@ -314,15 +323,15 @@ impl Merge {
             no_destination: 0,
         }
         .with_plan(&plan);
-        out.emit(&mut *self.events, &Event::Evacuation(ev));
-        self.mtd.counts.evacuations += 1;
-        if let Some(tm) = &self.telemetry {
+        out.emit(&Event::Evacuation(ev));
+        self.counts.evacuations += 1;
+        if let Some(tm) = &out.telemetry {
             tm.metrics.evacuations.with_label_values(&[name.as_str()]).inc();
         }
         for e in plan {
             if let Some(crate::policy::Decision::Held(_)) = &e.decision {
-                if !self.mtd.deferred.iter().any(|d| d.vm == e.vm) {
-                    self.mtd.deferred.push(Deferred {
+                if !self.deferred.iter().any(|d| d.vm == e.vm) {
+                    self.deferred.push(Deferred {
                         since: ts,
                         hypervisor: h,
                         vm: e.vm,
@@ -333,7 +342,7 @@ impl Merge {
                 }
             }
             if let Some(dcs) = e.decision {
-                self.decision(dcs, out);
+                st.decision(dcs, out);
             }
         }
     }
@@ -343,53 +352,23 @@ impl Merge {
     /// the hypervisor or is already moving, or after
     /// `storm.migration_timeout_s`; while still held it stays quiet (its
     /// `action_held` event was written once).
-    pub(super) fn retry_deferred(&mut self, ts: PacketTime, out: &mut Counts) {
-        let timeout = self.policy.migration_timeout_us();
-        for d in std::mem::take(&mut self.mtd.deferred) {
-            let Some(i) = self.detector.vm_index(d.vm) else { continue };
-            let here = self.detector.place(i).and_then(|p| p.hv) == Some(d.hypervisor);
+    pub(super) fn retry_deferred(&mut self, st: &mut Stages, out: &mut Publish, ts: PacketTime) {
+        let timeout = st.policy.migration_timeout_us();
+        for d in std::mem::take(&mut self.deferred) {
+            let Some(i) = st.detector.vm_index(d.vm) else { continue };
+            let here = st.detector.place(i).and_then(|p| p.hv) == Some(d.hypervisor);
             if !here || ts.as_micros() - d.since.as_micros() >= timeout {
                 continue;
             }
-            let v = self.detector.vm(i);
+            let v = st.detector.vm(i);
             let e = Evacuee { vm: v.mac, name: v.name.clone(), ram_mb: v.ram_mb.unwrap_or(0), level: v.level };
             let note = format!("{} (held back at {}, sent when the storm limits allowed)", d.note, d.since);
-            let plan = self.policy.evacuate(ts, d.hypervisor, &[e], d.reason, &note, d.id_base.as_deref());
+            let plan = st.policy.evacuate(ts, d.hypervisor, &[e], d.reason, &note, d.id_base.as_deref());
             match plan.into_iter().next().and_then(|p| p.decision) {
-                Some(crate::policy::Decision::Held(_)) => self.mtd.deferred.push(d),
-                Some(act) => self.decision(act, out),
+                Some(crate::policy::Decision::Held(_)) => self.deferred.push(d),
+                Some(act) => st.decision(act, out),
                 None => {}
             }
-        }
-    }
-
-    /// One `vm_window` event per inventory VM that had traffic, RTT samples
-    /// or a raised level in the window ending at `end`, by MAC.
-    pub(super) fn vm_window_events(&mut self, end: PacketTime, out: &mut Counts) {
-        let mut order: Vec<usize> = (0..self.detector.vms().len()).collect();
-        order.sort_by_key(|&i| self.detector.vm(i).mac);
-        for i in order {
-            let v = self.detector.vm(i);
-            let [(tx_bps, tx_pps), (rx_bps, rx_pps)] = v.last_rates;
-            if tx_pps == 0 && rx_pps == 0 && v.last_rtt.count == 0 && v.level == Level::Low {
-                continue;
-            }
-            let ev = Event::VmWindow(VmWindowEvent {
-                ts: end,
-                vm: v.mac,
-                vm_name: Some(v.name.clone()),
-                level: v.level,
-                tx_bps,
-                tx_pps,
-                rx_bps,
-                rx_pps,
-                rtt_samples: v.last_rtt.count,
-                rtt_p50_ms: v.last_rtt.quantile_ms(0.5),
-                rtt_max_ms: v.last_rtt.max_ms(),
-                rtt_peaks: v.last_peaks,
-                rtt_baseline_ms: v.rtt_baseline_ms,
-            });
-            out.emit(&mut *self.events, &ev);
         }
     }
 }

@@ -236,9 +236,9 @@ mod tests {
     use crate::event::Event;
     use crate::measure::placement::Via;
     use crate::measure::rtt::SampleKind;
-    use crate::time::PacketTime;
     use crate::trust::token::Authorization;
     use crate::trust::Verdict;
+    use crate::vocab::PacketTime;
     use std::os::unix::fs::PermissionsExt;
 
     fn line(e: Event) -> String {

@@ -31,7 +31,11 @@
 mod evacuation;
 mod events;
 mod merge;
+mod publish;
+mod reload;
 mod shard;
+mod stages;
+mod window;
 
 pub use crate::event::IdsCounts;
 
@@ -48,8 +52,8 @@ use crate::measure::rtt::{RttCounts, RttSample};
 use crate::measure::Counters;
 use crate::policy::Policy;
 use crate::serve::Telemetry;
-use crate::time::PacketTime;
 use crate::trust::Registry;
+use crate::vocab::PacketTime;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -221,8 +225,9 @@ pub fn run(
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let policy = Policy::new(rules, registry.clone());
     let detector = Detector::new(rules, registry);
-    let placement = Arc::new(SharedPlacement::new(PlacementConfig::from_rules(rules)));
-    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, opts.telemetry.clone(), sink)?;
+    let placement = Arc::new(SharedPlacement::new(PlacementConfig::from(rules)));
+    let observer = opts.telemetry.clone().map(|t| t as Arc<dyn crate::action::Observer>);
+    let dispatcher = Dispatcher::start_with(&rules.backend, limits.action_queue, observer, sink)?;
 
     // IDS alerts: followed live, or read whole to replay along with the capture.
     let (alert_tx, alert_rx) = bounded::<evacuation::AlertBatch>(64);
@@ -310,17 +315,22 @@ pub fn run(
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
     let merge = merge::Merge {
         shards,
-        detector,
-        policy,
-        dispatcher,
-        events,
-        rtt_samples: opts.rtt_samples,
-        vm_windows: opts.vm_windows,
+        stages: stages::Stages { detector, policy, dispatcher },
+        out: publish::Publish {
+            events,
+            telemetry: opts.telemetry.clone(),
+            rtt_samples: opts.rtt_samples,
+            vm_windows: opts.vm_windows,
+            counts: Default::default(),
+        },
         mtd,
         gate_replay: gate_replay.into(),
-        telemetry: opts.telemetry.clone(),
-        reload: opts.reload.clone().map(|flag| (flag, rules.dir.clone(), placement.clone())),
-        running: crate::config::RestartOnly::of(rules),
+        reload: opts.reload.clone().map(|flag| reload::Reload {
+            flag,
+            dir: rules.dir.clone(),
+            shared: placement.clone(),
+            running: crate::config::RestartOnly::of(rules),
+        }),
     };
     let merge_handle = std::thread::Builder::new()
         .name("vmsentry-merge".into())

@@ -6,7 +6,7 @@ use crate::decode::{decode, Tunnels};
 use crate::measure::placement::{PlacementCollector, SharedPlacement};
 use crate::measure::rtt::RttTracker;
 use crate::measure::WindowCounters;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 

@@ -14,10 +14,10 @@
 //! whose migration is already in flight is left out; one over a storm limit
 //! is held back, as for any action.
 use super::{Decision, Held, Policy};
-use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
 use crate::detect::{Level, Reason};
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
+use crate::vocab::{Action, ActionKind};
 use serde::{Deserialize, Serialize};
 
 /// What an IDS alert about a VM moves.

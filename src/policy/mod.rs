@@ -25,14 +25,87 @@ mod evacuate;
 
 pub use evacuate::{EvacuationMode, Evacuee, PlanEntry};
 
-use crate::action::{Action, ActionKind};
-use crate::config::{PolicyTable, Rules, StormRules};
 use crate::decode::Mac;
 use crate::detect::{Change, Level, Reason, VmState};
-use crate::time::PacketTime;
 use crate::trust::Registry;
+use crate::vocab::PacketTime;
+use crate::vocab::{Action, ActionKind};
+use crate::vocab::{HypervisorEntry, VmEntry};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
+
+/// What the policy reads: the `[policy]` table, the storm limits and the inventory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub table: PolicyTable,
+    pub storm: StormRules,
+    pub hypervisors: Vec<HypervisorEntry>,
+    pub vms: Vec<VmEntry>,
+}
+
+/// What each level does, by whether the VM's hypervisor is signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub signed: ActionKind,
+    pub unsigned: ActionKind,
+}
+
+/// The `[policy]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyTable {
+    pub medium: PolicyRule,
+    pub high: PolicyRule,
+}
+
+impl PolicyTable {
+    pub fn rule(&self, level: Level) -> Option<PolicyRule> {
+        match level {
+            Level::Low => None,
+            Level::Medium => Some(self.medium),
+            Level::High => Some(self.high),
+        }
+    }
+}
+
+impl Default for PolicyTable {
+    fn default() -> Self {
+        PolicyTable {
+            medium: PolicyRule { signed: ActionKind::Alert, unsigned: ActionKind::Quarantine },
+            high: PolicyRule { signed: ActionKind::Migrate, unsigned: ActionKind::Quarantine },
+        }
+    }
+}
+
+/// Storm protection (0 turns a limit off).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StormRules {
+    pub vm_cooldown_s: u64,
+    pub max_actions_per_minute: u32,
+    pub max_migrations_per_hypervisor: u32,
+    pub max_migrations: u32,
+    pub migration_timeout_s: u64,
+}
+
+impl Default for StormRules {
+    /// Every limit off; a migration not seen on the wire after 600 s no longer counts as in flight.
+    fn default() -> Self {
+        StormRules {
+            vm_cooldown_s: 0,
+            max_actions_per_minute: 0,
+            max_migrations_per_hypervisor: 0,
+            max_migrations: 0,
+            migration_timeout_s: 600,
+        }
+    }
+}
+
+/// Moving-target defense.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MtdRules {
+    pub mode: EvacuationMode,
+    /// Evacuate a hypervisor when this many of its VMs are HIGH at once (0: off).
+    pub host_high_vms: u32,
+}
 
 /// An action the storm limits held back.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,12 +154,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(rules: &Rules, registry: Registry) -> Policy {
-        Self::placed_as(rules, registry, rules.vms.iter().map(|v| (v.hypervisor, v.ram_mb.unwrap_or(0))))
+    pub fn new(cfg: impl Into<Config>, registry: Registry) -> Policy {
+        let cfg = cfg.into();
+        Self::placed_as(&cfg, registry, cfg.vms.iter().map(|v| (v.hypervisor, v.ram_mb.unwrap_or(0))))
     }
 
     /// A policy with VMs placed as given: (hypervisor index, RAM in MiB) per VM.
-    fn placed_as(rules: &Rules, registry: Registry, vms: impl Iterator<Item = (Option<usize>, u64)>) -> Policy {
+    fn placed_as(rules: &Config, registry: Registry, vms: impl Iterator<Item = (Option<usize>, u64)>) -> Policy {
         let mut placed = vec![0u64; rules.hypervisors.len()];
         let mut placed_ram = vec![0u64; rules.hypervisors.len()];
         for (h, ram) in vms {
@@ -96,7 +170,7 @@ impl Policy {
             }
         }
         Policy {
-            table: rules.policy.clone(),
+            table: rules.table.clone(),
             registry,
             hypervisor_ids: rules.hypervisors.iter().map(|h| h.id.clone()).collect(),
             placed,
@@ -116,8 +190,13 @@ impl Policy {
     /// (carried by hypervisor id; one whose destination left the rules no
     /// longer counts), and the sequence of action ids. `placed` is where each
     /// VM is now (indices into the new rules) and its RAM in MiB.
-    pub fn reload(&mut self, rules: &Rules, registry: Registry, placed: impl Iterator<Item = (Option<usize>, u64)>) {
-        let mut new = Policy::placed_as(rules, registry, placed);
+    pub fn reload(
+        &mut self,
+        cfg: impl Into<Config>,
+        registry: Registry,
+        placed: impl Iterator<Item = (Option<usize>, u64)>,
+    ) {
+        let mut new = Policy::placed_as(&cfg.into(), registry, placed);
         let index = |old: usize| self.hypervisor_ids.get(old).and_then(|id| new.registry.index_of(id));
         let carried: Vec<InFlight> = self
             .in_flight

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::Rules;
 use crate::detect::Detector;
 use crate::trust::ClusterKey;
 use std::os::unix::fs::PermissionsExt;

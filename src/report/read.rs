@@ -624,7 +624,7 @@ mod tests {
     #[test]
     fn a_time_out_of_the_drawn_range_is_an_error_with_its_line_not_a_panic() {
         for us in [i64::MIN, i64::MAX, (1 << 53) + 1, -(1 << 53) - 1] {
-            let ts = crate::time::PacketTime::from_micros(us).to_string();
+            let ts = crate::vocab::PacketTime::from_micros(us).to_string();
             let far = LEVEL.replace("2023-11-15T22:13:29.000000Z", &ts);
             let (_d, p) = file(format!("{LEVEL}\n{far}\n").as_bytes());
             let e = read(&p).unwrap_err().to_string();

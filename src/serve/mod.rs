@@ -24,7 +24,7 @@ pub use metrics::Metrics;
 use crate::action::{Action, ActionKind};
 use crate::decode::Mac;
 use crate::detect::Level;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -241,6 +241,28 @@ pub enum ServeError {
 
 /// Binds `addr` now (so a bad address is an error at start-up) and serves on
 /// a thread of its own, within the default [`Limits`]. Returns the bound
+impl crate::action::Observer for Telemetry {
+    fn queue_depth(&self, n: usize) {
+        self.metrics.queue_depth.with_label_values(&["actions"]).set(n as i64);
+    }
+
+    fn outcome(&self, a: &Action, outcome: &'static str) {
+        self.action_outcome(a, outcome);
+    }
+}
+
+impl crate::capture::live::Observer for Telemetry {
+    fn set_ready(&self, ready: bool) {
+        Telemetry::set_ready(self, ready);
+    }
+
+    fn libpcap_counts(&self, received: u64, kernel_dropped: u64, interface_dropped: u64) {
+        self.metrics.capture_received.inc_by(received);
+        self.metrics.capture_dropped.with_label_values(&["kernel"]).inc_by(kernel_dropped);
+        self.metrics.capture_dropped.with_label_values(&["interface"]).inc_by(interface_dropped);
+    }
+}
+
 /// address (useful with port 0).
 pub fn start(addr: &str, t: Arc<Telemetry>) -> Result<SocketAddr, ServeError> {
     start_with(addr, t, Limits::default())

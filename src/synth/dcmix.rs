@@ -1036,7 +1036,7 @@ fn wrap_vxlan(w: &What, inner: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::decode::{decode, linktype, Tunnels, L4};
-    use crate::time::PacketTime;
+    use crate::vocab::PacketTime;
 
     fn frames(mix: DcMix) -> (MixStats, Vec<(i64, Vec<u8>)>) {
         let dir = tempfile::tempdir().unwrap();

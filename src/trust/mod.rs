@@ -10,9 +10,9 @@
 
 pub mod token;
 
-use crate::config::HypervisorEntry;
 use crate::decode::Mac;
 use crate::small_file::{self, SmallFileError};
+use crate::vocab::HypervisorEntry;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use std::fmt;

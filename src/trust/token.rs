@@ -17,7 +17,7 @@
 
 use super::ClusterKey;
 use crate::decode::Mac;
-use crate::time::PacketTime;
+use crate::vocab::PacketTime;
 use hmac::Mac as _;
 use std::collections::HashSet;
 use std::io::Write;
@@ -223,13 +223,22 @@ impl Authorization {
 }
 
 /// The tokens directory and the nonces already used.
+#[derive(Clone, Debug, Default)]
 pub struct TokenStore {
-    key: ClusterKey,
-    dir: Option<PathBuf>,
+    /// The key tokens are checked with and the directory they are read
+    /// from; none: no move is authorized.
+    source: Option<(ClusterKey, PathBuf)>,
     used: HashSet<String>,
 }
 
 impl TokenStore {
+    /// No tokens directory: every move is `missing` its token.
+    pub fn none() -> TokenStore {
+        TokenStore::default()
+    }
+
+    /// Reads the used nonces of `dir` (the loading step does this once per
+    /// load; the store reads the directory's tokens again when a move needs one).
     pub fn open(key: ClusterKey, dir: Option<&Path>) -> TokenStore {
         let mut used = HashSet::new();
         if let Some(d) = dir {
@@ -242,7 +251,7 @@ impl TokenStore {
                 Err(e) => eprintln!("vmsentry: {}: {e}; used tokens are not remembered", d.join(USED_FILE).display()),
             }
         }
-        TokenStore { key, dir: dir.map(Path::to_path_buf), used }
+        TokenStore { source: dir.map(|d| (key, d.to_path_buf())), used }
     }
 
     /// Remembers the nonces another store has used (after a rules reload).
@@ -257,7 +266,7 @@ impl TokenStore {
         if nonce.is_empty() || nonce.contains(char::is_whitespace) || !self.used.insert(nonce.to_string()) {
             return false;
         }
-        if let Some(dir) = &self.dir {
+        if let Some((_, dir)) = &self.source {
             let appended = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -273,10 +282,10 @@ impl TokenStore {
     /// Looks for a valid, unexpired, unused token for `vm` moving to `to` at
     /// packet time `at`, and uses it up.
     pub fn authorize(&mut self, vm: Mac, to: &str, at: PacketTime) -> Authorization {
-        let Some(dir) = self.dir.clone() else { return Authorization::Missing };
+        let Some((key, dir)) = self.source.clone() else { return Authorization::Missing };
         let mut best = Authorization::Missing;
         for t in read_tokens(&dir) {
-            if t.vm != vm || t.to != to || !t.verify(&self.key) {
+            if t.vm != vm || t.to != to || !t.verify(&key) {
                 continue;
             }
             if t.expires.saturating_mul(1_000_000) < at.as_micros() {

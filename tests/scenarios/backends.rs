@@ -485,7 +485,7 @@ fn alertmanager_receives_the_alert_and_its_resolution() {
         json!(["db-1", "MEDIUM", "rate", "alert", "compute-1", id])
     );
     let secs = |v: &Value| v.as_str().unwrap()[..19].to_string();
-    let at = |us: i64| vmsentry::time::PacketTime::from_micros(us).rfc3339()[..19].to_string();
+    let at = |us: i64| vmsentry::vocab::PacketTime::from_micros(us).rfc3339()[..19].to_string();
     // Raised at the end of the first window; resolved when db-1 fell back to LOW, three quiet windows later.
     assert_eq!((secs(&a["startsAt"]), secs(&a["endsAt"])), (at(t0 + 1_000_000), at(t0 + 4_000_000)));
 }

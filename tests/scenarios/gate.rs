@@ -8,7 +8,7 @@ pub(super) fn decision(at: &str, vm: &str, host: &str, reason: GateReason) -> Ga
     let allowed = matches!(reason, GateReason::Signed | GateReason::Authorized);
     let ts = time::OffsetDateTime::parse(&format!("{T}{at}Z"), &time::format_description::well_known::Rfc3339).unwrap();
     GateRecord {
-        ts: vmsentry::time::PacketTime::from_micros((ts.unix_timestamp_nanos() / 1000) as i64),
+        ts: vmsentry::vocab::PacketTime::from_micros((ts.unix_timestamp_nanos() / 1000) as i64),
         allowed,
         reason,
         detail: (!allowed).then(|| format!("{} (test)", reason.as_str())),

@@ -83,7 +83,7 @@ fn cloud(path: &Path) -> usize {
     const VMS: usize = 1000;
     const WINDOWS: i64 = 120;
     let t0 = 1_700_086_400i64; // 2023-11-15T22:13:20Z
-    let ts = |us: i64| vmsentry::time::PacketTime::from_micros(t0 * 1_000_000 + us).to_string();
+    let ts = |us: i64| vmsentry::vocab::PacketTime::from_micros(t0 * 1_000_000 + us).to_string();
     let mac = |i: usize| format!("fa:16:3e:00:{:02x}:{:02x}", i / 256, i % 256);
     let host = |i: usize| format!("compute-{}", i % 25 + 1);
     let medium = |i: usize| (110..130).contains(&i);

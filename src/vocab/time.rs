@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+/// `window.length_ms`: one window of packet time.
+pub const DEFAULT_WINDOW_MS: u64 = 1000;
+
 /// Microseconds since the Unix epoch, as stamped by the capture.
 ///
 /// Windows, rates and RTTs use only this type, so a replay gives the same

@@ -1,0 +1,109 @@
+//! Window close at the merge: one window's merged partials through detect, in packet-time order among replayed alerts, gate decisions and samples, then MTD and publishing.
+
+use super::evacuation::Mtd;
+use super::publish::Publish;
+use super::stages::Stages;
+use super::DecodeCounts;
+use crate::detect::Outcome;
+use crate::event::{Event, RttSampleEvent};
+use crate::gate::record::GateRecord;
+use crate::measure::placement::Evidence;
+use crate::measure::rtt::{RttCounts, RttSample};
+use crate::measure::WindowMerge;
+use crate::vocab::PacketTime;
+use std::collections::VecDeque;
+
+/// One window's partials as they arrive.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub shards: usize,
+    pub merge: WindowMerge,
+    pub samples: Vec<RttSample>,
+    pub evidence: Evidence,
+    pub decode: DecodeCounts,
+    pub rtt: RttCounts,
+}
+
+/// Closes window `w` (the caller polled for a reload first).
+pub(super) fn close(
+    st: &mut Stages,
+    mtd: &mut Mtd,
+    out: &mut Publish,
+    gate_replay: &mut VecDeque<GateRecord>,
+    w: i64,
+    p: Pending,
+) {
+    let evictions_before = st.detector.evictions;
+    let totals = p.merge.finish();
+    let mut samples = p.samples;
+    // Shards interleave arbitrarily; a total order makes the baseline
+    // and the events the same for every thread count.
+    samples.sort_unstable();
+    out.counts.rtt_samples += samples.len() as u64;
+    let mut evidence = p.evidence;
+    evidence.normalize();
+    // Replayed gate decisions due by the window's end, before its moves
+    // look for them (each move only takes one from before itself).
+    let end = st.detector.window_start(w + 1);
+    let mut due = Vec::new();
+    while gate_replay.front().is_some_and(|r| r.ts < end) {
+        due.extend(gate_replay.pop_front());
+    }
+    if !due.is_empty() {
+        st.gate_decisions(due, out);
+    }
+    let outcomes = st.detector.close_window(w, &totals, &samples, &evidence);
+    // Quiet windows before `w` first; then what happened inside `w`
+    // (samples, moves, conflicts) by time; then w's verdicts at its end.
+    let start = st.detector.window_start(w);
+    let split = outcomes.iter().position(|o| o.ts() > start).unwrap_or(outcomes.len());
+    // Replayed IDS alerts due by the window's end go in time order among
+    // the rest: those before its start among the quiet windows' outcomes.
+    let mut due = mtd.due(start, end).into_iter().peekable();
+    for o in &outcomes[..split] {
+        while let Some(a) = due.next_if(|a| a.0 < o.ts()) {
+            mtd.replayed(st, out, a);
+        }
+        st.outcome(o, out);
+    }
+    while let Some(a) = due.next_if(|a| a.0 <= start) {
+        mtd.replayed(st, out, a);
+    }
+    let (timed, at_end): (Vec<&Outcome>, Vec<&Outcome>) = outcomes[split..]
+        .iter()
+        .partition(|o| matches!(o, Outcome::Migration(_) | Outcome::Conflict(_) | Outcome::GateDenied(_)));
+    let mut inside: Vec<(PacketTime, usize, Option<&Outcome>, Option<&RttSample>)> = Vec::new();
+    if out.rtt_samples {
+        inside.extend(samples.iter().enumerate().map(|(k, s)| (s.ts, k, None, Some(s))));
+    }
+    let n = inside.len();
+    inside.extend(timed.iter().enumerate().map(|(k, o)| (o.ts(), n + k, Some(*o), None)));
+    inside.sort_by_key(|x| (x.0, x.1));
+    for (ts, _, o, s) in inside {
+        while let Some(a) = due.next_if(|a| a.0 < ts) {
+            mtd.replayed(st, out, a);
+        }
+        if let Some(s) = s {
+            let vm = st.detector.vm_index(s.mac).map(|i| st.detector.vm(i).name.clone());
+            out.emit(&Event::RttSample(RttSampleEvent::new(s, vm)));
+        }
+        if let Some(o) = o {
+            st.outcome(o, out);
+        }
+    }
+    for a in due {
+        mtd.replayed(st, out, a);
+    }
+    if out.vm_windows {
+        out.vm_windows(&st.detector, end);
+    }
+    for o in at_end {
+        st.outcome(o, out);
+    }
+    mtd.host_high(st, out, end);
+    mtd.retry_deferred(st, out, end);
+    mtd.publish(out);
+    out.window(&st.detector, &p.decode, &p.rtt, &samples, st.detector.evictions - evictions_before);
+    // A window's events are readable when it closes (tail -f on a live run).
+    out.flush();
+}
