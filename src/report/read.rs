@@ -448,7 +448,7 @@ struct QemuLine {
     #[serde(rename = "type")]
     kind: String,
     /// When the migration finished.
-    ts: crate::time::PacketTime,
+    ts: crate::vocab::PacketTime,
     vm: String,
     downtime_ms: Option<f64>,
     total_ms: Option<f64>,
