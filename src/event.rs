@@ -158,12 +158,25 @@ pub struct MigrationEvent {
     pub bytes: Option<u64>,
     #[serde(deserialize_with = "Option::deserialize")]
     pub bytes_per_ram: Option<f64>,
-    /// From the first stream's start to the move.
+    /// From the first stream's start to the source's last migration data
+    /// (to the move when none was seen).
     #[serde(deserialize_with = "Option::deserialize")]
     pub total_ms: Option<f64>,
     /// From the VM's last frame at the source to its first at the destination.
     #[serde(deserialize_with = "Option::deserialize")]
     pub downtime_ms: Option<f64>,
+    /// The pause to resume lies within [`downtime_ms` - this, `downtime_ms`]
+    /// (README: what the wire sees of a downtime).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub downtime_resolution_ms: Option<f64>,
+    /// Time-to-responsiveness: from the move until the VM sends at 80 % of
+    /// its rate before it again (README: migrations on the wire).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub responsive_ms: Option<f64>,
+    /// From the VM's last frame at the source to the source's last migration
+    /// data (QEMU's definition of downtime; null without a stream).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub source_downtime_ms: Option<f64>,
     /// The VM's RAM and flavor from the rules, for grouping migrations.
     #[serde(deserialize_with = "Option::deserialize")]
     pub ram_mb: Option<u64>,

@@ -1029,7 +1029,7 @@ fn migrations_over_vxlan_are_seen_measured_and_checked() {
             "granted",
             1,
             292890,
-            2000.0,
+            1940.0,
             100.0
         ]),
         json!([
@@ -1068,7 +1068,7 @@ fn migrations_over_vxlan_are_seen_measured_and_checked() {
             "granted",
             1,
             5857800,
-            2300.0,
+            1949.5,
             400.0
         ]),
         json!([
@@ -1255,7 +1255,7 @@ fn plain_network_moves_are_located_by_the_sensor_or_reported_as_unknown() {
             "granted",
             1,
             292890,
-            2000.0,
+            1940.0,
             null
         ])]
     );
@@ -1439,6 +1439,9 @@ mod gate_libvirt;
 
 #[path = "scenarios/report.rs"]
 mod report;
+
+#[path = "scenarios/lab.rs"]
+mod lab;
 
 #[path = "scenarios/capture_inputs.rs"]
 mod capture_inputs;

@@ -357,6 +357,7 @@ impl From<&Rules> for crate::measure::placement::PlacementConfig {
             hypervisor_macs: r.hypervisors.iter().flat_map(|h| h.macs.iter().copied()).collect(),
             sensor: r.sensor.is_some(),
             ports: r.migration.ports.clone(),
+            window_len_us: r.window_len_us(),
         }
     }
 }

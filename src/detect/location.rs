@@ -19,7 +19,9 @@
 
 use crate::decode::Mac;
 use crate::gate::record::{GateReason, GateRecord};
-use crate::measure::placement::{Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via};
+use crate::measure::placement::{
+    slot_of, Endpoint, Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS,
+};
 use crate::trust::token::{Authorization, TokenStore};
 use crate::trust::{Registry, Verdict};
 use crate::vocab::Level;
@@ -131,6 +133,14 @@ pub struct Move {
     pub bytes: Option<u64>,
     pub total_us: Option<i64>,
     pub downtime_us: Option<i64>,
+    /// The pause lies within [downtime - resolution, downtime] (see [`Locator`]).
+    pub downtime_resolution_us: Option<i64>,
+    /// From the move until the VM's rate is back (see [`responsive_us`]).
+    pub responsive_us: Option<i64>,
+    /// From the VM's last frame at the source to the source's last migration
+    /// data: QEMU's own definition of downtime (the source's stop to its
+    /// completion), without the destination's loading.
+    pub source_downtime_us: Option<i64>,
     /// Whether an allowed gate decision matched (none when no decisions are followed).
     pub gated: Option<bool>,
 }
@@ -205,6 +215,117 @@ struct VmLoc {
     /// Its last move lacked a required token: treated as unsigned until an
     /// authorized move.
     unauthorized: bool,
+    /// The wire showed it behind an unsigned hypervisor (or it moved without
+    /// a required token) and it has not moved to a signed one since: its
+    /// `signature` HIGH holds through windows it is quiet in.
+    behind_unsigned: bool,
+    /// Its frames at `current` in the last [`GAP_SPAN_US`] or so: (global slot, frames),
+    /// oldest first, nonempty slots only, at most [`MAX_RECENT`].
+    recent: VecDeque<(i64, u16)>,
+}
+
+/// Slots of recent frames kept per VM.
+const MAX_RECENT: usize = 4_096;
+/// How far back the largest frame gap (and the rate) before a move is
+/// looked at: the VM's pace just before it paused.
+const GAP_SPAN_US: i64 = 250_000;
+
+impl VmLoc {
+    /// Adds a sighting's slots (window `w` of `len_us`), keeping about the
+    /// last [`GAP_SPAN_US`].
+    fn remember(&mut self, s: &Sighting, len_us: i64) {
+        let base = s.first.as_micros().div_euclid(len_us.max(1)).saturating_mul(SLOTS as i64);
+        for (k, &n) in s.slots.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let g = base + k as i64;
+            // Sightings come in time order; a slot already there (another
+            // sighting at the same place in this window) adds up.
+            match self.recent.iter_mut().rev().find(|e| e.0 == g) {
+                Some(e) => e.1 = e.1.saturating_add(n),
+                None => {
+                    let at = self.recent.iter().rposition(|e| e.0 < g).map_or(0, |p| p + 1);
+                    self.recent.insert(at, (g, n));
+                }
+            }
+        }
+        let span = span_slots(len_us);
+        let newest = self.recent.back().map_or(0, |e| e.0);
+        while self.recent.front().is_some_and(|e| e.0 <= newest - span) || self.recent.len() > MAX_RECENT {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// A VM is responsive again once it sends at this fraction of its rate
+/// before the move ...
+pub const RESPONSIVE_FRACTION: f64 = 0.8;
+/// ... over this many consecutive slots.
+pub const RESPONSIVE_SLOTS: usize = 8;
+/// Frames before the move (in [`GAP_SPAN_US`]) below which its pace is not measured.
+const RESPONSIVE_MIN_FRAMES: u64 = 16;
+
+/// Time-to-responsiveness (the first paper's fourth metric): from the move
+/// (`at`, the VM's first frame or announce at the destination, in window
+/// `dest`'s slots) to the first frame (its slot's start) of the first run of
+/// [`RESPONSIVE_SLOTS`] slots in which the VM sent at least [`RESPONSIVE_FRACTION`] of what its
+/// rate in the 250 ms before its last frame at the source (`recent`, up to
+/// slot `last`) gives for that time. Measured within the move's window
+/// (its event is written when that window closes): `None` when the VM was
+/// not back by then, or sent fewer than [`RESPONSIVE_MIN_FRAMES`] before.
+fn responsive_us(
+    recent: &VecDeque<(i64, u16)>,
+    last: i64,
+    dest: &Sighting,
+    at: PacketTime,
+    len_us: i64,
+) -> Option<i64> {
+    let lo = last - span_slots(len_us) + 1;
+    let within = || recent.iter().filter(|e| e.0 >= lo && e.0 <= last);
+    let frames: u64 = within().map(|e| u64::from(e.1)).sum();
+    let first = within().next()?.0;
+    if frames < RESPONSIVE_MIN_FRAMES {
+        return None;
+    }
+    // Frames per slot before the move, over the span it was seen in.
+    let per_slot = frames as f64 / (last - first + 1) as f64;
+    let need = (RESPONSIVE_FRACTION * per_slot * RESPONSIVE_SLOTS as f64).ceil().max(1.0) as u32;
+    let width = len_us as f64 / SLOTS as f64;
+    let window_start = at.as_micros().div_euclid(len_us.max(1)) * len_us;
+    let from = slot_of(at, len_us);
+    let run = (from..=SLOTS.saturating_sub(RESPONSIVE_SLOTS))
+        .find(|&k| dest.slots[k..k + RESPONSIVE_SLOTS].iter().map(|&n| u32::from(n)).sum::<u32>() >= need)?;
+    // From its first slot with frames.
+    let k = (run..run + RESPONSIVE_SLOTS).find(|&k| dest.slots[k] > 0).unwrap_or(run);
+    Some((window_start + (k as f64 * width) as i64 - at.as_micros()).max(0))
+}
+
+/// Slots in [`GAP_SPAN_US`].
+fn span_slots(len_us: i64) -> i64 {
+    (GAP_SPAN_US.saturating_mul(SLOTS as i64) / len_us.max(1)).max(1)
+}
+
+/// The largest gap between the VM's frames in the span before its last
+/// frame (slot `last`), rounded up to whole slots: `None` when fewer than two
+/// slots had frames, or when the span's first frame came later than the
+/// largest gap (its rhythm may be slower than the span shows).
+fn largest_gap_us(recent: &VecDeque<(i64, u16)>, last: i64, len_us: i64) -> Option<i64> {
+    let lo = last - span_slots(len_us) + 1;
+    let mut prev: Option<i64> = None;
+    let (mut first, mut widest) = (None, 0i64);
+    for &(g, _) in recent.iter().filter(|e| e.0 >= lo && e.0 <= last) {
+        first.get_or_insert(g);
+        if let Some(p) = prev {
+            widest = widest.max(g - p + 1);
+        }
+        prev = Some(g);
+    }
+    let first = first?;
+    if widest == 0 || first - lo > widest {
+        return None;
+    }
+    Some(widest.saturating_mul(len_us) / SLOTS as i64)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -218,6 +339,7 @@ const MAX_STREAMS: usize = 4_096;
 
 pub struct Locator {
     rules: MigrationRules,
+    window_len_us: i64,
     registry: Registry,
     /// Registered IPs per hypervisor.
     hv_ips: Vec<Vec<IpAddr>>,
@@ -267,6 +389,7 @@ impl Locator {
             .collect();
         Locator {
             rules: rules.migration.clone(),
+            window_len_us: rules.window_len_ms as i64 * 1000,
             hv_ips: rules.hypervisors.iter().map(|h| h.ips.clone()).collect(),
             hv_by_mac,
             hv_by_ip,
@@ -414,6 +537,12 @@ impl Locator {
         self.vms.get(vm).and_then(|v| v.current)
     }
 
+    /// Whether the wire showed the VM behind an unsigned hypervisor (or
+    /// moving without a required token) since its last move to a signed one.
+    pub fn behind_unsigned(&self, vm: usize) -> bool {
+        self.vms.get(vm).is_some_and(|v| v.behind_unsigned)
+    }
+
     /// Whether the VM counts as on a signed hypervisor: its place verifies,
     /// and (with `require_authorization`) its last move was authorized.
     pub fn signed(&self, vm: usize) -> bool {
@@ -473,6 +602,7 @@ impl Locator {
                     s.part.first = s.part.first.min(p.first);
                     s.part.last = s.part.last.max(p.last);
                     s.part.bytes += p.bytes;
+                    s.part.last_data = s.part.last_data.max(p.last_data);
                 }
                 None => {
                     if self.streams.len() >= MAX_STREAMS {
@@ -527,6 +657,7 @@ impl Locator {
                     if self.rules.require_authorization {
                         self.flags[i].unsigned = true;
                         v.unauthorized = true;
+                        v.behind_unsigned = true;
                     }
                     let from = v.current;
                     let approval = if self.gate { self.take_approval(self.vm_macs[i], None, t) } else { None };
@@ -546,6 +677,9 @@ impl Locator {
                         bytes: None,
                         total_us: None,
                         downtime_us: None,
+                        downtime_resolution_us: None,
+                        responsive_us: None,
+                        source_downtime_us: None,
                         gated: self.gate.then_some(approval.is_some()),
                     });
                 }
@@ -583,8 +717,10 @@ impl Locator {
                 let v = &mut self.vms[i];
                 v.current = Some(place);
                 v.last_seen = Some(v.last_seen.map_or(s.last, |l| l.max(s.last)));
+                v.remember(s, self.window_len_us);
                 if !verdict.is_signed() || v.unauthorized {
                     self.flags[i].unsigned = true;
+                    v.behind_unsigned = true;
                 }
             }
         }
@@ -603,22 +739,63 @@ impl Locator {
     ) {
         let via = s.announce.map_or(Via::Traffic, |(_, v)| v);
         // Streams between the two hypervisors, ended shortly before the move.
+        // One migration's connections all go to the destination's listening
+        // endpoint; of several migrations between the same two hosts, this
+        // move's is the one whose data from the source ended last before
+        // the VM showed up at the destination (the source sends nothing
+        // after the destination resumed it).
         let (from_ips, to_ips) = (self.ips_of(&from), self.ips_of(&to));
         let gap = self.rules.stream_gap_s as i64 * 1_000_000;
-        let mut streams = 0u32;
-        let mut bytes = 0u64;
-        let mut start: Option<PacketTime> = None;
-        for st in self.streams.values_mut() {
+        let listener = |p: &StreamPart| -> Endpoint {
+            if to_ips.contains(&p.dst.0) {
+                p.dst
+            } else {
+                p.src
+            }
+        };
+        // Per listener: the source's last data, and the latest frame.
+        let mut groups: Vec<(Endpoint, Option<PacketTime>, PacketTime)> = Vec::new();
+        let candidate = |st: &Stream| {
             let p = st.part;
             let between = (from_ips.contains(&p.src.0) && to_ips.contains(&p.dst.0))
                 || (to_ips.contains(&p.src.0) && from_ips.contains(&p.dst.0));
-            if st.tied || !between || p.first > at || p.last.as_micros() < at.as_micros().saturating_sub(gap) {
-                continue;
+            !st.tied && between && p.first <= at && p.last.as_micros() >= at.as_micros().saturating_sub(gap)
+        };
+        for st in self.streams.values().filter(|st| candidate(st)) {
+            let p = &st.part;
+            let data = p.last_data.filter(|_| from_ips.contains(&p.src.0));
+            let l = listener(p);
+            match groups.iter_mut().find(|g| g.0 == l) {
+                Some(g) => {
+                    g.1 = g.1.max(data);
+                    g.2 = g.2.max(p.last);
+                }
+                None => groups.push((l, data, p.last)),
             }
-            st.tied = true;
-            streams += 1;
-            bytes += p.bytes;
-            start = Some(start.map_or(p.first, |x| x.min(p.first)));
+        }
+        // Ended before the move, the latest such; else (data past the move)
+        // the earliest to end. Ties by endpoint, so the choice is stable.
+        let chosen = groups
+            .iter()
+            .filter(|g| g.1.is_some_and(|d| d <= at))
+            .max_by_key(|g| (g.1, g.0))
+            .or_else(|| groups.iter().min_by_key(|g| (g.1.unwrap_or(g.2), g.0)))
+            .map(|g| (g.0, g.1));
+        let mut streams = 0u32;
+        let mut bytes = 0u64;
+        let mut start: Option<PacketTime> = None;
+        let source_done = chosen.and_then(|c| c.1);
+        if let Some((l, _)) = chosen {
+            for st in self.streams.values_mut() {
+                if !candidate(st) || listener(&st.part) != l {
+                    continue;
+                }
+                let p = st.part;
+                st.tied = true;
+                streams += 1;
+                bytes += p.bytes;
+                start = Some(start.map_or(p.first, |x| x.min(p.first)));
+            }
         }
         let to_name = to.name(&self.registry).unwrap_or_default();
         let approval = if self.gate { self.take_approval(self.vm_macs[i], Some(&to_name), at) } else { None };
@@ -627,8 +804,26 @@ impl Locator {
             Some(true) => Authorization::Granted,
             _ => self.tokens.authorize(self.vm_macs[i], &to_name, at),
         };
+        let len_us = self.window_len_us;
         let v = &mut self.vms[i];
         let downtime_us = v.last_seen.map(|l| at.as_micros().saturating_sub(l.as_micros()).max(0));
+        // The pause came after the VM's last frame at the source, by at most
+        // its largest recent frame gap there; the destination resumed it
+        // after the source's last migration data, at the latest when it
+        // first showed. Unknown gap: anywhere in the silence.
+        let downtime_resolution_us = v.last_seen.zip(downtime_us).map(|(l, d)| {
+            let last_slot = l.as_micros().div_euclid(len_us.max(1)) * SLOTS as i64 + slot_of(l, len_us) as i64;
+            let lag = source_done.map_or(0, |e| at.as_micros().saturating_sub(e.as_micros().max(l.as_micros())).max(0));
+            largest_gap_us(&v.recent, last_slot, len_us).map_or(d, |g| g.saturating_add(lag).min(d))
+        });
+        let source_downtime_us =
+            v.last_seen.zip(source_done).map(|(l, e)| e.min(at).as_micros().saturating_sub(l.as_micros()).max(0));
+        let responsive_us = v.last_seen.and_then(|l| {
+            let last_slot = l.as_micros().div_euclid(len_us.max(1)) * SLOTS as i64 + slot_of(l, len_us) as i64;
+            responsive_us(&v.recent, last_slot, s, at, len_us)
+        });
+        v.recent.clear();
+        v.remember(s, len_us);
         v.unauthorized = self.rules.require_authorization && authorization != Authorization::Granted;
         v.previous = Some((from, at));
         v.current = Some(to);
@@ -638,9 +833,10 @@ impl Locator {
         }
         let f = &mut self.flags[i];
         f.moved = true;
-        if !verdict.is_signed() || (self.rules.require_authorization && authorization != Authorization::Granted) {
-            f.unsigned = true;
-        }
+        let unsigned =
+            !verdict.is_signed() || (self.rules.require_authorization && authorization != Authorization::Granted);
+        f.unsigned |= unsigned;
+        self.vms[i].behind_unsigned = unsigned;
         if let (Some(ram), true) = (self.ram_bytes[i], streams > 0) {
             if bytes as f64 > self.rules.factor * ram as f64 {
                 f.too_many_bytes = true;
@@ -659,8 +855,14 @@ impl Locator {
             authorization,
             streams,
             bytes: (streams > 0).then_some(bytes),
-            total_us: start.map(|st| at.as_micros().saturating_sub(st.as_micros())),
+            // Until the source is done (the first paper's "until the resources
+            // of the source host are released", and QEMU's total-time): its
+            // last migration data, else the move.
+            total_us: start.map(|st| source_done.unwrap_or(at).min(at).as_micros().saturating_sub(st.as_micros())),
             downtime_us,
+            downtime_resolution_us,
+            responsive_us,
+            source_downtime_us,
             gated: self.gate.then_some(approval.is_some()),
         });
     }
@@ -710,6 +912,7 @@ mod tests {
                 last: at,
                 frames: 1,
                 announce: hv.is_none().then_some((at, Via::Rarp)),
+                slots: [0; SLOTS],
             }],
             ..Default::default()
         }
@@ -800,6 +1003,68 @@ mod tests {
         // The same token in tokens_dir cannot grant a second move to h2.
         let (moves, _) = l.window(&seen(A, Some(H2), 30 * S), PacketTime::from_micros(31 * S));
         assert_eq!(moves[0].authorization, Authorization::Replayed);
+    }
+
+    /// A VM at h1 sending a frame every `every_us` from `from` to `to`, one
+    /// window of 100 ms at a time, then its first frame at h2 at `at` and
+    /// frames every `after_us` from there.
+    fn paced(l: &mut Locator, from: i64, to: i64, every_us: i64, at: i64, after_us: i64) -> Move {
+        const W: i64 = 100_000;
+        let (h1, h2): (Mac, Mac) = (H1.parse().unwrap(), H2.parse().unwrap());
+        let sighting = |hv: Mac, times: &[i64]| Sighting {
+            vm: A.parse().unwrap(),
+            origin: Origin::Outer { mac: hv, ip: [10, 0, 0, 1].into() },
+            first: PacketTime::from_micros(times[0]),
+            last: PacketTime::from_micros(*times.last().unwrap()),
+            frames: times.len() as u64,
+            announce: None,
+            slots: {
+                let mut s = [0u16; SLOTS];
+                for &t in times {
+                    s[slot_of(PacketTime::from_micros(t), W)] += 1;
+                }
+                s
+            },
+        };
+        let before: Vec<i64> = (0..).map(|k| from + k * every_us).take_while(|&t| t <= to).collect();
+        let after: Vec<i64> = (0..).map(|k| at + k * after_us).take_while(|&t| t < (at / W + 1) * W).collect();
+        let mut w = from / W;
+        loop {
+            let mut ev = Evidence::default();
+            let src: Vec<i64> = before.iter().copied().filter(|t| t / W == w).collect();
+            if !src.is_empty() {
+                ev.sightings.push(sighting(h1, &src));
+            }
+            if w == at / W {
+                ev.sightings.push(sighting(h2, &after));
+            }
+            let (moves, _) = l.window(&ev, PacketTime::from_micros((w + 1) * W));
+            if let Some(m) = moves.into_iter().next() {
+                return m;
+            }
+            w += 1;
+        }
+    }
+
+    #[test]
+    fn the_downtime_resolution_is_the_pace_before_the_move_and_time_to_responsiveness_its_return() {
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        // Every 2 ms from 10.0 s to 10.5 s, then quiet; back at 10.530 s, every 2 ms.
+        let m = paced(&mut l, 10_000_000, 10_500_000, 2_000, 10_530_000, 2_000);
+        assert_eq!(m.downtime_us, Some(30_000));
+        // Gaps of 2 ms are 1 or 2 slots (1.5625 ms) apart: at most 3 slots, 4.687 ms.
+        assert_eq!(m.downtime_resolution_us, Some(4_687));
+        // Back at once: the first 8 slots from the move's slot hold 7+ frames (80 % of 6.25 a slot x 8 x 0.8...).
+        assert_eq!(m.responsive_us, Some(0));
+        // The same, but it resumes at a fifth of its pace: never back within the window.
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let m = paced(&mut l, 10_000_000, 10_500_000, 2_000, 10_530_000, 10_000);
+        assert_eq!((m.downtime_us, m.responsive_us), (Some(30_000), None));
+        // Every 100 ms: fewer than 16 frames in 250 ms, and a quiet start of the
+        // span as long as its gaps: pace unknown, the whole silence.
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let m = paced(&mut l, 10_000_000, 10_500_000, 100_000, 10_530_000, 2_000);
+        assert_eq!((m.downtime_us, m.downtime_resolution_us, m.responsive_us), (Some(30_000), Some(30_000), None));
     }
 
     #[test]

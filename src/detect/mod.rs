@@ -467,7 +467,9 @@ impl Detector {
 
             let f = std::mem::take(&mut self.locator.flags[i]);
             let high_if = |b: bool| if b { Level::High } else { Level::Low };
-            let signature_changed = vm.signature.update(high_if(f.unsigned), clear);
+            // Held while the VM stays behind the unsigned host, quiet or not.
+            let unsigned = f.unsigned || self.locator.behind_unsigned(i);
+            let signature_changed = vm.signature.update(high_if(unsigned), clear);
             let migration_w = if f.too_many_bytes {
                 Level::High
             } else if f.long_downtime {

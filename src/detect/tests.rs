@@ -185,6 +185,7 @@ fn a_move_restarts_the_rtt_baseline() {
             last: PacketTime::from_micros(t),
             frames: 1,
             announce: None,
+            slots: [0; crate::measure::placement::SLOTS],
         }],
         ..Default::default()
     };
@@ -238,6 +239,7 @@ fn a_reload_that_reorders_the_hypervisors_keeps_each_vm_on_its_hypervisor() {
             last: PacketTime::from_micros(0),
             frames: 1,
             announce: None,
+            slots: [0; crate::measure::placement::SLOTS],
         }],
         ..Default::default()
     };

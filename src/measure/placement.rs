@@ -44,6 +44,11 @@ pub enum Origin {
     Unknown,
 }
 
+/// Slots a window is cut into for a sighting's frame counts (so the VM's
+/// frame gaps before a move are known to a 64th of a window, for any
+/// number of shards: counts add up).
+pub const SLOTS: usize = 64;
+
 /// One VM seen at one origin in one window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Sighting {
@@ -54,6 +59,15 @@ pub struct Sighting {
     pub frames: u64,
     /// The first announce among them, and its kind.
     pub announce: Option<(PacketTime, Via)>,
+    /// Frames per slot of the window (saturating).
+    pub slots: [u16; SLOTS],
+}
+
+/// The slot of a window of `len_us` that `ts` falls in.
+#[inline]
+pub fn slot_of(ts: PacketTime, len_us: i64) -> usize {
+    let len = len_us.max(1);
+    (ts.as_micros().rem_euclid(len) as i128 * SLOTS as i128 / len as i128) as usize
 }
 
 /// A TCP endpoint.
@@ -69,6 +83,9 @@ pub struct StreamPart {
     pub first: PacketTime,
     pub last: PacketTime,
     pub bytes: u64,
+    /// The last segment that carried payload (the source finished sending
+    /// when its direction's data ends; acknowledgements and FIN come later).
+    pub last_data: Option<PacketTime>,
 }
 
 /// Something on the wire that contradicts the registry.
@@ -88,6 +105,8 @@ pub struct PlacementConfig {
     pub sensor: bool,
     /// Inclusive port ranges of migration streams.
     pub ports: Vec<(u16, u16)>,
+    /// The window length, for the sightings' slots.
+    pub window_len_us: i64,
 }
 
 impl PlacementConfig {
@@ -223,10 +242,13 @@ impl PlacementCollector {
             last: o.ts,
             frames: 0,
             announce: None,
+            slots: [0; SLOTS],
         });
         s.first = s.first.min(o.ts);
         s.last = s.last.max(o.ts);
         s.frames += 1;
+        let k = slot_of(o.ts, self.cfg.window_len_us);
+        s.slots[k] = s.slots[k].saturating_add(1);
         if let Some(via) = announce {
             if s.announce.is_none_or(|(t, _)| o.ts < t) {
                 s.announce = Some((o.ts, via));
@@ -250,11 +272,20 @@ impl PlacementCollector {
             self.dropped += 1;
             return;
         }
-        let s =
-            self.streams.entry(key).or_insert(StreamPart { src: key.0, dst: key.1, first: o.ts, last: o.ts, bytes: 0 });
+        let s = self.streams.entry(key).or_insert(StreamPart {
+            src: key.0,
+            dst: key.1,
+            first: o.ts,
+            last: o.ts,
+            bytes: 0,
+            last_data: None,
+        });
         s.first = s.first.min(o.ts);
         s.last = s.last.max(o.ts);
         s.bytes += u64::from(o.orig_len);
+        if t.payload_len > 0 {
+            s.last_data = Some(s.last_data.map_or(o.ts, |d| d.max(o.ts)));
+        }
     }
 
     /// Hands over the window's evidence, and picks up reloaded rules.
@@ -304,6 +335,9 @@ impl Evidence {
                     m.first = m.first.min(s.first);
                     m.last = m.last.max(s.last);
                     m.frames += s.frames;
+                    for (a, b) in m.slots.iter_mut().zip(s.slots) {
+                        *a = a.saturating_add(b);
+                    }
                     m.announce = match (m.announce, s.announce) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),

@@ -72,6 +72,9 @@ impl MigrationEvent {
             },
             total_ms: m.total_us.map(|u| u as f64 / 1000.0),
             downtime_ms: m.downtime_us.map(|u| u as f64 / 1000.0),
+            downtime_resolution_ms: m.downtime_resolution_us.map(|u| u as f64 / 1000.0),
+            responsive_ms: m.responsive_us.map(|u| u as f64 / 1000.0),
+            source_downtime_ms: m.source_downtime_us.map(|u| u as f64 / 1000.0),
             ram_mb: ram_bytes.map(|b| b / (1024 * 1024)),
             flavor,
             gated: m.gated,
@@ -382,6 +385,9 @@ mod tests {
             bytes: Some(3 * 1024 * 1024 * 1024),
             total_us: Some(2_300_500),
             downtime_us: Some(400),
+            downtime_resolution_us: Some(150),
+            responsive_us: Some(2500),
+            source_downtime_us: Some(300),
             gated: None,
         };
         assert_eq!(
@@ -392,7 +398,7 @@ mod tests {
                 Some(2048 * 1024 * 1024),
                 vm.flavor.clone()
             ))),
-            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"h1","to_hypervisor":"h2","to_mac":"52:54:00:aa:00:02","to_ip":"10.0.0.32","via":"rarp","signature":"invalid","authorized":false,"authorization":"replayed","streams":2,"bytes":3221225472,"bytes_per_ram":1.5,"total_ms":2300.5,"downtime_ms":0.4,"ram_mb":2048,"flavor":"m1.small"}"#
+            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"h1","to_hypervisor":"h2","to_mac":"52:54:00:aa:00:02","to_ip":"10.0.0.32","via":"rarp","signature":"invalid","authorized":false,"authorization":"replayed","streams":2,"bytes":3221225472,"bytes_per_ram":1.5,"total_ms":2300.5,"downtime_ms":0.4,"downtime_resolution_ms":0.15,"responsive_ms":2.5,"source_downtime_ms":0.3,"ram_mb":2048,"flavor":"m1.small"}"#
         );
         // An announce with nowhere known, and no measurement.
         let m = Move {
@@ -404,11 +410,14 @@ mod tests {
             bytes: None,
             total_us: None,
             downtime_us: None,
+            downtime_resolution_us: None,
+            responsive_us: None,
+            source_downtime_us: None,
             ..m
         };
         assert_eq!(
             line(Event::Migration(MigrationEvent::new(&m, &vm, &registry, None, None))),
-            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"52:54:00:66:66:66","to_hypervisor":null,"to_mac":null,"to_ip":null,"via":"rarp","signature":"unknown","authorized":false,"authorization":"missing","streams":0,"bytes":null,"bytes_per_ram":null,"total_ms":null,"downtime_ms":null,"ram_mb":null,"flavor":null}"#
+            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"52:54:00:66:66:66","to_hypervisor":null,"to_mac":null,"to_ip":null,"via":"rarp","signature":"unknown","authorized":false,"authorization":"missing","streams":0,"bytes":null,"bytes_per_ram":null,"total_ms":null,"downtime_ms":null,"downtime_resolution_ms":null,"responsive_ms":null,"source_downtime_ms":null,"ram_mb":null,"flavor":null}"#
         );
     }
 

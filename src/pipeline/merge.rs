@@ -240,6 +240,7 @@ mod tests {
                 last: t,
                 frames: 1,
                 announce: None,
+                slots: [0; crate::measure::placement::SLOTS],
             }],
             ..Default::default()
         }

@@ -119,7 +119,7 @@ fn an_ids_alert_evacuates_the_victims_host_and_the_wire_confirms_the_plan() {
     }
     // The wire shows each VM arriving where the plan sent it, measured:
     // the synth's ground truth (a stream of 1.1 x RAM in 1502-byte frames
-    // over 0.5 s per MiB; downtime 50 ms + 20 + 10 k ms).
+    // over 0.5 s per MiB, total time to its last frame; downtime 50 ms + 20 + 10 k ms).
     let migs = of_type(&ev, "migration");
     assert_eq!(migs.len(), 5);
     for (k, (mac, _, ram, dest)) in MTD_VMS.iter().enumerate() {
@@ -133,7 +133,8 @@ fn an_ids_alert_evacuates_the_victims_host_and_the_wire_confirms_the_plan() {
             (
                 &json!("compute-4"),
                 &json!(frames * 1502),
-                &json!((ram * 500 + 20 + 10 * k as u64) as f64),
+                // Until the source's last stream frame (k of n at (until - at) k / n).
+                &json!((ram * 500_000 * (frames - 1) / frames) as f64 / 1000.0),
                 &json!((70 + 10 * k as u64) as f64),
                 &json!(ram)
             )

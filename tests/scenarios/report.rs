@@ -182,7 +182,8 @@ fn cloud(path: &Path) -> usize {
             json!({"type":"migration","ts":ts(mus),"vm":mac(i),"vm_name":format!("vm-{i}"),"from_hypervisor":"compute-7",
                    "to_hypervisor":dest,"to_mac":null,"to_ip":null,"via":"rarp","signature":"valid","authorized":false,
                    "authorization":"missing","streams":1,"bytes":2_362_232_012u64 + k as u64,"bytes_per_ram":1.1,
-                   "total_ms":20_000.0 + k as f64,"downtime_ms":80.0 + k as f64,"ram_mb":2048,
+                   "total_ms":20_000.0 + k as f64,"downtime_ms":80.0 + k as f64,
+                   "downtime_resolution_ms":2.0,"responsive_ms":null,"source_downtime_ms":70.0 + k as f64,"ram_mb":2048,
                    "flavor":if k % 2 == 0 {"m1.small"} else {"m1.medium"}}),
         );
     }
