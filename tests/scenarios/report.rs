@@ -424,7 +424,8 @@ fn qemu_s_figures_are_drawn_beside_the_wire_s_by_vm_and_time() {
             "{{\"type\":\"migration\",\"ts\":\"2026-12-01T23:30:{t}Z\",\"vm\":\"{vm}\",\"vm_name\":\"g-{flavor}\",\
              \"from_hypervisor\":\"a\",\"to_hypervisor\":\"b\",\"to_mac\":\"52:54:00:78:00:02\",\"to_ip\":\"10.78.0.2\",\
              \"via\":\"rarp\",\"signature\":\"valid\",\"authorized\":false,\"authorization\":\"missing\",\"streams\":1,\
-             \"bytes\":{bytes},\"bytes_per_ram\":1.0,\"downtime_ms\":{down},\"total_ms\":{total},\"ram_mb\":128,\
+             \"bytes\":{bytes},\"bytes_per_ram\":1.0,\"downtime_ms\":{down},\"downtime_resolution_ms\":null,\
+             \"responsive_ms\":null,\"source_downtime_ms\":null,\"total_ms\":{total},\"ram_mb\":128,\
              \"flavor\":\"{flavor}\"}}\n"
         )
     };
