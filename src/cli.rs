@@ -86,6 +86,9 @@ pub enum Command {
         /// Rules directory, for the thresholds drawn on the charts (none drawn without it).
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// QEMU's own figures per migration (JSON lines of type `qemu_migration`), drawn beside the wire's.
+        #[arg(long)]
+        qemu_stats: Option<PathBuf>,
     },
     /// Validate the rules and check every hypervisor's signature.
     Check {

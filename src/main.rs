@@ -68,7 +68,9 @@ fn load_rules(dir: &Path) -> anyhow::Result<Rules> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { rules } => check(&rules),
-        Command::Report { events, out, rules } => report(&events, &out, rules.as_deref()),
+        Command::Report { events, out, rules, qemu_stats } => {
+            report(&events, &out, rules.as_deref(), qemu_stats.as_deref())
+        }
         Command::Gate { config, args } => {
             let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
             let call = vmsentry::gate::Call { domain: arg(0), operation: arg(1), sub_operation: arg(2), extra: arg(3) };
@@ -340,14 +342,14 @@ fn threads_or_cores(threads: Option<usize>) -> usize {
     threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, cli::MAX_THREADS)
 }
 
-fn report(events: &Path, out: &Path, rules: Option<&Path>) -> anyhow::Result<()> {
+fn report(events: &Path, out: &Path, rules: Option<&Path>, qemu: Option<&Path>) -> anyhow::Result<()> {
     // Thresholds come from the rules when given; a report of someone else's
     // events needs none.
     let lines = match rules {
         Some(dir) => vmsentry::report::Lines::from_rules(&load_rules(dir)?),
         None => vmsentry::report::Lines::default(),
     };
-    let written = vmsentry::report::write(events, out, &lines).map_err(|e| match e {
+    let written = vmsentry::report::write(events, out, &lines, qemu).map_err(|e| match e {
         vmsentry::report::ReportError::Write { .. } => anyhow::Error::new(e),
         other => bad(other.to_string()),
     })?;

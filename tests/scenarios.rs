@@ -1509,3 +1509,6 @@ mod golden;
 
 #[path = "scenarios/cluster.rs"]
 mod cluster;
+
+#[path = "scenarios/mtd_libvirt.rs"]
+mod mtd_libvirt;

@@ -688,6 +688,82 @@ pub(super) fn bars(path: &Path, title: &str, unit: &str, bars: &[(String, f64)])
     root.present().map_err(e)
 }
 
+/// Bars in pairs: the wire's (blue) and a reference's (orange, e.g.
+/// QEMU's own figure for the same migrations) side by side per label, each
+/// with its value on top; a missing reference leaves its slot empty.
+pub(super) fn paired_bars(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    names: (&str, &str),
+    bars: &[(String, f64, Option<f64>)],
+) -> R {
+    let w = (160 + 120 * bars.len() as u32).clamp(480, WIDTH);
+    let root = SVGBackend::new(path, (w, 340)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let ymax = bars.iter().map(|b| b.1.max(b.2.unwrap_or(0.0))).fold(1e-9f64, f64::max) * 1.25;
+    let n = bars.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..ymax)
+        .map_err(e)?;
+    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(unit)
+        .y_label_formatter(&|v| trim(*v))
+        .x_labels(n)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(e)?;
+    let wire = RGBColor(70, 110, 180);
+    let other = RGBColor(235, 150, 0);
+    // Each segment is 100 px or more wide: the pair takes its middle,
+    // as rectangles in order (see `bars`).
+    let seg_px = (w.saturating_sub(60 + 16) / n as u32).max(2);
+    let half = (seg_px / 2).saturating_sub(10);
+    let mut rects = Vec::new();
+    for (i, b) in bars.iter().enumerate() {
+        let mut r = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), b.1)], wire.filled());
+        r.set_margin(0, 0, 10, half + 12);
+        rects.push(r);
+        if let Some(q) = b.2 {
+            let mut r =
+                Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), q)], other.filled());
+            r.set_margin(0, 0, half + 12, 10);
+            rects.push(r);
+        }
+    }
+    chart.draw_series(rects).map_err(e)?;
+    let label = |v: f64| format!("{}", (v * 1000.0).round() / 1000.0);
+    let style = TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    let dx = (half / 2 + 1) as i32;
+    let wire_texts = bars.iter().enumerate().map(|(i, b)| {
+        EmptyElement::at((SegmentValue::CenterOf(i), b.1)) + Text::new(label(b.1), (-dx, 0), style.clone())
+    });
+    chart.draw_series(wire_texts).map_err(e)?;
+    let other_texts = bars.iter().enumerate().filter_map(|(i, b)| {
+        b.2.map(|q| EmptyElement::at((SegmentValue::CenterOf(i), q)) + Text::new(label(q), (dx, 0), style.clone()))
+    });
+    chart.draw_series(other_texts).map_err(e)?;
+    // The legend, top right.
+    let font = ("sans-serif", 12).into_font();
+    let x = w as i32 - 150;
+    for (k, (name, c)) in [(names.0, wire), (names.1, other)].into_iter().enumerate() {
+        let y = 30 + 16 * k as i32;
+        root.draw(&Rectangle::new([(x, y), (x + 12, y + 10)], c.filled())).map_err(e)?;
+        root.draw(&Text::new(name.to_string(), (x + 18, y - 1), font.clone())).map_err(e)?;
+    }
+    root.present().map_err(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

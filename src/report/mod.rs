@@ -26,7 +26,7 @@ mod units;
 
 use crate::detect::{Direction, Reason};
 use charts::{Mark, MarkKind};
-use read::{by_flavor, Data, LevelChange, Migration, VmSeries, LEVEL_NAMES};
+use read::{by_flavor, by_flavor_qemu, Data, LevelChange, Migration, VmSeries, LEVEL_NAMES};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -226,9 +226,14 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}#overview th{width:170px
 img{display:block;max-width:100%}img.bars{display:inline-block;max-width:49%;vertical-align:top}nav a{margin-right:12px}small{color:#666}details{margin:6px 0}";
 
 /// Writes `DIR/index.html` and its charts; returns the page's path and the
-/// notes on what was left out of the events.
-pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, ReportError> {
-    let d = read::read(events)?;
+/// notes on what was left out of the events. With `qemu`, a file of QEMU's
+/// own figures per migration, those are shown beside the wire's.
+pub fn write(events: &Path, out: &Path, lines: &Lines, qemu: Option<&Path>) -> Result<Written, ReportError> {
+    let mut d = read::read(events)?;
+    if let Some(q) = qemu {
+        read::attach_qemu(q, &mut d)?;
+    }
+    let d = d;
     std::fs::create_dir_all(out).map_err(|e| ReportError::Write { path: out.to_path_buf(), msg: e.to_string() })?;
     let werr = |p: &Path| {
         let p = p.to_path_buf();
@@ -544,8 +549,13 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
     if d.migrations.is_empty() {
         h += "<p>No migrations in these events.</p>";
     } else {
-        h += "<table id=\"migrations\"><tr><th>VM</th><th>at</th><th>flavor</th><th>from</th><th>to</th>\
-              <th>signature</th><th>downtime ms</th><th>total ms</th><th>bytes</th><th>moved</th></tr>";
+        let with_qemu = qemu.is_some();
+        let qemu_th = if with_qemu { "<th>QEMU downtime ms</th><th>QEMU total ms</th><th>QEMU bytes</th>" } else { "" };
+        let _ = write!(
+            h,
+            "<table id=\"migrations\"><tr><th>VM</th><th>at</th><th>flavor</th><th>from</th><th>to</th>\
+             <th>signature</th><th>downtime ms</th><th>total ms</th><th>bytes</th><th>moved</th>{qemu_th}</tr>"
+        );
         for m in &d.migrations {
             let _ = write!(
                 h,
@@ -562,19 +572,50 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
                 num(m.bytes),
                 m.bytes.map_or_else(|| "–".into(), bytes)
             );
+            if with_qemu {
+                let q = m.qemu.unwrap_or_default();
+                h.truncate(h.len() - "</tr>".len());
+                let _ = write!(
+                    h,
+                    "<td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                    num(q[0]),
+                    num(q[1]),
+                    num(q[2])
+                );
+            }
         }
-        h += "</table><table id=\"flavors\"><tr><th>flavor</th><th>migrations</th><th>mean downtime ms</th>\
-              <th>mean total ms</th><th>mean bytes</th></tr>";
-        for (f, n, m) in by_flavor(&d.migrations) {
+        let qemu_th = if with_qemu {
+            "<th>QEMU mean downtime ms</th><th>QEMU mean total ms</th><th>QEMU mean bytes</th>"
+        } else {
+            ""
+        };
+        let _ = write!(
+            h,
+            "</table><table id=\"flavors\"><tr><th>flavor</th><th>migrations</th><th>mean downtime ms</th>\
+             <th>mean total ms</th><th>mean bytes</th>{qemu_th}</tr>"
+        );
+        let qemu_means = by_flavor_qemu(&d.migrations);
+        for (k, (f, n, m)) in by_flavor(&d.migrations).into_iter().enumerate() {
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td class=\"n\">{n}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-                 <td class=\"n\">{}</td></tr>",
+                 <td class=\"n\">{}</td>",
                 esc(&f),
                 num(m[0]),
                 num(m[1]),
                 num(m[2])
             );
+            if with_qemu {
+                let q = qemu_means[k].2;
+                let _ = write!(
+                    h,
+                    "<td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>",
+                    num(q[0]),
+                    num(q[1]),
+                    num(q[2])
+                );
+            }
+            h += "</tr>";
         }
         h += "</table>";
         // Per migration only while the bars stay readable; by flavor always.
@@ -589,11 +630,20 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
         {
             let scale = if unit == "MiB" { 1.0 / (1024.0 * 1024.0) } else { 1.0 };
             let get = |m: &Migration| [m.downtime_ms, m.total_ms, m.bytes][k].map(|v| v * scale);
+            let get_qemu = |m: &Migration| m.qemu.and_then(|q| q[k]).map(|v| v * scale);
             if per_migration {
-                let bars: Vec<(String, f64)> =
-                    d.migrations.iter().map(|m| (format!("{} ({})", m.vm, m.flavor), get(m).unwrap_or(0.0))).collect();
-                charts::bars(&out.join(file), &format!("{title} per migration ({unit})"), unit, &bars)
-                    .map_err(werr(&out.join(file)))?;
+                let label = |m: &Migration| format!("{} ({})", m.vm, m.flavor);
+                let title = format!("{title} per migration ({unit})");
+                if with_qemu {
+                    let bars: Vec<(String, f64, Option<f64>)> =
+                        d.migrations.iter().map(|m| (label(m), get(m).unwrap_or(0.0), get_qemu(m))).collect();
+                    charts::paired_bars(&out.join(file), &title, unit, ("wire", "QEMU"), &bars)
+                } else {
+                    let bars: Vec<(String, f64)> =
+                        d.migrations.iter().map(|m| (label(m), get(m).unwrap_or(0.0))).collect();
+                    charts::bars(&out.join(file), &title, unit, &bars)
+                }
+                .map_err(werr(&out.join(file)))?;
                 let _ = write!(h, "<img class=\"bars\" src=\"{file}\" alt=\"{title} per migration\">");
             }
             let flavor_file = file.replace("migration-", "flavor-");
@@ -601,8 +651,18 @@ pub fn write(events: &Path, out: &Path, lines: &Lines) -> Result<Written, Report
                 .into_iter()
                 .map(|(f, n, means)| (format!("{f} (n={n})"), means[k].unwrap_or(0.0) * scale))
                 .collect();
-            charts::bars(&out.join(&flavor_file), &format!("{title} by flavor, mean ({unit})"), unit, &groups)
-                .map_err(werr(&out.join(&flavor_file)))?;
+            let title = format!("{title} by flavor, mean ({unit})");
+            if with_qemu {
+                let paired: Vec<(String, f64, Option<f64>)> = groups
+                    .into_iter()
+                    .zip(&qemu_means)
+                    .map(|((label, wire), (_, _, q))| (label, wire, q[k].map(|v| v * scale)))
+                    .collect();
+                charts::paired_bars(&out.join(&flavor_file), &title, unit, ("wire", "QEMU"), &paired)
+            } else {
+                charts::bars(&out.join(&flavor_file), &title, unit, &groups)
+            }
+            .map_err(werr(&out.join(&flavor_file)))?;
             let _ = write!(h, "<img class=\"bars\" src=\"{flavor_file}\" alt=\"{title} by flavor\">");
         }
     }

@@ -80,6 +80,9 @@ pub(crate) struct Migration {
     pub downtime_ms: Option<f64>,
     pub total_ms: Option<f64>,
     pub bytes: Option<f64>,
+    /// The hypervisor's own figures for the same migration (downtime,
+    /// total, bytes), from a reference file (`report --qemu-stats`).
+    pub qemu: Option<[Option<f64>; 3]>,
 }
 
 #[derive(Clone, Debug)]
@@ -366,6 +369,7 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
                     downtime_ms: m.downtime_ms,
                     total_ms: m.total_ms,
                     bytes: m.bytes.map(f),
+                    qemu: None,
                 })
             }
             Event::Action(a) => {
@@ -435,9 +439,72 @@ pub(crate) fn read(path: &Path) -> Result<Data, ReportError> {
     Ok(d)
 }
 
+/// How far apart (µs) a reference line and the wire's migration may be.
+pub(crate) const QEMU_MATCH_US: u64 = 10_000_000;
+
+/// One line of a `--qemu-stats` file: QEMU's own figures for a migration.
+#[derive(serde::Deserialize)]
+struct QemuLine {
+    #[serde(rename = "type")]
+    kind: String,
+    /// When the migration finished.
+    ts: crate::vocab::PacketTime,
+    vm: String,
+    downtime_ms: Option<f64>,
+    total_ms: Option<f64>,
+    bytes: Option<f64>,
+}
+
+/// Reads QEMU's own figures (JSON lines, each `{"type":"qemu_migration",
+/// "ts", "vm", "downtime_ms", "total_ms", "bytes"}`, `ts` when the
+/// migration finished; other fields are ignored) and gives each to the
+/// wire's migration of the same VM nearest in time, within 10 s, not yet
+/// given one. A line that matches none is left out with a note; a line
+/// that is not such a line is an error naming `file:line`.
+pub(crate) fn attach_qemu(path: &Path, d: &mut Data) -> Result<(), ReportError> {
+    let text = std::fs::read(path).map_err(|source| ReportError::Read { path: path.to_path_buf(), source })?;
+    for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let bad = |msg: String| ReportError::Event { path: path.to_path_buf(), line: i + 1, msg };
+        let s = std::str::from_utf8(raw)
+            .map_err(|e| bad(format!("not UTF-8 (a bad byte at column {})", e.valid_up_to() + 1)))?;
+        if s.trim().is_empty() {
+            continue;
+        }
+        let q: QemuLine = serde_json::from_str(s).map_err(|e| bad(format!("not a QEMU figures line: {e}")))?;
+        if q.kind != "qemu_migration" {
+            return Err(bad(format!("a reference line must be of type `qemu_migration`, not `{}`", q.kind)));
+        }
+        let us = q.ts.as_micros();
+        let vm = q.vm.to_ascii_lowercase();
+        let best = d
+            .migrations
+            .iter_mut()
+            .filter(|m| m.qemu.is_none() && m.mac.to_ascii_lowercase() == vm && m.us.abs_diff(us) <= QEMU_MATCH_US)
+            .min_by_key(|m| m.us.abs_diff(us));
+        match best {
+            Some(m) => m.qemu = Some([q.downtime_ms, q.total_ms, q.bytes]),
+            None => d.notes.push(format!(
+                "{}: QEMU's migration of {vm} at {} matches no migration on the wire within 10 s; left out",
+                path.display(),
+                q.ts.rfc3339()
+            )),
+        }
+    }
+    Ok(())
+}
+
 /// Per flavor, in name order: migrations counted and the mean of each
 /// metric over the migrations that measured it (downtime, total, bytes).
 pub(crate) fn by_flavor(m: &[Migration]) -> Vec<(String, usize, [Option<f64>; 3])> {
+    by_flavor_of(m, |x, k| [x.downtime_ms, x.total_ms, x.bytes][k])
+}
+
+/// The same means of the reference's figures.
+pub(crate) fn by_flavor_qemu(m: &[Migration]) -> Vec<(String, usize, [Option<f64>; 3])> {
+    by_flavor_of(m, |x, k| x.qemu.and_then(|q| q[k]))
+}
+
+fn by_flavor_of(m: &[Migration], get: fn(&Migration, usize) -> Option<f64>) -> Vec<(String, usize, [Option<f64>; 3])> {
     let mut groups: BTreeMap<&str, Vec<&Migration>> = BTreeMap::new();
     for x in m {
         groups.entry(&x.flavor).or_default().push(x);
@@ -445,11 +512,11 @@ pub(crate) fn by_flavor(m: &[Migration]) -> Vec<(String, usize, [Option<f64>; 3]
     groups
         .into_iter()
         .map(|(f, v)| {
-            let mean = |get: fn(&Migration) -> Option<f64>| {
-                let xs: Vec<f64> = v.iter().filter_map(|m| get(m)).collect();
+            let mean = |k: usize| {
+                let xs: Vec<f64> = v.iter().filter_map(|m| get(m, k)).collect();
                 (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
             };
-            (f.to_string(), v.len(), [mean(|m| m.downtime_ms), mean(|m| m.total_ms), mean(|m| m.bytes)])
+            (f.to_string(), v.len(), [mean(0), mean(1), mean(2)])
         })
         .collect()
 }
@@ -577,7 +644,7 @@ mod tests {
         assert_eq!((d.t0_us, d.us(d.t_end)), (-(1 << 53), 1 << 53));
         // And the page is drawn (no overflow in the axes or the clock).
         let out = tempfile::tempdir().unwrap();
-        super::super::write(&p, out.path(), &Default::default()).unwrap();
+        super::super::write(&p, out.path(), &Default::default(), None).unwrap();
     }
 
     #[test]

@@ -412,3 +412,159 @@ fn decode_png(b: &[u8]) -> (u32, u32, Vec<[u8; 4]>) {
     }
     (w, h, pixels)
 }
+
+/// `report --qemu-stats`: QEMU's own figures per migration, matched to the
+/// wire's by VM and time, shown beside them in the tables and the charts.
+#[test]
+fn qemu_s_figures_are_drawn_beside_the_wire_s_by_vm_and_time() {
+    let d = tempfile::tempdir().unwrap();
+    let events = d.path().join("events.jsonl");
+    let mig = |t: &str, vm: &str, flavor: &str, down: f64, total: f64, bytes: u64| {
+        format!(
+            "{{\"type\":\"migration\",\"ts\":\"2026-12-01T23:30:{t}Z\",\"vm\":\"{vm}\",\"vm_name\":\"g-{flavor}\",\
+             \"from_hypervisor\":\"a\",\"to_hypervisor\":\"b\",\"to_mac\":\"52:54:00:78:00:02\",\"to_ip\":\"10.78.0.2\",\
+             \"via\":\"rarp\",\"signature\":\"valid\",\"authorized\":false,\"authorization\":\"missing\",\"streams\":1,\
+             \"bytes\":{bytes},\"bytes_per_ram\":1.0,\"downtime_ms\":{down},\"downtime_resolution_ms\":null,\
+             \"responsive_ms\":null,\"source_downtime_ms\":null,\"total_ms\":{total},\"ram_mb\":128,\
+             \"flavor\":\"{flavor}\"}}\n"
+        )
+    };
+    let text = [
+        mig("10.000000", "52:54:00:00:00:01", "small", 40.0, 1000.0, 1_000_000),
+        mig("20.000000", "52:54:00:00:00:01", "small", 60.0, 1200.0, 3_000_000),
+        mig("30.000000", "52:54:00:00:00:02", "large", 90.0, 3000.0, 9_000_000),
+    ]
+    .concat();
+    std::fs::write(&events, text).unwrap();
+    let q = |t: &str, vm: &str, down: f64, total: f64, bytes: u64| {
+        format!(
+            "{{\"type\":\"qemu_migration\",\"ts\":\"2026-12-01T23:30:{t}Z\",\"vm\":\"{vm}\",\"downtime_ms\":{down},\
+             \"total_ms\":{total},\"bytes\":{bytes}}}\n"
+        )
+    };
+    // Each about half a second after the wire's (libvirt answers after the
+    // announce); the last names a VM the wire never saw move.
+    let qemu = d.path().join("qemu.jsonl");
+    std::fs::write(
+        &qemu,
+        [
+            q("20.400000", "52:54:00:00:00:01", 50.0, 1190.0, 2_900_000),
+            q("10.500000", "52:54:00:00:00:01", 30.0, 990.0, 900_000),
+            q("30.600000", "52:54:00:00:00:02", 80.0, 2950.0, 8_800_000),
+            q("40.000000", "52:54:00:00:00:09", 1.0, 1.0, 1),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let o = vmsentry(&[
+        "report",
+        events.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--qemu-stats",
+        qemu.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "vmsentry: note: {}: QEMU's migration of 52:54:00:00:00:09 at 2026-12-01T23:30:40.000000Z matches no \
+             migration on the wire within 10 s; left out",
+            qemu.display()
+        )),
+        "{stderr}"
+    );
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let rows = table(&html, "migrations");
+    let tail: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![r[0].clone(), r[6].clone()].into_iter().chain(r[10..].iter().cloned()).collect())
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ["g-small", "40", "30", "990", "900000"],
+            ["g-small", "60", "50", "1190", "2900000"],
+            ["g-large", "90", "80", "2950", "8800000"],
+        ]
+        .map(|r| r.map(String::from).to_vec())
+    );
+    assert_eq!(
+        table(&html, "flavors"),
+        [
+            ["large", "1", "90", "3000", "9000000", "80", "2950", "8800000"],
+            ["small", "2", "50", "1100", "2000000", "40", "1090", "1900000"],
+        ]
+        .map(|r| r.map(String::from).to_vec())
+    );
+    for f in ["flavor-downtime.svg", "flavor-total.svg", "flavor-bytes.svg", "migration-bytes.svg"] {
+        let svg = std::fs::read_to_string(out.join(f)).unwrap();
+        // The legend, and QEMU's bars in their own colour beside the wire's.
+        assert!(svg.contains(">\nQEMU\n</text>") && svg.contains(">\nwire\n</text>"), "{f} names both series");
+        assert!(svg.contains("fill=\"#EB9600\"") && svg.contains("fill=\"#466EB4\""), "{f} draws both series");
+    }
+    // Without the file: the wire's columns only, one bar each.
+    let plain = d.path().join("plain");
+    let o = vmsentry(&["report", events.to_str().unwrap(), "--out", plain.to_str().unwrap()]);
+    assert!(o.status.success());
+    let html = std::fs::read_to_string(plain.join("index.html")).unwrap();
+    assert!(table(&html, "migrations").iter().all(|r| r.len() == 10));
+    assert!(!std::fs::read_to_string(plain.join("flavor-bytes.svg")).unwrap().contains("QEMU"));
+    // A line that is not QEMU's: refused with its place.
+    std::fs::write(&qemu, q("10.5", "52:54:00:00:00:01", 1.0, 1.0, 1).replace("qemu_migration", "migration")).unwrap();
+    let o = vmsentry(&[
+        "report",
+        events.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--qemu-stats",
+        qemu.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim_end(),
+        format!("vmsentry: {}:1: a reference line must be of type `qemu_migration`, not `migration`", qemu.display())
+    );
+}
+
+/// docs/flavors/: the committed run of scripts/flavors-lab.sh still reads,
+/// and the report pairs each of QEMU's figures with the migration
+/// numbers.tsv joined it to by MAC (the report matches by VM and time).
+#[test]
+fn the_flavors_lab_s_committed_run_reports_qemu_beside_the_wire() {
+    let docs = root().join("docs/flavors");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o = vmsentry(&[
+        "report",
+        docs.join("events.jsonl").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--qemu-stats",
+        docs.join("qemu.jsonl").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains("note:"), "every QEMU line matched: {stderr}");
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let rows = table(&html, "migrations");
+    let tsv = std::fs::read_to_string(docs.join("numbers.tsv")).unwrap();
+    let want: Vec<Vec<String>> = tsv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            // vm, flavor, from, to, wire downtime, QEMU, wire total, QEMU, wire bytes, QEMU.
+            [c[0], c[1], c[2], c[3], c[4], c[6], c[8], c[5], c[7], c[9]].map(String::from).to_vec()
+        })
+        .collect();
+    let got: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| [&r[0], &r[2], &r[3], &r[4], &r[6], &r[7], &r[8], &r[10], &r[11], &r[12]].map(|s| s.clone()).to_vec())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(rows.len(), 9);
+    let flavors: Vec<String> = table(&html, "flavors").iter().map(|r| format!("{} {}", r[0], r[1])).collect();
+    assert_eq!(flavors, ["m1.large 3", "m1.medium 3", "m1.small 3"]);
+}
