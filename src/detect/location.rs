@@ -753,8 +753,8 @@ impl Locator {
                 p.src
             }
         };
-        // Per listener: the source's last data, and the latest frame.
-        let mut groups: Vec<(Endpoint, Option<PacketTime>, PacketTime)> = Vec::new();
+        // Per listener: the source's last data, the latest frame, the bytes.
+        let mut groups: Vec<(Endpoint, Option<PacketTime>, PacketTime, u64)> = Vec::new();
         let candidate = |st: &Stream| {
             let p = st.part;
             let between = (from_ips.contains(&p.src.0) && to_ips.contains(&p.dst.0))
@@ -769,15 +769,25 @@ impl Locator {
                 Some(g) => {
                     g.1 = g.1.max(data);
                     g.2 = g.2.max(p.last);
+                    g.3 = g.3.saturating_add(p.bytes);
                 }
-                None => groups.push((l, data, p.last)),
+                None => groups.push((l, data, p.last, p.bytes)),
             }
         }
         // Ended before the move, the latest such; else (data past the move)
         // the earliest to end. Ties by endpoint, so the choice is stable.
+        // A control connection between the same hosts (libvirt's RPC on
+        // 16509 when the daemons drive a non-peer-to-peer move) also ends
+        // just before the move, after the memory stream: a group with under
+        // 1/16 of the bytes of the largest one that ended before the move is
+        // not this move's memory (a real lab capture: 8 kB of RPC against
+        // 0.7 MB of QEMU stream).
+        let ended = |g: &&(Endpoint, Option<PacketTime>, PacketTime, u64)| g.1.is_some_and(|d| d <= at);
+        let most = groups.iter().filter(ended).map(|g| g.3).max().unwrap_or(0);
         let chosen = groups
             .iter()
-            .filter(|g| g.1.is_some_and(|d| d <= at))
+            .filter(ended)
+            .filter(|g| g.3.saturating_mul(16) >= most)
             .max_by_key(|g| (g.1, g.0))
             .or_else(|| groups.iter().min_by_key(|g| (g.1.unwrap_or(g.2), g.0)))
             .map(|g| (g.0, g.1));

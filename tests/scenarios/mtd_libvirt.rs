@@ -386,10 +386,14 @@ fn an_ids_alert_live_migrates_the_real_guest_through_libvirt_to_the_plans_destin
         "mtdl: wire {bytes} bytes, {} ms total; QEMU {qemu_bytes} bytes processed, {} ms elapsed, {} ms downtime",
         m["total_ms"], job["time_elapsed"], job["downtime"]
     );
-    // (Since main's "streams grouped by listener" the wire's bytes of this
-    // libvirt-driven move are its RPC stream's alone, far below QEMU's: see
-    // the mtdloop report; the flavors lab's p2p moves are not affected.)
-    assert!(bytes > 0 && qemu_bytes > 0 && m["streams"].as_u64().unwrap() >= 1, "wire {bytes}, QEMU {qemu_bytes}");
+    // The memory stream, not libvirt's RPC connection between the daemons
+    // (8 kB, ending after it): at least QEMU's memory, at most 10 % plus
+    // 256 KiB above (device state travels outside QEMU's count), as the lab's.
+    assert!(m["streams"].as_u64().unwrap() >= 1);
+    assert!(
+        bytes >= qemu_bytes && bytes <= qemu_bytes + qemu_bytes / 10 + 256 * 1024,
+        "wire {bytes}, QEMU {qemu_bytes}"
+    );
     assert!(m["total_ms"].as_f64().unwrap() > 0.0);
 
     // The oracle: tcpdump's reading of the same link. The guest's frames
