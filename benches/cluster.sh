@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Many mirror ports, measured: 3 sensors and a controller over a nats-server -js on
 # loopback (benches/README.md, "Many mirror ports"). Needs the release binaries
-# (cargo build --release --bins) and nats-server; writes its capture once under
+# (built here: cargo build --release, and -p vmsentry-synth) and nats-server; writes its capture once under
 # target/bench-data/. Everything it starts is stopped on exit.
 #
 #   FRAMES=2000000 WINDOW_MS=10 benches/cluster.sh
@@ -16,6 +16,8 @@
 #    of window close (at its last sensor) to level event, p50 and p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin vmsentry
+cargo build --release --quiet -p vmsentry-synth
 B=target/release/vmsentry
 S=target/release/vmsentry-synth
 FRAMES=${FRAMES:-2000000}

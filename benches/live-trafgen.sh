@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 N=${1:-400000}
 shift || true
 RATES=${*:-"100000 200000 300000 400000 600000 800000 1000000 0"}
-cargo build --release --quiet --bin vmsentry --bin vmsentry-synth
+cargo build --release --quiet --bin vmsentry
+cargo build --release --quiet -p vmsentry-synth
 BIN=target/release/vmsentry
 NS=perf-live; A=perfA; B=perfB
 W=$(mktemp -d)
