@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first paper's per-flavor migration figures (downtime, total migration
 # time, data moved), for real: Linux guests of three flavors, each running a
-# memory dirtier at its own rate, live-migrated back and forth with libvirt
+# memory dirtier at its own rate, each live-migrated once with libvirt
 # between the two nodes of scripts/mtd-lab.sh, measured by `vmsentry live`
 # on the link, with QEMU's own figures (`virsh domjobinfo --completed`)
 # beside them in `vmsentry report`. Run by hand (as root), not in CI; see

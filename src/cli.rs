@@ -1,4 +1,4 @@
-//! The command line: `replay`, `live`, `sense`, `control`, `check`, `sign` (see DESIGN.md's contract).
+//! The command line: `replay`, `live`, `report`, `check`, `sign`, `authorize`, `gate`, `sense`, `control` (README "Commands").
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -776,18 +776,19 @@ impl Locator {
         }
         // Ended before the move, the latest such; else (data past the move)
         // the earliest to end. Ties by endpoint, so the choice is stable.
-        // A control connection between the same hosts (libvirt's RPC on
-        // 16509 when the daemons drive a non-peer-to-peer move) also ends
-        // just before the move, after the memory stream: a group with under
-        // 1/16 of the bytes of the largest one that ended before the move is
-        // not this move's memory (a real lab capture: 8 kB of RPC against
-        // 0.7 MB of QEMU stream).
+        // libvirt's daemons talk on 16509 (TCP) and 16514 (TLS): that
+        // connection carries the memory only in a tunnelled move, when QEMU
+        // opens no stream of its own. Otherwise it is control traffic that
+        // ends after QEMU's stream (a real MTD loop through libvirt: 8 kB
+        // of RPC ending after 0.7 MB of QEMU stream), so a QEMU stream that
+        // ended before the move comes first.
+        let daemon = |g: &(Endpoint, Option<PacketTime>, PacketTime, u64)| matches!(g.0 .1, 16509 | 16514);
         let ended = |g: &&(Endpoint, Option<PacketTime>, PacketTime, u64)| g.1.is_some_and(|d| d <= at);
-        let most = groups.iter().filter(ended).map(|g| g.3).max().unwrap_or(0);
+        let qemu_ended = groups.iter().filter(ended).any(|g| !daemon(g));
         let chosen = groups
             .iter()
             .filter(ended)
-            .filter(|g| g.3.saturating_mul(16) >= most)
+            .filter(|g| !(qemu_ended && daemon(g)))
             .max_by_key(|g| (g.1, g.0))
             .or_else(|| groups.iter().min_by_key(|g| (g.1.unwrap_or(g.2), g.0)))
             .map(|g| (g.0, g.1));

@@ -1,6 +1,6 @@
 //! Detect: grade each VM LOW / MEDIUM / HIGH from its window totals (rate, volume, RTT peaks), with hysteresis.
 //!
-//! A VM has one level per reason (rate, volume, rtt); its level is the highest of
+//! A VM has one level per reason (rate, volume, rtt, migration, signature, clone, ungated); its level is the highest of
 //! them. Each reason rises at once to the highest level its window crosses and
 //! drops back one level only after `clear_windows` windows below that level.
 //! Only VMs of the rules' inventory are graded; other MACs are measured and
