@@ -1504,6 +1504,20 @@ fn an_echo_reply_in_ip_fragments_gives_one_sample_as_tshark_does() {
     assert_eq!(got, oracle, "tshark -o ip.defragment:FALSE");
 }
 
+/// Root and every one of `tools` on PATH; with `CI=true`, missing either panics
+/// (those tests must run there, not skip).
+fn root_with_tools(what: &str, tools: &[&str]) -> bool {
+    let have = |t: &str| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    };
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
+    let ok = root && tools.iter().all(|t| have(t));
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true: {what} needs root and {tools:?} (scripts/test installs them)");
+    }
+    ok
+}
+
 #[path = "scenarios/golden.rs"]
 mod golden;
 

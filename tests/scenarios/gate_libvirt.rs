@@ -14,18 +14,11 @@ const VM_MAC: &str = "52:54:00:12:34:56";
 const A: &str = "qemu+tcp://10.77.0.1/system";
 const B: &str = "qemu+tcp://10.77.0.2/system";
 
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
 fn usable() -> bool {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
-    let tools = ["libvirtd", "virsh", "qemu-system-x86_64", "tcpdump", "ip", "nsenter", "unshare"];
-    let ok = root && tools.iter().all(|t| have(t));
-    if !ok && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: the libvirt gate test needs root and {tools:?} (scripts/test installs them)");
-    }
-    ok
+    root_with_tools(
+        "the libvirt gate test",
+        &["libvirtd", "virsh", "qemu-system-x86_64", "tcpdump", "ip", "nsenter", "unshare"],
+    )
 }
 
 /// The two daemons; `Drop` stops them and removes the namespaces.

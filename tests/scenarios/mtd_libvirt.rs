@@ -22,18 +22,11 @@ const VM_IP: &str = "10.78.1.10";
 const A: &str = "qemu+tcp://mtdl-a/system";
 const B: &str = "qemu+tcp://mtdl-b/system";
 
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
 fn usable() -> bool {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
-    let tools = ["libvirtd", "virsh", "qemu-system-x86_64", "tcpdump", "ip", "nsenter", "unshare", "flock"];
-    let ok = root && tools.iter().all(|t| have(t));
-    if !ok && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: the libvirt MTD test needs root and {tools:?} (scripts/test installs them)");
-    }
-    ok
+    root_with_tools(
+        "the libvirt MTD test",
+        &["libvirtd", "virsh", "qemu-system-x86_64", "tcpdump", "ip", "nsenter", "unshare", "flock"],
+    )
 }
 
 /// The two daemons; `Drop` stops them (and their QEMUs) and removes the namespaces.
