@@ -301,11 +301,92 @@ pub fn decode(tun: &Tunnels, linktype: i32, ts: PacketTime, orig_len: u32, cap_l
         return obs;
     }
     if linktype == linktype::ETHERNET {
+        let mut obs = Observation::empty(ts, orig_len, cap_len);
+        if fill_ipv4_fast(&mut obs, tun, data, 0) {
+            return obs;
+        }
         if let Some(obs) = decode_vxlan_fast(tun, ts, orig_len, cap_len, data) {
             return obs;
         }
     }
     decode_general(tun, linktype, ts, orig_len, cap_len, data)
+}
+
+/// The common frame without etherparse: Ethernet without a VLAN tag, IPv4
+/// without options or fragments whose total length fits the wire, and a
+/// TCP, UDP (not to a tunnel port) or ICMP header (not a timestamp message)
+/// whole inside both the IP packet and `eth`. `eth` is the Ethernet frame,
+/// `at` bytes into the captured frame (an overlay's inner frame is
+/// `at` = 50 bytes in, ending where the outer IP packet ends). Fills the L2,
+/// network and transport layers of `obs` as the general path would and
+/// returns true; anything else returns false with `obs` untouched, for the
+/// general path. A test compares the two on every prefix and on mutations
+/// of real and generated frames.
+#[inline]
+fn fill_ipv4_fast(obs: &mut Observation, tun: &Tunnels, eth: &[u8], at: usize) -> bool {
+    const IP: usize = 14;
+    const L4: usize = IP + 20;
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    const ICMP: u8 = 1;
+    const ICMP_TIMESTAMP: u8 = 13;
+    const ICMP_TIMESTAMP_REPLY: u8 = 14;
+    if eth.len() < L4 + 8 || eth[12..14] != [0x08, 0x00] || eth[IP] != 0x45 {
+        return false;
+    }
+    let be16 = |s: &[u8], i: usize| u16::from_be_bytes([s[i], s[i + 1]]);
+    let be32 = |s: &[u8], i: usize| u32::from_be_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let total = usize::from(be16(eth, IP + 2));
+    // Past the wire is an error, and MF or an offset a fragment: both the general path's.
+    if total < 20 || be16(eth, IP + 6) & 0x3fff != 0 || (at + IP + total) as u64 > u64::from(obs.orig_len) {
+        return false;
+    }
+    // The transport layer: what the IP header says it holds, as far as captured.
+    let ip_len = total - 20;
+    let Some(seg) = eth.get(L4..eth.len().min(IP + total)) else { return false };
+    let proto = eth[IP + 9];
+    let l4 = match proto {
+        TCP => {
+            let hl = seg.get(12).map_or(0, |b| usize::from(b >> 4) * 4);
+            if hl < 20 || seg.len() < hl {
+                return false;
+            }
+            let opts = &seg[20..hl];
+            // Linux's two layouts (NOP NOP TS; SYN: MSS, SACK permitted,
+            // TS) by offset, the rest by etherparse's walk.
+            let at = |i: usize| Some((be32(opts, i), be32(opts, i + 4)));
+            let timestamps = match opts {
+                [1, 1, 8, 10, ..] if opts.len() >= 12 => at(4),
+                [2, 4, _, _, 4, 2, 8, 10, ..] if opts.len() >= 16 => at(8),
+                _ => tcp_timestamps(opts),
+            };
+            L4::Tcp(TcpInfo {
+                src_port: be16(seg, 0),
+                dst_port: be16(seg, 2),
+                flags: seg[13],
+                seq: be32(seg, 4),
+                ack: be32(seg, 8),
+                payload_len: (ip_len - hl) as u32,
+                timestamps,
+            })
+        }
+        UDP => {
+            if seg.len() < 8 || !(8..=ip_len).contains(&usize::from(be16(seg, 4))) || tun.is_tunnel(be16(seg, 2)) {
+                return false;
+            }
+            L4::Udp { src_port: be16(seg, 0), dst_port: be16(seg, 2) }
+        }
+        ICMP if seg.len() >= 8 && seg[0] != ICMP_TIMESTAMP && seg[0] != ICMP_TIMESTAMP_REPLY => {
+            L4::Icmp(IcmpInfo { v6: false, icmp_type: seg[0], code: seg[1], id: be16(seg, 4), seq: be16(seg, 6) })
+        }
+        _ => return false,
+    };
+    let mac = |i: usize| Mac([eth[i], eth[i + 1], eth[i + 2], eth[i + 3], eth[i + 4], eth[i + 5]]);
+    let ip4 = |i: usize| IpAddr::V4(Ipv4Addr::new(eth[i], eth[i + 1], eth[i + 2], eth[i + 3]));
+    obs.l2 = Some(L2 { src: mac(6), dst: Some(mac(0)), ether_type: ethertype::IPV4, vlan: None });
+    obs.net = Net::Ip { src: ip4(IP + 12), dst: ip4(IP + 16), proto, fragment: false };
+    obs.l4 = l4;
+    true
 }
 
 /// The common overlay frame without etherparse's walk of the outer layers:
@@ -341,9 +422,25 @@ fn decode_vxlan_fast(tun: &Tunnels, ts: PacketTime, orig_len: u32, cap_len: u32,
     obs.l2 = Some(L2 { src: mac(6), dst: Some(mac(0)), ether_type: ethertype::IPV4, vlan: None });
     obs.net = Net::Ip { src: ip4(IP + 12), dst: ip4(IP + 16), proto: 17, fragment: false };
     obs.l4 = L4::Udp { src_port: be16(UDP), dst_port: dport };
-    let payload = &data[VXLAN..data.len().min(IP + total)];
+    let end = data.len().min(IP + total);
+    // The common inner frame by fixed offsets too (as `decapsulate` would fill it).
+    let outer = Outer {
+        src_mac: mac(6),
+        dst_mac: mac(0),
+        src_ip: ip4(IP + 12),
+        dst_ip: ip4(IP + 16),
+        vni: u32::from_be_bytes([0, data[VXLAN + 4], data[VXLAN + 5], data[VXLAN + 6]]),
+    };
+    let mut inner = Observation {
+        outer: Some(outer),
+        vm_len: orig_len - INNER as u32,
+        ..Observation::empty(ts, orig_len, cap_len)
+    };
+    if fill_ipv4_fast(&mut inner, tun, &data[INNER..end], INNER) {
+        return Some(inner);
+    }
     let cut = (data.len() as u64) < u64::from(orig_len);
-    decapsulate(&mut obs, tun, payload, data, cut, 0);
+    decapsulate(&mut obs, tun, &data[VXLAN..end], data, cut, 0);
     Some(obs)
 }
 
@@ -681,18 +778,7 @@ fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: b
     obs.l4 = match &p.transport {
         Some(TransportSlice::Tcp(tcp)) => {
             let payload_len = tcp_payload_len(p, tcp);
-            let mut timestamps = None;
-            for opt in tcp.options_iterator() {
-                match opt {
-                    Ok(etherparse::TcpOptionElement::Timestamp(v, e)) => {
-                        timestamps = Some((v, e));
-                        break;
-                    }
-                    Ok(_) => {}
-                    // A malformed option list ends the walk; the header is still usable.
-                    Err(_) => break,
-                }
-            }
+            let timestamps = tcp_timestamps(tcp.options());
             L4::Tcp(TcpInfo {
                 src_port: tcp.source_port(),
                 dst_port: tcp.destination_port(),
@@ -735,6 +821,20 @@ fn fill<'a>(obs: &mut Observation, p: &LaxSlicedPacket<'a>, frame: &[u8], cut: b
         None => first_fragment.map_or(L4::None, |(proto, payload)| icmp_in_first_fragment(proto, payload)),
     };
     udp_payload
+}
+
+/// The timestamps option (TSval, TSecr) among TCP options, if any before
+/// the end of the list. A malformed option ends the walk; the header is
+/// still usable.
+fn tcp_timestamps(options: &[u8]) -> Option<(u32, u32)> {
+    for opt in etherparse::TcpOptionsIterator::from_slice(options) {
+        match opt {
+            Ok(etherparse::TcpOptionElement::Timestamp(v, e)) => return Some((v, e)),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// The offset of the IPv6 fragment header among `exts`, walked with bounds

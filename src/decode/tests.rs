@@ -346,6 +346,116 @@ fn the_vxlan_fast_path_equals_the_general_path() {
     assert!(fast > 10_000, "the fast path was taken {fast} times");
 }
 
+/// Distinct frames to compare the fast paths on, by their first 128 bytes
+/// (what decoding reads): the generated scenarios and datacenter mix (plain
+/// and VXLAN), and every Ethernet frame of the real captures shipped with
+/// the project and beside it (tcpdump's, Suricata's, Zeek's and the QEMU
+/// lab's).
+fn frames_to_compare() -> Vec<Vec<u8>> {
+    use crate::capture::reader::CaptureReader;
+    use crate::synth::scenario::{basic, migration, migration_plain, mtd, rtt, Encap};
+    let mut out: Vec<Vec<u8>> = [basic(), rtt(), migration_plain(), migration(Encap::Vxlan), mtd()]
+        .into_iter()
+        .flatten()
+        .map(|f| f.data)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for vxlan in [false, true] {
+        let p = dir.path().join(format!("mix-{vxlan}.pcap"));
+        crate::synth::dcmix::DcMix { frames: 20_000, vxlan, ..Default::default() }.write(&p).unwrap();
+        files.push(p);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for d in [root.join("captures"), root.join("../shared/captures/third_party")] {
+        let mut walk = vec![d];
+        while let Some(d) = walk.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    let mut real = 0;
+    for p in &files {
+        let Ok(f) = std::fs::File::open(p) else { continue };
+        let src: Box<dyn std::io::Read> = if p.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::read::GzDecoder::new(f))
+        } else {
+            Box::new(f)
+        };
+        let Ok(mut r) = CaptureReader::new(std::io::BufReader::new(src)) else { continue };
+        while let Ok(Some(fr)) = r.next_frame() {
+            if fr.linktype == linktype::ETHERNET {
+                out.push(fr.data[..fr.data.len().min(128)].to_vec());
+                real += 1;
+            }
+        }
+    }
+    assert!(real > 20_000, "{real} frames of the real and generated captures");
+    for f in &mut out {
+        f.truncate(128);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The plain fast path (Ethernet, IPv4, TCP/UDP/ICMP by fixed offsets)
+/// fills exactly what the general path fills, on every prefix of each
+/// distinct frame, with the wire length equal, longer (padding) and shorter
+/// (an overrun), and with each header byte set to values that break one of
+/// its conditions; and the VXLAN fast path, which now takes the same
+/// inner path, equals the general path on the same frames.
+#[test]
+fn the_fast_paths_equal_the_general_path_on_real_and_generated_frames() {
+    let tun = Tunnels::default();
+    let frames = frames_to_compare();
+    let (mut plain, mut vxlan) = (0usize, 0usize);
+    let mut both = |data: &[u8], orig: u32| {
+        let b = decode_general(&tun, linktype::ETHERNET, T, orig, data.len() as u32, data);
+        let mut a = Observation::empty(T, orig, data.len() as u32);
+        if fill_ipv4_fast(&mut a, &tun, data, 0) {
+            assert_eq!(a, b, "plain {data:02x?} (orig {orig})");
+            plain += 1;
+        }
+        if let Some(a) = decode_vxlan_fast(&tun, T, orig, data.len() as u32, data) {
+            assert_eq!(a, b, "vxlan {data:02x?} (orig {orig})");
+            vxlan += 1;
+        }
+    };
+    // Every frame whole and at three wire lengths; every prefix and the
+    // mutations of an evenly spread 1,200 of them (all would take minutes).
+    let step = (frames.len() / 1200).max(1);
+    for (k, f) in frames.iter().enumerate() {
+        let wire = f.len() as u32;
+        both(f, wire);
+        both(f, wire + 10);
+        both(f, wire.saturating_sub(1));
+        if k % step != 0 {
+            continue;
+        }
+        for cut in 0..f.len() {
+            both(&f[..cut], wire);
+            both(&f[..cut], 1514);
+        }
+        for i in 0..f.len().min(80) {
+            for v in [0x00, 0xff, f[i] ^ 0x08, f[i] ^ 0x40, f[i] ^ 0x01, f[i].wrapping_add(1), f[i].wrapping_sub(1)] {
+                let mut g = f.clone();
+                g[i] = v;
+                both(&g, wire);
+                both(&g, 1514);
+            }
+        }
+    }
+    eprintln!("{} distinct frames; fast paths taken: plain {plain}, vxlan {vxlan}", frames.len());
+    assert!(plain > 100_000 && vxlan > 50_000, "fast paths taken: plain {plain}, vxlan {vxlan}");
+}
+
 #[test]
 fn impossible_frame_lengths_are_damage_not_traffic() {
     let t = Tunnels::default();

@@ -521,6 +521,14 @@ impl RttTracker {
         }
     }
 
+    /// Whether [`RttTracker::observe`] looks at this frame at all (TCP or
+    /// ICMP over IP, not a later fragment, with a link layer): the others
+    /// need not be handed to [`RttTracker::observe_batch`].
+    #[inline]
+    pub fn wants(o: &Observation) -> bool {
+        matches!((o.net, o.l2, o.l4), (Net::Ip { fragment: false, .. }, Some(_), L4::Tcp(_) | L4::Icmp(_)))
+    }
+
     /// The same as [`RttTracker::observe`] on each frame in order, faster:
     /// the flow key and hash of every TCP frame first, then, a group of
     /// [`GROUP`] frames at a time, the table memory of the group's flows

@@ -73,7 +73,7 @@ pub(super) fn run(
                     dc.snaplen_cut += u64::from(o.snaplen_cut);
                     counters.observe(&o);
                     placement.observe(&o);
-                    if cfg.rtt_enabled {
+                    if cfg.rtt_enabled && RttTracker::wants(&o) {
                         obs.push(o);
                     }
                 }
