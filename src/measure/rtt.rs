@@ -476,6 +476,8 @@ pub struct RttTracker {
     echo_oldest: i64,
     pub counts: RttCounts,
     samples: Vec<RttSample>,
+    /// A buffer handed back for the next window (see [`RttTracker::recycle`]).
+    spare: Option<Vec<RttSample>>,
     /// [`RttTracker::observe_batch`]'s flow keys, directions and hashes
     /// (kept: it grows to the batch size once).
     batch_keys: Vec<Option<(FlowKey, u8, u32)>>,
@@ -503,6 +505,7 @@ impl RttTracker {
             echo_oldest: i64::MAX,
             counts: RttCounts::default(),
             samples: Vec::new(),
+            spare: None,
             batch_keys: Vec::new(),
         }
     }
@@ -518,6 +521,15 @@ impl RttTracker {
             }
             L4::Icmp(i) => self.icmp(o.ts, l2.src, src, dst, &i),
             _ => {}
+        }
+    }
+
+    /// An emptied sample buffer to use for a coming window instead of
+    /// fresh memory (whose pages would fault in as samples are pushed).
+    pub fn recycle(&mut self, mut buffer: Vec<RttSample>) {
+        buffer.clear();
+        if buffer.capacity() > self.spare.as_ref().map_or(0, Vec::capacity) {
+            self.spare = Some(buffer);
         }
     }
 
@@ -763,9 +775,10 @@ impl RttTracker {
                 self.counts.probe_timeouts += f.catch_up(closed, pt);
             }
         }
-        let keep = self.samples.capacity();
-        // The next window starts with room for as many: no regrowth copies.
-        std::mem::replace(&mut self.samples, Vec::with_capacity(keep))
+        // The next window starts with room for as many: no regrowth
+        // copies; in a buffer handed back (`recycle`) when there is one.
+        let next = self.spare.take().unwrap_or_else(|| Vec::with_capacity(self.samples.capacity()));
+        std::mem::replace(&mut self.samples, next)
     }
 
     fn sweep_echoes(&mut self, t: i64) {

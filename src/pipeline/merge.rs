@@ -16,8 +16,8 @@ use crate::action::Dispatcher;
 use crate::detect::Detector;
 use crate::event::EventSink;
 use crate::gate::record::GateRecord;
-use crate::measure::rtt::RttCounts;
-use crossbeam_channel::Receiver;
+use crate::measure::rtt::{RttCounts, RttSample};
+use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, VecDeque};
 
 /// What the merge stage hands back at the end.
@@ -47,6 +47,10 @@ pub(super) struct Merge {
     pub reload: Option<Reload>,
     /// Replay: the gate's decisions not yet due, in time order.
     pub gate_replay: VecDeque<GateRecord>,
+    /// Emptied sample buffers back to the shards (`None` when they are
+    /// not in this process): a buffer whose pages are mapped already, so a
+    /// window's samples do not fault in fresh memory.
+    pub recycle: Option<Sender<Vec<RttSample>>>,
 }
 
 impl Merge {
@@ -107,7 +111,12 @@ impl Merge {
         let entry = pending.entry(part.window).or_default();
         entry.shards += 1;
         entry.merge.add(&part.counters);
-        entry.samples.append(&mut part.samples);
+        if entry.samples.is_empty() {
+            std::mem::swap(&mut entry.samples, &mut part.samples);
+        } else {
+            entry.samples.append(&mut part.samples);
+        }
+        self.recycle(part.samples);
         entry.evidence.append(&mut part.evidence);
         entry.decode.add(&part.decode);
         entry.rtt.add(&part.rtt_counts);
@@ -126,7 +135,17 @@ impl Merge {
         if let Some(r) = &mut self.reload {
             r.poll(&mut self.stages, &mut self.mtd, self.out.telemetry.as_deref());
         }
-        window::close(&mut self.stages, &mut self.mtd, &mut self.out, &mut self.gate_replay, w, p);
+        let spent = window::close(&mut self.stages, &mut self.mtd, &mut self.out, &mut self.gate_replay, w, p);
+        self.recycle(spent);
+    }
+
+    fn recycle(&self, buffer: Vec<RttSample>) {
+        if let Some(tx) = &self.recycle {
+            if buffer.capacity() > 0 {
+                // Full: the shards have spares enough; this one is freed.
+                let _ = tx.try_send(buffer);
+            }
+        }
     }
 }
 
@@ -204,6 +223,7 @@ mod tests {
                 counts: Counts::default(),
             },
             mtd: Mtd::new(&rules),
+            recycle: None,
             reload: None,
             gate_replay: Default::default(),
         };

@@ -343,6 +343,8 @@ pub(crate) fn run_with(
     gate_replay.sort_by_key(|r| r.ts);
 
     let (merge_tx, merge_rx) = bounded::<Partial>(shards * 4);
+    // Sample buffers from the merge back to the shards (in this process).
+    let (recycle_tx, recycle_rx) = bounded::<Vec<RttSample>>(shards + 2);
     let (merge_rx, merged) = match &seam {
         Seam::Control { partials, .. } => (partials.clone(), 1),
         _ => (merge_rx, shards),
@@ -359,6 +361,7 @@ pub(crate) fn run_with(
         },
         mtd,
         gate_replay: gate_replay.into(),
+        recycle: matches!(seam, Seam::Local).then_some(recycle_tx),
         reload: opts.reload.clone().map(|flag| reload::Reload {
             flag,
             dir: rules.dir.clone(),
@@ -382,9 +385,10 @@ pub(crate) fn run_with(
             _ => merge_tx.clone(),
         };
         let cfg = shard::ShardConfig::new(rules, shards, placement.clone());
+        let recycled = recycle_rx.clone();
         let h = std::thread::Builder::new()
             .name(format!("vmsentry-shard-{s}"))
-            .spawn(move || shard::run(s, rx, pool_tx, merge_tx, cfg))
+            .spawn(move || shard::run(s, rx, pool_tx, merge_tx, recycled, cfg))
             .map_err(PipelineError::Thread)?;
         shard_tx.push(tx);
         pools.push(pool_rx);

@@ -4,7 +4,7 @@ use super::{DecodeCounts, Partial, RawBatch, ShardMsg};
 use crate::config::Rules;
 use crate::decode::{decode, Tunnels};
 use crate::measure::placement::{PlacementCollector, SharedPlacement};
-use crate::measure::rtt::RttTracker;
+use crate::measure::rtt::{RttSample, RttTracker};
 use crate::measure::WindowCounters;
 use crate::vocab::PacketTime;
 use crossbeam_channel::{Receiver, Sender};
@@ -47,6 +47,7 @@ pub(super) fn run(
     rx: Receiver<ShardMsg>,
     pool: Sender<RawBatch>,
     merge: Sender<Partial>,
+    recycled: Receiver<Vec<RttSample>>,
     cfg: ShardConfig,
 ) {
     let mut counters = WindowCounters::new(cfg.max_macs);
@@ -87,6 +88,9 @@ pub(super) fn run(
             ShardMsg::Close { window } => {
                 let overflow = std::mem::take(&mut counters.overflow);
                 let decode = std::mem::take(&mut dc);
+                if let Ok(buffer) = recycled.try_recv() {
+                    rtt.recycle(buffer);
+                }
                 let mut samples = rtt.close_window(PacketTime::window_end(window, cfg.window_len_us));
                 let rtt_dropped = samples.len().saturating_sub(cfg.max_samples) as u64;
                 samples.truncate(cfg.max_samples);

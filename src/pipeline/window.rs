@@ -24,7 +24,8 @@ pub(super) struct Pending {
     pub rtt: RttCounts,
 }
 
-/// Closes window `w` (the caller polled for a reload first).
+/// Closes window `w` (the caller polled for a reload first); returns the
+/// samples' buffer, emptied, for a shard to fill again.
 pub(super) fn close(
     st: &mut Stages,
     mtd: &mut Mtd,
@@ -32,7 +33,7 @@ pub(super) fn close(
     gate_replay: &mut VecDeque<GateRecord>,
     w: i64,
     p: Pending,
-) {
+) -> Vec<RttSample> {
     let evictions_before = st.detector.evictions;
     let totals = p.merge.finish();
     let mut samples = p.samples;
@@ -106,4 +107,6 @@ pub(super) fn close(
     out.window(&st.detector, &p.decode, &p.rtt, &samples, st.detector.evictions - evictions_before);
     // A window's events are readable when it closes (tail -f on a live run).
     out.flush();
+    samples.clear();
+    samples
 }
