@@ -242,6 +242,7 @@ impl TcpFlow {
             .wrapping_add(me.segments.times[0] as u64)
             .wrapping_add(me.syn as u64)
             .wrapping_add(other.syn as u64)
+            .wrapping_add(other.segments.times[0] as u64)
     }
 }
 
