@@ -2,7 +2,7 @@
 
 use crate::action::{Action, ActionKind, BackendName, Submitted};
 use crate::decode::Mac;
-use crate::detect::{Conflict, Move, RttPeaks, VmState};
+use crate::detect::{Conflict, Move, RttPeaks, Settled, VmState};
 use crate::event::{
     ActionEvent, ActionHeldEvent, ActionSignature, ConflictEvent, ConflictKind, EvacuationEvent, GateDeniedEvent,
     MigrationEvent, PlanBecause, PlanLine, PlanOutcome, RttPeaksEvent, RttSampleEvent,
@@ -63,6 +63,22 @@ impl MigrationEvent {
             flavor,
             gated: m.gated,
         }
+    }
+
+    /// Its move's final measurements, settled after the event was made.
+    pub(crate) fn settle(&mut self, s: &Settled) {
+        let ms = |u: Option<i64>| u.map(|u| u as f64 / 1000.0);
+        // The RAM the event was made with: `ram_mb` whole MiB, as the rules give it.
+        self.bytes_per_ram = match (s.bytes, self.ram_mb) {
+            (Some(b), Some(r)) if r > 0 => Some(b as f64 / (r * 1024 * 1024) as f64),
+            _ => None,
+        };
+        self.streams = s.streams;
+        self.bytes = s.bytes;
+        self.total_ms = ms(s.total_us);
+        self.downtime_resolution_ms = ms(s.downtime_resolution_us);
+        self.responsive_ms = ms(s.responsive_us);
+        self.source_downtime_ms = ms(s.source_downtime_us);
     }
 }
 
@@ -373,6 +389,7 @@ mod tests {
             responsive_us: Some(2500),
             source_downtime_us: Some(300),
             gated: None,
+            open: None,
         };
         assert_eq!(
             line(Event::Migration(MigrationEvent::new(

@@ -83,6 +83,12 @@ impl Merge {
         while let Some((w, p)) = pending.pop_first() {
             self.close(w, p);
         }
+        // The input ended: moves still open are settled with what was seen.
+        for s in self.stages.detector.settle_all() {
+            self.out.settle(&s);
+        }
+        self.out.release();
+        self.out.flush();
         self.mtd.replay_leftover(&self.out);
         let c = self.out.counts;
         MergeOutput {
@@ -221,6 +227,7 @@ mod tests {
                 rtt_samples: true,
                 vm_windows: false,
                 counts: Counts::default(),
+                held: Default::default(),
             },
             mtd: Mtd::new(&rules),
             recycle: None,
