@@ -456,7 +456,7 @@ fn lab_captures_replay_to_their_pinned_moves() {
 const LAB_CAPTURES: &[(&str, &str, &str)] = &[
     (
         "lab-busy.pcap.gz",
-        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,null,15.48]]"#,
+        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,28.03,15.48]]"#,
         "[]",
     ),
     (
