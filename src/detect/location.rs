@@ -20,12 +20,10 @@
 //! gate: `ungated`, once `migration.gate_grace_s` of packet time passed
 //! without a late decision.
 
+use super::settle::{self, Comeback, Group};
 use crate::decode::Mac;
 use crate::gate::record::{GateReason, GateRecord};
-use super::settle::{self, Comeback, Group};
-use crate::measure::placement::{
-    Endpoint, Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS,
-};
+use crate::measure::placement::{Endpoint, Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS};
 use crate::trust::token::{Authorization, TokenStore};
 use crate::trust::{Registry, Verdict};
 use crate::vocab::Level;
@@ -248,8 +246,7 @@ fn measure(
         // Until the source is done (the first paper's "until the resources
         // of the source host are released", and QEMU's total-time): its
         // last migration data, else the move.
-        total_us: chosen
-            .map(|g| source_done.unwrap_or(at).min(at).as_micros().saturating_sub(g.first.as_micros())),
+        total_us: chosen.map(|g| source_done.unwrap_or(at).min(at).as_micros().saturating_sub(g.first.as_micros())),
         downtime_resolution_us,
         source_downtime_us: last_seen
             .zip(source_done)
@@ -1379,10 +1376,13 @@ mod tests {
             .collect()
     }
 
+    /// What a move took: bytes, streams, total_us.
+    type Took = (Option<u64>, u32, Option<i64>);
+
     /// Moves from h1 (10.0.0.1) to h2 (10.0.0.2) announced at `moves` (VM,
     /// time), with `parts` on the wire: each VM's (bytes, streams, total_us),
     /// and the window the first was settled in, after its own.
-    fn streams_of(parts: &[StreamPart], moves: &[(&str, i64)]) -> (Vec<(Option<u64>, u32, Option<i64>)>, i64) {
+    fn streams_of(parts: &[StreamPart], moves: &[(&str, i64)]) -> (Vec<Took>, i64) {
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
         let first = parts.iter().map(|p| p.first.as_micros() / W).chain(moves.iter().map(|m| m.1 / W)).min().unwrap();
         let got = run(&mut l, first, |w| {

@@ -217,7 +217,8 @@ mod tests {
         // The big stream paused just before the small VM's announce (its data
         // so far ended later than the small one's): taken, until the
         // lookahead shows it carry on.
-        let mut g = vec![group(49153, Some(990 * MS), 70_000_000, false), group(49152, Some(960 * MS), 1_000_000, false)];
+        let mut g =
+            vec![group(49153, Some(990 * MS), 70_000_000, false), group(49152, Some(960 * MS), 1_000_000, false)];
         assert_eq!((choose(&g, at), decided(&g)), (Some(0), false));
         g[0].continued = true;
         assert_eq!((choose(&g, at), decided(&g)), (Some(1), true));
@@ -257,8 +258,11 @@ mod tests {
         assert_eq!(choose(&[], at), None);
         assert!(decided(&[]));
         // One listener is the move's, ended or not, data or not.
-        for g in [group(49152, Some(900 * MS), 9, false), group(49152, Some(1_500 * MS), 9, true), group(49152, None, 9, false)]
-        {
+        for g in [
+            group(49152, Some(900 * MS), 9, false),
+            group(49152, Some(1_500 * MS), 9, true),
+            group(49152, None, 9, false),
+        ] {
             assert_eq!((choose(std::slice::from_ref(&g), at), decided(std::slice::from_ref(&g))), (Some(0), true));
         }
     }
