@@ -9,9 +9,8 @@
 //! the source to its first at the destination. What needs the wire after
 //! the move (whether a stream went on carrying data, time-to-responsiveness)
 //! is settled later, within [`settle::bound_us`] (see [`super::settle`]).
-//! Frames from the old
-//! hypervisor more than `migration.clone_overlap_ms` after the move mean two
-//! copies of the VM run at once: a clone.
+//! Frames from the old hypervisor more than `migration.clone_overlap_ms`
+//! after the move mean two copies of the VM run at once: a clone.
 //!
 //! With the migration gate's decisions followed (`migration.gate_decisions`),
 //! each move looks for an allowed decision for that VM to that destination
@@ -397,6 +396,7 @@ fn largest_gap_us(recent: &VecDeque<(i64, u16)>, last: i64, len_us: i64) -> Opti
 #[derive(Clone, Copy, Debug)]
 struct Stream {
     part: StreamPart,
+    /// A settled move took it (a move still choosing has not).
     tied: bool,
 }
 
