@@ -130,18 +130,10 @@ pub struct Move {
     pub via: Via,
     pub verdict: Verdict,
     pub authorization: Authorization,
-    pub streams: u32,
-    pub bytes: Option<u64>,
-    pub total_us: Option<i64>,
+    /// From the VM's last frame at the source to its first at the destination.
     pub downtime_us: Option<i64>,
-    /// The pause lies within [downtime - resolution, downtime] (see [`Locator`]).
-    pub downtime_resolution_us: Option<i64>,
-    /// From the move until the VM's rate is back (see [`Comeback`]).
-    pub responsive_us: Option<i64>,
-    /// From the VM's last frame at the source to the source's last migration
-    /// data: QEMU's own definition of downtime (the source's stop to its
-    /// completion), without the destination's loading.
-    pub source_downtime_us: Option<i64>,
+    /// What its streams and the VM's return measured.
+    pub measured: Measured,
     /// Whether an allowed gate decision matched (none when no decisions are followed).
     pub gated: Option<bool>,
     /// Not settled yet: `responsive_us` and, when the streams were
@@ -150,27 +142,35 @@ pub struct Move {
     pub open: Option<u64>,
 }
 
+/// What a move's streams and the VM's return measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Measured {
+    /// Migration streams taken as the move's memory, and their bytes.
+    pub streams: u32,
+    pub bytes: Option<u64>,
+    /// From the first stream's start to the source's last migration data.
+    pub total_us: Option<i64>,
+    /// The pause lies within [downtime - resolution, downtime] (see [`measure`]).
+    pub downtime_resolution_us: Option<i64>,
+    /// From the move until the VM's rate is back (see [`Comeback`]).
+    pub responsive_us: Option<i64>,
+    /// From the VM's last frame at the source to the source's last migration
+    /// data: QEMU's own definition of downtime (the source's stop to its
+    /// completion), without the destination's loading.
+    pub source_downtime_us: Option<i64>,
+}
+
 /// A move settled after its window: its final measurements.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settled {
     /// The [`Move::open`] it settles.
     pub id: u64,
-    pub streams: u32,
-    pub bytes: Option<u64>,
-    pub total_us: Option<i64>,
-    pub downtime_resolution_us: Option<i64>,
-    pub responsive_us: Option<i64>,
-    pub source_downtime_us: Option<i64>,
+    pub measured: Measured,
 }
 
 impl Move {
     fn settle(&mut self, s: &Settled) {
-        self.streams = s.streams;
-        self.bytes = s.bytes;
-        self.total_us = s.total_us;
-        self.downtime_resolution_us = s.downtime_resolution_us;
-        self.responsive_us = s.responsive_us;
-        self.source_downtime_us = s.source_downtime_us;
+        self.measured = s.measured;
         self.open = None;
     }
 }
@@ -200,29 +200,13 @@ struct Unsettled {
 impl Unsettled {
     fn settled(&self) -> Settled {
         let m = measure(self.chosen.map(|k| &self.groups[k]), self.at, self.last_seen, self.downtime_us, self.gap_us);
-        Settled {
-            id: self.id,
-            streams: m.streams,
-            bytes: m.bytes,
-            total_us: m.total_us,
-            downtime_resolution_us: m.downtime_resolution_us,
-            responsive_us: self.responsive_us,
-            source_downtime_us: m.source_downtime_us,
-        }
+        Settled { id: self.id, measured: Measured { responsive_us: self.responsive_us, ..m } }
     }
 }
 
-/// What depends on the streams a move took.
-struct Measured {
-    streams: u32,
-    bytes: Option<u64>,
-    total_us: Option<i64>,
-    downtime_resolution_us: Option<i64>,
-    source_downtime_us: Option<i64>,
-}
-
 /// A move at `at` that took `chosen`'s streams, the VM last seen at the
-/// source at `last_seen`, silent for `downtime_us`, its largest frame gap there `gap_us`.
+/// source at `last_seen`, silent for `downtime_us`, its largest frame gap
+/// there `gap_us` (time-to-responsiveness is not measured here).
 fn measure(
     chosen: Option<&Group>,
     at: PacketTime,
@@ -247,6 +231,7 @@ fn measure(
         // last migration data, else the move.
         total_us: chosen.map(|g| source_done.unwrap_or(at).min(at).as_micros().saturating_sub(g.first.as_micros())),
         downtime_resolution_us,
+        responsive_us: None,
         source_downtime_us: last_seen
             .zip(source_done)
             .map(|(l, e)| e.min(at).as_micros().saturating_sub(l.as_micros()).max(0)),
@@ -777,13 +762,8 @@ impl Locator {
                         via,
                         verdict: Verdict::Unknown,
                         authorization: Authorization::Missing,
-                        streams: 0,
-                        bytes: None,
-                        total_us: None,
                         downtime_us: None,
-                        downtime_resolution_us: None,
-                        responsive_us: None,
-                        source_downtime_us: None,
+                        measured: Measured::default(),
                         gated: self.gate.then_some(approval.is_some()),
                         open: None,
                     });
@@ -991,13 +971,8 @@ impl Locator {
             via,
             verdict,
             authorization,
-            streams: m.streams,
-            bytes: m.bytes,
-            total_us: m.total_us,
             downtime_us,
-            downtime_resolution_us: m.downtime_resolution_us,
-            responsive_us: None,
-            source_downtime_us: m.source_downtime_us,
+            measured: m,
             gated: self.gate.then_some(approval.is_some()),
             open,
         });
@@ -1082,7 +1057,7 @@ impl Locator {
     fn finish(&mut self, u: Unsettled, moves: &mut [Move]) {
         let s = u.settled();
         if !u.flagged {
-            self.too_many_bytes(u.vm, s.bytes);
+            self.too_many_bytes(u.vm, s.measured.bytes);
         }
         match moves.iter_mut().find(|m| m.open == Some(u.id)) {
             Some(m) => m.settle(&s),
@@ -1322,9 +1297,9 @@ mod tests {
         let (m, late) = paced(&mut l, &before, &every(10_530_000, 11_000_000, 2_000));
         assert_eq!(m.downtime_us, Some(30_000));
         // Gaps of 2 ms are 1 or 2 slots (1.5625 ms) apart: at most 3 slots, 4.687 ms.
-        assert_eq!(m.downtime_resolution_us, Some(4_687));
+        assert_eq!(m.measured.downtime_resolution_us, Some(4_687));
         // Back at once: settled in its own window.
-        assert_eq!((m.responsive_us, late), (Some(0), 0));
+        assert_eq!((m.measured.responsive_us, late), (Some(0), 0));
         // Back only after its window's end: 5 ms before it, then a frame
         // every 20 ms to 10.675 s, then its pace from 10.700 s: measured
         // across the boundaries, from the first slot of the run (10.700 s),
@@ -1333,27 +1308,30 @@ mod tests {
         let mut after = every(10_595_000, 10_675_000, 20_000);
         after.extend(every(10_700_000, 11_000_000, 2_000));
         let (m, late) = paced(&mut l, &before, &after);
-        assert_eq!((m.downtime_us, m.responsive_us, late), (Some(95_000), Some(105_000), 2));
+        assert_eq!((m.downtime_us, m.measured.responsive_us, late), (Some(95_000), Some(105_000), 2));
         // A frame of the sparse ones within the run's 8 slots starts it (10.695 s, slot 60 of 10.6 s).
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
         let mut after = every(10_595_000, 10_695_000, 20_000);
         after.extend(every(10_700_000, 11_000_000, 2_000));
         let (m, _) = paced(&mut l, &before, &after);
-        assert_eq!(m.responsive_us, Some(98_750));
+        assert_eq!(m.measured.responsive_us, Some(98_750));
         // It resumes at a fifth of its pace: never back; given up 1 s after
         // the move (10.530 s + 1 s, in the window 10 after its own).
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
         let (m, late) = paced(&mut l, &before, &every(10_530_000, 12_000_000, 10_000));
-        assert_eq!((m.downtime_us, m.responsive_us, late), (Some(30_000), None, 10));
+        assert_eq!((m.downtime_us, m.measured.responsive_us, late), (Some(30_000), None, 10));
         // Quiet after the move: the same (windows never closed count as empty).
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
         let (m, late) = paced(&mut l, &before, &[10_530_000, 11_700_000]);
-        assert_eq!((m.responsive_us, late), (None, 12));
+        assert_eq!((m.measured.responsive_us, late), (None, 12));
         // Every 100 ms: fewer than 16 frames in 250 ms, and a quiet start of the
         // span as long as its gaps: pace unknown, the whole silence, settled at once.
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
         let (m, late) = paced(&mut l, &every(10_000_000, 10_500_000, 100_000), &every(10_530_000, 11_000_000, 2_000));
-        assert_eq!((m.downtime_us, m.downtime_resolution_us, m.responsive_us), (Some(30_000), Some(30_000), None));
+        assert_eq!(
+            (m.downtime_us, m.measured.downtime_resolution_us, m.measured.responsive_us),
+            (Some(30_000), Some(30_000), None)
+        );
         assert_eq!((m.open, late), (None, 0));
     }
 
@@ -1402,7 +1380,7 @@ mod tests {
             ev
         });
         let late = got.first().map_or(0, |m| m.1);
-        (got.into_iter().map(|(m, _)| (m.bytes, m.streams, m.total_us)).collect(), late)
+        (got.into_iter().map(|(m, _)| (m.measured.bytes, m.measured.streams, m.measured.total_us)).collect(), late)
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod settle;
 mod victim;
 
 pub use level::{Direction, Hysteresis, Level, Reason};
-pub use location::{Conflict, Move, Place, Settled};
+pub use location::{Conflict, Measured, Move, Place, Settled};
 pub use victim::{AddressBook, Victim};
 
 use crate::decode::Mac;

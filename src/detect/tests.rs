@@ -304,7 +304,10 @@ fn a_move_being_settled_goes_on_over_a_reload_and_one_of_a_vm_no_longer_there_is
         Evidence {
             sightings: vec![Sighting {
                 vm: vm(),
-                origin: Origin::Outer { mac: format!("52:54:00:aa:00:0{n}").parse().unwrap(), ip: [10, 0, 0, n].into() },
+                origin: Origin::Outer {
+                    mac: format!("52:54:00:aa:00:0{n}").parse().unwrap(),
+                    ip: [10, 0, 0, n].into(),
+                },
                 first: PacketTime::from_micros(from),
                 last: PacketTime::from_micros(to),
                 frames: slots.iter().map(|&n| u64::from(n)).sum(),
@@ -335,7 +338,7 @@ fn a_move_being_settled_goes_on_over_a_reload_and_one_of_a_vm_no_longer_there_is
         }
         let s = d.take_settled();
         assert_eq!(s.len(), 1, "{keep}");
-        assert_eq!((s[0].id, s[0].responsive_us), (open.unwrap(), keep.then_some(100_000)), "{keep}");
+        assert_eq!((s[0].id, s[0].measured.responsive_us), (open.unwrap(), keep.then_some(100_000)), "{keep}");
         assert_eq!(d.settle_all(), vec![]);
     }
 }
