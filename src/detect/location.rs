@@ -6,9 +6,11 @@
 //! migration streams between the two hypervisors that ended at most
 //! `migration.stream_gap_s` before it (bytes moved, total migration time from
 //! the first stream's start), and the downtime from the VM's last frame at
-//! the source to its first at the destination. Frames from the old
-//! hypervisor more than `migration.clone_overlap_ms` after the move mean two
-//! copies of the VM run at once: a clone.
+//! the source to its first at the destination. What needs the wire after
+//! the move (whether a stream went on carrying data, time-to-responsiveness)
+//! is settled later, within [`settle::bound_us`] (see [`super::settle`]).
+//! Frames from the old hypervisor more than `migration.clone_overlap_ms`
+//! after the move mean two copies of the VM run at once: a clone.
 //!
 //! With the migration gate's decisions followed (`migration.gate_decisions`),
 //! each move looks for an allowed decision for that VM to that destination
@@ -17,11 +19,10 @@
 //! gate: `ungated`, once `migration.gate_grace_s` of packet time passed
 //! without a late decision.
 
+use super::settle::{self, Comeback, Group};
 use crate::decode::Mac;
 use crate::gate::record::{GateReason, GateRecord};
-use crate::measure::placement::{
-    slot_of, Endpoint, Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS,
-};
+use crate::measure::placement::{Endpoint, Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS};
 use crate::trust::token::{Authorization, TokenStore};
 use crate::trust::{Registry, Verdict};
 use crate::vocab::Level;
@@ -129,20 +130,112 @@ pub struct Move {
     pub via: Via,
     pub verdict: Verdict,
     pub authorization: Authorization,
+    /// From the VM's last frame at the source to its first at the destination.
+    pub downtime_us: Option<i64>,
+    /// What its streams and the VM's return measured.
+    pub measured: Measured,
+    /// Whether an allowed gate decision matched (none when no decisions are followed).
+    pub gated: Option<bool>,
+    /// Not settled yet: `responsive_us` and, when the streams were
+    /// ambiguous, the stream measurements are provisional until a
+    /// [`Settled`] with this id (within [`settle::bound_us`] of packet time).
+    pub open: Option<u64>,
+}
+
+/// What a move's streams and the VM's return measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Measured {
+    /// Migration streams taken as the move's memory, and their bytes.
     pub streams: u32,
     pub bytes: Option<u64>,
+    /// From the first stream's start to the source's last migration data.
     pub total_us: Option<i64>,
-    pub downtime_us: Option<i64>,
-    /// The pause lies within [downtime - resolution, downtime] (see [`Locator`]).
+    /// The pause lies within [downtime - resolution, downtime] (see [`measure`]).
     pub downtime_resolution_us: Option<i64>,
-    /// From the move until the VM's rate is back (see [`responsive_us`]).
+    /// From the move until the VM's rate is back (see [`Comeback`]).
     pub responsive_us: Option<i64>,
     /// From the VM's last frame at the source to the source's last migration
     /// data: QEMU's own definition of downtime (the source's stop to its
     /// completion), without the destination's loading.
     pub source_downtime_us: Option<i64>,
-    /// Whether an allowed gate decision matched (none when no decisions are followed).
-    pub gated: Option<bool>,
+}
+
+/// A move settled after its window: its final measurements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settled {
+    /// The [`Move::open`] it settles.
+    pub id: u64,
+    pub measured: Measured,
+}
+
+impl Move {
+    fn settle(&mut self, s: &Settled) {
+        self.measured = s.measured;
+        self.open = None;
+    }
+}
+
+/// A move not settled yet.
+#[derive(Clone, Debug)]
+struct Unsettled {
+    id: u64,
+    vm: usize,
+    at: PacketTime,
+    from_ips: Vec<IpAddr>,
+    /// Its candidate listeners as of its window, and their streams' keys.
+    groups: Vec<Group>,
+    keys: Vec<Vec<StreamKey>>,
+    /// The streams are still to be chosen (ambiguous until the lookahead tells).
+    choosing: bool,
+    chosen: Option<usize>,
+    comeback: Option<Comeback>,
+    responsive_us: Option<i64>,
+    last_seen: Option<PacketTime>,
+    downtime_us: Option<i64>,
+    gap_us: Option<i64>,
+    /// Moved more than `migration.factor` x RAM on its provisional streams.
+    flagged: bool,
+}
+
+impl Unsettled {
+    fn settled(&self) -> Settled {
+        let m = measure(self.chosen.map(|k| &self.groups[k]), self.at, self.last_seen, self.downtime_us, self.gap_us);
+        Settled { id: self.id, measured: Measured { responsive_us: self.responsive_us, ..m } }
+    }
+}
+
+/// A move at `at` that took `chosen`'s streams, the VM last seen at the
+/// source at `last_seen`, silent for `downtime_us`, its largest frame gap
+/// there `gap_us` (time-to-responsiveness is not measured here).
+fn measure(
+    chosen: Option<&Group>,
+    at: PacketTime,
+    last_seen: Option<PacketTime>,
+    downtime_us: Option<i64>,
+    gap_us: Option<i64>,
+) -> Measured {
+    let source_done = chosen.and_then(|g| g.last_data);
+    // The pause came after the VM's last frame at the source, by at most
+    // its largest recent frame gap there; the destination resumed it
+    // after the source's last migration data, at the latest when it
+    // first showed. Unknown gap: anywhere in the silence.
+    let downtime_resolution_us = last_seen.zip(downtime_us).map(|(l, d)| {
+        let lag = source_done.map_or(0, |e| at.as_micros().saturating_sub(e.as_micros().max(l.as_micros())).max(0));
+        gap_us.map_or(d, |g| g.saturating_add(lag).min(d))
+    });
+    Measured {
+        streams: chosen.map_or(0, |g| g.streams),
+        bytes: chosen.map(|g| g.bytes),
+        // Until the source is done (the first paper's "until the resources
+        // of the source host are released", and QEMU's total-time): its
+        // last migration data, else the move.
+        total_us: chosen.map(|g| source_done.unwrap_or(at).min(at).as_micros().saturating_sub(g.first.as_micros())),
+        downtime_resolution_us,
+        responsive_us: None,
+        source_downtime_us: last_seen
+            .zip(source_done)
+            .map(|(l, e)| e.min(at).as_micros().saturating_sub(l.as_micros()).max(0)),
+    }
 }
 
 /// An allowed gate decision waiting for the move it approved.
@@ -258,49 +351,6 @@ impl VmLoc {
     }
 }
 
-/// A VM is responsive again once it sends at this fraction of its rate
-/// before the move ...
-pub const RESPONSIVE_FRACTION: f64 = 0.8;
-/// ... over this many consecutive slots.
-pub const RESPONSIVE_SLOTS: usize = 8;
-/// Frames before the move (in [`GAP_SPAN_US`]) below which its pace is not measured.
-const RESPONSIVE_MIN_FRAMES: u64 = 16;
-
-/// Time-to-responsiveness (the first paper's fourth metric): from the move
-/// (`at`, the VM's first frame or announce at the destination, in window
-/// `dest`'s slots) to the first frame (its slot's start) of the first run of
-/// [`RESPONSIVE_SLOTS`] slots in which the VM sent at least [`RESPONSIVE_FRACTION`] of what its
-/// rate in the 250 ms before its last frame at the source (`recent`, up to
-/// slot `last`) gives for that time. Measured within the move's window
-/// (its event is written when that window closes): `None` when the VM was
-/// not back by then, or sent fewer than [`RESPONSIVE_MIN_FRAMES`] before.
-fn responsive_us(
-    recent: &VecDeque<(i64, u16)>,
-    last: i64,
-    dest: &Sighting,
-    at: PacketTime,
-    len_us: i64,
-) -> Option<i64> {
-    let lo = last - span_slots(len_us) + 1;
-    let within = || recent.iter().filter(|e| e.0 >= lo && e.0 <= last);
-    let frames: u64 = within().map(|e| u64::from(e.1)).sum();
-    let first = within().next()?.0;
-    if frames < RESPONSIVE_MIN_FRAMES {
-        return None;
-    }
-    // Frames per slot before the move, over the span it was seen in.
-    let per_slot = frames as f64 / (last - first + 1) as f64;
-    let need = (RESPONSIVE_FRACTION * per_slot * RESPONSIVE_SLOTS as f64).ceil().max(1.0) as u32;
-    let width = len_us as f64 / SLOTS as f64;
-    let window_start = at.as_micros().div_euclid(len_us.max(1)) * len_us;
-    let from = slot_of(at, len_us);
-    let run = (from..=SLOTS.saturating_sub(RESPONSIVE_SLOTS))
-        .find(|&k| dest.slots[k..k + RESPONSIVE_SLOTS].iter().map(|&n| u32::from(n)).sum::<u32>() >= need)?;
-    // From its first slot with frames.
-    let k = (run..run + RESPONSIVE_SLOTS).find(|&k| dest.slots[k] > 0).unwrap_or(run);
-    Some((window_start + (k as f64 * width) as i64 - at.as_micros()).max(0))
-}
-
 /// Slots in [`GAP_SPAN_US`].
 fn span_slots(len_us: i64) -> i64 {
     (GAP_SPAN_US.saturating_mul(SLOTS as i64) / len_us.max(1)).max(1)
@@ -331,6 +381,7 @@ fn largest_gap_us(recent: &VecDeque<(i64, u16)>, last: i64, len_us: i64) -> Opti
 #[derive(Clone, Copy, Debug)]
 struct Stream {
     part: StreamPart,
+    /// A settled move took it (a move still choosing has not).
     tied: bool,
 }
 
@@ -361,6 +412,14 @@ pub struct Locator {
     pending: VecDeque<Pending>,
     /// Whether gate decisions are followed at all.
     gate: bool,
+    /// Moves not settled yet, oldest first (a few at most: each for at most [`settle::bound_us`]).
+    unsettled: Vec<Unsettled>,
+    /// Moves settled after their window, not yet taken.
+    settled: Vec<Settled>,
+    /// The last [`Move::open`] id given.
+    next_id: u64,
+    /// The start of the window being taken.
+    window_start: PacketTime,
     pub flags: Vec<Flags>,
     pub dropped: u64,
     /// Approvals dropped because [`MAX_APPROVALS`] were waiting.
@@ -406,6 +465,10 @@ impl Locator {
             approvals: VecDeque::new(),
             pending: VecDeque::new(),
             gate: !rules.migration.gate_decisions.is_empty(),
+            unsettled: Vec::new(),
+            settled: Vec::new(),
+            next_id: 0,
+            window_start: PacketTime::ZERO,
             registry,
             dropped: 0,
             approvals_dropped: 0,
@@ -434,6 +497,21 @@ impl Locator {
                 self.vms[i] = loc;
             }
         }
+        // Moves being settled go on by MAC; those of a VM no longer in the
+        // inventory are settled now.
+        self.next_id = old.next_id;
+        self.window_start = old.window_start;
+        self.settled = std::mem::take(&mut old.settled);
+        for k in 0..old.unsettled.len() {
+            let mac = old.vm_macs[old.unsettled[k].vm];
+            if self.vm_index.contains_key(&mac) {
+                continue;
+            }
+            old.unsettled[k].comeback = None;
+            if old.unsettled[k].choosing {
+                old.choose_now(k);
+            }
+        }
         self.streams = std::mem::take(&mut old.streams);
         self.outer_ips = std::mem::take(&mut old.outer_ips);
         self.reported = std::mem::take(&mut old.reported);
@@ -442,6 +520,15 @@ impl Locator {
         self.approvals = std::mem::take(&mut old.approvals);
         self.pending = std::mem::take(&mut old.pending);
         self.approvals_dropped = old.approvals_dropped;
+        for mut u in std::mem::take(&mut old.unsettled) {
+            match self.vm_index.get(&old.vm_macs[u.vm]) {
+                Some(&i) => {
+                    u.vm = i;
+                    self.unsettled.push(u);
+                }
+                None => self.settled.push(u.settled()),
+            }
+        }
     }
 
     /// Takes one of the gate's decisions; allowed ones wait for their move
@@ -572,6 +659,7 @@ impl Locator {
     /// levels.
     pub fn window(&mut self, ev: &Evidence, now: PacketTime) -> (Vec<Move>, Vec<Conflict>) {
         self.dropped += ev.dropped;
+        self.window_start = PacketTime::from_micros(now.as_micros().saturating_sub(self.window_len_us));
         // Approvals too old for any move from now on.
         let oldest = now.as_micros() - self.rules.gate_window_s as i64 * 1_000_000;
         self.approvals.retain(|a| a.ts.as_micros() >= oldest);
@@ -590,6 +678,7 @@ impl Locator {
             let Some(&i) = self.vm_index.get(&s.vm) else { continue };
             self.sighting(i, s, &mut moves, &mut conflicts);
         }
+        self.settle_window(now, &mut moves);
         conflicts.sort_by_key(Conflict::ts);
         (moves, conflicts)
     }
@@ -673,14 +762,10 @@ impl Locator {
                         via,
                         verdict: Verdict::Unknown,
                         authorization: Authorization::Missing,
-                        streams: 0,
-                        bytes: None,
-                        total_us: None,
                         downtime_us: None,
-                        downtime_resolution_us: None,
-                        responsive_us: None,
-                        source_downtime_us: None,
+                        measured: Measured::default(),
                         gated: self.gate.then_some(approval.is_some()),
+                        open: None,
                     });
                 }
             }
@@ -718,6 +803,10 @@ impl Locator {
                 v.current = Some(place);
                 v.last_seen = Some(v.last_seen.map_or(s.last, |l| l.max(s.last)));
                 v.remember(s, self.window_len_us);
+                for c in self.unsettled.iter_mut().filter(|u| u.vm == i).filter_map(|u| u.comeback.as_mut()) {
+                    c.add(&s.slots);
+                }
+                let v = &mut self.vms[i];
                 if !verdict.is_signed() || v.unauthorized {
                     self.flags[i].unsigned = true;
                     v.behind_unsigned = true;
@@ -738,12 +827,18 @@ impl Locator {
         moves: &mut Vec<Move>,
     ) {
         let via = s.announce.map_or(Via::Traffic, |(_, v)| v);
+        // A move of this VM still being settled gets no more frames: it is
+        // settled with what there is.
+        for u in self.unsettled.iter_mut().filter(|u| u.vm == i) {
+            if let Some(mut c) = u.comeback.take() {
+                u.responsive_us = c.close(self.window_start).flatten();
+            }
+        }
         // Streams between the two hypervisors, ended shortly before the move.
         // One migration's connections all go to the destination's listening
-        // endpoint; of several migrations between the same two hosts, this
-        // move's is the one whose data from the source ended last before
-        // the VM showed up at the destination (the source sends nothing
-        // after the destination resumed it).
+        // endpoint, so they are grouped by it; of several migrations between
+        // the same two hosts, this move's is chosen by [`settle::choose`],
+        // with the lookahead of the windows after it when it is ambiguous.
         let (from_ips, to_ips) = (self.ips_of(&from), self.ips_of(&to));
         let gap = self.rules.stream_gap_s as i64 * 1_000_000;
         let listener = |p: &StreamPart| -> Endpoint {
@@ -753,59 +848,56 @@ impl Locator {
                 p.src
             }
         };
-        // Per listener: the source's last data, the latest frame, the bytes.
-        let mut groups: Vec<(Endpoint, Option<PacketTime>, PacketTime, u64)> = Vec::new();
         let candidate = |st: &Stream| {
             let p = st.part;
             let between = (from_ips.contains(&p.src.0) && to_ips.contains(&p.dst.0))
                 || (to_ips.contains(&p.src.0) && from_ips.contains(&p.dst.0));
             !st.tied && between && p.first <= at && p.last.as_micros() >= at.as_micros().saturating_sub(gap)
         };
-        for st in self.streams.values().filter(|st| candidate(st)) {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut keys: Vec<Vec<StreamKey>> = Vec::new();
+        let mut found: Vec<(&StreamKey, &Stream)> = self.streams.iter().filter(|(_, st)| candidate(st)).collect();
+        // A stable order whatever the map's.
+        found.sort_unstable_by_key(|(k, _)| **k);
+        for (key, st) in found {
             let p = &st.part;
             let data = p.last_data.filter(|_| from_ips.contains(&p.src.0));
             let l = listener(p);
-            match groups.iter_mut().find(|g| g.0 == l) {
-                Some(g) => {
-                    g.1 = g.1.max(data);
-                    g.2 = g.2.max(p.last);
-                    g.3 = g.3.saturating_add(p.bytes);
+            match groups.iter().position(|g| g.listener == l) {
+                Some(k) => {
+                    let g = &mut groups[k];
+                    g.last_data = g.last_data.max(data);
+                    g.last = g.last.max(p.last);
+                    g.first = g.first.min(p.first);
+                    g.bytes = g.bytes.saturating_add(p.bytes);
+                    g.streams += 1;
+                    keys[k].push(*key);
                 }
-                None => groups.push((l, data, p.last, p.bytes)),
+                None => {
+                    groups.push(Group {
+                        listener: l,
+                        last_data: data,
+                        last: p.last,
+                        first: p.first,
+                        bytes: p.bytes,
+                        streams: 1,
+                        continued: false,
+                    });
+                    keys.push(vec![*key]);
+                }
             }
         }
-        // Ended before the move, the latest such; else (data past the move)
-        // the earliest to end. Ties by endpoint, so the choice is stable.
-        // libvirt's daemons talk on 16509 (TCP) and 16514 (TLS): that
-        // connection carries the memory only in a tunnelled move, when QEMU
-        // opens no stream of its own. Otherwise it is control traffic that
-        // ends after QEMU's stream (a real MTD loop through libvirt: 8 kB
-        // of RPC ending after 0.7 MB of QEMU stream), so a QEMU stream that
-        // ended before the move comes first.
-        let daemon = |g: &(Endpoint, Option<PacketTime>, PacketTime, u64)| matches!(g.0 .1, 16509 | 16514);
-        let ended = |g: &&(Endpoint, Option<PacketTime>, PacketTime, u64)| g.1.is_some_and(|d| d <= at);
-        let qemu_ended = groups.iter().filter(ended).any(|g| !daemon(g));
-        let chosen = groups
-            .iter()
-            .filter(ended)
-            .filter(|g| !(qemu_ended && daemon(g)))
-            .max_by_key(|g| (g.1, g.0))
-            .or_else(|| groups.iter().min_by_key(|g| (g.1.unwrap_or(g.2), g.0)))
-            .map(|g| (g.0, g.1));
-        let mut streams = 0u32;
-        let mut bytes = 0u64;
-        let mut start: Option<PacketTime> = None;
-        let source_done = chosen.and_then(|c| c.1);
-        if let Some((l, _)) = chosen {
-            for st in self.streams.values_mut() {
-                if !candidate(st) || listener(&st.part) != l {
-                    continue;
+        let tail = at.as_micros().saturating_add(settle::STREAM_TAIL_US);
+        for g in &mut groups {
+            g.continued = g.last_data.is_some_and(|d| d.as_micros() > tail);
+        }
+        let chosen = settle::choose(&groups, at);
+        let choosing = !settle::decided(&groups);
+        if let (false, Some(k)) = (choosing, chosen) {
+            for key in &keys[k] {
+                if let Some(st) = self.streams.get_mut(key) {
+                    st.tied = true;
                 }
-                let p = st.part;
-                st.tied = true;
-                streams += 1;
-                bytes += p.bytes;
-                start = Some(start.map_or(p.first, |x| x.min(p.first)));
             }
         }
         let to_name = to.name(&self.registry).unwrap_or_default();
@@ -818,21 +910,20 @@ impl Locator {
         let len_us = self.window_len_us;
         let v = &mut self.vms[i];
         let downtime_us = v.last_seen.map(|l| at.as_micros().saturating_sub(l.as_micros()).max(0));
-        // The pause came after the VM's last frame at the source, by at most
-        // its largest recent frame gap there; the destination resumed it
-        // after the source's last migration data, at the latest when it
-        // first showed. Unknown gap: anywhere in the silence.
-        let downtime_resolution_us = v.last_seen.zip(downtime_us).map(|(l, d)| {
-            let last_slot = l.as_micros().div_euclid(len_us.max(1)) * SLOTS as i64 + slot_of(l, len_us) as i64;
-            let lag = source_done.map_or(0, |e| at.as_micros().saturating_sub(e.as_micros().max(l.as_micros())).max(0));
-            largest_gap_us(&v.recent, last_slot, len_us).map_or(d, |g| g.saturating_add(lag).min(d))
+        let last_slot = v.last_seen.map(|l| settle::global_slot(l, len_us));
+        let gap_us = last_slot.and_then(|l| largest_gap_us(&v.recent, l, len_us));
+        // Its pace in the span before its last frame at the source.
+        let comeback = last_slot.and_then(|last| {
+            let lo = last - span_slots(len_us) + 1;
+            let within = || v.recent.iter().filter(|e| e.0 >= lo && e.0 <= last);
+            let frames: u64 = within().map(|e| u64::from(e.1)).sum();
+            let first = within().next()?.0;
+            let mut c = Comeback::new(at, frames, last - first + 1, len_us)?;
+            c.add(&s.slots);
+            Some(c)
         });
-        let source_downtime_us =
-            v.last_seen.zip(source_done).map(|(l, e)| e.min(at).as_micros().saturating_sub(l.as_micros()).max(0));
-        let responsive_us = v.last_seen.and_then(|l| {
-            let last_slot = l.as_micros().div_euclid(len_us.max(1)) * SLOTS as i64 + slot_of(l, len_us) as i64;
-            responsive_us(&v.recent, last_slot, s, at, len_us)
-        });
+        let m = measure(chosen.map(|k| &groups[k]), at, v.last_seen, downtime_us, gap_us);
+        let last_seen = v.last_seen;
         v.recent.clear();
         v.remember(s, len_us);
         v.unauthorized = self.rules.require_authorization && authorization != Authorization::Granted;
@@ -848,14 +939,30 @@ impl Locator {
             !verdict.is_signed() || (self.rules.require_authorization && authorization != Authorization::Granted);
         f.unsigned |= unsigned;
         self.vms[i].behind_unsigned = unsigned;
-        if let (Some(ram), true) = (self.ram_bytes[i], streams > 0) {
-            if bytes as f64 > self.rules.factor * ram as f64 {
-                f.too_many_bytes = true;
-            }
-        }
+        let flagged = self.too_many_bytes(i, m.bytes);
         if downtime_us.is_some_and(|d| d > self.rules.max_downtime_ms as i64 * 1000) {
-            f.long_downtime = true;
+            self.flags[i].long_downtime = true;
         }
+        let open = (choosing || comeback.is_some()).then(|| {
+            self.next_id += 1;
+            self.unsettled.push(Unsettled {
+                id: self.next_id,
+                vm: i,
+                at,
+                from_ips,
+                groups,
+                keys,
+                choosing,
+                chosen,
+                comeback,
+                responsive_us: None,
+                last_seen,
+                downtime_us,
+                gap_us,
+                flagged,
+            });
+            self.next_id
+        });
         moves.push(Move {
             vm: i,
             ts: at,
@@ -864,18 +971,116 @@ impl Locator {
             via,
             verdict,
             authorization,
-            streams,
-            bytes: (streams > 0).then_some(bytes),
-            // Until the source is done (the first paper's "until the resources
-            // of the source host are released", and QEMU's total-time): its
-            // last migration data, else the move.
-            total_us: start.map(|st| source_done.unwrap_or(at).min(at).as_micros().saturating_sub(st.as_micros())),
             downtime_us,
-            downtime_resolution_us,
-            responsive_us,
-            source_downtime_us,
+            measured: m,
             gated: self.gate.then_some(approval.is_some()),
+            open,
         });
+    }
+
+    /// Raises `too_many_bytes` when `bytes` is more than `migration.factor` x the VM's RAM.
+    fn too_many_bytes(&mut self, i: usize, bytes: Option<u64>) -> bool {
+        let over = match (self.ram_bytes[i], bytes) {
+            (Some(ram), Some(b)) => b as f64 > self.rules.factor * ram as f64,
+            _ => false,
+        };
+        self.flags[i].too_many_bytes |= over;
+        over
+    }
+
+    /// At a window's end (`now`): the moves being settled take its
+    /// frames and the streams' data since; those settled are finished in
+    /// `moves` (this window's) or kept for [`Locator::take_settled`].
+    fn settle_window(&mut self, now: PacketTime, moves: &mut [Move]) {
+        let start = self.window_start;
+        let mut k = 0;
+        while k < self.unsettled.len() {
+            let u = &mut self.unsettled[k];
+            if let Some(c) = &mut u.comeback {
+                if let Some(r) = c.close(start) {
+                    u.responsive_us = r;
+                    u.comeback = None;
+                }
+            }
+            if u.choosing {
+                let tail = u.at.as_micros().saturating_add(settle::STREAM_TAIL_US);
+                let bound = u.at.as_micros().saturating_add(settle::bound_us(self.window_len_us));
+                for (g, keys) in u.groups.iter_mut().zip(&u.keys) {
+                    let went_on = keys.iter().filter_map(|key| self.streams.get(key)).any(|st| {
+                        u.from_ips.contains(&st.part.src.0) && st.part.last_data.is_some_and(|d| d.as_micros() > tail)
+                    });
+                    g.continued |= went_on;
+                }
+                if settle::decided(&u.groups) || now.as_micros() > bound {
+                    self.choose_now(k);
+                }
+            }
+            let u = &self.unsettled[k];
+            if u.choosing || u.comeback.is_some() {
+                k += 1;
+                continue;
+            }
+            let u = self.unsettled.remove(k);
+            self.finish(u, moves);
+        }
+    }
+
+    /// Chooses unsettled move `k`'s streams now: listeners another move
+    /// took meanwhile are out; the chosen one's streams are tied to it.
+    fn choose_now(&mut self, k: usize) {
+        let streams = &self.streams;
+        let u = &mut self.unsettled[k];
+        let taken = |keys: &Vec<StreamKey>| keys.iter().any(|key| streams.get(key).is_some_and(|st| st.tied));
+        let free: Vec<bool> = u.keys.iter().map(|keys| !taken(keys)).collect();
+        let (mut groups, mut keys) = (Vec::new(), Vec::new());
+        for ((g, ks), f) in u.groups.drain(..).zip(u.keys.drain(..)).zip(free) {
+            if f {
+                groups.push(g);
+                keys.push(ks);
+            }
+        }
+        (u.groups, u.keys) = (groups, keys);
+        u.chosen = settle::choose(&u.groups, u.at);
+        u.choosing = false;
+        if let Some(c) = u.chosen {
+            for key in &u.keys[c] {
+                if let Some(st) = self.streams.get_mut(key) {
+                    st.tied = true;
+                }
+            }
+        }
+    }
+
+    /// A settled move: into its window's `moves` if it is there, else kept
+    /// for the next [`Locator::take_settled`]; bytes over the factor that
+    /// only the final choice shows raise the flag now.
+    fn finish(&mut self, u: Unsettled, moves: &mut [Move]) {
+        let s = u.settled();
+        if !u.flagged {
+            self.too_many_bytes(u.vm, s.measured.bytes);
+        }
+        match moves.iter_mut().find(|m| m.open == Some(u.id)) {
+            Some(m) => m.settle(&s),
+            None => self.settled.push(s),
+        }
+    }
+
+    /// Moves settled after their window, in the order they were settled.
+    pub fn take_settled(&mut self) -> Vec<Settled> {
+        std::mem::take(&mut self.settled)
+    }
+
+    /// Settles every open move with what the wire showed so far (the input ended).
+    pub fn settle_all(&mut self) -> Vec<Settled> {
+        for k in 0..self.unsettled.len() {
+            if self.unsettled[k].choosing {
+                self.choose_now(k);
+            }
+        }
+        for u in std::mem::take(&mut self.unsettled) {
+            self.finish(u, &mut []);
+        }
+        self.take_settled()
     }
 
     pub fn ram_bytes(&self, vm: usize) -> Option<u64> {
@@ -886,6 +1091,7 @@ impl Locator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::placement::slot_of;
     use crate::trust::token::Token;
     use crate::trust::ClusterKey;
     use std::os::unix::fs::PermissionsExt;
@@ -1016,66 +1222,225 @@ mod tests {
         assert_eq!(moves[0].authorization, Authorization::Replayed);
     }
 
-    /// A VM at h1 sending a frame every `every_us` from `from` to `to`, one
-    /// window of 100 ms at a time, then its first frame at h2 at `at` and
-    /// frames every `after_us` from there.
-    fn paced(l: &mut Locator, from: i64, to: i64, every_us: i64, at: i64, after_us: i64) -> Move {
-        const W: i64 = 100_000;
-        let (h1, h2): (Mac, Mac) = (H1.parse().unwrap(), H2.parse().unwrap());
-        let sighting = |hv: Mac, times: &[i64]| Sighting {
-            vm: A.parse().unwrap(),
-            origin: Origin::Outer { mac: hv, ip: [10, 0, 0, 1].into() },
-            first: PacketTime::from_micros(times[0]),
-            last: PacketTime::from_micros(*times.last().unwrap()),
+    const W: i64 = 100_000;
+
+    /// VM `vm`'s frames at `times` (all in one window of 100 ms) from `hv`
+    /// (outer IP 10.0.0.`ip`), the first an announce when `announce`.
+    fn frames(vm: &str, hv: &str, ip: u8, times: &[i64], announce: bool) -> Sighting {
+        let at = |t: i64| PacketTime::from_micros(t);
+        Sighting {
+            vm: vm.parse().unwrap(),
+            origin: Origin::Outer { mac: hv.parse().unwrap(), ip: [10, 0, 0, ip].into() },
+            first: at(times[0]),
+            last: at(*times.last().unwrap()),
             frames: times.len() as u64,
-            announce: None,
+            announce: announce.then_some((at(times[0]), Via::Rarp)),
             slots: {
                 let mut s = [0u16; SLOTS];
                 for &t in times {
-                    s[slot_of(PacketTime::from_micros(t), W)] += 1;
+                    s[slot_of(at(t), W)] += 1;
                 }
                 s
             },
-        };
-        let before: Vec<i64> = (0..).map(|k| from + k * every_us).take_while(|&t| t <= to).collect();
-        let after: Vec<i64> = (0..).map(|k| at + k * after_us).take_while(|&t| t < (at / W + 1) * W).collect();
-        let mut w = from / W;
-        loop {
-            let mut ev = Evidence::default();
-            let src: Vec<i64> = before.iter().copied().filter(|t| t / W == w).collect();
-            if !src.is_empty() {
-                ev.sightings.push(sighting(h1, &src));
-            }
-            if w == at / W {
-                ev.sightings.push(sighting(h2, &after));
+        }
+    }
+
+    fn every(from: i64, to: i64, step: i64) -> Vec<i64> {
+        (0..).map(|k| from + k * step).take_while(|&t| t <= to).collect()
+    }
+
+    /// Runs `evidence(w)` through windows `first..` of 100 ms until every
+    /// move is settled (at most 40 windows): the moves as finally measured,
+    /// each with the number of windows after its own it was settled in.
+    fn run(l: &mut Locator, first: i64, evidence: impl Fn(i64) -> Evidence) -> Vec<(Move, i64)> {
+        let mut got: Vec<(Move, i64, i64)> = Vec::new();
+        for w in first..first + 40 {
+            // Windows without traffic are not closed (the detector grades them as quiet).
+            let ev = evidence(w);
+            if ev.sightings.is_empty() && ev.streams.is_empty() {
+                continue;
             }
             let (moves, _) = l.window(&ev, PacketTime::from_micros((w + 1) * W));
-            if let Some(m) = moves.into_iter().next() {
-                return m;
+            got.extend(moves.into_iter().map(|m| (m, w, w)));
+            for s in l.take_settled() {
+                let m = got.iter_mut().find(|m| m.0.open == Some(s.id)).expect("settles an open move");
+                m.0.settle(&s);
+                m.2 = w;
             }
-            w += 1;
         }
+        assert!(got.iter().all(|m| m.0.open.is_none()), "{got:?}");
+        got.into_iter().map(|(m, w, settled)| (m, settled - w)).collect()
+    }
+
+    /// VM a at h1 sending at `before`, then at h2 from `after[0]` (the move) at `after`.
+    fn paced(l: &mut Locator, before: &[i64], after: &[i64]) -> (Move, i64) {
+        let in_window = |times: &[i64], w: i64| -> Vec<i64> { times.iter().copied().filter(|t| t / W == w).collect() };
+        let mut moves = run(l, before[0] / W, |w| {
+            let mut ev = Evidence::default();
+            for (hv, times) in [(H1, before), (H2, after)] {
+                let t = in_window(times, w);
+                if !t.is_empty() {
+                    ev.sightings.push(frames(A, hv, 1, &t, false));
+                }
+            }
+            ev
+        });
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        moves.remove(0)
     }
 
     #[test]
     fn the_downtime_resolution_is_the_pace_before_the_move_and_time_to_responsiveness_its_return() {
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
         // Every 2 ms from 10.0 s to 10.5 s, then quiet; back at 10.530 s, every 2 ms.
-        let m = paced(&mut l, 10_000_000, 10_500_000, 2_000, 10_530_000, 2_000);
+        let before = every(10_000_000, 10_500_000, 2_000);
+        let (m, late) = paced(&mut l, &before, &every(10_530_000, 11_000_000, 2_000));
         assert_eq!(m.downtime_us, Some(30_000));
         // Gaps of 2 ms are 1 or 2 slots (1.5625 ms) apart: at most 3 slots, 4.687 ms.
-        assert_eq!(m.downtime_resolution_us, Some(4_687));
-        // Back at once: the first 8 slots from the move's slot hold 7+ frames (80 % of 6.25 a slot x 8 x 0.8...).
-        assert_eq!(m.responsive_us, Some(0));
-        // The same, but it resumes at a fifth of its pace: never back within the window.
+        assert_eq!(m.measured.downtime_resolution_us, Some(4_687));
+        // Back at once: settled in its own window.
+        assert_eq!((m.measured.responsive_us, late), (Some(0), 0));
+        // Back only after its window's end: 5 ms before it, then a frame
+        // every 20 ms to 10.675 s, then its pace from 10.700 s: measured
+        // across the boundaries, from the first slot of the run (10.700 s),
+        // settled then (two windows after its own).
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
-        let m = paced(&mut l, 10_000_000, 10_500_000, 2_000, 10_530_000, 10_000);
-        assert_eq!((m.downtime_us, m.responsive_us), (Some(30_000), None));
+        let mut after = every(10_595_000, 10_675_000, 20_000);
+        after.extend(every(10_700_000, 11_000_000, 2_000));
+        let (m, late) = paced(&mut l, &before, &after);
+        assert_eq!((m.downtime_us, m.measured.responsive_us, late), (Some(95_000), Some(105_000), 2));
+        // A frame of the sparse ones within the run's 8 slots starts it (10.695 s, slot 60 of 10.6 s).
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let mut after = every(10_595_000, 10_695_000, 20_000);
+        after.extend(every(10_700_000, 11_000_000, 2_000));
+        let (m, _) = paced(&mut l, &before, &after);
+        assert_eq!(m.measured.responsive_us, Some(98_750));
+        // It resumes at a fifth of its pace: never back; given up 1 s after
+        // the move (10.530 s + 1 s, in the window 10 after its own).
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let (m, late) = paced(&mut l, &before, &every(10_530_000, 12_000_000, 10_000));
+        assert_eq!((m.downtime_us, m.measured.responsive_us, late), (Some(30_000), None, 10));
+        // Quiet after the move: the same (windows never closed count as empty).
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let (m, late) = paced(&mut l, &before, &[10_530_000, 11_700_000]);
+        assert_eq!((m.measured.responsive_us, late), (None, 12));
         // Every 100 ms: fewer than 16 frames in 250 ms, and a quiet start of the
-        // span as long as its gaps: pace unknown, the whole silence.
+        // span as long as its gaps: pace unknown, the whole silence, settled at once.
         let (mut l, _d) = locator("[window]\nlength_ms = 100");
-        let m = paced(&mut l, 10_000_000, 10_500_000, 100_000, 10_530_000, 2_000);
-        assert_eq!((m.downtime_us, m.downtime_resolution_us, m.responsive_us), (Some(30_000), Some(30_000), None));
+        let (m, late) = paced(&mut l, &every(10_000_000, 10_500_000, 100_000), &every(10_530_000, 11_000_000, 2_000));
+        assert_eq!(
+            (m.downtime_us, m.measured.downtime_resolution_us, m.measured.responsive_us),
+            (Some(30_000), Some(30_000), None)
+        );
+        assert_eq!((m.open, late), (None, 0));
+    }
+
+    /// A stream from h1 (10.0.0.1:`sport`) to h2's listener (10.0.0.2:`dport`)
+    /// carrying `bytes` in every 100 ms window from `from` to `to`, its data
+    /// ending at `to` (one part per window).
+    fn stream(sport: u16, dport: u16, from: i64, to: i64, bytes: u64) -> Vec<StreamPart> {
+        (from / W..=to / W)
+            .map(|w| {
+                let (a, b) = (from.max(w * W), to.min((w + 1) * W - 1));
+                StreamPart {
+                    src: ([10, 0, 0, 1].into(), sport),
+                    dst: ([10, 0, 0, 2].into(), dport),
+                    first: PacketTime::from_micros(a),
+                    last: PacketTime::from_micros(b),
+                    bytes,
+                    last_data: Some(PacketTime::from_micros(b)),
+                }
+            })
+            .collect()
+    }
+
+    /// What a move took: bytes, streams, total_us.
+    type Took = (Option<u64>, u32, Option<i64>);
+
+    /// Moves from h1 (10.0.0.1) to h2 (10.0.0.2) announced at `moves` (VM,
+    /// time), with `parts` on the wire: each VM's (bytes, streams, total_us),
+    /// and the window the first was settled in, after its own.
+    fn streams_of(parts: &[StreamPart], moves: &[(&str, i64)]) -> (Vec<Took>, i64) {
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let first = parts.iter().map(|p| p.first.as_micros() / W).chain(moves.iter().map(|m| m.1 / W)).min().unwrap();
+        let got = run(&mut l, first, |w| {
+            let mut ev = Evidence::default();
+            if w == first {
+                // Where the VMs were: h1, at 10.0.0.1.
+                ev.sightings = moves.iter().map(|m| frames(m.0, H1, 1, &[w * W], false)).collect();
+            }
+            ev.streams = parts.iter().filter(|p| p.first.as_micros() / W == w).copied().collect();
+            for &(vm, t) in moves.iter().filter(|m| m.1 / W == w) {
+                ev.sightings.push(frames(vm, H2, 2, &[t], true));
+            }
+            // And a frame of each 1.2 s after the last move: a window closes past every bound.
+            if let Some(last) = moves.iter().map(|m| m.1 / W).max().filter(|l| *l + 12 == w) {
+                ev.sightings = moves.iter().map(|m| frames(m.0, H2, 2, &[last * W + 12 * W], false)).collect();
+            }
+            ev
+        });
+        let late = got.first().map_or(0, |m| m.1);
+        (got.into_iter().map(|(m, _)| (m.measured.bytes, m.measured.streams, m.measured.total_us)).collect(), late)
+    }
+
+    #[test]
+    fn two_moves_at_once_a_stream_going_on_after_the_announce_is_the_other_vms() {
+        // b's small stream ends at 10.30 s; a's big one pauses from 10.38 s,
+        // across b's announce (10.39 s) and its window's end, resumes at
+        // 10.45 s and ends at 11.20 s, just before a's announce.
+        let mut parts = stream(40_001, 49_152, 10_000_000, 10_300_000, 1_000);
+        parts.extend(stream(40_002, 49_153, 10_000_000, 10_380_000, 100_000));
+        parts.extend(stream(40_002, 49_153, 10_450_000, 11_200_000, 100_000));
+        let (got, late) = streams_of(&parts, &[(B, 10_390_000), (A, 11_250_000)]);
+        assert_eq!(
+            got,
+            vec![(Some(4_000), 1, Some(300_000)), (Some(1_300_000), 1, Some(1_200_000))],
+            "b: its own stream; a: the big one"
+        );
+        // b's choice waited for the next window, which showed the big stream go on.
+        assert_eq!(late, 1);
+        // Without the pause, the big stream's data goes on past b's move
+        // (and its tail) in b's own window: settled there.
+        let mut parts = stream(40_001, 49_152, 10_000_000, 10_300_000, 1_000);
+        parts.extend(stream(40_002, 49_153, 10_000_000, 11_200_000, 100_000));
+        let (got, late) = streams_of(&parts, &[(B, 10_370_000), (A, 11_250_000)]);
+        assert_eq!((got, late), (vec![(Some(4_000), 1, Some(300_000)), (Some(1_300_000), 1, Some(1_200_000))], 0));
+        // Both ended before b's move, neither going on: b's is the one that
+        // ended last (the rule without the lookahead), settled at the bound.
+        let mut parts = stream(40_001, 49_152, 10_000_000, 10_300_000, 1_000);
+        parts.extend(stream(40_002, 49_153, 10_000_000, 10_380_000, 100_000));
+        let (got, late) = streams_of(&parts, &[(B, 10_390_000)]);
+        assert_eq!((got, late), (vec![(Some(400_000), 1, Some(380_000))], 12));
+        // Data from the source within 20 ms of the announce still counts as
+        // before it (the bytes are those by the move's window's end, the
+        // total to the move).
+        let mut parts = stream(40_001, 49_152, 10_000_000, 10_405_000, 1_000);
+        parts.extend(stream(40_002, 49_153, 10_000_000, 10_300_000, 7));
+        let (got, _) = streams_of(&parts, &[(B, 10_390_000)]);
+        assert_eq!(got, vec![(Some(4_000), 1, Some(390_000))]);
+    }
+
+    #[test]
+    fn libvirts_daemon_port_is_the_memory_only_when_no_qemu_stream_ended_before_the_move() {
+        for port in [16_509, 16_514] {
+            // QEMU's stream ends at 10.30 s; libvirt's RPC to the destination's
+            // daemon ends later, before the move: QEMU's stream is the memory.
+            let mut parts = stream(40_001, 49_152, 10_000_000, 10_300_000, 1_000);
+            parts.extend(stream(40_003, port, 10_000_000, 10_380_000, 10));
+            let (got, late) = streams_of(&parts, &[(B, 10_390_000)]);
+            assert_eq!((got, late), (vec![(Some(4_000), 1, Some(300_000))], 0), "{port}");
+            // A tunnelled move: the daemon's connection carries it.
+            let (got, late) = streams_of(&stream(40_003, port, 10_000_000, 10_380_000, 1_000), &[(B, 10_390_000)]);
+            assert_eq!((got, late), (vec![(Some(4_000), 1, Some(380_000))], 0), "{port}");
+        }
+    }
+
+    #[test]
+    fn one_move_takes_its_stream_at_once_and_a_move_without_one_has_none() {
+        let (got, late) = streams_of(&stream(40_001, 49_152, 10_000_000, 10_300_000, 1_000), &[(B, 10_390_000)]);
+        assert_eq!((got, late), (vec![(Some(4_000), 1, Some(300_000))], 0));
+        let (got, late) = streams_of(&[], &[(B, 10_390_000)]);
+        assert_eq!((got, late), (vec![(None, 0, None)], 0));
     }
 
     #[test]

@@ -16,10 +16,11 @@
 
 mod level;
 pub mod location;
+mod settle;
 mod victim;
 
 pub use level::{Direction, Hysteresis, Level, Reason};
-pub use location::{Conflict, Move, Place};
+pub use location::{Conflict, Measured, Move, Place, Settled};
 pub use victim::{AddressBook, Victim};
 
 use crate::decode::Mac;
@@ -609,6 +610,17 @@ impl Detector {
                 self.denials.push(r);
             }
         }
+    }
+
+    /// Moves settled after the window they were found in, since the last call:
+    /// their final measurements, for the events written with them open.
+    pub fn take_settled(&mut self) -> Vec<Settled> {
+        self.locator.take_settled()
+    }
+
+    /// Settles every open move with what was seen (the input ended).
+    pub fn settle_all(&mut self) -> Vec<Settled> {
+        self.locator.settle_all()
     }
 
     /// Refusals not yet out (the capture ended before their window).

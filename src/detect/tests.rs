@@ -214,6 +214,11 @@ fn windows_at_the_end_of_time_do_not_overflow() {
 
 /// Two hypervisors, h1 signed and h2 not, in the order given.
 fn two_hypervisors(h2_first: bool) -> Rules {
+    two_hypervisors_and(h2_first, &format!("{VM_A}hypervisor = \"h2\"\n"))
+}
+
+/// Two hypervisors, h1 signed and h2 not, in the order given, and `vms`.
+fn two_hypervisors_and(h2_first: bool, vms: &str) -> Rules {
     let key = crate::trust::ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
     let h1_mac: Mac = "52:54:00:aa:00:01".parse().unwrap();
     let h1 = format!(
@@ -222,7 +227,7 @@ fn two_hypervisors(h2_first: bool) -> Rules {
     );
     let h2 = "[[hypervisor]]\nid = \"h2\"\nmacs = [\"52:54:00:aa:00:02\"]\nips = [\"10.0.0.2\"]\n";
     let (a, b) = if h2_first { (h2.to_string(), h1) } else { (h1, h2.to_string()) };
-    rules_text(&format!("{a}{b}{VM_A}hypervisor = \"h2\"\n"))
+    rules_text(&format!("{a}{b}{vms}"))
 }
 
 #[test]
@@ -285,4 +290,55 @@ fn a_detector_builds_from_plain_values_without_rules_or_key_files() {
     let other: Mac = "02:00:00:00:00:0b".parse().unwrap();
     let totals = vec![(other, Counters { tx_bytes: 1 << 30, tx_packets: 1 << 20, rx_bytes: 0, rx_packets: 0 })];
     assert_eq!(levels(&close(&mut d, 3, &totals)), vec![]);
+}
+
+#[test]
+fn a_move_being_settled_goes_on_over_a_reload_and_one_of_a_vm_no_longer_there_is_settled_at_once() {
+    use crate::measure::placement::{slot_of, Evidence, Origin, Sighting, SLOTS};
+    // a's frames every 2 ms from `from` to `to` (µs, one window of 1 s) behind h`n`; the rules put it on h2.
+    let busy = |n: u8, from: i64, to: i64| {
+        let mut slots = [0u16; SLOTS];
+        for t in (from..=to).step_by(2_000) {
+            slots[slot_of(PacketTime::from_micros(t), 1_000_000)] += 1;
+        }
+        Evidence {
+            sightings: vec![Sighting {
+                vm: vm(),
+                origin: Origin::Outer {
+                    mac: format!("52:54:00:aa:00:0{n}").parse().unwrap(),
+                    ip: [10, 0, 0, n].into(),
+                },
+                first: PacketTime::from_micros(from),
+                last: PacketTime::from_micros(to),
+                frames: slots.iter().map(|&n| u64::from(n)).sum(),
+                announce: None,
+                slots,
+            }],
+            ..Default::default()
+        }
+    };
+    let r = two_hypervisors(false);
+    let registry = |r: &Rules| Registry::build(&r.key, &r.cluster, &r.hypervisors);
+    for keep in [true, false] {
+        let mut d = det(&r);
+        d.close_window(0, &[], &[], &busy(2, 500_000, 990_000));
+        // At h1 with one frame at 1.9 s: not back at its pace, open.
+        let out = d.close_window(1, &[], &[], &busy(1, 1_900_000, 1_900_000));
+        let open = match out.first() {
+            Some(Outcome::Migration(m)) => m.open,
+            other => panic!("{other:?}"),
+        };
+        assert!(open.is_some());
+        let r2 = if keep { two_hypervisors(true) } else { two_hypervisors_and(true, "") };
+        d.reload(r2.detect_config(), registry(&r2));
+        if keep {
+            // Still open; back at its pace from 2.0 s: 100 ms after the move.
+            assert_eq!(d.take_settled(), vec![]);
+            d.close_window(2, &[], &[], &busy(1, 2_000_000, 2_500_000));
+        }
+        let s = d.take_settled();
+        assert_eq!(s.len(), 1, "{keep}");
+        assert_eq!((s[0].id, s[0].measured.responsive_us), (open.unwrap(), keep.then_some(100_000)), "{keep}");
+        assert_eq!(d.settle_all(), vec![]);
+    }
 }

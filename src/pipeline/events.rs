@@ -2,7 +2,7 @@
 
 use crate::action::{Action, ActionKind, BackendName, Submitted};
 use crate::decode::Mac;
-use crate::detect::{Conflict, Move, RttPeaks, VmState};
+use crate::detect::{Conflict, Measured, Move, RttPeaks, Settled, VmState};
 use crate::event::{
     ActionEvent, ActionHeldEvent, ActionSignature, ConflictEvent, ConflictKind, EvacuationEvent, GateDeniedEvent,
     MigrationEvent, PlanBecause, PlanLine, PlanOutcome, RttPeaksEvent, RttSampleEvent,
@@ -36,7 +36,7 @@ impl MigrationEvent {
         ram_bytes: Option<u64>,
         flavor: Option<String>,
     ) -> Self {
-        MigrationEvent {
+        let mut ev = MigrationEvent {
             ts: m.ts,
             vm: vm.mac,
             vm_name: Some(vm.name.clone()),
@@ -48,21 +48,40 @@ impl MigrationEvent {
             signature: m.verdict,
             authorized: m.authorization == crate::trust::token::Authorization::Granted,
             authorization: m.authorization,
-            streams: m.streams,
-            bytes: m.bytes,
-            bytes_per_ram: match (m.bytes, ram_bytes) {
-                (Some(b), Some(r)) if r > 0 => Some(b as f64 / r as f64),
-                _ => None,
-            },
-            total_ms: m.total_us.map(|u| u as f64 / 1000.0),
+            streams: 0,
+            bytes: None,
+            bytes_per_ram: None,
+            total_ms: None,
             downtime_ms: m.downtime_us.map(|u| u as f64 / 1000.0),
-            downtime_resolution_ms: m.downtime_resolution_us.map(|u| u as f64 / 1000.0),
-            responsive_ms: m.responsive_us.map(|u| u as f64 / 1000.0),
-            source_downtime_ms: m.source_downtime_us.map(|u| u as f64 / 1000.0),
+            downtime_resolution_ms: None,
+            responsive_ms: None,
+            source_downtime_ms: None,
             ram_mb: ram_bytes.map(|b| b / (1024 * 1024)),
             flavor,
             gated: m.gated,
-        }
+        };
+        ev.measured(&m.measured, ram_bytes);
+        ev
+    }
+
+    /// Its move's final measurements, settled after the event was made.
+    pub(crate) fn settle(&mut self, s: &Settled) {
+        // The RAM it was made with: the rules' `ram_mb`, in whole MiB.
+        self.measured(&s.measured, self.ram_mb.map(|m| m * 1024 * 1024));
+    }
+
+    fn measured(&mut self, m: &Measured, ram_bytes: Option<u64>) {
+        let ms = |u: Option<i64>| u.map(|u| u as f64 / 1000.0);
+        self.streams = m.streams;
+        self.bytes = m.bytes;
+        self.bytes_per_ram = match (m.bytes, ram_bytes) {
+            (Some(b), Some(r)) if r > 0 => Some(b as f64 / r as f64),
+            _ => None,
+        };
+        self.total_ms = ms(m.total_us);
+        self.downtime_resolution_ms = ms(m.downtime_resolution_us);
+        self.responsive_ms = ms(m.responsive_us);
+        self.source_downtime_ms = ms(m.source_downtime_us);
     }
 }
 
@@ -365,14 +384,17 @@ mod tests {
             via: Via::Rarp,
             verdict: Verdict::Invalid,
             authorization: Authorization::Replayed,
-            streams: 2,
-            bytes: Some(3 * 1024 * 1024 * 1024),
-            total_us: Some(2_300_500),
             downtime_us: Some(400),
-            downtime_resolution_us: Some(150),
-            responsive_us: Some(2500),
-            source_downtime_us: Some(300),
+            measured: Measured {
+                streams: 2,
+                bytes: Some(3 * 1024 * 1024 * 1024),
+                total_us: Some(2_300_500),
+                downtime_resolution_us: Some(150),
+                responsive_us: Some(2500),
+                source_downtime_us: Some(300),
+            },
             gated: None,
+            open: None,
         };
         assert_eq!(
             line(Event::Migration(MigrationEvent::new(
@@ -384,19 +406,29 @@ mod tests {
             ))),
             r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"h1","to_hypervisor":"h2","to_mac":"52:54:00:aa:00:02","to_ip":"10.0.0.32","via":"rarp","signature":"invalid","authorized":false,"authorization":"replayed","streams":2,"bytes":3221225472,"bytes_per_ram":1.5,"total_ms":2300.5,"downtime_ms":0.4,"downtime_resolution_ms":0.15,"responsive_ms":2.5,"source_downtime_ms":0.3,"ram_mb":2048,"flavor":"m1.small"}"#
         );
+        // Settled after its window: the measurements it was made with give way to the final ones.
+        let mut ev = MigrationEvent::new(&m, &vm, &registry, Some(2048 * 1024 * 1024), vm.flavor.clone());
+        let measured = Measured {
+            streams: 1,
+            bytes: Some(1024 * 1024 * 1024),
+            total_us: Some(1_000),
+            downtime_resolution_us: Some(100),
+            responsive_us: Some(12_345),
+            source_downtime_us: None,
+        };
+        ev.settle(&Settled { id: 7, measured });
+        assert_eq!(
+            line(Event::Migration(ev)),
+            r#"{"type":"migration","ts":"2023-11-14T22:13:31.000000Z","vm":"fa:16:3e:00:00:01","vm_name":"web-1","from_hypervisor":"h1","to_hypervisor":"h2","to_mac":"52:54:00:aa:00:02","to_ip":"10.0.0.32","via":"rarp","signature":"invalid","authorized":false,"authorization":"replayed","streams":1,"bytes":1073741824,"bytes_per_ram":0.5,"total_ms":1.0,"downtime_ms":0.4,"downtime_resolution_ms":0.1,"responsive_ms":12.345,"source_downtime_ms":null,"ram_mb":2048,"flavor":"m1.small"}"#
+        );
         // An announce with nowhere known, and no measurement.
         let m = Move {
             to: None,
             from: Some(Place { hv: None, mac: Some("52:54:00:66:66:66".parse().unwrap()), ip: None }),
             verdict: Verdict::Unknown,
             authorization: Authorization::Missing,
-            streams: 0,
-            bytes: None,
-            total_us: None,
             downtime_us: None,
-            downtime_resolution_us: None,
-            responsive_us: None,
-            source_downtime_us: None,
+            measured: Measured::default(),
             ..m
         };
         assert_eq!(

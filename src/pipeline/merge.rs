@@ -83,6 +83,12 @@ impl Merge {
         while let Some((w, p)) = pending.pop_first() {
             self.close(w, p);
         }
+        // The input ended: moves still open are settled with what was seen.
+        for s in self.stages.detector.settle_all() {
+            self.out.settle(&s);
+        }
+        self.out.release();
+        self.out.flush();
         self.mtd.replay_leftover(&self.out);
         let c = self.out.counts;
         MergeOutput {
@@ -221,6 +227,7 @@ mod tests {
                 rtt_samples: true,
                 vm_windows: false,
                 counts: Counts::default(),
+                held: Default::default(),
             },
             mtd: Mtd::new(&rules),
             recycle: None,
@@ -266,6 +273,18 @@ mod tests {
         }
     }
 
+    /// a sending behind hypervisor `n` every 2 ms from `from_us` to `to_us` (one window).
+    fn busy(n: u8, from_us: i64, to_us: i64) -> Evidence {
+        let mut e = seen(n, from_us);
+        let s = &mut e.sightings[0];
+        s.last = PacketTime::from_micros(to_us);
+        for t in (from_us..=to_us).step_by(2_000) {
+            s.slots[crate::measure::placement::slot_of(PacketTime::from_micros(t), 1_000_000)] += 1;
+            s.frames += 1;
+        }
+        e
+    }
+
     /// Each event as (type, µs since 0, what).
     fn order(got: &Mutex<Vec<Event>>) -> Vec<(&'static str, i64, String)> {
         got.lock()
@@ -274,7 +293,11 @@ mod tests {
             .map(|e| match e {
                 Event::Level(l) => ("level", l.ts.as_micros(), format!("{:?}->{:?}", l.from, l.to)),
                 Event::Action(a) => ("action", a.ts.as_micros(), a.action.as_str().to_string()),
-                Event::Migration(m) => ("migration", m.ts.as_micros(), format!("{:?}", m.to_hypervisor)),
+                Event::Migration(m) => (
+                    "migration",
+                    m.ts.as_micros(),
+                    format!("{:?} {:?}", m.to_hypervisor, m.responsive_ms).replace(" None", ""),
+                ),
                 Event::RttSample(s) => ("rtt_sample", s.ts.as_micros(), format!("{}", s.rtt_ms)),
                 other => ("other", other.ts().as_micros(), String::new()),
             })
@@ -335,5 +358,54 @@ mod tests {
             ]
         );
         m.stages.dispatcher.finish();
+    }
+
+    #[test]
+    fn an_open_move_holds_its_event_and_all_after_it_until_settled_but_not_its_actions() {
+        let (mut m, got) = merge();
+        let mut pending = BTreeMap::new();
+        let both = |m: &mut Merge, pending: &mut BTreeMap<i64, Pending>, w: i64, packets: u64, ev: Evidence| {
+            m.partial(part(0, w, packets, ev, vec![]), pending);
+            m.partial(part(1, w, 0, Evidence::default(), vec![]), pending);
+        };
+        // Busy at h1 (a frame every 2 ms) to 2.99 s; at h2 from 3.9 s with one frame, 150 packets/s: MEDIUM.
+        both(&mut m, &mut pending, 2, 0, busy(1, 2_500_000, 2_990_000));
+        both(&mut m, &mut pending, 3, 150, seen(2, 3_900_000));
+        // Not back at its pace yet: the move is open; its event and the
+        // window's verdict wait, the alert went to the dispatcher.
+        assert_eq!(order(&got), []);
+        assert_eq!(m.out.counts.queued, 1);
+        assert_eq!(m.out.held.len(), 3);
+        // Back at its pace from 4.0 s: settled, 100 ms after the move; what
+        // was held goes out first, in order, then this window's.
+        both(&mut m, &mut pending, 4, 0, busy(2, 4_000_000, 4_500_000));
+        assert_eq!(
+            order(&got),
+            [
+                ("migration", 3_900_000, "Some(\"h2\") Some(100.0)".to_string()),
+                ("level", 4_000_000, "Low->Medium".to_string()),
+                ("action", 4_000_000, "alert".to_string()),
+                ("level", 5_000_000, "Medium->Low".to_string()),
+            ]
+        );
+        assert!(m.out.held.is_empty());
+        // Never back: given up at the bound (1 s), or when the input ends first.
+        let (mut m, got) = merge();
+        let mut pending = BTreeMap::new();
+        both(&mut m, &mut pending, 2, 0, busy(1, 2_500_000, 2_990_000));
+        both(&mut m, &mut pending, 3, 0, seen(2, 3_900_000));
+        assert_eq!(order(&got), []);
+        // Window 4 holds 4.9 s, the bound.
+        both(&mut m, &mut pending, 4, 0, seen(2, 4_800_000));
+        assert_eq!(order(&got), [("migration", 3_900_000, "Some(\"h2\")".to_string())]);
+        let (mut m, got) = merge();
+        let mut pending = BTreeMap::new();
+        both(&mut m, &mut pending, 2, 0, busy(1, 2_500_000, 2_990_000));
+        both(&mut m, &mut pending, 3, 0, seen(2, 3_900_000));
+        let (_tx, rx) = crossbeam_channel::bounded::<Partial>(1);
+        drop(_tx);
+        let out = m.run(rx, crossbeam_channel::never(), crossbeam_channel::never());
+        assert_eq!(order(&got), [("migration", 3_900_000, "Some(\"h2\")".to_string())]);
+        out.dispatcher.finish();
     }
 }

@@ -358,6 +358,7 @@ pub(crate) fn run_with(
             rtt_samples: opts.rtt_samples,
             vm_windows: opts.vm_windows,
             counts: Default::default(),
+            held: Default::default(),
         },
         mtd,
         gate_replay: gate_replay.into(),

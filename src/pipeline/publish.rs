@@ -2,11 +2,12 @@
 
 use super::DecodeCounts;
 use crate::decode::DecodeErrorKind;
-use crate::detect::{Detector, Level};
+use crate::detect::{Detector, Level, Settled};
 use crate::event::{Event, EventSink, VmWindowEvent};
 use crate::measure::rtt::{RttCounts, RttSample};
 use crate::serve::{HypervisorMac, HypervisorView, Telemetry, VmView};
 use crate::vocab::PacketTime;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// What the merge has counted for the run's summary.
@@ -26,6 +27,12 @@ pub(super) struct Counts {
 /// Where the merge's results go: the events sink (after the first write
 /// error, nothing more is written and the error is kept), the telemetry,
 /// and what the run counts.
+///
+/// A `migration` event whose move is still open (see [`Settled`]) is held
+/// back, and every event after it with it, until the move is settled:
+/// the events stay in packet-time order and each is written once, whole.
+/// Only the writing waits; what the events report (actions, levels) was
+/// done when they were made.
 pub(super) struct Publish {
     pub events: Box<dyn EventSink>,
     pub telemetry: Option<Arc<Telemetry>>,
@@ -34,11 +41,47 @@ pub(super) struct Publish {
     /// Write each VM's rates of each window as an event.
     pub vm_windows: bool,
     pub counts: Counts,
+    /// Events held back behind open moves, in order; an open move's event has its id.
+    pub held: VecDeque<(Event, Option<u64>)>,
 }
 
 impl Publish {
-    /// Writes an event; after the first write error, stops writing and keeps the error.
+    /// Writes an event (or holds it behind an open move's); after the
+    /// first write error, stops writing and keeps the error.
     pub(super) fn emit(&mut self, ev: &Event) {
+        if self.held.is_empty() {
+            self.write(ev);
+        } else {
+            self.held.push_back((ev.clone(), None));
+        }
+    }
+
+    /// Holds the `migration` event of move `id`, open, until it is settled.
+    pub(super) fn emit_open(&mut self, ev: &Event, id: u64) {
+        self.held.push_back((ev.clone(), Some(id)));
+    }
+
+    /// Completes the held event of a settled move, then writes what no open move holds back any more.
+    pub(super) fn settle(&mut self, s: &Settled) {
+        if let Some((Event::Migration(m), open)) = self.held.iter_mut().find(|(_, id)| *id == Some(s.id)) {
+            m.settle(s);
+            *open = None;
+        }
+        while self.held.front().is_some_and(|(_, id)| id.is_none()) {
+            if let Some((ev, _)) = self.held.pop_front() {
+                self.write(&ev);
+            }
+        }
+    }
+
+    /// Writes everything held (the input ended and every move was settled).
+    pub(super) fn release(&mut self) {
+        while let Some((ev, _)) = self.held.pop_front() {
+            self.write(&ev);
+        }
+    }
+
+    fn write(&mut self, ev: &Event) {
         if self.counts.io_error.is_none() {
             if let Err(e) = self.events.emit(ev) {
                 self.counts.io_error = Some(e);

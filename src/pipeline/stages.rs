@@ -61,7 +61,10 @@ impl Stages {
                     self.detector.ram_bytes(m.vm),
                     vm.flavor.clone(),
                 ));
-                out.emit(&ev);
+                match m.open {
+                    Some(id) => out.emit_open(&ev, id),
+                    None => out.emit(&ev),
+                }
             }
             Outcome::GateDenied(r) => {
                 let d = &self.detector;

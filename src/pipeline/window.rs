@@ -54,6 +54,11 @@ pub(super) fn close(
         st.gate_decisions(due, out);
     }
     let outcomes = st.detector.close_window(w, &totals, &samples, &evidence);
+    // Moves of earlier windows settled by this one: their events, held
+    // back until now, go out before this window's.
+    for s in st.detector.take_settled() {
+        out.settle(&s);
+    }
     // Quiet windows before `w` first; then what happened inside `w`
     // (samples, moves, conflicts) by time; then w's verdicts at its end.
     let start = st.detector.window_start(w);

@@ -350,14 +350,14 @@ fn lab_busy_guest_time_to_responsiveness_agrees_with_its_frames() {
         .map(|&t0| (t0, dst.iter().filter(|&&t| t >= t0 && t < t0 + span).count()))
         .find(|&(_, n)| n >= need)
         .map(|(t0, _)| (t0 - at) * 1000.0);
-    let window_end = (at * 10.0).floor() / 10.0 + 0.1;
-    match (e["responsive_ms"].as_f64(), back) {
-        // The event counts whole slots of 1.5625 ms: it agrees to within its
-        // run of 8 (12.5 ms).
-        (Some(ms), Some(b)) => assert!((ms - b).abs() <= 12.5, "event {ms} ms, frames {b} ms"),
-        (None, Some(b)) => assert!(at + (b / 1000.0) + span > window_end - 0.0016, "back at {b} ms, inside the window"),
-        (got, None) => assert!(got.is_none(), "{e}"),
-    }
+    // The guest answering its ping flood is back well within the event's
+    // bound (1 s after the move), however late in its window it moved.
+    let b = back.unwrap_or_else(|| panic!("the busy guest's frames never got back to its pace: {e}"));
+    assert!(b + span * 1000.0 < 1000.0, "back {b} ms after the move");
+    let ms = e["responsive_ms"].as_f64().unwrap_or_else(|| panic!("no responsive_ms for the busy guest: {e}"));
+    // The event counts whole slots of 1.5625 ms: it agrees to within its
+    // run of 8 (12.5 ms).
+    assert!((ms - b).abs() <= 12.5, "event {ms} ms, frames {b} ms");
     assert!(pre > 200.0, "the busy guest sent {pre} frames a second before its move");
 }
 
@@ -456,7 +456,7 @@ fn lab_captures_replay_to_their_pinned_moves() {
 const LAB_CAPTURES: &[(&str, &str, &str)] = &[
     (
         "lab-busy.pcap.gz",
-        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,null,15.48]]"#,
+        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,28.03,15.48]]"#,
         "[]",
     ),
     (
