@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use vmsentry::action::LogSink;
-use vmsentry::capture::{CaptureError, FileSource, PacketSource, SourceItem, SourceStats};
+use vmsentry::capture::{FileSource, PacketSource};
 use vmsentry::config::Rules;
 use vmsentry::event::{Event, EventSink};
 use vmsentry::pipeline::{self, Options};
@@ -267,40 +267,56 @@ fn binary_once(rules_dir: &Path, threads: usize, file: &Path, frames: u64) -> (f
     (wall, cpu, summary["peak_rss_bytes"].as_u64().unwrap_or(0))
 }
 
-/// A capture replayed `times` times, each pass shifted by `span_us` of
-/// packet time: a run `times` times as long, of the same traffic.
-struct Shifted {
-    file: PathBuf,
-    times: i64,
-    span_us: i64,
-}
-
-impl PacketSource for Shifted {
-    fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> std::ops::ControlFlow<()>) -> Result<(), CaptureError> {
-        for k in 0..self.times {
-            let mut src = FileSource::open(std::slice::from_ref(&self.file))?;
-            let shift = k * self.span_us;
-            let mut stop = false;
-            src.run(&mut |item| {
-                let r = match item {
-                    SourceItem::Packet(mut p) => {
-                        p.ts = vmsentry::vocab::PacketTime::from_micros(p.ts.as_micros() + shift);
-                        each(SourceItem::Packet(p))
-                    }
-                    other => each(other),
-                };
-                stop |= r.is_break();
-                r
-            })?;
-            if stop {
-                break;
-            }
+/// The release binary on `file` (classic pcap, microseconds) replayed
+/// `times` times through its standard input, each pass shifted by
+/// `span_us` of packet time: a run `times` times as long, of the same
+/// traffic, with the binary's own peak RSS. Returns (wall s, its summary).
+fn binary_shifted(rules_dir: &Path, threads: usize, file: &Path, times: i64, span_us: i64) -> (f64, serde_json::Value) {
+    use std::io::{BufReader, BufWriter, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmsentry"))
+        .arg("replay")
+        .arg("--rules")
+        .arg(rules_dir)
+        .args(["--threads", &threads.to_string(), "--no-progress", "--events", "-", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let events = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let t = Instant::now();
+    let mut out = BufWriter::with_capacity(1 << 20, child.stdin.take().unwrap());
+    let mut frame = vec![0u8; 1 << 18];
+    for k in 0..times {
+        let mut f = BufReader::with_capacity(1 << 20, std::fs::File::open(file).unwrap());
+        let mut head = [0u8; 24];
+        f.read_exact(&mut head).unwrap();
+        assert_eq!(head[..4], [0xd4, 0xc3, 0xb2, 0xa1], "a little-endian microsecond pcap");
+        if k == 0 {
+            out.write_all(&head).unwrap();
         }
-        Ok(())
+        let mut rec = [0u8; 16];
+        while f.read_exact(&mut rec).is_ok() {
+            let word = |r: &[u8; 16], i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+            let us = i64::from(word(&rec, 0)) * 1_000_000 + i64::from(word(&rec, 4)) + k * span_us;
+            let n = word(&rec, 8) as usize;
+            rec[0..4].copy_from_slice(&((us / 1_000_000) as u32).to_le_bytes());
+            rec[4..8].copy_from_slice(&((us % 1_000_000) as u32).to_le_bytes());
+            f.read_exact(&mut frame[..n]).unwrap();
+            out.write_all(&rec).unwrap();
+            out.write_all(&frame[..n]).unwrap();
+        }
     }
-    fn stats(&self) -> SourceStats {
-        SourceStats::default()
-    }
+    drop(out);
+    assert!(child.wait().unwrap().success(), "vmsentry replay failed");
+    let wall = t.elapsed().as_secs_f64();
+    let text = events.join().unwrap();
+    (wall, serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap())
 }
 
 /// Per-stage cost of the first frames of `file`, one stage at a time on one
@@ -487,22 +503,26 @@ fn datacenter_mix(benching: bool, runs: usize, has_tcpdump: bool, rules: &Rules)
         );
     }
 
-    // Ten times as long: memory must stay flat.
+    // Ten times as long: memory must stay flat. The release binary, the
+    // capture through its standard input 10 times, shifted in time; against
+    // the same binary's 1x run (`--threads 1`, RTT on, above).
     let span_us = last[1].as_ref().map_or(0, |s| (s.duration_s * 1e6) as i64 + 1_000_000);
-    let mut long = Shifted { file: plain.clone(), times: 10, span_us };
-    let (secs, s, peak) = replay_once(&mut long, rules, 2);
+    let (secs, s) = binary_shifted(&on_dir, 1, &plain, 10, span_us);
+    let (packets, peak) = (s["packets"].as_u64().unwrap_or(0), s["peak_rss_bytes"].as_u64().unwrap_or(0));
+    assert_eq!(packets, 10 * frames);
     println!(
-        "  10x as long (the capture replayed 10 times, shifted in time), --threads 2: {:.2} Mpps, peak RSS {:.1} MiB ({:+.1} % of 1x), {} flow evictions",
-        s.packets as f64 / secs / 1e6,
+        "  10x as long (the binary, the capture through stdin 10 times, shifted in time), --threads 1: {:.2} Mpps, peak RSS {:.1} MiB ({:+.1} % of 1x), {} flow evictions",
+        packets as f64 / secs / 1e6,
         mib(peak),
-        100.0 * (peak as f64 / rss[1].max(1) as f64 - 1.0),
-        s.rtt.flow_evictions
+        100.0 * (peak as f64 / rss[0].max(1) as f64 - 1.0),
+        s["rtt"]["flow_evictions"]
     );
 
-    // A million concurrent TCP flows against the caps.
+    // A million concurrent TCP flows against the caps (the binary, RTT on).
     let million = make(&format!("dcmix-{frames}-1m-flows.pcap"), DcMix { flows: 1_000_000, ..base });
+    let (secs, _, peak) = binary_once(&on_dir, 1, &million, frames);
     let mut src = FileSource::open(std::slice::from_ref(&million)).unwrap();
-    let (secs, s, peak) = replay_once(&mut src, rules, 2);
+    let (_, s, _) = replay_once(&mut src, rules, 1);
     let per_flow = vmsentry::measure::rtt::FLOW_ENTRY_BYTES;
     // hashbrown, reserved to the cap, holds a power of two of buckets at 7/8.
     let echo_cap = (rules.limits.rtt_echo_probes / 2).max(1);
@@ -510,9 +530,9 @@ fn datacenter_mix(benching: bool, runs: usize, has_tcpdump: bool, rules: &Rules)
     let per_echo = vmsentry::measure::rtt::ECHO_ENTRY_BYTES * buckets / echo_cap;
     let bound = rules.limits.rtt_flows * per_flow + 2 * buckets * vmsentry::measure::rtt::ECHO_ENTRY_BYTES;
     println!(
-        "  1,000,000 concurrent flows, --threads 2: {:.2} Mpps ({:.0} % of the plain mix), peak RSS {:.1} MiB, {} flow evictions; RTT state bound at the caps {:.1} MiB ({per_flow} B per flow, {per_echo} B per echo)",
-        s.packets as f64 / secs / 1e6,
-        100.0 * med[1] / secs,
+        "  1,000,000 concurrent flows, --threads 1 (the binary): {:.2} Mpps ({:.0} % of the plain mix), peak RSS {:.1} MiB, {} flow evictions (in-process); RTT state bound at the caps {:.1} MiB ({per_flow} B per flow, {per_echo} B per echo)",
+        frames as f64 / secs / 1e6,
+        100.0 * med[0] / secs,
         mib(peak),
         s.rtt.flow_evictions,
         mib(bound as u64)
