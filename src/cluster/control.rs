@@ -33,7 +33,7 @@
 //! most those that were `sent` but not `done`, with the same id (the
 //! at-least-once the journal already documents).
 
-use super::nats::Nats;
+use super::nats::{kv_key, BlockingKv, Nats};
 use super::wire::{self, EndMsg, Message};
 use super::Cluster;
 use crate::action::{Action, DeliveryGate};
@@ -82,6 +82,7 @@ pub struct ControlMetrics {
     pub pending: IntGauge,
     pub lease: IntGaugeVec,
     pub level_delay: Histogram,
+    pub token_claims: IntCounterVec,
 }
 
 impl ControlMetrics {
@@ -119,8 +120,17 @@ impl ControlMetrics {
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
             )
             .unwrap_or_else(|_| unreachable!()),
+            token_claims: IntCounterVec::new(
+                Opts::new(
+                    "vmsentry_cluster_token_claims_total",
+                    "Migration tokens claimed in the shared used-tokens bucket, by outcome (unavailable: refused).",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
         };
         if let Some(r) = registry {
+            let _ = r.register(Box::new(m.token_claims.clone()));
             let _ = r.register(Box::new(m.level_delay.clone()));
             let _ = r.register(Box::new(m.partials.clone()));
             let _ = r.register(Box::new(m.sensors_up.clone()));
@@ -446,34 +456,21 @@ struct Lease {
     closing: AtomicBool,
     /// SIGINT/SIGTERM: a standby stops waiting for its actions.
     stop: Arc<AtomicBool>,
-    actions: async_nats::jetstream::kv::Store,
-    handle: tokio::runtime::Handle,
-}
-
-/// A KV key for an action id (ids are `<µs>-<seq>`; anything else is mapped to `_`).
-fn action_key(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    actions: BlockingKv,
 }
 
 impl Lease {
     fn state(&self, id: &str) -> Option<String> {
-        let key = action_key(id);
-        let got = self
-            .handle
-            .block_on(async { tokio::time::timeout(super::nats::REQUEST_TIMEOUT, self.actions.get(key)).await });
-        match got {
-            Ok(Ok(Some(v))) => Some(String::from_utf8_lossy(&v).into_owned()),
+        match self.actions.get(&kv_key(id), super::nats::REQUEST_TIMEOUT) {
+            Ok(Some(v)) => Some(String::from_utf8_lossy(&v).into_owned()),
             _ => None,
         }
     }
 
     fn mark(&self, id: &str, state: &'static str) {
-        let key = action_key(id);
+        let key = kv_key(id);
         for _ in 0..10 {
-            let put = self.handle.block_on(async {
-                tokio::time::timeout(super::nats::REQUEST_TIMEOUT, self.actions.put(&key, state.into())).await
-            });
-            if matches!(put, Ok(Ok(_))) {
+            if self.actions.put(&key, state.as_bytes(), super::nats::REQUEST_TIMEOUT).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -645,7 +642,8 @@ pub fn run(
     let nats = Nats::connect(&copts.nats, &format!("vmsentry-control-{}", copts.controller), true)?;
     // A NATS cluster that is still electing its JetStream leader answers
     // "temporarily unavailable": wait for it, up to a minute.
-    let setup = |what: &str| -> Result<(jetstream::kv::Store, jetstream::kv::Store), super::nats::NatsError> {
+    type Buckets = (jetstream::kv::Store, jetstream::kv::Store, jetstream::kv::Store);
+    let setup = |what: &str| -> Result<Buckets, super::nats::NatsError> {
         let until = Instant::now() + Duration::from_secs(60);
         loop {
             let r = nats.block_on(async {
@@ -653,7 +651,10 @@ pub fn run(
                 let (lb, ab) = (cluster.lease_bucket(), cluster.actions_bucket());
                 let lease = super::nats::bucket(&nats.js, &lb, cluster.lease_ttl, cluster.replicas).await?;
                 let actions = super::nats::bucket(&nats.js, &ab, cluster.retention, cluster.replicas).await?;
-                Ok((lease, actions))
+                // Used nonces are kept for good (0: no age limit).
+                let tb = cluster.tokens_bucket();
+                let tokens = super::nats::bucket(&nats.js, &tb, Duration::ZERO, cluster.replicas).await?;
+                Ok((lease, actions, tokens))
             });
             match r {
                 Ok(x) => return Ok(x),
@@ -665,7 +666,12 @@ pub fn run(
             }
         }
     };
-    let (lease_kv, actions_kv) = setup("setting up the stream and buckets")?;
+    let (lease_kv, actions_kv, tokens_kv) = setup("setting up the stream and buckets")?;
+    let used_tokens = Arc::new(super::tokens::KvNonces::new(
+        BlockingKv::new(tokens_kv, nats.rt.handle().clone()),
+        metrics.token_claims.clone(),
+        super::tokens::CLAIM_WAIT,
+    ));
     let lease = Arc::new(Lease {
         held: AtomicBool::new(false),
         renewed_ms: std::sync::atomic::AtomicU64::new(0),
@@ -673,8 +679,7 @@ pub fn run(
         ttl: cluster.lease_ttl,
         closing: AtomicBool::new(false),
         stop: copts.stop.clone(),
-        actions: actions_kv,
-        handle: nats.rt.handle().clone(),
+        actions: BlockingKv::new(actions_kv, nats.rt.handle().clone()),
     });
     metrics.sensors_up.set(cluster.sensors.len() as i64);
     for s in &cluster.sensors {
@@ -724,7 +729,7 @@ pub fn run(
         Box::new(crate::action::LogSink::stderr()),
         events,
         popts,
-        Seam::Control { partials: part_rx, reader, gate },
+        Seam::Control { partials: part_rx, reader, gate, used_tokens },
     );
     lease.closing.store(true, Ordering::Release);
     let _ = collector.join();
