@@ -31,7 +31,10 @@
 //! So when the active controller dies, the standby takes over within
 //! `lease_ttl_s` plus one renewal period, loses no action, and repeats at
 //! most those that were `sent` but not `done`, with the same id (the
-//! at-least-once the journal already documents).
+//! at-least-once the journal already documents). The used move tokens are
+//! the one decision state the stream cannot rebuild once its history is
+//! gone: they are claimed in KV ([`super::tokens`]), through the detector's
+//! token store ([`crate::trust::token::UsedNonces`]), from the merge thread.
 
 use super::nats::{kv_key, BlockingKv, Nats};
 use super::wire::{self, EndMsg, Message};
