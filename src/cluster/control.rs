@@ -85,6 +85,7 @@ pub struct ControlMetrics {
     pub pending: IntGauge,
     pub lease: IntGaugeVec,
     pub level_delay: Histogram,
+    pub window_delay: Histogram,
     pub token_claims: IntCounterVec,
 }
 
@@ -123,6 +124,14 @@ impl ControlMetrics {
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
             )
             .unwrap_or_else(|_| unreachable!()),
+            window_delay: Histogram::with_opts(
+                HistogramOpts::new(
+                    "vmsentry_cluster_window_delay_seconds",
+                    "Wall clock from a window's close at its last sensor to its merge here, every window.",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            )
+            .unwrap_or_else(|_| unreachable!()),
             token_claims: IntCounterVec::new(
                 Opts::new(
                     "vmsentry_cluster_token_claims_total",
@@ -134,6 +143,7 @@ impl ControlMetrics {
         };
         if let Some(r) = registry {
             let _ = r.register(Box::new(m.token_claims.clone()));
+            let _ = r.register(Box::new(m.window_delay.clone()));
             let _ = r.register(Box::new(m.level_delay.clone()));
             let _ = r.register(Box::new(m.partials.clone()));
             let _ = r.register(Box::new(m.sensors_up.clone()));
@@ -405,7 +415,9 @@ impl Collector {
             wire::sum_counters(&mut p);
             self.closed_through = Some(w);
             if closed > 0 {
-                self.metrics.lag.set((super::sense::now_unix_us() - closed) as f64 / 1e6);
+                let lag = (super::sense::now_unix_us() - closed) as f64 / 1e6;
+                self.metrics.lag.set(lag);
+                self.metrics.window_delay.observe(lag.max(0.0));
                 let end = PacketTime::window_end(w, self.window_len_us);
                 let mut c = self.closed_at.lock().unwrap_or_else(|p| p.into_inner());
                 c.insert(end, closed);
