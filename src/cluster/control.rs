@@ -91,6 +91,14 @@ pub struct ControlMetrics {
 
 impl ControlMetrics {
     fn new(registry: Option<&prometheus::Registry>) -> ControlMetrics {
+        // Buckets doubling from 0.5 ms to 16 s.
+        let delay = |name: &str, help: &str| {
+            Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            )
+            .unwrap_or_else(|_| unreachable!())
+        };
         let m = ControlMetrics {
             partials: IntCounterVec::new(
                 Opts::new("vmsentry_cluster_partials_total", "Window partials received, by what became of them."),
@@ -116,22 +124,14 @@ impl ControlMetrics {
                 &["controller"],
             )
             .unwrap_or_else(|_| unreachable!()),
-            level_delay: Histogram::with_opts(
-                HistogramOpts::new(
-                    "vmsentry_cluster_level_event_delay_seconds",
-                    "Wall clock from a window's close at its last sensor to a level event of it here.",
-                )
-                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
-            )
-            .unwrap_or_else(|_| unreachable!()),
-            window_delay: Histogram::with_opts(
-                HistogramOpts::new(
-                    "vmsentry_cluster_window_delay_seconds",
-                    "Wall clock from a window's close at its last sensor to its merge here, every window.",
-                )
-                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            level_delay: delay(
+                "vmsentry_cluster_level_event_delay_seconds",
+                "Wall clock from a window's close at its last sensor to a level event of it here.",
+            ),
+            window_delay: delay(
+                "vmsentry_cluster_window_delay_seconds",
+                "Wall clock from a window's close at its last sensor to its merge here, every window.",
+            ),
             token_claims: IntCounterVec::new(
                 Opts::new(
                     "vmsentry_cluster_token_claims_total",

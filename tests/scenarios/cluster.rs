@@ -24,6 +24,19 @@ fn nats_installed() -> bool {
     ok
 }
 
+/// Both tools the per-rack tests need, or a skip (said why).
+fn nats_and_tshark_installed() -> bool {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return false;
+    }
+    if tshark().is_none() {
+        eprintln!("SKIPPED: tshark not installed");
+        return false;
+    }
+    true
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -263,12 +276,7 @@ fn control_args(nats: &str, id: &str, rules: &Path, cluster: &Path, events: &Pat
 
 #[test]
 fn sensors_on_per_rack_mirrors_and_one_controller_give_the_events_of_one_replay() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server not installed");
-        return;
-    }
-    if tshark().is_none() {
-        eprintln!("SKIPPED: tshark not installed");
+    if !nats_and_tshark_installed() {
         return;
     }
     let inputs: Vec<PathBuf> = INPUTS.iter().map(|f| capture(f)).collect();
@@ -768,12 +776,7 @@ fn of_mig6(ev: &[Value]) -> Vec<Value> {
 
 #[test]
 fn a_token_the_killed_controller_used_is_refused_by_the_standby_as_replayed() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server not installed");
-        return;
-    }
-    if tshark().is_none() {
-        eprintln!("SKIPPED: tshark not installed");
+    if !nats_and_tshark_installed() {
         return;
     }
     // Tokens required: a move whose token is refused is a move to an unsigned
