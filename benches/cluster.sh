@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Many mirror ports, measured: 3 sensors and a controller over a nats-server -js on
 # loopback (benches/README.md, "Many mirror ports"). Needs the release binaries
-# (built here: cargo build --release, and -p vmsentry-synth) and nats-server; writes its capture once under
+# (built here: cargo build --release, and -p vmsentry-synth for the capture) and nats-server; writes its capture once under
 # target/bench-data/. Everything it starts is stopped on exit.
 #
-#   FRAMES=2000000 WINDOW_MS=10 benches/cluster.sh
+#   FRAMES=2000000 WINDOW_MS=10 benches/cluster.sh      (KEEP=1: keep the logs)
 #
 # 1. partials/s: the 3 sensors replay at full speed (each reads the whole capture
 #    and keeps the third it owns, as a sensor on a mirror that sees more than its
-#    rack would), publishing to JetStream;
+#    rack would), publishing to JetStream; then the bytes and messages the stream
+#    holds, as the server counts them (its monitoring endpoint, /jsz?streams=true):
+#    bytes per sensor-window and per window per 1000 VMs;
 # 2. controller sensor-windows/s: a controller alone merges everything the stream holds;
 # 3. keeping up: the 3 sensors at full speed with the controller running, and how long
 #    after the last sensor ends the controller has merged the last window;
-# 4. delay: the sensors paced at real time (--speed 1); the controller's histogram
-#    of window close (at its last sensor) to level event, p50 and p99.
+# 4. delay: the sensors paced at real time (--speed 1); the controller's histograms
+#    of window close (at its last sensor) to level event, and to the window's merge
+#    (every window), p50 and p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin vmsentry
-cargo build --release --quiet -p vmsentry-synth
 B=target/release/vmsentry
 S=target/release/vmsentry-synth
 FRAMES=${FRAMES:-2000000}
@@ -27,13 +29,16 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$W"
+    if [ -n "${KEEP:-}" ]; then echo "logs kept in $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 
 mkdir -p target/bench-data
 CAP=target/bench-data/dcmix-vxlan-$FRAMES.pcap
-[ -f "$CAP" ] || "$S" dcmix "$CAP" --frames "$FRAMES" --vxlan >/dev/null
+if [ ! -f "$CAP" ]; then
+    cargo build --release --quiet -p vmsentry-synth
+    "$S" dcmix "$CAP" --frames "$FRAMES" --vxlan >/dev/null
+fi
 cat "$CAP" >/dev/null
 
 # The shipped rules without [[ids]], the windows shortened (many windows per run),
@@ -66,12 +71,14 @@ id = "rack-3"
 hypervisors = ["hv-7", "hv-8"]
 EOF
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+MPORT=$(free_port)
 NATS=nats://127.0.0.1:$PORT
 NATS_PID=
 start_nats() {
     rm -rf "$W/js"
-    nats-server -js -a 127.0.0.1 -p "$PORT" -sd "$W/js" >"$W/nats.log" 2>&1 &
+    nats-server -js -a 127.0.0.1 -p "$PORT" -m "$MPORT" -sd "$W/js" >"$W/nats.log" 2>&1 &
     NATS_PID=$!
     PIDS+=("$NATS_PID")
     for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && return; sleep 0.1; done
@@ -105,9 +112,24 @@ n=$(published)
 echo "1. sensors: $n partials in $(echo "$t1 - $t0" | bc) s: $(echo "$n / ($t1 - $t0)" | bc) partials/s (3 sensors, 1 thread each)"
 grep -h "windows," "$W"/sense-*.err | sed 's/^/   /'
 pb=$(published_bytes)
-echo "   $pb bytes published: $(echo "$pb / $n" | bc) bytes per partial"
+echo "   $pb payload bytes published (the sensors' count): $(echo "$pb / $n" | bc) bytes per partial"
+# What the stream holds, as the server counts it: every message's stored size
+# (payload, subject, Nats-Msg-Id header and JetStream's per-message record).
+curl -s "http://127.0.0.1:$MPORT/jsz?streams=true" >"$W/jsz.json"
+windows=$(grep -h "windows," "$W"/sense-*.err | sed -n 's/.*sense: \([0-9]*\) windows,.*/\1/p' | paste -sd+ | bc)
+python3 - "$W/jsz.json" "$windows" "$n" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+windows, published = int(sys.argv[2]), int(sys.argv[3])
+s = [d for a in j["account_details"] for d in a.get("stream_detail", []) if d["name"].startswith("VMSENTRY_")][0]
+msgs, b = s["state"]["messages"], s["state"]["bytes"]
+per_window = windows // 3  # every sensor sends each window once
+print(f"   stream {s['name']} (server's count): {msgs} messages ({published} published: {windows} windows and 3 ends), {b} bytes")
+print(f"   {b / msgs:.0f} bytes per sensor-window on the stream; one window (3 sensors) {b / per_window:.0f} bytes;"
+      f" per window per 1000 VMs (the capture's 200, scaled) {b / per_window * 1000 / 200:.0f} bytes")
+PY
 BYTES=$(du -sb "$W/js" | cut -f1)
-echo "   JetStream store after: $BYTES bytes"
+echo "   JetStream store directory after: $BYTES bytes"
 
 # 2. The controller alone, catching up.
 t0=$(now)
@@ -145,14 +167,15 @@ together() { # $1: label; then sense arguments
     echo "$label: sensors took $(echo "$t1 - $t0" | bc) s; the controller was done $(echo "$t2 - $t1" | bc) s after the last sensor"
     python3 - "$W/metrics.txt" <<'PY'
 import sys, re
-b = []
-for l in open(sys.argv[1]):
-    m = re.match(r'vmsentry_cluster_level_event_delay_seconds_bucket\{le="([^"]+)"\} (\d+)', l)
-    if m:
-        b.append((float('inf') if m[1] == '+Inf' else float(m[1]), int(m[2])))
-total = b[-1][1] if b else 0
-def q(p):
-    want, prev_le, prev_n = p * total, 0.0, 0
+def hist(name):
+    b = []
+    for l in open(sys.argv[1]):
+        m = re.match(name + r'_bucket\{le="([^"]+)"\} (\d+)', l)
+        if m:
+            b.append((float('inf') if m[1] == '+Inf' else float(m[1]), int(m[2])))
+    return b
+def q(b, p):
+    want, prev_le, prev_n = p * b[-1][1], 0.0, 0
     for le, n in b:
         if n >= want:
             if le == float('inf'):
@@ -160,10 +183,13 @@ def q(p):
             return prev_le + (le - prev_le) * (want - prev_n) / max(n - prev_n, 1)
         prev_le, prev_n = le, n
     return float('nan')
-if total:
-    print(f"   {total} level events; window close to level event: p50 {q(0.5)*1000:.2f} ms, p99 {q(0.99)*1000:.2f} ms (bucket-interpolated)")
-else:
-    print("   no level events")
+for name, what in [("vmsentry_cluster_level_event_delay_seconds", "level events; window close to level event"),
+                   ("vmsentry_cluster_window_delay_seconds", "windows; window close to its merge")]:
+    b = hist(name)
+    if b and b[-1][1]:
+        print(f"   {b[-1][1]} {what}: p50 {q(b, 0.5)*1000:.2f} ms, p99 {q(b, 0.99)*1000:.2f} ms (bucket-interpolated)")
+    else:
+        print(f"   no {what.split(';')[0]}")
 PY
 }
 together "3. full speed"

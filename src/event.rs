@@ -179,7 +179,8 @@ pub struct MigrationEvent {
     pub signature: Verdict,
     /// Whether a valid, unexpired, unused token allowed this move.
     pub authorized: bool,
-    /// `granted`, `missing`, `expired` or `replayed`.
+    /// `granted`, `missing`, `expired`, `replayed` or `unavailable` (a
+    /// controller that could not ask the shared store of used tokens).
     pub authorization: Authorization,
     /// Migration streams tied to the move, and what they carried.
     pub streams: u32,
@@ -789,7 +790,7 @@ mod tests {
     }
     #[test]
     fn authorization_has_one_name_table() {
-        one_table(&every!(Authorization: Granted, Missing, Expired, Replayed), Authorization::as_str);
+        one_table(&every!(Authorization: Granted, Missing, Expired, Replayed, Unavailable), Authorization::as_str);
     }
     #[test]
     fn submitted_has_one_name_table() {

@@ -31,9 +31,12 @@
 //! So when the active controller dies, the standby takes over within
 //! `lease_ttl_s` plus one renewal period, loses no action, and repeats at
 //! most those that were `sent` but not `done`, with the same id (the
-//! at-least-once the journal already documents).
+//! at-least-once the journal already documents). The used move tokens are
+//! the one decision state the stream cannot rebuild once its history is
+//! gone: they are claimed in KV ([`super::tokens`]), through the detector's
+//! token store ([`crate::trust::token::UsedNonces`]), from the merge thread.
 
-use super::nats::Nats;
+use super::nats::{kv_key, BlockingKv, Nats};
 use super::wire::{self, EndMsg, Message};
 use super::Cluster;
 use crate::action::{Action, DeliveryGate};
@@ -82,10 +85,20 @@ pub struct ControlMetrics {
     pub pending: IntGauge,
     pub lease: IntGaugeVec,
     pub level_delay: Histogram,
+    pub window_delay: Histogram,
+    pub token_claims: IntCounterVec,
 }
 
 impl ControlMetrics {
     fn new(registry: Option<&prometheus::Registry>) -> ControlMetrics {
+        // Buckets doubling from 0.5 ms to 16 s.
+        let delay = |name: &str, help: &str| {
+            Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            )
+            .unwrap_or_else(|_| unreachable!())
+        };
         let m = ControlMetrics {
             partials: IntCounterVec::new(
                 Opts::new("vmsentry_cluster_partials_total", "Window partials received, by what became of them."),
@@ -111,16 +124,26 @@ impl ControlMetrics {
                 &["controller"],
             )
             .unwrap_or_else(|_| unreachable!()),
-            level_delay: Histogram::with_opts(
-                HistogramOpts::new(
-                    "vmsentry_cluster_level_event_delay_seconds",
-                    "Wall clock from a window's close at its last sensor to a level event of it here.",
-                )
-                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            level_delay: delay(
+                "vmsentry_cluster_level_event_delay_seconds",
+                "Wall clock from a window's close at its last sensor to a level event of it here.",
+            ),
+            window_delay: delay(
+                "vmsentry_cluster_window_delay_seconds",
+                "Wall clock from a window's close at its last sensor to its merge here, every window.",
+            ),
+            token_claims: IntCounterVec::new(
+                Opts::new(
+                    "vmsentry_cluster_token_claims_total",
+                    "Migration tokens claimed in the shared used-tokens bucket, by outcome (unavailable: refused).",
+                ),
+                &["outcome"],
             )
             .unwrap_or_else(|_| unreachable!()),
         };
         if let Some(r) = registry {
+            let _ = r.register(Box::new(m.token_claims.clone()));
+            let _ = r.register(Box::new(m.window_delay.clone()));
             let _ = r.register(Box::new(m.level_delay.clone()));
             let _ = r.register(Box::new(m.partials.clone()));
             let _ = r.register(Box::new(m.sensors_up.clone()));
@@ -392,7 +415,9 @@ impl Collector {
             wire::sum_counters(&mut p);
             self.closed_through = Some(w);
             if closed > 0 {
-                self.metrics.lag.set((super::sense::now_unix_us() - closed) as f64 / 1e6);
+                let lag = (super::sense::now_unix_us() - closed) as f64 / 1e6;
+                self.metrics.lag.set(lag);
+                self.metrics.window_delay.observe(lag.max(0.0));
                 let end = PacketTime::window_end(w, self.window_len_us);
                 let mut c = self.closed_at.lock().unwrap_or_else(|p| p.into_inner());
                 c.insert(end, closed);
@@ -446,34 +471,21 @@ struct Lease {
     closing: AtomicBool,
     /// SIGINT/SIGTERM: a standby stops waiting for its actions.
     stop: Arc<AtomicBool>,
-    actions: async_nats::jetstream::kv::Store,
-    handle: tokio::runtime::Handle,
-}
-
-/// A KV key for an action id (ids are `<µs>-<seq>`; anything else is mapped to `_`).
-fn action_key(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    actions: BlockingKv,
 }
 
 impl Lease {
     fn state(&self, id: &str) -> Option<String> {
-        let key = action_key(id);
-        let got = self
-            .handle
-            .block_on(async { tokio::time::timeout(super::nats::REQUEST_TIMEOUT, self.actions.get(key)).await });
-        match got {
-            Ok(Ok(Some(v))) => Some(String::from_utf8_lossy(&v).into_owned()),
+        match self.actions.get(&kv_key(id), super::nats::REQUEST_TIMEOUT) {
+            Ok(Some(v)) => Some(String::from_utf8_lossy(&v).into_owned()),
             _ => None,
         }
     }
 
     fn mark(&self, id: &str, state: &'static str) {
-        let key = action_key(id);
+        let key = kv_key(id);
         for _ in 0..10 {
-            let put = self.handle.block_on(async {
-                tokio::time::timeout(super::nats::REQUEST_TIMEOUT, self.actions.put(&key, state.into())).await
-            });
-            if matches!(put, Ok(Ok(_))) {
+            if self.actions.put(&key, state.as_bytes(), super::nats::REQUEST_TIMEOUT).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -645,7 +657,8 @@ pub fn run(
     let nats = Nats::connect(&copts.nats, &format!("vmsentry-control-{}", copts.controller), true)?;
     // A NATS cluster that is still electing its JetStream leader answers
     // "temporarily unavailable": wait for it, up to a minute.
-    let setup = |what: &str| -> Result<(jetstream::kv::Store, jetstream::kv::Store), super::nats::NatsError> {
+    type Buckets = (jetstream::kv::Store, jetstream::kv::Store, jetstream::kv::Store);
+    let setup = |what: &str| -> Result<Buckets, super::nats::NatsError> {
         let until = Instant::now() + Duration::from_secs(60);
         loop {
             let r = nats.block_on(async {
@@ -653,7 +666,10 @@ pub fn run(
                 let (lb, ab) = (cluster.lease_bucket(), cluster.actions_bucket());
                 let lease = super::nats::bucket(&nats.js, &lb, cluster.lease_ttl, cluster.replicas).await?;
                 let actions = super::nats::bucket(&nats.js, &ab, cluster.retention, cluster.replicas).await?;
-                Ok((lease, actions))
+                // Used nonces are kept for good (0: no age limit).
+                let tb = cluster.tokens_bucket();
+                let tokens = super::nats::bucket(&nats.js, &tb, Duration::ZERO, cluster.replicas).await?;
+                Ok((lease, actions, tokens))
             });
             match r {
                 Ok(x) => return Ok(x),
@@ -665,7 +681,12 @@ pub fn run(
             }
         }
     };
-    let (lease_kv, actions_kv) = setup("setting up the stream and buckets")?;
+    let (lease_kv, actions_kv, tokens_kv) = setup("setting up the stream and buckets")?;
+    let used_tokens = Arc::new(super::tokens::KvNonces::new(
+        BlockingKv::new(tokens_kv, nats.rt.handle().clone()),
+        metrics.token_claims.clone(),
+        super::tokens::CLAIM_WAIT,
+    ));
     let lease = Arc::new(Lease {
         held: AtomicBool::new(false),
         renewed_ms: std::sync::atomic::AtomicU64::new(0),
@@ -673,8 +694,7 @@ pub fn run(
         ttl: cluster.lease_ttl,
         closing: AtomicBool::new(false),
         stop: copts.stop.clone(),
-        actions: actions_kv,
-        handle: nats.rt.handle().clone(),
+        actions: BlockingKv::new(actions_kv, nats.rt.handle().clone()),
     });
     metrics.sensors_up.set(cluster.sensors.len() as i64);
     for s in &cluster.sensors {
@@ -724,7 +744,7 @@ pub fn run(
         Box::new(crate::action::LogSink::stderr()),
         events,
         popts,
-        Seam::Control { partials: part_rx, reader, gate },
+        Seam::Control { partials: part_rx, reader, gate, used_tokens },
     );
     lease.closing.store(true, Ordering::Release);
     let _ = collector.join();

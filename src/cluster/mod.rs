@@ -43,7 +43,9 @@
 //!   window re-sent within the stream's duplicate window is stored once);
 //! - KV bucket `vmsentry_<cluster>_lease`, key `controller`: the lease;
 //! - KV bucket `vmsentry_<cluster>_actions`: one key per action id, `sent` or
-//!   `done`, the journal's ids that a standby continues from.
+//!   `done`, the journal's ids that a standby continues from;
+//! - KV bucket `vmsentry_<cluster>_tokens`: one key per used token nonce, the
+//!   use that claimed it ([`tokens`]).
 //!
 //! `<cluster>` is the rules' `[cluster] name` with any character other than
 //! a letter, digit, `-` or `_` replaced by `_`.
@@ -52,6 +54,7 @@ pub mod control;
 pub mod nats;
 pub mod sense;
 pub mod spool;
+pub mod tokens;
 pub mod wire;
 
 use crate::config::Rules;
@@ -263,6 +266,10 @@ impl Cluster {
 
     pub fn actions_bucket(&self) -> String {
         format!("vmsentry_{}_actions", self.name)
+    }
+
+    pub fn tokens_bucket(&self) -> String {
+        format!("vmsentry_{}_tokens", self.name)
     }
 
     /// The sensors that see a frame (a bit set by index, see the module doc)

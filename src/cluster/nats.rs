@@ -7,7 +7,7 @@
 
 use super::Cluster;
 use async_nats::jetstream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -45,7 +45,7 @@ impl Nats {
             .max_reconnects(None)
             // The first server given is the one used while it is up (tests rely on it).
             .retain_servers_order()
-            .reconnect_delay_callback(|n| Duration::from_millis((100 * 2u64.saturating_pow(n as u32)).min(2_000)));
+            .reconnect_delay_callback(reconnect_delay);
         let opts = if wait { opts.retry_on_initial_connect() } else { opts };
         // A cluster's servers, comma-separated: any of them will do.
         let servers: Vec<String> = url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -61,6 +61,16 @@ impl Nats {
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+}
+
+/// The pause before connect attempt `n` (counted from 1 since the last
+/// connection): none before the first (a sensor's first windows wait for
+/// it: it was 200 ms, the p99 of the bench's delay), then 100 ms doubling to 2 s.
+pub fn reconnect_delay(n: usize) -> Duration {
+    match n {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(2u64.saturating_pow(n as u32 - 2).saturating_mul(100).min(2_000)),
     }
 }
 
@@ -113,4 +123,123 @@ pub async fn bucket(
         }
     }
     js.get_key_value(name).await.map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))
+}
+
+/// A KV bucket used from the pipeline's threads (the dispatcher, the
+/// merge): each call blocks on the runtime for at most its timeout.
+#[derive(Clone)]
+pub struct BlockingKv {
+    kv: jetstream::kv::Store,
+    handle: tokio::runtime::Handle,
+}
+
+/// What an atomic create found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The key is new, with the value given.
+    New,
+    /// The key was there already, with this value.
+    Exists(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Nats(String),
+}
+
+impl BlockingKv {
+    pub fn new(kv: jetstream::kv::Store, handle: tokio::runtime::Handle) -> BlockingKv {
+        BlockingKv { kv, handle }
+    }
+
+    fn within<T, E: std::fmt::Display>(
+        &self,
+        timeout: Duration,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, KvError> {
+        match self.handle.block_on(async { tokio::time::timeout(timeout, f).await }) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(KvError::Nats(e.to_string())),
+            Err(_) => Err(KvError::Timeout(timeout)),
+        }
+    }
+
+    pub fn get(&self, key: &str, timeout: Duration) -> Result<Option<Vec<u8>>, KvError> {
+        self.within(timeout, self.kv.get(key)).map(|v| v.map(|b| b.to_vec()))
+    }
+
+    pub fn put(&self, key: &str, value: &[u8], timeout: Duration) -> Result<(), KvError> {
+        self.within(timeout, self.kv.put(key, value.to_vec().into())).map(|_| ())
+    }
+
+    /// Creates `key` with `value` unless it exists (atomically: JetStream
+    /// stores it only if the key has no value yet), retried on errors until
+    /// `deadline`. A create whose answer was lost and that is retried finds
+    /// its own value.
+    pub fn create(&self, key: &str, value: &[u8], deadline: Instant) -> Result<Created, KvError> {
+        use jetstream::kv::CreateErrorKind;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(KvError::Timeout(Duration::ZERO));
+            }
+            let r = self.handle.block_on(async {
+                tokio::time::timeout(left, async {
+                    match self.kv.create(key, value.to_vec().into()).await {
+                        Ok(_) => Ok(Created::New),
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => match self.kv.get(key).await {
+                            Ok(Some(v)) => Ok(Created::Exists(v.to_vec())),
+                            Ok(None) => Err(KvError::Nats(format!("{key} exists but has no value"))),
+                            Err(e) => Err(KvError::Nats(e.to_string())),
+                        },
+                        Err(e) => Err(KvError::Nats(e.to_string())),
+                    }
+                })
+                .await
+            });
+            match r {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) if Instant::now() + RETRY_PAUSE >= deadline => return Err(e),
+                Ok(Err(_)) => std::thread::sleep(RETRY_PAUSE),
+                Err(_) => return Err(KvError::Timeout(left)),
+            }
+        }
+    }
+}
+
+/// Between tries of a KV request that failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// A KV key for any text: kept when it is letters, digits, `-` and `_`
+/// (nonces, action ids), else `=` and its bytes in hex (so two texts never
+/// share a key).
+pub fn kv_key(text: &str) -> String {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        text.to_string()
+    } else {
+        format!("={}", hex::encode(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_connect_attempt_does_not_wait_and_later_ones_back_off() {
+        let ms = |n| reconnect_delay(n).as_millis();
+        assert_eq!([ms(0), ms(1), ms(2), ms(3), ms(4), ms(6), ms(60)], [0, 0, 100, 200, 400, 1600, 2000]);
+    }
+
+    #[test]
+    fn kv_keys_keep_plain_ids_and_never_share_one() {
+        assert_eq!(kv_key("0000000000000106"), "0000000000000106");
+        assert_eq!(kv_key("1700000040000000-1"), "1700000040000000-1");
+        assert_eq!(kv_key("a.b"), "=612e62");
+        assert_eq!(kv_key(""), "=");
+        assert_ne!(kv_key("a.b"), kv_key("a_b"));
+    }
 }

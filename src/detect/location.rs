@@ -541,7 +541,7 @@ impl Locator {
         }
         let authorized = r.reason == GateReason::Authorized;
         if let (true, Some(n)) = (authorized, r.nonce.as_deref()) {
-            self.tokens.mark_used(n);
+            self.tokens.mark_used(n, &format!("gate {} {}", r.host, r.ts.as_micros()));
         }
         let mut a = Approval { ts: r.ts, host: r.host.clone(), vms: r.vms.clone(), authorized };
         // A move that came before its decision (a late follower) takes it first.

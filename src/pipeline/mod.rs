@@ -225,11 +225,17 @@ pub fn run(
 /// this process (the default), or split across machines by
 /// [`crate::cluster`]: a sensor's shards hand theirs out and its merge gets
 /// none; a controller's merge takes one partial per window, already
-/// combined across sensors, and its summary the sensors' reader counts.
+/// combined across sensors, and its summary the sensors' reader counts;
+/// its actions pass the lease's gate and its used tokens are the cluster's.
 pub(crate) enum Seam {
     Local,
     Sense(Sender<Partial>, SharedReader),
-    Control { partials: Receiver<Partial>, reader: SharedReader, gate: Arc<dyn crate::action::DeliveryGate> },
+    Control {
+        partials: Receiver<Partial>,
+        reader: SharedReader,
+        gate: Arc<dyn crate::action::DeliveryGate>,
+        used_tokens: Arc<dyn crate::trust::token::UsedNonces>,
+    },
 }
 
 /// The reader's counts and its queue drops, handed across the seam.
@@ -250,7 +256,12 @@ pub(crate) fn run_with(
 
     let registry = Registry::build(&rules.key, &rules.cluster, &rules.hypervisors);
     let policy = Policy::new(rules, registry.clone());
-    let detector = Detector::new(rules.detect_config(), registry);
+    let mut detect = rules.detect_config();
+    if let Seam::Control { used_tokens, .. } = &seam {
+        // Kept across reloads: a reloaded store absorbs it.
+        detect.tokens = detect.tokens.with_shared(used_tokens.clone());
+    }
+    let detector = Detector::new(detect, registry);
     let placement = Arc::new(SharedPlacement::new(PlacementConfig::from(rules)));
     let observer = opts.telemetry.clone().map(|t| t as Arc<dyn crate::action::Observer>);
     let gate = match &seam {

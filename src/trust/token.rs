@@ -13,7 +13,8 @@
 //! `migration.tokens_dir` (one or more per file, `#` starts a comment) when a
 //! move is checked. A token is used once: its nonce is remembered, and
 //! appended to `used-tokens` in the same directory so a restart remembers it
-//! too.
+//! too. A cluster's controllers share their used nonces instead
+//! ([`UsedNonces`], kept in JetStream KV by `cluster::control`).
 
 use super::ClusterKey;
 use crate::decode::Mac;
@@ -22,6 +23,7 @@ use hmac::Mac as _;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const TOKEN_TAG: &str = "vmsentry-token-v1";
 const SIGNED_TAG: &[u8] = b"vmsentry-auth-v1";
@@ -209,6 +211,9 @@ pub enum Authorization {
     Expired,
     /// The only matching tokens were already used.
     Replayed,
+    /// A matching token was found, but the shared store of used tokens
+    /// could not be asked whether it was used: refused (fail closed).
+    Unavailable,
 }
 
 impl Authorization {
@@ -218,8 +223,32 @@ impl Authorization {
             Authorization::Missing => "missing",
             Authorization::Expired => "expired",
             Authorization::Replayed => "replayed",
+            Authorization::Unavailable => "unavailable",
         }
     }
+}
+
+/// What a shared store of used nonces answers when a use of one is claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Unused until now: used up by this claim.
+    Fresh,
+    /// Used by this same claim before: the same use decided again (a
+    /// standby, or a restarted controller, rebuilding from the stream).
+    Again,
+    /// Used by another claim: a replay.
+    Used,
+    /// The store did not answer in time.
+    Unavailable,
+}
+
+/// Used nonces kept outside this process, where every controller of a
+/// cluster sees the same ones (`cluster::control` keeps them in JetStream KV).
+pub trait UsedNonces: Send + Sync + std::fmt::Debug {
+    /// Uses `nonce` up for `claim` (the identity of the use: the same
+    /// wherever the same use is decided), atomically: of two claims raced
+    /// on one unused nonce, exactly one is [`Claim::Fresh`].
+    fn claim(&self, nonce: &str, claim: &str) -> Claim;
 }
 
 /// The tokens directory and the nonces already used.
@@ -229,6 +258,9 @@ pub struct TokenStore {
     /// from; none: no move is authorized.
     source: Option<(ClusterKey, PathBuf)>,
     used: HashSet<String>,
+    /// Set: the used nonces are this shared store's (`used` and the
+    /// directory's used-tokens file are not read or written).
+    shared: Option<Arc<dyn UsedNonces>>,
 }
 
 impl TokenStore {
@@ -251,19 +283,40 @@ impl TokenStore {
                 Err(e) => eprintln!("vmsentry: {}: {e}; used tokens are not remembered", d.join(USED_FILE).display()),
             }
         }
-        TokenStore { source: dir.map(|d| (key, d.to_path_buf())), used }
+        TokenStore { source: dir.map(|d| (key, d.to_path_buf())), used, shared: None }
     }
 
-    /// Remembers the nonces another store has used (after a rules reload).
+    /// Keeps the used nonces in `shared` instead of here and in the
+    /// directory's used-tokens file (a cluster's controllers).
+    pub fn with_shared(mut self, shared: Arc<dyn UsedNonces>) -> TokenStore {
+        self.used.clear();
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Remembers the nonces another store has used (after a rules reload),
+    /// or keeps using its shared store.
     pub fn absorb(&mut self, other: &mut TokenStore) {
-        self.used.extend(other.used.drain());
+        if let Some(s) = other.shared.take() {
+            self.used.clear();
+            self.shared = Some(s);
+        } else if self.shared.is_none() {
+            self.used.extend(other.used.drain());
+        }
     }
 
-    /// Marks `nonce` used (a token the migration gate used up), here and in
-    /// the tokens directory's used-tokens file, so the same token in the
-    /// directory cannot authorize another move. `false`: it was used already.
-    pub fn mark_used(&mut self, nonce: &str) -> bool {
-        if nonce.is_empty() || nonce.contains(char::is_whitespace) || !self.used.insert(nonce.to_string()) {
+    /// Marks `nonce` used by `claim` (a token the migration gate used up),
+    /// here and in the tokens directory's used-tokens file (or the shared
+    /// store), so the same token in the directory cannot authorize another
+    /// move. `false`: it was used already (or the shared store did not answer).
+    pub fn mark_used(&mut self, nonce: &str, claim: &str) -> bool {
+        if nonce.is_empty() || nonce.contains(char::is_whitespace) {
+            return false;
+        }
+        if let Some(s) = &self.shared {
+            return s.claim(nonce, claim) == Claim::Fresh;
+        }
+        if !self.used.insert(nonce.to_string()) {
             return false;
         }
         if let Some((_, dir)) = &self.source {
@@ -280,7 +333,10 @@ impl TokenStore {
     }
 
     /// Looks for a valid, unexpired, unused token for `vm` moving to `to` at
-    /// packet time `at`, and uses it up.
+    /// packet time `at`, and uses it up. With a shared store, the use is
+    /// claimed as this move (`move <vm> <to> <µs>`), so a controller that
+    /// decides the same move again gets its token again, and any other move
+    /// finds it used; a store that does not answer refuses the move.
     pub fn authorize(&mut self, vm: Mac, to: &str, at: PacketTime) -> Authorization {
         let Some((key, dir)) = self.source.clone() else { return Authorization::Missing };
         let mut best = Authorization::Missing;
@@ -291,6 +347,18 @@ impl TokenStore {
             if t.expires.saturating_mul(1_000_000) < at.as_micros() {
                 best = Authorization::Expired;
                 continue;
+            }
+            if let Some(s) = &self.shared {
+                match s.claim(&t.nonce, &format!("move {vm} {to} {}", at.as_micros())) {
+                    Claim::Fresh | Claim::Again => return Authorization::Granted,
+                    Claim::Used => {
+                        if best == Authorization::Missing {
+                            best = Authorization::Replayed;
+                        }
+                        continue;
+                    }
+                    Claim::Unavailable => return Authorization::Unavailable,
+                }
             }
             if self.used.contains(&t.nonce) {
                 if best == Authorization::Missing {
@@ -416,5 +484,67 @@ mod tests {
         rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
         let e = consume_nonce(&used, "eeeeeeeeeeeeeeee", std::time::Instant::now()).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    /// A shared store as a cluster's KV keeps it: a map from nonce to claim.
+    #[derive(Debug, Default)]
+    struct Shared {
+        map: std::sync::Mutex<std::collections::HashMap<String, String>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl UsedNonces for Shared {
+        fn claim(&self, nonce: &str, claim: &str) -> Claim {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Claim::Unavailable;
+            }
+            let mut m = self.map.lock().unwrap();
+            match m.get(nonce) {
+                None => {
+                    m.insert(nonce.into(), claim.into());
+                    Claim::Fresh
+                }
+                Some(c) if c == claim => Claim::Again,
+                Some(_) => Claim::Used,
+            }
+        }
+    }
+
+    #[test]
+    fn a_shared_store_gives_a_token_to_one_move_again_and_again_and_refuses_when_it_does_not_answer() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Token::sign(&key(), vm(), "compute-2", 1_700_000_100, "ffffffffffffffff");
+        std::fs::write(d.path().join("t.token"), t.to_string()).unwrap();
+        // A used-tokens file (a single process's) is not what a controller reads.
+        std::fs::write(d.path().join(USED_FILE), "ffffffffffffffff\n").unwrap();
+        let shared = Arc::new(Shared::default());
+        let open = || TokenStore::open(key(), Some(d.path())).with_shared(shared.clone());
+        let (at, later) =
+            (PacketTime::from_micros(1_700_000_000_000_000), PacketTime::from_micros(1_700_000_050_000_000));
+        let (mut a, mut b) = (open(), open());
+        assert_eq!(a.authorize(vm(), "compute-2", at), Authorization::Granted);
+        assert_eq!(shared.map.lock().unwrap()["ffffffffffffffff"], "move fa:16:3e:00:00:01 compute-2 1700000000000000");
+        // Another controller deciding the same move: its token still.
+        assert_eq!(b.authorize(vm(), "compute-2", at), Authorization::Granted);
+        // Another move with it, on either: a replay.
+        assert_eq!(b.authorize(vm(), "compute-2", later), Authorization::Replayed);
+        assert_eq!(a.authorize(vm(), "compute-2", later), Authorization::Replayed);
+        // Nothing was written to the directory.
+        assert_eq!(std::fs::read_to_string(d.path().join(USED_FILE)).unwrap(), "ffffffffffffffff\n");
+        // A reload keeps the shared store.
+        let mut reloaded = TokenStore::open(key(), Some(d.path()));
+        reloaded.absorb(&mut a);
+        assert_eq!(reloaded.authorize(vm(), "compute-2", later), Authorization::Replayed);
+        // A gate decision's use is a claim too.
+        assert!(reloaded.mark_used("1111111111111111", "gate compute-2 5"));
+        assert!(!b.mark_used("1111111111111111", "gate compute-2 6"));
+        // Unreachable: a matching token is not granted (fail closed); no token: still missing.
+        let fresh = Token::sign(&key(), vm(), "compute-3", 1_700_000_100, "2222222222222222");
+        std::fs::write(d.path().join("u.token"), fresh.to_string()).unwrap();
+        shared.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(b.authorize(vm(), "compute-3", at), Authorization::Unavailable);
+        assert_eq!(b.authorize(vm(), "compute-4", at), Authorization::Missing);
+        shared.down.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(b.authorize(vm(), "compute-3", at), Authorization::Granted);
     }
 }

@@ -24,6 +24,19 @@ fn nats_installed() -> bool {
     ok
 }
 
+/// Both tools the per-rack tests need, or a skip (said why).
+fn nats_and_tshark_installed() -> bool {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return false;
+    }
+    if tshark().is_none() {
+        eprintln!("SKIPPED: tshark not installed");
+        return false;
+    }
+    true
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -263,12 +276,7 @@ fn control_args(nats: &str, id: &str, rules: &Path, cluster: &Path, events: &Pat
 
 #[test]
 fn sensors_on_per_rack_mirrors_and_one_controller_give_the_events_of_one_replay() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server not installed");
-        return;
-    }
-    if tshark().is_none() {
-        eprintln!("SKIPPED: tshark not installed");
+    if !nats_and_tshark_installed() {
         return;
     }
     let inputs: Vec<PathBuf> = INPUTS.iter().map(|f| capture(f)).collect();
@@ -745,4 +753,183 @@ fn a_sensor_that_never_reports_is_declared_down_and_holds_nothing_back() {
     let s = summary(&ev);
     assert!(s["packets"].as_u64().unwrap() > 20_000 && s["packets"].as_u64().unwrap() < 21_428, "{s}");
     assert_eq!(of_type(&ev, "evacuation").len(), 1, "rack-1 holds compute-4: the evacuation is still seen");
+}
+
+/// The frames of `input` from Unix second `from` (inclusive) to `to` (exclusive), cut by tshark.
+fn cut(input: &Path, from: u64, to: u64, out: &Path) {
+    let filter = format!("frame.time_epoch >= {from} and frame.time_epoch < {to}");
+    let o = Command::new(tshark().expect("tshark"))
+        .args(["-r", input.to_str().unwrap(), "-Y", &filter, "-F", "pcap", "-w", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tshark: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// mig-6's events of a run: its migrations, level changes and actions.
+fn of_mig6(ev: &[Value]) -> Vec<Value> {
+    ev.iter()
+        .filter(|e| e["vm_name"] == "mig-6" || e["vm"] == "fa:16:3e:00:01:06")
+        .filter(|e| ["migration", "level", "action"].contains(&e["type"].as_str().unwrap_or("")))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_token_the_killed_controller_used_is_refused_by_the_standby_as_replayed() {
+    if !nats_and_tshark_installed() {
+        return;
+    }
+    // Tokens required: a move whose token is refused is a move to an unsigned
+    // host. Each controller has its own rules directory (its own host), so
+    // its own tokens directory; the sensor a third.
+    let tokens_required = || {
+        let rules = with_rules("");
+        let toml = rules.path().join("vmsentry.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(&toml, text.replace("require_authorization = false", "require_authorization = true")).unwrap();
+        rules
+    };
+    let (rules, rules_a, rules_b) = (tokens_required(), tokens_required(), tokens_required());
+    let input = capture("migration-vxlan.pcap");
+    let reference = stable(replay(rules.path(), 1, std::slice::from_ref(&input)));
+    let moves: Vec<(String, String)> = of_type(&reference, "migration")
+        .iter()
+        .filter(|m| m["vm_name"] == "mig-6")
+        .map(|m| (m["ts"].as_str().unwrap().to_string(), m["authorization"].as_str().unwrap().to_string()))
+        .collect();
+    // mig-6 moves to compute-2 with its token at :53, back without one at
+    // :56, and to compute-2 again with the same token at :59.
+    let at = |s: &str| format!("2023-11-14T22:13:{s}.000000Z");
+    assert_eq!(moves, [(at("53"), "granted".into()), (at("56"), "missing".into()), (at("59"), "replayed".into())]);
+
+    let work = tempfile::tempdir().unwrap();
+    let cluster = work.path().join("cluster.toml");
+    std::fs::write(&cluster, cluster_toml(&[&["compute-1", "compute-2", "compute-3", "compute-4", "compute-9"]], 0))
+        .unwrap();
+    // Up to :55 (the token used at :53), and from :57 (mig-6 back on compute-1, where the rules place it).
+    let (first, second) = (work.path().join("first.pcap"), work.path().join("second.pcap"));
+    cut(&input, 0, 1_700_000_035, &first);
+    cut(&input, 1_700_000_037, 2_000_000_000, &second);
+    let nats = NatsServer::start();
+
+    // Controller A, alone, uses the token; killed once it has.
+    let ea = work.path().join("a.jsonl");
+    let mut args = control_args(&nats.url(), "ctl-a", rules_a.path(), &cluster, &ea);
+    args.retain(|a| a != "--until-end");
+    let mut a = Proc::spawn("controller a", &args, work.path().join("a.err"));
+    let mut s = sense_args(&nats.url(), 0, rules.path(), &cluster, &work.path().join("spool-1"), &[]);
+    s.push(first.display().to_string());
+    Proc::spawn("sensor, first part", &s, work.path().join("sense-1.err")).wait();
+    let granted = |p: &Path| {
+        std::fs::read_to_string(p).unwrap_or_default().lines().any(|l| {
+            l.contains("\"type\":\"migration\"") && l.contains("\"vm_name\":\"mig-6\"") && l.contains("\"granted\"")
+        })
+    };
+    wait_for("controller a to grant mig-6's move", Duration::from_secs(120), || granted(&ea));
+    a.kill9();
+    // In KV, not in A's tokens directory.
+    assert!(!rules_a.path().join("tokens/used-tokens").exists());
+
+    // B never sees that move: the stream no longer holds it (as after its
+    // `retention_s`, or a controller started on a new stream).
+    {
+        let r = vmsentry::config::Rules::load(rules.path()).unwrap();
+        let stream = vmsentry::cluster::Cluster::load(&r, Some(&cluster)).unwrap().stream();
+        let n = vmsentry::cluster::nats::Nats::connect(&nats.url(), "test", false).unwrap();
+        let purged = n.block_on(async { n.js.get_stream(&stream).await.unwrap().purge().await });
+        assert!(purged.unwrap().purged > 0);
+    }
+    let eb = work.path().join("b.jsonl");
+    let mut b = Proc::spawn(
+        "controller b",
+        &control_args(&nats.url(), "ctl-b", rules_b.path(), &cluster, &eb),
+        work.path().join("b.err"),
+    );
+    let mut s = sense_args(&nats.url(), 0, rules.path(), &cluster, &work.path().join("spool-2"), &[]);
+    s.push(second.display().to_string());
+    Proc::spawn("sensor, second part", &s, work.path().join("sense-2.err")).wait();
+    let b_err = b.wait();
+    let got = without_inputs(stable(read_events(&eb)));
+    // The same as one process that had used the token before: one replay
+    // of the second part with the nonce in its used-tokens file.
+    assert!(!rules_b.path().join("tokens/used-tokens").exists());
+    std::fs::write(rules_b.path().join("tokens/used-tokens"), "0000000000000106\n").unwrap();
+    let want = without_inputs(stable(replay(rules_b.path(), 1, std::slice::from_ref(&second))));
+    assert_eq!(got, want, "{b_err}");
+    // The replayed token: the move not authorized, so HIGH (an unsigned host) and quarantined.
+    let mig6: Vec<Value> = of_mig6(&got)
+        .iter()
+        .map(|e| json!([e["ts"], e["type"], e["authorization"], e["to"], e["reason"], e["action"]]))
+        .collect();
+    let t = |s: &str| format!("2023-11-14T22:{s}.000000Z");
+    assert_eq!(
+        mig6,
+        [
+            json!([t("13:59"), "migration", "replayed", null, null, null]),
+            json!([t("14:00"), "level", null, "HIGH", "signature", null]),
+            json!([t("14:00"), "action", null, null, "signature", "quarantine"]),
+        ]
+    );
+    assert_eq!(of_mig6(&got)[0]["authorized"], false);
+    // Because A claimed the nonce in KV for its move at :53.
+    assert!(
+        b_err.contains(
+            "token nonce 0000000000000106 was used already (move fa:16:3e:00:01:06 compute-2 1700000033000000)"
+        ),
+        "{b_err}"
+    );
+}
+
+#[test]
+fn controllers_racing_for_one_token_claim_it_once_and_a_kv_outage_refuses_it() {
+    use vmsentry::cluster::nats::{bucket, BlockingKv, Nats};
+    use vmsentry::cluster::tokens::KvNonces;
+    use vmsentry::trust::token::{Claim, UsedNonces};
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server not installed");
+        return;
+    }
+    let mut nats = NatsServer::start();
+    let claims = prometheus::IntCounterVec::new(prometheus::Opts::new("claims", "claims"), &["outcome"]).unwrap();
+    let store = |wait: Duration| {
+        let n = Nats::connect(&nats.url(), "test", false).unwrap();
+        let kv = n.block_on(bucket(&n.js, "vmsentry_race_tokens", Duration::ZERO, 1)).unwrap();
+        let s = KvNonces::new(BlockingKv::new(kv, n.rt.handle().clone()), claims.clone(), wait);
+        (n, s)
+    };
+    // Eight controllers, each its own connection, claim one nonce for eight different moves at once.
+    let stores: Vec<_> = (0..8).map(|_| store(Duration::from_secs(30))).collect();
+    let start = std::sync::Barrier::new(8);
+    let got: Vec<Claim> = std::thread::scope(|s| {
+        let hs: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, (_, st))| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    st.claim("00000000000000aa", &format!("move m compute-2 {i}"))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winner = got.iter().position(|c| *c == Claim::Fresh).expect("one claim is fresh");
+    assert_eq!(got.iter().filter(|c| **c == Claim::Fresh).count(), 1, "{got:?}");
+    assert_eq!(got.iter().filter(|c| **c == Claim::Used).count(), 7, "{got:?}");
+    // The winner's move decided again (a standby, a restart): still its own; another: used.
+    let (_, st) = &stores[(winner + 1) % 8];
+    assert_eq!(st.claim("00000000000000aa", &format!("move m compute-2 {winner}")), Claim::Again);
+    assert_eq!(st.claim("00000000000000aa", "move m compute-2 99"), Claim::Used);
+    // Not letters and digits: still one key per nonce.
+    assert_eq!(st.claim("a.b", "x"), Claim::Fresh);
+    assert_eq!(st.claim("a_b", "x"), Claim::Fresh);
+    // KV unreachable: refused within the wait, and counted.
+    let (_n, short) = store(Duration::from_secs(2));
+    nats.stop();
+    let t = Instant::now();
+    assert_eq!(short.claim("00000000000000bb", "move m compute-3 1"), Claim::Unavailable);
+    assert!(t.elapsed() < Duration::from_secs(60));
+    let count = |o: &str| claims.with_label_values(&[o]).get();
+    assert_eq!((count("fresh"), count("again"), count("used"), count("unavailable")), (3, 1, 8, 1));
 }
