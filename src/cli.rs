@@ -20,7 +20,7 @@ pub enum Command {
         /// Where events go, as JSON lines; `-` is stdout.
         #[arg(long, default_value = "-")]
         events: String,
-        /// Shard workers, 1 to 1024; default: the number of cores minus one (at least 1).
+        /// Shard workers, 1 to 1024; default: the number of cores.
         #[arg(long, value_parser = parse_threads)]
         threads: Option<usize>,
         /// Pace the replay at X times packet time (1 = real time); default: as fast as possible.
@@ -56,7 +56,7 @@ pub enum Command {
         /// Serve metrics and the API here; a non-loopback address only when given.
         #[arg(long, default_value = "127.0.0.1:9807")]
         listen: String,
-        /// Shard workers, 1 to 1024; default: the number of cores minus one (at least 1).
+        /// Shard workers, 1 to 1024; default: the number of cores.
         #[arg(long, value_parser = parse_threads)]
         threads: Option<usize>,
         /// Bytes captured per frame, 64 to 262144 (headers are what vmsentry reads).

@@ -337,15 +337,9 @@ fn events_sink(events: &str) -> anyhow::Result<Box<dyn EventSink>> {
     })
 }
 
-/// `--threads`, or by default one shard per core but one: the reader (and
-/// the merge, which is light) take a core of their own. On 2 cores one
-/// shard is faster than two (benches/README.md: a second shard only adds
-/// switching between four busy threads on two cores).
 fn threads_or_cores(threads: Option<usize>) -> usize {
     // The default stays within the range `--threads` accepts.
-    threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)))
-        .clamp(1, cli::MAX_THREADS)
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, cli::MAX_THREADS)
 }
 
 fn report(events: &Path, out: &Path, rules: Option<&Path>, qemu: Option<&Path>) -> anyhow::Result<()> {
