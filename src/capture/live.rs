@@ -268,16 +268,25 @@ mod tests {
         // The old waker broke the loop every ~200 ms while frames came every 5 ms.
         let mut before: Option<Instant> = None;
         let mut paused = false;
+        let mut unexplained = 0;
         for (t, at) in &items[first..=last] {
             if let Some(b) = before {
                 paused |= at.duration_since(b) >= Duration::from_millis(50);
             }
             before = Some(*at);
             if t.is_none() {
-                assert!(paused, "a tick with no pause of 50 ms before it: the loop broke while frames flowed");
+                unexplained += usize::from(!paused);
                 paused = false;
             }
         }
+        // The old waker broke the loop about 7 times in this 1.5 s. One tick
+        // with no visible pause is allowed: with the other unit tests running
+        // beside it, this thread can be kept off the core between the waker's
+        // check and its next handover (seen twice in `cargo test --lib`).
+        assert!(
+            unexplained <= 1,
+            "{unexplained} ticks with no pause of 50 ms before them: the loop broke while frames flowed"
+        );
         assert!(items[last..].iter().any(|i| i.0.is_none()), "idle again: ticks resume");
     }
 }

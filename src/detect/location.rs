@@ -939,7 +939,10 @@ impl Locator {
             !verdict.is_signed() || (self.rules.require_authorization && authorization != Authorization::Granted);
         f.unsigned |= unsigned;
         self.vms[i].behind_unsigned = unsigned;
-        let flagged = self.too_many_bytes(i, m.bytes);
+        // A stream choice still open may be another move's stream (a big
+        // one that paused): its bytes raise nothing until it is settled
+        // (`finish`), so no level or action rests on a provisional choice.
+        let flagged = !choosing && self.too_many_bytes(i, m.bytes);
         if downtime_us.is_some_and(|d| d > self.rules.max_downtime_ms as i64 * 1000) {
             self.flags[i].long_downtime = true;
         }
