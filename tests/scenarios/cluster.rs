@@ -827,6 +827,9 @@ fn a_token_the_killed_controller_used_is_refused_by_the_standby_as_replayed() {
     };
     wait_for("controller a to grant mig-6's move", Duration::from_secs(120), || granted(&ea));
     a.kill9();
+    // A made the tokens bucket (there was none) and warned that it starts empty; B finds it.
+    let made = "was missing and is made now, empty";
+    assert!(a.stderr().contains(made), "{}", a.stderr());
     // In KV, not in A's tokens directory.
     assert!(!rules_a.path().join("tokens/used-tokens").exists());
 
@@ -849,6 +852,7 @@ fn a_token_the_killed_controller_used_is_refused_by_the_standby_as_replayed() {
     s.push(second.display().to_string());
     Proc::spawn("sensor, second part", &s, work.path().join("sense-2.err")).wait();
     let b_err = b.wait();
+    assert!(!b_err.contains(made), "{b_err}");
     let got = without_inputs(stable(read_events(&eb)));
     // The same as one process that had used the token before: one replay
     // of the second part with the nonce in its used-tokens file.
