@@ -34,7 +34,8 @@
 //! at-least-once the journal already documents). The used move tokens are
 //! the one decision state the stream cannot rebuild once its history is
 //! gone: they are claimed in KV ([`super::tokens`]), through the detector's
-//! token store ([`crate::trust::token::UsedNonces`]), from the merge thread.
+//! token store ([`crate::trust::token::UsedNonces`]), from the merge thread,
+//! which waits for KV's answer (bounded: [`super::tokens`]).
 
 use super::nats::{kv_key, BlockingKv, Nats};
 use super::wire::{self, EndMsg, Message};
@@ -87,6 +88,7 @@ pub struct ControlMetrics {
     pub level_delay: Histogram,
     pub window_delay: Histogram,
     pub token_claims: IntCounterVec,
+    pub token_claim_wait: prometheus::Counter,
 }
 
 impl ControlMetrics {
@@ -140,9 +142,15 @@ impl ControlMetrics {
                 &["outcome"],
             )
             .unwrap_or_else(|_| unreachable!()),
+            token_claim_wait: prometheus::Counter::new(
+                "vmsentry_cluster_token_claim_wait_seconds_total",
+                "Wall clock the merge spent waiting for the used-tokens bucket to answer token claims.",
+            )
+            .unwrap_or_else(|_| unreachable!()),
         };
         if let Some(r) = registry {
             let _ = r.register(Box::new(m.token_claims.clone()));
+            let _ = r.register(Box::new(m.token_claim_wait.clone()));
             let _ = r.register(Box::new(m.window_delay.clone()));
             let _ = r.register(Box::new(m.level_delay.clone()));
             let _ = r.register(Box::new(m.partials.clone()));
@@ -657,7 +665,7 @@ pub fn run(
     let nats = Nats::connect(&copts.nats, &format!("vmsentry-control-{}", copts.controller), true)?;
     // A NATS cluster that is still electing its JetStream leader answers
     // "temporarily unavailable": wait for it, up to a minute.
-    type Buckets = (jetstream::kv::Store, jetstream::kv::Store, jetstream::kv::Store);
+    type Buckets = (jetstream::kv::Store, jetstream::kv::Store, (jetstream::kv::Store, bool));
     let setup = |what: &str| -> Result<Buckets, super::nats::NatsError> {
         let until = Instant::now() + Duration::from_secs(60);
         loop {
@@ -666,13 +674,13 @@ pub fn run(
                 let (lb, ab) = (cluster.lease_bucket(), cluster.actions_bucket());
                 let lease = super::nats::bucket(&nats.js, &lb, cluster.lease_ttl, cluster.replicas).await?;
                 let actions = super::nats::bucket(&nats.js, &ab, cluster.retention, cluster.replicas).await?;
-                // Used nonces are kept for good (0: no age limit).
-                let tb = cluster.tokens_bucket();
-                let tokens = super::nats::bucket(&nats.js, &tb, Duration::ZERO, cluster.replicas).await?;
+                // Used nonces are kept for good (no age limit; one with a limit is refused).
+                let tokens = super::nats::tokens_bucket(&nats.js, &cluster.tokens_bucket(), cluster.replicas).await?;
                 Ok((lease, actions, tokens))
             });
             match r {
                 Ok(x) => return Ok(x),
+                Err(e @ super::nats::NatsError::TokensExpire { .. }) => return Err(e),
                 Err(e) if Instant::now() < until => {
                     eprintln!("vmsentry: control: {what}: {e}; retrying");
                     std::thread::sleep(Duration::from_secs(1));
@@ -681,10 +689,19 @@ pub fn run(
             }
         }
     };
-    let (lease_kv, actions_kv, tokens_kv) = setup("setting up the stream and buckets")?;
+    let (lease_kv, actions_kv, (tokens_kv, made)) = setup("setting up the stream and buckets")?;
+    if made {
+        eprintln!(
+            "vmsentry: control: warning: the used-tokens bucket {} was missing and is made now, empty: \
+             tokens used before it was lost (and no longer in the stream) are not known to be used, \
+             and a replay of one is accepted until it expires",
+            cluster.tokens_bucket()
+        );
+    }
     let used_tokens = Arc::new(super::tokens::KvNonces::new(
         BlockingKv::new(tokens_kv, nats.rt.handle().clone()),
         metrics.token_claims.clone(),
+        metrics.token_claim_wait.clone(),
         super::tokens::CLAIM_WAIT,
     ));
     let lease = Arc::new(Lease {

@@ -1,9 +1,12 @@
 //! NATS: the async-nats client on a tokio runtime thread of its own, and the JetStream stream and buckets the cluster uses.
 //!
 //! The pipeline's threads never run async code: they cross to this runtime
-//! through bounded channels (or [`Nats::block_on`] from threads that may
-//! wait, such as the dispatcher's), so a slow or absent NATS server can
-//! delay a sensor's publishing or a controller's input, never a capture.
+//! through bounded channels (or block on it from threads that may wait:
+//! the dispatcher, and the controller's merge when it claims a move's
+//! token in KV, [`BlockingKv`]), so a slow or absent NATS server can delay
+//! a sensor's publishing, a controller's input, its actions and its merge
+//! (a token claim waits up to [`super::tokens::CLAIM_WAIT`], and then
+//! claims are refused at once for as long again), never a capture.
 
 use super::Cluster;
 use async_nats::jetstream;
@@ -17,6 +20,12 @@ pub enum NatsError {
     Connect { url: String, msg: String },
     #[error("JetStream: {0}")]
     JetStream(String),
+    #[error(
+        "KV bucket {bucket} forgets its keys after {max_age:?} (its stream KV_{bucket} has max_age set): used tokens \
+         would be forgotten and could be replayed; recreate it without a time to live (the controller makes it so when \
+         it is missing), or copy its keys to a new bucket without one"
+    )]
+    TokensExpire { bucket: String, max_age: Duration },
 }
 
 /// A connection and its runtime.
@@ -96,8 +105,34 @@ pub async fn bucket(
     max_age: Duration,
     replicas: usize,
 ) -> Result<jetstream::kv::Store, NatsError> {
+    bucket_made(js, name, max_age, replicas).await.map(|(s, _)| s)
+}
+
+/// The used-tokens bucket: its keys must never expire, so one that exists
+/// with a time to live is refused ([`NatsError::TokensExpire`]). `true`
+/// with it: it was missing and was made now, empty.
+pub async fn tokens_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<(jetstream::kv::Store, bool), NatsError> {
+    let (s, made) = bucket_made(js, name, Duration::ZERO, replicas).await?;
+    let info = s.stream.get_info().await.map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))?;
+    if !info.config.max_age.is_zero() {
+        return Err(NatsError::TokensExpire { bucket: name.to_string(), max_age: info.config.max_age });
+    }
+    Ok((s, made))
+}
+
+/// A KV bucket, and whether this call made it.
+async fn bucket_made(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<(jetstream::kv::Store, bool), NatsError> {
     if let Ok(s) = js.get_key_value(name).await {
-        return Ok(s);
+        return Ok((s, false));
     }
     // The bucket's stream as async-nats's `create_key_value` would make it;
     // made here because that call first asks for the account's info, whose
@@ -116,13 +151,18 @@ pub async fn bucket(
         num_replicas: replicas,
         ..Default::default()
     };
-    if let Err(e) = js.create_stream(cfg).await {
-        // Another controller may have made it meanwhile.
-        if js.get_key_value(name).await.is_err() {
-            return Err(NatsError::JetStream(format!("bucket {name}: {e}")));
+    let made = match js.create_stream(cfg).await {
+        Ok(_) => true,
+        Err(e) => {
+            // Another controller may have made it meanwhile.
+            if js.get_key_value(name).await.is_err() {
+                return Err(NatsError::JetStream(format!("bucket {name}: {e}")));
+            }
+            false
         }
-    }
-    js.get_key_value(name).await.map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))
+    };
+    let s = js.get_key_value(name).await.map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))?;
+    Ok((s, made))
 }
 
 /// A KV bucket used from the pipeline's threads (the dispatcher, the

@@ -23,7 +23,7 @@ use super::settle::{self, Comeback, Group};
 use crate::decode::Mac;
 use crate::gate::record::{GateReason, GateRecord};
 use crate::measure::placement::{Endpoint, Evidence, Oddity, Origin, Sighting, StreamKey, StreamPart, Via, SLOTS};
-use crate::trust::token::{Authorization, TokenStore};
+use crate::trust::token::{Authorization, Pairing, TokenStore};
 use crate::trust::{Registry, Verdict};
 use crate::vocab::Level;
 use crate::vocab::PacketTime;
@@ -244,8 +244,10 @@ struct Approval {
     ts: PacketTime,
     host: String,
     vms: Vec<Mac>,
-    /// The gate checked and used a token for it.
-    authorized: bool,
+    /// The gate checked and used a token for it (`authorized`): what
+    /// spending it here said ([`TokenStore::spend_for_gate`]). None: no
+    /// token; the move looks for one in `tokens_dir`.
+    token: Option<Authorization>,
 }
 
 /// A move without a decision, waiting `migration.gate_grace_s` (packet time)
@@ -534,16 +536,17 @@ impl Locator {
     /// Takes one of the gate's decisions; allowed ones wait for their move
     /// (or settle a move already waiting for its decision). A `fail_open`
     /// one approves nothing: the gate did not check the move. An
-    /// `authorized` one spends its token here too.
+    /// `authorized` one spends its token here too, and the move it approves
+    /// is authorized as that said (a shared store of used tokens that did not
+    /// answer, or that had the nonce for another use, authorizes nothing).
     pub fn gate_decision(&mut self, r: &GateRecord) {
         if !r.allowed || r.reason == GateReason::FailOpen {
             return;
         }
-        let authorized = r.reason == GateReason::Authorized;
-        if let (true, Some(n)) = (authorized, r.nonce.as_deref()) {
-            self.tokens.mark_used(n, &format!("gate {} {}", r.host, r.ts.as_micros()));
-        }
-        let mut a = Approval { ts: r.ts, host: r.host.clone(), vms: r.vms.clone(), authorized };
+        let pairing = self.pairing();
+        let token = (r.reason == GateReason::Authorized)
+            .then(|| self.tokens.spend_for_gate(r.nonce.as_deref(), &r.host, r.ts, &r.vms, pairing));
+        let mut a = Approval { ts: r.ts, host: r.host.clone(), vms: r.vms.clone(), token };
         // A move that came before its decision (a late follower) takes it first.
         let (window, grace) = (self.rules.gate_window_s as i64 * 1_000_000, self.rules.gate_grace_s as i64 * 1_000_000);
         self.pending.retain(|p| {
@@ -565,9 +568,10 @@ impl Locator {
     }
 
     /// Uses up `vm`'s part of the oldest approval for it to `to` (any
-    /// destination when `None`) from the window before `at`: `Some(authorized)`
-    /// when one matched. The approval's other MACs stay for their own moves.
-    fn take_approval(&mut self, vm: Mac, to: Option<&str>, at: PacketTime) -> Option<bool> {
+    /// destination when `None`) from the window before `at`: `Some(its
+    /// token's authorization)` when one matched. The approval's other MACs
+    /// stay for their own moves.
+    fn take_approval(&mut self, vm: Mac, to: Option<&str>, at: PacketTime) -> Option<Option<Authorization>> {
         let window = self.rules.gate_window_s as i64 * 1_000_000;
         let k = self.approvals.iter().position(|a| {
             a.ts <= at
@@ -576,12 +580,21 @@ impl Locator {
                 && a.vms.contains(&vm)
         })?;
         let a = &mut self.approvals[k];
-        let authorized = a.authorized;
+        let token = a.token;
         a.vms.retain(|m| *m != vm);
         if a.vms.is_empty() {
             self.approvals.remove(k);
         }
-        Some(authorized)
+        Some(token)
+    }
+
+    /// The span in which a gate decision and a move pair (the store of used
+    /// tokens takes them as one use of a token).
+    fn pairing(&self) -> Pairing {
+        Pairing {
+            window_us: self.rules.gate_window_s as i64 * 1_000_000,
+            grace_us: self.rules.gate_grace_s as i64 * 1_000_000,
+        }
     }
 
     /// A move with no decision (with `require_gate`): ungated now, or after
@@ -902,10 +915,12 @@ impl Locator {
         }
         let to_name = to.name(&self.registry).unwrap_or_default();
         let approval = if self.gate { self.take_approval(self.vm_macs[i], Some(&to_name), at) } else { None };
-        // A token the gate checked and used up authorizes the move here too.
+        // A token the gate checked and used up authorizes the move here too,
+        // if it could be spent here.
+        let pairing = self.pairing();
         let authorization = match approval {
-            Some(true) => Authorization::Granted,
-            _ => self.tokens.authorize(self.vm_macs[i], &to_name, at),
+            Some(Some(token)) => token,
+            _ => self.tokens.authorize(self.vm_macs[i], &to_name, at, pairing),
         };
         let len_us = self.window_len_us;
         let v = &mut self.vms[i];
@@ -1223,6 +1238,52 @@ mod tests {
         // The same token in tokens_dir cannot grant a second move to h2.
         let (moves, _) = l.window(&seen(A, Some(H2), 30 * S), PacketTime::from_micros(31 * S));
         assert_eq!(moves[0].authorization, Authorization::Replayed);
+    }
+
+    /// A shared store of used tokens that answers `answer` to every claim.
+    #[derive(Debug)]
+    struct Answers(crate::trust::token::Claim, std::sync::Mutex<Vec<String>>);
+
+    impl crate::trust::token::UsedNonces for Answers {
+        fn claim_as(&self, nonce: &str, claim: &str, _: &dyn Fn(&str) -> bool) -> crate::trust::token::Claim {
+            self.1.lock().unwrap().push(format!("{nonce} {claim}"));
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_token_the_shared_store_cannot_spend_for_a_gate_decision_authorizes_nothing() {
+        use crate::trust::token::Claim;
+        for (answer, want) in [
+            (Claim::Unavailable, Authorization::Unavailable),
+            (Claim::Used, Authorization::Replayed),
+            (Claim::Again, Authorization::Granted),
+            (Claim::Fresh, Authorization::Granted),
+        ] {
+            let (mut l, _d) = locator("require_authorization = true");
+            let store = std::sync::Arc::new(Answers(answer, Default::default()));
+            l.tokens = std::mem::take(&mut l.tokens).with_shared(store.clone());
+            // The decision 0.5 s before the move (within gate_window_s = 600).
+            l.gate_decision(&decision(S / 2, &[A], "h2", GateReason::Authorized, Some("0011223344556677")));
+            assert_eq!(*store.1.lock().unwrap(), ["0011223344556677 gate h2 500000"]);
+            let (moves, _) = l.window(&seen(A, Some(H2), S), PacketTime::from_micros(2 * S));
+            assert_eq!((moves[0].authorization, moves[0].gated), (want, Some(true)), "{answer:?}");
+            // Not granted: like a move without its required token (treated as unsigned until an authorized move).
+            assert_eq!(l.vms[0].unauthorized, want != Authorization::Granted, "{answer:?}");
+        }
+        // An authorized decision without a nonce cannot be claimed: nothing authorized.
+        let (mut l, _d) = locator("require_authorization = true");
+        let store = std::sync::Arc::new(Answers(Claim::Fresh, Default::default()));
+        l.tokens = std::mem::take(&mut l.tokens).with_shared(store.clone());
+        l.gate_decision(&decision(S / 2, &[A], "h2", GateReason::Authorized, None));
+        let (moves, _) = l.window(&seen(A, Some(H2), S), PacketTime::from_micros(2 * S));
+        assert_eq!(moves[0].authorization, Authorization::Missing);
+        assert!(store.1.lock().unwrap().is_empty());
+        // Without a shared store, as the gate said (the file path).
+        let (mut l, _d) = locator("require_authorization = true");
+        l.gate_decision(&decision(S / 2, &[A], "h2", GateReason::Authorized, None));
+        let (moves, _) = l.window(&seen(A, Some(H2), S), PacketTime::from_micros(2 * S));
+        assert_eq!(moves[0].authorization, Authorization::Granted);
     }
 
     const W: i64 = 100_000;

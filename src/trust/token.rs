@@ -247,8 +247,63 @@ pub enum Claim {
 pub trait UsedNonces: Send + Sync + std::fmt::Debug {
     /// Uses `nonce` up for `claim` (the identity of the use: the same
     /// wherever the same use is decided), atomically: of two claims raced
-    /// on one unused nonce, exactly one is [`Claim::Fresh`].
-    fn claim(&self, nonce: &str, claim: &str) -> Claim;
+    /// on one unused nonce, exactly one is [`Claim::Fresh`]. A nonce used
+    /// already is [`Claim::Again`] when its claim is `claim` or one `same`
+    /// says names this use too (a gate decision and the move it approved,
+    /// seen in either order: [`Pairing`]), else [`Claim::Used`]. A store
+    /// that cannot answer says [`Claim::Unavailable`] (never `Fresh`).
+    fn claim_as(&self, nonce: &str, claim: &str, same: &dyn Fn(&str) -> bool) -> Claim;
+
+    /// [`UsedNonces::claim_as`] with no other claim naming the same use.
+    fn claim(&self, nonce: &str, claim: &str) -> Claim {
+        self.claim_as(nonce, claim, &|_| false)
+    }
+}
+
+/// The claim of a token a move of `vm` to `to` at `at` used.
+pub fn move_claim(vm: Mac, to: &str, at: PacketTime) -> String {
+    format!("move {vm} {to} {}", at.as_micros())
+}
+
+/// The claim of a token an allowed gate decision of `host` at `at` used.
+pub fn gate_claim(host: &str, at: PacketTime) -> String {
+    format!("gate {host} {}", at.as_micros())
+}
+
+/// When a gate decision and a move are one use of a token: the decision
+/// is for the move's destination, at most `window_us` before the move or
+/// `grace_us` after it (the locator's `migration.gate_window_s` and
+/// `migration.gate_grace_s`, the same span in which it pairs them), and
+/// the move is of the token's VM. So a controller that claims the gate
+/// decision first and one that claims the move first agree the token is
+/// granted to that move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pairing {
+    pub window_us: i64,
+    pub grace_us: i64,
+}
+
+impl Pairing {
+    fn pairs(&self, gate_at: i64, move_at: i64) -> bool {
+        gate_at >= move_at.saturating_sub(self.window_us) && gate_at <= move_at.saturating_add(self.grace_us)
+    }
+
+    /// Whether `existing` is the claim of a gate decision that `vm`'s move to `to` at `at` pairs with.
+    pub fn gate_for_move(&self, existing: &str, to: &str, at: PacketTime) -> bool {
+        let Some((host, t)) = existing.strip_prefix("gate ").and_then(|r| r.rsplit_once(' ')) else { return false };
+        let Ok(t) = t.parse::<i64>() else { return false };
+        host == to && self.pairs(t, at.as_micros())
+    }
+
+    /// Whether `existing` is the claim of a move that a gate decision of
+    /// `host` at `at` for a domain with the MACs `vms` pairs with (the
+    /// token's VM is one of them: the gate checked it).
+    pub fn move_for_gate(&self, existing: &str, host: &str, at: PacketTime, vms: &[Mac]) -> bool {
+        let Some((vm, rest)) = existing.strip_prefix("move ").and_then(|r| r.split_once(' ')) else { return false };
+        let Some((to, t)) = rest.rsplit_once(' ') else { return false };
+        let (Ok(vm), Ok(t)) = (vm.parse::<Mac>(), t.parse::<i64>()) else { return false };
+        vms.contains(&vm) && to == host && self.pairs(at.as_micros(), t)
+    }
 }
 
 /// The tokens directory and the nonces already used.
@@ -257,9 +312,13 @@ pub struct TokenStore {
     /// The key tokens are checked with and the directory they are read
     /// from; none: no move is authorized.
     source: Option<(ClusterKey, PathBuf)>,
+    /// The used nonces (with a shared store: those this process used,
+    /// since it started).
     used: HashSet<String>,
-    /// Set: the used nonces are this shared store's (`used` and the
-    /// directory's used-tokens file are not read or written).
+    /// Set: the used nonces are this shared store's (the directory's
+    /// used-tokens file is not read or written; `used` only keeps one
+    /// use here from taking a nonce another use here had, such as a
+    /// second move pairing with a gate decision whose move took it).
     shared: Option<Arc<dyn UsedNonces>>,
 }
 
@@ -298,46 +357,82 @@ impl TokenStore {
     /// or keeps using its shared store.
     pub fn absorb(&mut self, other: &mut TokenStore) {
         if let Some(s) = other.shared.take() {
-            self.used.clear();
+            self.used = std::mem::take(&mut other.used);
             self.shared = Some(s);
         } else if self.shared.is_none() {
             self.used.extend(other.used.drain());
         }
     }
 
-    /// Marks `nonce` used by `claim` (a token the migration gate used up),
-    /// here and in the tokens directory's used-tokens file (or the shared
-    /// store), so the same token in the directory cannot authorize another
-    /// move. `false`: it was used already (or the shared store did not answer).
-    pub fn mark_used(&mut self, nonce: &str, claim: &str) -> bool {
-        if nonce.is_empty() || nonce.contains(char::is_whitespace) {
-            return false;
-        }
+    /// Spends the token an allowed `authorized` gate decision used (its
+    /// `nonce`; the decision of `host` at `at` for a domain with the MACs
+    /// `vms`), here and in the tokens directory's used-tokens file (or the
+    /// shared store), so the same token in the directory cannot authorize
+    /// another move. What it gives the move the decision approves:
+    /// - with a shared store, its answer to the claim
+    ///   ([`gate_claim`], paired with the move's by `pairing`): `Granted`
+    ///   when fresh or this same use again, `Replayed` when another use
+    ///   had it, `Unavailable` when the store did not answer;
+    /// - without one, `Granted`: the gate's own used-tokens file is the
+    ///   one that counts, and a nonce this store knew already (the same
+    ///   capture replayed again over the same directory) does not take
+    ///   the decision back, so a replay gives the same events every run.
+    ///
+    /// A decision without a usable nonce (none, empty, more than one word)
+    /// spends nothing: `Granted` as the gate said without a shared store,
+    /// `Missing` with one (it cannot be claimed).
+    pub fn spend_for_gate(
+        &mut self,
+        nonce: Option<&str>,
+        host: &str,
+        at: PacketTime,
+        vms: &[Mac],
+        pairing: Pairing,
+    ) -> Authorization {
+        let Some(nonce) = nonce.filter(|n| !n.is_empty() && !n.contains(char::is_whitespace)) else {
+            return if self.shared.is_some() { Authorization::Missing } else { Authorization::Granted };
+        };
         if let Some(s) = &self.shared {
-            return s.claim(nonce, claim) == Claim::Fresh;
+            // Used here already: by the move this decision approved (seen
+            // first), or another; either way it grants no further move.
+            if self.used.contains(nonce) {
+                return Authorization::Replayed;
+            }
+            let same = |existing: &str| pairing.move_for_gate(existing, host, at, vms);
+            return match s.claim_as(nonce, &gate_claim(host, at), &same) {
+                Claim::Fresh | Claim::Again => {
+                    self.used.insert(nonce.to_string());
+                    Authorization::Granted
+                }
+                Claim::Used => Authorization::Replayed,
+                Claim::Unavailable => Authorization::Unavailable,
+            };
         }
-        if !self.used.insert(nonce.to_string()) {
-            return false;
-        }
-        if let Some((_, dir)) = &self.source {
-            let appended = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(USED_FILE))
-                .and_then(|mut f| writeln!(f, "{nonce}"));
-            if let Err(e) = appended {
-                eprintln!("vmsentry: cannot record used token in {}: {e} (it stays used until restart)", dir.display());
+        if self.used.insert(nonce.to_string()) {
+            if let Some((_, dir)) = &self.source {
+                let appended = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(USED_FILE))
+                    .and_then(|mut f| writeln!(f, "{nonce}"));
+                if let Err(e) = appended {
+                    eprintln!(
+                        "vmsentry: cannot record used token in {}: {e} (it stays used until restart)",
+                        dir.display()
+                    );
+                }
             }
         }
-        true
+        Authorization::Granted
     }
 
     /// Looks for a valid, unexpired, unused token for `vm` moving to `to` at
     /// packet time `at`, and uses it up. With a shared store, the use is
-    /// claimed as this move (`move <vm> <to> <µs>`), so a controller that
-    /// decides the same move again gets its token again, and any other move
+    /// claimed as this move ([`move_claim`]), so a controller that decides
+    /// the same move again, or that saw the gate decision it pairs with
+    /// claim it first (`pairing`), gets its token again, and any other move
     /// finds it used; a store that does not answer refuses the move.
-    pub fn authorize(&mut self, vm: Mac, to: &str, at: PacketTime) -> Authorization {
+    pub fn authorize(&mut self, vm: Mac, to: &str, at: PacketTime, pairing: Pairing) -> Authorization {
         let Some((key, dir)) = self.source.clone() else { return Authorization::Missing };
         let mut best = Authorization::Missing;
         for t in read_tokens(&dir) {
@@ -348,9 +443,13 @@ impl TokenStore {
                 best = Authorization::Expired;
                 continue;
             }
-            if let Some(s) = &self.shared {
-                match s.claim(&t.nonce, &format!("move {vm} {to} {}", at.as_micros())) {
-                    Claim::Fresh | Claim::Again => return Authorization::Granted,
+            if let Some(s) = self.shared.as_ref().filter(|_| !self.used.contains(&t.nonce)) {
+                let same = |existing: &str| pairing.gate_for_move(existing, to, at);
+                match s.claim_as(&t.nonce, &move_claim(vm, to, at), &same) {
+                    Claim::Fresh | Claim::Again => {
+                        self.used.insert(t.nonce.clone());
+                        return Authorization::Granted;
+                    }
                     Claim::Used => {
                         if best == Authorization::Missing {
                             best = Authorization::Replayed;
@@ -406,6 +505,8 @@ mod tests {
     fn vm() -> Mac {
         "fa:16:3e:00:00:01".parse().unwrap()
     }
+    /// The locator's defaults: `gate_window_s = 600`, `gate_grace_s = 10`.
+    const P: Pairing = Pairing { window_us: 600_000_000, grace_us: 10_000_000 };
 
     #[test]
     fn sign_print_parse_verify_round_trip() {
@@ -438,21 +539,21 @@ mod tests {
         std::fs::write(d.path().join("move.token"), format!("# for the test\n{t}\n")).unwrap();
         let at = PacketTime::from_micros(1_700_000_000_000_000);
         let mut s = TokenStore::open(key(), Some(d.path()));
-        assert_eq!(s.authorize(vm(), "compute-3", at), Authorization::Missing);
-        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Granted);
-        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Replayed);
+        assert_eq!(s.authorize(vm(), "compute-3", at, P), Authorization::Missing);
+        assert_eq!(s.authorize(vm(), "compute-2", at, P), Authorization::Granted);
+        assert_eq!(s.authorize(vm(), "compute-2", at, P), Authorization::Replayed);
         // A restart remembers it.
         let mut s = TokenStore::open(key(), Some(d.path()));
-        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Replayed);
+        assert_eq!(s.authorize(vm(), "compute-2", at, P), Authorization::Replayed);
         // A fresh token past its expiry.
         let late = Token::sign(&key(), vm(), "compute-2", 1_600_000_000, "bbbbbbbbbbbbbbbb");
         std::fs::write(d.path().join("late.token"), late.to_string()).unwrap();
-        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Expired);
+        assert_eq!(s.authorize(vm(), "compute-2", at, P), Authorization::Expired);
         // A forged one is ignored.
         let forged =
             Token { sig: "00".repeat(32), ..Token::sign(&key(), vm(), "compute-2", 1_800_000_000, "cccccccccccccccc") };
         std::fs::write(d.path().join("forged.token"), forged.to_string()).unwrap();
-        assert_eq!(s.authorize(vm(), "compute-2", at), Authorization::Expired);
+        assert_eq!(s.authorize(vm(), "compute-2", at, P), Authorization::Expired);
     }
 
     #[test]
@@ -478,7 +579,7 @@ mod tests {
         // The sensor's store reads the same file the same way.
         std::fs::write(d.path().join("t.token"), t.to_string()).unwrap();
         let mut s = TokenStore::open(key(), Some(d.path()));
-        assert_eq!(s.authorize(vm(), "compute-2", PacketTime::from_micros(0)), Authorization::Replayed);
+        assert_eq!(s.authorize(vm(), "compute-2", PacketTime::from_micros(0), P), Authorization::Replayed);
         // Held by someone else past the deadline: an error, not a wait forever.
         let holder = std::fs::File::open(&used).unwrap();
         rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
@@ -494,7 +595,7 @@ mod tests {
     }
 
     impl UsedNonces for Shared {
-        fn claim(&self, nonce: &str, claim: &str) -> Claim {
+        fn claim_as(&self, nonce: &str, claim: &str, same: &dyn Fn(&str) -> bool) -> Claim {
             if self.down.load(std::sync::atomic::Ordering::Relaxed) {
                 return Claim::Unavailable;
             }
@@ -504,7 +605,7 @@ mod tests {
                     m.insert(nonce.into(), claim.into());
                     Claim::Fresh
                 }
-                Some(c) if c == claim => Claim::Again,
+                Some(c) if c == claim || same(c) => Claim::Again,
                 Some(_) => Claim::Used,
             }
         }
@@ -522,29 +623,99 @@ mod tests {
         let (at, later) =
             (PacketTime::from_micros(1_700_000_000_000_000), PacketTime::from_micros(1_700_000_050_000_000));
         let (mut a, mut b) = (open(), open());
-        assert_eq!(a.authorize(vm(), "compute-2", at), Authorization::Granted);
+        assert_eq!(a.authorize(vm(), "compute-2", at, P), Authorization::Granted);
         assert_eq!(shared.map.lock().unwrap()["ffffffffffffffff"], "move fa:16:3e:00:00:01 compute-2 1700000000000000");
         // Another controller deciding the same move: its token still.
-        assert_eq!(b.authorize(vm(), "compute-2", at), Authorization::Granted);
+        assert_eq!(b.authorize(vm(), "compute-2", at, P), Authorization::Granted);
         // Another move with it, on either: a replay.
-        assert_eq!(b.authorize(vm(), "compute-2", later), Authorization::Replayed);
-        assert_eq!(a.authorize(vm(), "compute-2", later), Authorization::Replayed);
+        assert_eq!(b.authorize(vm(), "compute-2", later, P), Authorization::Replayed);
+        assert_eq!(a.authorize(vm(), "compute-2", later, P), Authorization::Replayed);
         // Nothing was written to the directory.
         assert_eq!(std::fs::read_to_string(d.path().join(USED_FILE)).unwrap(), "ffffffffffffffff\n");
         // A reload keeps the shared store.
         let mut reloaded = TokenStore::open(key(), Some(d.path()));
         reloaded.absorb(&mut a);
-        assert_eq!(reloaded.authorize(vm(), "compute-2", later), Authorization::Replayed);
+        assert_eq!(reloaded.authorize(vm(), "compute-2", later, P), Authorization::Replayed);
         // A gate decision's use is a claim too.
-        assert!(reloaded.mark_used("1111111111111111", "gate compute-2 5"));
-        assert!(!b.mark_used("1111111111111111", "gate compute-2 6"));
+        let (five, six) = (PacketTime::from_micros(5), PacketTime::from_micros(6));
+        assert_eq!(
+            reloaded.spend_for_gate(Some("1111111111111111"), "compute-2", five, &[vm()], P),
+            Authorization::Granted
+        );
+        assert_eq!(shared.map.lock().unwrap()["1111111111111111"], "gate compute-2 5");
+        assert_eq!(b.spend_for_gate(Some("1111111111111111"), "compute-2", five, &[vm()], P), Authorization::Granted);
+        assert_eq!(b.spend_for_gate(Some("1111111111111111"), "compute-2", six, &[vm()], P), Authorization::Replayed);
         // Unreachable: a matching token is not granted (fail closed); no token: still missing.
         let fresh = Token::sign(&key(), vm(), "compute-3", 1_700_000_100, "2222222222222222");
         std::fs::write(d.path().join("u.token"), fresh.to_string()).unwrap();
         shared.down.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(b.authorize(vm(), "compute-3", at), Authorization::Unavailable);
-        assert_eq!(b.authorize(vm(), "compute-4", at), Authorization::Missing);
+        assert_eq!(b.authorize(vm(), "compute-3", at, P), Authorization::Unavailable);
+        assert_eq!(b.authorize(vm(), "compute-4", at, P), Authorization::Missing);
         shared.down.store(false, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(b.authorize(vm(), "compute-3", at), Authorization::Granted);
+        assert_eq!(b.authorize(vm(), "compute-3", at, P), Authorization::Granted);
+    }
+
+    #[test]
+    fn a_gate_decision_and_the_move_it_pairs_with_are_one_use_whichever_comes_first() {
+        let d = tempfile::tempdir().unwrap();
+        let other: Mac = "fa:16:3e:00:00:09".parse().unwrap();
+        let shared = Arc::new(Shared::default());
+        // Each `open()` is another controller (or a restarted one).
+        let open = || TokenStore::open(key(), Some(d.path())).with_shared(shared.clone());
+        let s = |us: i64| PacketTime::from_micros(1_700_000_000_000_000 + us);
+        let token = |n: &str| {
+            let t = Token::sign(&key(), vm(), "compute-2", 1_700_001_000, n);
+            std::fs::write(d.path().join("t.token"), t.to_string()).unwrap();
+        };
+        // The gate decided at +0, the move is at +5 s.
+        let (gate, mv) = (s(0), s(5_000_000));
+
+        // Active: the decision first; standby: the move first.
+        let n = "4444444444444444";
+        token(n);
+        let (mut active, mut standby) = (open(), open());
+        assert_eq!(active.spend_for_gate(Some(n), "compute-2", gate, &[other, vm()], P), Authorization::Granted);
+        assert_eq!(standby.authorize(vm(), "compute-2", mv, P), Authorization::Granted);
+        assert_eq!(standby.spend_for_gate(Some(n), "compute-2", gate, &[other, vm()], P), Authorization::Replayed);
+        assert_eq!(shared.map.lock().unwrap()[n], "gate compute-2 1700000000000000");
+        // A later move of the VM there, on either: a replay (its decision took the token).
+        assert_eq!(standby.authorize(vm(), "compute-2", s(60_000_000), P), Authorization::Replayed);
+        assert_eq!(active.authorize(vm(), "compute-2", s(60_000_000), P), Authorization::Replayed);
+        // A controller that sees a move outside the decision's window first: a
+        // replay, 600 s before the move (gate_window_s) or 10 s after it (gate_grace_s).
+        for (at, want) in [
+            (s(600_000_001), Authorization::Replayed),
+            (s(-10_000_001), Authorization::Replayed),
+            (s(600_000_000), Authorization::Granted),
+            (s(-10_000_000), Authorization::Granted),
+        ] {
+            assert_eq!(open().authorize(vm(), "compute-2", at, P), want, "{at:?}");
+        }
+        assert!(!P.gate_for_move("gate compute-2 1700000000000000", "compute-3", mv));
+
+        // Active: the move first; standby: the decision first.
+        let n = "5555555555555555";
+        token(n);
+        let (mut active, mut standby) = (open(), open());
+        assert_eq!(active.authorize(vm(), "compute-2", mv, P), Authorization::Granted);
+        assert_eq!(standby.spend_for_gate(Some(n), "compute-2", gate, &[vm()], P), Authorization::Granted);
+        assert_eq!(shared.map.lock().unwrap()[n], "move fa:16:3e:00:00:01 compute-2 1700000005000000");
+        // The standby's move takes the decision's approval; its token is used here now.
+        assert_eq!(standby.authorize(vm(), "compute-2", mv, P), Authorization::Replayed);
+        // A decision of a domain without the token's VM, of another host, or
+        // out of the window: a replay.
+        assert_eq!(open().spend_for_gate(Some(n), "compute-2", gate, &[other], P), Authorization::Replayed);
+        assert_eq!(open().spend_for_gate(Some(n), "compute-3", gate, &[vm()], P), Authorization::Replayed);
+        assert_eq!(open().spend_for_gate(Some(n), "compute-2", s(-595_000_001), &[vm()], P), Authorization::Replayed);
+        assert_eq!(open().spend_for_gate(Some(n), "compute-2", s(15_000_001), &[vm()], P), Authorization::Replayed);
+        assert_eq!(open().spend_for_gate(Some(n), "compute-2", s(15_000_000), &[vm()], P), Authorization::Granted);
+        // Another move with it: a replay.
+        assert_eq!(open().authorize(vm(), "compute-2", s(6_000_000), P), Authorization::Replayed);
+        // Claims that do not parse pair with nothing.
+        for bad in ["gate compute-2", "gate compute-2 x", "move fa:16:3e:00:00:01 compute-2", "move x compute-2 1", "x"]
+        {
+            assert!(!P.gate_for_move(bad, "compute-2", mv), "{bad}");
+            assert!(!P.move_for_gate(bad, "compute-2", gate, &[vm()]), "{bad}");
+        }
     }
 }

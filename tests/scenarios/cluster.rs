@@ -827,6 +827,9 @@ fn a_token_the_killed_controller_used_is_refused_by_the_standby_as_replayed() {
     };
     wait_for("controller a to grant mig-6's move", Duration::from_secs(120), || granted(&ea));
     a.kill9();
+    // A made the tokens bucket (there was none) and warned that it starts empty; B finds it.
+    let made = "was missing and is made now, empty";
+    assert!(a.stderr().contains(made), "{}", a.stderr());
     // In KV, not in A's tokens directory.
     assert!(!rules_a.path().join("tokens/used-tokens").exists());
 
@@ -849,6 +852,7 @@ fn a_token_the_killed_controller_used_is_refused_by_the_standby_as_replayed() {
     s.push(second.display().to_string());
     Proc::spawn("sensor, second part", &s, work.path().join("sense-2.err")).wait();
     let b_err = b.wait();
+    assert!(!b_err.contains(made), "{b_err}");
     let got = without_inputs(stable(read_events(&eb)));
     // The same as one process that had used the token before: one replay
     // of the second part with the nonce in its used-tokens file.
@@ -882,7 +886,7 @@ fn a_token_the_killed_controller_used_is_refused_by_the_standby_as_replayed() {
 
 #[test]
 fn controllers_racing_for_one_token_claim_it_once_and_a_kv_outage_refuses_it() {
-    use vmsentry::cluster::nats::{bucket, BlockingKv, Nats};
+    use vmsentry::cluster::nats::{bucket, tokens_bucket, BlockingKv, Nats, NatsError};
     use vmsentry::cluster::tokens::KvNonces;
     use vmsentry::trust::token::{Claim, UsedNonces};
     if !nats_installed() {
@@ -891,10 +895,14 @@ fn controllers_racing_for_one_token_claim_it_once_and_a_kv_outage_refuses_it() {
     }
     let mut nats = NatsServer::start();
     let claims = prometheus::IntCounterVec::new(prometheus::Opts::new("claims", "claims"), &["outcome"]).unwrap();
+    let waited = prometheus::Counter::new("waited", "waited").unwrap();
+    // The first connection makes the bucket, empty; the others find it.
+    let made = std::sync::Mutex::new(Vec::new());
     let store = |wait: Duration| {
         let n = Nats::connect(&nats.url(), "test", false).unwrap();
-        let kv = n.block_on(bucket(&n.js, "vmsentry_race_tokens", Duration::ZERO, 1)).unwrap();
-        let s = KvNonces::new(BlockingKv::new(kv, n.rt.handle().clone()), claims.clone(), wait);
+        let (kv, m) = n.block_on(tokens_bucket(&n.js, "vmsentry_race_tokens", 1)).unwrap();
+        made.lock().unwrap().push(m);
+        let s = KvNonces::new(BlockingKv::new(kv, n.rt.handle().clone()), claims.clone(), waited.clone(), wait);
         (n, s)
     };
     // Eight controllers, each its own connection, claim one nonce for eight different moves at once.
@@ -924,12 +932,40 @@ fn controllers_racing_for_one_token_claim_it_once_and_a_kv_outage_refuses_it() {
     // Not letters and digits: still one key per nonce.
     assert_eq!(st.claim("a.b", "x"), Claim::Fresh);
     assert_eq!(st.claim("a_b", "x"), Claim::Fresh);
-    // KV unreachable: refused within the wait, and counted.
-    let (_n, short) = store(Duration::from_secs(2));
+    // A gate decision's claim and the move it pairs with: the same use.
+    assert_eq!(
+        st.claim_as("00000000000000aa", "gate compute-2 0", &|v| v == format!("move m compute-2 {winner}")),
+        Claim::Again
+    );
+    assert_eq!(*made.lock().unwrap(), [vec![true], vec![false; 7]].concat());
+    // A tokens bucket whose keys expire is refused: its used tokens would be replayable.
+    let n = &stores[0].0;
+    n.block_on(bucket(&n.js, "vmsentry_ttl_tokens", Duration::from_secs(3600), 1)).unwrap();
+    match n.block_on(tokens_bucket(&n.js, "vmsentry_ttl_tokens", 1)) {
+        Err(e @ NatsError::TokensExpire { .. }) => assert!(e.to_string().contains("could be replayed"), "{e}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a tokens bucket with a time to live was taken"),
+    }
+    // KV unreachable: refused within the wait, and counted ...
+    let wait = Duration::from_secs(2);
+    let (_n, short) = store(wait);
     nats.stop();
+    let waited_before = waited.get();
     let t = Instant::now();
     assert_eq!(short.claim("00000000000000bb", "move m compute-3 1"), Claim::Unavailable);
     assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(waited.get() - waited_before >= 1.5, "{}", waited.get());
+    // ... and the next claim within the wait is refused at once, KV counting as down.
+    let t = Instant::now();
+    assert_eq!(short.claim("00000000000000cc", "move m compute-3 2"), Claim::Unavailable);
+    assert!(t.elapsed() < wait / 10, "{:?}", t.elapsed());
+    // Once the wait is over one claim asks KV again (a probe): back up, it is answered.
+    nats.run();
+    std::thread::sleep(wait);
+    wait_for("the probe to reach KV again", Duration::from_secs(60), || {
+        short.claim("00000000000000cc", "move m compute-3 2") == Claim::Fresh
+    });
     let count = |o: &str| claims.with_label_values(&[o]).get();
-    assert_eq!((count("fresh"), count("again"), count("used"), count("unavailable")), (3, 1, 8, 1));
+    assert_eq!((count("fresh"), count("again"), count("used")), (4, 2, 8));
+    assert!(count("unavailable") >= 2, "{}", count("unavailable"));
 }
