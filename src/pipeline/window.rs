@@ -25,11 +25,11 @@ pub(super) struct Pending {
 }
 
 /// Sorts a window's samples into their total order ([`RttSample`]'s `Ord`),
-/// cheaply for how they arrive: each shard's are in time order already, so
-/// a stable sort by time alone only merges the shards' runs (linear), and
-/// the few samples of one instant are then put in order among themselves.
+/// cheaply: by time alone first (one integer to compare, and in place: a
+/// stable sort would allocate a window-sized scratch buffer), then the few
+/// samples of one instant among themselves.
 fn sort_samples(samples: &mut [RttSample]) {
-    samples.sort_by_key(|s| s.ts);
+    samples.sort_unstable_by_key(|s| s.ts);
     let mut rest = samples;
     while let Some(first) = rest.first() {
         let ts = first.ts;
