@@ -680,7 +680,9 @@ pub fn run(
             });
             match r {
                 Ok(x) => return Ok(x),
-                Err(e @ super::nats::NatsError::TokensExpire { .. }) => return Err(e),
+                Err(
+                    e @ (super::nats::NatsError::TokensExpire { .. } | super::nats::NatsError::TokensDropped { .. }),
+                ) => return Err(e),
                 Err(e) if Instant::now() < until => {
                     eprintln!("vmsentry: control: {what}: {e}; retrying");
                     std::thread::sleep(Duration::from_secs(1));

@@ -26,6 +26,12 @@ pub enum NatsError {
          it is missing), or copy its keys to a new bucket without one"
     )]
     TokensExpire { bucket: String, max_age: Duration },
+    #[error(
+        "KV bucket {bucket} drops its oldest keys when full ({limit} with discard policy old on its stream \
+         KV_{bucket}): used tokens would be forgotten and could be replayed; remove the limit, set discard \
+         policy new (a full bucket then refuses claims: moves are not authorized), or copy its keys to a new bucket"
+    )]
+    TokensDropped { bucket: String, limit: String },
 }
 
 /// A connection and its runtime.
@@ -118,10 +124,22 @@ pub async fn tokens_bucket(
 ) -> Result<(jetstream::kv::Store, bool), NatsError> {
     let (s, made) = bucket_made(js, name, Duration::ZERO, replicas).await?;
     let info = s.stream.get_info().await.map_err(|e| NatsError::JetStream(format!("bucket {name}: {e}")))?;
-    if !info.config.max_age.is_zero() {
-        return Err(NatsError::TokensExpire { bucket: name.to_string(), max_age: info.config.max_age });
+    let c = &info.config;
+    if !c.max_age.is_zero() {
+        return Err(NatsError::TokensExpire { bucket: name.to_string(), max_age: c.max_age });
     }
-    Ok((s, made))
+    if c.discard == jetstream::stream::DiscardPolicy::Old {
+        let limit = [("max_msgs", c.max_messages), ("max_bytes", c.max_bytes)]
+            .into_iter()
+            .find(|(_, n)| *n > 0)
+            .map(|(what, n)| format!("{what} = {n}"));
+        if let Some(limit) = limit {
+            return Err(NatsError::TokensDropped { bucket: name.to_string(), limit });
+        }
+    }
+    // Made now only if it holds nothing: a bucket that could not be read at
+    // first but was there (the create of the same stream succeeds) is not new.
+    Ok((s, made && info.state.messages == 0))
 }
 
 /// A KV bucket, and whether this call made it.

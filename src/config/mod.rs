@@ -143,6 +143,17 @@ impl RestartOnly {
         }
     }
 
+    /// Puts the running ones back into `new`, so that a reload applies
+    /// the rest of it and these stay as the shards and threads were built
+    /// (the detector's windows the reader's, the backends the dispatcher's).
+    pub fn keep_running(&self, new: &mut Rules) {
+        new.window_len_ms = self.window_len_ms;
+        new.limits = self.limits.clone();
+        new.tunnels = self.tunnels;
+        new.ids = self.ids.clone();
+        new.backend = self.backend.clone();
+    }
+
     /// Which of them `new` changes, by section name, in file order.
     pub fn restart_only_changes(&self, new: &Rules) -> Vec<&'static str> {
         let n = RestartOnly::of(new);

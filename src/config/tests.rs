@@ -249,6 +249,15 @@ fn restart_only_settings_that_a_reload_changes_are_named() {
     assert_eq!(running.restart_only_changes(&at(&text)), ["[backend]"]);
     let text = format!("{HEAD}[window]\nlength_ms = 500\n[limits]\nbatch_size = 64\n[tunnels]\ngeneve_port = 6082\n");
     assert_eq!(running.restart_only_changes(&at(&text)), ["window.length_ms", "[limits]", "[tunnels]"]);
+    // What a reload applies: the new rules with the running ones put back.
+    let mut new = at(&format!("{text}[backend]\nmax_attempts = 3\n[thresholds]\nmedium_pps = 10\n"));
+    running.keep_running(&mut new);
+    assert_eq!(running.restart_only_changes(&new), Vec::<&str>::new());
+    assert_eq!(
+        (new.window_len_ms, new.limits.batch_size, new.tunnels),
+        (at(HEAD).window_len_ms, at(HEAD).limits.batch_size, at(HEAD).tunnels)
+    );
+    assert_eq!(new.thresholds.medium_pps, 10, "the rest is applied");
 }
 
 #[test]

@@ -1286,6 +1286,66 @@ mod tests {
         assert_eq!(moves[0].authorization, Authorization::Granted);
     }
 
+    /// A shared store of used tokens that keeps its first claim of each
+    /// nonce, as the cluster's KV does.
+    #[derive(Debug, Default)]
+    struct Memory(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+    impl crate::trust::token::UsedNonces for Memory {
+        fn claim_as(&self, nonce: &str, claim: &str, same: &dyn Fn(&str) -> bool) -> crate::trust::token::Claim {
+            use crate::trust::token::Claim;
+            let mut m = self.0.lock().unwrap();
+            match m.get(nonce) {
+                None => {
+                    m.insert(nonce.to_string(), claim.to_string());
+                    Claim::Fresh
+                }
+                Some(c) if c == claim || same(c) => Claim::Again,
+                Some(_) => Claim::Used,
+            }
+        }
+    }
+
+    #[test]
+    fn a_two_mac_gate_decision_seen_after_one_of_its_moves_grants_both_as_seen_before_it() {
+        // Domain with MACs a and b, one token for a; the decision at 0.5 s,
+        // a's move at 1 s, b's at 2 s. Controllers that see the decision
+        // before a's move, and after it (a late follower), must agree.
+        let key = ClusterKey::from_bytes(&[b'k'; 32]).unwrap();
+        let nonce = "0011223344556677";
+        let mut outcomes = Vec::new();
+        for decision_first in [true, false] {
+            let (mut l, d) = locator("require_authorization = true\ngate_grace_s = 5");
+            let t = Token::sign(&key, A.parse().unwrap(), "h2", 4_000_000_000, nonce);
+            std::fs::write(d.path().join("tok/t.tokens"), format!("{t}\n")).unwrap();
+            let store = std::sync::Arc::new(Memory::default());
+            l.tokens = std::mem::take(&mut l.tokens).with_shared(store.clone());
+            let gate = decision(S / 2, &[A, B], "h2", GateReason::Authorized, Some(nonce));
+            if decision_first {
+                l.gate_decision(&gate);
+            }
+            let (a, _) = l.window(&seen(A, Some(H2), S), PacketTime::from_micros(S + S / 2));
+            if !decision_first {
+                l.gate_decision(&gate);
+            }
+            let (b, _) = l.window(&seen(B, Some(H2), 2 * S), PacketTime::from_micros(3 * S));
+            outcomes.push((a[0].authorization, b[0].authorization, l.vms[0].unauthorized, l.vms[1].unauthorized));
+            // The store holds the first claim: the decision's, or a's move's.
+            let held = store.0.lock().unwrap()[nonce].clone();
+            assert_eq!(held, if decision_first { "gate h2 500000" } else { "move 02:00:00:00:00:0a h2 1000000" });
+            // A second decision with the same token pairs with a's move
+            // too, but the token was used for this one: it grants nothing.
+            l.gate_decision(&decision(S / 2 + 1, &[A, B], "h2", GateReason::Authorized, Some(nonce)));
+            let (b2, _) = l.window(&seen(B, Some(H2), 4 * S), PacketTime::from_micros(5 * S));
+            assert!(b2.is_empty(), "b is at h2 already: no move");
+            l.window(&seen(A, Some(H1), 10 * S), PacketTime::from_micros(11 * S));
+            let (a2, _) = l.window(&seen(A, Some(H2), 30 * S), PacketTime::from_micros(31 * S));
+            assert_eq!(a2[0].authorization, Authorization::Replayed, "decision first: {decision_first}");
+        }
+        let granted = (Authorization::Granted, Authorization::Granted, false, false);
+        assert_eq!(outcomes, [granted, granted]);
+    }
+
     const W: i64 = 100_000;
 
     /// VM `vm`'s frames at `times` (all in one window of 100 ms) from `hv`

@@ -29,8 +29,7 @@ impl Reload {
         }
         let dir = &self.dir;
         let result = match Rules::load(dir) {
-            Ok(rules) => {
-                self.shared.replace(PlacementConfig::from(&rules));
+            Ok(mut rules) => {
                 eprintln!("vmsentry: rules reloaded from {}", dir.display());
                 let later = self.running.restart_only_changes(&rules);
                 if !later.is_empty() {
@@ -39,6 +38,8 @@ impl Reload {
                         later.join(", ")
                     );
                 }
+                self.running.keep_running(&mut rules);
+                self.shared.replace(PlacementConfig::from(&rules));
                 apply(st, mtd, &rules);
                 "ok"
             }

@@ -20,7 +20,7 @@ use super::ClusterKey;
 use crate::decode::Mac;
 use crate::vocab::PacketTime;
 use hmac::Mac as _;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -312,9 +312,10 @@ pub struct TokenStore {
     /// The key tokens are checked with and the directory they are read
     /// from; none: no move is authorized.
     source: Option<(ClusterKey, PathBuf)>,
-    /// The used nonces (with a shared store: those this process used,
-    /// since it started).
-    used: HashSet<String>,
+    /// The used nonces, each with the claim of its use here (with a shared
+    /// store: those this process used since it started; without one, a
+    /// nonce read from the used-tokens file has an empty claim).
+    used: HashMap<String, String>,
     /// Set: the used nonces are this shared store's (the directory's
     /// used-tokens file is not read or written; `used` only keeps one
     /// use here from taking a nonce another use here had, such as a
@@ -331,12 +332,16 @@ impl TokenStore {
     /// Reads the used nonces of `dir` (the loading step does this once per
     /// load; the store reads the directory's tokens again when a move needs one).
     pub fn open(key: ClusterKey, dir: Option<&Path>) -> TokenStore {
-        let mut used = HashSet::new();
+        let mut used = HashMap::new();
         if let Some(d) = dir {
             // The used nonces only grow: allow many more than one token file holds.
             match crate::small_file::read(&d.join(USED_FILE), 64 * MAX_FILE_BYTES) {
                 Ok(bytes) => used.extend(
-                    String::from_utf8_lossy(&bytes).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()),
+                    String::from_utf8_lossy(&bytes)
+                        .lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .map(|n| (n, String::new())),
                 ),
                 Err(crate::small_file::SmallFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => eprintln!("vmsentry: {}: {e}; used tokens are not remembered", d.join(USED_FILE).display()),
@@ -393,22 +398,30 @@ impl TokenStore {
             return if self.shared.is_some() { Authorization::Missing } else { Authorization::Granted };
         };
         if let Some(s) = &self.shared {
-            // Used here already: by the move this decision approved (seen
-            // first), or another; either way it grants no further move.
-            if self.used.contains(nonce) {
-                return Authorization::Replayed;
-            }
             let same = |existing: &str| pairing.move_for_gate(existing, host, at, vms);
-            return match s.claim_as(nonce, &gate_claim(host, at), &same) {
+            let claim = gate_claim(host, at);
+            // Used here already: by the move this decision approved, seen
+            // first, it is the same use (granted, as a controller that saw
+            // the decision first grants it: the domain's other MACs move on
+            // it too); the decision now holds it, so a second decision
+            // pairing with that move is a replay. Any other use: replayed.
+            if let Some(existing) = self.used.get_mut(nonce) {
+                if !same(existing) {
+                    return Authorization::Replayed;
+                }
+                *existing = claim;
+                return Authorization::Granted;
+            }
+            return match s.claim_as(nonce, &claim, &same) {
                 Claim::Fresh | Claim::Again => {
-                    self.used.insert(nonce.to_string());
+                    self.used.insert(nonce.to_string(), claim);
                     Authorization::Granted
                 }
                 Claim::Used => Authorization::Replayed,
                 Claim::Unavailable => Authorization::Unavailable,
             };
         }
-        if self.used.insert(nonce.to_string()) {
+        if self.used.insert(nonce.to_string(), String::new()).is_none() {
             if let Some((_, dir)) = &self.source {
                 let appended = std::fs::OpenOptions::new()
                     .create(true)
@@ -443,11 +456,12 @@ impl TokenStore {
                 best = Authorization::Expired;
                 continue;
             }
-            if let Some(s) = self.shared.as_ref().filter(|_| !self.used.contains(&t.nonce)) {
+            if let Some(s) = self.shared.as_ref().filter(|_| !self.used.contains_key(&t.nonce)) {
                 let same = |existing: &str| pairing.gate_for_move(existing, to, at);
-                match s.claim_as(&t.nonce, &move_claim(vm, to, at), &same) {
+                let claim = move_claim(vm, to, at);
+                match s.claim_as(&t.nonce, &claim, &same) {
                     Claim::Fresh | Claim::Again => {
-                        self.used.insert(t.nonce.clone());
+                        self.used.insert(t.nonce.clone(), claim);
                         return Authorization::Granted;
                     }
                     Claim::Used => {
@@ -459,13 +473,13 @@ impl TokenStore {
                     Claim::Unavailable => return Authorization::Unavailable,
                 }
             }
-            if self.used.contains(&t.nonce) {
+            if self.used.contains_key(&t.nonce) {
                 if best == Authorization::Missing {
                     best = Authorization::Replayed;
                 }
                 continue;
             }
-            self.used.insert(t.nonce.clone());
+            self.used.insert(t.nonce.clone(), String::new());
             let appended = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -676,7 +690,11 @@ mod tests {
         let (mut active, mut standby) = (open(), open());
         assert_eq!(active.spend_for_gate(Some(n), "compute-2", gate, &[other, vm()], P), Authorization::Granted);
         assert_eq!(standby.authorize(vm(), "compute-2", mv, P), Authorization::Granted);
-        assert_eq!(standby.spend_for_gate(Some(n), "compute-2", gate, &[other, vm()], P), Authorization::Replayed);
+        // The decision after its move is the same use: granted, as the
+        // active granted it (the domain's other MAC moves on it too).
+        assert_eq!(standby.spend_for_gate(Some(n), "compute-2", gate, &[other, vm()], P), Authorization::Granted);
+        // A second decision with it pairs with the move too, but the first took it.
+        assert_eq!(standby.spend_for_gate(Some(n), "compute-2", s(1), &[other, vm()], P), Authorization::Replayed);
         assert_eq!(shared.map.lock().unwrap()[n], "gate compute-2 1700000000000000");
         // A later move of the VM there, on either: a replay (its decision took the token).
         assert_eq!(standby.authorize(vm(), "compute-2", s(60_000_000), P), Authorization::Replayed);

@@ -946,6 +946,31 @@ fn controllers_racing_for_one_token_claim_it_once_and_a_kv_outage_refuses_it() {
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a tokens bucket with a time to live was taken"),
     }
+    // So is one that drops its oldest keys when full; a full one that refuses new keys is taken (claims fail closed).
+    for (discard, refused) in [
+        (async_nats::jetstream::stream::DiscardPolicy::Old, true),
+        (async_nats::jetstream::stream::DiscardPolicy::New, false),
+    ] {
+        let name = format!("vmsentry_full_tokens_{refused}");
+        let cfg = async_nats::jetstream::stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_messages: 100,
+            allow_rollup: true,
+            allow_direct: true,
+            discard,
+            ..Default::default()
+        };
+        n.block_on(n.js.create_stream(cfg)).unwrap();
+        match n.block_on(tokens_bucket(&n.js, &name, 1)) {
+            Err(e @ NatsError::TokensDropped { .. }) if refused => {
+                assert!(e.to_string().contains("max_msgs = 100 with discard policy old"), "{e}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok((_, made)) => assert!(!refused && !made, "made: {made}"),
+        }
+    }
     // KV unreachable: refused within the wait, and counted ...
     let wait = Duration::from_secs(2);
     let (_n, short) = store(wait);
