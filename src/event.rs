@@ -528,6 +528,11 @@ pub struct SummaryEvent {
     pub placement_dropped: u64,
     /// Allowed gate decisions dropped unmatched because too many were waiting.
     pub gate_approvals_dropped: u64,
+    /// `migration` events written before their move was settled, because
+    /// more than `limits.held_events` events were waiting behind them
+    /// (what was not known yet is null in them). Left out when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub migrations_written_open: u64,
     pub rtt: RttSummary,
     /// IDS alert lines by outcome, and evacuations made.
     pub ids: IdsCounts,
@@ -698,6 +703,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Whether a counter left out when zero is zero (serde's `skip_serializing_if`).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

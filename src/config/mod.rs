@@ -73,6 +73,9 @@ pub struct Limits {
     pub rtt_echo_probes: usize,
     /// RTT samples one shard hands over per window; more are dropped (counted).
     pub rtt_samples_per_window: usize,
+    /// Events held back behind moves not settled yet; past it, the oldest
+    /// open move's event is written with what is known (counted).
+    pub held_events: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +91,7 @@ impl Default for Limits {
             rtt_flows: 65_536,
             rtt_echo_probes: 65_536,
             rtt_samples_per_window: 100_000,
+            held_events: 100_000,
         }
     }
 }

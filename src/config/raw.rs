@@ -172,6 +172,7 @@ pub struct RawLimits {
     pub rtt_echo_probes: Spanned<usize>,
     pub metrics_vms: Spanned<usize>,
     pub rtt_samples_per_window: Spanned<usize>,
+    pub held_events: Spanned<usize>,
 }
 impl Default for RawLimits {
     fn default() -> Self {
@@ -186,6 +187,7 @@ impl Default for RawLimits {
             metrics_vms: sp(d.metrics_vms),
             rtt_echo_probes: sp(d.rtt_echo_probes),
             rtt_samples_per_window: sp(d.rtt_samples_per_window),
+            held_events: sp(d.held_events),
         }
     }
 }

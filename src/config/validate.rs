@@ -186,6 +186,7 @@ fn limits(l: &RawLimits, src: &Src) -> Result<Limits, RulesError> {
         (&l.rtt_flows, "limits.rtt_flows"),
         (&l.rtt_echo_probes, "limits.rtt_echo_probes"),
         (&l.rtt_samples_per_window, "limits.rtt_samples_per_window"),
+        (&l.held_events, "limits.held_events"),
     ] {
         if *v.get_ref() == 0 {
             return Err(src.at(v.span(), format!("{name} must be at least 1")));
@@ -201,6 +202,7 @@ fn limits(l: &RawLimits, src: &Src) -> Result<Limits, RulesError> {
         rtt_flows: *l.rtt_flows.get_ref(),
         rtt_echo_probes: *l.rtt_echo_probes.get_ref(),
         rtt_samples_per_window: *l.rtt_samples_per_window.get_ref(),
+        held_events: *l.held_events.get_ref(),
     })
 }
 

@@ -140,6 +140,9 @@ pub struct Move {
     /// ambiguous, the stream measurements are provisional until a
     /// [`Settled`] with this id (within [`settle::bound_us`] of packet time).
     pub open: Option<u64>,
+    /// Its streams were still being chosen: `measured`'s streams, bytes,
+    /// total and source downtime are a guess until settled.
+    pub streams_open: bool,
 }
 
 /// What a move's streams and the VM's return measured.
@@ -172,6 +175,7 @@ impl Move {
     fn settle(&mut self, s: &Settled) {
         self.measured = s.measured;
         self.open = None;
+        self.streams_open = false;
     }
 }
 
@@ -779,6 +783,7 @@ impl Locator {
                         measured: Measured::default(),
                         gated: self.gate.then_some(approval.is_some()),
                         open: None,
+                        streams_open: false,
                     });
                 }
             }
@@ -993,6 +998,7 @@ impl Locator {
             measured: m,
             gated: self.gate.then_some(approval.is_some()),
             open,
+            streams_open: choosing,
         });
     }
 

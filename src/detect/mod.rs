@@ -623,6 +623,46 @@ impl Detector {
         self.locator.settle_all()
     }
 
+    /// After [`Detector::settle_all`]: a VM whose move's bytes cross
+    /// `migration.max_bytes_factor` only in its final measurement rises
+    /// to HIGH (reason `migration`) at the last window's end, as the next
+    /// window would have graded it had the input gone on.
+    pub fn grade_settled(&mut self) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        let Some(w) = self.last_window else { return out };
+        let (start, end) =
+            (PacketTime::window_start(w, self.window_len_us), PacketTime::window_end(w, self.window_len_us));
+        let clear = self.thresholds.clear_windows;
+        for k in 0..self.vm_order.len() {
+            let i = self.vm_order[k];
+            if !std::mem::take(&mut self.locator.flags[i].too_many_bytes) {
+                continue;
+            }
+            let vm = &mut self.vms[i];
+            vm.migration.update(Level::High, clear);
+            let before = vm.level;
+            if vm.migration.level <= before {
+                continue;
+            }
+            vm.level = vm.migration.level;
+            let (bps, pps) = vm.last_rates[0];
+            out.push(Outcome::Level(Change {
+                vm: i,
+                from: before,
+                to: vm.level,
+                reason: Reason::Migration,
+                direction: None,
+                bps,
+                pps,
+                horizon_bytes: None,
+                limit_bytes: None,
+                window_start: start,
+                window_end: end,
+            }));
+        }
+        out
+    }
+
     /// Refusals not yet out (the capture ended before their window).
     pub fn take_denials(&mut self) -> Vec<crate::gate::record::GateRecord> {
         std::mem::take(&mut self.denials)

@@ -342,3 +342,24 @@ fn a_move_being_settled_goes_on_over_a_reload_and_one_of_a_vm_no_longer_there_is
         assert_eq!(d.settle_all(), vec![]);
     }
 }
+
+#[test]
+fn bytes_that_only_the_final_settling_shows_over_the_factor_raise_the_vm_at_the_inputs_end() {
+    let r = rules("");
+    let mut d = det(&r);
+    assert!(d.grade_settled().is_empty(), "no window closed yet");
+    d.close_window(4, &[], &[], &Default::default());
+    assert!(d.grade_settled().is_empty(), "nothing flagged");
+    // What `settle_all` does for a move whose open choice of streams
+    // carried more than ram_mb × factor: the flag, with no window after it.
+    d.locator.flags[0].too_many_bytes = true;
+    let out = d.grade_settled();
+    let [Outcome::Level(c)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((c.vm, c.from, c.to, c.reason), (0, Level::Low, Level::High, Reason::Migration));
+    assert_eq!((c.window_start, c.window_end), (d.window_start(4), d.window_start(5)));
+    assert_eq!(d.vms()[0].level, Level::High);
+    // Once: the flag is used up, and a VM at HIGH already changes nothing.
+    assert!(d.grade_settled().is_empty());
+    d.locator.flags[0].too_many_bytes = true;
+    assert!(d.grade_settled().is_empty());
+}

@@ -64,6 +64,19 @@ impl MigrationEvent {
         ev
     }
 
+    /// Written before its move was settled (too many events held behind
+    /// it): what is not known yet is null, not a guess.
+    pub(crate) fn unsettled(&mut self, streams_open: bool) {
+        self.responsive_ms = None;
+        if streams_open {
+            self.streams = 0;
+            self.bytes = None;
+            self.bytes_per_ram = None;
+            self.total_ms = None;
+            self.source_downtime_ms = None;
+        }
+    }
+
     /// Its move's final measurements, settled after the event was made.
     pub(crate) fn settle(&mut self, s: &Settled) {
         // The RAM it was made with: the rules' `ram_mb`, in whole MiB.
@@ -395,6 +408,7 @@ mod tests {
             },
             gated: None,
             open: None,
+            streams_open: false,
         };
         assert_eq!(
             line(Event::Migration(MigrationEvent::new(

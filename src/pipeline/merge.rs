@@ -33,6 +33,7 @@ pub(super) struct MergeOutput {
     pub rtt_counts: RttCounts,
     pub rtt_samples: u64,
     pub rtt_dropped: u64,
+    pub written_open: u64,
     pub io_error: Option<std::io::Error>,
     pub ids: super::IdsCounts,
 }
@@ -87,6 +88,10 @@ impl Merge {
         for s in self.stages.detector.settle_all() {
             self.out.settle(&s);
         }
+        // What only their final measurements show is graded (and acted on) now.
+        for o in self.stages.detector.grade_settled() {
+            self.stages.outcome(&o, &mut self.out);
+        }
         self.out.release();
         self.out.flush();
         self.mtd.replay_leftover(&self.out);
@@ -103,6 +108,7 @@ impl Merge {
             rtt_counts: c.rtt_counts,
             rtt_samples: c.rtt_samples,
             rtt_dropped: c.rtt_dropped,
+            written_open: c.written_open,
             io_error: c.io_error,
             ids: self.mtd.counts.clone(),
         }
@@ -228,6 +234,7 @@ mod tests {
                 vm_windows: false,
                 counts: Counts::default(),
                 held: Default::default(),
+                max_held: 100,
             },
             mtd: Mtd::new(&rules),
             recycle: None,

@@ -370,6 +370,7 @@ pub(crate) fn run_with(
             vm_windows: opts.vm_windows,
             counts: Default::default(),
             held: Default::default(),
+            max_held: limits.held_events,
         },
         mtd,
         gate_replay: gate_replay.into(),
@@ -573,6 +574,7 @@ pub(crate) fn run_with(
         unsupported_link_files: source.stats().unsupported_link_files,
         placement_dropped: detector.placement_dropped() + detector.addresses_dropped(),
         gate_approvals_dropped: detector.gate_approvals_dropped(),
+        migrations_written_open: out.written_open,
         ids: out.ids,
         rtt: RttSummary {
             samples: out.rtt_samples,

@@ -21,6 +21,8 @@ pub(super) struct Counts {
     pub(super) rtt_counts: RttCounts,
     pub(super) rtt_samples: u64,
     pub(super) rtt_dropped: u64,
+    /// Open moves' events written before they were settled (`limits.held_events`).
+    pub(super) written_open: u64,
     pub(super) io_error: Option<std::io::Error>,
 }
 
@@ -32,7 +34,10 @@ pub(super) struct Counts {
 /// back, and every event after it with it, until the move is settled:
 /// the events stay in packet-time order and each is written once, whole.
 /// Only the writing waits; what the events report (actions, levels) was
-/// done when they were made.
+/// done when they were made. At most `max_held` events wait: past it, the
+/// oldest open move's event is written as it stands, with what is not
+/// known yet null ([`crate::event::MigrationEvent::unsettled`], counted), and what
+/// waited behind it follows.
 pub(super) struct Publish {
     pub events: Box<dyn EventSink>,
     pub telemetry: Option<Arc<Telemetry>>,
@@ -41,8 +46,11 @@ pub(super) struct Publish {
     /// Write each VM's rates of each window as an event.
     pub vm_windows: bool,
     pub counts: Counts,
-    /// Events held back behind open moves, in order; an open move's event has its id.
-    pub held: VecDeque<(Event, Option<u64>)>,
+    /// Events held back behind open moves, in order; an open move's event
+    /// has its id and whether its streams were still being chosen.
+    pub held: VecDeque<(Event, Option<(u64, bool)>)>,
+    /// `limits.held_events`.
+    pub max_held: usize,
 }
 
 impl Publish {
@@ -53,21 +61,46 @@ impl Publish {
             self.write(ev);
         } else {
             self.held.push_back((ev.clone(), None));
+            self.make_room();
         }
     }
 
-    /// Holds the `migration` event of move `id`, open, until it is settled.
-    pub(super) fn emit_open(&mut self, ev: &Event, id: u64) {
-        self.held.push_back((ev.clone(), Some(id)));
+    /// Holds the `migration` event of move `id`, open, until it is settled
+    /// (`streams_open`: its streams are still being chosen).
+    pub(super) fn emit_open(&mut self, ev: &Event, id: u64, streams_open: bool) {
+        self.held.push_back((ev.clone(), Some((id, streams_open))));
+        self.make_room();
+    }
+
+    /// Writes the oldest open move's event unsettled while more than
+    /// `max_held` wait, and what no open move holds back any more.
+    fn make_room(&mut self) {
+        while self.held.len() > self.max_held {
+            let Some((mut ev, open)) = self.held.pop_front() else { break };
+            if let (Event::Migration(m), Some((_, streams_open))) = (&mut ev, open) {
+                m.unsettled(streams_open);
+                self.counts.written_open += 1;
+            }
+            self.write(&ev);
+            self.write_unheld();
+        }
     }
 
     /// Completes the held event of a settled move, then writes what no open move holds back any more.
     pub(super) fn settle(&mut self, s: &Settled) {
-        if let Some((Event::Migration(m), open)) = self.held.iter_mut().find(|(_, id)| *id == Some(s.id)) {
+        // Not there when it was written unsettled already.
+        if let Some((Event::Migration(m), open)) =
+            self.held.iter_mut().find(|(_, open)| open.is_some_and(|(id, _)| id == s.id))
+        {
             m.settle(s);
             *open = None;
         }
-        while self.held.front().is_some_and(|(_, id)| id.is_none()) {
+        self.write_unheld();
+    }
+
+    /// Writes the events at the front that no open move holds back.
+    fn write_unheld(&mut self) {
+        while self.held.front().is_some_and(|(_, open)| open.is_none()) {
             if let Some((ev, _)) = self.held.pop_front() {
                 self.write(&ev);
             }
@@ -209,5 +242,88 @@ impl Publish {
             });
             self.emit(&ev);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Measured;
+    use std::sync::Mutex;
+
+    struct Sink(Arc<Mutex<Vec<Event>>>);
+    impl EventSink for Sink {
+        fn emit(&mut self, e: &Event) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(e.clone());
+            Ok(())
+        }
+    }
+
+    /// A migration event with its streams' (provisional) figures and a time of responsiveness.
+    fn migration(ts: &str) -> Event {
+        let mut ev: Event = serde_json::from_str(&format!(
+            r#"{{"type":"migration","ts":"{ts}","vm":"fa:16:3e:00:00:03","vm_name":"a","from_hypervisor":"h1",
+            "to_hypervisor":"h2","to_mac":null,"to_ip":null,"via":"rarp","signature":"valid","authorized":false,
+            "authorization":"missing","streams":1,"bytes":1000,"bytes_per_ram":0.5,"total_ms":10.0,"downtime_ms":5.0,
+            "downtime_resolution_ms":1.0,"responsive_ms":2.0,"source_downtime_ms":3.0,"ram_mb":null,"flavor":null}}"#
+        ))
+        .unwrap();
+        if let Event::Migration(m) = &mut ev {
+            m.ram_mb = None;
+        }
+        ev
+    }
+
+    fn publish(max_held: usize) -> (Publish, Arc<Mutex<Vec<Event>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let p = Publish {
+            events: Box::new(Sink(got.clone())),
+            telemetry: None,
+            rtt_samples: false,
+            vm_windows: false,
+            counts: Counts::default(),
+            held: VecDeque::new(),
+            max_held,
+        };
+        (p, got)
+    }
+
+    /// streams, bytes, total_ms, source_downtime_ms, responsive_ms, downtime_ms.
+    type Figures = (u32, Option<u64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+    fn figures(e: &Event) -> Figures {
+        let Event::Migration(m) = e else { panic!("{e:?}") };
+        (m.streams, m.bytes, m.total_ms, m.source_downtime_ms, m.responsive_ms, m.downtime_ms)
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_open_move_is_written_with_nulls_and_counted_and_order_kept() {
+        let (mut p, got) = publish(2);
+        let later = migration("2023-11-14T22:13:21.000000Z");
+        // Move 1 choosing its streams, move 2 only waiting for its return.
+        p.emit_open(&migration("2023-11-14T22:13:20.000000Z"), 1, true);
+        p.emit_open(&later, 2, false);
+        assert!(got.lock().unwrap().is_empty());
+        // A third event: one too many; move 1 goes out as it stands, nothing guessed.
+        p.emit(&later);
+        assert_eq!(p.counts.written_open, 1);
+        let out = got.lock().unwrap().clone();
+        assert_eq!(out.len(), 1);
+        assert_eq!(figures(&out[0]), (0, None, None, None, None, Some(5.0)));
+        // Its settling later changes nothing; move 2's completes it.
+        let settled = Measured { streams: 2, bytes: Some(7), responsive_us: Some(4_000), ..Default::default() };
+        p.settle(&Settled { id: 1, measured: settled });
+        assert_eq!(got.lock().unwrap().len(), 1);
+        p.settle(&Settled { id: 2, measured: settled });
+        let out = got.lock().unwrap().clone();
+        assert_eq!(out.len(), 3);
+        assert_eq!(figures(&out[1]), (2, Some(7), None, None, Some(4.0), Some(5.0)));
+        assert_eq!(out[2], later, "in order, behind move 2");
+        // An open move whose streams were chosen keeps them when written early: only its return is unknown.
+        let (mut p, got) = publish(1);
+        p.emit_open(&later, 3, false);
+        p.emit(&later);
+        assert_eq!(figures(&got.lock().unwrap()[0]), (1, Some(1000), Some(10.0), Some(3.0), None, Some(5.0)));
+        assert_eq!((p.counts.written_open, got.lock().unwrap().len()), (1, 2));
     }
 }

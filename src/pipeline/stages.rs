@@ -62,7 +62,7 @@ impl Stages {
                     vm.flavor.clone(),
                 ));
                 match m.open {
-                    Some(id) => out.emit_open(&ev, id),
+                    Some(id) => out.emit_open(&ev, id, m.streams_open),
                     None => out.emit(&ev),
                 }
             }
