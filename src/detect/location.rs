@@ -905,6 +905,21 @@ impl Locator {
                 }
             }
         }
+        // The memory flows from the source: a listener the source sent no
+        // data to (streams the other way, such as those of the VM's way in
+        // when it moves back) is not this move's, unless none had any (a
+        // mirror that shows one direction only).
+        if groups.iter().any(|g| g.last_data.is_some()) {
+            let mut k = 0;
+            while k < groups.len() {
+                if groups[k].last_data.is_none() {
+                    groups.remove(k);
+                    keys.remove(k);
+                } else {
+                    k += 1;
+                }
+            }
+        }
         let tail = at.as_micros().saturating_add(settle::STREAM_TAIL_US);
         for g in &mut groups {
             g.continued = g.last_data.is_some_and(|d| d.as_micros() > tail);
@@ -1400,6 +1415,47 @@ mod tests {
         }
         assert!(got.iter().all(|m| m.0.open.is_none()), "{got:?}");
         got.into_iter().map(|(m, w, settled)| (m, settled - w)).collect()
+    }
+
+    #[test]
+    fn a_stream_whose_data_went_the_other_way_is_not_the_moves_memory() {
+        // VM a first seen at h2 (10.0.0.2), the tail of its way in: h1 sent
+        // 5 MB to h2's listener 49152, h2 only acknowledged. At 0.65 s it
+        // moves back to h1, h2 sending 3 MB to h1's listener until 0.69 s.
+        let (mut l, _d) = locator("[window]\nlength_ms = 100");
+        let part = |src: (u8, u16), dst: (u8, u16), from: i64, to: i64, bytes: u64, data: bool| StreamPart {
+            src: ([10, 0, 0, src.0].into(), src.1),
+            dst: ([10, 0, 0, dst.0].into(), dst.1),
+            first: PacketTime::from_micros(from),
+            last: PacketTime::from_micros(to),
+            bytes,
+            last_data: data.then_some(PacketTime::from_micros(to)),
+        };
+        let moves = run(&mut l, 0, |w| {
+            let mut ev = Evidence::default();
+            match w {
+                0 => {
+                    ev.sightings.push(frames(A, H2, 2, &[50_000], false));
+                    ev.streams.push(part((1, 40_000), (2, 49_152), 0, 90_000, 5_000_000, true));
+                    ev.streams.push(part((2, 49_152), (1, 40_000), 0, 95_000, 0, false));
+                }
+                5 | 6 => {
+                    let (from, to) = (w * W, if w == 5 { w * W + W - 1 } else { 690_000 });
+                    ev.streams.push(part((2, 40_001), (1, 49_152), from, to, 1_500_000, true));
+                    ev.streams.push(part((1, 49_152), (2, 40_001), from, to, 0, false));
+                    if w == 6 {
+                        ev.sightings.push(frames(A, H1, 1, &[650_000], true));
+                    }
+                }
+                _ => {}
+            }
+            ev
+        });
+        // (The rules put it at h1: its first frame at h2 is a move too.)
+        let [_, (m, _)] = &moves[..] else { panic!("{moves:?}") };
+        assert_eq!(m.ts, PacketTime::from_micros(650_000));
+        // The 3 MB h2 sent, not the 5 MB that went the other way (it was taken, as the only quiet listener).
+        assert_eq!((m.measured.streams, m.measured.bytes), (2, Some(3_000_000)), "{m:?}");
     }
 
     /// VM a at h1 sending at `before`, then at h2 from `after[0]` (the move) at `after`.

@@ -472,3 +472,31 @@ const LAB_CAPTURES: &[(&str, &str, &str)] = &[
         r#"[["2026-12-01T23:37:54.000000Z","lab-virtio","LOW","HIGH","signature"]]"#,
     ),
 ];
+
+#[test]
+fn a_busy_capture_with_one_event_held_at_most_writes_its_open_move_early_with_nulls() {
+    let rules = lab_capture_rules();
+    let path = rules.path().join("vmsentry.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let whole = replay_with(rules.path(), 2, &["--rtt-samples"], &[capture("lab-busy.pcap.gz")]);
+    assert_eq!(summary(&whole).get("migrations_written_open"), None, "left out when 0");
+    // RTT samples come after the move while it waits for the guest's return: past one, it is written.
+    std::fs::write(&path, format!("{text}[limits]\nheld_events = 1\n")).unwrap();
+    let ev = replay_with(rules.path(), 2, &["--rtt-samples"], &[capture("lab-busy.pcap.gz")]);
+    let s = summary(&ev);
+    assert_eq!(s["migrations_written_open"], 1, "{s}");
+    // The move as pinned, but what it waited for unknown: its return (the
+    // streams were chosen in its window, so they stay).
+    let want: Vec<Value> = serde_json::from_str(
+        r#"[["2026-12-01T23:37:15.093845Z","lab-virtio","lab-1","lab-2","rarp","valid","missing",2,97194624,1890.765,15.867,12.887,null,15.48]]"#,
+    )
+    .unwrap();
+    assert_eq!(lab_moves(&ev), want);
+    // The same events otherwise, in the same packet-time order.
+    let rest = |ev: &[Value]| -> Vec<Value> {
+        ev.iter().filter(|e| e["type"] != "migration" && e["type"] != "summary").cloned().collect()
+    };
+    assert_eq!(rest(&ev), rest(&whole));
+    let at = |ev: &[Value]| ev.iter().position(|e| e["type"] == "migration").unwrap();
+    assert_eq!(at(&ev), at(&whole));
+}
