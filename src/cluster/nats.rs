@@ -115,7 +115,8 @@ pub async fn bucket(
 }
 
 /// The used-tokens bucket: its keys must never expire, so one that exists
-/// with a time to live is refused ([`NatsError::TokensExpire`]). `true`
+/// with a time to live ([`NatsError::TokensExpire`]) or that drops its
+/// oldest keys when full ([`NatsError::TokensDropped`]) is refused. `true`
 /// with it: it was missing and was made now, empty.
 pub async fn tokens_bucket(
     js: &jetstream::Context,

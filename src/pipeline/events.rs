@@ -69,6 +69,9 @@ impl MigrationEvent {
     pub(crate) fn unsettled(&mut self, streams_open: bool) {
         self.responsive_ms = None;
         if streams_open {
+            // The resolution rests on the guessed stream's end: the widest
+            // honest bound instead (the whole silence).
+            self.downtime_resolution_ms = self.downtime_ms;
             self.streams = 0;
             self.bytes = None;
             self.bytes_per_ram = None;

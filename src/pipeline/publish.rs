@@ -310,6 +310,9 @@ mod tests {
         let out = got.lock().unwrap().clone();
         assert_eq!(out.len(), 1);
         assert_eq!(figures(&out[0]), (0, None, None, None, None, Some(5.0)));
+        // Its downtime's resolution rested on the guessed stream: the whole silence instead.
+        let resolution = |e: &Event| if let Event::Migration(m) = e { m.downtime_resolution_ms } else { None };
+        assert_eq!(resolution(&out[0]), Some(5.0));
         // Its settling later changes nothing; move 2's completes it.
         let settled = Measured { streams: 2, bytes: Some(7), responsive_us: Some(4_000), ..Default::default() };
         p.settle(&Settled { id: 1, measured: settled });
@@ -324,6 +327,7 @@ mod tests {
         p.emit_open(&later, 3, false);
         p.emit(&later);
         assert_eq!(figures(&got.lock().unwrap()[0]), (1, Some(1000), Some(10.0), Some(3.0), None, Some(5.0)));
+        assert_eq!(resolution(&got.lock().unwrap()[0]), Some(1.0));
         assert_eq!((p.counts.written_open, got.lock().unwrap().len()), (1, 2));
     }
 }

@@ -403,14 +403,12 @@ impl TokenStore {
             // Used here already: by the move this decision approved, seen
             // first, it is the same use (granted, as a controller that saw
             // the decision first grants it: the domain's other MACs move on
-            // it too); the decision now holds it, so a second decision
-            // pairing with that move is a replay. Any other use: replayed.
-            if let Some(existing) = self.used.get_mut(nonce) {
-                if !same(existing) {
-                    return Authorization::Replayed;
-                }
-                *existing = claim;
-                return Authorization::Granted;
+            // it too), if the store agrees; the decision now holds it here,
+            // so a second decision pairing with that move (or the same one
+            // read twice: it would approve a second move) is a replay, as
+            // is any other use.
+            if self.used.get(nonce).is_some_and(|existing| !same(existing)) {
+                return Authorization::Replayed;
             }
             return match s.claim_as(nonce, &claim, &same) {
                 Claim::Fresh | Claim::Again => {
@@ -696,6 +694,12 @@ mod tests {
         // A second decision with it pairs with the move too, but the first took it.
         assert_eq!(standby.spend_for_gate(Some(n), "compute-2", s(1), &[other, vm()], P), Authorization::Replayed);
         assert_eq!(shared.map.lock().unwrap()[n], "gate compute-2 1700000000000000");
+        // A third controller had the move (granted: it pairs with the
+        // active's decision), then sees another decision pairing with it:
+        // the store says the token is that first decision's, so a replay.
+        let mut third = open();
+        assert_eq!(third.authorize(vm(), "compute-2", mv, P), Authorization::Granted);
+        assert_eq!(third.spend_for_gate(Some(n), "compute-2", s(2), &[other, vm()], P), Authorization::Replayed);
         // A later move of the VM there, on either: a replay (its decision took the token).
         assert_eq!(standby.authorize(vm(), "compute-2", s(60_000_000), P), Authorization::Replayed);
         assert_eq!(active.authorize(vm(), "compute-2", s(60_000_000), P), Authorization::Replayed);
