@@ -624,7 +624,7 @@ impl Detector {
     }
 
     /// After [`Detector::settle_all`]: a VM whose move's bytes cross
-    /// `migration.max_bytes_factor` only in its final measurement rises
+    /// `migration.factor` x RAM only in its final measurement rises
     /// to HIGH (reason `migration`) at the last window's end, as the next
     /// window would have graded it had the input gone on.
     pub fn grade_settled(&mut self) -> Vec<Outcome> {
