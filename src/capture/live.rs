@@ -231,11 +231,11 @@ mod tests {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut src = LiveSource::open(&cfg, stop.clone(), None).unwrap();
-        // 200 frames/s for 1.5 s: far below the 256 frames per 100 ms the waker used to need.
+        // 200 frames/s for 3 s: far below the 256 frames per 100 ms the waker used to need.
         let sender = std::thread::spawn(move || {
             let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
             std::thread::sleep(Duration::from_millis(300));
-            for _ in 0..300 {
+            for _ in 0..600 {
                 tx.send_to(b"x", ("127.0.0.1", port)).unwrap();
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -257,7 +257,7 @@ mod tests {
         sender.join().unwrap();
         let first = items.iter().position(|i| i.0.is_some()).unwrap();
         let last = items.iter().rposition(|i| i.0.is_some()).unwrap();
-        assert_eq!(items.iter().filter(|i| i.0.is_some()).count(), 300);
+        assert_eq!(items.iter().filter(|i| i.0.is_some()).count(), 600);
         // A tick while frames flow is right only after a real pause of 100 ms
         // with no frame handed over: the sender stalled, or this thread was not
         // scheduled (a busy machine; then the frames the kernel held meanwhile
@@ -279,12 +279,13 @@ mod tests {
                 paused = false;
             }
         }
-        // The old waker broke the loop about 7 times in this 1.5 s. One tick
-        // with no visible pause is allowed: with the other unit tests running
-        // beside it, this thread can be kept off the core between the waker's
-        // check and its next handover (seen twice in `cargo test --lib`).
+        // The old waker broke the loop about 7 times in 1.5 s, so about 14 in
+        // these 3 s. Three ticks with no visible pause are allowed: with the
+        // other unit tests (or a build) running beside it, this thread can be
+        // kept off the core between the waker's check and its next handover
+        // (seen once, twice, and once 3 times in 1.5 s on a loaded machine).
         assert!(
-            unexplained <= 1,
+            unexplained <= 3,
             "{unexplained} ticks with no pause of 50 ms before them: the loop broke while frames flowed"
         );
         assert!(items[last..].iter().any(|i| i.0.is_none()), "idle again: ticks resume");
