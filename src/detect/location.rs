@@ -1307,26 +1307,6 @@ mod tests {
         assert_eq!(moves[0].authorization, Authorization::Granted);
     }
 
-    /// A shared store of used tokens that keeps its first claim of each
-    /// nonce, as the cluster's KV does.
-    #[derive(Debug, Default)]
-    struct Memory(std::sync::Mutex<std::collections::HashMap<String, String>>);
-
-    impl crate::trust::token::UsedNonces for Memory {
-        fn claim_as(&self, nonce: &str, claim: &str, same: &dyn Fn(&str) -> bool) -> crate::trust::token::Claim {
-            use crate::trust::token::Claim;
-            let mut m = self.0.lock().unwrap();
-            match m.get(nonce) {
-                None => {
-                    m.insert(nonce.to_string(), claim.to_string());
-                    Claim::Fresh
-                }
-                Some(c) if c == claim || same(c) => Claim::Again,
-                Some(_) => Claim::Used,
-            }
-        }
-    }
-
     #[test]
     fn a_two_mac_gate_decision_seen_after_one_of_its_moves_grants_both_as_seen_before_it() {
         // Domain with MACs a and b, one token for a; the decision at 0.5 s,
@@ -1339,7 +1319,7 @@ mod tests {
             let (mut l, d) = locator("require_authorization = true\ngate_grace_s = 5");
             let t = Token::sign(&key, A.parse().unwrap(), "h2", 4_000_000_000, nonce);
             std::fs::write(d.path().join("tok/t.tokens"), format!("{t}\n")).unwrap();
-            let store = std::sync::Arc::new(Memory::default());
+            let store = std::sync::Arc::new(crate::trust::token::tests::Shared::default());
             l.tokens = std::mem::take(&mut l.tokens).with_shared(store.clone());
             let gate = decision(S / 2, &[A, B], "h2", GateReason::Authorized, Some(nonce));
             if decision_first {
@@ -1352,7 +1332,7 @@ mod tests {
             let (b, _) = l.window(&seen(B, Some(H2), 2 * S), PacketTime::from_micros(3 * S));
             outcomes.push((a[0].authorization, b[0].authorization, l.vms[0].unauthorized, l.vms[1].unauthorized));
             // The store holds the first claim: the decision's, or a's move's.
-            let held = store.0.lock().unwrap()[nonce].clone();
+            let held = store.map.lock().unwrap()[nonce].clone();
             assert_eq!(held, if decision_first { "gate h2 500000" } else { "move 02:00:00:00:00:0a h2 1000000" });
             // A second decision with the same token pairs with a's move
             // too, but the token was used for this one: it grants nothing.

@@ -162,7 +162,7 @@ impl Merge {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The merge's window ordering: a window closes once every shard has
     //! reported it, windows close in order, and inside a window events go
     //! by packet time: the quiet windows before it, then what happened inside
@@ -184,7 +184,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::Mutex;
 
-    struct Shared(Arc<Mutex<Vec<Event>>>);
+    /// A sink that keeps what it is given.
+    pub(in crate::pipeline) struct Shared(pub(in crate::pipeline) Arc<Mutex<Vec<Event>>>);
     impl EventSink for Shared {
         fn emit(&mut self, e: &Event) -> std::io::Result<()> {
             self.0.lock().unwrap().push(e.clone());

@@ -251,14 +251,6 @@ mod tests {
     use crate::detect::Measured;
     use std::sync::Mutex;
 
-    struct Sink(Arc<Mutex<Vec<Event>>>);
-    impl EventSink for Sink {
-        fn emit(&mut self, e: &Event) -> std::io::Result<()> {
-            self.0.lock().unwrap().push(e.clone());
-            Ok(())
-        }
-    }
-
     /// A migration event with its streams' (provisional) figures and a time of responsiveness.
     fn migration(ts: &str) -> Event {
         serde_json::from_str(&format!(
@@ -273,7 +265,7 @@ mod tests {
     fn publish(max_held: usize) -> (Publish, Arc<Mutex<Vec<Event>>>) {
         let got = Arc::new(Mutex::new(Vec::new()));
         let p = Publish {
-            events: Box::new(Sink(got.clone())),
+            events: Box::new(super::super::merge::tests::Shared(got.clone())),
             telemetry: None,
             rtt_samples: false,
             vm_windows: false,

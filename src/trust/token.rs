@@ -508,7 +508,7 @@ fn read_tokens(dir: &Path) -> Vec<Token> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn key() -> ClusterKey {
@@ -601,9 +601,9 @@ mod tests {
 
     /// A shared store as a cluster's KV keeps it: a map from nonce to claim.
     #[derive(Debug, Default)]
-    struct Shared {
-        map: std::sync::Mutex<std::collections::HashMap<String, String>>,
-        down: std::sync::atomic::AtomicBool,
+    pub(crate) struct Shared {
+        pub(crate) map: std::sync::Mutex<std::collections::HashMap<String, String>>,
+        pub(crate) down: std::sync::atomic::AtomicBool,
     }
 
     impl UsedNonces for Shared {
