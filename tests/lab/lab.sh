@@ -18,7 +18,9 @@
 #   lab-noos    52:54:00:4c:00:0c                no OS (firmware idle), virtio-net
 # all 128 MiB, TCG, on lab-h1 at first.
 #
-# The run, in order (each move's query-migrate goes to OUT_DIR/migrations.jsonl):
+# The run, in order (each move's query-migrate, and the instants of QEMU's
+# STOP event at the source and RESUME at the destination, go to
+# OUT_DIR/migrations.jsonl):
 #   busy     lab-virtio h1 -> h2, answering `ping -i 0.002` from h3
 #   back     lab-virtio h2 -> h1, pinged every 200 ms from h3
 #   pair     lab-e1000 and lab-noos h1 -> h2 at once; a token authorizes lab-e1000's
@@ -41,7 +43,7 @@ GUEST=${LAB_GUEST_DIR:-$repo/target/lab-guest}
 QMP="python3 $here/qmp.py"
 
 . "$repo/scripts/lib.sh"
-need_packages iproute2 iputils-ping tcpdump ethtool python3 qemu-system-x86 busybox-static cpio kmod
+need_packages iproute2 iputils-ping tcpdump ethtool python3 qemu-system-x86 busybox-static cpio kmod jq
 "$here/guest.sh" "$GUEST"
 
 mkdir -p "$out"
@@ -206,19 +208,32 @@ migrate() {
     local tag=$1 vm=$2 src=$3 dst=$4 from=$5 to=$6 port=$7
     # 48 MiB/s: the sender then leaves the guest (and the destination) CPU
     # on this 2-core machine, so the guest keeps its pace until QEMU stops it.
-    $QMP "$out/$src.qmp" migrate-set-parameters '{"max-bandwidth": 50331648}' >/dev/null
-    $QMP "$out/$src.qmp" migrate "{\"uri\": \"tcp:10.78.0.${to#lab-}:$port\"}" >/dev/null
-    printf '%s %s %s %s %s %s\n' "$tag" "$vm" "$src" "$dst" "$from" "$to" >"$out/$tag.pending"
+    # Both QMP connections are open before the move: the destination's sees
+    # its RESUME event, the source's (which migrates and waits) its STOP.
+    rm -f "$out/$tag.resume.connected"
+    $QMP "$out/$dst.qmp" wait-status running "$out/$tag.resume.connected" >"$out/$tag.resume.json" &
+    local waiter=$!
+    for _ in $(seq 600); do
+        [ -e "$out/$tag.resume.connected" ] && break
+        kill -0 $waiter 2>/dev/null || { echo "lab.sh: $dst's QMP: $(cat "$out/$dst.log")" >&2; exit 1; }
+        sleep 0.05
+    done
+    $QMP "$out/$src.qmp" migrate "tcp:10.78.0.${to#lab-}:$port" 50331648 >"$out/$tag.query-migrate.json" &
+    printf '%s %s %s %s %s %s %s %s\n' "$tag" "$vm" "$src" "$dst" "$from" "$to" "$!" "$waiter" >"$out/$tag.pending"
     log "migrating $tag: $vm $from -> $to"
 }
 wait_migrate() {
-    local tag vm src dst from to
-    read -r tag vm src dst from to <"$out/$1.pending"
-    $QMP "$out/$src.qmp" wait-migration >"$out/$tag.query-migrate.json" ||
+    local tag vm src dst from to mover waiter
+    read -r tag vm src dst from to mover waiter <"$out/$1.pending"
+    wait "$mover" ||
         { echo "lab.sh: migration $tag failed: $(cat "$out/$tag.query-migrate.json")" >&2; exit 1; }
-    $QMP "$out/$dst.qmp" wait-status running >/dev/null
-    printf '{"tag":"%s","vm":"%s","from":"%s","to":"%s","qemu":%s}\n' "$tag" "$vm" "$from" "$to" \
-        "$(cat "$out/$tag.query-migrate.json")" >>"$out/migrations.jsonl"
+    wait "$waiter" || { echo "lab.sh: $dst did not resume after $tag" >&2; exit 1; }
+    # "stop"/"resume": QEMU's STOP event at the source and RESUME at the
+    # destination, in seconds of the clock that stamps the capture.
+    printf '{"tag":"%s","vm":"%s","from":"%s","to":"%s","qemu":%s,"stop":%s,"resume":%s}\n' \
+        "$tag" "$vm" "$from" "$to" "$(cat "$out/$tag.query-migrate.json")" \
+        "$(jq '.events.STOP // null' "$out/$tag.query-migrate.json")" \
+        "$(jq '.events.RESUME // null' "$out/$tag.resume.json")" >>"$out/migrations.jsonl"
     stop "$src"
     log "migrated $tag"
 }
