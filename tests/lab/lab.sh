@@ -218,7 +218,7 @@ migrate() {
         kill -0 $waiter 2>/dev/null || { echo "lab.sh: $dst's QMP: $(cat "$out/$dst.log")" >&2; exit 1; }
         sleep 0.05
     done
-    [ -e "$out/$tag.resume.connected" ] || { echo "lab.sh: $dst's QMP did not answer in 30 s" >&2; exit 1; }
+    [ -e "$out/$tag.resume.connected" ] || { kill $waiter; echo "lab.sh: $dst's QMP did not answer in 30 s" >&2; exit 1; }
     $QMP "$out/$src.qmp" migrate "tcp:10.78.0.${to#lab-}:$port" 50331648 >"$out/$tag.query-migrate.json" &
     printf '%s %s %s %s %s %s %s %s\n' "$tag" "$vm" "$src" "$dst" "$from" "$to" "$!" "$waiter" >"$out/$tag.pending"
     log "migrating $tag: $vm $from -> $to"

@@ -17,7 +17,8 @@ struct LabRun {
     dir: PathBuf,
     /// `vmsentry live`'s events.
     events: Vec<Value>,
-    /// One line per migration: tag, vm, from, to, and QEMU's `query-migrate`.
+    /// One line per migration: tag, vm, from, to, QEMU's `query-migrate`, and
+    /// the instants (s) of QEMU's STOP at the source and RESUME at the destination.
     qemu: Vec<Value>,
 }
 
@@ -40,7 +41,8 @@ impl LabRun {
     /// QEMU's STOP event at the source to its RESUME at the destination, in ms.
     fn pause_ms(&self, tag: &str) -> f64 {
         let q = self.qemu(tag);
-        (f(&q["resume"]) - f(&q["stop"])) * 1000.0
+        let at = |k: &str| q[k].as_f64().unwrap_or_else(|| panic!("{tag}: no QEMU {k} event: {q}"));
+        (at("resume") - at("stop")) * 1000.0
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -97,7 +99,8 @@ fn f(v: &Value) -> f64 {
 }
 
 /// Checks one move against QEMU: hypervisors, signature, bytes, total time,
-/// and that QEMU's downtime lies within the event's bounds.
+/// and QEMU's pause (STOP to RESUME) and `query-migrate` downtime against
+/// the event's downtime and its bounds.
 fn check_against_qemu(lab: &LabRun, tag: &str, signature: &str) {
     let (q, e) = (lab.qemu(tag), lab.event(tag));
     let qm = &q["qemu"];
@@ -176,11 +179,15 @@ fn lab_busy_guest_downtime_is_within_15_ms_of_qemus() {
     // may be before its last segment leaves (measured once: 8 ms by QEMU,
     // the stream's last segment 17.9 ms after STOP) and always before the
     // destination has loaded: the wire's `source_downtime_ms` (the VM's
-    // last frame to the stream's last data) is at least it.
+    // last frame to the stream's last data) is at least it, give or take
+    // QEMU's whole ms and its clock starting just before the stop (2 ms).
     let (sd, qd) = (f(&e["source_downtime_ms"]), f(&q["qemu"]["downtime"]));
-    assert!(qd - 1.0 <= sd && sd <= d, "source downtime {sd} ms, QEMU {qd} ms: {e}");
-    // Answering a ping every 2 ms, its pace before the move is known.
-    assert!(!e["downtime_resolution_ms"].is_null(), "{e}");
+    assert!(qd - 2.0 <= sd && sd < d, "source downtime {sd} ms, QEMU {qd} ms: {e}");
+    // Answering a ping every 2 ms, its pace before the move is known: the
+    // bounds say more than "somewhere in the silence" (measured: the
+    // resolution 0.48-0.70 of the silence).
+    let res = f(&e["downtime_resolution_ms"]);
+    assert!(res < d, "{e}");
 }
 
 #[test]
