@@ -342,11 +342,11 @@ impl Detector {
     /// samples (sorted by time). Windows with no traffic between the previous
     /// one and `w` are closed first, as quiet windows, so hysteresis and the
     /// volume horizon see them.
-    pub fn close_window(
+    pub fn close_window<'a>(
         &mut self,
         w: i64,
         totals: &[(Mac, Counters)],
-        samples: &[RttSample],
+        samples: impl IntoIterator<Item = &'a RttSample>,
         evidence: &Evidence,
     ) -> Vec<Outcome> {
         let mut out = Vec::new();
@@ -391,7 +391,7 @@ impl Detector {
 
     /// Records the window's samples per MAC and, for inventory VMs, counts
     /// peaks against the threshold and the baseline as it stood at each sample.
-    fn take_rtt(&mut self, w: i64, samples: &[RttSample]) {
+    fn take_rtt<'a>(&mut self, w: i64, samples: impl IntoIterator<Item = &'a RttSample>) {
         for s in samples {
             let st = self.macs.entry(s.mac).or_default();
             st.rtt.record(s.rtt_us);

@@ -123,12 +123,9 @@ impl Merge {
         let entry = pending.entry(part.window).or_default();
         entry.shards += 1;
         entry.merge.add(&part.counters);
-        if entry.samples.is_empty() {
-            std::mem::swap(&mut entry.samples, &mut part.samples);
-        } else {
-            entry.samples.append(&mut part.samples);
+        if let Some(empty) = entry.samples.add(std::mem::take(&mut part.samples)) {
+            self.recycle(empty);
         }
-        self.recycle(part.samples);
         entry.evidence.append(&mut part.evidence);
         entry.decode.add(&part.decode);
         entry.rtt.add(&part.rtt_counts);
@@ -147,8 +144,9 @@ impl Merge {
         if let Some(r) = &mut self.reload {
             r.poll(&mut self.stages, &mut self.mtd, self.out.telemetry.as_deref());
         }
-        let spent = window::close(&mut self.stages, &mut self.mtd, &mut self.out, &mut self.gate_replay, w, p);
-        self.recycle(spent);
+        for spent in window::close(&mut self.stages, &mut self.mtd, &mut self.out, &mut self.gate_replay, w, p) {
+            self.recycle(spent);
+        }
     }
 
     fn recycle(&self, buffer: Vec<RttSample>) {

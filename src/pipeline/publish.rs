@@ -132,12 +132,12 @@ impl Publish {
     }
 
     /// The window's metrics and the API's views.
-    pub(super) fn window(
+    pub(super) fn window<'a>(
         &self,
         d: &Detector,
         decode: &DecodeCounts,
         rtt: &RttCounts,
-        samples: &[RttSample],
+        samples: impl Iterator<Item = &'a RttSample>,
         evicted: u64,
     ) {
         let Some(t) = &self.telemetry else { return };

@@ -18,16 +18,100 @@ use std::collections::VecDeque;
 pub(super) struct Pending {
     pub shards: usize,
     pub merge: WindowMerge,
-    pub samples: Vec<RttSample>,
+    pub samples: Samples,
     pub evidence: Evidence,
     pub decode: DecodeCounts,
     pub rtt: RttCounts,
 }
 
-/// Sorts a window's samples into their total order ([`RttSample`]'s `Ord`),
-/// cheaply: by time alone first (one integer to compare, and in place: a
-/// stable sort would allocate a window-sized scratch buffer), then the few
-/// samples of one instant among themselves.
+/// A window's RTT samples as the shards handed them over: one run per
+/// shard, each sorted on its own, read in their total order
+/// ([`RttSample`]'s `Ord`) by merging the runs as they are read. The shards
+/// interleave arbitrarily, and the total order makes the baseline and the
+/// events the same for every thread count; merging the runs (each already
+/// in time order, as a shard takes frames in time order) costs one
+/// comparison per sample and per run, where sorting their concatenation
+/// cost n log n comparisons and a stable sort's window-sized scratch buffer.
+#[derive(Default)]
+pub(super) struct Samples {
+    runs: Vec<Vec<RttSample>>,
+}
+
+impl Samples {
+    /// A shard's samples of the window; an empty buffer is handed back.
+    pub fn add(&mut self, run: Vec<RttSample>) -> Option<Vec<RttSample>> {
+        if run.is_empty() {
+            return Some(run);
+        }
+        self.runs.push(run);
+        None
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.iter().map(Vec::len).sum()
+    }
+
+    /// Puts each run into the total order (linear for a run already in time order).
+    fn sort(&mut self) {
+        for run in &mut self.runs {
+            sort_samples(run);
+        }
+    }
+
+    /// The samples in their total order (after [`Samples::sort`]).
+    fn iter(&self) -> Merged<'_> {
+        Merged { heads: self.runs.iter().map(Vec::as_slice).collect() }
+    }
+
+    /// The samples in no particular order.
+    fn unordered(&self) -> impl Iterator<Item = &RttSample> {
+        self.runs.iter().flatten()
+    }
+
+    /// The emptied buffers, for the shards to fill again.
+    fn into_buffers(self) -> Vec<Vec<RttSample>> {
+        let mut runs = self.runs;
+        for r in &mut runs {
+            r.clear();
+        }
+        runs
+    }
+}
+
+/// A k-way merge of sorted runs (k: the shards, a handful: a linear scan
+/// of their heads).
+pub(super) struct Merged<'a> {
+    heads: Vec<&'a [RttSample]>,
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = &'a RttSample;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a RttSample> {
+        let mut best: Option<(usize, &'a RttSample)> = None;
+        for (i, run) in self.heads.iter().enumerate() {
+            if let Some(s) = run.first() {
+                if best.is_none_or(|(_, b)| s < b) {
+                    best = Some((i, s));
+                }
+            }
+        }
+        let (i, s) = best?;
+        self.heads[i] = &self.heads[i][1..];
+        Some(s)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.heads.iter().map(|r| r.len()).sum();
+        (n, Some(n))
+    }
+}
+
+/// Sorts samples into their total order ([`RttSample`]'s `Ord`), cheaply:
+/// by time alone first (one integer to compare, in place, and linear when
+/// they are in time order already), then the few samples of one instant
+/// among themselves.
 fn sort_samples(samples: &mut [RttSample]) {
     samples.sort_unstable_by_key(|s| s.ts);
     let mut rest = samples;
@@ -43,7 +127,7 @@ fn sort_samples(samples: &mut [RttSample]) {
 }
 
 /// Closes window `w` (the caller polled for a reload first); returns the
-/// samples' buffer, emptied, for a shard to fill again.
+/// samples' buffers, emptied, for the shards to fill again.
 pub(super) fn close(
     st: &mut Stages,
     mtd: &mut Mtd,
@@ -51,13 +135,11 @@ pub(super) fn close(
     gate_replay: &mut VecDeque<GateRecord>,
     w: i64,
     p: Pending,
-) -> Vec<RttSample> {
+) -> Vec<Vec<RttSample>> {
     let evictions_before = st.detector.evictions;
     let totals = p.merge.finish();
     let mut samples = p.samples;
-    // Shards interleave arbitrarily; a total order makes the baseline
-    // and the events the same for every thread count.
-    sort_samples(&mut samples);
+    samples.sort();
     out.counts.rtt_samples += samples.len() as u64;
     let mut evidence = p.evidence;
     evidence.normalize();
@@ -71,7 +153,7 @@ pub(super) fn close(
     if !due.is_empty() {
         st.gate_decisions(due, out);
     }
-    let outcomes = st.detector.close_window(w, &totals, &samples, &evidence);
+    let outcomes = st.detector.close_window(w, &totals, samples.iter(), &evidence);
     // Moves of earlier windows settled by this one: their events, held
     // back until now, go out before this window's.
     for s in st.detector.take_settled() {
@@ -127,16 +209,15 @@ pub(super) fn close(
     mtd.host_high(st, out, end);
     mtd.retry_deferred(st, out, end);
     mtd.publish(out);
-    out.window(&st.detector, &p.decode, &p.rtt, &samples, st.detector.evictions - evictions_before);
+    out.window(&st.detector, &p.decode, &p.rtt, samples.unordered(), st.detector.evictions - evictions_before);
     // A window's events are readable when it closes (tail -f on a live run).
     out.flush();
-    samples.clear();
-    samples
+    samples.into_buffers()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::sort_samples;
+    use super::{sort_samples, Samples};
     use crate::decode::Mac;
     use crate::measure::rtt::{RttSample, SampleKind};
     use crate::vocab::PacketTime;
@@ -182,5 +263,56 @@ mod tests {
         want.sort_unstable();
         sort_samples(&mut got);
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_windows_runs_are_read_in_the_total_order_whatever_their_number_and_order() {
+        let mut x = 99u64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let sample = |t: i64, m: u8, rtt: i64, port: u16| RttSample {
+            ts: PacketTime::from_micros(t),
+            mac: Mac([2, 0, 0, 0, 0, m]),
+            rtt_us: rtt,
+            kind: SampleKind::Timestamp,
+            src: (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port),
+            dst: (IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), 80),
+        };
+        for shards in [1usize, 2, 3, 5] {
+            // Each shard's run in time order (ties in push order, not
+            // sorted), one of them reversed (a capture whose time ran
+            // backwards inside a shard), and an empty one.
+            let mut runs: Vec<Vec<RttSample>> = vec![Vec::new(); shards + 1];
+            let mut t = vec![0i64; shards];
+            for _ in 0..3000 {
+                let k = next(shards as u64) as usize;
+                t[k] += next(3) as i64;
+                runs[k].push(sample(t[k], next(3) as u8, next(4) as i64, next(3) as u16));
+            }
+            runs[0].reverse();
+            let mut want: Vec<RttSample> = runs.concat();
+            want.sort_unstable();
+            let mut samples = Samples::default();
+            let mut handed_back = 0;
+            for run in runs.into_iter().rev() {
+                handed_back += usize::from(samples.add(run).is_some());
+            }
+            assert_eq!(handed_back, 1, "the empty run is handed back at once");
+            assert_eq!(samples.len(), 3000);
+            samples.sort();
+            let got: Vec<RttSample> = samples.iter().copied().collect();
+            assert_eq!(got, want, "{shards} shards");
+            assert_eq!(samples.iter().size_hint(), (3000, Some(3000)));
+            let mut unordered: Vec<RttSample> = samples.unordered().copied().collect();
+            unordered.sort_unstable();
+            assert_eq!(unordered, want);
+            let buffers = samples.into_buffers();
+            assert_eq!(buffers.len(), shards);
+            assert!(buffers.iter().all(|b| b.is_empty() && b.capacity() > 0));
+        }
     }
 }

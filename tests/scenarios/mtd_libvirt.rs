@@ -290,6 +290,19 @@ fn an_ids_alert_live_migrates_the_real_guest_through_libvirt_to_the_plans_destin
         read_events(&events).iter().any(|e| e["type"] == "migration")
             && std::fs::read_to_string(&journal).unwrap_or_default().contains("\"state\":\"done\"")
     });
+    // QEMU announces the guest 5 times (its default `announce-rounds`)
+    // over about 1.25 s after the move: stop vmsentry only once tcpdump
+    // has them all, or the last may reach tcpdump alone.
+    wait_until(Duration::from_secs(20), "QEMU's five announces on the wire", || {
+        let rd = Command::new("tcpdump").args(["-n", "-r"]).arg(&pcap).arg("udp port 4789").output().unwrap();
+        // One line per packet starts with its time; the inner frame's does not.
+        let packets = String::from_utf8_lossy(&rd.stdout)
+            .lines()
+            .filter(|l| l.len() > 9 && l.as_bytes()[2] == b':' && l.as_bytes()[5] == b':' && l.as_bytes()[8] == b'.')
+            .count();
+        packets >= 5
+    });
+    std::thread::sleep(Duration::from_millis(200));
     super::service::signal(&sentry.0, "TERM");
     assert_eq!(super::service::wait_exit(&mut sentry.0, Duration::from_secs(30)), Some(0), "{}", stderr());
     super::service::signal(&dump.0, "INT");
