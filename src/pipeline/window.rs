@@ -32,6 +32,8 @@ pub(super) struct Pending {
 /// in time order, as a shard takes frames in time order) costs one
 /// comparison per sample and per run, where sorting their concatenation
 /// cost n log n comparisons and a stable sort's window-sized scratch buffer.
+/// (A cluster controller's partial holds several sensors' samples appended:
+/// that run is not in time order and is sorted in full, as before.)
 #[derive(Default)]
 pub(super) struct Samples {
     runs: Vec<Vec<RttSample>>,
@@ -61,11 +63,6 @@ impl Samples {
     /// The samples in their total order (after [`Samples::sort`]).
     fn iter(&self) -> Merged<'_> {
         Merged { heads: self.runs.iter().map(Vec::as_slice).collect() }
-    }
-
-    /// The samples in no particular order.
-    fn unordered(&self) -> impl Iterator<Item = &RttSample> {
-        self.runs.iter().flatten()
     }
 
     /// The emptied buffers, for the shards to fill again.
@@ -209,7 +206,7 @@ pub(super) fn close(
     mtd.host_high(st, out, end);
     mtd.retry_deferred(st, out, end);
     mtd.publish(out);
-    out.window(&st.detector, &p.decode, &p.rtt, samples.unordered(), st.detector.evictions - evictions_before);
+    out.window(&st.detector, &p.decode, &p.rtt, samples.iter(), st.detector.evictions - evictions_before);
     // A window's events are readable when it closes (tail -f on a live run).
     out.flush();
     samples.into_buffers()
@@ -296,23 +293,30 @@ mod tests {
             runs[0].reverse();
             let mut want: Vec<RttSample> = runs.concat();
             want.sort_unstable();
-            let mut samples = Samples::default();
-            let mut handed_back = 0;
-            for run in runs.into_iter().rev() {
-                handed_back += usize::from(samples.add(run).is_some());
+            // Every rotation of the arrival order, forwards and backwards.
+            for turn in 0..runs.len() {
+                for backwards in [false, true] {
+                    let mut order = runs.clone();
+                    order.rotate_left(turn);
+                    if backwards {
+                        order.reverse();
+                    }
+                    let mut samples = Samples::default();
+                    let mut handed_back = 0;
+                    for run in order {
+                        handed_back += usize::from(samples.add(run).is_some());
+                    }
+                    assert_eq!(handed_back, 1, "the empty run is handed back at once");
+                    assert_eq!(samples.len(), 3000);
+                    samples.sort();
+                    let got: Vec<RttSample> = samples.iter().copied().collect();
+                    assert_eq!(got, want, "{shards} shards, turn {turn}, backwards {backwards}");
+                    assert_eq!(samples.iter().size_hint(), (3000, Some(3000)));
+                    let buffers = samples.into_buffers();
+                    assert_eq!(buffers.len(), shards);
+                    assert!(buffers.iter().all(|b| b.is_empty() && b.capacity() > 0));
+                }
             }
-            assert_eq!(handed_back, 1, "the empty run is handed back at once");
-            assert_eq!(samples.len(), 3000);
-            samples.sort();
-            let got: Vec<RttSample> = samples.iter().copied().collect();
-            assert_eq!(got, want, "{shards} shards");
-            assert_eq!(samples.iter().size_hint(), (3000, Some(3000)));
-            let mut unordered: Vec<RttSample> = samples.unordered().copied().collect();
-            unordered.sort_unstable();
-            assert_eq!(unordered, want);
-            let buffers = samples.into_buffers();
-            assert_eq!(buffers.len(), shards);
-            assert!(buffers.iter().all(|b| b.is_empty() && b.capacity() > 0));
         }
     }
 }
