@@ -220,17 +220,22 @@ mod tests {
     use crate::vocab::PacketTime;
     use std::net::{IpAddr, Ipv4Addr};
 
-    #[test]
-    fn samples_are_sorted_into_the_total_order_whatever_the_shards_interleaving() {
-        // Two shards' runs, each in time order, with many samples of one
-        // instant, ties on every field but the last, and exact duplicates.
-        let mut x = 12345u64;
-        let mut next = move |m: u64| {
+    /// Seeded pseudo-random numbers below `m`.
+    fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut x = seed;
+        move |m| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x % m
-        };
+        }
+    }
+
+    #[test]
+    fn samples_are_sorted_into_the_total_order_whatever_the_shards_interleaving() {
+        // Two shards' runs, each in time order, with many samples of one
+        // instant, ties on every field but the last, and exact duplicates.
+        let mut next = xorshift(12345);
         let mut shards: [Vec<RttSample>; 2] = Default::default();
         let mut t = [0i64; 2];
         for _ in 0..5000 {
@@ -264,13 +269,7 @@ mod tests {
 
     #[test]
     fn a_windows_runs_are_read_in_the_total_order_whatever_their_number_and_order() {
-        let mut x = 99u64;
-        let mut next = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = xorshift(99);
         let sample = |t: i64, m: u8, rtt: i64, port: u16| RttSample {
             ts: PacketTime::from_micros(t),
             mac: Mac([2, 0, 0, 0, 0, m]),
