@@ -312,18 +312,42 @@ pub fn decode(tun: &Tunnels, linktype: i32, ts: PacketTime, orig_len: u32, cap_l
     decode_general(tun, linktype, ts, orig_len, cap_len, data)
 }
 
-/// The common frame without etherparse: Ethernet without a VLAN tag, IPv4
-/// without options or fragments whose total length fits the wire, and a
-/// TCP, UDP (not to a tunnel port) or ICMP header (not a timestamp message)
-/// whole inside both the IP packet and `eth`. `eth` is the Ethernet frame,
-/// `at` bytes into the captured frame (an overlay's inner frame is
-/// `at` = 50 bytes in, ending where the outer IP packet ends). Fills the L2,
-/// network and transport layers of `obs` as the general path would and
-/// returns true; anything else returns false with `obs` untouched, for the
-/// general path. A test compares the two on every prefix and on mutations
-/// of real and generated frames.
+/// How many leading bytes of a frame decoding needs: for the common frame
+/// the fast paths take ([`fill_ipv4_fast`], plain or inside the VXLAN of
+/// [`decode_vxlan_fast`]) just its headers, which end at its transport
+/// header; for any other frame its first `max` bytes (`limits.decode_bytes`).
+/// [`decode`] on that prefix gives exactly what it gives on the first `max`
+/// bytes (same `orig_len` and `cap_len`): the fast path reads nothing past
+/// those headers, and the same checks, on bytes the prefix keeps, choose it.
+/// The reader copies only this much into a shard's batch, so a 1,500-byte
+/// TCP segment moves 66 bytes across cores instead of `max`. A test checks
+/// the equality on every real and generated frame, prefix and mutation the
+/// fast paths are checked on.
 #[inline]
-fn fill_ipv4_fast(obs: &mut Observation, tun: &Tunnels, eth: &[u8], at: usize) -> bool {
+pub fn needed_prefix(tun: &Tunnels, linktype: i32, data: &[u8], orig_len: u32, max: usize) -> usize {
+    let all = data.len().min(max);
+    if linktype != linktype::ETHERNET {
+        return all;
+    }
+    let data = &data[..all];
+    if let Some((_, end)) = ipv4_fast_shape(tun, data, 0, orig_len) {
+        return end;
+    }
+    if let Some(end) = vxlan_fast_shape(tun, data, orig_len) {
+        if let Some((_, inner)) = ipv4_fast_shape(tun, &data[VXLAN_INNER..end], VXLAN_INNER, orig_len) {
+            return VXLAN_INNER + inner;
+        }
+    }
+    all
+}
+
+/// The common frame's shape, the checks [`fill_ipv4_fast`] takes it on:
+/// Ethernet without a VLAN tag, IPv4 without options or fragments whose
+/// total length fits the wire, and a TCP, UDP (not to a tunnel port) or
+/// ICMP header (not a timestamp message) whole inside both the IP packet
+/// and `eth`. Gives the IP protocol and where the transport header ends.
+#[inline]
+fn ipv4_fast_shape(tun: &Tunnels, eth: &[u8], at: usize, orig_len: u32) -> Option<(u8, usize)> {
     const IP: usize = 14;
     const L4: usize = IP + 20;
     const TCP: u8 = 6;
@@ -332,25 +356,58 @@ fn fill_ipv4_fast(obs: &mut Observation, tun: &Tunnels, eth: &[u8], at: usize) -
     const ICMP_TIMESTAMP: u8 = 13;
     const ICMP_TIMESTAMP_REPLY: u8 = 14;
     if eth.len() < L4 + 8 || eth[12..14] != [0x08, 0x00] || eth[IP] != 0x45 {
-        return false;
+        return None;
     }
     let be16 = |s: &[u8], i: usize| u16::from_be_bytes([s[i], s[i + 1]]);
-    let be32 = |s: &[u8], i: usize| u32::from_be_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
     let total = usize::from(be16(eth, IP + 2));
     // Past the wire is an error, and MF or an offset a fragment: both the general path's.
-    if total < 20 || be16(eth, IP + 6) & 0x3fff != 0 || (at + IP + total) as u64 > u64::from(obs.orig_len) {
-        return false;
+    if total < 20 || be16(eth, IP + 6) & 0x3fff != 0 || (at + IP + total) as u64 > u64::from(orig_len) {
+        return None;
     }
     // The transport layer: what the IP header says it holds, as far as captured.
     let ip_len = total - 20;
-    let Some(seg) = eth.get(L4..eth.len().min(IP + total)) else { return false };
+    let seg = eth.get(L4..eth.len().min(IP + total))?;
     let proto = eth[IP + 9];
-    let l4 = match proto {
+    let hl = match proto {
         TCP => {
             let hl = seg.get(12).map_or(0, |b| usize::from(b >> 4) * 4);
             if hl < 20 || seg.len() < hl {
-                return false;
+                return None;
             }
+            hl
+        }
+        UDP => {
+            if seg.len() < 8 || !(8..=ip_len).contains(&usize::from(be16(seg, 4))) || tun.is_tunnel(be16(seg, 2)) {
+                return None;
+            }
+            8
+        }
+        ICMP if seg.len() >= 8 && seg[0] != ICMP_TIMESTAMP && seg[0] != ICMP_TIMESTAMP_REPLY => 8,
+        _ => return None,
+    };
+    Some((proto, L4 + hl))
+}
+
+/// The common frame without etherparse: the shape [`ipv4_fast_shape`]
+/// checks. `eth` is the Ethernet frame, `at` bytes into the captured frame
+/// (an overlay's inner frame is `at` = 50 bytes in, ending where the outer
+/// IP packet ends). Fills the L2, network and transport layers of `obs` as
+/// the general path would and returns true; anything else returns false
+/// with `obs` untouched, for the general path. A test compares the two on
+/// every prefix and on mutations of real and generated frames.
+#[inline]
+fn fill_ipv4_fast(obs: &mut Observation, tun: &Tunnels, eth: &[u8], at: usize) -> bool {
+    const IP: usize = 14;
+    const L4: usize = IP + 20;
+    let Some((proto, end)) = ipv4_fast_shape(tun, eth, at, obs.orig_len) else { return false };
+    let be16 = |s: &[u8], i: usize| u16::from_be_bytes([s[i], s[i + 1]]);
+    let be32 = |s: &[u8], i: usize| u32::from_be_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let ip_len = usize::from(be16(eth, IP + 2)) - 20;
+    // The transport header, whole (the shape checked it).
+    let seg = &eth[L4..end];
+    let l4 = match proto {
+        6 => {
+            let hl = seg.len();
             let opts = &seg[20..hl];
             // Linux's two layouts (NOP NOP TS; SYN: MSS, SACK permitted,
             // TS) by offset, the rest by etherparse's walk.
@@ -370,16 +427,8 @@ fn fill_ipv4_fast(obs: &mut Observation, tun: &Tunnels, eth: &[u8], at: usize) -
                 timestamps,
             })
         }
-        UDP => {
-            if seg.len() < 8 || !(8..=ip_len).contains(&usize::from(be16(seg, 4))) || tun.is_tunnel(be16(seg, 2)) {
-                return false;
-            }
-            L4::Udp { src_port: be16(seg, 0), dst_port: be16(seg, 2) }
-        }
-        ICMP if seg.len() >= 8 && seg[0] != ICMP_TIMESTAMP && seg[0] != ICMP_TIMESTAMP_REPLY => {
-            L4::Icmp(IcmpInfo { v6: false, icmp_type: seg[0], code: seg[1], id: be16(seg, 4), seq: be16(seg, 6) })
-        }
-        _ => return false,
+        17 => L4::Udp { src_port: be16(seg, 0), dst_port: be16(seg, 2) },
+        _ => L4::Icmp(IcmpInfo { v6: false, icmp_type: seg[0], code: seg[1], id: be16(seg, 4), seq: be16(seg, 6) }),
     };
     let mac = |i: usize| Mac([eth[i], eth[i + 1], eth[i + 2], eth[i + 3], eth[i + 4], eth[i + 5]]);
     let ip4 = |i: usize| IpAddr::V4(Ipv4Addr::new(eth[i], eth[i + 1], eth[i + 2], eth[i + 3]));
@@ -389,20 +438,21 @@ fn fill_ipv4_fast(obs: &mut Observation, tun: &Tunnels, eth: &[u8], at: usize) -
     true
 }
 
-/// The common overlay frame without etherparse's walk of the outer layers:
-/// Ethernet, IPv4 without options or fragments, a non-zero total length that
-/// fits the wire, UDP whose length is the rest of the IP packet, to a VXLAN
-/// port, a VXLAN header with its I flag, and a whole inner Ethernet header.
-/// Anything else takes the general path. What it returns equals the general
-/// path's result (the outer layers are all replaced by the inner frame's,
-/// keeping their addresses in `outer`); a test compares the two on every
-/// prefix of real and mutated frames.
+/// Where an overlay frame's inner Ethernet frame starts: past the outer
+/// Ethernet, IPv4, UDP and VXLAN headers of [`decode_vxlan_fast`].
+const VXLAN_INNER: usize = 50;
+
+/// The common overlay frame's outer layers, the checks [`decode_vxlan_fast`]
+/// takes it on: Ethernet, IPv4 without options or fragments, a non-zero
+/// total length that fits the wire, UDP whose length is the rest of the IP
+/// packet, to a VXLAN port, a VXLAN header with its I flag, and a whole
+/// inner Ethernet header. Gives where the outer IP packet ends in `data`.
 #[inline]
-fn decode_vxlan_fast(tun: &Tunnels, ts: PacketTime, orig_len: u32, cap_len: u32, data: &[u8]) -> Option<Observation> {
+fn vxlan_fast_shape(tun: &Tunnels, data: &[u8], orig_len: u32) -> Option<usize> {
     const IP: usize = 14;
     const UDP: usize = IP + 20;
     const VXLAN: usize = UDP + 8;
-    const INNER: usize = VXLAN + 8;
+    const INNER: usize = VXLAN_INNER;
     if data.len() < INNER + 14 || data[12..14] != [0x08, 0x00] || data[IP] != 0x45 || data[IP + 9] != 17 {
         return None;
     }
@@ -416,13 +466,29 @@ fn decode_vxlan_fast(tun: &Tunnels, ts: PacketTime, orig_len: u32, cap_len: u32,
     {
         return None;
     }
+    Some(data.len().min(IP + total))
+}
+
+/// The common overlay frame (the shape [`vxlan_fast_shape`] checks) without
+/// etherparse's walk of the outer layers. Anything else takes the general
+/// path. What it returns equals the general path's result (the outer layers
+/// are all replaced by the inner frame's, keeping their addresses in
+/// `outer`); a test compares the two on every prefix of real and mutated
+/// frames.
+#[inline]
+fn decode_vxlan_fast(tun: &Tunnels, ts: PacketTime, orig_len: u32, cap_len: u32, data: &[u8]) -> Option<Observation> {
+    const IP: usize = 14;
+    const UDP: usize = IP + 20;
+    const VXLAN: usize = UDP + 8;
+    const INNER: usize = VXLAN_INNER;
+    let end = vxlan_fast_shape(tun, data, orig_len)?;
+    let be16 = |i: usize| u16::from_be_bytes([data[i], data[i + 1]]);
     let mac = |i: usize| Mac([data[i], data[i + 1], data[i + 2], data[i + 3], data[i + 4], data[i + 5]]);
     let ip4 = |i: usize| IpAddr::V4(Ipv4Addr::new(data[i], data[i + 1], data[i + 2], data[i + 3]));
     let mut obs = Observation::empty(ts, orig_len, cap_len);
     obs.l2 = Some(L2 { src: mac(6), dst: Some(mac(0)), ether_type: ethertype::IPV4, vlan: None });
     obs.net = Net::Ip { src: ip4(IP + 12), dst: ip4(IP + 16), proto: 17, fragment: false };
-    obs.l4 = L4::Udp { src_port: be16(UDP), dst_port: dport };
-    let end = data.len().min(IP + total);
+    obs.l4 = L4::Udp { src_port: be16(UDP), dst_port: be16(UDP + 2) };
     // The common inner frame by fixed offsets too (as `decapsulate` would fill it).
     let outer = Outer {
         src_mac: mac(6),

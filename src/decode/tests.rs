@@ -415,8 +415,22 @@ fn frames_to_compare() -> Vec<Vec<u8>> {
 fn the_fast_paths_equal_the_general_path_on_real_and_generated_frames() {
     let tun = Tunnels::default();
     let frames = frames_to_compare();
-    let (mut plain, mut vxlan) = (0usize, 0usize);
+    let (mut plain, mut vxlan, mut shortened) = (0usize, 0usize, 0usize);
     let mut both = |data: &[u8], orig: u32| {
+        // What the reader copies decodes as the whole (`cap_len` is the
+        // frame's either way): for each `limits.decode_bytes` the frames
+        // here can tell apart.
+        for max in [64, 100, 128, 320] {
+            let whole = &data[..data.len().min(max)];
+            let n = needed_prefix(&tun, linktype::ETHERNET, data, orig, max);
+            let cap = data.len() as u32;
+            assert_eq!(
+                decode(&tun, linktype::ETHERNET, T, orig, cap, &data[..n]),
+                decode(&tun, linktype::ETHERNET, T, orig, cap, whole),
+                "prefix {n} of {data:02x?} (orig {orig}, max {max})"
+            );
+            shortened += usize::from(n < whole.len());
+        }
         let b = decode_general(&tun, linktype::ETHERNET, T, orig, data.len() as u32, data);
         let mut a = Observation::empty(T, orig, data.len() as u32);
         if fill_ipv4_fast(&mut a, &tun, data, 0) {
@@ -452,8 +466,12 @@ fn the_fast_paths_equal_the_general_path_on_real_and_generated_frames() {
             }
         }
     }
-    eprintln!("{} distinct frames; fast paths taken: plain {plain}, vxlan {vxlan}", frames.len());
+    eprintln!(
+        "{} distinct frames; fast paths taken: plain {plain}, vxlan {vxlan}; prefixes shortened {shortened}",
+        frames.len()
+    );
     assert!(plain > 100_000 && vxlan > 50_000, "fast paths taken: plain {plain}, vxlan {vxlan}");
+    assert!(shortened > 100_000, "prefixes shortened: {shortened}");
 }
 
 #[test]

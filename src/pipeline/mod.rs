@@ -2,8 +2,10 @@
 //!
 //! The reader (the calling thread) picks a shard for each frame by a
 //! direction-independent flow hash over fixed header offsets
-//! ([`flow_hash`]), and copies the frame's first `limits.decode_bytes` into
-//! that shard's batch: a byte arena plus one small record per frame. Full
+//! ([`flow_hash`]), and copies what decoding reads of the frame into that
+//! shard's batch: the headers of a common frame, else its first
+//! `limits.decode_bytes` ([`needed_prefix`]). A batch is a byte arena plus
+//! one small record per frame. Full
 //! batches cross to the shard's bounded queue, and emptied batches come back
 //! through a pool, so the hot path does not allocate. The shard decodes
 //! (etherparse) and measures. Keeping decode off the reader is measured, not
@@ -42,7 +44,7 @@ pub use crate::event::IdsCounts;
 use crate::action::{ActionSink, Dispatcher};
 use crate::capture::{CaptureError, PacketSource, RawPacket, SourceItem};
 use crate::config::Rules;
-use crate::decode::{flow_hash, DecodeErrorKind, Mac};
+use crate::decode::{flow_hash, needed_prefix, DecodeErrorKind, Mac};
 use crate::decode::{frame_len_ok, TIME_JUMP_WINDOWS};
 use crate::detect::Detector;
 use crate::event::{ActionCounts, Event, EventSink, RttSummary, SummaryEvent, VmStatsEvent};
@@ -768,7 +770,9 @@ impl Reader {
             ((u128::from(flow_hash(&self.tunnels, pkt.linktype, pkt.data)) * n as u128) >> 64) as usize
         };
         let b = &mut self.batches[s];
-        let keep = &pkt.data[..pkt.data.len().min(self.decode_bytes)];
+        // Only the headers decoding reads, for the common frame: bytes
+        // copied here are cache lines the shard's core must fetch.
+        let keep = &pkt.data[..needed_prefix(&self.tunnels, pkt.linktype, pkt.data, pkt.orig_len, self.decode_bytes)];
         b.bytes.extend_from_slice(keep);
         b.meta.push(FrameMeta {
             ts: pkt.ts,
