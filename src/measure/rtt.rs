@@ -7,10 +7,19 @@
 //!   retransmitted SYN restarts the clock);
 //! - TCP timestamps, as pping does: a TSecr that echoes a TSval first seen in
 //!   the other direction; a TSval is recorded only when it is new for its
-//!   direction, and matched once;
+//!   direction (not the one before it, and after the newest the other side
+//!   has echoed), and matched once; an echo clears the TSvals before it,
+//!   which will never be echoed (a TSecr only moves forward);
 //! - TCP without timestamps: the end sequence of a data segment matched to
 //!   the first ACK equal to it; a segment that repeats sequence space already
 //!   sent is a retransmission and voids what it overlaps (Karn's rule).
+//!
+//! A direction keeps [`PROBES_PER_DIRECTION`] probes. A full list keeps its
+//! oldest (the next echoes and ACKs of a long transfer name them) and gives
+//! its newest place to each new probe (what an ACK at the end of a burst
+//! covers); pushing out the oldest instead left a transfer with more in
+//! flight than the list holds no sample until it stopped. A SYN voids what
+//! the flow knew of an earlier connection on the same addresses and ports.
 //!
 //! One answering packet gives at most one sample (handshake before
 //! timestamps). Everything is bounded: flows (`limits.rtt_flows`, split
@@ -103,17 +112,18 @@ struct Probes {
 }
 
 impl Probes {
-    /// Adds a probe; returns true when the oldest had to be dropped.
+    /// Adds a probe; returns true when the list was full. A full list keeps
+    /// its oldest probes, which a TSecr names first (RFC 7323 echoes the
+    /// oldest unacknowledged segment's TSval) and the next ACKs of a long
+    /// transfer cover first, and gives its newest place to the new probe,
+    /// which is what an ACK at the end of a burst covers.
     #[inline]
     fn push(&mut self, key: u32, t: i64) -> bool {
         let full = usize::from(self.len) == PROBES_PER_DIRECTION;
-        if full {
-            self.remove_at(0);
-        }
-        let i = usize::from(self.len);
+        let i = usize::from(self.len) - usize::from(full);
         self.keys[i] = key;
         self.times[i] = t;
-        self.len += 1;
+        self.len = (i + 1) as u8;
         full
     }
 
@@ -176,8 +186,13 @@ struct TcpDir {
     last_tsval: u32,
     /// Highest end sequence sent this way, for Karn's rule.
     seq_high: u32,
+    /// Newest of this direction's TSvals the other side has echoed: one not
+    /// after it is not new (a TSval sent again, e.g. by a second transmit
+    /// queue, after its echo came back).
+    echoed: u32,
     has_tsval: bool,
     has_seq_high: bool,
+    has_echoed: bool,
 }
 
 impl Default for TcpDir {
@@ -187,8 +202,10 @@ impl Default for TcpDir {
             syn: NO_SYN,
             last_tsval: 0,
             seq_high: 0,
+            echoed: 0,
             has_tsval: false,
             has_seq_high: false,
+            has_echoed: false,
         }
     }
 }
@@ -202,6 +219,16 @@ impl TcpDir {
             n += 1;
         }
         n
+    }
+
+    /// A new connection on this direction's addresses and ports: what it
+    /// knew of an earlier one (TSvals, echoes, sequence space, probes) is
+    /// void, all but a SYN it is waiting to see answered. Returns the probes
+    /// dropped.
+    fn restart(&mut self) -> u64 {
+        let dropped = u64::from(self.segments.len);
+        *self = TcpDir { syn: self.syn, ..TcpDir::default() };
+        dropped
     }
 
     fn outstanding(&self) -> u64 {
@@ -655,6 +682,21 @@ impl RttTracker {
         let mut evicted = 0u64;
         let mut timed_out = 0u64;
 
+        // A SYN opens a connection, perhaps on the addresses and ports of an
+        // earlier one (a client reusing its port): the earlier one's state is
+        // void, or its TSvals and echoes would bar the new one's (Linux gives
+        // each connection its own TSval offset) and its sequence space would
+        // make the new one's segments look retransmitted. A SYN/ACK voids its
+        // own direction only: the other holds the SYN it answers.
+        if syn {
+            if ack {
+                timed_out += flow.dir[d].restart();
+            } else {
+                timed_out += flow.dir[0].restart() + flow.dir[1].restart();
+                flow.uses_timestamps = false;
+            }
+        }
+
         // Handshake.
         if syn && !ack {
             flow.dir[d].syn = t;
@@ -680,12 +722,29 @@ impl RttTracker {
             if !me.has_tsval || me.last_tsval != tsval {
                 me.has_tsval = true;
                 me.last_tsval = tsval;
-                evicted += u64::from(me.segments.push(tsval, t));
+                if !me.has_echoed || seq_after(tsval, me.echoed) {
+                    evicted += u64::from(me.segments.push(tsval, t));
+                }
             }
             if ack && tsecr != 0 {
-                if let Some(sent) = flow.dir[1 - d].segments.take(tsecr) {
+                let other = &mut flow.dir[1 - d];
+                if let Some(sent) = other.segments.take(tsecr) {
                     if answered.is_none() {
                         answered = Some((t - sent, SampleKind::Timestamp));
+                    }
+                }
+                // TSvals before the echoed one will never be echoed: a TSecr
+                // only moves forward (RFC 7323 echoes the oldest
+                // unacknowledged segment's TSval). An echo past the newest
+                // TSval that side has sent echoes nothing it sent, and
+                // clears nothing.
+                if other.has_tsval && !seq_after(tsecr, other.last_tsval) {
+                    if !other.has_echoed || seq_after(tsecr, other.echoed) {
+                        other.has_echoed = true;
+                        other.echoed = tsecr;
+                    }
+                    if other.segments.len > 0 {
+                        other.segments.retain(|k, _| seq_after(k, tsecr));
                     }
                 }
             }

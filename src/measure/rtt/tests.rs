@@ -324,3 +324,173 @@ fn observe_batch_gives_exactly_what_observe_gives() {
         assert_eq!(b.2, one_by_one.2, "flows, batches of {n}");
     }
 }
+
+/// A bulk transfer with more in flight than a direction's probe list holds:
+/// the VM sends two segments a millisecond (one TSval each millisecond, its
+/// 1 kHz clock) for 100 ms, to a client 20.25 ms away that acknowledges every
+/// second segment and echoes the pair's TSval, as RFC 7323 says. A full list
+/// keeps its 7 oldest TSvals, which the next echoes name, and its newest
+/// place takes each new one; a list that pushed out its oldest would hold
+/// only the newest 8 ms of TSvals, matched only once the transfer stops (it
+/// gave the last 8 TSvals' samples and no others).
+#[test]
+fn more_timestamps_in_flight_than_the_list_holds_still_give_samples() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let mut frames = Vec::new();
+    for i in 0..200i64 {
+        let (at, tsval) = (i * MS / 2, 5_000 + (i / 2) as u32);
+        let seq = 1 + 100 * i as u32;
+        frames.push((at, Tcp { ts: Some((tsval, 77)), payload_len: 100, seq, ack: Some(1000), ..r }.build()));
+        if i % 2 == 1 {
+            let ack = seq + 100;
+            // The client's own clock stands still: one TSval of its own in all.
+            let echo = Tcp { ts: Some((90_000, 5_000 + (i / 2) as u32)), ack: Some(ack), ..c };
+            frames.push((at - MS / 2 + 20 * MS + MS / 4, echo.build()));
+        }
+    }
+    frames.sort_by_key(|f| f.0);
+    let s = run(&mut t, &frames);
+    // Each round, the 7 oldest TSvals are echoed 20.25 ms after they were
+    // first seen, and the echoes make room for the next 7 (the TSval in the
+    // newest place when the round's first echo comes, and 6 more): one round
+    // every 20 ms, five in 100 ms, and the newest place's last TSval (99)
+    // echoed at the end: 36 samples. The other 64 TSvals gave their place to
+    // a newer one (counted), and none is timed late.
+    assert_eq!(s.len(), 36, "{s:?}");
+    assert!(s.iter().all(|x| *x == (20.25, SampleKind::Timestamp, client())), "{s:?}");
+    assert_eq!(t.counts.probe_evictions, 64);
+}
+
+/// The same without timestamps: ends of data segments matched to the ACKs
+/// of every second segment. The list keeps the oldest ends, each ACK clears
+/// what it covers, and the ACK of each odd segment it holds gives a sample
+/// (a list that pushed out its oldest gave only the last 4).
+#[test]
+fn more_segments_in_flight_than_the_list_holds_still_give_samples() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let mut frames = Vec::new();
+    for i in 0..200i64 {
+        let seq = 1 + 100 * i as u32;
+        frames.push((i * MS / 2, Tcp { payload_len: 100, seq, ack: Some(1000), ..r }.build()));
+        if i % 2 == 1 {
+            frames.push((i * MS / 2 + 20 * MS + MS / 4, Tcp { ack: Some(seq + 100), ..c }.build()));
+        }
+    }
+    frames.sort_by_key(|f| f.0);
+    let s = run(&mut t, &frames);
+    // The ends the list keeps are acknowledged exactly when odd: 22 of the
+    // 100 ACKs (the rest acknowledge ends that gave their place to newer ones).
+    assert_eq!(s.len(), 22, "{s:?}");
+    assert!(s.iter().all(|x| *x == (20.25, SampleKind::Ack, client())), "{s:?}");
+}
+
+/// An echo of a TSval the other side never sent (past its newest, e.g. a
+/// capture that starts mid-flow with a stale echo) clears nothing: the
+/// TSval recorded before it is still matched by the echo that names it.
+#[test]
+fn an_echo_past_the_newest_tsval_clears_nothing() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[
+            (0, Tcp { ts: Some((1_000, 5)), payload_len: 10, seq: 1, ack: Some(1000), ..r }.build()),
+            // Echoes 2,000,000,000: not a TSval the VM has sent.
+            (MS, Tcp { ts: Some((6, 2_000_000_000)), payload_len: 10, ack: Some(11), ..c }.build()),
+            (3 * MS, Tcp { ts: Some((7, 1_000)), ack: Some(11), ..c }.build()),
+        ],
+    );
+    assert_eq!(s, vec![(3.0, SampleKind::Timestamp, client())]);
+}
+
+/// A burst longer than the list, acknowledged once at its end (as in
+/// Suricata's http-mime-truncated capture, frames 10-20: ten segments, one
+/// ACK 67.645 ms after the last, which tshark's `tcp.analysis.ack_rtt`
+/// times too): the burst's last segment holds the newest place, and is matched.
+#[test]
+fn the_ack_of_a_burst_longer_than_the_list_is_matched_to_its_last_segment() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let mut frames: Vec<(i64, Vec<u8>)> = (0..10i64)
+        .map(|i| (i * 10, Tcp { payload_len: 1000, seq: 1 + 1000 * i as u32, ack: Some(1000), ..r }.build()))
+        .collect();
+    frames.push((90 + 67_645, Tcp { ack: Some(10_001), ..c }.build()));
+    let s = run(&mut t, &frames);
+    assert_eq!(s, vec![(67.645, SampleKind::Ack, client())]);
+    assert_eq!(t.counts.probe_evictions, 2);
+}
+
+/// A TSval sent again after its echo came back (Linux with two transmit
+/// queues interleaves segments stamped a millisecond apart, as in the QEMU
+/// lab's captures) is not new: a second echo of it gives no second sample.
+#[test]
+fn a_tsval_sent_again_after_its_echo_is_not_timed_again() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let vm_seg = |tsval, seq| Tcp { ts: Some((tsval, 5)), payload_len: 10, seq, ack: Some(1000), ..r }.build();
+    let echo = |tsecr, ack| Tcp { ts: Some((9, tsecr)), ack: Some(ack), ..c }.build();
+    let s = run(
+        &mut t,
+        &[
+            (0, vm_seg(100, 1)),
+            (100, vm_seg(101, 11)),
+            (MS, echo(100, 11)),
+            // The other queue's segment, stamped 100 again.
+            (MS + 100, vm_seg(100, 21)),
+            (2 * MS, echo(100, 31)),
+            (2 * MS + 500, echo(101, 31)),
+        ],
+    );
+    assert_eq!(s, vec![(1.0, SampleKind::Timestamp, client()), (2.4, SampleKind::Timestamp, client())]);
+}
+
+/// A new connection on the addresses and ports of an earlier one (a client
+/// reusing its port) starts afresh: the earlier one's echoes do not bar the
+/// new one's lower TSvals, and its sequence space does not make the new
+/// one's data look retransmitted.
+#[test]
+fn a_connection_reusing_a_flows_ports_starts_afresh() {
+    let c = conn();
+    let r = c.reverse();
+    for ts in [true, false] {
+        let o = |v: (u32, u32)| ts.then_some(v);
+        let mut t = tracker();
+        let s = run(
+            &mut t,
+            &[
+                (0, Tcp { syn: true, seq: 1000, ts: o((1000, 0)), ..c }.build()),
+                (2 * MS, Tcp { syn: true, seq: 50_000, ack: Some(1001), ts: o((5000, 1000)), ..r }.build()),
+                (3 * MS, Tcp { seq: 1001, ack: Some(50_001), payload_len: 100, ts: o((1001, 5000)), ..c }.build()),
+                (4 * MS, Tcp { seq: 50_001, ack: Some(1101), ts: o((5001, 1001)), ..r }.build()),
+                // The port again, with a lower ISN and TSval clock.
+                (10 * MS, Tcp { syn: true, seq: 500, ts: o((10, 0)), ..c }.build()),
+                (14 * MS, Tcp { syn: true, seq: 90_000, ack: Some(501), ts: o((20, 10)), ..r }.build()),
+                (17 * MS, Tcp { seq: 501, ack: Some(90_001), payload_len: 100, ts: o((11, 20)), ..c }.build()),
+                (19 * MS, Tcp { seq: 90_001, ack: Some(601), ts: o((21, 11)), ..r }.build()),
+            ],
+        );
+        let (hs, k) = (SampleKind::Handshake, if ts { SampleKind::Timestamp } else { SampleKind::Ack });
+        let want = if ts {
+            // The client echoes each SYN/ACK's TSval, the VM the client's data's.
+            vec![
+                (2.0, hs, vm()),
+                (1.0, k, client()),
+                (1.0, k, vm()),
+                (4.0, hs, vm()),
+                (3.0, k, client()),
+                (2.0, k, vm()),
+            ]
+        } else {
+            // The VM's ACK answers the client's data.
+            vec![(2.0, hs, vm()), (1.0, k, vm()), (4.0, hs, vm()), (2.0, k, vm())]
+        };
+        assert_eq!(s, want, "timestamps: {ts}");
+    }
+}
