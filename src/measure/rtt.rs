@@ -7,9 +7,9 @@
 //!   retransmitted SYN restarts the clock);
 //! - TCP timestamps, as pping does: a TSecr that echoes a TSval first seen in
 //!   the other direction; a TSval is recorded only when it is new for its
-//!   direction (not the one before it, and after the newest the other side
-//!   has echoed), and matched once; an echo clears the TSvals before it,
-//!   which will never be echoed (a TSecr only moves forward);
+//!   direction (after the newest it has sent: a TSval sent again is not),
+//!   and matched once; an echo clears the TSvals before it, which will never
+//!   be echoed (a TSecr only moves forward);
 //! - TCP without timestamps: the end sequence of a data segment matched to
 //!   the first ACK equal to it; a segment that repeats sequence space already
 //!   sent is a retransmission and voids what it overlaps (Karn's rule).
@@ -168,6 +168,10 @@ impl Probes {
     }
 }
 
+/// TSval ticks back from a direction's newest beyond which a TSval is a new
+/// clock, not a late segment (2^24: hours at the fastest clocks stacks use).
+const NEW_CLOCK: u32 = 1 << 24;
+
 /// No SYN outstanding.
 const NO_SYN: i64 = i64::MIN;
 
@@ -186,13 +190,8 @@ struct TcpDir {
     last_tsval: u32,
     /// Highest end sequence sent this way, for Karn's rule.
     seq_high: u32,
-    /// Newest of this direction's TSvals the other side has echoed: one not
-    /// after it is not new (a TSval sent again, e.g. by a second transmit
-    /// queue, after its echo came back).
-    echoed: u32,
     has_tsval: bool,
     has_seq_high: bool,
-    has_echoed: bool,
 }
 
 impl Default for TcpDir {
@@ -202,10 +201,8 @@ impl Default for TcpDir {
             syn: NO_SYN,
             last_tsval: 0,
             seq_high: 0,
-            echoed: 0,
             has_tsval: false,
             has_seq_high: false,
-            has_echoed: false,
         }
     }
 }
@@ -691,6 +688,12 @@ impl RttTracker {
         if syn {
             if ack {
                 timed_out += flow.dir[d].restart();
+                // Timestamps are on only when both ends offer them (RFC 7323):
+                // the SYN's TSval is then no probe, nor a sequence number.
+                if tcp.timestamps.is_none() && flow.uses_timestamps {
+                    flow.uses_timestamps = false;
+                    timed_out += flow.dir[1 - d].restart();
+                }
             } else {
                 timed_out += flow.dir[0].restart() + flow.dir[1].restart();
                 flow.uses_timestamps = false;
@@ -719,12 +722,17 @@ impl RttTracker {
                 }
             }
             let me = &mut flow.dir[d];
-            if !me.has_tsval || me.last_tsval != tsval {
+            // New: after the newest TSval this direction has sent. One sent
+            // again (Linux's second transmit queue interleaves TSvals X Y X)
+            // is not; one far before it is a new clock (a connection on
+            // these ports whose SYN the capture missed): start afresh.
+            if me.has_tsval && seq_before(tsval, me.last_tsval) && me.last_tsval.wrapping_sub(tsval) > NEW_CLOCK {
+                timed_out += me.restart();
+            }
+            if !me.has_tsval || seq_after(tsval, me.last_tsval) {
                 me.has_tsval = true;
                 me.last_tsval = tsval;
-                if !me.has_echoed || seq_after(tsval, me.echoed) {
-                    evicted += u64::from(me.segments.push(tsval, t));
-                }
+                evicted += u64::from(me.segments.push(tsval, t));
             }
             if ack && tsecr != 0 {
                 let other = &mut flow.dir[1 - d];
@@ -738,14 +746,8 @@ impl RttTracker {
                 // unacknowledged segment's TSval). An echo past the newest
                 // TSval that side has sent echoes nothing it sent, and
                 // clears nothing.
-                if other.has_tsval && !seq_after(tsecr, other.last_tsval) {
-                    if !other.has_echoed || seq_after(tsecr, other.echoed) {
-                        other.has_echoed = true;
-                        other.echoed = tsecr;
-                    }
-                    if other.segments.len > 0 {
-                        other.segments.retain(|k, _| seq_after(k, tsecr));
-                    }
+                if other.segments.len > 0 && other.has_tsval && !seq_after(tsecr, other.last_tsval) {
+                    other.segments.retain(|k, _| seq_after(k, tsecr));
                 }
             }
         } else if !flow.uses_timestamps {

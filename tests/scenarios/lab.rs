@@ -68,16 +68,34 @@ fn lab() -> Option<&'static LabRun> {
     }
     let run = LAB.get_or_init(|| {
         let dir = root().join("target/lab-run");
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(root().join("tests/lab/lab.sh"))
-            .arg(&dir)
-            .env("VMSENTRY", env!("CARGO_BIN_EXE_vmsentry"))
-            .output()
-            .map_err(|e| format!("tests/lab/lab.sh: {e}"))?;
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        std::fs::write(dir.join("lab.log"), &err).ok();
-        if !out.status.success() {
-            return Err(format!("tests/lab/lab.sh failed ({}):\n{err}", out.status));
+        // A guest kernel that panics under TCG after a move (seen once in CI:
+        // list corruption in virtio-net's interrupt, QEMU 7.2) is QEMU's
+        // fault, not what is tested: the lab runs once more then, and only then.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let _ = std::fs::remove_dir_all(&dir);
+            let out = Command::new(root().join("tests/lab/lab.sh"))
+                .arg(&dir)
+                .env("VMSENTRY", env!("CARGO_BIN_EXE_vmsentry"))
+                .output()
+                .map_err(|e| format!("tests/lab/lab.sh: {e}"))?;
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            std::fs::write(dir.join("lab.log"), &err).ok();
+            if out.status.success() {
+                break;
+            }
+            let panicked = std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|e| {
+                e.path().extension().is_some_and(|x| x == "serial")
+                    && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("Kernel panic"))
+            });
+            if !(panicked && attempt == 1) {
+                return Err(format!("tests/lab/lab.sh failed ({}, attempt {attempt}):\n{err}", out.status));
+            }
+            let kept = root().join("target/lab-run.panicked");
+            let _ = std::fs::remove_dir_all(&kept);
+            let _ = std::fs::rename(&dir, &kept);
+            eprintln!("lab: a guest kernel panicked (kept in {}); running the lab once more", kept.display());
         }
         let lines = |p: &str| -> Vec<Value> {
             std::fs::read_to_string(dir.join(p))

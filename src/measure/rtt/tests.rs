@@ -494,3 +494,48 @@ fn a_connection_reusing_a_flows_ports_starts_afresh() {
         assert_eq!(s, want, "timestamps: {ts}");
     }
 }
+
+/// A SYN/ACK without timestamps turns them off for the connection (RFC 7323
+/// needs both ends), so its data is timed by sequence and ACK.
+#[test]
+fn timestamps_offered_by_the_syn_alone_are_not_used() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let s = run(
+        &mut t,
+        &[
+            (0, Tcp { syn: true, seq: 1000, ts: Some((10, 0)), ..c }.build()),
+            (2 * MS, Tcp { syn: true, seq: 50_000, ack: Some(1001), ..r }.build()),
+            (3 * MS, Tcp { seq: 1001, ack: Some(50_001), payload_len: 100, ..c }.build()),
+            (4 * MS, Tcp { seq: 50_001, ack: Some(1101), ..r }.build()),
+        ],
+    );
+    assert_eq!(s, vec![(2.0, SampleKind::Handshake, vm()), (1.0, SampleKind::Ack, vm())]);
+}
+
+/// A TSval far before the newest one of its direction is a new clock (a
+/// connection on these ports whose SYN the capture missed), not a late
+/// segment: it is recorded and timed. One just before the newest is not.
+#[test]
+fn a_tsval_far_before_the_newest_is_a_new_clock() {
+    let c = conn();
+    let r = c.reverse();
+    let mut t = tracker();
+    let vm_seg = |tsval, seq| Tcp { ts: Some((tsval, 5)), payload_len: 10, seq, ack: Some(1000), ..r }.build();
+    let echo = |tsecr, ack| Tcp { ts: Some((9, tsecr)), ack: Some(ack), ..c }.build();
+    let s = run(
+        &mut t,
+        &[
+            (0, vm_seg(3_000_000_000, 1)),
+            (MS, echo(3_000_000_000, 11)),
+            // Late by a tick: not new, not timed.
+            (2 * MS, vm_seg(2_999_999_999, 11)),
+            (3 * MS, echo(2_999_999_999, 21)),
+            // A new clock.
+            (4 * MS, vm_seg(7, 21)),
+            (6 * MS, echo(7, 31)),
+        ],
+    );
+    assert_eq!(s, vec![(1.0, SampleKind::Timestamp, client()), (2.0, SampleKind::Timestamp, client())]);
+}
