@@ -203,9 +203,34 @@ fn lab_busy_guest_downtime_is_within_15_ms_of_qemus() {
     assert!(qd - 2.0 <= sd && sd < d, "source downtime {sd} ms, QEMU {qd} ms: {e}");
     // Answering a ping every 2 ms, its pace before the move is known: the
     // bounds say more than "somewhere in the silence" (measured: the
-    // resolution 0.48-0.70 of the silence).
+    // resolution 0.48-0.70 of the silence), unless the TCG guest itself fell
+    // quiet that long in the 250 ms before its last frame (once in CI: 30 ms
+    // during pre-copy, a 20 ms downtime), when the bound is the silence.
     let res = f(&e["downtime_resolution_ms"]);
-    assert!(res < d, "{e}");
+    let gap = largest_frame_gap_ms(lab, VIRTIO, f(&q["stop"]));
+    if gap < d / 2.0 {
+        assert!(res < d, "largest frame gap {gap} ms: {e}");
+    } else if gap >= d {
+        assert_eq!(res, d, "largest frame gap {gap} ms: {e}");
+    }
+    assert!(res <= d, "{e}");
+}
+
+/// The largest gap, in ms, between `mac`'s frames on the underlay (inside
+/// VXLAN) in the 250 ms before its last frame before `stop` (epoch seconds).
+fn largest_frame_gap_ms(lab: &LabRun, mac: &str, stop: f64) -> f64 {
+    let tshark = tshark().expect("the lab needs tshark");
+    let out = Command::new(tshark)
+        .arg("-r")
+        .arg(lab.path("underlay.pcap"))
+        .args(["-Y", &format!("eth.src == {mac} && frame.time_epoch < {stop:.6}"), "-T", "fields"])
+        .args(["-e", "frame.time_epoch"])
+        .output()
+        .unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let last = *times.last().expect("the VM's frames before its stop");
+    let recent: Vec<f64> = times.into_iter().filter(|&t| t >= last - 0.25).collect();
+    recent.windows(2).map(|w| (w[1] - w[0]) * 1000.0).fold(0.0, f64::max)
 }
 
 #[test]

@@ -426,16 +426,23 @@ fn the_ack_of_a_burst_longer_than_the_list_is_matched_to_its_last_segment() {
     assert_eq!(t.counts.probe_evictions, 2);
 }
 
+/// The VM's data segment (10 bytes at `seq`) stamped `tsval`, echoing the client's TSval 5.
+fn vm_ts_segment(tsval: u32, seq: u32) -> Vec<u8> {
+    Tcp { ts: Some((tsval, 5)), payload_len: 10, seq, ack: Some(1000), ..conn().reverse() }.build()
+}
+
+/// The client's ACK of `ack` echoing the VM's `tsecr` (its own clock stands at 9).
+fn client_ts_echo(tsecr: u32, ack: u32) -> Vec<u8> {
+    Tcp { ts: Some((9, tsecr)), ack: Some(ack), ..conn() }.build()
+}
+
 /// A TSval sent again after its echo came back (Linux with two transmit
 /// queues interleaves segments stamped a millisecond apart, as in the QEMU
 /// lab's captures) is not new: a second echo of it gives no second sample.
 #[test]
 fn a_tsval_sent_again_after_its_echo_is_not_timed_again() {
-    let c = conn();
-    let r = c.reverse();
+    let (vm_seg, echo) = (vm_ts_segment, client_ts_echo);
     let mut t = tracker();
-    let vm_seg = |tsval, seq| Tcp { ts: Some((tsval, 5)), payload_len: 10, seq, ack: Some(1000), ..r }.build();
-    let echo = |tsecr, ack| Tcp { ts: Some((9, tsecr)), ack: Some(ack), ..c }.build();
     let s = run(
         &mut t,
         &[
@@ -519,11 +526,8 @@ fn timestamps_offered_by_the_syn_alone_are_not_used() {
 /// segment: it is recorded and timed. One just before the newest is not.
 #[test]
 fn a_tsval_far_before_the_newest_is_a_new_clock() {
-    let c = conn();
-    let r = c.reverse();
+    let (vm_seg, echo) = (vm_ts_segment, client_ts_echo);
     let mut t = tracker();
-    let vm_seg = |tsval, seq| Tcp { ts: Some((tsval, 5)), payload_len: 10, seq, ack: Some(1000), ..r }.build();
-    let echo = |tsecr, ack| Tcp { ts: Some((9, tsecr)), ack: Some(ack), ..c }.build();
     let s = run(
         &mut t,
         &[
