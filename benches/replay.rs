@@ -91,6 +91,15 @@ fn main() {
     }
     let size = std::fs::metadata(&file).unwrap().len();
     let (_guard, rules) = rules();
+    // `BENCH_ONLY=stages`: only the per-stage lines, `runs` times, on the
+    // datacenter mix's first million frames (it must have been written).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("stages") {
+        let frames = std::env::var("VMSENTRY_BENCH_DCMIX_FRAMES").unwrap_or_else(|_| "5000000".into());
+        for _ in 0..runs {
+            stage_costs(&dir.join(format!("dcmix-{frames}.pcap")), &rules, 1_000_000);
+        }
+        return;
+    }
     let mut no_rtt = rules.clone();
     no_rtt.rtt.enabled = false;
     let has_tcpdump = Command::new("tcpdump").arg("--version").output().is_ok();
@@ -369,11 +378,18 @@ fn stage_costs(file: &Path, rules: &Rules, limit: usize) {
     let t = Instant::now();
     // In batches, as the shard gets them: at most `batch_size` frames, cut
     // where a window ends (the reader flushes every batch then).
+    // (Taking what RTT reads of each frame is RTT's cost: timed too.)
     let mut start = 0;
+    let mut inputs = Vec::new();
+    let mut batch = |rtt: &mut vmsentry::measure::rtt::RttTracker, part: &[vmsentry::decode::Observation]| {
+        inputs.clear();
+        inputs.extend(part.iter().filter_map(vmsentry::measure::rtt::RttInput::of));
+        rtt.observe_batch(&inputs);
+    };
     for (i, o) in obs.iter().enumerate() {
         let wi = o.ts.as_micros().div_euclid(window);
         if w.is_some_and(|w| wi > w) || i - start == rules.limits.batch_size {
-            rtt.observe_batch(&obs[start..i]);
+            batch(&mut rtt, &obs[start..i]);
             start = i;
         }
         if w.is_some_and(|w| wi > w) {
@@ -381,7 +397,7 @@ fn stage_costs(file: &Path, rules: &Rules, limit: usize) {
         }
         w = Some(wi);
     }
-    rtt.observe_batch(&obs[start..]);
+    batch(&mut rtt, &obs[start..]);
     if let Some(w) = w {
         samples += rtt.close_window(vmsentry::vocab::PacketTime::from_micros((w + 1) * window)).len();
     }

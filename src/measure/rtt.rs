@@ -40,10 +40,11 @@
 //! to date when a packet or the sweep next reaches it, with the same
 //! outcome as expiring every flow at every close (expiry only removes what
 //! is older than a cut-off that only grows).
-//! The shards hand over a batch at a time ([`RttTracker::observe_batch`]):
-//! every TCP frame's key is hashed first, and the table memory of a group
-//! of frames' flows is loaded together before the group is handled, so the
-//! cache misses overlap instead of stalling each packet in turn.
+//! The shards hand over a batch at a time ([`RttTracker::observe_batch`]) of
+//! what RTT reads of each frame ([`RttInput`], with every TCP frame's key
+//! hashed while the shard decodes it), and the flow table's memory is
+//! prefetched a few frames ahead of the frame that uses it, so the cache
+//! misses overlap with work instead of stalling each packet in turn.
 //! The hash is taken once per packet from the decoded 5-tuple; the reader's
 //! shard hash is not reused because it reads raw frame bytes, so the two
 //! directions of one flow can hash apart when they are encapsulated
@@ -127,10 +128,16 @@ impl Probes {
         full
     }
 
-    /// Keeps only the probes `keep` says yes to, in order; returns how many were removed.
+    /// Keeps only the probes `keep` says yes to, in order; returns how many
+    /// were removed. Writes nothing when it keeps them all (the common
+    /// case: an echo or ACK usually leaves nothing older behind), so the
+    /// list's lines stay clean in the cache.
+    #[inline]
     fn retain(&mut self, mut keep: impl FnMut(u32, i64) -> bool) -> u64 {
-        let mut n = 0usize;
-        for i in 0..usize::from(self.len) {
+        let len = usize::from(self.len);
+        let Some(first) = (0..len).find(|&i| !keep(self.keys[i], self.times[i])) else { return 0 };
+        let mut n = first;
+        for i in first + 1..len {
             let (k, t) = (self.keys[i], self.times[i]);
             if keep(k, t) {
                 self.keys[n] = k;
@@ -253,22 +260,12 @@ struct TcpFlow {
 
 const _: () = assert!(std::mem::size_of::<TcpFlow>() == 5 * 64);
 const _: () = assert!(std::mem::offset_of!(TcpFlow, dir) == 64);
-
-impl TcpFlow {
-    /// Reads one word of each cache line a packet sent in direction `d`
-    /// reads first (see [`FlowTable::touch`]): the key and times, the
-    /// sender's probes and state, the other side's probe keys (its times
-    /// are read only on a match).
-    #[inline]
-    fn touch(&self, d: usize) -> u64 {
-        let (me, other) = (&self.dir[d & 1], &self.dir[(d & 1) ^ 1]);
-        (self.swept as u64)
-            .wrapping_add(me.segments.times[0] as u64)
-            .wrapping_add(me.syn as u64)
-            .wrapping_add(other.syn as u64)
-            .wrapping_add(other.segments.times[0] as u64)
-    }
-}
+// What [`FlowTable::prefetch_entry`] names by `syn` is the line of the
+// probe keys, the length and the TSval state: a direction's second line.
+const _: () = assert!(std::mem::size_of::<TcpDir>() == 128 && std::mem::offset_of!(TcpDir, segments) == 0);
+const _: () = assert!(std::mem::offset_of!(Probes, keys) / 64 == 1 && std::mem::offset_of!(TcpDir, syn) / 64 == 1);
+const _: () =
+    assert!(std::mem::offset_of!(TcpDir, seq_high) / 64 == 1 && std::mem::offset_of!(TcpDir, has_seq_high) / 64 == 1);
 
 impl TcpFlow {
     fn new(key: FlowKey, hash: u32, swept: i64) -> TcpFlow {
@@ -288,17 +285,53 @@ impl TcpFlow {
     }
 }
 
+/// One endpoint of a flow key: the address as four big-endian words (an
+/// IPv4 address in the last), so a key is aligned words to copy and
+/// compare, not `IpAddr`'s 17 unaligned bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Ep {
+    // Field order is the order: IPv4 before IPv6, then the address, then
+    // the port, as `(IpAddr, u16)` orders.
+    v6: bool,
+    ip: [u32; 4],
+    port: u16,
+}
+
+impl Ep {
+    #[inline]
+    fn new((ip, port): (IpAddr, u16)) -> Ep {
+        match ip {
+            IpAddr::V4(a) => Ep { v6: false, ip: [0, 0, 0, u32::from(a)], port },
+            IpAddr::V6(a) => {
+                let x = u128::from(a);
+                Ep { v6: true, ip: [(x >> 96) as u32, (x >> 64) as u32, (x >> 32) as u32, x as u32], port }
+            }
+        }
+    }
+
+    fn addr(&self) -> (IpAddr, u16) {
+        let ip = if self.v6 {
+            let x = self.ip.iter().fold(0u128, |x, &w| (x << 32) | u128::from(w));
+            IpAddr::from(std::net::Ipv6Addr::from(x))
+        } else {
+            IpAddr::from(std::net::Ipv4Addr::from(self.ip[3]))
+        };
+        (ip, self.port)
+    }
+}
+
 /// Both endpoints, lower first, so both directions share one key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
-    a: (IpAddr, u16),
-    b: (IpAddr, u16),
+    a: Ep,
+    b: Ep,
 }
 
 impl FlowKey {
     /// The key and the direction of a packet from `src` to `dst` (0: a→b).
     #[inline]
     fn of(src: (IpAddr, u16), dst: (IpAddr, u16)) -> (FlowKey, usize) {
+        let (src, dst) = (Ep::new(src), Ep::new(dst));
         if src <= dst {
             (FlowKey { a: src, b: dst }, 0)
         } else {
@@ -310,22 +343,22 @@ impl FlowKey {
     #[inline]
     fn hash(&self) -> u32 {
         #[inline]
-        fn ep(e: &(IpAddr, u16)) -> u64 {
-            let port = u64::from(e.1);
-            match e.0 {
-                IpAddr::V4(a) => (u64::from(u32::from(a)) << 16) | port,
-                IpAddr::V6(a) => {
-                    let x = u128::from(a);
-                    ((x as u64) ^ ((x >> 64) as u64).rotate_left(29) ^ (1 << 63)) ^ port
-                }
+        fn ep(e: &Ep) -> u64 {
+            let port = u64::from(e.port);
+            let w = |i: usize| u64::from(e.ip[i]);
+            if e.v6 {
+                ((w(2) << 32 | w(3)) ^ (w(0) << 32 | w(1)).rotate_left(29) ^ (1 << 63)) ^ port
+            } else {
+                (w(3) << 16) | port
             }
         }
         (crate::decode::mix(crate::decode::mix(ep(&self.a)) ^ ep(&self.b)) >> 32) as u32
     }
 }
 
-/// Frames [`RttTracker::observe_batch`] loads the table memory of at once.
-const GROUP: usize = 16;
+/// How many frames ahead [`RttTracker::observe_batch`] prefetches a flow's
+/// entry; its index word is prefetched twice as far ahead.
+const AHEAD: usize = 8;
 
 /// Entries a full table looks at to pick the one to evict.
 const EVICTION_SAMPLE: usize = 8;
@@ -385,28 +418,31 @@ impl FlowTable {
         self.probe(key, key.hash()).1
     }
 
-    /// Loads the index line of each `(hash, direction)` and, where the
-    /// home slot holds that hash, the entry's lines that direction reads
-    /// first, without using them: the loads are independent of each
-    /// other, so the group's cache misses are in flight together instead of
-    /// each stalling its own packet in turn (group prefetching with plain
-    /// loads: a prefetch intrinsic needs `unsafe` and measured no faster).
-    /// Touches memory only; nothing changes.
+    /// Asks the cache for the index line of `hash` (nothing waits for it).
     #[inline]
-    fn touch(&self, group: &[(u32, u8)]) {
-        let mut words = [0u64; GROUP];
-        for (w, &(h, _)) in words.iter_mut().zip(group) {
-            *w = self.index[h as usize & self.mask];
+    fn prefetch_index(&self, hash: u32) {
+        prefetch_index::prefetch_index(&self.index, hash as usize & self.mask);
+    }
+
+    /// Asks the cache for the lines of the entry the home slot of `hash`
+    /// names, when it holds that hash (reading the index word, which
+    /// [`FlowTable::prefetch_index`] has brought in by now), that a frame
+    /// sent in direction `d` reads first: the key and times, the sender's
+    /// probes and state, the other side's probe keys and state (its probe
+    /// times are read only on a match). Nothing waits for them, and
+    /// nothing changes.
+    #[inline]
+    fn prefetch_entry(&self, hash: u32, d: u8) {
+        let w = self.index[hash as usize & self.mask];
+        if w == 0 || (w >> 32) as u32 != hash {
+            return;
         }
-        let mut acc = 0u64;
-        for (&w, &(h, d)) in words.iter().zip(group) {
-            if w != 0 && (w >> 32) as u32 == h {
-                if let Some(f) = self.entries.get((w as u32).wrapping_sub(1) as usize) {
-                    acc = acc.wrapping_add(f.touch(usize::from(d)));
-                }
-            }
-        }
-        std::hint::black_box(acc);
+        let Some(f) = self.entries.get((w as u32).wrapping_sub(1) as usize) else { return };
+        let (me, other) = (&f.dir[usize::from(d & 1)], &f.dir[usize::from(!d & 1)]);
+        prefetch_index::prefetch_index(std::slice::from_ref(f), 0);
+        prefetch_index::prefetch_index(me.segments.times.as_slice(), 0);
+        prefetch_index::prefetch_index(std::slice::from_ref(&me.syn), 0);
+        prefetch_index::prefetch_index(std::slice::from_ref(&other.syn), 0);
     }
 
     /// Adds a flow at the empty index slot `at` (from [`FlowTable::probe`]);
@@ -485,6 +521,41 @@ struct EchoKey {
     seq: u16,
 }
 
+/// What RTT reads of one frame: a TCP frame's flow key, direction and hash
+/// (computed once, while the shard decodes it), or an ICMP frame's
+/// addresses; with the time and the sender's MAC. About half an
+/// [`Observation`], so the shard's batch of them stays small.
+#[derive(Clone, Copy, Debug)]
+pub struct RttInput {
+    ts: PacketTime,
+    mac: Mac,
+    frame: RttFrame,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum RttFrame {
+    Tcp { key: FlowKey, d: u8, hash: u32, tcp: TcpInfo },
+    Icmp { src: IpAddr, dst: IpAddr, icmp: IcmpInfo },
+}
+
+impl RttInput {
+    /// What RTT takes of this frame, if anything: TCP or ICMP over IP, not
+    /// a later fragment, with a link layer.
+    #[inline]
+    pub fn of(o: &Observation) -> Option<RttInput> {
+        let (Net::Ip { src, dst, fragment: false, .. }, Some(l2)) = (o.net, o.l2) else { return None };
+        let frame = match o.l4 {
+            L4::Tcp(tcp) => {
+                let (key, d) = FlowKey::of((src, tcp.src_port), (dst, tcp.dst_port));
+                RttFrame::Tcp { key, d: d as u8, hash: key.hash(), tcp }
+            }
+            L4::Icmp(icmp) => RttFrame::Icmp { src, dst, icmp },
+            _ => return None,
+        };
+        Some(RttInput { ts: o.ts, mac: l2.src, frame })
+    }
+}
+
 /// The RTT tracker of one shard.
 pub struct RttTracker {
     flows: FlowTable,
@@ -503,9 +574,6 @@ pub struct RttTracker {
     samples: Vec<RttSample>,
     /// A buffer handed back for the next window (see [`RttTracker::recycle`]).
     spare: Option<Vec<RttSample>>,
-    /// [`RttTracker::observe_batch`]'s flow keys, directions and hashes
-    /// (kept: it grows to the batch size once).
-    batch_keys: Vec<Option<(FlowKey, u8, u32)>>,
 }
 
 /// Bytes one tracked TCP flow takes: its slab entry and its two index words
@@ -531,21 +599,14 @@ impl RttTracker {
             counts: RttCounts::default(),
             samples: Vec::new(),
             spare: None,
-            batch_keys: Vec::new(),
         }
     }
 
     /// Looks at one decoded frame; a sample, if it closes one, is kept for the window.
     #[inline]
     pub fn observe(&mut self, o: &Observation) {
-        let (Net::Ip { src, dst, fragment: false, .. }, Some(l2)) = (o.net, o.l2) else { return };
-        match o.l4 {
-            L4::Tcp(t) => {
-                let (key, d) = FlowKey::of((src, t.src_port), (dst, t.dst_port));
-                self.tcp(o.ts, l2.src, src, dst, &t, key, d, key.hash())
-            }
-            L4::Icmp(i) => self.icmp(o.ts, l2.src, src, dst, &i),
-            _ => {}
+        if let Some(i) = RttInput::of(o) {
+            self.input(&i);
         }
     }
 
@@ -558,49 +619,44 @@ impl RttTracker {
         }
     }
 
-    /// Whether [`RttTracker::observe`] looks at this frame at all (TCP or
-    /// ICMP over IP, not a later fragment, with a link layer): the others
-    /// need not be handed to [`RttTracker::observe_batch`].
     #[inline]
-    pub fn wants(o: &Observation) -> bool {
-        matches!((o.net, o.l2, o.l4), (Net::Ip { fragment: false, .. }, Some(_), L4::Tcp(_) | L4::Icmp(_)))
+    fn input(&mut self, i: &RttInput) {
+        match i.frame {
+            RttFrame::Tcp { key, d, hash, tcp } => self.tcp(i.ts, i.mac, &tcp, key, usize::from(d), hash),
+            RttFrame::Icmp { src, dst, icmp } => self.icmp(i.ts, i.mac, src, dst, &icmp),
+        }
     }
 
-    /// The same as [`RttTracker::observe`] on each frame in order, faster:
-    /// the flow key and hash of every TCP frame first, then, a group of
-    /// [`GROUP`] frames at a time, the table memory of the group's flows
-    /// loaded together (see [`FlowTable::touch`]) before the group is
-    /// handled, as DPDK's and Retina's flow tables prefetch: the two cache
-    /// misses a packet used to wait for in turn overlap across the group.
-    /// The loads only warm the cache: the results are the same.
-    pub fn observe_batch(&mut self, obs: &[Observation]) {
-        let mut keys = std::mem::take(&mut self.batch_keys);
-        keys.clear();
-        keys.extend(obs.iter().map(|o| match (o.net, o.l2, o.l4) {
-            (Net::Ip { src, dst, fragment: false, .. }, Some(_), L4::Tcp(t)) => {
-                let (key, d) = FlowKey::of((src, t.src_port), (dst, t.dst_port));
-                Some((key, d as u8, key.hash()))
-            }
-            _ => None,
-        }));
-        for (ks, os) in keys.chunks(GROUP).zip(obs.chunks(GROUP)) {
-            let mut group = [(0u32, 0u8); GROUP];
-            let mut n = 0;
-            for &(_, d, h) in ks.iter().flatten() {
-                group[n] = (h, d);
-                n += 1;
-            }
-            self.flows.touch(&group[..n]);
-            for (k, o) in ks.iter().zip(os) {
-                let (Net::Ip { src, dst, fragment: false, .. }, Some(l2)) = (o.net, o.l2) else { continue };
-                match (o.l4, k) {
-                    (L4::Tcp(t), Some((key, d, h))) => self.tcp(o.ts, l2.src, src, dst, &t, *key, usize::from(*d), *h),
-                    (L4::Icmp(i), _) => self.icmp(o.ts, l2.src, src, dst, &i),
-                    _ => {}
-                }
-            }
+    /// The same as [`RttTracker::observe`] on each frame in order, faster,
+    /// on what [`RttInput::of`] took of them (the shard builds it while
+    /// decoding, so each TCP frame's key and hash are computed there): the
+    /// flow table's memory is prefetched ahead of the frames, as DPDK's
+    /// bulk lookups and Retina's flow tables do, an index line
+    /// 2 x [`AHEAD`] frames ahead and then, [`AHEAD`] frames ahead, the
+    /// lines of the entry it names. A prefetch does not hold the core up,
+    /// so the cache misses overlap with the frames being handled instead
+    /// of stalling each packet in turn. Prefetches only warm the cache: the
+    /// results are the same.
+    pub fn observe_batch(&mut self, inputs: &[RttInput]) {
+        let tcp = |i: &RttInput| match i.frame {
+            RttFrame::Tcp { hash, d, .. } => Some((hash, d)),
+            RttFrame::Icmp { .. } => None,
+        };
+        for (h, _) in inputs.iter().take(2 * AHEAD).filter_map(tcp) {
+            self.flows.prefetch_index(h);
         }
-        self.batch_keys = keys;
+        for (h, d) in inputs.iter().take(AHEAD).filter_map(tcp) {
+            self.flows.prefetch_entry(h, d);
+        }
+        for (k, i) in inputs.iter().enumerate() {
+            if let Some((h, _)) = inputs.get(k + 2 * AHEAD).and_then(tcp) {
+                self.flows.prefetch_index(h);
+            }
+            if let Some((h, d)) = inputs.get(k + AHEAD).and_then(tcp) {
+                self.flows.prefetch_entry(h, d);
+            }
+            self.input(i);
+        }
     }
 
     fn icmp(&mut self, ts: PacketTime, mac: Mac, src: IpAddr, dst: IpAddr, i: &IcmpInfo) {
@@ -658,17 +714,7 @@ impl RttTracker {
     /// One TCP frame of flow `key` (direction `d`, `hash` = `key.hash()`).
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn tcp(
-        &mut self,
-        ts: PacketTime,
-        mac: Mac,
-        src: IpAddr,
-        dst: IpAddr,
-        tcp: &TcpInfo,
-        key: FlowKey,
-        d: usize,
-        hash: u32,
-    ) {
+    fn tcp(&mut self, ts: PacketTime, mac: Mac, tcp: &TcpInfo, key: FlowKey, d: usize, hash: u32) {
         let t = ts.as_micros();
         let e = self.flow(key, hash, t);
         let flow = &mut self.flows.entries[e as usize];
@@ -786,7 +832,9 @@ impl RttTracker {
         self.counts.probe_evictions += evicted;
         self.counts.probe_timeouts += timed_out;
         if let Some((rtt, kind)) = answered {
-            self.sample(ts, mac, rtt, kind, (src, tcp.src_port), (dst, tcp.dst_port));
+            let (src, dst) = if d == 0 { (key.a, key.b) } else { (key.b, key.a) };
+            let (src, dst) = (src.addr(), dst.addr());
+            self.sample(ts, mac, rtt, kind, src, dst);
         }
     }
 

@@ -4,7 +4,7 @@ use super::{DecodeCounts, Partial, RawBatch, ShardMsg};
 use crate::config::Rules;
 use crate::decode::{decode, Tunnels};
 use crate::measure::placement::{PlacementCollector, SharedPlacement};
-use crate::measure::rtt::{RttSample, RttTracker};
+use crate::measure::rtt::{RttInput, RttSample, RttTracker};
 use crate::measure::WindowCounters;
 use crate::vocab::PacketTime;
 use crossbeam_channel::{Receiver, Sender};
@@ -54,15 +54,15 @@ pub(super) fn run(
     let mut rtt = RttTracker::new(cfg.rtt_flows, cfg.rtt_echo_probes, cfg.probe_timeout_ms, cfg.flow_timeout_s);
     let mut dc = DecodeCounts::default();
     let mut placement = PlacementCollector::new(cfg.placement.clone());
-    // The batch's observations, for RTT to take as a batch (it loads the
-    // flow table's memory a group of frames ahead). Grows to the batch
-    // size once, then is reused.
-    let mut obs = Vec::new();
+    // What RTT takes of the batch's frames, for it to take as a batch (it
+    // loads the flow table's memory a group of frames ahead). Grows to the
+    // batch size once, then is reused.
+    let mut rtt_in = Vec::new();
     for msg in rx {
         match msg {
             ShardMsg::Batch(mut batch) => {
                 let mut start = 0usize;
-                obs.clear();
+                rtt_in.clear();
                 for m in &batch.meta {
                     let end = m.end as usize;
                     let data = batch.bytes.get(start..end).unwrap_or(&[]);
@@ -74,13 +74,13 @@ pub(super) fn run(
                     dc.snaplen_cut += u64::from(o.snaplen_cut);
                     counters.observe(&o);
                     placement.observe(&o);
-                    if cfg.rtt_enabled && RttTracker::wants(&o) {
-                        obs.push(o);
+                    if cfg.rtt_enabled {
+                        rtt_in.extend(RttInput::of(&o));
                     }
                 }
                 // The stages share nothing, so RTT after the others sees
                 // the same frames in the same order.
-                rtt.observe_batch(&obs);
+                rtt.observe_batch(&rtt_in);
                 batch.clear();
                 // The reader may have gone; then the batch is simply freed.
                 let _ = pool.try_send(batch);

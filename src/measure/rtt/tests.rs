@@ -297,7 +297,10 @@ fn observe_batch_gives_exactly_what_observe_gives() {
         let (mut samples, mut start, mut w) = (Vec::new(), 0, None);
         let flush = |t: &mut RttTracker, part: &[Observation]| match batch {
             None => part.iter().for_each(|o| t.observe(o)),
-            Some(n) => part.chunks(n).for_each(|c| t.observe_batch(c)),
+            Some(n) => {
+                let inputs: Vec<RttInput> = part.iter().filter_map(RttInput::of).collect();
+                inputs.chunks(n).for_each(|c| t.observe_batch(c))
+            }
         };
         for (i, o) in obs.iter().enumerate() {
             let wi = o.ts.as_micros().div_euclid(window);
@@ -317,7 +320,7 @@ fn observe_batch_gives_exactly_what_observe_gives() {
     let one_by_one = run(None);
     assert!(one_by_one.0.len() > 2_000, "{} samples", one_by_one.0.len());
     assert!(one_by_one.1.flow_evictions > 0 && one_by_one.1.probe_timeouts > 0, "{:?}", one_by_one.1);
-    for n in [1, 2, 7, GROUP, GROUP + 1, 3 * GROUP - 1, 512] {
+    for n in [1, 2, 7, AHEAD, AHEAD + 1, 2 * AHEAD, 2 * AHEAD + 1, 3 * AHEAD - 1, 512] {
         let b = run(Some(n));
         assert_eq!(b.0, one_by_one.0, "samples, batches of {n}");
         assert_eq!(b.1, one_by_one.1, "counts, batches of {n}");
@@ -542,4 +545,37 @@ fn a_tsval_far_before_the_newest_is_a_new_clock() {
         ],
     );
     assert_eq!(s, vec![(1.0, SampleKind::Timestamp, client()), (2.0, SampleKind::Timestamp, client())]);
+}
+
+/// A key's endpoints order as `(IpAddr, u16)` orders (so each flow keeps
+/// the direction it always had: the lower endpoint's is 0) and give back
+/// the address and port they were made of.
+#[test]
+fn flow_key_endpoints_order_and_round_trip_as_ip_and_port() {
+    use std::net::Ipv6Addr;
+    let ips: Vec<IpAddr> = vec![
+        Ipv4Addr::new(0, 0, 0, 0).into(),
+        Ipv4Addr::new(10, 0, 0, 1).into(),
+        Ipv4Addr::new(10, 0, 0, 2).into(),
+        Ipv4Addr::new(10, 0, 1, 1).into(),
+        Ipv4Addr::new(192, 168, 0, 1).into(),
+        Ipv4Addr::new(255, 255, 255, 255).into(),
+        Ipv6Addr::UNSPECIFIED.into(),
+        "::a00:1".parse::<Ipv6Addr>().unwrap().into(),
+        "::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap().into(),
+        "2001:db8::1".parse::<Ipv6Addr>().unwrap().into(),
+        "2001:db8::1:0:0:1".parse::<Ipv6Addr>().unwrap().into(),
+        "fe80::1".parse::<Ipv6Addr>().unwrap().into(),
+        Ipv6Addr::from(u128::MAX).into(),
+    ];
+    let eps: Vec<(IpAddr, u16)> = ips.iter().flat_map(|&ip| [0, 1, 443, 40000, 65535].map(|p| (ip, p))).collect();
+    for &x in &eps {
+        assert_eq!(Ep::new(x).addr(), x);
+        for &y in &eps {
+            assert_eq!(Ep::new(x).cmp(&Ep::new(y)), x.cmp(&y), "{x:?} {y:?}");
+            let (k, d) = FlowKey::of(x, y);
+            assert_eq!(d, usize::from(x > y), "{x:?} {y:?}");
+            assert_eq!((k.a.addr(), k.b.addr()), if d == 0 { (x, y) } else { (y, x) });
+        }
+    }
 }
