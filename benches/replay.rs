@@ -71,6 +71,19 @@ fn main() {
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default_runs);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&dir).unwrap();
+    // `BENCH_ONLY=stages`: only the per-stage lines, `runs` times, on the
+    // datacenter mix's first million frames (the full bench writes it; the
+    // first argument, the frame count of the old capture, is not used).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("stages") {
+        let (_guard, rules) = rules();
+        let frames = std::env::var("VMSENTRY_BENCH_DCMIX_FRAMES").unwrap_or_else(|_| "5000000".into());
+        let mix = dir.join(format!("dcmix-{frames}.pcap"));
+        assert!(mix.exists(), "{} is written by a full `cargo bench --bench replay` first", mix.display());
+        for _ in 0..runs {
+            stage_costs(&mix, &rules, 1_000_000);
+        }
+        return;
+    }
     let file: PathBuf = dir.join(format!("bench-{packets}.pcap"));
     if !file.exists() {
         eprintln!("writing {} ...", file.display());
@@ -91,15 +104,6 @@ fn main() {
     }
     let size = std::fs::metadata(&file).unwrap().len();
     let (_guard, rules) = rules();
-    // `BENCH_ONLY=stages`: only the per-stage lines, `runs` times, on the
-    // datacenter mix's first million frames (it must have been written).
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("stages") {
-        let frames = std::env::var("VMSENTRY_BENCH_DCMIX_FRAMES").unwrap_or_else(|_| "5000000".into());
-        for _ in 0..runs {
-            stage_costs(&dir.join(format!("dcmix-{frames}.pcap")), &rules, 1_000_000);
-        }
-        return;
-    }
     let mut no_rtt = rules.clone();
     no_rtt.rtt.enabled = false;
     let has_tcpdump = Command::new("tcpdump").arg("--version").output().is_ok();

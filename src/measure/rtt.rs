@@ -712,7 +712,6 @@ impl RttTracker {
     }
 
     /// One TCP frame of flow `key` (direction `d`, `hash` = `key.hash()`).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn tcp(&mut self, ts: PacketTime, mac: Mac, tcp: &TcpInfo, key: FlowKey, d: usize, hash: u32) {
         let t = ts.as_micros();

@@ -54,9 +54,9 @@ pub(super) fn run(
     let mut rtt = RttTracker::new(cfg.rtt_flows, cfg.rtt_echo_probes, cfg.probe_timeout_ms, cfg.flow_timeout_s);
     let mut dc = DecodeCounts::default();
     let mut placement = PlacementCollector::new(cfg.placement.clone());
-    // What RTT takes of the batch's frames, for it to take as a batch (it
-    // loads the flow table's memory a group of frames ahead). Grows to the
-    // batch size once, then is reused.
+    // What RTT takes of the batch's frames, handed over as a batch (it
+    // prefetches the flow table a few frames ahead). Grows to the batch
+    // size once, then is reused.
     let mut rtt_in = Vec::new();
     for msg in rx {
         match msg {

@@ -268,11 +268,12 @@ fn frames_stamped_before_the_last_close_keep_their_flow() {
     assert_eq!(s, vec![(0.75, SampleKind::Handshake, vm())]);
 }
 
-/// `observe_batch` (what the shards call: table memory loaded a group ahead)
-/// gives exactly what `observe` frame by frame gives: samples, counts and
-/// table contents, on the datacenter mix (TCP with and without timestamps,
-/// SYNs, ICMP), with a cap small enough to evict and windows closing in
-/// between, in batches of sizes around the prefetch group.
+/// `observe_batch` (what the shards call: the flow table prefetched `AHEAD`
+/// and `2 * AHEAD` frames ahead) gives exactly what `observe` frame by frame
+/// gives: samples, counts and table contents, on the datacenter mix (TCP
+/// with and without timestamps, SYNs, ICMP), with a cap small enough to
+/// evict and windows closing in between, in batches of sizes around `AHEAD`
+/// and `2 * AHEAD`.
 #[test]
 fn observe_batch_gives_exactly_what_observe_gives() {
     use crate::capture::{FileSource, PacketSource, SourceItem};
@@ -548,10 +549,10 @@ fn a_tsval_far_before_the_newest_is_a_new_clock() {
 }
 
 /// A key's endpoints order as `(IpAddr, u16)` orders (so each flow keeps
-/// the direction it always had: the lower endpoint's is 0) and give back
-/// the address and port they were made of.
+/// the direction it always had: the lower endpoint's is 0), give back the
+/// address and port they were made of, and hash as those did.
 #[test]
-fn flow_key_endpoints_order_and_round_trip_as_ip_and_port() {
+fn flow_key_endpoints_order_round_trip_and_hash_as_ip_and_port() {
     use std::net::Ipv6Addr;
     let ips: Vec<IpAddr> = vec![
         Ipv4Addr::new(0, 0, 0, 0).into(),
@@ -576,6 +577,23 @@ fn flow_key_endpoints_order_and_round_trip_as_ip_and_port() {
             let (k, d) = FlowKey::of(x, y);
             assert_eq!(d, usize::from(x > y), "{x:?} {y:?}");
             assert_eq!((k.a.addr(), k.b.addr()), if d == 0 { (x, y) } else { (y, x) });
+            assert_eq!(k.hash(), ip_port_hash(if d == 0 { (x, y) } else { (y, x) }), "{x:?} {y:?}");
         }
     }
+}
+
+/// The flow hash as it was taken from `(IpAddr, u16)` endpoints before keys
+/// became words: the index places every flow where it did.
+fn ip_port_hash((a, b): ((IpAddr, u16), (IpAddr, u16))) -> u32 {
+    fn ep(e: &(IpAddr, u16)) -> u64 {
+        let port = u64::from(e.1);
+        match e.0 {
+            IpAddr::V4(a) => (u64::from(u32::from(a)) << 16) | port,
+            IpAddr::V6(a) => {
+                let x = u128::from(a);
+                ((x as u64) ^ ((x >> 64) as u64).rotate_left(29) ^ (1 << 63)) ^ port
+            }
+        }
+    }
+    (crate::decode::mix(crate::decode::mix(ep(&a)) ^ ep(&b)) >> 32) as u32
 }
