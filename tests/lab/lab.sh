@@ -56,9 +56,30 @@ NS="lab-u lab-h1 lab-h2 lab-h3"
 pids=()
 sentry=
 dump=
+# The QEMUs started and not yet stopped by the lab, by instance.
+declare -A running=()
+# alive PID: the process exists and is not a zombie.
+alive() { [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 cleanup() {
     local rc=$?
     set +e
+    # A QEMU that exited on its own (its guest's kernel panicked under TCG,
+    # so `-no-reboot` ends it, or its migration failed) is named, with its
+    # log and the end of its serial console, in OUT_DIR/qemu-exited.
+    if [ "$rc" != 0 ] && [ "$rc" != 130 ]; then
+        local inst v
+        for inst in "${!running[@]}"; do
+            v="pid_$inst"
+            alive "${!v}" && continue
+            {
+                echo "== QEMU $inst exited on its own"
+                tail -n 5 "$out/$inst.log" 2>/dev/null
+                echo "-- its serial console's end:"
+                tail -n 25 "$out/$inst.serial" 2>/dev/null
+            } >>"$out/qemu-exited"
+            echo "lab.sh: QEMU $inst exited on its own (see $out/qemu-exited)" >&2
+        done
+    fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     # vmsentry closes its last windows on SIGINT; tcpdump flushes.
     [ -n "$sentry" ] && kill -INT "$sentry" 2>/dev/null
@@ -186,11 +207,13 @@ qemu() {
     ip netns exec lab-h$h qemu-system-x86_64 "${a[@]}" >"$out/$inst.log" 2>&1 &
     pids+=($!)
     printf -v "pid_$inst" %s $!
+    running[$inst]=1
 }
 # Background processes are started with `ip netns exec` itself (it execs),
 # never through a shell function, so $! is the process.
 stop() {
     local v="pid_$1"
+    unset "running[$1]"
     kill "${!v}" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "${!v}" 2>/dev/null || return 0; sleep 0.05; done
     kill -9 "${!v}" 2>/dev/null || true
