@@ -98,66 +98,96 @@ fn open_stream(p: &Path, mut src: Box<dyn Read>) -> Result<(Input, bool), Captur
     }
 }
 
-impl PacketSource for FileSource {
-    fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+/// The link types one file has shown, so that each is told of once.
+#[derive(Default)]
+struct LinkNotes {
+    /// Not decoded: one warning each.
+    warned: Vec<i32>,
+    /// Decoded, but without MACs: one note each.
+    noted: Vec<i32>,
+}
+
+impl LinkNotes {
+    /// A frame of `linktype` follows one of another type (or is the file's
+    /// first). Out of line and cold, so the frame loop stays small enough to
+    /// inline and keeps its frame in registers.
+    #[cold]
+    #[inline(never)]
+    fn saw(&mut self, linktype: i32, path: &Path, stats: &mut SourceStats) {
+        if !decoded(linktype) && !self.warned.contains(&linktype) {
+            if self.warned.is_empty() {
+                stats.unsupported_link_files += 1;
+            }
+            self.warned.push(linktype);
+            eprintln!(
+                "vmsentry: {}: link type {} is not decoded: its frames count as packets and bytes, \
+                 and as `unsupported_link` decode errors",
+                path.display(),
+                linktype::describe(linktype)
+            );
+        } else if decoded(linktype) && !has_macs(linktype) && !self.noted.contains(&linktype) {
+            // Decoded, but VMs are known by MAC: say why none is seen.
+            self.noted.push(linktype);
+            eprintln!(
+                "vmsentry: {}: link type {} carries no MAC addresses: its frames are decoded and \
+                 counted in the totals, but for no VM (VMs are known by MAC)",
+                path.display(),
+                linktype::describe(linktype)
+            );
+        }
+    }
+}
+
+impl FileSource {
+    /// [`PacketSource::run`] for a caller that knows `each`: it is inlined
+    /// here, with the frame loop, so a frame reaches it in registers
+    /// ([`FileList`](super::FileList) wraps its own callback so).
+    #[inline]
+    pub fn run_inline(&mut self, mut each: impl FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
         for path in self.paths.clone() {
             let mut rd = self.reader(&path)?;
-            // Link types this file has shown that the decoder does not know:
-            // one warning each per file.
-            let mut warned: Vec<i32> = Vec::new();
-            // Decoded link types without MACs this file has shown: one note each.
-            let mut noted: Vec<i32> = Vec::new();
+            let mut links = LinkNotes::default();
             let mut last_linktype = None;
-            loop {
-                match rd.next_frame() {
-                    Ok(Some(f)) => {
-                        if last_linktype != Some(f.linktype) {
-                            last_linktype = Some(f.linktype);
-                            if !decoded(f.linktype) && !warned.contains(&f.linktype) {
-                                if warned.is_empty() {
-                                    self.stats.unsupported_link_files += 1;
-                                }
-                                warned.push(f.linktype);
-                                eprintln!(
-                                    "vmsentry: {}: link type {} is not decoded: its frames count as packets and bytes, \
-                                     and as `unsupported_link` decode errors",
-                                    path.display(),
-                                    linktype::describe(f.linktype)
-                                );
-                            } else if decoded(f.linktype) && !has_macs(f.linktype) && !noted.contains(&f.linktype) {
-                                // Decoded, but VMs are known by MAC: say why none is seen.
-                                noted.push(f.linktype);
-                                eprintln!(
-                                    "vmsentry: {}: link type {} carries no MAC addresses: its frames are decoded and \
-                                     counted in the totals, but for no VM (VMs are known by MAC)",
-                                    path.display(),
-                                    linktype::describe(f.linktype)
-                                );
-                            }
-                        }
-                        let (sec, usec) = f.timeval();
-                        let raw = RawPacket {
-                            ts: PacketTime::from_timeval(sec, usec),
-                            orig_len: f.orig_len,
-                            data: f.data,
-                            linktype: f.linktype,
-                        };
-                        if each(SourceItem::Packet(raw)).is_break() {
-                            return Ok(());
-                        }
+            let stats = &mut self.stats;
+            let mut stopped = false;
+            // Inlined into both of the reader's loops, so the frame is not
+            // passed through memory (see `CaptureReader::for_each_frame`).
+            let read = rd.for_each_frame(
+                #[inline(always)]
+                |f| {
+                    if last_linktype != Some(f.linktype) {
+                        last_linktype = Some(f.linktype);
+                        links.saw(f.linktype, &path, stats);
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        // Keep what was read before the damage (a cut-off
-                        // last record, a bad block, a broken gzip stream).
-                        eprintln!("vmsentry: {}: stopped reading at damaged data {e}", path.display());
-                        self.stats.damaged_files += 1;
-                        break;
-                    }
-                }
+                    let (sec, usec) = f.timeval();
+                    let raw = RawPacket {
+                        ts: PacketTime::from_timeval(sec, usec),
+                        orig_len: f.orig_len,
+                        data: f.data,
+                        linktype: f.linktype,
+                    };
+                    let flow = each(SourceItem::Packet(raw));
+                    stopped = flow.is_break();
+                    flow
+                },
+            );
+            if let Err(e) = read {
+                // Keep what was read before the damage (a cut-off last
+                // record, a bad block, a broken gzip stream).
+                eprintln!("vmsentry: {}: stopped reading at damaged data {e}", path.display());
+                self.stats.damaged_files += 1;
+            }
+            if stopped {
+                return Ok(());
             }
         }
         Ok(())
+    }
+}
+
+impl PacketSource for FileSource {
+    fn run(&mut self, each: &mut dyn FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+        self.run_inline(each)
     }
 
     fn stats(&self) -> SourceStats {

@@ -101,7 +101,7 @@ impl PacketSource for FileList {
             if each(SourceItem::Input(path)).is_break() {
                 return Ok(());
             }
-            src.run(&mut |item| {
+            src.run_inline(|item| {
                 let flow = each(item);
                 stopped |= flow.is_break();
                 flow

@@ -22,6 +22,7 @@
 
 use pcap_parser::pcapng::{parse_interfacedescriptionblock_be, parse_interfacedescriptionblock_le, OptionCode};
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 
 /// What the first bytes of a capture look like.
 pub mod magic {
@@ -515,10 +516,46 @@ impl<R: Read> CaptureReader<R> {
             }
             Format::Ng => self.next_ng(),
         };
-        r.map_err(|e| match e {
-            ReadError::Io(io) => ReadError::Damaged { offset: pos, msg: format!("read error: {io}") },
-            e => e,
-        })
+        r.map_err(|e| io_at(e, pos))
+    }
+
+    /// Hands every frame to `each`, in order, until the input ends or `each`
+    /// breaks: the same frames and errors as calling [`Self::next_frame`]
+    /// until it gives `Ok(None)` or an error.
+    ///
+    /// The loop is one per format, so a classic pcap frame goes from the
+    /// record header to `each` in registers. Through `next_frame`, both
+    /// formats' frames meet in one value in memory, written field by field
+    /// and read back wider by the caller's copy; the read waits for the
+    /// writes to retire (a failed store-to-load forward), once a frame.
+    #[inline]
+    pub fn for_each_frame(&mut self, mut each: impl FnMut(Frame<'_>) -> ControlFlow<()>) -> Result<(), ReadError> {
+        match self.format {
+            Format::Legacy { nano, header_len, order, snapshot, linktype } => loop {
+                let pos = self.pos;
+                match self.next_legacy(nano, header_len, order, snapshot, linktype) {
+                    Ok(Some(f)) => {
+                        if each(f).is_break() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(io_at(e, pos)),
+                }
+            },
+            Format::Ng => loop {
+                let pos = self.pos;
+                match self.next_ng() {
+                    Ok(Some(f)) => {
+                        if each(f).is_break() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(io_at(e, pos)),
+                }
+            },
+        }
     }
 
     #[inline]
@@ -671,6 +708,15 @@ impl<R: Read> CaptureReader<R> {
     }
 }
 
+/// An input error part-way through the record at `pos` is damage there.
+#[cold]
+fn io_at(e: ReadError, pos: u64) -> ReadError {
+    match e {
+        ReadError::Io(io) => ReadError::Damaged { offset: pos, msg: format!("read error: {io}") },
+        e => e,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The oracle is libpcap itself (the `pcap` crate's offline reader, the
@@ -744,7 +790,54 @@ mod tests {
         }
     }
 
+    /// A frame as the tests compare them: the record and the pcapng interface.
+    fn rec(f: &Frame<'_>) -> (Rec, u32) {
+        ((f.data.to_vec(), f.data.len() as u32, f.orig_len, f.timeval(), f.timespec(), dlt(f.linktype)), f.interface)
+    }
+
+    /// `for_each_frame` hands over exactly `next_frame`'s frames and ends
+    /// with its error (offset and message), and a break stops it at once.
+    fn for_each_is_next_frame(name: &str, bytes: &[u8]) {
+        let Ok(mut r) = CaptureReader::new(bytes) else { return };
+        let mut want = Vec::new();
+        let end = loop {
+            match r.next_frame() {
+                Ok(Some(f)) => want.push(rec(&f)),
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        let mut r = CaptureReader::new(bytes).unwrap();
+        let mut got = Vec::new();
+        let res = r.for_each_frame(|f| {
+            got.push(rec(&f));
+            ControlFlow::Continue(())
+        });
+        assert_eq!(got, want, "{name}: for_each_frame's frames");
+        assert_eq!(res.err().map(|e| e.to_string()), end, "{name}: for_each_frame's end");
+        for stop in [1, want.len() / 2] {
+            if stop == 0 || stop > want.len() {
+                continue;
+            }
+            let mut r = CaptureReader::new(bytes).unwrap();
+            let mut n = 0;
+            let res = r.for_each_frame(|_| {
+                n += 1;
+                if n == stop {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            assert!(res.is_ok(), "{name}: a break is not an error");
+            assert_eq!(n, stop, "{name}: frames after the break");
+            // The reader stands at the next frame.
+            assert_eq!(r.next_frame().ok().flatten().map(|f| rec(&f)), want.get(stop).cloned(), "{name}");
+        }
+    }
+
     fn same_as_libpcap(name: &str, bytes: &[u8]) -> usize {
+        for_each_is_next_frame(name, bytes);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, bytes).unwrap();
