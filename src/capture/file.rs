@@ -143,7 +143,10 @@ impl FileSource {
     /// here, with the frame loop, so a frame reaches it in registers
     /// ([`FileList`](super::FileList) wraps its own callback so).
     #[inline]
-    pub fn run_inline(&mut self, mut each: impl FnMut(SourceItem<'_>) -> ControlFlow<()>) -> Result<(), CaptureError> {
+    pub(super) fn run_inline(
+        &mut self,
+        mut each: impl FnMut(SourceItem<'_>) -> ControlFlow<()>,
+    ) -> Result<(), CaptureError> {
         for path in self.paths.clone() {
             let mut rd = self.reader(&path)?;
             let mut links = LinkNotes::default();

@@ -795,31 +795,68 @@ mod tests {
         ((f.data.to_vec(), f.data.len() as u32, f.orig_len, f.timeval(), f.timespec(), dlt(f.linktype)), f.interface)
     }
 
+    /// A source that reads `data` and fails for good at byte `fail_at`.
+    struct FailsAt<'a> {
+        data: &'a [u8],
+        pos: usize,
+        fail_at: usize,
+    }
+
+    impl Read for FailsAt<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.pos >= self.fail_at {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(self.fail_at - self.pos).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    /// The error as the tests compare it: its offset when it is damage.
+    fn err(e: &ReadError) -> (Option<u64>, String) {
+        match e {
+            ReadError::Damaged { offset, .. } => (Some(*offset), e.to_string()),
+            _ => (None, e.to_string()),
+        }
+    }
+
     /// `for_each_frame` hands over exactly `next_frame`'s frames and ends
     /// with its error (offset and message), and a break stops it at once.
     fn for_each_is_next_frame(name: &str, bytes: &[u8]) {
-        let Ok(mut r) = CaptureReader::new(bytes) else { return };
+        for_each_is_next_frame_from(name, || bytes);
+    }
+
+    /// [`for_each_is_next_frame`] on what `open` gives; returns `next_frame`'s
+    /// frames and end.
+    #[allow(clippy::type_complexity)]
+    fn for_each_is_next_frame_from<R: Read>(
+        name: &str,
+        open: impl Fn() -> R,
+    ) -> (Vec<(Rec, u32)>, Option<(Option<u64>, String)>) {
+        let Ok(mut r) = CaptureReader::new(open()) else { return (Vec::new(), None) };
         let mut want = Vec::new();
         let end = loop {
             match r.next_frame() {
                 Ok(Some(f)) => want.push(rec(&f)),
                 Ok(None) => break None,
-                Err(e) => break Some(e.to_string()),
+                Err(e) => break Some(err(&e)),
             }
         };
-        let mut r = CaptureReader::new(bytes).unwrap();
+        let mut r = CaptureReader::new(open()).unwrap();
         let mut got = Vec::new();
         let res = r.for_each_frame(|f| {
             got.push(rec(&f));
             ControlFlow::Continue(())
         });
         assert_eq!(got, want, "{name}: for_each_frame's frames");
-        assert_eq!(res.err().map(|e| e.to_string()), end, "{name}: for_each_frame's end");
-        for stop in [1, want.len() / 2] {
+        assert_eq!(res.err().map(|e| err(&e)), end, "{name}: for_each_frame's end");
+        for stop in [1, want.len() / 2, want.len()] {
             if stop == 0 || stop > want.len() {
                 continue;
             }
-            let mut r = CaptureReader::new(bytes).unwrap();
+            let mut r = CaptureReader::new(open()).unwrap();
             let mut n = 0;
             let res = r.for_each_frame(|_| {
                 n += 1;
@@ -831,9 +868,16 @@ mod tests {
             });
             assert!(res.is_ok(), "{name}: a break is not an error");
             assert_eq!(n, stop, "{name}: frames after the break");
-            // The reader stands at the next frame.
-            assert_eq!(r.next_frame().ok().flatten().map(|f| rec(&f)), want.get(stop).cloned(), "{name}");
+            // The reader stands at the next frame, or at the end or error.
+            let next = r.next_frame().map(|f| f.map(|f| rec(&f))).map_err(|e| err(&e));
+            let expect = match (want.get(stop), &end) {
+                (Some(w), _) => Ok(Some(w.clone())),
+                (None, None) => Ok(None),
+                (None, Some(e)) => Err(e.clone()),
+            };
+            assert_eq!(next, expect, "{name}: after a break at {stop}");
         }
+        (want, end)
     }
 
     fn same_as_libpcap(name: &str, bytes: &[u8]) -> usize {
@@ -935,6 +979,57 @@ mod tests {
             }
         }
         assert_eq!(n, 144);
+    }
+
+    /// A source that fails part-way is damage at the start of the record
+    /// it failed in, through `next_frame` and `for_each_frame` alike, for
+    /// either format, wherever it fails (a record header, a record's data,
+    /// the buffer's refill).
+    #[test]
+    fn an_input_error_is_damage_at_its_record() {
+        let c = Classic::default();
+        let bytes = classic(c, None);
+        let mut starts = vec![24usize];
+        for f in sample_frames(false) {
+            starts.push(starts.last().unwrap() + 16 + f.len());
+        }
+        assert_eq!(starts.pop(), Some(bytes.len()));
+        for fail_at in 24..bytes.len() {
+            let (frames, end) = for_each_is_next_frame_from(&format!("classic failing at {fail_at}"), || FailsAt {
+                data: &bytes,
+                pos: 0,
+                fail_at,
+            });
+            let k = starts.iter().rposition(|&s| s <= fail_at).unwrap();
+            let (offset, msg) = end.expect("an error");
+            assert_eq!((frames.len(), offset), (k, Some(starts[k] as u64)), "fail at {fail_at}");
+            assert!(msg.contains("read error: disk on fire"), "{msg}");
+        }
+        let ng = ng(false, &[Interface { linktype: 1, snaplen: 0, tsresol: None, tsoffset: None }], true);
+        let mut r = CaptureReader::new(&ng[..]).unwrap();
+        let mut whole = 0;
+        while r.next_frame().unwrap().is_some() {
+            whole += 1;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for fail_at in (28..ng.len()).step_by(7) {
+            let (frames, end) = for_each_is_next_frame_from(&format!("pcapng failing at {fail_at}"), || FailsAt {
+                data: &ng,
+                pos: 0,
+                fail_at,
+            });
+            let Some((offset, msg)) = end else {
+                // Failing inside the first blocks fails the open itself.
+                assert!(CaptureReader::new(FailsAt { data: &ng, pos: 0, fail_at }).is_err(), "fail at {fail_at}");
+                continue;
+            };
+            let offset = offset.expect("damage");
+            assert!(offset <= fail_at as u64 && frames.len() < whole, "fail at {fail_at}: {offset}");
+            assert!(msg.contains("read error: disk on fire"), "{msg}");
+            seen.insert(offset);
+        }
+        // The offsets are the blocks', not one number for every failure.
+        assert!(seen.len() > 4, "{seen:?}");
     }
 
     #[test]
@@ -1066,6 +1161,7 @@ mod tests {
             std::fs::write(&p, &bytes).unwrap();
             // libpcap refuses this file at its second interface.
             assert!(matches!(libpcap(&p), Ok((v, true)) if v.is_empty()));
+            for_each_is_next_frame(&format!("multi-link be={be}"), &bytes);
             let mut r = CaptureReader::new(&bytes[..]).unwrap();
             let mut got = Vec::new();
             let mut links = Vec::new();
@@ -1096,6 +1192,8 @@ mod tests {
         // Interface 1 does not exist in this section: damage, after the two frames.
         w.packet(1, 0, 10, &[3; 10]);
         let bytes = w.bytes();
+        let (frames, end) = for_each_is_next_frame_from("two sections", || &bytes[..]);
+        assert_eq!((frames.len(), end.map(|e| e.0.is_some())), (2, Some(true)));
         let mut r = CaptureReader::new(&bytes[..]).unwrap();
         let f = r.next_frame().unwrap().unwrap();
         assert_eq!((f.linktype, f.timeval(), f.data.len(), f.orig_len), (1, (1, 0), 60, 60));
