@@ -4,6 +4,13 @@ use proptest::prelude::*;
 
 const T: PacketTime = PacketTime::from_micros(1_000_000);
 
+/// The general (etherparse) path alone, on an Ethernet frame.
+fn general(tun: &Tunnels, orig: u32, data: &[u8]) -> Observation {
+    let mut obs = Observation::empty(T, orig, data.len() as u32);
+    decode_general(&mut obs, tun, linktype::ETHERNET, data);
+    obs
+}
+
 fn eth(data: &[u8]) -> Observation {
     decode(&Tunnels::default(), linktype::ETHERNET, T, data.len() as u32, data.len() as u32, data)
 }
@@ -324,7 +331,7 @@ fn the_vxlan_fast_path_equals_the_general_path() {
         let empty = Observation::empty(T, orig, data.len() as u32);
         let mut a = empty;
         let took = decode_vxlan_fast(&mut a, &tun, data);
-        let b = decode_general(&tun, linktype::ETHERNET, T, orig, data.len() as u32, data);
+        let b = general(&tun, orig, data);
         if took {
             assert_eq!(a, b, "{data:02x?} (orig {orig})");
         } else {
@@ -435,7 +442,7 @@ fn the_fast_paths_equal_the_general_path_on_real_and_generated_frames() {
             );
             shortened += usize::from(n < whole.len());
         }
-        let b = decode_general(&tun, linktype::ETHERNET, T, orig, data.len() as u32, data);
+        let b = general(&tun, orig, data);
         let mut a = Observation::empty(T, orig, data.len() as u32);
         if fill_ipv4_fast(&mut a, &tun, data, 0) {
             assert_eq!(a, b, "plain {data:02x?} (orig {orig})");
@@ -606,4 +613,39 @@ fn fuzz_finding_ipv6_extension_headers_cut_short_do_not_panic() {
     let o = decode(&Tunnels::default(), linktype::LINUX_SLL2, T, n + 7, n, frame);
     assert!(matches!(o.net, Net::Ip { proto: _, .. }), "{:?}", o.net);
     assert_eq!(o.l4, L4::None);
+}
+
+/// The shard decodes every frame into one observation it keeps: what
+/// `decode_into` leaves equals a fresh `decode` whatever the frame before
+/// it left (a layer, a tunnel, an error, a cut), on real and generated
+/// frames, their prefixes and impossible lengths, in both orders.
+#[test]
+fn decoding_into_a_used_observation_equals_a_fresh_decode() {
+    let tun = Tunnels::default();
+    let mut cases: Vec<(Vec<u8>, u32)> = Vec::new();
+    for f in frames_to_compare() {
+        let whole = f.len() as u32;
+        for n in [f.len(), 60.min(f.len()), 34.min(f.len()), 14.min(f.len()), 0] {
+            cases.push((f[..n].to_vec(), whole));
+        }
+        cases.push((f.clone(), u32::MAX));
+    }
+    assert!(cases.len() > 100, "{} cases", cases.len());
+    let mut o = decode(&tun, linktype::LINUX_SLL, T, 0, 0, &[]);
+    let mut differed = 0usize;
+    for pass in 0..2 {
+        if pass == 1 {
+            cases.reverse();
+        }
+        let mut before: Option<Observation> = None;
+        for (data, orig) in &cases {
+            let fresh = decode(&tun, linktype::ETHERNET, T, *orig, data.len() as u32, data);
+            decode_into(&mut o, &tun, linktype::ETHERNET, T, *orig, data.len() as u32, data);
+            assert_eq!(o, fresh, "{data:02x?} (orig {orig})");
+            differed += usize::from(before.is_some_and(|b| b != fresh));
+            before = Some(fresh);
+        }
+    }
+    // The check means something only if consecutive frames decode apart.
+    assert!(differed > cases.len(), "{differed} of {} followed a different frame", 2 * cases.len());
 }

@@ -2,7 +2,7 @@
 
 use super::{DecodeCounts, Partial, RawBatch, ShardMsg};
 use crate::config::Rules;
-use crate::decode::{decode, Tunnels};
+use crate::decode::{decode_into, Observation, Tunnels};
 use crate::measure::placement::{PlacementCollector, SharedPlacement};
 use crate::measure::rtt::{RttInput, RttSample, RttTracker};
 use crate::measure::WindowCounters;
@@ -58,6 +58,8 @@ pub(super) fn run(
     // prefetches the flow table a few frames ahead). Grows to the batch
     // size once, then is reused.
     let mut rtt_in = Vec::new();
+    // Every frame is decoded into this one (see `decode_into`).
+    let mut o = Observation::empty(PacketTime::from_micros(0), 0, 0);
     for msg in rx {
         match msg {
             ShardMsg::Batch(mut batch) => {
@@ -67,7 +69,7 @@ pub(super) fn run(
                     let end = m.end as usize;
                     let data = batch.bytes.get(start..end).unwrap_or(&[]);
                     start = end;
-                    let o = decode(&cfg.tunnels, m.linktype, m.ts, m.orig_len, m.cap_len, data);
+                    decode_into(&mut o, &cfg.tunnels, m.linktype, m.ts, m.orig_len, m.cap_len, data);
                     if let Some(k) = o.error {
                         dc.errors[k as usize] += 1;
                     }
