@@ -48,7 +48,9 @@ impl WindowCounters {
     /// layer's length on the wire.
     #[inline]
     pub fn observe(&mut self, o: &Observation) {
-        let Some(l2) = o.l2 else { return };
+        // By reference: a copy of the L2 header read the just-decoded MACs
+        // back in other widths than they were written in (a stalled load).
+        let Some(l2) = &o.l2 else { return };
         let len = u64::from(o.vm_len);
         if l2.src.is_unicast() {
             if let Some(c) = self.slot(l2.src) {
@@ -56,9 +58,9 @@ impl WindowCounters {
                 c.tx_packets += 1;
             }
         }
-        if let Some(dst) = l2.dst {
+        if let Some(dst) = &l2.dst {
             if dst.is_unicast() {
-                if let Some(c) = self.slot(dst) {
+                if let Some(c) = self.slot(*dst) {
                     c.rx_bytes += len;
                     c.rx_packets += 1;
                 }

@@ -196,8 +196,8 @@ impl PlacementCollector {
 
     #[inline]
     pub fn observe(&mut self, o: &Observation) {
-        let Some(l2) = o.l2 else { return };
-        if let Some(outer) = o.outer {
+        let Some(l2) = &o.l2 else { return };
+        if let Some(outer) = &o.outer {
             if self.cfg.hypervisor_macs.contains(&l2.src) {
                 self.oddity(Oddity::VmUsesHypervisorMac { mac: l2.src, outer_ip: Some(outer.src_ip) });
             }

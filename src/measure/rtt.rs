@@ -543,13 +543,16 @@ impl RttInput {
     /// a later fragment, with a link layer.
     #[inline]
     pub fn of(o: &Observation) -> Option<RttInput> {
-        let (Net::Ip { src, dst, fragment: false, .. }, Some(l2)) = (o.net, o.l2) else { return None };
-        let frame = match o.l4 {
+        // By reference: copying the layers into a tuple to match it read
+        // the just-decoded addresses back in other widths than they were
+        // written in (a stalled load per frame).
+        let (Net::Ip { src, dst, fragment: false, .. }, Some(l2)) = (&o.net, &o.l2) else { return None };
+        let frame = match &o.l4 {
             L4::Tcp(tcp) => {
-                let (key, d) = FlowKey::of((src, tcp.src_port), (dst, tcp.dst_port));
-                RttFrame::Tcp { key, d: d as u8, hash: key.hash(), tcp }
+                let (key, d) = FlowKey::of((*src, tcp.src_port), (*dst, tcp.dst_port));
+                RttFrame::Tcp { key, d: d as u8, hash: key.hash(), tcp: *tcp }
             }
-            L4::Icmp(icmp) => RttFrame::Icmp { src, dst, icmp },
+            L4::Icmp(icmp) => RttFrame::Icmp { src: *src, dst: *dst, icmp: *icmp },
             _ => return None,
         };
         Some(RttInput { ts: o.ts, mac: l2.src, frame })
