@@ -506,6 +506,38 @@ fn a_connection_reusing_a_flows_ports_starts_afresh() {
     }
 }
 
+/// A SYN/ACK sent again (the server did not see the ACK yet) voids its own
+/// direction only: what the client sent after the first, its data, stays
+/// outstanding, and the server's answer to it is timed.
+#[test]
+fn a_syn_ack_sent_again_keeps_the_other_directions_probes() {
+    let c = conn();
+    let r = c.reverse();
+    for ts in [true, false] {
+        let o = |v: (u32, u32)| ts.then_some(v);
+        let mut t = tracker();
+        let s = run(
+            &mut t,
+            &[
+                (0, Tcp { syn: true, seq: 1000, ts: o((1000, 0)), ..c }.build()),
+                (2 * MS, Tcp { syn: true, seq: 50_000, ack: Some(1001), ts: o((5000, 1000)), ..r }.build()),
+                (3 * MS, Tcp { seq: 1001, ack: Some(50_001), payload_len: 100, ts: o((1001, 5000)), ..c }.build()),
+                // The SYN/ACK again, before the server has the data.
+                (3 * MS + 500, Tcp { syn: true, seq: 50_000, ack: Some(1001), ts: o((5005, 1000)), ..r }.build()),
+                (4 * MS, Tcp { seq: 50_001, ack: Some(1101), ts: o((5006, 1001)), ..r }.build()),
+            ],
+        );
+        let hs = (2.0, SampleKind::Handshake, vm());
+        let want = if ts {
+            // The client echoes the first SYN/ACK's TSval; the server the data's.
+            vec![hs, (1.0, SampleKind::Timestamp, client()), (1.0, SampleKind::Timestamp, vm())]
+        } else {
+            vec![hs, (1.0, SampleKind::Ack, vm())]
+        };
+        assert_eq!(s, want, "timestamps: {ts}");
+    }
+}
+
 /// A SYN/ACK without timestamps turns them off for the connection (RFC 7323
 /// needs both ends), so its data is timed by sequence and ACK.
 #[test]
