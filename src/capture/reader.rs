@@ -1004,10 +1004,11 @@ mod tests {
         assert_eq!(n, 144);
     }
 
-    /// A source that fails part-way is damage at the start of the record
-    /// it failed in, through `next_frame` and `for_each_frame` alike, for
-    /// either format, wherever it fails (a record header, a record's data,
-    /// the buffer's refill).
+    /// A source that fails part-way is damage, through `next_frame` and
+    /// `for_each_frame` alike. In a classic pcap, failing at any byte (a
+    /// record header, a record's data, the buffer's refill) is damage at the
+    /// start of the record it failed in. In a pcapng, the offset is checked
+    /// to be at or before the failure and to move with it, not to be a block's start.
     #[test]
     fn an_input_error_is_damage_at_its_record() {
         let c = Classic::default();
