@@ -82,7 +82,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_macs: crate::detect::DEFAULT_MAX_MACS,
-            // 1024 x 8 holds as many frames as 512 x 16 did, with half the
+            // 1024 x 8 has as many channel slots as 512 x 16 did, with half the
             // hand-overs: on a 2-vCPU VM every one of them woke a thread
             // (benches/README, "Fewer, larger batches").
             batch_size: 1024,
