@@ -321,7 +321,7 @@ fn observe_batch_gives_exactly_what_observe_gives() {
     let one_by_one = run(None);
     assert!(one_by_one.0.len() > 2_000, "{} samples", one_by_one.0.len());
     assert!(one_by_one.1.flow_evictions > 0 && one_by_one.1.probe_timeouts > 0, "{:?}", one_by_one.1);
-    for n in [1, 2, 7, AHEAD, AHEAD + 1, 2 * AHEAD, 2 * AHEAD + 1, 3 * AHEAD - 1, 512] {
+    for n in [1, 2, 7, AHEAD, AHEAD + 1, 2 * AHEAD, 2 * AHEAD + 1, 3 * AHEAD - 1, 512, 1024] {
         let b = run(Some(n));
         assert_eq!(b.0, one_by_one.0, "samples, batches of {n}");
         assert_eq!(b.1, one_by_one.1, "counts, batches of {n}");
